@@ -1,0 +1,263 @@
+// Package events is backstream's public event contract: the CloudEvent types,
+// the NATS subjects they travel on, and one payload struct per type with a
+// Validate method. Outside programs import this module, and nothing else, to
+// publish triggers.
+//
+// The package never carries secrets or backup bytes: events hold names, sizes,
+// digests and references only.
+package events
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/oklog/ulid/v2"
+)
+
+// Event is the unit every stage consumes and emits: a CloudEvent 1.0.
+type Event = cloudevents.Event
+
+// TypePrefix starts every backstream event type.
+const TypePrefix = "io.backstream."
+
+// Extension attribute names carried by every backstream event.
+const (
+	ExtRunID       = "runid"
+	ExtStep        = "step"
+	ExtTraceParent = "traceparent"
+)
+
+// Subject roots. Every event travels on
+// SubjectRoot.<noun>.<verb>.<plan>, so a consumer can filter by type and plan.
+const (
+	SubjectRoot     = "bs.events"
+	DeadLetterRoot  = "bs.dlq"
+	SubjectWildcard = SubjectRoot + ".>"
+)
+
+// ErrInvalid marks every contract violation: a malformed envelope, an unknown
+// type, or a payload whose Validate failed. The bus terminates such events and
+// copies them to the dead-letter subject.
+var ErrInvalid = errors.New("invalid event")
+
+// Payload is the data of one event type.
+type Payload interface {
+	// EventType is the CloudEvent type this payload belongs to.
+	EventType() string
+	// Validate reports every missing or malformed field, naming it.
+	Validate() error
+}
+
+var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s can name a plan, a destination or a hook: a
+// lowercase DNS label, which is also a safe NATS subject token and object key
+// segment.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
+
+// NewID returns a fresh ULID string, the id of events and runs.
+func NewID() string { return ulid.MustNew(ulid.Timestamp(time.Now()), rand.Reader).String() }
+
+// Subject is the NATS subject an event of type typ about plan travels on.
+func Subject(typ, plan string) string {
+	return SubjectRoot + "." + strings.TrimPrefix(typ, TypePrefix) + "." + plan
+}
+
+// SubjectFilter is the subject filter matching events of type typ for every plan.
+func SubjectFilter(typ string) string { return Subject(typ, "*") }
+
+// Meta is the envelope information of an event besides its payload.
+type Meta struct {
+	// ID is the CloudEvent id and the Nats-Msg-Id. Empty means a fresh ULID;
+	// set it where a duplicate can arise (a scheduled slot, a retried step).
+	ID string
+	// Source is "backstream/<service>/<instance>" or an outside publisher's URI.
+	Source string
+	// Plan is the plan name; it becomes the CloudEvent subject.
+	Plan string
+	// RunID and Step become the runid and step extension attributes.
+	RunID string
+	Step  string
+	// TraceParent is a W3C traceparent, when a trace exists.
+	TraceParent string
+	// Time defaults to now.
+	Time time.Time
+}
+
+// New builds a validated CloudEvent from m and p.
+func New(m Meta, p Payload) (Event, error) {
+	if err := p.Validate(); err != nil {
+		return Event{}, fmt.Errorf("%w: %s: %w", ErrInvalid, p.EventType(), err)
+	}
+	e := cloudevents.New(cloudevents.CloudEventsVersionV1)
+	if m.ID == "" {
+		m.ID = NewID()
+	}
+	if m.Time.IsZero() {
+		m.Time = time.Now()
+	}
+	e.SetID(m.ID)
+	e.SetType(p.EventType())
+	e.SetSource(m.Source)
+	e.SetSubject(m.Plan)
+	e.SetTime(m.Time.UTC())
+	e.SetExtension(ExtRunID, m.RunID)
+	if m.Step != "" {
+		e.SetExtension(ExtStep, m.Step)
+	}
+	if m.TraceParent != "" {
+		e.SetExtension(ExtTraceParent, m.TraceParent)
+	}
+	if err := e.SetData(cloudevents.ApplicationJSON, p); err != nil {
+		return Event{}, fmt.Errorf("%w: %s: encode data: %w", ErrInvalid, p.EventType(), err)
+	}
+	if err := CheckEnvelope(e); err != nil {
+		return Event{}, err
+	}
+	return e, nil
+}
+
+// MustNew is New for payloads known to be valid (tests, constants).
+func MustNew(m Meta, p Payload) Event {
+	e, err := New(m, p)
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+// RunID returns the runid extension of e, or "".
+func RunID(e Event) string { return ext(e, ExtRunID) }
+
+// Step returns the step extension of e, or "".
+func Step(e Event) string { return ext(e, ExtStep) }
+
+// TraceParent returns the traceparent extension of e, or "".
+func TraceParent(e Event) string { return ext(e, ExtTraceParent) }
+
+func ext(e Event, name string) string {
+	v, ok := e.Extensions()[name]
+	if !ok {
+		return ""
+	}
+	s, _ := v.(string)
+	return s
+}
+
+// CheckEnvelope validates the CloudEvent attributes backstream relies on.
+func CheckEnvelope(e Event) error {
+	var problems []string
+	if err := e.Validate(); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if !strings.HasPrefix(e.Type(), TypePrefix) {
+		problems = append(problems, fmt.Sprintf("type %q: must start with %q", e.Type(), TypePrefix))
+	} else if _, ok := registry[e.Type()]; !ok {
+		problems = append(problems, fmt.Sprintf("type %q: unknown event type", e.Type()))
+	}
+	if !ValidName(e.Subject()) {
+		problems = append(problems, fmt.Sprintf("subject %q: must be a plan name (lowercase DNS label)", e.Subject()))
+	}
+	if RunID(e) == "" {
+		problems = append(problems, "runid: missing extension attribute")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: event %q: %s", ErrInvalid, e.ID(), strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// Decode checks e's envelope, decodes its data into the payload type its
+// CloudEvent type names, and validates the payload.
+func Decode(e Event) (Payload, error) {
+	if err := CheckEnvelope(e); err != nil {
+		return nil, err
+	}
+	p := registry[e.Type()]()
+	if err := json.Unmarshal(e.Data(), p); err != nil {
+		return nil, fmt.Errorf("%w: event %q (%s): data: %w", ErrInvalid, e.ID(), e.Type(), err)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: event %q (%s): %w", ErrInvalid, e.ID(), e.Type(), err)
+	}
+	return p, nil
+}
+
+// DecodeAs is Decode for callers that know which payload they expect.
+func DecodeAs[P Payload](e Event) (P, error) {
+	var zero P
+	p, err := Decode(e)
+	if err != nil {
+		return zero, err
+	}
+	typed, ok := p.(P)
+	if !ok {
+		return zero, fmt.Errorf("%w: event %q: type %s is not the expected payload %T", ErrInvalid, e.ID(), e.Type(), zero)
+	}
+	return typed, nil
+}
+
+// Types lists every registered event type, sorted.
+func Types() []string {
+	out := make([]string, 0, len(registry))
+	for t := range registry {
+		out = append(out, t)
+	}
+	sortStrings(out)
+	return out
+}
+
+// NewPayload returns an empty payload for typ, or false for an unknown type.
+func NewPayload(typ string) (Payload, bool) {
+	f, ok := registry[typ]
+	if !ok {
+		return nil, false
+	}
+	return f(), true
+}
+
+// problems collects field errors of a payload.
+type problems []string
+
+func (p *problems) addf(format string, args ...any) { *p = append(*p, fmt.Sprintf(format, args...)) }
+
+func (p problems) err() error {
+	if len(p) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(p, "; "))
+}
+
+func (p *problems) required(field, value string) {
+	if value == "" {
+		p.addf("%s: required", field)
+	}
+}
+
+func (p *problems) name(field, value string) {
+	if value == "" {
+		p.addf("%s: required", field)
+	} else if !ValidName(value) {
+		p.addf("%s: %q is not a lowercase DNS label", field, value)
+	}
+}
+
+func (p *problems) nonNegative(field string, v int64) {
+	if v < 0 {
+		p.addf("%s: must be >= 0, got %d", field, v)
+	}
+}
+
+var sha256Pattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func (p *problems) sha256(field, value string) {
+	if !sha256Pattern.MatchString(value) {
+		p.addf("%s: must be 64 lowercase hex digits (SHA-256)", field)
+	}
+}

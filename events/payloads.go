@@ -1,0 +1,662 @@
+package events
+
+import (
+	"sort"
+	"strconv"
+	"time"
+)
+
+// Event types. The constant's name is the noun and the past-tense verb.
+const (
+	BackupRequested = TypePrefix + "backup.requested"
+	BackupSucceeded = TypePrefix + "backup.succeeded"
+	BackupFailed    = TypePrefix + "backup.failed"
+	BackupMissed    = TypePrefix + "backup.missed"
+
+	StepCompleted = TypePrefix + "step.completed"
+	StepFailed    = TypePrefix + "step.failed"
+
+	HookCompleted = TypePrefix + "hook.completed"
+	HookFailed    = TypePrefix + "hook.failed"
+
+	SnapshotStarted    = TypePrefix + "snapshot.started"
+	SnapshotProgressed = TypePrefix + "snapshot.progressed"
+	SnapshotCompleted  = TypePrefix + "snapshot.completed"
+	SnapshotFailed     = TypePrefix + "snapshot.failed"
+
+	FilterCompleted = TypePrefix + "filter.completed"
+	FilterFailed    = TypePrefix + "filter.failed"
+
+	UploadProgressed = TypePrefix + "upload.progressed"
+	UploadCompleted  = TypePrefix + "upload.completed"
+	UploadFailed     = TypePrefix + "upload.failed"
+
+	VerifyCompleted = TypePrefix + "verify.completed"
+	VerifyFailed    = TypePrefix + "verify.failed"
+
+	RetentionCompleted = TypePrefix + "retention.completed"
+	RetentionFailed    = TypePrefix + "retention.failed"
+
+	CompensationCompleted = TypePrefix + "compensation.completed"
+	CompensationFailed    = TypePrefix + "compensation.failed"
+
+	RestoreRequested  = TypePrefix + "restore.requested"
+	RestoreStarted    = TypePrefix + "restore.started"
+	RestoreProgressed = TypePrefix + "restore.progressed"
+	RestoreSucceeded  = TypePrefix + "restore.succeeded"
+	RestoreFailed     = TypePrefix + "restore.failed"
+)
+
+// Trigger kinds of a backup.requested.
+const (
+	TriggerSchedule = "schedule"
+	TriggerCLI      = "cli"
+	TriggerAPI      = "api"
+	TriggerEvent    = "event"
+)
+
+// The data step names of a workflow.
+const (
+	StepSnapshot = "snapshot"
+	StepRestore  = "restore"
+)
+
+var registry = map[string]func() Payload{
+	BackupRequested:       func() Payload { return new(BackupRequestedData) },
+	BackupSucceeded:       func() Payload { return new(BackupSucceededData) },
+	BackupFailed:          func() Payload { return new(BackupFailedData) },
+	BackupMissed:          func() Payload { return new(BackupMissedData) },
+	StepCompleted:         func() Payload { return new(StepCompletedData) },
+	StepFailed:            func() Payload { return new(StepFailedData) },
+	HookCompleted:         func() Payload { return new(HookCompletedData) },
+	HookFailed:            func() Payload { return new(HookFailedData) },
+	SnapshotStarted:       func() Payload { return new(SnapshotStartedData) },
+	SnapshotProgressed:    func() Payload { return new(ProgressData) },
+	SnapshotCompleted:     func() Payload { return new(SnapshotCompletedData) },
+	SnapshotFailed:        func() Payload { return new(SnapshotFailedData) },
+	FilterCompleted:       func() Payload { return new(FilterCompletedData) },
+	FilterFailed:          func() Payload { return new(FilterFailedData) },
+	UploadProgressed:      func() Payload { return &ProgressData{typ: UploadProgressed} },
+	UploadCompleted:       func() Payload { return new(UploadCompletedData) },
+	UploadFailed:          func() Payload { return new(UploadFailedData) },
+	VerifyCompleted:       func() Payload { return new(VerifyCompletedData) },
+	VerifyFailed:          func() Payload { return new(VerifyFailedData) },
+	RetentionCompleted:    func() Payload { return new(RetentionCompletedData) },
+	RetentionFailed:       func() Payload { return new(RetentionFailedData) },
+	CompensationCompleted: func() Payload { return new(CompensationCompletedData) },
+	CompensationFailed:    func() Payload { return new(CompensationFailedData) },
+	RestoreRequested:      func() Payload { return new(RestoreRequestedData) },
+	RestoreStarted:        func() Payload { return new(RestoreStartedData) },
+	RestoreProgressed:     func() Payload { return &ProgressData{typ: RestoreProgressed} },
+	RestoreSucceeded:      func() Payload { return new(RestoreSucceededData) },
+	RestoreFailed:         func() Payload { return new(RestoreFailedData) },
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+// BackupRequestedData starts a backup run of a plan.
+type BackupRequestedData struct {
+	// Trigger is schedule, cli, api or event.
+	Trigger string `json:"trigger"`
+	// Slot is the scheduled time this run stands for (schedule triggers only).
+	Slot *time.Time `json:"slot,omitempty"`
+	// RequestedBy names the person or program, for the run's record.
+	RequestedBy string `json:"requestedBy,omitempty"`
+	// Reason is free text shown with the run.
+	Reason string `json:"reason,omitempty"`
+}
+
+func (BackupRequestedData) EventType() string { return BackupRequested }
+
+func (d BackupRequestedData) Validate() error {
+	var p problems
+	switch d.Trigger {
+	case TriggerSchedule:
+		if d.Slot == nil {
+			p.addf("slot: required when trigger is %q", TriggerSchedule)
+		}
+	case TriggerCLI, TriggerAPI, TriggerEvent:
+	case "":
+		p.addf("trigger: required")
+	default:
+		p.addf("trigger: %q is not one of schedule, cli, api, event", d.Trigger)
+	}
+	return p.err()
+}
+
+// Destination result of a backup, as recorded in backup.succeeded.
+type BackupObject struct {
+	Destination string `json:"destination"`
+	Key         string `json:"key"`
+	ManifestKey string `json:"manifestKey"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`
+}
+
+// BackupSucceededData closes a verified backup run.
+type BackupSucceededData struct {
+	BackupID        string         `json:"backupId"`
+	Bytes           int64          `json:"bytes"`
+	StoredBytes     int64          `json:"storedBytes"`
+	PlaintextSHA256 string         `json:"plaintextSha256"`
+	Chunks          int64          `json:"chunks"`
+	Started         time.Time      `json:"started"`
+	DurationMs      int64          `json:"durationMs"`
+	Source          string         `json:"source"`
+	Trigger         string         `json:"trigger,omitempty"`
+	Objects         []BackupObject `json:"objects"`
+}
+
+func (BackupSucceededData) EventType() string { return BackupSucceeded }
+
+func (d BackupSucceededData) Validate() error {
+	var p problems
+	p.required("backupId", d.BackupID)
+	p.nonNegative("bytes", d.Bytes)
+	p.nonNegative("storedBytes", d.StoredBytes)
+	p.sha256("plaintextSha256", d.PlaintextSHA256)
+	p.nonNegative("durationMs", d.DurationMs)
+	p.required("source", d.Source)
+	if len(d.Objects) == 0 {
+		p.addf("objects: at least one stored object required")
+	}
+	for i, o := range d.Objects {
+		p.name(idx("objects", i, "destination"), o.Destination)
+		p.required(idx("objects", i, "key"), o.Key)
+		p.required(idx("objects", i, "manifestKey"), o.ManifestKey)
+		p.nonNegative(idx("objects", i, "size"), o.Size)
+		p.sha256(idx("objects", i, "sha256"), o.SHA256)
+	}
+	return p.err()
+}
+
+// BackupFailedData ends a run that failed; Stage and Reason say where and why.
+type BackupFailedData struct {
+	// Stage is the service whose failure ended the run (snapshot, upload, hook,
+	// watchdog, ...).
+	Stage string `json:"stage"`
+	// FailedStep is the workflow step that failed, when one did.
+	FailedStep string `json:"failedStep,omitempty"`
+	Reason     string `json:"reason"`
+	// Cause is the id of the event that caused the failure, when one did.
+	Cause string `json:"cause,omitempty"`
+}
+
+func (BackupFailedData) EventType() string { return BackupFailed }
+
+func (d BackupFailedData) Validate() error {
+	var p problems
+	p.required("stage", d.Stage)
+	p.required("reason", d.Reason)
+	return p.err()
+}
+
+// BackupMissedData says a plan's expected success did not arrive in time.
+type BackupMissedData struct {
+	// ExpectedBy is the end of the window (slot plus grace) that held no success.
+	ExpectedBy time.Time `json:"expectedBy"`
+	// Slot is the scheduled slot that was missed.
+	Slot time.Time `json:"slot"`
+	// LastSuccess is the time of the plan's newest success, if any.
+	LastSuccess *time.Time `json:"lastSuccess,omitempty"`
+}
+
+func (BackupMissedData) EventType() string { return BackupMissed }
+
+func (d BackupMissedData) Validate() error {
+	var p problems
+	if d.ExpectedBy.IsZero() {
+		p.addf("expectedBy: required")
+	}
+	if d.Slot.IsZero() {
+		p.addf("slot: required")
+	}
+	return p.err()
+}
+
+// StepCompletedData says a workflow step ended well; the next step follows.
+type StepCompletedData struct {
+	Step       string `json:"step"`
+	DurationMs int64  `json:"durationMs"`
+}
+
+func (StepCompletedData) EventType() string { return StepCompleted }
+
+func (d StepCompletedData) Validate() error {
+	var p problems
+	p.required("step", d.Step)
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// StepFailedData says a workflow step failed, timed out or was abandoned.
+type StepFailedData struct {
+	Step   string `json:"step"`
+	Reason string `json:"reason"`
+	// TimedOut is set when the step outlived its deadline.
+	TimedOut bool `json:"timedOut,omitempty"`
+}
+
+func (StepFailedData) EventType() string { return StepFailed }
+
+func (d StepFailedData) Validate() error {
+	var p problems
+	p.required("step", d.Step)
+	p.required("reason", d.Reason)
+	return p.err()
+}
+
+// HookCompletedData says one hook op ran and succeeded.
+type HookCompletedData struct {
+	Hook string `json:"hook"`
+	Op   string `json:"op"`
+	// Inverse is set when the op ran as compensation for a failed run.
+	Inverse    bool   `json:"inverse,omitempty"`
+	DurationMs int64  `json:"durationMs"`
+	OutputTail string `json:"outputTail,omitempty"`
+}
+
+func (HookCompletedData) EventType() string { return HookCompleted }
+
+func (d HookCompletedData) Validate() error {
+	var p problems
+	p.name("hook", d.Hook)
+	p.name("op", d.Op)
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// HookFailedData says one hook op failed.
+type HookFailedData struct {
+	Hook    string `json:"hook"`
+	Op      string `json:"op"`
+	Inverse bool   `json:"inverse,omitempty"`
+	Error   string `json:"error"`
+	// OnError is the policy applied: fail (the run fails) or continue.
+	OnError    string `json:"onError"`
+	TimedOut   bool   `json:"timedOut,omitempty"`
+	ExitCode   *int   `json:"exitCode,omitempty"`
+	DurationMs int64  `json:"durationMs"`
+	OutputTail string `json:"outputTail,omitempty"`
+}
+
+func (HookFailedData) EventType() string { return HookFailed }
+
+func (d HookFailedData) Validate() error {
+	var p problems
+	p.name("hook", d.Hook)
+	p.name("op", d.Op)
+	p.required("error", d.Error)
+	if d.OnError != "fail" && d.OnError != "continue" {
+		p.addf("onError: %q is not one of fail, continue", d.OnError)
+	}
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// SnapshotStartedData opens a run's chunk stream.
+type SnapshotStartedData struct {
+	// Source is the source plugin type (command, mariadb, ...).
+	Source string `json:"source"`
+	// DataSubject is the NATS subject of the run's raw chunks.
+	DataSubject string `json:"dataSubject"`
+	ChunkSize   int64  `json:"chunkSize"`
+}
+
+func (SnapshotStartedData) EventType() string { return SnapshotStarted }
+
+func (d SnapshotStartedData) Validate() error {
+	var p problems
+	p.required("source", d.Source)
+	p.required("dataSubject", d.DataSubject)
+	if d.ChunkSize <= 0 {
+		p.addf("chunkSize: must be > 0, got %d", d.ChunkSize)
+	}
+	return p.err()
+}
+
+// ProgressData is a throttled progress report of a data step.
+type ProgressData struct {
+	typ         string
+	Destination string `json:"destination,omitempty"`
+	Bytes       int64  `json:"bytes"`
+	Chunks      int64  `json:"chunks"`
+	ElapsedMs   int64  `json:"elapsedMs"`
+}
+
+func (d ProgressData) EventType() string {
+	if d.typ == "" {
+		return SnapshotProgressed
+	}
+	return d.typ
+}
+
+// ForType returns a copy of d for a given progress event type
+// (SnapshotProgressed, UploadProgressed or RestoreProgressed).
+func (d ProgressData) ForType(typ string) *ProgressData { d.typ = typ; return &d }
+
+func (d ProgressData) Validate() error {
+	var p problems
+	p.nonNegative("bytes", d.Bytes)
+	p.nonNegative("chunks", d.Chunks)
+	p.nonNegative("elapsedMs", d.ElapsedMs)
+	return p.err()
+}
+
+// SnapshotCompletedData closes a run's chunk stream with the producer's result.
+type SnapshotCompletedData struct {
+	Source     string `json:"source"`
+	Bytes      int64  `json:"bytes"`
+	Chunks     int64  `json:"chunks"`
+	SHA256     string `json:"sha256"`
+	ExitStatus int    `json:"exitStatus"`
+	DurationMs int64  `json:"durationMs"`
+	// Describe is the plugin's description of what it backed up (databases,
+	// server version, ...); never a secret.
+	Describe map[string]string `json:"describe,omitempty"`
+}
+
+func (SnapshotCompletedData) EventType() string { return SnapshotCompleted }
+
+func (d SnapshotCompletedData) Validate() error {
+	var p problems
+	p.required("source", d.Source)
+	p.nonNegative("bytes", d.Bytes)
+	p.nonNegative("chunks", d.Chunks)
+	p.sha256("sha256", d.SHA256)
+	if d.ExitStatus != 0 {
+		p.addf("exitStatus: a completed snapshot exits 0, got %d", d.ExitStatus)
+	}
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// SnapshotFailedData says the producer failed; no backup may come of the run.
+type SnapshotFailedData struct {
+	Source     string `json:"source"`
+	Error      string `json:"error"`
+	ExitStatus *int   `json:"exitStatus,omitempty"`
+	StderrTail string `json:"stderrTail,omitempty"`
+	Bytes      int64  `json:"bytes"`
+}
+
+func (SnapshotFailedData) EventType() string { return SnapshotFailed }
+
+func (d SnapshotFailedData) Validate() error {
+	var p problems
+	p.required("source", d.Source)
+	p.required("error", d.Error)
+	p.nonNegative("bytes", d.Bytes)
+	return p.err()
+}
+
+// FilterCompletedData says every chunk of a run was sealed.
+type FilterCompletedData struct {
+	// Chain is the filter chain, e.g. ["zstd", "aes-256-gcm"].
+	Chain    []string `json:"chain"`
+	Frames   int64    `json:"frames"`
+	BytesIn  int64    `json:"bytesIn"`
+	BytesOut int64    `json:"bytesOut"`
+}
+
+func (FilterCompletedData) EventType() string { return FilterCompleted }
+
+func (d FilterCompletedData) Validate() error {
+	var p problems
+	p.nonNegative("frames", d.Frames)
+	p.nonNegative("bytesIn", d.BytesIn)
+	p.nonNegative("bytesOut", d.BytesOut)
+	return p.err()
+}
+
+// FilterFailedData says sealing a run's chunks failed.
+type FilterFailedData struct {
+	Error string `json:"error"`
+}
+
+func (FilterFailedData) EventType() string { return FilterFailed }
+
+func (d FilterFailedData) Validate() error {
+	var p problems
+	p.required("error", d.Error)
+	return p.err()
+}
+
+// UploadCompletedData says a destination holds the complete object and its
+// manifest.
+type UploadCompletedData struct {
+	Destination string `json:"destination"`
+	Key         string `json:"key"`
+	ManifestKey string `json:"manifestKey"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`
+	DurationMs  int64  `json:"durationMs"`
+}
+
+func (UploadCompletedData) EventType() string { return UploadCompleted }
+
+func (d UploadCompletedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	p.required("key", d.Key)
+	p.required("manifestKey", d.ManifestKey)
+	p.nonNegative("size", d.Size)
+	p.sha256("sha256", d.SHA256)
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// UploadFailedData says a destination could not store the object; nothing
+// that looks like a backup was left there.
+type UploadFailedData struct {
+	Destination string `json:"destination"`
+	Error       string `json:"error"`
+}
+
+func (UploadFailedData) EventType() string { return UploadFailed }
+
+func (d UploadFailedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	p.required("error", d.Error)
+	return p.err()
+}
+
+// VerifyCompletedData says a stored object was read back and matched its manifest.
+type VerifyCompletedData struct {
+	Destination string `json:"destination"`
+	Key         string `json:"key"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`
+	Frames      int64  `json:"frames"`
+	// Mode is "full" when every frame was opened and the plaintext digest
+	// checked, "ciphertext" when no identity was at hand.
+	Mode            string `json:"mode"`
+	PlaintextSHA256 string `json:"plaintextSha256,omitempty"`
+	DurationMs      int64  `json:"durationMs"`
+}
+
+func (VerifyCompletedData) EventType() string { return VerifyCompleted }
+
+func (d VerifyCompletedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	p.required("key", d.Key)
+	p.nonNegative("size", d.Size)
+	p.sha256("sha256", d.SHA256)
+	p.nonNegative("frames", d.Frames)
+	switch d.Mode {
+	case "full":
+		p.sha256("plaintextSha256", d.PlaintextSHA256)
+	case "ciphertext":
+	default:
+		p.addf("mode: %q is not one of full, ciphertext", d.Mode)
+	}
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// VerifyFailedData says a stored object did not match its manifest.
+type VerifyFailedData struct {
+	Destination string `json:"destination"`
+	Key         string `json:"key"`
+	Error       string `json:"error"`
+}
+
+func (VerifyFailedData) EventType() string { return VerifyFailed }
+
+func (d VerifyFailedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	p.required("error", d.Error)
+	return p.err()
+}
+
+// RetentionDecision is one backup's fate under a policy.
+type RetentionDecision struct {
+	BackupID string    `json:"backupId"`
+	Time     time.Time `json:"time"`
+	Reasons  []string  `json:"reasons,omitempty"`
+}
+
+// RetentionCompletedData lists what a destination kept and removed, and why.
+type RetentionCompletedData struct {
+	Destination string              `json:"destination"`
+	Kept        []RetentionDecision `json:"kept"`
+	Removed     []RetentionDecision `json:"removed"`
+}
+
+func (RetentionCompletedData) EventType() string { return RetentionCompleted }
+
+func (d RetentionCompletedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	for i, k := range d.Kept {
+		p.required(idx("kept", i, "backupId"), k.BackupID)
+		if len(k.Reasons) == 0 {
+			p.addf("%s: a kept backup needs a reason", idx("kept", i, "reasons"))
+		}
+	}
+	for i, r := range d.Removed {
+		p.required(idx("removed", i, "backupId"), r.BackupID)
+	}
+	return p.err()
+}
+
+// RetentionFailedData says retention could not apply its policy.
+type RetentionFailedData struct {
+	Destination string `json:"destination"`
+	Error       string `json:"error"`
+}
+
+func (RetentionFailedData) EventType() string { return RetentionFailed }
+
+func (d RetentionFailedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	p.required("error", d.Error)
+	return p.err()
+}
+
+// CompensationCompletedData says every inverseOp due for a failed run ran.
+type CompensationCompletedData struct {
+	// Ops are the inverse ops run, newest first, as "hook/op".
+	Ops []string `json:"ops"`
+}
+
+func (CompensationCompletedData) EventType() string { return CompensationCompleted }
+
+func (d CompensationCompletedData) Validate() error { return nil }
+
+// CompensationFailedData says an inverseOp failed; the operator must act.
+type CompensationFailedData struct {
+	Op    string `json:"op"`
+	Error string `json:"error"`
+}
+
+func (CompensationFailedData) EventType() string { return CompensationFailed }
+
+func (d CompensationFailedData) Validate() error {
+	var p problems
+	p.required("op", d.Op)
+	p.required("error", d.Error)
+	return p.err()
+}
+
+// RestoreRequestedData starts a restore run of a backup of a plan.
+type RestoreRequestedData struct {
+	// BackupID names the backup (its run id); "latest" picks the newest verified.
+	BackupID    string `json:"backupId"`
+	Destination string `json:"destination"`
+	// Target overrides where the plan's source restores to (a file path, a
+	// database name); empty restores to the plan's source.
+	Target      string `json:"target,omitempty"`
+	RequestedBy string `json:"requestedBy,omitempty"`
+}
+
+func (RestoreRequestedData) EventType() string { return RestoreRequested }
+
+func (d RestoreRequestedData) Validate() error {
+	var p problems
+	p.required("backupId", d.BackupID)
+	p.name("destination", d.Destination)
+	return p.err()
+}
+
+// RestoreStartedData says a restore run began reading its backup.
+type RestoreStartedData struct {
+	BackupID    string `json:"backupId"`
+	Destination string `json:"destination"`
+	Key         string `json:"key"`
+	Size        int64  `json:"size"`
+}
+
+func (RestoreStartedData) EventType() string { return RestoreStarted }
+
+func (d RestoreStartedData) Validate() error {
+	var p problems
+	p.required("backupId", d.BackupID)
+	p.name("destination", d.Destination)
+	p.required("key", d.Key)
+	p.nonNegative("size", d.Size)
+	return p.err()
+}
+
+// RestoreSucceededData says the restored plaintext matched the backup's digest.
+type RestoreSucceededData struct {
+	BackupID   string `json:"backupId"`
+	Bytes      int64  `json:"bytes"`
+	SHA256     string `json:"sha256"`
+	DurationMs int64  `json:"durationMs"`
+}
+
+func (RestoreSucceededData) EventType() string { return RestoreSucceeded }
+
+func (d RestoreSucceededData) Validate() error {
+	var p problems
+	p.required("backupId", d.BackupID)
+	p.nonNegative("bytes", d.Bytes)
+	p.sha256("sha256", d.SHA256)
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// RestoreFailedData says a restore run failed.
+type RestoreFailedData struct {
+	BackupID string `json:"backupId,omitempty"`
+	Stage    string `json:"stage"`
+	Error    string `json:"error"`
+}
+
+func (RestoreFailedData) EventType() string { return RestoreFailed }
+
+func (d RestoreFailedData) Validate() error {
+	var p problems
+	p.required("stage", d.Stage)
+	p.required("error", d.Error)
+	return p.err()
+}
+
+func idx(list string, i int, field string) string {
+	return list + "[" + strconv.Itoa(i) + "]." + field
+}
