@@ -261,3 +261,14 @@ func (p *problems) sha256(field, value string) {
 		p.addf("%s: must be 64 lowercase hex digits (SHA-256)", field)
 	}
 }
+
+// RunEventID is the deterministic id of the event of type typ that a stage
+// emits for a run's step. A redelivered or replayed input makes the same id,
+// so JetStream's duplicate window drops the second publish (DESIGN.md, rule 3).
+func RunEventID(runID, typ, step string) string {
+	id := runID + "." + strings.TrimPrefix(typ, TypePrefix)
+	if step != "" {
+		id += "." + step
+	}
+	return id
+}
