@@ -143,4 +143,3 @@ func TestRunKillsProcessGroup(t *testing.T) {
 		})
 	}
 }
-
