@@ -1,0 +1,290 @@
+package format
+
+import (
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/golang/snappy"
+	"github.com/klauspost/compress/zstd"
+)
+
+// frame is one frame as read from an object, checked for structure and
+// checksum but not yet opened.
+type frame struct {
+	index uint32
+	final bool
+	body  []byte
+}
+
+// frameReader reads the frames of one object in order and checks what can
+// be checked without the key: lengths, CRC-32C, index sequence, flags, and
+// that nothing follows the final frame. Reader and Scan share it, so a
+// restore never accepts an object a ciphertext verify rejects.
+type frameReader struct {
+	r      io.Reader
+	hdr    HeaderInfo
+	crcBuf [4]byte
+	next   uint64 // index expected next
+	final  bool   // the final frame was read
+	fh     [frameHeaderLen]byte
+	buf    []byte
+
+	stored    hash.Hash
+	storedLen int64
+	frames    uint64
+}
+
+func newFrameReader(r io.Reader, hdr HeaderInfo, rawHeader []byte) *frameReader {
+	fr := &frameReader{r: r, hdr: hdr, stored: sha256.New()}
+	binary.BigEndian.PutUint32(fr.crcBuf[:], hdr.crc)
+	fr.stored.Write(rawHeader)
+	fr.storedLen = int64(len(rawHeader))
+	return fr
+}
+
+func (fr *frameReader) readFull(b []byte) (int, error) {
+	n, err := io.ReadFull(fr.r, b)
+	fr.stored.Write(b[:n])
+	fr.storedLen += int64(n)
+	return n, err
+}
+
+// next returns the next frame, or io.EOF after the final frame when the
+// object ends there.
+func (fr *frameReader) nextFrame() (frame, error) {
+	idx := fr.next
+	if fr.final {
+		var one [1]byte
+		n, err := fr.readFull(one[:])
+		switch {
+		case n > 0:
+			return frame{}, fmt.Errorf("%w: data follows the final frame %d", ErrCorrupt, idx-1)
+		case errors.Is(err, io.EOF):
+			return frame{}, io.EOF
+		default:
+			return frame{}, fmt.Errorf("read after final frame: %w", err)
+		}
+	}
+	n, err := fr.readFull(fr.fh[:])
+	if err != nil {
+		switch {
+		case n == 0 && errors.Is(err, io.EOF) && idx == 0:
+			return frame{}, fmt.Errorf("%w: object ends after the header without any frame", ErrTruncated)
+		case n == 0 && errors.Is(err, io.EOF):
+			return frame{}, fmt.Errorf("%w: object ends after frame %d without the final frame", ErrTruncated, idx-1)
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return frame{}, fmt.Errorf("%w: frame %d: object ends inside the frame header", ErrTruncated, idx)
+		default:
+			return frame{}, fmt.Errorf("read frame %d: %w", idx, err)
+		}
+	}
+	bodyLen := binary.BigEndian.Uint32(fr.fh[0:4])
+	if max := maxBodyLen(fr.hdr.ChunkSize); uint64(bodyLen) > uint64(max) {
+		return frame{}, fmt.Errorf("%w: frame %d: body length %d exceeds the bound %d for chunk size %d", ErrCorrupt, idx, bodyLen, max, fr.hdr.ChunkSize)
+	}
+	if cap(fr.buf) < int(bodyLen) {
+		fr.buf = make([]byte, bodyLen, maxBodyLen(fr.hdr.ChunkSize))
+	}
+	fr.buf = fr.buf[:bodyLen]
+	if _, err := fr.readFull(fr.buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return frame{}, fmt.Errorf("%w: frame %d: object ends inside the frame body", ErrTruncated, idx)
+		}
+		return frame{}, fmt.Errorf("read frame %d: %w", idx, err)
+	}
+	if got, want := binary.BigEndian.Uint32(fr.fh[12:16]), frameCRC(fr.crcBuf, fr.fh[:12], fr.buf); got != want {
+		return frame{}, fmt.Errorf("%w: frame %d: checksum mismatch (damaged, or a frame of another object)", ErrCorrupt, idx)
+	}
+	f := frame{index: binary.BigEndian.Uint32(fr.fh[4:8]), final: fr.fh[8]&flagFinal != 0, body: fr.buf}
+	if uint64(f.index) != idx {
+		what := "dropped or reordered"
+		if uint64(f.index) < idx {
+			what = "duplicated or reordered"
+		}
+		return frame{}, fmt.Errorf("%w: frame %d: found frame %d in its place (%s frames)", ErrCorrupt, idx, f.index, what)
+	}
+	if fr.fh[8]&^flagFinal != 0 || fr.fh[9] != 0 || fr.fh[10] != 0 || fr.fh[11] != 0 {
+		return frame{}, fmt.Errorf("%w: frame %d: unknown flags %02x %02x%02x%02x", ErrFormat, idx, fr.fh[8], fr.fh[9], fr.fh[10], fr.fh[11])
+	}
+	if !f.final && idx == MaxFrames-1 {
+		return frame{}, fmt.Errorf("%w: frame %d: last possible frame is not final", ErrCorrupt, idx)
+	}
+	fr.next++
+	fr.frames++
+	fr.final = f.final
+	return f, nil
+}
+
+func (fr *frameReader) storedSum() string { return hex.EncodeToString(fr.stored.Sum(nil)) }
+
+// ScanStats is what Scan learns about an object without its key.
+type ScanStats struct {
+	Header       HeaderInfo
+	Frames       uint64
+	StoredBytes  int64
+	StoredSHA256 string // lowercase hex of the whole object's bytes
+}
+
+// Scan checks the structure of a whole object without its key: the header
+// and its checksum, every frame's length, CRC-32C, index and flags, that the
+// last frame is final and nothing follows it. It is the "ciphertext" verify:
+// it catches damage and truncation but, unlike Reader, cannot tell a frame
+// forged by someone who recomputed its CRC. Errors wrap the package sentinels.
+func Scan(r io.Reader) (ScanStats, error) {
+	hdr, raw, err := ReadHeader(r)
+	if err != nil {
+		return ScanStats{}, fmt.Errorf("scan: %w", err)
+	}
+	fr := newFrameReader(r, hdr, raw)
+	for {
+		if _, err := fr.nextFrame(); err == io.EOF {
+			break
+		} else if err != nil {
+			return ScanStats{Header: hdr, Frames: fr.frames, StoredBytes: fr.storedLen}, fmt.Errorf("scan: %w", err)
+		}
+	}
+	return ScanStats{Header: hdr, Frames: fr.frames, StoredBytes: fr.storedLen, StoredSHA256: fr.storedSum()}, nil
+}
+
+// ReadStats describe what a Reader has read so far; they are complete once
+// Read has returned io.EOF.
+type ReadStats struct {
+	Frames          uint64
+	Bytes           int64  // plaintext bytes
+	StoredBytes     int64  // object bytes, header included
+	PlaintextSHA256 string // lowercase hex
+	StoredSHA256    string // lowercase hex
+}
+
+// Reader yields the plaintext of one object. It checks every frame in order
+// (checksum, index, authentication tag, decompression) before returning any
+// byte of it, and returns io.EOF only after the final frame and the end of
+// the object; an object cut short fails with ErrTruncated. After an error,
+// every further Read returns the same error. Not safe for concurrent use.
+type Reader struct {
+	fr     *frameReader
+	hdr    HeaderInfo
+	aadSum [sha256.Size]byte
+	aead   cipher.AEAD
+	zdec   *zstd.Decoder
+
+	plain    []byte
+	pending  []byte
+	err      error
+	plainSHA hash.Hash
+	bytes    int64
+}
+
+// NewReader reads the header of the object in r and opens its data key with
+// k. Wrong or missing keys fail here with ErrWrongKey.
+func NewReader(r io.Reader, k Keys) (*Reader, error) {
+	hdr, raw, err := ReadHeader(r)
+	if err != nil {
+		return nil, fmt.Errorf("open object: %w", err)
+	}
+	rd := &Reader{fr: newFrameReader(r, hdr, raw), hdr: hdr, aadSum: sha256.Sum256(raw), plainSHA: sha256.New()}
+	if hdr.Encryption == EncryptionAESGCM {
+		key, err := UnwrapKey(hdr.KeyWrap, k)
+		if err != nil {
+			return nil, fmt.Errorf("open object %s: %w", hdr.BackupID, err)
+		}
+		if rd.aead, err = newAEAD(key); err != nil {
+			return nil, fmt.Errorf("open object %s: %w", hdr.BackupID, err)
+		}
+	}
+	if hdr.Compression == CompressionZstd {
+		rd.zdec, err = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(1),
+			// a chunk never needs more than its own size, rounded up to a window
+			zstd.WithDecoderMaxMemory(uint64(zstdWindow(hdr.ChunkSize))),
+			zstd.WithDecoderMaxWindow(uint64(zstdWindow(hdr.ChunkSize))),
+			zstd.WithDecodeAllCapLimit(true))
+		if err != nil {
+			return nil, fmt.Errorf("open object: zstd: %w", err)
+		}
+	}
+	return rd, nil
+}
+
+// Header returns the object's header.
+func (rd *Reader) Header() HeaderInfo { return rd.hdr }
+
+// Read implements io.Reader over the object's plaintext.
+func (rd *Reader) Read(p []byte) (int, error) {
+	for len(rd.pending) == 0 {
+		if rd.err != nil {
+			return 0, rd.err
+		}
+		if err := rd.nextChunk(); err != nil {
+			rd.err = err
+			if rd.zdec != nil {
+				rd.zdec.Close()
+			}
+		}
+	}
+	n := copy(p, rd.pending)
+	rd.pending = rd.pending[n:]
+	return n, nil
+}
+
+// nextChunk reads, opens and decompresses the next frame into pending.
+func (rd *Reader) nextChunk() error {
+	f, err := rd.fr.nextFrame()
+	if err != nil {
+		return err // io.EOF stays bare
+	}
+	body := f.body
+	if rd.aead != nil {
+		var nonce [12]byte
+		var aad [aadLen]byte
+		buildNonceAAD(&nonce, &aad, rd.hdr.NoncePrefix, rd.aadSum, f.index, f.final)
+		if body, err = rd.aead.Open(body[:0], nonce[:], body, aad[:]); err != nil {
+			return fmt.Errorf("%w: frame %d: authentication failed (tampered, reordered or wrong key)", ErrCorrupt, f.index)
+		}
+	}
+	if rd.plain == nil && rd.hdr.Compression != CompressionNone {
+		rd.plain = make([]byte, 0, rd.hdr.ChunkSize)
+	}
+	var plain []byte
+	switch rd.hdr.Compression {
+	case CompressionNone:
+		plain = body
+	case CompressionSnappy:
+		n, err := snappy.DecodedLen(body)
+		if err != nil || n > rd.hdr.ChunkSize {
+			return fmt.Errorf("%w: frame %d: snappy block does not decode to at most %d bytes", ErrCorrupt, f.index, rd.hdr.ChunkSize)
+		}
+		if plain, err = snappy.Decode(rd.plain[:n], body); err != nil {
+			return fmt.Errorf("%w: frame %d: snappy: %v", ErrCorrupt, f.index, err)
+		}
+	case CompressionZstd:
+		if plain, err = rd.zdec.DecodeAll(body, rd.plain[:0]); err != nil {
+			return fmt.Errorf("%w: frame %d: zstd: %v", ErrCorrupt, f.index, err)
+		}
+	}
+	if len(plain) > rd.hdr.ChunkSize {
+		return fmt.Errorf("%w: frame %d: chunk of %d bytes exceeds chunk size %d", ErrCorrupt, f.index, len(plain), rd.hdr.ChunkSize)
+	}
+	rd.plainSHA.Write(plain)
+	rd.bytes += int64(len(plain))
+	rd.pending = plain
+	return nil
+}
+
+// Stats returns counts and digests of what was read; complete after Read
+// returned io.EOF.
+func (rd *Reader) Stats() ReadStats {
+	return ReadStats{
+		Frames:          rd.fr.frames,
+		Bytes:           rd.bytes,
+		StoredBytes:     rd.fr.storedLen,
+		PlaintextSHA256: hex.EncodeToString(rd.plainSHA.Sum(nil)),
+		StoredSHA256:    rd.fr.storedSum(),
+	}
+}
