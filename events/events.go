@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -189,7 +190,9 @@ func Decode(e Event) (Payload, error) {
 	return p, nil
 }
 
-// DecodeAs is Decode for callers that know which payload they expect.
+// DecodeAs is Decode for callers that know which payload they expect. P may
+// be the payload struct or a pointer to it (DecodeAs[*UploadCompletedData]
+// or DecodeAs[UploadCompletedData]).
 func DecodeAs[P Payload](e Event) (P, error) {
 	var zero P
 	p, err := Decode(e)
@@ -197,6 +200,12 @@ func DecodeAs[P Payload](e Event) (P, error) {
 		return zero, err
 	}
 	typed, ok := p.(P)
+	if !ok {
+		// Decode returns pointers; accept a value type parameter too.
+		if v := reflect.ValueOf(p); v.Kind() == reflect.Pointer {
+			typed, ok = v.Elem().Interface().(P)
+		}
+	}
 	if !ok {
 		return zero, fmt.Errorf("%w: event %q: type %s is not the expected payload %T", ErrInvalid, e.ID(), e.Type(), zero)
 	}

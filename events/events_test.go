@@ -225,6 +225,14 @@ func TestDecodeAs(t *testing.T) {
 	if got.Destination != "s3-main" {
 		t.Errorf("destination = %q", got.Destination)
 	}
+	byValue, err := events.DecodeAs[events.UploadCompletedData](e)
+	if err != nil || byValue.Destination != "s3-main" {
+		t.Errorf("DecodeAs by value: got %+v, %v", byValue, err)
+	}
+	_, err = events.DecodeAs[events.UploadFailedData](e)
+	if !errors.Is(err, events.ErrInvalid) {
+		t.Errorf("DecodeAs wrong payload by value: got %v", err)
+	}
 	_, err = events.DecodeAs[*events.UploadFailedData](e)
 	if !errors.Is(err, events.ErrInvalid) || !strings.Contains(err.Error(), "not the expected payload") {
 		t.Errorf("DecodeAs wrong payload: got %v", err)
