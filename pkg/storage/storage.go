@@ -106,8 +106,9 @@ type LifecycleRule struct {
 	// 0 means no expiry.
 	ExpireAfterDays int `yaml:"expireAfterDays,omitempty" json:"expireAfterDays,omitempty"`
 	// AbortIncompleteAfterDays aborts multipart uploads left behind this many
-	// days after they started; 0 means never. Only valid without Tags (S3
-	// rule).
+	// days after they started; 0 means never. Only valid without Tags. AWS
+	// S3 takes it; MinIO rejects it (it removes stale uploads on its own,
+	// after 24 h by default: MINIO_API_STALE_UPLOADS_EXPIRY).
 	AbortIncompleteAfterDays int `yaml:"abortIncompleteAfterDays,omitempty" json:"abortIncompleteAfterDays,omitempty"`
 }
 
@@ -132,11 +133,13 @@ type Lifecycler interface {
 // visible as objects; sweeping only reclaims space.
 type Sweeper interface {
 	// Incomplete lists the keys with prefix that have leftovers, in no
-	// particular order, one entry per leftover.
+	// particular order, one entry per leftover. Some servers (MinIO) find
+	// leftovers only when prefix is the exact key.
 	Incomplete(ctx context.Context, prefix string) ([]string, error)
-	// RemoveIncomplete removes leftovers started before cutoff and returns
-	// how many it removed. A cutoff in the past spares Puts still running.
-	RemoveIncomplete(ctx context.Context, cutoff time.Time) (int, error)
+	// RemoveIncomplete removes the leftovers of keys with prefix started
+	// before cutoff and returns how many it removed; the same prefix rule as
+	// Incomplete applies. A cutoff in the past spares Puts still running.
+	RemoveIncomplete(ctx context.Context, prefix string, cutoff time.Time) (int, error)
 }
 
 // CheckKey reports whether key is a valid object key: a relative path of

@@ -73,40 +73,19 @@ func New(ctx context.Context, c Config) (storage.Storage, error) {
 		return nil, fmt.Errorf("filesystem root: %w", err)
 	}
 	s := &FS{root: root}
-	if _, err := s.RemoveIncomplete(ctx, time.Now().Add(-staleAge)); err != nil {
+	if _, err := s.RemoveIncomplete(ctx, "", time.Now().Add(-staleAge)); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Incomplete implements storage.Sweeper: it names the directory (as a key
-// prefix ending in '/', or "" for the root) of each temp file under prefix.
+// Incomplete implements storage.Sweeper. A temp file has no key yet: it is
+// named by its directory (a key prefix ending in '/', or "" for the root),
+// listed when prefix could name a key in that directory.
 func (s *FS) Incomplete(ctx context.Context, prefix string) ([]string, error) {
-	if err := storage.CheckPrefix(prefix); err != nil {
-		return nil, err
-	}
 	var out []string
-	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
-			return nil
-		}
-		rel, err := filepath.Rel(s.root, filepath.Dir(p))
-		if err != nil {
-			return err
-		}
-		dirKey := ""
-		if rel != "." {
-			dirKey = filepath.ToSlash(rel) + "/"
-		}
-		if strings.HasPrefix(dirKey, prefix) || strings.HasPrefix(prefix, dirKey) {
-			out = append(out, dirKey)
-		}
+	err := s.temps(ctx, prefix, func(dirKey, _ string, _ fs.DirEntry) error {
+		out = append(out, dirKey)
 		return nil
 	})
 	if err != nil {
@@ -115,20 +94,13 @@ func (s *FS) Incomplete(ctx context.Context, prefix string) ([]string, error) {
 	return out, nil
 }
 
-// RemoveIncomplete implements storage.Sweeper: it deletes temp files of
-// interrupted Puts last modified before cutoff.
-func (s *FS) RemoveIncomplete(ctx context.Context, cutoff time.Time) (int, error) {
+// RemoveIncomplete implements storage.Sweeper: it deletes the temp files of
+// interrupted Puts, in the directories Incomplete would list for prefix,
+// last modified before cutoff. New runs it for the whole tree with a cutoff
+// of an hour ago.
+func (s *FS) RemoveIncomplete(ctx context.Context, prefix string, cutoff time.Time) (int, error) {
 	n := 0
-	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
-			return nil
-		}
+	err := s.temps(ctx, prefix, func(_, p string, d fs.DirEntry) error {
 		fi, err := d.Info()
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -148,6 +120,40 @@ func (s *FS) RemoveIncomplete(ctx context.Context, cutoff time.Time) (int, error
 		return n, fmt.Errorf("remove stale temp files: %w", err)
 	}
 	return n, nil
+}
+
+// temps calls fn for every temp file in a directory that may hold keys
+// with prefix.
+func (s *FS) temps(ctx context.Context, prefix string, fn func(dirKey, path string, d fs.DirEntry) error) error {
+	if err := storage.CheckPrefix(prefix); err != nil {
+		return err
+	}
+	return filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed while we walked
+		}
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) {
+			return nil
+		}
+		rel, err := filepath.Rel(s.root, filepath.Dir(p))
+		if err != nil {
+			return err
+		}
+		dirKey := ""
+		if rel != "." {
+			dirKey = filepath.ToSlash(rel) + "/"
+		}
+		if strings.HasPrefix(dirKey, prefix) || strings.HasPrefix(prefix, dirKey) {
+			return fn(dirKey, p, d)
+		}
+		return nil
+	})
 }
 
 // checkKey applies the shared key rules and the names this backend reserves.

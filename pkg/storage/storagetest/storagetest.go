@@ -123,14 +123,15 @@ func keys(t *testing.T, s storage.Storage, prefix string) []string {
 	return out
 }
 
-// wantNoLeftovers checks a Sweeper has no temp file or incomplete upload.
-func wantNoLeftovers(t *testing.T, s storage.Storage) {
+// wantNoLeftovers checks a Sweeper has no temp file or incomplete upload for
+// key.
+func wantNoLeftovers(t *testing.T, s storage.Storage, key string) {
 	t.Helper()
 	sw, ok := s.(storage.Sweeper)
 	if !ok {
 		return
 	}
-	left, err := sw.Incomplete(context.Background(), "")
+	left, err := sw.Incomplete(context.Background(), key)
 	if err != nil {
 		t.Fatalf("incomplete: %v", err)
 	}
@@ -367,7 +368,7 @@ func testFailingReader(t *testing.T, s storage.Storage) {
 			} else {
 				wantAbsent(t, s, tt.key)
 			}
-			wantNoLeftovers(t, s)
+			wantNoLeftovers(t, s, tt.key)
 		})
 	}
 	if got := keys(t, s, ""); !slices.Equal(got, []string{"kept"}) {
@@ -394,7 +395,7 @@ func testCancelMidway(t *testing.T, s storage.Storage) {
 				t.Fatalf("put with ctx cancelled midway: %v, want context.Canceled", err)
 			}
 			wantAbsent(t, s, "cancelled")
-			wantNoLeftovers(t, s)
+			wantNoLeftovers(t, s, "cancelled")
 		})
 	}
 }
