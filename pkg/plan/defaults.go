@@ -1,0 +1,73 @@
+package plan
+
+import "time"
+
+// Default values Defaults fills in.
+const (
+	DefaultTimezone         = "UTC"
+	DefaultStartingDeadline = Duration(time.Hour)
+	DefaultGrace            = Duration(time.Hour)
+)
+
+// Defaults fills every documented default the plan leaves unset. It is
+// idempotent. Op timeouts and onError stay unset: they inherit from their
+// hook at run time (Hook.EffectiveTimeout, Hook.EffectiveOnError).
+func (p *Plan) Defaults() {
+	s := &p.Spec
+	for i := range s.Hooks {
+		h := &s.Hooks[i]
+		if h.Timeout == 0 {
+			h.Timeout = DefaultHookTimeout
+		}
+		if h.OnError == "" {
+			h.OnError = OnErrorFail
+		}
+	}
+	for _, name := range []string{WorkflowBackup, WorkflowRestore} {
+		if !p.hasWorkflow(name) {
+			s.Workflows = append(s.Workflows, Workflow{Name: name, Sequence: p.Sequence(name)})
+		}
+	}
+	if s.Filters.Compression == "" {
+		s.Filters.Compression = CompressionZstd
+	}
+	if s.Filters.Compression == CompressionZstd && s.Filters.Level == "" {
+		s.Filters.Level = LevelFastest
+	}
+	if e := s.Filters.Encryption; e != nil && e.Type == "" {
+		e.Type = EncryptionAES256GCM
+	}
+	if s.ChunkSize == 0 {
+		s.ChunkSize = DefaultChunkSize
+	}
+	if s.Verify.Enabled == nil {
+		on := true
+		s.Verify.Enabled = &on
+	}
+	if sc := s.Schedule; sc != nil {
+		if sc.Timezone == "" {
+			sc.Timezone = DefaultTimezone
+		}
+		if sc.StartingDeadline == 0 {
+			sc.StartingDeadline = DefaultStartingDeadline
+		}
+		if sc.MissedRunPolicy == "" {
+			sc.MissedRunPolicy = MissedRunOnce
+		}
+		if sc.ConcurrencyPolicy == "" {
+			sc.ConcurrencyPolicy = ConcurrencyForbid
+		}
+	}
+	if a := s.Alert; a != nil && a.Grace == 0 {
+		a.Grace = DefaultGrace
+	}
+}
+
+func (p *Plan) hasWorkflow(name string) bool {
+	for _, w := range p.Spec.Workflows {
+		if w.Name == name {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,275 @@
+package plan
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/pkg/secret"
+	"github.com/backstream/backstream/pkg/source/command"
+	"github.com/backstream/backstream/pkg/source/mariadb"
+	"github.com/backstream/backstream/pkg/storage/filesystem"
+)
+
+// realChecker checks plugin blocks with the real plugins' config structs.
+type realChecker struct{}
+
+var _ Checker = realChecker{}
+
+func (realChecker) CheckSource(p Plugin) error {
+	switch p.Type {
+	case command.Name:
+		var c command.Config
+		if err := p.Decode(&c); err != nil {
+			return err
+		}
+		return c.Validate()
+	case mariadb.Name:
+		var c mariadb.Config
+		if err := p.Decode(&c); err != nil {
+			return err
+		}
+		return c.Validate()
+	}
+	return ErrUnknownType
+}
+
+func (realChecker) CheckDestination(p Plugin) error {
+	if p.Type != "filesystem" {
+		return ErrUnknownType
+	}
+	var c filesystem.Config
+	if err := p.Decode(&c); err != nil {
+		return err
+	}
+	return c.Validate()
+}
+
+const base = `apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata:
+  name: orders
+spec:
+  source:
+    type: command
+    command: {argv: [echo, hi]}
+  hooks:
+    - name: db
+      type: sql
+      ops:
+        - name: lock
+          sql: "FLUSH TABLES WITH READ LOCK"
+          inverseOp: unlock
+        - name: unlock
+          sql: "UNLOCK TABLES"
+  workflows:
+    - name: backup
+      sequence: [{hook: db/lock}, snapshot, {hook: db/unlock}]
+  destinations:
+    - name: local
+      type: filesystem
+      filesystem: {path: /tmp/x}
+`
+
+func mustParse(t *testing.T, src string) *Plan {
+	t.Helper()
+	p, err := Parse("plans/orders.yaml", []byte(src))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return p
+}
+
+func problemsOf(t *testing.T, err error) []string {
+	t.Helper()
+	if err == nil {
+		return nil
+	}
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("want *ValidationError, got %T: %v", err, err)
+	}
+	var out []string
+	for _, p := range ve.Problems {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+func TestBaseIsValid(t *testing.T) {
+	if err := mustParse(t, base).Validate(realChecker{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidateRules(t *testing.T) {
+	const recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+	neg := func(d time.Duration) Duration { return Duration(-d) }
+	tests := []struct {
+		name string
+		give func(p *Plan)
+		want string
+	}{
+		{"apiVersion missing", func(p *Plan) { p.APIVersion = "" }, "apiVersion: required: backstream.io/v1alpha1"},
+		{"apiVersion wrong", func(p *Plan) { p.APIVersion = "v1" }, `apiVersion: "v1" is not supported; want backstream.io/v1alpha1`},
+		{"kind wrong", func(p *Plan) { p.Kind = "Recipe" }, `kind: "Recipe" is not supported; want Plan`},
+		{"name missing", func(p *Plan) { p.Metadata.Name = "" }, "metadata.name: required"},
+		{"name not a label", func(p *Plan) { p.Metadata.Name = "Orders_DB" }, `metadata.name: "Orders_DB" ` + dnsLabel},
+		{"source missing", func(p *Plan) { p.Spec.Source = Source{} }, "spec.source: required"},
+		{"source type missing", func(p *Plan) { p.Spec.Source.Type = "" }, "spec.source.type: required"},
+		{"source unknown type", func(p *Plan) { p.Spec.Source.Type = "oracle" }, "spec.source.oracle: unknown plugin type"},
+		{"source config bad", func(p *Plan) { p.Spec.Source.Config = map[string]any{"argv": []any{}} }, "spec.source.command: argv: required"},
+		{"no destinations", func(p *Plan) { p.Spec.Destinations = nil }, "spec.destinations: at least one destination is required"},
+		{"destination name", func(p *Plan) { p.Spec.Destinations[0].Name = "" }, "spec.destinations[0].name: required"},
+		{"destination dup", func(p *Plan) { p.Spec.Destinations = append(p.Spec.Destinations, p.Spec.Destinations[0]) }, `spec.destinations[1].name: "local" is already the name of spec.destinations[0]`},
+		{"destination type", func(p *Plan) { p.Spec.Destinations[0].Type = "" }, "spec.destinations[0].type: required"},
+		{"destination config", func(p *Plan) { p.Spec.Destinations[0].Config = nil }, "spec.destinations[0].filesystem: path: required"},
+		{"hook name dup", func(p *Plan) { p.Spec.Hooks = append(p.Spec.Hooks, p.Spec.Hooks[0]) }, `spec.hooks[1].name: "db" is already the name of spec.hooks[0]`},
+		{"hook name bad", func(p *Plan) { p.Spec.Hooks[0].Name = "DB"; p.Spec.Workflows = nil }, `spec.hooks[0].name: "DB" ` + dnsLabel},
+		{"hook type unknown", func(p *Plan) { p.Spec.Hooks[0].Type = "check" }, `spec.hooks[0].type: "check" is not one of exec, sql, http, kubernetes`},
+		{"hook type missing", func(p *Plan) { p.Spec.Hooks[0].Type = "" }, "spec.hooks[0].type: required: one of exec, sql, http, kubernetes"},
+		{"hook onError", func(p *Plan) { p.Spec.Hooks[0].OnError = "ignore" }, `spec.hooks[0].onError: "ignore" is not one of fail, continue`},
+		{"hook timeout", func(p *Plan) { p.Spec.Hooks[0].Timeout = -1 }, "spec.hooks[0].timeout: must be > 0"},
+		{"hook no ops", func(p *Plan) { p.Spec.Hooks[0].Ops = nil; p.Spec.Workflows = nil }, "spec.hooks[0].ops: at least one op is required"},
+		{"op name dup", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Ops = append(h.Ops, h.Ops[1]) }, `spec.hooks[0].ops[2].name: "unlock" is already the name of ops[1] of hook "db"`},
+		{"op onError", func(p *Plan) { p.Spec.Hooks[0].Ops[1].OnError = "retry" }, `spec.hooks[0].ops[1].onError: "retry" is not one of fail, continue`},
+		{"op timeout", func(p *Plan) { p.Spec.Hooks[0].Ops[1].Timeout = -5 }, "spec.hooks[0].ops[1].timeout: must be > 0"},
+		{"inverseOp unknown", func(p *Plan) { p.Spec.Hooks[0].Ops[0].InverseOp = "unlokc" }, `spec.hooks[0].ops[0].inverseOp: "unlokc" is not an op of hook "db"`},
+		{"inverseOp self", func(p *Plan) { p.Spec.Hooks[0].Ops[0].InverseOp = "lock" }, "spec.hooks[0].ops[0].inverseOp: an op cannot be its own inverse"},
+		{"sql op without sql", func(p *Plan) { p.Spec.Hooks[0].Ops[1].SQL = " " }, "spec.hooks[0].ops[1].sql: required for a sql hook"},
+		{"sql op with command", func(p *Plan) { p.Spec.Hooks[0].Ops[1].Command = Command{"ls"} }, "spec.hooks[0].ops[1].command: only exec and kubernetes hooks take it"},
+		{"sql op with http", func(p *Plan) { p.Spec.Hooks[0].Ops[1].HTTP = &HTTPRequest{URL: "http://x"} }, "spec.hooks[0].ops[1].http: only http hooks take it"},
+		{"sql op with container", func(p *Plan) { p.Spec.Hooks[0].Ops[1].Container = "db" }, "spec.hooks[0].ops[1].container: only kubernetes hooks run in containers"},
+		{"exec op without command", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Ops[0].SQL = ""; h.Ops[1].SQL = ""; h.Ops[0].Command = Command{"true"} }, "spec.hooks[0].ops[1].command: required for a exec hook"},
+		{"exec op empty program", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Ops[0].SQL = ""; h.Ops[1].SQL = ""; h.Ops[0].Command = Command{"true"}; h.Ops[1].Command = Command{""} }, "spec.hooks[0].ops[1].command[0]: the program must not be empty"},
+		{"exec op with sql", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Ops[0].SQL = ""; h.Ops[0].Command = Command{"true"}; h.Ops[1].Command = Command{"true"} }, "spec.hooks[0].ops[1].sql: only sql hooks take it"},
+		{"exec env ref", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Exec = &ExecHook{Env: map[string]secret.Ref{"PW": {}}}; h.Ops[0].SQL, h.Ops[1].SQL = "", ""; h.Ops[0].Command, h.Ops[1].Command = Command{"a"}, Command{"b"} }, "spec.hooks[0].exec.env.PW: set one of env, file"},
+		{"exec block on sql hook", func(p *Plan) { p.Spec.Hooks[0].Exec = &ExecHook{} }, "spec.hooks[0].exec: only exec hooks take it"},
+		{"http block on sql hook", func(p *Plan) { p.Spec.Hooks[0].HTTP = &HTTPHook{} }, "spec.hooks[0].http: only http hooks take it"},
+		{"kubernetes block on sql hook", func(p *Plan) { p.Spec.Hooks[0].Kubernetes = &KubernetesHook{} }, "spec.hooks[0].kubernetes: only kubernetes hooks select pods (kubernetes block, or Fusion namespace/labelSelector/nameSelector/selectResource/singlePodOnly)"},
+		{"kubernetes no selector", func(p *Plan) { toKube(p); p.Spec.Hooks[0].Kubernetes.LabelSelector = "" }, "spec.hooks[0].kubernetes: select pods with labelSelector or nameSelector"},
+		{"kubernetes selectResource", func(p *Plan) { toKube(p); p.Spec.Hooks[0].Kubernetes.SelectResource = "deployment" }, `spec.hooks[0].kubernetes.selectResource: "deployment" is not supported; hooks run in pods (pod)`},
+		{"kubernetes nameSelector", func(p *Plan) { toKube(p); p.Spec.Hooks[0].Kubernetes.NameSelector = "(" }, "spec.hooks[0].kubernetes.nameSelector: not a regular expression: error parsing regexp: missing closing ): `(`"},
+		{"http op missing", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP = nil }, "spec.hooks[0].ops[1].http: required for an http hook"},
+		{"http op url missing", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.URL = "" }, "spec.hooks[0].ops[1].http.url: required"},
+		{"http op relative url", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].HTTP = nil; p.Spec.Hooks[0].Ops[0].HTTP.URL = "https://db.example/lock" }, `spec.hooks[0].ops[1].http.url: relative URL "/unlock" needs the hook's http.baseURL`},
+		{"http op bad scheme", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.URL = "ftp://x/y" }, `spec.hooks[0].ops[1].http.url: "ftp://x/y" is not an http(s) URL`},
+		{"http op method", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.Method = "post it" }, `spec.hooks[0].ops[1].http.method: "post it" is not an HTTP method (GET, POST, ...)`},
+		{"http op status", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.ExpectStatus = 42 }, "spec.hooks[0].ops[1].http.expectStatus: 42 is not an HTTP status"},
+		{"http baseURL", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].HTTP.BaseURL = "localhost:80" }, `spec.hooks[0].http.baseURL: "localhost:80" is not an absolute http(s) URL`},
+		{"workflow name", func(p *Plan) { p.Spec.Workflows[0].Name = "pre-hook" }, `spec.workflows[0].name: "pre-hook" is not a workflow; want backup or restore`},
+		{"workflow name missing", func(p *Plan) { p.Spec.Workflows[0].Name = "" }, "spec.workflows[0].name: required: backup or restore"},
+		{"workflow dup", func(p *Plan) { p.Spec.Workflows = append(p.Spec.Workflows, p.Spec.Workflows[0]) }, `spec.workflows[1].name: "backup" is already the name of spec.workflows[0]`},
+		{"hook step without op", func(p *Plan) { p.Spec.Workflows[0].Sequence[0] = Step{Kind: StepHook, Hook: "db"} }, `spec.workflows[0].sequence[0].hook: "db" names no op; write hook: db/<op>`},
+		{"hook step unknown hook", func(p *Plan) { p.Spec.Workflows[0].Sequence[0] = HookStep("cache", "lock") }, `spec.workflows[0].sequence[0].hook: "cache" is not a hook of this plan`},
+		{"hook step unknown op", func(p *Plan) { p.Spec.Workflows[0].Sequence[2] = HookStep("db", "unlok") }, `spec.workflows[0].sequence[2].hook: "unlok" is not an op of hook "db"`},
+		{"no data step", func(p *Plan) { p.Spec.Workflows[0].Sequence = p.Spec.Workflows[0].Sequence[:1] }, "spec.workflows[0].sequence: must hold exactly one snapshot step (or a Fusion group step), has 0"},
+		{"two data steps", func(p *Plan) { w := &p.Spec.Workflows[0]; w.Sequence = append(w.Sequence, Step{Kind: StepSnapshot}) }, "spec.workflows[0].sequence: must hold exactly one snapshot step (or a Fusion group step), has 2"},
+		{"restore in backup", func(p *Plan) { p.Spec.Workflows[0].Sequence[0] = Step{Kind: StepRestore} }, "spec.workflows[0].sequence[0]: restore belongs in the restore workflow"},
+		{"snapshot in restore", func(p *Plan) { p.Spec.Workflows[0] = Workflow{Name: WorkflowRestore, Sequence: []Step{{Kind: StepRestore}, {Kind: StepSnapshot}}} }, "spec.workflows[0].sequence[1]: snapshot belongs in the backup workflow"},
+		{"repeated hook step", func(p *Plan) { w := &p.Spec.Workflows[0]; w.Sequence[2] = w.Sequence[0] }, "spec.workflows[0].sequence[2]: hook:db/lock repeats sequence[0]"},
+		{"compression", func(p *Plan) { p.Spec.Filters.Compression = "gzip" }, `spec.filters.compression: "gzip" is not one of none, snappy, zstd`},
+		{"level value", func(p *Plan) { p.Spec.Filters.Level = "max" }, `spec.filters.level: "max" is not one of fastest, default, better`},
+		{"level without zstd", func(p *Plan) { p.Spec.Filters.Compression, p.Spec.Filters.Level = "snappy", "better" }, "spec.filters.level: only zstd takes a level"},
+		{"encryption type", func(p *Plan) { p.Spec.Filters.Encryption = &Encryption{Type: "rot13", Recipients: []string{recipient}} }, `spec.filters.encryption.type: "rot13" is not one of none, aes-256-gcm`},
+		{"encryption no key", func(p *Plan) { p.Spec.Filters.Encryption = &Encryption{Type: EncryptionAES256GCM} }, "spec.filters.encryption: needs recipients, recipientsFile or passphrase"},
+		{"encryption both", func(p *Plan) {
+			p.Spec.Filters.Encryption = &Encryption{Recipients: []string{recipient}, Passphrase: &secret.Ref{Env: "PW"}}
+		}, "spec.filters.encryption: set recipients (and/or recipientsFile) or passphrase, not both"},
+		{"encryption none with keys", func(p *Plan) { p.Spec.Filters.Encryption = &Encryption{Type: "none", RecipientsFile: "/r"} }, "spec.filters.encryption: type none takes no recipients or passphrase"},
+		{"encryption bad recipient", func(p *Plan) { p.Spec.Filters.Encryption = &Encryption{Recipients: []string{recipient, "age1nope"}} }, "spec.filters.encryption.recipients[1]: not an age X25519 recipient (age1...): malformed recipient \"age1nope\": separator '1' at invalid position: pos=3, len=8"},
+		{"encryption passphrase ref", func(p *Plan) { p.Spec.Filters.Encryption = &Encryption{Passphrase: &secret.Ref{Env: "A", File: "/b"}} }, "spec.filters.encryption.passphrase: set one of env, file, not both"},
+		{"chunk too small", func(p *Plan) { p.Spec.ChunkSize = 32 * KiB }, "spec.chunkSize: 32KiB is outside 64KiB..4MiB"},
+		{"chunk too big", func(p *Plan) { p.Spec.ChunkSize = 5 * MiB }, "spec.chunkSize: 5MiB is outside 64KiB..4MiB"},
+		{"cron missing", func(p *Plan) { p.Spec.Schedule = &Schedule{} }, "spec.schedule.cron: required"},
+		{"cron bad", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "0 3 * *"} }, "spec.schedule.cron: expected exactly 5 fields, found 4: [0 3 * *]"},
+		{"cron six fields", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "0 0 3 * * *"} }, "spec.schedule.cron: expected exactly 5 fields, found 6: [0 0 3 * * *]"},
+		{"timezone", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@daily", Timezone: "Mars/Olympus"} }, `spec.schedule.timezone: "Mars/Olympus" is not an IANA time zone`},
+		{"jitter", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@daily", Jitter: neg(time.Minute)} }, "spec.schedule.jitter: must be >= 0"},
+		{"startingDeadline", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@daily", StartingDeadline: neg(time.Minute)} }, "spec.schedule.startingDeadline: must be > 0"},
+		{"missedRunPolicy", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@every 6h", MissedRunPolicy: "catch-up"} }, `spec.schedule.missedRunPolicy: "catch-up" is not one of skip, run-once`},
+		{"concurrencyPolicy", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@hourly", ConcurrencyPolicy: "queue"} }, `spec.schedule.concurrencyPolicy: "queue" is not one of forbid, allow, replace`},
+		{"retention count", func(p *Plan) { p.Spec.Retention = &Retention{}; p.Spec.Retention.KeepLast = 1; p.Spec.Retention.KeepDaily = -2 }, "spec.retention.keepDaily: must be >= 0 (or -1: keep every bucket)"},
+		{"retention empty", func(p *Plan) { p.Spec.Retention = &Retention{} }, "spec.retention: keeps nothing, so it would delete every backup; set a keep rule or drop the block"},
+		{"retention tag", func(p *Plan) { p.Spec.Retention = &Retention{}; p.Spec.Retention.KeepTags = []string{"pinned", "a,"} }, `spec.retention.keepTags[1]: "a," has an empty tag`},
+		{"alert expectEvery needed", func(p *Plan) { p.Spec.Alert = &Alert{} }, "spec.alert.expectEvery: required when the plan has no schedule"},
+		{"alert expectEvery negative", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: neg(time.Hour)} }, "spec.alert.expectEvery: must be > 0"},
+		{"alert grace", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: Duration(time.Hour), Grace: neg(time.Hour)} }, "spec.alert.grace: must be > 0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustParse(t, base)
+			tt.give(p)
+			got := problemsOf(t, p.Validate(realChecker{}))
+			if len(got) != 1 || got[0] != tt.want {
+				t.Errorf("problems:\n%s\nwant exactly:\n%s", strings.Join(got, "\n"), tt.want)
+			}
+		})
+	}
+}
+
+func toKube(p *Plan) {
+	h := &p.Spec.Hooks[0]
+	h.Type = HookKubernetes
+	h.Kubernetes = &KubernetesHook{Namespace: "db", LabelSelector: "app=db"}
+	h.Ops[0].SQL, h.Ops[1].SQL = "", ""
+	h.Ops[0].Command, h.Ops[1].Command = Command{"lock"}, Command{"unlock"}
+}
+
+func toHTTP(p *Plan) {
+	h := &p.Spec.Hooks[0]
+	h.Type = HookHTTP
+	h.HTTP = &HTTPHook{BaseURL: "http://127.0.0.1:8080"}
+	h.Ops[0].SQL, h.Ops[1].SQL = "", ""
+	h.Ops[0].HTTP = &HTTPRequest{Method: "POST", URL: "/lock"}
+	h.Ops[1].HTTP = &HTTPRequest{Method: "POST", URL: "/unlock", ExpectStatus: 204}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	p := mustParse(t, strings.Replace(base, "inverseOp: unlock", "inverseOp: unlokc", 1))
+	p.Metadata.Name = ""
+	p.Spec.Destinations = nil
+	p.Spec.Retention = &Retention{}
+	p.Spec.Retention.KeepDaily = -3
+	p.Spec.Schedule = &Schedule{Cron: "61 * * * *"}
+	err := p.Validate(realChecker{})
+	want := strings.Join([]string{
+		"plans/orders.yaml: metadata.name: required",
+		"plans/orders.yaml: spec.destinations: at least one destination is required",
+		`plans/orders.yaml: spec.hooks[0].ops[0].inverseOp: "unlokc" is not an op of hook "db"`,
+		"plans/orders.yaml: spec.schedule.cron: end of range (61) above maximum (59): 61",
+		"plans/orders.yaml: spec.retention.keepDaily: must be >= 0 (or -1: keep every bucket)",
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+func TestNilCheckerSkipsPlugins(t *testing.T) {
+	p := mustParse(t, base)
+	p.Spec.Source.Type = "oracle"
+	if err := p.Validate(nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// joinChecker reports fixed, joined problems for every plugin.
+type joinChecker struct{ err error }
+
+func (c joinChecker) CheckSource(Plugin) error      { return c.err }
+func (c joinChecker) CheckDestination(Plugin) error { return c.err }
+
+func TestCheckerJoinedErrorsAreSeparateProblems(t *testing.T) {
+	p := mustParse(t, base)
+	c := joinChecker{errors.Join(errors.New("host: required"), errors.Join(errors.New("port: out of range"), errors.New("mode: bad")))}
+	got := problemsOf(t, p.Validate(c))
+	want := []string{
+		"spec.source.command: host: required", "spec.source.command: port: out of range", "spec.source.command: mode: bad",
+		"spec.destinations[0].filesystem: host: required", "spec.destinations[0].filesystem: port: out of range", "spec.destinations[0].filesystem: mode: bad",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
