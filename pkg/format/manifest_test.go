@@ -17,8 +17,8 @@ func manifestFor(t *testing.T, s *format.Sealer, obj []byte, data []byte) format
 	return format.Manifest{
 		FormatVersion: format.Version, BackupID: s.HeaderInfo().BackupID, Plan: "orders-db", RunID: "01JRUN", Trigger: "schedule",
 		Created: at, Started: at, Finished: at.Add(time.Minute),
-		Source:  format.Source{Type: "mariadb", Describe: map[string]string{"server": "11.4.2"}},
-		Chain:   s.Chain(), ChunkSize: s.ChunkSize(), KeyWrap: s.KeyWrap(),
+		Source: format.Source{Type: "mariadb", Describe: map[string]string{"server": "11.4.2"}},
+		Chain:  s.Chain(), ChunkSize: s.ChunkSize(), KeyWrap: s.KeyWrap(),
 		Bytes: int64(len(data)), StoredBytes: int64(len(obj)), Frames: 3,
 		PlaintextSHA256: sum(data), StoredSHA256: sum(obj),
 		ObjectKey: format.ObjectKey("orders-db", s.HeaderInfo().BackupID),

@@ -1,0 +1,274 @@
+package format_test
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/golang/snappy"
+	"github.com/klauspost/compress/zstd"
+)
+
+var update = flag.Bool("update", false, "regenerate the test vectors under testdata/vectors")
+
+const vectorDir = "testdata/vectors"
+
+// vector is one entry of testdata/vectors/vectors.json.
+type vector struct {
+	File            string   `json:"file"`
+	Identity        string   `json:"identity,omitempty"`   // file holding the age identity
+	Passphrase      string   `json:"passphrase,omitempty"` // file holding the passphrase
+	BackupID        string   `json:"backupId"`
+	Chain           []string `json:"chain"`
+	ChunkSize       int      `json:"chunkSize"`
+	Frames          uint64   `json:"frames"`
+	StoredBytes     int64    `json:"storedBytes"`
+	StoredSHA256    string   `json:"storedSha256"`
+	PlaintextSHA256 string   `json:"plaintextSha256"`
+}
+
+// vectorPlaintext is short text so the vectors stay small and readable.
+func vectorPlaintext() []byte {
+	var b strings.Builder
+	for i := 0; b.Len() < 2600; i++ {
+		b.WriteString("INSERT INTO `orders` VALUES (")
+		b.WriteString(strings.Repeat("7", i%5+1))
+		b.WriteString(",'backstream test vector','2025-03-01 02:00:00');\n")
+	}
+	return []byte(b.String())
+}
+
+func generateVectors(t *testing.T) {
+	plain := vectorPlaintext()
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pass = "backstream test vector passphrase"
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(vectorDir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("plaintext.txt", plain)
+	write("identity.txt", []byte("# test vector identity; never use it for anything else\n# public key: "+id.Recipient().String()+"\n"+id.String()+"\n"))
+	write("passphrase.txt", []byte(pass+"\n"))
+	specs := []struct {
+		file string
+		o    format.Options
+		v    vector
+	}{
+		{"zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{id.Recipient().String()}, ChunkSize: 1024}, vector{Identity: "identity.txt"}},
+		{"zstd-aes-scrypt.bsf", format.Options{Compression: "zstd", Passphrase: pass, ScryptWorkFactor: 10, ChunkSize: 1024}, vector{Passphrase: "passphrase.txt"}},
+		{"snappy-none.bsf", format.Options{Compression: "snappy", Encryption: "none", ChunkSize: 1024}, vector{}},
+		{"empty-zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{id.Recipient().String()}, ChunkSize: 1024}, vector{Identity: "identity.txt"}},
+	}
+	var vs []vector
+	for _, sp := range specs {
+		data := plain
+		if strings.HasPrefix(sp.file, "empty") {
+			data = nil
+		}
+		obj := seal(t, "01JVECTOR"+strings.ToUpper(strings.NewReplacer("-", "", ".bsf", "").Replace(sp.file)), sp.o, data)
+		write(sp.file, obj)
+		ss, err := format.Scan(bytes.NewReader(obj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := sp.v
+		v.File, v.BackupID, v.Chain, v.ChunkSize = sp.file, ss.Header.BackupID, ss.Header.Chain(), ss.Header.ChunkSize
+		v.Frames, v.StoredBytes, v.StoredSHA256, v.PlaintextSHA256 = ss.Frames, ss.StoredBytes, ss.StoredSHA256, sum(data)
+		vs = append(vs, v)
+	}
+	j, _ := json.MarshalIndent(vs, "", "  ")
+	write("vectors.json", append(j, '\n'))
+}
+
+func loadVectors(t *testing.T) []vector {
+	b, err := os.ReadFile(filepath.Join(vectorDir, "vectors.json"))
+	if err != nil {
+		t.Fatalf("read vectors (regenerate with go test -run TestVectors -update): %v", err)
+	}
+	var vs []vector
+	if err := json.Unmarshal(b, &vs); err != nil {
+		t.Fatal(err)
+	}
+	return vs
+}
+
+func vectorKeys(t *testing.T, v vector) format.Keys {
+	var k format.Keys
+	if v.Identity != "" {
+		ids, err := format.ParseIdentityFile(filepath.Join(vectorDir, v.Identity))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Identities = ids
+	}
+	if v.Passphrase != "" {
+		b, err := os.ReadFile(filepath.Join(vectorDir, v.Passphrase))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Passphrase = strings.TrimSuffix(string(b), "\n")
+	}
+	return k
+}
+
+// TestVectors decodes the committed vectors with this package and checks
+// every recorded fact.
+func TestVectors(t *testing.T) {
+	if *update {
+		generateVectors(t)
+	}
+	plain, err := os.ReadFile(filepath.Join(vectorDir, "plaintext.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range loadVectors(t) {
+		t.Run(v.File, func(t *testing.T) {
+			obj, err := os.ReadFile(filepath.Join(vectorDir, v.File))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := plain
+			if v.PlaintextSHA256 == sum(nil) {
+				want = []byte{}
+			}
+			got, st, err := open(obj, vectorKeys(t, v))
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("plaintext differs")
+			}
+			if st.Frames != v.Frames || st.StoredBytes != v.StoredBytes || st.StoredSHA256 != v.StoredSHA256 || st.PlaintextSHA256 != v.PlaintextSHA256 {
+				t.Fatalf("stats %+v, vector %+v", st, v)
+			}
+			if plainText := independentRead(t, obj, v); !bytes.Equal(plainText, want) {
+				t.Fatalf("independent reader: plaintext differs")
+			}
+		})
+	}
+}
+
+// independentRead decodes an object following docs/format.md only, with the
+// standard library, age, snappy and zstd, and none of this package's code:
+// it is the check that the document describes the bytes.
+func independentRead(t *testing.T, obj []byte, v vector) []byte {
+	t.Helper()
+	be := binary.BigEndian
+	c := crc32.MakeTable(crc32.Castagnoli)
+	// Header.
+	if string(obj[0:8]) != "\x89BSF\r\n\x1a\n" || obj[8] != 1 || obj[11] != 0 || obj[23] != 0 {
+		t.Fatalf("header fixed part % x", obj[:28])
+	}
+	comp, enc := obj[9], obj[10]
+	chunkSize := int(be.Uint32(obj[12:16]))
+	prefix := obj[16:23]
+	varLen := int(be.Uint32(obj[24:28]))
+	hdrLen := 28 + varLen + 4
+	hdr := obj[:hdrLen]
+	if be.Uint32(hdr[hdrLen-4:]) != crc32.Checksum(hdr[:hdrLen-4], c) {
+		t.Fatal("header crc")
+	}
+	var fields [][]byte
+	for p := hdr[28 : hdrLen-4]; len(p) > 0; {
+		n := int(be.Uint32(p))
+		fields, p = append(fields, p[4:4+n]), p[4+n:]
+	}
+	if len(fields) != 4 || string(fields[0]) != v.BackupID || chunkSize != v.ChunkSize {
+		t.Fatalf("header fields %q", fields[:2])
+	}
+	scheme, recipients, wrapped := string(fields[1]), string(fields[2]), fields[3]
+	var aead cipher.AEAD
+	switch enc {
+	case 0:
+		if scheme != "none" || len(recipients)+len(wrapped) != 0 {
+			t.Fatalf("plain object with key scheme %q", scheme)
+		}
+	case 1:
+		var id age.Identity
+		if scheme == "age-scrypt" {
+			sid, _ := age.NewScryptIdentity(vectorKeys(t, v).Passphrase)
+			id = sid
+		} else {
+			ids, _ := age.ParseIdentities(bytes.NewReader(mustRead(t, filepath.Join(vectorDir, v.Identity))))
+			id = ids[0]
+			if x := id.(*age.X25519Identity).Recipient().String(); recipients != x {
+				t.Fatalf("key reference %q, want %q", recipients, x)
+			}
+		}
+		r, err := age.Decrypt(bytes.NewReader(wrapped), id)
+		if err != nil {
+			t.Fatalf("unwrap: %v", err)
+		}
+		key, _ := io.ReadAll(r)
+		block, _ := aes.NewCipher(key)
+		aead, _ = cipher.NewGCM(block)
+	}
+	hdrSum := sha256.Sum256(hdr)
+	// Frames.
+	var out []byte
+	dec, _ := zstd.NewReader(nil)
+	defer dec.Close()
+	rest := obj[hdrLen:]
+	for i := uint32(0); ; i++ {
+		l := be.Uint32(rest[0:4])
+		fh, body := rest[:16], rest[16:16+l]
+		rest = rest[16+l:]
+		crc := crc32.Update(crc32.Update(crc32.Update(0, c, hdr[hdrLen-4:]), c, fh[:12]), c, body)
+		final := fh[8] == 1
+		if be.Uint32(fh[4:8]) != i || fh[8]&^1 != 0 || be.Uint32(fh[12:16]) != crc {
+			t.Fatalf("frame %d header % x", i, fh)
+		}
+		if aead != nil {
+			nonce := append(append(append([]byte{}, prefix...), fh[4:8]...), fh[8])
+			aad := append(append(hdrSum[:], fh[4:8]...), fh[8])
+			var err error
+			if body, err = aead.Open(nil, nonce, body, aad); err != nil {
+				t.Fatalf("frame %d: %v", i, err)
+			}
+		}
+		var chunk []byte
+		var err error
+		switch comp {
+		case 0:
+			chunk = body
+		case 1:
+			chunk, err = snappy.Decode(nil, body)
+		case 2:
+			chunk, err = dec.DecodeAll(body, nil)
+		}
+		if err != nil || len(chunk) > chunkSize {
+			t.Fatalf("frame %d: decompress: %v (%d bytes)", i, err, len(chunk))
+		}
+		out = append(out, chunk...)
+		if final {
+			if len(rest) != 0 || uint64(i+1) != v.Frames {
+				t.Fatalf("final frame %d with %d bytes after it", i, len(rest))
+			}
+			return out
+		}
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
