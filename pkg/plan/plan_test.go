@@ -142,10 +142,35 @@ func TestValidateRules(t *testing.T) {
 		{"sql op with command", func(p *Plan) { p.Spec.Hooks[0].Ops[1].Command = Command{"ls"} }, "spec.hooks[0].ops[1].command: only exec and kubernetes hooks take it"},
 		{"sql op with http", func(p *Plan) { p.Spec.Hooks[0].Ops[1].HTTP = &HTTPRequest{URL: "http://x"} }, "spec.hooks[0].ops[1].http: only http hooks take it"},
 		{"sql op with container", func(p *Plan) { p.Spec.Hooks[0].Ops[1].Container = "db" }, "spec.hooks[0].ops[1].container: only kubernetes hooks run in containers"},
-		{"exec op without command", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Ops[0].SQL = ""; h.Ops[1].SQL = ""; h.Ops[0].Command = Command{"true"} }, "spec.hooks[0].ops[1].command: required for a exec hook"},
-		{"exec op empty program", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Ops[0].SQL = ""; h.Ops[1].SQL = ""; h.Ops[0].Command = Command{"true"}; h.Ops[1].Command = Command{""} }, "spec.hooks[0].ops[1].command[0]: the program must not be empty"},
-		{"exec op with sql", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Ops[0].SQL = ""; h.Ops[0].Command = Command{"true"}; h.Ops[1].Command = Command{"true"} }, "spec.hooks[0].ops[1].sql: only sql hooks take it"},
-		{"exec env ref", func(p *Plan) { h := &p.Spec.Hooks[0]; h.Type = HookExec; h.Exec = &ExecHook{Env: map[string]secret.Ref{"PW": {}}}; h.Ops[0].SQL, h.Ops[1].SQL = "", ""; h.Ops[0].Command, h.Ops[1].Command = Command{"a"}, Command{"b"} }, "spec.hooks[0].exec.env.PW: set one of env, file"},
+		{"exec op without command", func(p *Plan) {
+			h := &p.Spec.Hooks[0]
+			h.Type = HookExec
+			h.Ops[0].SQL = ""
+			h.Ops[1].SQL = ""
+			h.Ops[0].Command = Command{"true"}
+		}, "spec.hooks[0].ops[1].command: required for a exec hook"},
+		{"exec op empty program", func(p *Plan) {
+			h := &p.Spec.Hooks[0]
+			h.Type = HookExec
+			h.Ops[0].SQL = ""
+			h.Ops[1].SQL = ""
+			h.Ops[0].Command = Command{"true"}
+			h.Ops[1].Command = Command{""}
+		}, "spec.hooks[0].ops[1].command[0]: the program must not be empty"},
+		{"exec op with sql", func(p *Plan) {
+			h := &p.Spec.Hooks[0]
+			h.Type = HookExec
+			h.Ops[0].SQL = ""
+			h.Ops[0].Command = Command{"true"}
+			h.Ops[1].Command = Command{"true"}
+		}, "spec.hooks[0].ops[1].sql: only sql hooks take it"},
+		{"exec env ref", func(p *Plan) {
+			h := &p.Spec.Hooks[0]
+			h.Type = HookExec
+			h.Exec = &ExecHook{Env: map[string]secret.Ref{"PW": {}}}
+			h.Ops[0].SQL, h.Ops[1].SQL = "", ""
+			h.Ops[0].Command, h.Ops[1].Command = Command{"a"}, Command{"b"}
+		}, "spec.hooks[0].exec.env.PW: set one of env, file"},
 		{"exec block on sql hook", func(p *Plan) { p.Spec.Hooks[0].Exec = &ExecHook{} }, "spec.hooks[0].exec: only exec hooks take it"},
 		{"http block on sql hook", func(p *Plan) { p.Spec.Hooks[0].HTTP = &HTTPHook{} }, "spec.hooks[0].http: only http hooks take it"},
 		{"kubernetes block on sql hook", func(p *Plan) { p.Spec.Hooks[0].Kubernetes = &KubernetesHook{} }, "spec.hooks[0].kubernetes: only kubernetes hooks select pods (kubernetes block, or Fusion namespace/labelSelector/nameSelector/selectResource/singlePodOnly)"},
@@ -154,7 +179,11 @@ func TestValidateRules(t *testing.T) {
 		{"kubernetes nameSelector", func(p *Plan) { toKube(p); p.Spec.Hooks[0].Kubernetes.NameSelector = "(" }, "spec.hooks[0].kubernetes.nameSelector: not a regular expression: error parsing regexp: missing closing ): `(`"},
 		{"http op missing", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP = nil }, "spec.hooks[0].ops[1].http: required for an http hook"},
 		{"http op url missing", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.URL = "" }, "spec.hooks[0].ops[1].http.url: required"},
-		{"http op relative url", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].HTTP = nil; p.Spec.Hooks[0].Ops[0].HTTP.URL = "https://db.example/lock" }, `spec.hooks[0].ops[1].http.url: relative URL "/unlock" needs the hook's http.baseURL`},
+		{"http op relative url", func(p *Plan) {
+			toHTTP(p)
+			p.Spec.Hooks[0].HTTP = nil
+			p.Spec.Hooks[0].Ops[0].HTTP.URL = "https://db.example/lock"
+		}, `spec.hooks[0].ops[1].http.url: relative URL "/unlock" needs the hook's http.baseURL`},
 		{"http op bad scheme", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.URL = "ftp://x/y" }, `spec.hooks[0].ops[1].http.url: "ftp://x/y" is not an http(s) URL`},
 		{"http op method", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.Method = "post it" }, `spec.hooks[0].ops[1].http.method: "post it" is not an HTTP method (GET, POST, ...)`},
 		{"http op status", func(p *Plan) { toHTTP(p); p.Spec.Hooks[0].Ops[1].HTTP.ExpectStatus = 42 }, "spec.hooks[0].ops[1].http.expectStatus: 42 is not an HTTP status"},
@@ -168,7 +197,9 @@ func TestValidateRules(t *testing.T) {
 		{"no data step", func(p *Plan) { p.Spec.Workflows[0].Sequence = p.Spec.Workflows[0].Sequence[:1] }, "spec.workflows[0].sequence: must hold exactly one snapshot step (or a Fusion group step), has 0"},
 		{"two data steps", func(p *Plan) { w := &p.Spec.Workflows[0]; w.Sequence = append(w.Sequence, Step{Kind: StepSnapshot}) }, "spec.workflows[0].sequence: must hold exactly one snapshot step (or a Fusion group step), has 2"},
 		{"restore in backup", func(p *Plan) { p.Spec.Workflows[0].Sequence[0] = Step{Kind: StepRestore} }, "spec.workflows[0].sequence[0]: restore belongs in the restore workflow"},
-		{"snapshot in restore", func(p *Plan) { p.Spec.Workflows[0] = Workflow{Name: WorkflowRestore, Sequence: []Step{{Kind: StepRestore}, {Kind: StepSnapshot}}} }, "spec.workflows[0].sequence[1]: snapshot belongs in the backup workflow"},
+		{"snapshot in restore", func(p *Plan) {
+			p.Spec.Workflows[0] = Workflow{Name: WorkflowRestore, Sequence: []Step{{Kind: StepRestore}, {Kind: StepSnapshot}}}
+		}, "spec.workflows[0].sequence[1]: snapshot belongs in the backup workflow"},
 		{"repeated hook step", func(p *Plan) { w := &p.Spec.Workflows[0]; w.Sequence[2] = w.Sequence[0] }, "spec.workflows[0].sequence[2]: hook:db/lock repeats sequence[0]"},
 		{"compression", func(p *Plan) { p.Spec.Filters.Compression = "gzip" }, `spec.filters.compression: "gzip" is not one of none, snappy, zstd`},
 		{"level value", func(p *Plan) { p.Spec.Filters.Level = "max" }, `spec.filters.level: "max" is not one of fastest, default, better`},
@@ -191,7 +222,11 @@ func TestValidateRules(t *testing.T) {
 		{"startingDeadline", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@daily", StartingDeadline: neg(time.Minute)} }, "spec.schedule.startingDeadline: must be > 0"},
 		{"missedRunPolicy", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@every 6h", MissedRunPolicy: "catch-up"} }, `spec.schedule.missedRunPolicy: "catch-up" is not one of skip, run-once`},
 		{"concurrencyPolicy", func(p *Plan) { p.Spec.Schedule = &Schedule{Cron: "@hourly", ConcurrencyPolicy: "queue"} }, `spec.schedule.concurrencyPolicy: "queue" is not one of forbid, allow, replace`},
-		{"retention count", func(p *Plan) { p.Spec.Retention = &Retention{}; p.Spec.Retention.KeepLast = 1; p.Spec.Retention.KeepDaily = -2 }, "spec.retention.keepDaily: must be >= 0 (or -1: keep every bucket)"},
+		{"retention count", func(p *Plan) {
+			p.Spec.Retention = &Retention{}
+			p.Spec.Retention.KeepLast = 1
+			p.Spec.Retention.KeepDaily = -2
+		}, "spec.retention.keepDaily: must be >= 0 (or -1: keep every bucket)"},
 		{"retention empty", func(p *Plan) { p.Spec.Retention = &Retention{} }, "spec.retention: keeps nothing, so it would delete every backup; set a keep rule or drop the block"},
 		{"retention tag", func(p *Plan) { p.Spec.Retention = &Retention{}; p.Spec.Retention.KeepTags = []string{"pinned", "a,"} }, `spec.retention.keepTags[1]: "a," has an empty tag`},
 		{"alert expectEvery needed", func(p *Plan) { p.Spec.Alert = &Alert{} }, "spec.alert.expectEvery: required when the plan has no schedule"},

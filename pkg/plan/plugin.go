@@ -194,7 +194,8 @@ func contains(list []string, s string) bool {
 }
 
 // normalize turns decoded YAML or JSON values into JSON-safe generic values:
-// maps with string keys, and json.Number as int64 or float64.
+// maps with string keys, and every integer as int64 (float64 beyond it), so
+// a block decoded from YAML equals the same block decoded from JSON.
 func normalize(v any) any {
 	switch t := v.(type) {
 	case map[string]any:
@@ -215,6 +216,13 @@ func normalize(v any) any {
 			out[i] = normalize(e)
 		}
 		return out
+	case int:
+		return int64(t)
+	case uint64:
+		if t <= 1<<63-1 {
+			return int64(t)
+		}
+		return float64(t)
 	case json.Number:
 		if i, err := t.Int64(); err == nil {
 			return i
