@@ -273,9 +273,9 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, o storage.PutOpti
 func (s *S3) put(ctx context.Context, key string, r io.Reader, o storage.PutOptions) (storage.Info, error) {
 	r = ctxReader{ctx: ctx, r: r}
 	buf := s.getBuf()
-	n, err := io.ReadFull(r, buf)
+	n, err := readFull(r, buf)
 	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	case err == io.EOF:
 		defer s.putBuf(buf)
 		up, err := s.core.PutObject(ctx, s.bucket, s.object(key), bytes.NewReader(buf[:n]), int64(n), "", "", putOptions(o))
 		if err != nil {
@@ -374,12 +374,12 @@ func (s *S3) putMultipart(ctx context.Context, key string, r io.Reader, first []
 			}
 			return storage.Info{}, context.Cause(ctx)
 		}
-		n, rerr := io.ReadFull(r, b)
-		if errors.Is(rerr, io.EOF) {
+		n, rerr := readFull(r, b)
+		if rerr == io.EOF && n == 0 {
 			free <- b
 			break
 		}
-		if rerr != nil && !errors.Is(rerr, io.ErrUnexpectedEOF) {
+		if rerr != nil && rerr != io.EOF {
 			free <- b
 			cancel()
 			g.Wait()
@@ -392,7 +392,7 @@ func (s *S3) putMultipart(ctx context.Context, key string, r io.Reader, first []
 			return storage.Info{}, fmt.Errorf("object larger than %d parts of %d bytes", maxParts, s.part)
 		}
 		upload(num, b, n)
-		if rerr != nil { // io.ErrUnexpectedEOF: that was the last, short part
+		if rerr == io.EOF { // that was the last, short part
 			break
 		}
 	}
@@ -420,6 +420,23 @@ func (s *S3) abort(ctx context.Context, obj, uploadID string) error {
 		return nil
 	}
 	return fmt.Errorf("abort upload %s (its parts stay invisible until swept): %w", uploadID, err)
+}
+
+// readFull fills buf from r. It returns a nil error for a full buffer, io.EOF
+// when the stream ended after n bytes (n may be 0), and any other error as
+// is, even with a full buffer. Unlike io.ReadFull it neither drops an error
+// that came with the last bytes nor turns a reader's own
+// io.ErrUnexpectedEOF (a truncated stream) into a clean end.
+func readFull(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // ctxReader ends a read loop when ctx is done, even if r would go on.

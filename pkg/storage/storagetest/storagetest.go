@@ -318,11 +318,18 @@ type failingReader struct {
 	data []byte
 	n    int
 	err  error
+	// withData returns err with the last bytes, as io.Reader allows.
+	withData bool
 	// at is called once when n bytes have been read.
 	at func()
 }
 
 func (r *failingReader) Read(p []byte) (int, error) {
+	if r.withData && r.err != nil && r.n > 0 && r.n <= len(p) && r.n <= len(r.data) {
+		n := copy(p, r.data[:r.n])
+		r.n = 0
+		return n, r.err
+	}
 	if r.n <= 0 {
 		if r.at != nil {
 			r.at()
@@ -351,16 +358,19 @@ func testFailingReader(t *testing.T, s storage.Storage) {
 	for _, tt := range []struct {
 		name, key string
 		n         int
+		err       error
 	}{
-		{"before any byte", "fresh0", 0},
-		{"within the first part", "fresh1", 1 << 20},
-		{"after several parts", "fresh2", 17 << 20},
-		{"over an existing object", "kept", 12 << 20},
+		{"before any byte", "fresh0", 0, boom},
+		{"within the first part", "fresh1", 1 << 20, boom},
+		{"after several parts", "fresh2", 17 << 20, boom},
+		{"truncated stream", "fresh3", 7 << 20, io.ErrUnexpectedEOF},
+		{"with the last byte of a part", "fresh4", 5 << 20, boom},
+		{"over an existing object", "kept", 12 << 20, boom},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &failingReader{data: Data(4, 1<<20), n: tt.n, err: boom}
+			r := &failingReader{data: Data(4, 1<<20), n: tt.n, err: tt.err, withData: true}
 			_, err := s.Put(ctx, tt.key, r, storage.PutOptions{})
-			if !errors.Is(err, boom) {
+			if !errors.Is(err, tt.err) {
 				t.Fatalf("put with failing reader: %v, want the reader's error", err)
 			}
 			if tt.key == "kept" {
