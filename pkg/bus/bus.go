@@ -1,0 +1,268 @@
+// Package bus is backstream's JetStream wiring: the embedded server, the
+// streams, KV buckets and durable consumers every stage shares, publishing with
+// exactly-once ids, and the one place where a handler's result becomes an ack,
+// a nak with backoff, or a termination copied to the dead-letter subject.
+//
+// Handlers never ack, nak or terminate themselves, and nothing here ever drops
+// an event silently.
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backstream/backstream/events"
+)
+
+// Stream, bucket and header names shared by every service.
+const (
+	EventsStream     = "BACKSTREAM_EVENTS"
+	DeadLetterStream = "BACKSTREAM_DLQ"
+	DataStream       = "BACKSTREAM_DATA"
+
+	PlansBucket  = "backstream-plans"
+	RunsBucket   = "backstream-runs"
+	LeasesBucket = "backstream-leases"
+
+	HeaderMsgID       = "Nats-Msg-Id"
+	HeaderContentType = "Content-Type"
+	HeaderDeadReason  = "Backstream-Dead-Reason"
+	HeaderDeadFrom    = "Backstream-Dead-Consumer"
+	HeaderDeadSubject = "Backstream-Dead-Subject"
+	HeaderDeadTries   = "Backstream-Dead-Deliveries"
+
+	ContentTypeCloudEvents = "application/cloudevents+json"
+)
+
+// Config sizes the streams and buckets. The zero value is completed by defaults.
+type Config struct {
+	// Replicas of every stream and bucket: 1 on one server, 3 in a cluster.
+	Replicas int
+	// DuplicateWindow is the events stream's de-duplication window.
+	DuplicateWindow time.Duration
+	// EventsMaxAge bounds how long events are kept for replay.
+	EventsMaxAge time.Duration
+	// DataMaxAge removes the chunks of a run that died.
+	DataMaxAge time.Duration
+	// DataMaxBytes bounds the data stream as a whole.
+	DataMaxBytes int64
+}
+
+func (c Config) withDefaults() Config {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = 10 * time.Minute
+	}
+	if c.EventsMaxAge == 0 {
+		c.EventsMaxAge = 30 * 24 * time.Hour
+	}
+	if c.DataMaxAge == 0 {
+		c.DataMaxAge = 24 * time.Hour
+	}
+	if c.DataMaxBytes == 0 {
+		c.DataMaxBytes = 4 << 30
+	}
+	return c
+}
+
+// Bus is a connection to NATS with JetStream and the handles every service uses.
+type Bus struct {
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Source string // CloudEvent source of events this process emits
+	Log    *slog.Logger
+	cfg    Config
+
+	Plans  jetstream.KeyValue
+	Runs   jetstream.KeyValue
+	Leases jetstream.KeyValue
+}
+
+// Connect dials url and sets up (idempotently) every stream and bucket.
+// service names the process in CloudEvent sources: backstream/<service>/<instance>.
+func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Logger) (*Bus, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	nc, err := nats.Connect(url,
+		nats.Name("backstream-"+service),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	b := &Bus{NC: nc, JS: js, Source: SourceName(service), Log: log, cfg: cfg.withDefaults()}
+	if err := b.setup(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// SourceName is the CloudEvent source of a service in this process.
+func SourceName(service string) string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	return "backstream/" + service + "/" + host + "-" + strconv.Itoa(os.Getpid())
+}
+
+// Close drains the connection.
+func (b *Bus) Close() error {
+	if err := b.NC.Drain(); err != nil {
+		b.NC.Close()
+		return fmt.Errorf("drain nats: %w", err)
+	}
+	return nil
+}
+
+// setup creates or updates the streams and buckets. Several replicas starting
+// at once converge: CreateOrUpdate is idempotent for equal configs, and a
+// concurrent create that loses is retried as an update.
+func (b *Bus) setup(ctx context.Context) error {
+	c := b.cfg
+	streams := []jetstream.StreamConfig{
+		{
+			Name:        EventsStream,
+			Description: "backstream events: triggers, stage results, failures",
+			Subjects:    []string{events.SubjectWildcard},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      c.EventsMaxAge,
+			Duplicates:  c.DuplicateWindow,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+		{
+			Name:        DeadLetterStream,
+			Description: "backstream dead letters: events a consumer terminated, with the reason",
+			Subjects:    []string{events.DeadLetterRoot + ".>"},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      c.EventsMaxAge,
+			Duplicates:  c.DuplicateWindow,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+		{
+			Name:        DataStream,
+			Description: "backstream chunk streams of running backups; removed when consumed",
+			Subjects:    []string{DataRoot + ".>"},
+			Retention:   jetstream.InterestPolicy,
+			MaxAge:      c.DataMaxAge,
+			MaxBytes:    c.DataMaxBytes,
+			Discard:     jetstream.DiscardNew,
+			Duplicates:  2 * time.Minute,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+		},
+	}
+	for _, sc := range streams {
+		if err := retryConflict(ctx, func() error {
+			_, err := b.JS.CreateOrUpdateStream(ctx, sc)
+			return err
+		}); err != nil {
+			return fmt.Errorf("set up stream %s: %w", sc.Name, err)
+		}
+	}
+	buckets := []struct {
+		dst *jetstream.KeyValue
+		cfg jetstream.KeyValueConfig
+	}{
+		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: 10, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: 90 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+	}
+	for _, bk := range buckets {
+		var kv jetstream.KeyValue
+		if err := retryConflict(ctx, func() error {
+			var err error
+			kv, err = b.JS.CreateOrUpdateKeyValue(ctx, bk.cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("set up bucket %s: %w", bk.cfg.Bucket, err)
+		}
+		*bk.dst = kv
+	}
+	return nil
+}
+
+// retryConflict retries f a few times: when replicas create the same stream at
+// once, the losers see "already in use" and succeed as an update.
+func retryConflict(ctx context.Context, f func() error) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = f(); err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(i+1) * 200 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+// Encode serialises an event in CloudEvents' structured JSON mode.
+func Encode(e events.Event) ([]byte, error) { return json.Marshal(e) }
+
+// Decode parses a structured-mode CloudEvent. It checks JSON only; the
+// contract is checked by events.Decode.
+func Decode(data []byte) (events.Event, error) {
+	var e events.Event
+	if err := json.Unmarshal(data, &e); err != nil {
+		return events.Event{}, fmt.Errorf("%w: not a CloudEvent: %w", events.ErrInvalid, err)
+	}
+	return e, nil
+}
+
+// Publish publishes events in order on their subjects with Nats-Msg-Id set to
+// the event id, waiting for each to be stored. An event that fails the
+// contract is refused before anything is sent.
+func (b *Bus) Publish(ctx context.Context, evs ...events.Event) error {
+	for _, e := range evs {
+		if err := events.CheckEnvelope(e); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		data, err := Encode(e)
+		if err != nil {
+			return fmt.Errorf("publish %s: encode: %w", e.Type(), err)
+		}
+		msg := &nats.Msg{
+			Subject: events.Subject(e.Type(), e.Subject()),
+			Data:    data,
+			Header:  nats.Header{},
+		}
+		msg.Header.Set(HeaderMsgID, e.ID())
+		msg.Header.Set(HeaderContentType, ContentTypeCloudEvents)
+		if _, err := b.JS.PublishMsg(ctx, msg); err != nil {
+			return fmt.Errorf("publish %s %s: %w", e.Type(), e.ID(), err)
+		}
+	}
+	return nil
+}
+
+// Meta returns event metadata for an event this process emits about a run.
+func (b *Bus) Meta(plan, runID, step string) events.Meta {
+	return events.Meta{Source: b.Source, Plan: plan, RunID: runID, Step: step}
+}

@@ -1,0 +1,392 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DataRoot is the subject root of chunk streams: DataRoot.<runid>.<kind>.
+const DataRoot = "bs.data"
+
+// Chunk stream kinds.
+const (
+	KindRaw    = "raw"
+	KindSealed = "sealed"
+)
+
+// Chunk message headers.
+const (
+	HeaderSeq     = "Bs-Seq"
+	HeaderFinal   = "Bs-Final"
+	HeaderFailed  = "Bs-Failed"
+	TrailerPrefix = "Bs-T-"
+)
+
+// ErrDownstreamGone means a consumer of a chunk stream was deleted: the stage
+// reading it failed or gave up, so the writer must stop too.
+var ErrDownstreamGone = errors.New("chunk stream consumer is gone (the reading stage stopped)")
+
+// ErrStalled means no chunk arrived within the reader's stall timeout.
+var ErrStalled = errors.New("chunk stream stalled")
+
+// ErrProducerFailed is returned by a reader when the writer ended the stream
+// with a failure instead of a final chunk.
+var ErrProducerFailed = errors.New("chunk stream producer failed")
+
+// DataSubject is the subject of a run's chunk stream of the given kind.
+func DataSubject(runID, kind string) string { return DataRoot + "." + runID + "." + kind }
+
+// DataConsumerName is the durable consumer of a run's chunk stream for reader.
+func DataConsumerName(runID, kind, reader string) string {
+	return strings.Join([]string{kind, runID, reader}, "_")
+}
+
+// DataOptions tunes a chunk stream.
+type DataOptions struct {
+	// Window is how many chunks may be stored but not yet acked by the
+	// slowest reader before the writer waits (backpressure). Default 32.
+	Window int
+	// Stall is how long a reader waits for the next chunk before failing.
+	// Default 5 minutes.
+	Stall time.Duration
+}
+
+func (o DataOptions) withDefaults() DataOptions {
+	if o.Window <= 0 {
+		o.Window = 32
+	}
+	if o.Stall <= 0 {
+		o.Stall = 5 * time.Minute
+	}
+	return o
+}
+
+func (b *Bus) ensureDataConsumer(ctx context.Context, runID, kind, reader string, o DataOptions) (jetstream.Consumer, error) {
+	cfg := jetstream.ConsumerConfig{
+		Durable:           DataConsumerName(runID, kind, reader),
+		FilterSubject:     DataSubject(runID, kind),
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           2 * time.Minute,
+		MaxDeliver:        -1,
+		MaxAckPending:     o.Window * 2,
+		InactiveThreshold: 30 * time.Minute,
+		Replicas:          b.cfg.Replicas,
+	}
+	var c jetstream.Consumer
+	err := retryConflict(ctx, func() error {
+		var err error
+		c, err = b.JS.CreateOrUpdateConsumer(ctx, DataStream, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("data consumer %s: %w", cfg.Durable, err)
+	}
+	return c, nil
+}
+
+// DeleteDataConsumer removes a reader's consumer; the stream's interest
+// retention then drops chunks nobody else needs. Deleting twice is fine.
+func (b *Bus) DeleteDataConsumer(ctx context.Context, runID, kind, reader string) error {
+	err := b.JS.DeleteConsumer(ctx, DataStream, DataConsumerName(runID, kind, reader))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete data consumer: %w", err)
+	}
+	return nil
+}
+
+// PurgeData removes every chunk of a run, of every kind.
+func (b *Bus) PurgeData(ctx context.Context, runID string) error {
+	s, err := b.JS.Stream(ctx, DataStream)
+	if err != nil {
+		return fmt.Errorf("purge data of run %s: %w", runID, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(DataRoot+"."+runID+".>")); err != nil {
+		return fmt.Errorf("purge data of run %s: %w", runID, err)
+	}
+	return nil
+}
+
+// ChunkWriter publishes one run's chunk stream in order. The readers' durable
+// consumers are created before the first chunk, so the stream's interest
+// retention keeps every chunk until each reader acked it, and the writer
+// waits while the slowest reader is Window chunks behind. Not safe for
+// concurrent use.
+type ChunkWriter struct {
+	b         *Bus
+	runID     string
+	kind      string
+	subject   string
+	opts      DataOptions
+	consumers []jetstream.Consumer
+	seq       int64
+	pending   []jetstream.PubAckFuture
+	sinceChk  int
+}
+
+// NewChunkWriter prepares the chunk stream of kind for runID, read by readers.
+func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []string, o DataOptions) (*ChunkWriter, error) {
+	o = o.withDefaults()
+	w := &ChunkWriter{b: b, runID: runID, kind: kind, subject: DataSubject(runID, kind), opts: o}
+	for _, r := range readers {
+		c, err := b.ensureDataConsumer(ctx, runID, kind, r, o)
+		if err != nil {
+			return nil, err
+		}
+		w.consumers = append(w.consumers, c)
+	}
+	return w, nil
+}
+
+// Seq is the number of chunks written so far.
+func (w *ChunkWriter) Seq() int64 { return w.seq }
+
+// Write publishes one chunk. data is not retained after Write returns... it
+// is handed to the NATS client, which copies it into its write buffer.
+func (w *ChunkWriter) Write(ctx context.Context, data []byte) error {
+	return w.publish(ctx, data, nil)
+}
+
+// Close publishes the final chunk (which may be empty) with its trailer, and
+// waits until every chunk is stored.
+func (w *ChunkWriter) Close(ctx context.Context, data []byte, trailer map[string]string) error {
+	h := nats.Header{}
+	h.Set(HeaderFinal, "1")
+	for k, v := range trailer {
+		h.Set(TrailerPrefix+k, v)
+	}
+	if err := w.publish(ctx, data, h); err != nil {
+		return err
+	}
+	return w.flush(ctx)
+}
+
+// Fail ends the stream with a failure the readers see as ErrProducerFailed.
+func (w *ChunkWriter) Fail(ctx context.Context, reason string) error {
+	h := nats.Header{}
+	h.Set(HeaderFinal, "1")
+	h.Set(HeaderFailed, truncate(reason, 2048))
+	if err := w.publish(ctx, nil, h); err != nil {
+		return err
+	}
+	return w.flush(ctx)
+}
+
+func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header) error {
+	if err := w.waitWindow(ctx); err != nil {
+		return err
+	}
+	if h == nil {
+		h = nats.Header{}
+	}
+	seq := strconv.FormatInt(w.seq, 10)
+	h.Set(HeaderSeq, seq)
+	h.Set(HeaderMsgID, w.runID+"."+w.kind+"."+seq)
+	f, err := w.b.JS.PublishMsgAsync(&nats.Msg{Subject: w.subject, Data: data, Header: h})
+	if err != nil {
+		return fmt.Errorf("publish chunk %d: %w", w.seq, err)
+	}
+	w.pending = append(w.pending, f)
+	w.seq++
+	w.sinceChk++
+	return nil
+}
+
+// settle waits for stored acks of published chunks until at most keep remain.
+func (w *ChunkWriter) settle(ctx context.Context, keep int) error {
+	for len(w.pending) > keep {
+		f := w.pending[0]
+		select {
+		case <-f.Ok():
+			w.pending = w.pending[1:]
+		case err := <-f.Err():
+			return fmt.Errorf("store chunk %s: %w", f.Msg().Header.Get(HeaderSeq), err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (w *ChunkWriter) flush(ctx context.Context) error { return w.settle(ctx, 0) }
+
+// reap drops the futures of chunks already stored, without waiting.
+func (w *ChunkWriter) reap() error {
+	for len(w.pending) > 0 {
+		f := w.pending[0]
+		select {
+		case <-f.Ok():
+			w.pending = w.pending[1:]
+		case err := <-f.Err():
+			return fmt.Errorf("store chunk %s: %w", f.Msg().Header.Get(HeaderSeq), err)
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// waitWindow blocks while the slowest reader has Window or more chunks
+// outstanding. The readers' consumer state is read every Window/4 chunks, and
+// polled with growing pauses while the window is full.
+func (w *ChunkWriter) waitWindow(ctx context.Context) error {
+	if err := w.settle(ctx, 16); err != nil {
+		return err
+	}
+	if len(w.consumers) == 0 || w.sinceChk < max(1, w.opts.Window/4) {
+		return nil
+	}
+	pause := time.Millisecond
+	for {
+		outstanding, err := w.outstanding(ctx)
+		if err != nil {
+			return err
+		}
+		if err := w.reap(); err != nil {
+			return err
+		}
+		if outstanding+len(w.pending) < w.opts.Window {
+			w.sinceChk = 0
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, 50*time.Millisecond)
+	}
+}
+
+func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
+	most := 0
+	for _, c := range w.consumers {
+		info, err := c.Info(ctx)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return 0, fmt.Errorf("%w: %s", ErrDownstreamGone, c.CachedInfo().Name)
+			}
+			return 0, fmt.Errorf("read consumer state: %w", err)
+		}
+		most = max(most, int(info.NumPending)+info.NumAckPending)
+	}
+	return most, nil
+}
+
+// Chunk is one message of a chunk stream.
+type Chunk struct {
+	Seq     int64
+	Data    []byte
+	Final   bool
+	Trailer map[string]string
+	msg     jetstream.Msg
+}
+
+// Ack tells the stream this reader is done with the chunk.
+func (c Chunk) Ack() error { return c.msg.Ack() }
+
+// ChunkReader reads one run's chunk stream in order through the reader's
+// durable consumer. Not safe for concurrent use.
+type ChunkReader struct {
+	b      *Bus
+	runID  string
+	kind   string
+	reader string
+	opts   DataOptions
+	iter   jetstream.MessagesContext
+	next   int64
+}
+
+// NewChunkReader opens reader's consumer of runID's chunk stream of kind,
+// creating it if the writer has not yet.
+func (b *Bus) NewChunkReader(ctx context.Context, runID, kind, reader string, o DataOptions) (*ChunkReader, error) {
+	o = o.withDefaults()
+	c, err := b.ensureDataConsumer(ctx, runID, kind, reader, o)
+	if err != nil {
+		return nil, err
+	}
+	iter, err := c.Messages(jetstream.PullMaxMessages(8))
+	if err != nil {
+		return nil, fmt.Errorf("read chunks: %w", err)
+	}
+	return &ChunkReader{b: b, runID: runID, kind: kind, reader: reader, opts: o, iter: iter}, nil
+}
+
+// Next returns the next chunk in order. Redelivered chunks already seen are
+// acked and skipped. After the final chunk, Next must not be called again.
+// A producer's failure is returned as ErrProducerFailed with its reason.
+func (r *ChunkReader) Next(ctx context.Context) (Chunk, error) {
+	for {
+		msg, err := r.nextMsg(ctx)
+		if err != nil {
+			return Chunk{}, err
+		}
+		h := msg.Headers()
+		seq, err := strconv.ParseInt(h.Get(HeaderSeq), 10, 64)
+		if err != nil {
+			_ = msg.Term()
+			return Chunk{}, fmt.Errorf("chunk without a valid %s header: %q", HeaderSeq, h.Get(HeaderSeq))
+		}
+		if seq < r.next {
+			_ = msg.Ack()
+			continue
+		}
+		if seq > r.next {
+			return Chunk{}, fmt.Errorf("chunk stream out of order: got chunk %d, want %d", seq, r.next)
+		}
+		r.next++
+		if reason := h.Get(HeaderFailed); reason != "" {
+			_ = msg.Ack()
+			return Chunk{}, fmt.Errorf("%w: %s", ErrProducerFailed, reason)
+		}
+		c := Chunk{Seq: seq, Data: msg.Data(), Final: h.Get(HeaderFinal) == "1", msg: msg}
+		if c.Final {
+			c.Trailer = map[string]string{}
+			for k, v := range h {
+				if strings.HasPrefix(k, TrailerPrefix) && len(v) > 0 {
+					c.Trailer[strings.TrimPrefix(k, TrailerPrefix)] = v[0]
+				}
+			}
+		}
+		return c, nil
+	}
+}
+
+// nextMsg waits for the next message for at most the stall timeout.
+func (r *ChunkReader) nextMsg(ctx context.Context) (jetstream.Msg, error) {
+	type result struct {
+		msg jetstream.Msg
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := r.iter.Next()
+		ch <- result{m, err}
+	}()
+	select {
+	case res := <-ch:
+		if res.err != nil {
+			return nil, fmt.Errorf("read chunk %d: %w", r.next, res.err)
+		}
+		return res.msg, nil
+	case <-ctx.Done():
+		r.iter.Stop()
+		return nil, ctx.Err()
+	case <-time.After(r.opts.Stall):
+		r.iter.Stop()
+		return nil, fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
+	}
+}
+
+// Close stops reading and deletes the reader's consumer, releasing its
+// interest in any chunks left.
+func (r *ChunkReader) Close(ctx context.Context) error {
+	r.iter.Stop()
+	return r.b.DeleteDataConsumer(context.WithoutCancel(ctx), r.runID, r.kind, r.reader)
+}

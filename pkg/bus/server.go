@@ -1,0 +1,103 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// DefaultURL is where every backstream command looks for NATS when neither
+// --nats nor $BACKSTREAM_NATS says otherwise: the embedded server of
+// `backstream serve`. Not 4222, where another NATS may already run.
+const DefaultURL = "nats://127.0.0.1:4250"
+
+// DefaultMaxPayload is the embedded server's max_payload. Chunks stay well
+// below it with their headers.
+const DefaultMaxPayload = 8 << 20
+
+// ServerConfig configures an embedded nats-server with JetStream on disk.
+type ServerConfig struct {
+	// Host and Port to listen on; Port -1 picks a free port (tests).
+	Host string
+	Port int
+	// StoreDir holds JetStream's file store.
+	StoreDir string
+	// Name is the server name; required in a cluster.
+	Name string
+	// Cluster, when set, makes the server one node of a JetStream cluster.
+	Cluster *ClusterConfig
+	// MaxStore bounds JetStream's disk use; 0 lets the server decide.
+	MaxStore int64
+}
+
+// ClusterConfig joins an embedded server to a cluster of them.
+type ClusterConfig struct {
+	Name   string
+	Host   string
+	Port   int
+	Routes []string // nats-route://host:port of the other nodes
+}
+
+// Server is a running embedded nats-server.
+type Server struct {
+	ns *server.Server
+}
+
+// StartServer starts an embedded nats-server and waits until it accepts
+// connections and, in a cluster, until JetStream is ready.
+func StartServer(cfg ServerConfig) (*Server, error) {
+	if cfg.StoreDir == "" {
+		return nil, errors.New("start nats server: StoreDir: required")
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	opts := &server.Options{
+		ServerName:         cfg.Name,
+		Host:               cfg.Host,
+		Port:               cfg.Port,
+		JetStream:          true,
+		StoreDir:           cfg.StoreDir,
+		JetStreamMaxStore:  cfg.MaxStore,
+		MaxPayload:         DefaultMaxPayload,
+		NoSigs:             true,
+		NoLog:              true,
+		JetStreamMaxMemory: 64 << 20,
+	}
+	if c := cfg.Cluster; c != nil {
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: c.Port}
+		for _, r := range c.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("start nats server: route %q: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("start nats server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("start nats server on %s:%d: not ready after 30s", cfg.Host, cfg.Port)
+	}
+	return &Server{ns: ns}, nil
+}
+
+// URL is the client URL of the server.
+func (s *Server) URL() string { return s.ns.ClientURL() }
+
+// JetStreamReady reports whether JetStream accepts requests (in a cluster:
+// once a meta leader is elected).
+func (s *Server) JetStreamReady() bool { return s.ns.JetStreamIsCurrent() }
+
+// Shutdown stops the server and waits until it is down.
+func (s *Server) Shutdown() {
+	s.ns.Shutdown()
+	s.ns.WaitForShutdown()
+}
