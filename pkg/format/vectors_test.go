@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"hash/crc32"
@@ -17,6 +18,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/golang/snappy"
 	"github.com/klauspost/compress/zstd"
 )
@@ -271,4 +273,38 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestDocLayoutExample checks the annotated bytes in docs/format.md against
+// the vector they claim to show.
+func TestDocLayoutExample(t *testing.T) {
+	doc := string(mustRead(t, filepath.Join(testenv.RepoRoot(t), "docs", "format.md")))
+	_, after, ok := strings.Cut(doc, "Start of `snappy-none.bsf`, annotated:\n\n```\n")
+	if !ok {
+		t.Fatal("docs/format.md: annotated example not found")
+	}
+	block, _, _ := strings.Cut(after, "```")
+	var want []byte
+lines:
+	for _, line := range strings.Split(block, "\n") {
+		data, _, _ := strings.Cut(line, "  ")
+		for _, tok := range strings.Fields(data) {
+			switch {
+			case tok == "...":
+				break lines
+			case strings.HasPrefix(tok, `"`):
+				want = append(want, strings.Trim(tok, `"`)...)
+			default:
+				b, err := hex.DecodeString(tok)
+				if err != nil {
+					t.Fatalf("docs/format.md: bad byte %q in %q", tok, line)
+				}
+				want = append(want, b...)
+			}
+		}
+	}
+	got := mustRead(t, filepath.Join(vectorDir, "snappy-none.bsf"))
+	if len(want) < 64 || !bytes.HasPrefix(got, want) {
+		t.Fatalf("docs/format.md shows\n% x\nsnappy-none.bsf starts\n% x", want, got[:min(len(got), len(want))])
+	}
 }
