@@ -31,7 +31,8 @@ type MinIOServer struct {
 	p *managedProc
 }
 
-// MinIO starts bin/minio for t and waits until /minio/health/live answers.
+// MinIO starts bin/minio for t and waits until it serves requests
+// (/minio/health/cluster answers 200, which implies /minio/health/live).
 // Without the binary it calls Missing. Tests may call it in parallel: each
 // server gets its own ports and directory.
 func MinIO(t testing.TB) *MinIOServer {
@@ -63,8 +64,11 @@ func MinIO(t testing.TB) *MinIOServer {
 				"MINIO_UPDATE=off",
 				"MINIO_BROWSER=off",
 			},
-			log:     filepath.Join(dir, "minio.log"),
-			ready:   "http://" + Addr(port) + "/minio/health/live",
+			log: filepath.Join(dir, "minio.log"),
+			// /minio/health/live answers 200 before the object layer, IAM
+			// and bucket metadata are up ("Server not initialized yet");
+			// /minio/health/cluster waits for all three.
+			ready:   "http://" + Addr(port) + "/minio/health/cluster",
 			timeout: 90 * time.Second,
 		}
 		if lastErr = s.p.start(); lastErr == nil {
