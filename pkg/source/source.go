@@ -79,7 +79,7 @@ func (e *Error) Error() string {
 	if e.ExitStatus != nil {
 		fmt.Fprintf(&b, ": exit status %d", *e.ExitStatus)
 	}
-	if e.Err != nil {
+	if _, exited := e.Err.(errExited); e.Err != nil && !exited {
 		b.WriteString(": ")
 		b.WriteString(e.Err.Error())
 	}

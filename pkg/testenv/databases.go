@@ -221,6 +221,17 @@ func (r *RedisServer) Kill() {
 type FerretDBServer struct {
 	Addr string
 	URI  string
+	cmd  *exec.Cmd
+}
+
+// Kill stops the server at once (SIGKILL); cleanup is then a no-op.
+func (f *FerretDBServer) Kill() {
+	if f.cmd == nil {
+		return
+	}
+	_ = f.cmd.Process.Kill()
+	_, _ = f.cmd.Process.Wait()
+	f.cmd = nil
 }
 
 // FerretDB starts bin/ferretdb on a free port with a temp SQLite directory
@@ -243,13 +254,10 @@ func FerretDB(t testing.TB) *FerretDBServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start ferretdb: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-		logf.Close()
-	})
+	f := &FerretDBServer{Addr: addr, URI: "mongodb://" + addr + "/", cmd: cmd}
+	t.Cleanup(func() { f.Kill(); logf.Close() })
 	waitListen(t, addr, cmd, "ferretdb")
-	return &FerretDBServer{Addr: addr, URI: "mongodb://" + addr + "/"}
+	return f
 }
 
 // waitListen waits until addr accepts connections or the process exits.
