@@ -105,7 +105,9 @@ func Run(ctx context.Context, c Cmd) error {
 			if err == nil && cerr != nil && !errors.Is(cerr, os.ErrClosed) {
 				err = cerr
 			}
-			if err != nil && !errors.Is(err, syscall.EPIPE) {
+			// EPIPE or a pipe closed by Wait: the child stopped reading, and
+			// its exit status says whether that was an error.
+			if err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, os.ErrClosed) {
 				// The input failed (a restore stream cut short): the child must
 				// not finish as if the input were complete.
 				inErr = fmt.Errorf("stdin: %w", err)
