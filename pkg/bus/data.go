@@ -188,6 +188,11 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header) e
 	seq := strconv.FormatInt(w.seq, 10)
 	h.Set(HeaderSeq, seq)
 	h.Set(HeaderMsgID, w.runID+"."+w.kind+"."+seq)
+	if h.Get(HeaderFailed) != "" {
+		// A failure may be published by a writer that took over from a dead
+		// one and does not know the sequence reached: its own id, any seq.
+		h.Set(HeaderMsgID, w.runID+"."+w.kind+".failed")
+	}
 	f, err := w.b.JS.PublishMsgAsync(&nats.Msg{Subject: w.subject, Data: data, Header: h})
 	if err != nil {
 		return fmt.Errorf("publish chunk %d: %w", w.seq, err)
@@ -333,6 +338,10 @@ func (r *ChunkReader) Next(ctx context.Context) (Chunk, error) {
 			_ = msg.Term()
 			return Chunk{}, fmt.Errorf("chunk without a valid %s header: %q", HeaderSeq, h.Get(HeaderSeq))
 		}
+		if reason := h.Get(HeaderFailed); reason != "" {
+			_ = msg.Ack()
+			return Chunk{}, fmt.Errorf("%w: %s", ErrProducerFailed, reason)
+		}
 		if seq < r.next {
 			_ = msg.Ack()
 			continue
@@ -341,10 +350,6 @@ func (r *ChunkReader) Next(ctx context.Context) (Chunk, error) {
 			return Chunk{}, fmt.Errorf("chunk stream out of order: got chunk %d, want %d", seq, r.next)
 		}
 		r.next++
-		if reason := h.Get(HeaderFailed); reason != "" {
-			_ = msg.Ack()
-			return Chunk{}, fmt.Errorf("%w: %s", ErrProducerFailed, reason)
-		}
 		c := Chunk{Seq: seq, Data: msg.Data(), Final: h.Get(HeaderFinal) == "1", msg: msg}
 		if c.Final {
 			c.Trailer = map[string]string{}

@@ -1,0 +1,192 @@
+// Package backup finds, verifies and reads backups from a storage alone: the
+// object and the manifest beside it, with no NATS and no catalog, so disaster
+// recovery never depends on the rest of the platform being up.
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/storage"
+)
+
+// ErrNotFound means no backup matches a reference.
+var ErrNotFound = errors.New("backup not found")
+
+// LoadManifest reads and validates the manifest at key.
+func LoadManifest(ctx context.Context, st storage.Storage, key string) (format.Manifest, error) {
+	rc, err := st.Open(ctx, key)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return format.Manifest{}, fmt.Errorf("%w: no manifest %s", ErrNotFound, key)
+		}
+		return format.Manifest{}, fmt.Errorf("open manifest %s: %w", key, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 4<<20))
+	if err != nil {
+		return format.Manifest{}, fmt.Errorf("read manifest %s: %w", key, err)
+	}
+	m, err := format.UnmarshalManifest(data)
+	if err != nil {
+		return format.Manifest{}, fmt.Errorf("manifest %s: %w", key, err)
+	}
+	return m, nil
+}
+
+// SaveManifest writes m at its manifest key.
+func SaveManifest(ctx context.Context, st storage.Storage, m format.Manifest) error {
+	data, err := format.MarshalManifest(m)
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	key := format.ManifestKey(m.Plan, m.BackupID)
+	if _, err := st.Put(ctx, key, bytes.NewReader(data), storage.PutOptions{ContentType: "application/json"}); err != nil {
+		return fmt.Errorf("put manifest %s: %w", key, err)
+	}
+	return nil
+}
+
+// List returns the manifests of plan's backups (every plan when plan is
+// ""), oldest first. A manifest that cannot be read is returned in bad with
+// its error rather than hidden.
+func List(ctx context.Context, st storage.Storage, plan string) (good []format.Manifest, bad map[string]error, err error) {
+	prefix := ""
+	if plan != "" {
+		prefix = plan + "/"
+	}
+	var keys []string
+	err = st.List(ctx, prefix, func(i storage.Info) error {
+		if strings.HasSuffix(i.Key, format.ManifestSuffix) {
+			keys = append(keys, i.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list backups: %w", err)
+	}
+	bad = map[string]error{}
+	for _, k := range keys {
+		m, err := LoadManifest(ctx, st, k)
+		if err != nil {
+			bad[k] = err
+			continue
+		}
+		good = append(good, m)
+	}
+	sort.Slice(good, func(i, j int) bool {
+		if !good[i].Created.Equal(good[j].Created) {
+			return good[i].Created.Before(good[j].Created)
+		}
+		return good[i].BackupID < good[j].BackupID
+	})
+	return good, bad, nil
+}
+
+// Find resolves a backup reference: "PLAN/BACKUPID", a bare BACKUPID (any
+// plan), or "PLAN/latest" for the newest verified backup of PLAN.
+func Find(ctx context.Context, st storage.Storage, ref string) (format.Manifest, error) {
+	plan, id, hasPlan := strings.Cut(ref, "/")
+	if !hasPlan {
+		plan, id = "", ref
+	}
+	if hasPlan && id == "latest" {
+		ms, _, err := List(ctx, st, plan)
+		if err != nil {
+			return format.Manifest{}, err
+		}
+		for i := len(ms) - 1; i >= 0; i-- {
+			if ms[i].Verify.Status == format.VerifyVerified {
+				return ms[i], nil
+			}
+		}
+		return format.Manifest{}, fmt.Errorf("%w: plan %s has no verified backup", ErrNotFound, plan)
+	}
+	if hasPlan {
+		return LoadManifest(ctx, st, format.ManifestKey(plan, id))
+	}
+	ms, _, err := List(ctx, st, "")
+	if err != nil {
+		return format.Manifest{}, err
+	}
+	for _, m := range ms {
+		if m.BackupID == id {
+			return m, nil
+		}
+	}
+	return format.Manifest{}, fmt.Errorf("%w: no backup with id %s", ErrNotFound, id)
+}
+
+// CanOpen reports whether keys can open the backups of m: an unencrypted
+// backup needs none.
+func CanOpen(m format.Manifest, keys format.Keys) bool {
+	switch m.KeyWrap.Scheme {
+	case format.SchemeNone:
+		return true
+	case format.SchemeAgeScrypt:
+		return keys.Passphrase != ""
+	default:
+		return len(keys.Identities) > 0
+	}
+}
+
+// Result of a verification.
+type Result struct {
+	format.VerifyResult
+	Frames          uint64
+	StoredBytes     int64
+	StoredSHA256    string
+	PlaintextSHA256 string
+}
+
+// Verify reads the object of m back and checks it against m: its size and
+// stored SHA-256, the structure of every frame and, when keys can open it,
+// every frame's authentication, the plaintext size and SHA-256 ("full");
+// otherwise the ciphertext only ("ciphertext"). A mismatch is returned as
+// an error and in the result.
+func Verify(ctx context.Context, st storage.Storage, m format.Manifest, keys format.Keys, now time.Time) (Result, error) {
+	res := Result{VerifyResult: format.VerifyResult{Status: format.VerifyFailed, At: now.UTC()}}
+	rc, err := st.Open(ctx, m.ObjectKey)
+	if err != nil {
+		res.Error = fmt.Sprintf("open object: %v", err)
+		return res, fmt.Errorf("verify %s: open: %w", m.ObjectKey, err)
+	}
+	defer rc.Close()
+	var checkErr error
+	if CanOpen(m, keys) {
+		res.Mode = format.VerifyModeFull
+		r, err := format.NewReader(rc, keys)
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		if err != nil {
+			checkErr = err
+		} else {
+			stats := r.Stats()
+			res.Frames, res.StoredBytes, res.StoredSHA256, res.PlaintextSHA256 = stats.Frames, stats.StoredBytes, stats.StoredSHA256, stats.PlaintextSHA256
+			checkErr = m.Check(r.Header(), stats.Frames, stats.StoredBytes, stats.StoredSHA256, &stats)
+		}
+	} else {
+		res.Mode = format.VerifyModeCiphertext
+		stats, err := format.Scan(rc)
+		if err != nil {
+			checkErr = err
+		} else {
+			res.Frames, res.StoredBytes, res.StoredSHA256 = stats.Frames, stats.StoredBytes, stats.StoredSHA256
+			checkErr = m.Check(stats.Header, stats.Frames, stats.StoredBytes, stats.StoredSHA256, nil)
+		}
+	}
+	if checkErr != nil {
+		res.Error = checkErr.Error()
+		return res, fmt.Errorf("verify %s: %w", m.ObjectKey, checkErr)
+	}
+	res.Status = format.VerifyVerified
+	return res, nil
+}

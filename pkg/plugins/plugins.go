@@ -1,0 +1,72 @@
+// Package plugins assembles, in one place, the registries of source plugins
+// and storage backends a backstream process knows, and turns a plan's plugin
+// blocks into live sources and storages.
+package plugins
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/source"
+	sourceall "github.com/backstream/backstream/pkg/source/all"
+	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/pkg/storage/registry"
+)
+
+// Registry holds the sources and storages; it is the plan.Checker of a process.
+type Registry struct {
+	Sources  *source.Registry
+	Storages *registry.Registry
+}
+
+var _ plan.Checker = (*Registry)(nil)
+
+// Default is every source plugin and storage backend backstream ships.
+func Default() *Registry {
+	return &Registry{Sources: sourceall.Registry(), Storages: registry.Default()}
+}
+
+// CheckSource checks a plan's source block.
+func (r *Registry) CheckSource(p plan.Plugin) error {
+	sp, err := r.Sources.Lookup(p.Type)
+	if err != nil {
+		return fmt.Errorf("%w: %v", plan.ErrUnknownType, err)
+	}
+	return sp.Check(p.Decode)
+}
+
+// CheckDestination checks a plan's destination block.
+func (r *Registry) CheckDestination(p plan.Plugin) error {
+	if _, err := r.Storages.Lookup(p.Type); err != nil {
+		return fmt.Errorf("%w: %v", plan.ErrUnknownType, err)
+	}
+	return r.Storages.Check(p.Type, p.Decode)
+}
+
+// Source builds the plan's source and returns it with its plugin description.
+func (r *Registry) Source(p *plan.Plan) (source.Source, source.Plugin, error) {
+	sp, err := r.Sources.Lookup(p.Spec.Source.Type)
+	if err != nil {
+		return nil, source.Plugin{}, fmt.Errorf("source %s: %w", p.Spec.Source.Type, err)
+	}
+	src, err := sp.New(p.Spec.Source.Decode)
+	if err != nil {
+		return nil, sp, fmt.Errorf("source %s: %w", p.Spec.Source.Type, err)
+	}
+	return src, sp, nil
+}
+
+// Storage opens the plan's destination named dest.
+func (r *Registry) Storage(ctx context.Context, p *plan.Plan, dest string) (storage.Storage, error) {
+	for _, d := range p.Spec.Destinations {
+		if d.Name == dest {
+			st, err := r.Storages.Open(ctx, d.Type, d.Decode)
+			if err != nil {
+				return nil, fmt.Errorf("destination %s: %w", dest, err)
+			}
+			return st, nil
+		}
+	}
+	return nil, fmt.Errorf("destination %s: not in plan %s", dest, p.Name())
+}

@@ -1,0 +1,304 @@
+// Package runs keeps the state of backup and restore runs in the JetStream KV
+// bucket of runs: a phase per run and per step, what each destination holds,
+// and which compensations ran. Every change is a compare-and-set on the
+// record's revision, so stages and replicas that update one run at the same
+// time never lose each other's writes.
+//
+// The record is an index for operators and for the stages' own idempotence
+// checks; the storage remains the truth about which backups exist.
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Kinds of run.
+const (
+	KindBackup  = "backup"
+	KindRestore = "restore"
+)
+
+// Phase is where a run or a step stands.
+type Phase string
+
+// Run and step phases. A restore run starts Initializing; a backup run starts
+// Pending.
+const (
+	Pending      Phase = "Pending"
+	Initializing Phase = "Initializing"
+	Running      Phase = "Running"
+	Succeeded    Phase = "Succeeded"
+	Failed       Phase = "Failed"
+	// Skipped is a step whose failure was tolerated (onError: continue) or
+	// that never ran because the run failed first.
+	Skipped Phase = "Skipped"
+)
+
+// Done reports whether p is final.
+func (p Phase) Done() bool { return p == Succeeded || p == Failed || p == Skipped }
+
+// Sentinel errors.
+var (
+	ErrNotFound = errors.New("run not found")
+	// ErrNoChange, returned by an Update mutator, leaves the record as it is.
+	ErrNoChange = errors.New("no change")
+)
+
+// Step is one workflow step or data stage of a run.
+type Step struct {
+	Name     string    `json:"name"`
+	Phase    Phase     `json:"phase"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	Bytes    int64     `json:"bytes,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	// Owner is the instance that runs the step; a redelivery to another
+	// owner while the step is Running means the first one died mid-step.
+	Owner string `json:"owner,omitempty"`
+	// Deadline is when a Running step is overdue (the watchdog fails it).
+	Deadline time.Time `json:"deadline,omitzero"`
+}
+
+// Duration of the step, or of its progress so far.
+func (s Step) Duration(now time.Time) time.Duration {
+	if s.Started.IsZero() {
+		return 0
+	}
+	if s.Finished.IsZero() {
+		return now.Sub(s.Started)
+	}
+	return s.Finished.Sub(s.Started)
+}
+
+// Destination is what one destination holds of a backup run.
+type Destination struct {
+	Phase       Phase  `json:"phase"`
+	Key         string `json:"key,omitempty"`
+	ManifestKey string `json:"manifestKey,omitempty"`
+	Size        int64  `json:"size,omitempty"`
+	SHA256      string `json:"sha256,omitempty"`
+	// Verified is set once verify matched the object with its manifest.
+	Verified   bool   `json:"verified,omitempty"`
+	VerifyMode string `json:"verifyMode,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// Compensation is one inverse op run for a failed run.
+type Compensation struct {
+	Step     string    `json:"step"`
+	Phase    Phase     `json:"phase"`
+	Owner    string    `json:"owner,omitempty"`
+	Started  time.Time `json:"started,omitzero"`
+	Finished time.Time `json:"finished,omitzero"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// Run is the record of one run.
+type Run struct {
+	ID          string    `json:"id"`
+	Plan        string    `json:"plan"`
+	Kind        string    `json:"kind"`
+	Trigger     string    `json:"trigger,omitempty"`
+	RequestedBy string    `json:"requestedBy,omitempty"`
+	Phase       Phase     `json:"phase"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	Finished    time.Time `json:"finished,omitzero"`
+	// Steps holds workflow steps ("hook:db/lock", "snapshot") and data
+	// stages ("filter", "upload:<dest>", "verify:<dest>") as they start.
+	Steps        []Step                  `json:"steps"`
+	Destinations map[string]*Destination `json:"destinations,omitempty"`
+	// Bytes, SHA256 and Chunks are the snapshot's plaintext figures.
+	Bytes       int64  `json:"bytes,omitempty"`
+	StoredBytes int64  `json:"storedBytes,omitempty"`
+	SHA256      string `json:"sha256,omitempty"`
+	Chunks      int64  `json:"chunks,omitempty"`
+	// BackupID is the backup a restore run reads, or the backup a backup run makes.
+	BackupID string `json:"backupId,omitempty"`
+	// FailedStage and Error say why a run failed.
+	FailedStage  string         `json:"failedStage,omitempty"`
+	Error        string         `json:"error,omitempty"`
+	Compensation []Compensation `json:"compensation,omitempty"`
+	// CompensationDone is set once every due inverse op ran (or failed).
+	CompensationDone bool `json:"compensationDone,omitempty"`
+	// Announced records which final events were emitted, so a redelivered
+	// event re-emits them with the same ids instead of deciding again.
+	Announced map[string]bool `json:"announced,omitempty"`
+}
+
+// Step returns the step named name, adding it as Pending when absent.
+func (r *Run) Step(name string) *Step {
+	for i := range r.Steps {
+		if r.Steps[i].Name == name {
+			return &r.Steps[i]
+		}
+	}
+	r.Steps = append(r.Steps, Step{Name: name, Phase: Pending})
+	return &r.Steps[len(r.Steps)-1]
+}
+
+// FindStep returns the step named name, or nil.
+func (r *Run) FindStep(name string) *Step {
+	for i := range r.Steps {
+		if r.Steps[i].Name == name {
+			return &r.Steps[i]
+		}
+	}
+	return nil
+}
+
+// Dest returns the destination named name, adding it as Pending when absent.
+func (r *Run) Dest(name string) *Destination {
+	if r.Destinations == nil {
+		r.Destinations = map[string]*Destination{}
+	}
+	d, ok := r.Destinations[name]
+	if !ok {
+		d = &Destination{Phase: Pending}
+		r.Destinations[name] = d
+	}
+	return d
+}
+
+// Fail marks the run Failed with its first cause; a later failure does not
+// overwrite the first. It reports whether this call failed the run.
+func (r *Run) Fail(stage, reason string, now time.Time) bool {
+	if r.Phase == Failed || r.Phase == Succeeded {
+		return false
+	}
+	r.Phase = Failed
+	r.FailedStage = stage
+	r.Error = reason
+	r.Finished = now
+	for i := range r.Steps {
+		if r.Steps[i].Phase == Pending {
+			r.Steps[i].Phase = Skipped
+		}
+	}
+	return true
+}
+
+// Store reads and writes run records.
+type Store struct {
+	kv  jetstream.KeyValue
+	now func() time.Time
+}
+
+// NewStore wraps the runs bucket.
+func NewStore(kv jetstream.KeyValue) *Store { return &Store{kv: kv, now: time.Now} }
+
+// Get returns the run with id, or ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (*Run, error) {
+	r, _, err := s.get(ctx, id)
+	return r, err
+}
+
+func (s *Store) get(ctx context.Context, id string) (*Run, uint64, error) {
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("get run %s: %w", id, err)
+	}
+	var r Run
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, 0, fmt.Errorf("decode run %s: %w", id, err)
+	}
+	return &r, e.Revision(), nil
+}
+
+// Ensure creates the run record when it does not exist yet and returns the
+// current record. Several stages and replicas may call it for one run.
+func (s *Store) Ensure(ctx context.Context, seed Run) (*Run, error) {
+	now := s.now().UTC()
+	if seed.Created.IsZero() {
+		seed.Created = now
+	}
+	seed.Updated = now
+	if seed.Phase == "" {
+		seed.Phase = Pending
+	}
+	data, err := json.Marshal(seed)
+	if err != nil {
+		return nil, fmt.Errorf("encode run %s: %w", seed.ID, err)
+	}
+	if _, err := s.kv.Create(ctx, seed.ID, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, fmt.Errorf("create run %s: %w", seed.ID, err)
+	}
+	return s.Get(ctx, seed.ID)
+}
+
+// Update applies mutate to the current record and writes it back if nothing
+// changed it meanwhile, retrying on conflict. mutate may be called several
+// times and must depend only on the record it is given. If it returns
+// ErrNoChange nothing is written and Update returns the record and nil.
+func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) (*Run, error) {
+	for attempt := 0; ; attempt++ {
+		r, rev, err := s.get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := mutate(r); err != nil {
+			if errors.Is(err, ErrNoChange) {
+				return r, nil
+			}
+			return r, err
+		}
+		r.Updated = s.now().UTC()
+		data, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode run %s: %w", id, err)
+		}
+		_, err = s.kv.Update(ctx, id, data, rev)
+		if err == nil {
+			return r, nil
+		}
+		if !isConflict(err) || attempt > 100 {
+			return nil, fmt.Errorf("update run %s: %w", id, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt%10) * time.Millisecond):
+		}
+	}
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// List returns the runs, newest first, optionally of one plan only.
+func (s *Store) List(ctx context.Context, plan string) ([]*Run, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	var out []*Run
+	for key := range lister.Keys() {
+		r, err := s.Get(ctx, key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if plan == "" || r.Plan == plan {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
+	return out, nil
+}

@@ -1,0 +1,273 @@
+// Package snapshot is the snapshot stage: when a run's workflow reaches its
+// data step, it runs the plan's source plugin and cuts the dump into chunks
+// on the run's raw chunk stream, hashing the plaintext once on the way. It
+// never holds a whole dump, and never lets a failed or cut-short dump end as
+// anything but a failed stream.
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/source"
+	"github.com/backstream/backstream/services/internal/stage"
+)
+
+// Trailer keys of the raw stream's final chunk.
+const (
+	TrailerBytes    = "Bytes"
+	TrailerSHA256   = "Sha256"
+	TrailerChunks   = "Chunks"
+	TrailerExit     = "Exit"
+	TrailerDescribe = "Describe"
+	TrailerSource   = "Source"
+)
+
+// Reader is the name of the filter's consumer of the raw stream.
+const Reader = "filter"
+
+// Service is the snapshot stage.
+type Service struct {
+	*stage.Deps
+	// ProgressEvery throttles snapshot.progressed events (default 1s).
+	ProgressEvery time.Duration
+}
+
+// New builds the snapshot stage.
+func New(d *stage.Deps) *Service { return &Service{Deps: d, ProgressEvery: time.Second} }
+
+// Name implements stage.Service.
+func (s *Service) Name() string { return "snapshot" }
+
+// Consumers implements stage.Service.
+func (s *Service) Consumers() []bus.ConsumerSpec {
+	return []bus.ConsumerSpec{s.Spec("snapshot", s.handle, events.BackupRequested, events.StepCompleted)}
+}
+
+func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
+	p, err := s.Plan(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.EnsureRun(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	if r.Kind != runs.KindBackup {
+		return nil, nil
+	}
+	step, ok, err := stage.DueStep(p, r, e)
+	if err != nil || !ok || step.Kind != plan.StepSnapshot {
+		return nil, err
+	}
+	name := step.String()
+	r, c, err := s.Claim(ctx, r.ID, name, 0)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case c.Skip:
+		return nil, nil
+	case c.Done:
+		return s.completed(p, r, name)
+	case c.Interrupted:
+		// The process streaming this dump died; its chunks cannot be
+		// continued, so the readers are told and the run fails.
+		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, nil, s.Data); err == nil {
+			_ = w.Fail(ctx, "snapshot interrupted: the snapshot service running it stopped mid-stream")
+		}
+		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil)
+		return s.FailRun(ctx, p.Name(), r.ID, "snapshot", name,
+			fmt.Sprintf("snapshot interrupted: %s stopped while streaming the dump", c.Owner), e)
+	}
+	return s.run(ctx, p, r, name, e)
+}
+
+// completed rebuilds the events of a finished snapshot from the run record.
+func (s *Service) completed(p *plan.Plan, r *runs.Run, name string) ([]events.Event, error) {
+	st := r.FindStep(name)
+	dur := st.Duration(st.Finished)
+	done, err := s.Emit(p.Name(), r.ID, name, events.SnapshotCompletedData{
+		Source: p.Spec.Source.Type, Bytes: r.Bytes, Chunks: r.Chunks, SHA256: r.SHA256, DurationMs: dur.Milliseconds(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	next, err := s.StepCompleted(p.Name(), r.ID, name, dur)
+	if err != nil {
+		return nil, err
+	}
+	return []events.Event{done, next}, nil
+}
+
+func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name string, cause events.Event) ([]events.Event, error) {
+	log := s.Log.With("plan", p.Name(), "runid", r.ID, "step", name)
+	fail := func(reason string, failed events.SnapshotFailedData) ([]events.Event, error) {
+		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, failed.Bytes, reason, nil)
+		failed.Source, failed.Error = p.Spec.Source.Type, reason
+		fe, err := s.Emit(p.Name(), r.ID, name, failed)
+		if err != nil {
+			return nil, err
+		}
+		out, err := s.FailRun(ctx, p.Name(), r.ID, "snapshot", name, reason, cause)
+		return append([]events.Event{fe}, out...), err
+	}
+
+	src, plugin, err := s.Plugins.Source(p)
+	if err != nil {
+		return fail(err.Error(), events.SnapshotFailedData{})
+	}
+	w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.Data)
+	if err != nil {
+		return nil, err
+	}
+	chunkSize := int(p.Spec.ChunkSize)
+	started, err := s.Emit(p.Name(), r.ID, name, events.SnapshotStartedData{
+		Source: p.Spec.Source.Type, DataSubject: bus.DataSubject(r.ID, bus.KindRaw), ChunkSize: int64(chunkSize),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Bus.Publish(ctx, started); err != nil {
+		return nil, err
+	}
+
+	begin := time.Now()
+	cw := &chunker{ctx: ctx, w: w, size: chunkSize, buf: make([]byte, 0, chunkSize), sum: sha256.New()}
+	dumpCtx, cancelDump := context.WithCancel(ctx)
+	defer cancelDump()
+	stopProgress := s.progress(dumpCtx, p.Name(), r.ID, name, cw, begin)
+	desc, berr := src.Backup(dumpCtx, cw)
+	stopProgress()
+	if berr == nil && cw.err != nil {
+		berr = cw.err
+	}
+	if berr == nil && cw.n == 0 && !(plugin.CanBeEmpty || p.Spec.Source.AllowEmpty) {
+		berr = errors.New("the dump is empty, and the plan says an empty dump is impossible for this source (set spec.source.allowEmpty to accept it)")
+	}
+	if berr != nil {
+		failed := events.SnapshotFailedData{Bytes: cw.n}
+		var se *source.Error
+		if errors.As(berr, &se) {
+			failed.ExitStatus, failed.StderrTail = se.ExitStatus, se.StderrTail
+		}
+		// Tell the readers first, so upload aborts and nothing looks like a backup.
+		if ferr := w.Fail(context.WithoutCancel(ctx), berr.Error()); ferr != nil && !errors.Is(ferr, bus.ErrDownstreamGone) {
+			log.Warn("could not end the chunk stream with the failure", "err", ferr)
+		}
+		return fail("dump failed: "+berr.Error(), failed)
+	}
+
+	digest := hex.EncodeToString(cw.sum.Sum(nil))
+	descJSON, _ := json.Marshal(desc)
+	trailer := map[string]string{
+		TrailerBytes:    strconv.FormatInt(cw.n, 10),
+		TrailerSHA256:   digest,
+		TrailerChunks:   strconv.FormatInt(w.Seq()+1, 10),
+		TrailerExit:     "0",
+		TrailerDescribe: string(descJSON),
+		TrailerSource:   p.Spec.Source.Type,
+	}
+	if err := w.Close(ctx, cw.buf, trailer); err != nil {
+		return fail("end chunk stream: "+err.Error(), events.SnapshotFailedData{Bytes: cw.n})
+	}
+	chunks := w.Seq()
+	r, err = s.FinishStep(ctx, r.ID, name, runs.Succeeded, cw.n, "", func(r *runs.Run) {
+		r.Bytes, r.SHA256, r.Chunks = cw.n, digest, chunks
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("snapshot completed", "bytes", cw.n, "chunks", chunks, "sha256", digest, "elapsed", time.Since(begin).Round(time.Millisecond))
+	out, err := s.completed(p, r, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(desc) > 0 {
+		var d events.SnapshotCompletedData
+		_ = out[0].DataAs(&d)
+		d.Describe = desc
+		if ev, err := s.Emit(p.Name(), r.ID, name, d); err == nil {
+			out[0] = ev
+		}
+	}
+	return out, nil
+}
+
+// progress publishes throttled snapshot.progressed events until stopped.
+func (s *Service) progress(ctx context.Context, planName, runID, step string, cw *chunker, begin time.Time) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.ProgressEvery)
+		defer t.Stop()
+		for i := 1; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			m := s.Bus.Meta(planName, runID, step)
+			m.ID = events.RunEventID(runID, events.SnapshotProgressed, step+"."+strconv.Itoa(i))
+			ev, err := events.New(m, events.ProgressData{Bytes: cw.written.Load(), Chunks: cw.chunks.Load(), ElapsedMs: time.Since(begin).Milliseconds()}.ForType(events.SnapshotProgressed))
+			if err == nil {
+				_ = s.Bus.Publish(ctx, ev)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// chunker is the io.Writer a source plugin dumps into: it hashes every byte
+// once and publishes full chunks; the last, partial chunk is kept for the
+// final message.
+type chunker struct {
+	ctx     context.Context
+	w       *bus.ChunkWriter
+	size    int
+	buf     []byte
+	sum     hash.Hash
+	n       int64
+	err     error
+	written atomic.Int64
+	chunks  atomic.Int64
+}
+
+func (c *chunker) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	total := len(p)
+	c.sum.Write(p)
+	for len(p) > 0 {
+		k := min(c.size-len(c.buf), len(p))
+		c.buf = append(c.buf, p[:k]...)
+		p = p[k:]
+		if len(c.buf) == c.size {
+			if err := c.w.Write(c.ctx, c.buf); err != nil {
+				c.err = fmt.Errorf("publish chunk: %w", err)
+				return total - len(p), c.err
+			}
+			// The NATS client keeps the published slice until it is stored,
+			// so each chunk gets a fresh buffer.
+			c.buf = make([]byte, 0, c.size)
+			c.chunks.Add(1)
+		}
+	}
+	c.n += int64(total)
+	c.written.Store(c.n)
+	return total, nil
+}

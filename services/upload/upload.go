@@ -1,0 +1,257 @@
+// Package upload is the upload stage: for every destination of a plan it
+// streams the run's sealed chunks into the storage as they arrive, hashing the
+// stored bytes on the way, and writes the manifest only once the object is
+// complete. A failure anywhere aborts the object, so nothing that looks like
+// a backup is left behind.
+package upload
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/services/filter"
+	"github.com/backstream/backstream/services/internal/stage"
+)
+
+// StepName is the run-record entry of the upload to dest.
+func StepName(dest string) string { return "upload:" + dest }
+
+// Service is the upload stage.
+type Service struct{ *stage.Deps }
+
+// New builds the upload stage.
+func New(d *stage.Deps) *Service { return &Service{Deps: d} }
+
+// Name implements stage.Service.
+func (s *Service) Name() string { return "upload" }
+
+// Consumers implements stage.Service.
+func (s *Service) Consumers() []bus.ConsumerSpec {
+	return []bus.ConsumerSpec{s.Spec("upload", s.handle, events.SnapshotStarted)}
+}
+
+func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
+	p, err := s.Plan(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	runID := events.RunID(e)
+	g, gctx := errgroup.WithContext(ctx)
+	results := make([][]events.Event, len(p.Spec.Destinations))
+	for i, d := range p.Spec.Destinations {
+		g.Go(func() error {
+			out, err := s.destination(gctx, p, runID, d.Name, e)
+			results[i] = out
+			return err
+		})
+	}
+	err = g.Wait()
+	var out []events.Event
+	for _, r := range results {
+		out = append(out, r...)
+	}
+	return out, err
+}
+
+func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest string, cause events.Event) ([]events.Event, error) {
+	name := StepName(dest)
+	r, c, err := s.Claim(ctx, runID, name, 0)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case c.Skip:
+		return nil, nil
+	case c.Done:
+		return s.completed(p, r, dest)
+	case c.Interrupted:
+		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindSealed, dest)
+		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, "interrupted", nil)
+		return s.fail(ctx, p, runID, dest, fmt.Sprintf("upload interrupted: %s stopped while uploading", c.Owner), cause)
+	}
+
+	begin := time.Now()
+	st, err := s.Plugins.Storage(ctx, p, dest)
+	if err != nil {
+		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindSealed, dest)
+		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil)
+		return s.fail(ctx, p, runID, dest, err.Error(), cause)
+	}
+	defer st.Close()
+
+	key := format.ObjectKey(p.Name(), runID)
+	manifestKey := format.ManifestKey(p.Name(), runID)
+	meta, info, digest, err := s.stream(ctx, st, runID, dest, key)
+	if err == nil {
+		err = s.writeManifest(ctx, st, p, runID, key, manifestKey, meta, info, digest)
+		if err != nil {
+			_ = st.Delete(context.WithoutCancel(ctx), key)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, bus.ErrProducerFailed) {
+			// An earlier stage failed and said so; nothing to add.
+			_, _ = s.FinishStep(ctx, runID, name, runs.Skipped, 0, err.Error(), nil)
+			return nil, nil
+		}
+		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil)
+		return s.fail(ctx, p, runID, dest, err.Error(), cause)
+	}
+	r, err = s.FinishStep(ctx, runID, name, runs.Succeeded, info.Size, "", func(r *runs.Run) {
+		d := r.Dest(dest)
+		d.Phase, d.Key, d.ManifestKey, d.Size, d.SHA256 = runs.Succeeded, key, manifestKey, info.Size, digest
+		r.StoredBytes = info.Size
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Log.Info("upload completed", "plan", p.Name(), "runid", runID, "destination", dest, "key", key, "bytes", info.Size, "elapsed", time.Since(begin).Round(time.Millisecond))
+	return s.completed(p, r, dest)
+}
+
+func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string) ([]events.Event, error) {
+	d := r.Dest(dest)
+	st := r.FindStep(StepName(dest))
+	ev, err := s.Emit(p.Name(), r.ID, StepName(dest), events.UploadCompletedData{
+		Destination: dest, Key: d.Key, ManifestKey: d.ManifestKey, Size: d.Size, SHA256: d.SHA256,
+		DurationMs: st.Duration(st.Finished).Milliseconds(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []events.Event{ev}, nil
+}
+
+func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason string, cause events.Event) ([]events.Event, error) {
+	fe, err := s.Emit(p.Name(), runID, StepName(dest), events.UploadFailedData{Destination: dest, Error: reason})
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.FailRun(ctx, p.Name(), runID, "upload", StepName(dest), "upload to "+dest+": "+reason, cause)
+	return append([]events.Event{fe}, out...), err
+}
+
+// stream copies the sealed chunk stream into the object at key. On any error
+// the Put is aborted (nothing visible at key) and the reader's consumer is
+// deleted, which stops the filter and, through it, the snapshot.
+func (s *Service) stream(ctx context.Context, st storage.Storage, runID, dest, key string) (filter.Meta, storage.Info, string, error) {
+	var meta filter.Meta
+	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindSealed, dest, s.Data)
+	if err != nil {
+		return meta, storage.Info{}, "", err
+	}
+	defer in.Close(ctx)
+
+	pr, pw := io.Pipe()
+	type putResult struct {
+		info storage.Info
+		err  error
+	}
+	putc := make(chan putResult, 1)
+	go func() {
+		info, err := st.Put(ctx, key, pr, storage.PutOptions{ContentType: "application/vnd.backstream.object"})
+		_ = pr.CloseWithError(fmt.Errorf("storage stopped reading: %v", err))
+		putc <- putResult{info, err}
+	}()
+	sum := sha256.New()
+	var copyErr error
+	for {
+		c, err := in.Next(ctx)
+		if err != nil {
+			copyErr = err
+			break
+		}
+		sum.Write(c.Data)
+		if _, err := pw.Write(c.Data); err != nil {
+			copyErr = fmt.Errorf("write chunk %d: %w", c.Seq, err)
+			break
+		}
+		if err := c.Ack(); err != nil {
+			copyErr = fmt.Errorf("ack chunk %d: %w", c.Seq, err)
+			break
+		}
+		if c.Final {
+			if err := json.Unmarshal([]byte(c.Trailer[filter.TrailerMeta]), &meta); err != nil {
+				copyErr = fmt.Errorf("sealed stream trailer: %w", err)
+			}
+			break
+		}
+	}
+	if copyErr != nil {
+		_ = pw.CloseWithError(copyErr)
+		res := <-putc
+		if res.err == nil {
+			// The storage finished before the error reached it: remove it.
+			_ = st.Delete(context.WithoutCancel(ctx), key)
+		}
+		return meta, storage.Info{}, "", copyErr
+	}
+	_ = pw.Close()
+	res := <-putc
+	if res.err != nil {
+		return meta, storage.Info{}, "", fmt.Errorf("put %s: %w", key, res.err)
+	}
+	return meta, res.info, hex.EncodeToString(sum.Sum(nil)), nil
+}
+
+func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan.Plan, runID, key, manifestKey string, meta filter.Meta, info storage.Info, digest string) error {
+	r, err := s.Runs.Get(ctx, runID)
+	if err != nil {
+		return err
+	}
+	if r.Phase == runs.Failed {
+		return fmt.Errorf("run failed meanwhile (%s): the object is removed", r.Error)
+	}
+	trigger := r.Trigger
+	if trigger == "" {
+		trigger = events.TriggerEvent
+	}
+	m := format.Manifest{
+		FormatVersion:   format.Version,
+		BackupID:        runID,
+		Plan:            p.Name(),
+		RunID:           runID,
+		Trigger:         trigger,
+		Created:         r.Created,
+		Started:         r.Created,
+		Finished:        s.Now().UTC(),
+		Source:          format.Source{Type: meta.Source, Describe: meta.Describe},
+		Chain:           meta.Chain,
+		ChunkSize:       meta.ChunkSize,
+		KeyWrap:         meta.KeyWrap,
+		Bytes:           meta.Bytes,
+		StoredBytes:     info.Size,
+		Frames:          meta.Frames,
+		PlaintextSHA256: meta.PlaintextSHA256,
+		StoredSHA256:    digest,
+		ObjectKey:       key,
+		Verify:          format.VerifyResult{Status: format.VerifyPending},
+		Tags:            p.Metadata.Labels,
+	}
+	if m.Chain == nil {
+		m.Chain = []string{}
+	}
+	data, err := format.MarshalManifest(m)
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if _, err := st.Put(ctx, manifestKey, bytes.NewReader(data), storage.PutOptions{ContentType: "application/json"}); err != nil {
+		return fmt.Errorf("put manifest %s: %w", manifestKey, err)
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+// Package verify is the verify stage: once every destination of a run
+// reported upload.completed, it reads each object back and checks it against
+// its manifest (fully when it holds a key that opens it, ciphertext only
+// otherwise), records the result in the manifest, and settles the run: a
+// backup succeeds only once it is verified.
+package verify
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/internal/stage"
+)
+
+// StepName is the run-record entry of the verification of dest.
+func StepName(dest string) string { return "verify:" + dest }
+
+// Service is the verify stage.
+type Service struct{ *stage.Deps }
+
+// New builds the verify stage.
+func New(d *stage.Deps) *Service { return &Service{Deps: d} }
+
+// Name implements stage.Service.
+func (s *Service) Name() string { return "verify" }
+
+// Consumers implements stage.Service. Verify also settles runs whose last
+// workflow step finishes after their uploads (step.completed).
+func (s *Service) Consumers() []bus.ConsumerSpec {
+	return []bus.ConsumerSpec{s.Spec("verify", s.handle, events.UploadCompleted)}
+}
+
+func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
+	p, err := s.Plan(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	runID := events.RunID(e)
+	r, err := s.Runs.Get(ctx, runID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Phase == runs.Failed {
+		return nil, nil
+	}
+	for _, d := range p.Spec.Destinations {
+		if ds := r.Destinations[d.Name]; ds == nil || ds.Phase != runs.Succeeded {
+			return nil, nil // another destination is still uploading
+		}
+	}
+	if !p.Spec.Verify.IsEnabled() {
+		return s.Settle(ctx, p, runID)
+	}
+	var out []events.Event
+	for _, d := range p.Spec.Destinations {
+		evs, err := s.verify(ctx, p, r, d.Name, e)
+		out = append(out, evs...)
+		if err != nil {
+			return out, err
+		}
+	}
+	settled, err := s.Settle(ctx, p, runID)
+	return append(out, settled...), err
+}
+
+func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest string, cause events.Event) ([]events.Event, error) {
+	name := StepName(dest)
+	ds := r.Dest(dest)
+	if ds.Verified {
+		st := r.FindStep(name)
+		return s.completed(p, r.ID, dest, ds, st)
+	}
+	begin := s.Now()
+	if _, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error {
+		st := r.Step(name)
+		st.Phase, st.Owner, st.Started = runs.Running, s.Instance, begin.UTC()
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	st, err := s.Plugins.Storage(ctx, p, dest)
+	if err != nil {
+		return nil, err // retried: the storage may come back
+	}
+	defer st.Close()
+	m, err := backup.LoadManifest(ctx, st, ds.ManifestKey)
+	if err != nil {
+		return s.failed(ctx, p, r.ID, dest, ds.Key, fmt.Sprintf("read manifest: %v", err), cause)
+	}
+	res, verr := backup.Verify(ctx, st, m, s.Keys, s.Now())
+	if verr != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	m.Verify = res.VerifyResult
+	if err := backup.SaveManifest(ctx, st, m); err != nil {
+		return nil, err // retried
+	}
+	if verr != nil {
+		return s.failed(ctx, p, r.ID, dest, ds.Key, verr.Error(), cause)
+	}
+	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, res.StoredBytes, "", func(r *runs.Run) {
+		d := r.Dest(dest)
+		d.Verified, d.VerifyMode = true, res.Mode
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Log.Info("backup verified", "plan", p.Name(), "runid", r.ID, "destination", dest, "mode", res.Mode, "elapsed", time.Since(begin).Round(time.Millisecond))
+	return s.completed(p, r.ID, dest, rr.Dest(dest), rr.FindStep(name))
+}
+
+func (s *Service) completed(p *plan.Plan, runID, dest string, ds *runs.Destination, st *runs.Step) ([]events.Event, error) {
+	var dur time.Duration
+	if st != nil {
+		dur = st.Duration(st.Finished)
+	}
+	r, err := s.Runs.Get(context.Background(), runID)
+	if err != nil {
+		return nil, err
+	}
+	data := events.VerifyCompletedData{
+		Destination: dest, Key: ds.Key, Size: ds.Size, SHA256: ds.SHA256, Mode: ds.VerifyMode,
+		DurationMs: dur.Milliseconds(),
+	}
+	if st != nil && ds.VerifyMode == format.VerifyModeFull {
+		data.PlaintextSHA256 = r.SHA256
+	}
+	ev, err := s.Emit(p.Name(), runID, StepName(dest), data)
+	if err != nil {
+		return nil, err
+	}
+	return []events.Event{ev}, nil
+}
+
+func (s *Service) failed(ctx context.Context, p *plan.Plan, runID, dest, key, reason string, cause events.Event) ([]events.Event, error) {
+	_, _ = s.FinishStep(ctx, runID, StepName(dest), runs.Failed, 0, reason, nil)
+	fe, err := s.Emit(p.Name(), runID, StepName(dest), events.VerifyFailedData{Destination: dest, Key: key, Error: reason})
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.FailRun(ctx, p.Name(), runID, "verify", StepName(dest), "verify "+dest+": "+reason, cause)
+	return append([]events.Event{fe}, out...), err
+}
