@@ -108,7 +108,11 @@ func TestCleanAndCreate(t *testing.T) {
 	sourcetest.CompareSummaries(t, want, sourcetest.SummarizeMariaDB(t, ctx, fresh))
 	// Create makes a missing database.
 	name := testenv.Unique("bs_test_new_")
-	t.Cleanup(func() { _, _ = src.SQL.Exec("DROP DATABASE IF EXISTS `" + name + "`") })
+	t.Cleanup(func() {
+		if _, err := src.SQL.Exec("DROP DATABASE IF EXISTS `" + name + "`"); err != nil {
+			t.Errorf("drop %s: %v", name, err)
+		}
+	})
 	if err := s.Restore(ctx, bytes.NewReader(buf.Bytes()), source.RestoreOptions{Target: name, Create: true}); err != nil {
 		t.Fatal(err)
 	}
