@@ -57,7 +57,7 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 	if !ok {
 		// The workflow ended with the step just completed: the run may be
 		// done if its data already is.
-		if e.Type() == events.StepCompleted && r.Kind == runs.KindBackup {
+		if e.Type() == events.StepCompleted {
 			return s.Settle(ctx, p, r.ID)
 		}
 		return nil, nil

@@ -88,6 +88,7 @@ func (d *Deps) EnsureRun(ctx context.Context, e events.Event) (*runs.Run, error)
 		var req events.RestoreRequestedData
 		_ = e.DataAs(&req)
 		seed.Kind, seed.RequestedBy, seed.BackupID, seed.Phase = runs.KindRestore, req.RequestedBy, req.BackupID, runs.Initializing
+		seed.Destination, seed.Target = req.Destination, req.Target
 	default:
 		return d.Runs.Get(ctx, events.RunID(e))
 	}
@@ -198,6 +199,11 @@ func (d *Deps) Settle(ctx context.Context, p *plan.Plan, runID string) ([]events
 		if r.Phase == runs.Succeeded || r.Phase == runs.Failed || !workflowDone(p, r) {
 			return runs.ErrNoChange
 		}
+		if r.Kind == runs.KindRestore {
+			r.Phase = runs.Succeeded
+			r.Finished = d.Now().UTC()
+			return nil
+		}
 		for _, dest := range p.Spec.Destinations {
 			ds := r.Destinations[dest.Name]
 			if ds == nil || ds.Phase != runs.Succeeded || (verify && !ds.Verified) {
@@ -211,6 +217,16 @@ func (d *Deps) Settle(ctx context.Context, p *plan.Plan, runID string) ([]events
 	})
 	if err != nil || r.Phase != runs.Succeeded {
 		return nil, err
+	}
+	if r.Kind == runs.KindRestore {
+		ev, err := d.Emit(p.Name(), runID, "", events.RestoreSucceededData{
+			BackupID: r.BackupID, Bytes: r.Bytes, SHA256: r.SHA256, DurationMs: r.Finished.Sub(r.Created).Milliseconds(),
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.Log.Info("restore succeeded", "plan", p.Name(), "runid", runID, "backup", r.BackupID, "bytes", r.Bytes)
+		return []events.Event{ev}, nil
 	}
 	data := events.BackupSucceededData{
 		BackupID:        r.ID,

@@ -1,0 +1,225 @@
+// Package app assembles backstream's services in one process: the embedded
+// NATS server when no cluster is given, the bus, the stages that were asked
+// for, and the HTTP API. It is what `backstream serve` runs, and what tests
+// run in-process. Every goroutine it starts is owned by one errgroup and
+// ends when the context is cancelled.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/planstore"
+	"github.com/backstream/backstream/pkg/plugins"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/api"
+	"github.com/backstream/backstream/services/filter"
+	"github.com/backstream/backstream/services/hook"
+	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/restore"
+	"github.com/backstream/backstream/services/schedule"
+	"github.com/backstream/backstream/services/snapshot"
+	"github.com/backstream/backstream/services/upload"
+	"github.com/backstream/backstream/services/verify"
+)
+
+// Names of the services `--services` accepts, in start order.
+var Names = []string{"schedule", "hook", "snapshot", "filter", "upload", "verify", "restore", "api"}
+
+// Config configures one process.
+type Config struct {
+	// DataDir holds the embedded server's store (DataDir/nats).
+	DataDir string
+	// NATS is the URL of an existing NATS; empty starts the embedded server
+	// on EmbeddedAddr.
+	NATS         string
+	EmbeddedHost string
+	EmbeddedPort int
+	// Services to run; empty means all.
+	Services []string
+	// Listen is the API's address; empty disables it.
+	Listen string
+	// IdentityFile and PassphraseEnv give verify and restore their keys.
+	IdentityFile  string
+	PassphraseEnv string
+	// Consumer tunes every durable consumer (AckWait, Backoff, Grace).
+	Consumer bus.ConsumerSpec
+	// Data tunes chunk streams.
+	Data bus.DataOptions
+	// ScheduleTick is how often the scheduler looks for due slots.
+	ScheduleTick time.Duration
+	Log          *slog.Logger
+	// Ready, when set, is called once everything is listening.
+	Ready func(natsURL, apiAddr string)
+}
+
+// ParseServices checks a --services list.
+func ParseServices(list string) ([]string, error) {
+	if list == "" || list == "all" {
+		return Names, nil
+	}
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		if !slices.Contains(Names, s) {
+			return nil, fmt.Errorf("--services: unknown service %q (known: %s)", s, strings.Join(Names, ", "))
+		}
+		out = append(out, s)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return slices.Index(Names, out[i]) < slices.Index(Names, out[j]) })
+	return out, nil
+}
+
+// Keys loads the identity or passphrase verify and restore use.
+func Keys(identityFile, passphraseEnv string) (format.Keys, error) {
+	var k format.Keys
+	if identityFile != "" {
+		ids, err := format.ParseIdentityFile(identityFile)
+		if err != nil {
+			return k, fmt.Errorf("identity file: %w", err)
+		}
+		k.Identities = ids
+	}
+	if passphraseEnv != "" {
+		v, ok := os.LookupEnv(passphraseEnv)
+		if !ok {
+			return k, fmt.Errorf("passphrase: environment variable %s is not set", passphraseEnv)
+		}
+		k.Passphrase = v
+	}
+	return k, nil
+}
+
+// Run runs the configured services until ctx is cancelled.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	services := cfg.Services
+	if len(services) == 0 {
+		services = Names
+	}
+	keys, err := Keys(cfg.IdentityFile, cfg.PassphraseEnv)
+	if err != nil {
+		return err
+	}
+
+	url := cfg.NATS
+	if url == "" {
+		if cfg.DataDir == "" {
+			return errors.New("--data: required for the embedded server")
+		}
+		port := cfg.EmbeddedPort
+		if port == 0 {
+			port = 4250
+		}
+		srv, err := bus.StartServer(bus.ServerConfig{Host: cfg.EmbeddedHost, Port: port, StoreDir: filepath.Join(cfg.DataDir, "nats")})
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		url = srv.URL()
+		log.Info("embedded nats server started", "url", url, "store", filepath.Join(cfg.DataDir, "nats"))
+	}
+
+	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{}, log)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
+	reg := plugins.Default()
+	deps := &stage.Deps{
+		Bus:      b,
+		Runs:     runs.NewStore(b.Runs),
+		Plans:    planstore.New(b.Plans, reg),
+		Plugins:  reg,
+		Log:      log,
+		Instance: bus.SourceName("serve"),
+		Keys:     keys,
+		Data:     cfg.Data,
+		Consumer: cfg.Consumer,
+		Now:      time.Now,
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	var apiAddr string
+	for _, name := range services {
+		switch name {
+		case "api":
+			if cfg.Listen == "" {
+				continue
+			}
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return fmt.Errorf("api: listen %s: %w", cfg.Listen, err)
+			}
+			apiAddr = ln.Addr().String()
+			srv := &http.Server{Handler: api.New(deps).Handler(), ReadHeaderTimeout: 10 * time.Second}
+			g.Go(func() error {
+				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					return fmt.Errorf("api: %w", err)
+				}
+				return nil
+			})
+			g.Go(func() error {
+				<-gctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return srv.Shutdown(sctx)
+			})
+			log.Info("api listening", "addr", apiAddr)
+		case "schedule":
+			sch := schedule.New(deps)
+			if cfg.ScheduleTick > 0 {
+				sch.Tick = cfg.ScheduleTick
+			}
+			g.Go(func() error { return sch.Run(gctx) })
+		default:
+			svc := stageService(name, deps)
+			for _, spec := range svc.Consumers() {
+				g.Go(func() error { return b.Run(gctx, spec) })
+			}
+		}
+	}
+	log.Info("backstream serving", "services", strings.Join(services, ","), "nats", url)
+	if cfg.Ready != nil {
+		cfg.Ready(url, apiAddr)
+	}
+	err = g.Wait()
+	log.Info("backstream stopped")
+	return err
+}
+
+func stageService(name string, d *stage.Deps) stage.Service {
+	switch name {
+	case "hook":
+		return hook.New(d)
+	case "snapshot":
+		return snapshot.New(d)
+	case "filter":
+		return filter.New(d)
+	case "upload":
+		return upload.New(d)
+	case "verify":
+		return verify.New(d)
+	case "restore":
+		return restore.New(d)
+	}
+	panic("app: no stage named " + name)
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/planstore"
+	"github.com/backstream/backstream/pkg/plugins"
+)
+
+// connect dials NATS for a CLI command.
+func connect(ctx context.Context, url string) (*bus.Bus, *planstore.Store, error) {
+	b, err := bus.Connect(ctx, natsURL(url), "cli", bus.Config{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, planstore.New(b.Plans, plugins.Default()), nil
+}
+
+func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError("plan: want apply, list, get or delete")
+	}
+	fs := flag.NewFlagSet("plan "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsFlag := fs.String("nats", "", "NATS URL")
+	file := fs.String("f", "", "plan FILE or DIR (apply)")
+	output := fs.String("o", "yaml", "get: json or yaml")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError("plan: %v", err)
+	}
+	switch args[0] {
+	case "apply":
+		if *file == "" {
+			return usageError("plan apply: -f FILE|DIR is required")
+		}
+		return applyPlans(ctx, *natsFlag, *file, stdout)
+	case "list":
+		b, store, err := connect(ctx, *natsFlag)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		ps, err := store.List(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tSOURCE\tDESTINATIONS\tSCHEDULE")
+		for _, p := range ps {
+			var dests []string
+			for _, d := range p.Spec.Destinations {
+				dests = append(dests, d.Name+"("+d.Type+")")
+			}
+			sched := "-"
+			if p.Spec.Schedule != nil {
+				sched = p.Spec.Schedule.Cron
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name(), p.Spec.Source.Type, strings.Join(dests, ","), sched)
+		}
+		return tw.Flush()
+	case "get", "delete":
+		if fs.NArg() != 1 {
+			return usageError("plan %s: want one plan NAME", args[0])
+		}
+		b, store, err := connect(ctx, *natsFlag)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		if args[0] == "delete" {
+			if err := store.Delete(ctx, fs.Arg(0)); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "plan %s deleted\n", fs.Arg(0))
+			return nil
+		}
+		p, err := store.Get(ctx, fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		data, err := p.Marshal()
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			var v any
+			_ = json.Unmarshal(data, &v)
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
+		}
+		return writeYAML(stdout, data)
+	}
+	return usageError("plan: unknown subcommand %q", args[0])
+}
+
+// applyPlans validates every plan under path and stores them only if all are
+// valid: a refused plan stores nothing, and every problem is printed.
+func applyPlans(ctx context.Context, url, path string, stdout io.Writer) error {
+	plans, err := plan.LoadPath(path)
+	if err != nil {
+		return err
+	}
+	reg := plugins.Default()
+	var problems []string
+	for _, p := range plans {
+		p.Defaults()
+		if err := p.Validate(reg); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if len(problems) > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("plans refused, nothing stored:\n%s", strings.Join(problems, "\n"))}
+	}
+	b, store, err := connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	for _, p := range plans {
+		changed, err := store.Put(ctx, p)
+		if err != nil {
+			var ve *plan.ValidationError
+			if errors.As(err, &ve) {
+				return &exitError{code: 1, err: err}
+			}
+			return err
+		}
+		state := "unchanged"
+		if changed {
+			state = "applied"
+		}
+		fmt.Fprintf(stdout, "plan %s %s\n", p.Name(), state)
+	}
+	return nil
+}

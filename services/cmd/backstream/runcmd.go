@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/term"
+	"gopkg.in/yaml.v3"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/internal/stage"
+)
+
+func writeYAML(w io.Writer, jsonData []byte) error {
+	var v any
+	if err := json.Unmarshal(jsonData, &v); err != nil {
+		return err
+	}
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	return enc.Encode(v)
+}
+
+func triggerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("trigger", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsFlag := fs.String("nats", "", "NATS URL")
+	wait := fs.Bool("wait", false, "follow the run and exit non-zero if it fails")
+	reason := fs.String("reason", "", "free text recorded with the run")
+	planName, rest := splitName(args)
+	if err := fs.Parse(rest); err != nil {
+		return usageError("trigger: %v", err)
+	}
+	if planName == "" && fs.NArg() == 1 {
+		planName = fs.Arg(0)
+	}
+	if planName == "" {
+		return usageError("trigger: want a PLAN")
+	}
+	return follow(ctx, *natsFlag, planName, *reason, *wait, stdout)
+}
+
+// splitName takes a leading positional argument so flags may follow it.
+func splitName(args []string) (string, []string) {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return args[0], args[1:]
+	}
+	return "", args
+}
+
+// follow triggers a backup of planName and, with wait, prints the run's
+// steps as they happen until it succeeds (nil) or fails (exit code 1).
+func follow(ctx context.Context, url, planName, reason string, wait bool, out io.Writer) error {
+	b, store, err := connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	var startSeq uint64
+	if wait {
+		s, err := b.JS.Stream(ctx, bus.EventsStream)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			return err
+		}
+		startSeq = info.State.LastSeq + 1
+	}
+	runID, err := stage.RequestBackup(ctx, b, store, planName, events.TriggerCLI, os.Getenv("USER"), reason)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "run %s of plan %s requested\n", runID, planName)
+	if !wait {
+		return nil
+	}
+	c, err := b.JS.OrderedConsumer(ctx, bus.EventsStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.SubjectRoot + ".*.*." + planName},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    startSeq,
+	})
+	if err != nil {
+		return err
+	}
+	iter, err := c.Messages()
+	if err != nil {
+		return err
+	}
+	defer iter.Stop()
+	go func() { <-ctx.Done(); iter.Stop() }()
+	p := newProgress(out)
+	begin := time.Now()
+	var failed *events.BackupFailedData
+	for {
+		msg, err := iter.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		e, err := bus.Decode(msg.Data())
+		if err != nil || events.RunID(e) != runID {
+			continue
+		}
+		pl, err := events.Decode(e)
+		if err != nil {
+			continue
+		}
+		line := describe(e, pl)
+		switch d := pl.(type) {
+		case *events.ProgressData:
+			p.update(fmt.Sprintf("%-10s %s  %s", strings.TrimSuffix(strings.TrimPrefix(e.Type(), events.TypePrefix), ".progressed"), human(d.Bytes), rate(d.Bytes, time.Duration(d.ElapsedMs)*time.Millisecond)))
+			continue
+		case *events.BackupSucceededData:
+			p.line(fmt.Sprintf("%s  backup succeeded: %s in, %s stored, sha256 %s, %s", stamp(e), human(d.Bytes), human(d.StoredBytes), d.PlaintextSHA256, time.Since(begin).Round(time.Millisecond)))
+			return nil
+		case *events.BackupFailedData:
+			failed = d
+			p.line(line)
+			if !hasCompensation(ctx, b, runID) {
+				return &exitError{code: 1, err: fmt.Errorf("run %s failed in %s: %s", runID, d.Stage, d.Reason)}
+			}
+			continue
+		case *events.CompensationCompletedData:
+			p.line(line)
+			return &exitError{code: 1, err: fmt.Errorf("run %s failed in %s: %s", runID, failed.Stage, failed.Reason)}
+		}
+		if line != "" {
+			p.line(line)
+		}
+	}
+}
+
+// hasCompensation reports whether the failed run's plan has hooks whose
+// inverse ops will report, so the follower waits for them.
+func hasCompensation(ctx context.Context, b *bus.Bus, runID string) bool {
+	r, err := runs.NewStore(b.Runs).Get(ctx, runID)
+	if err != nil {
+		return false
+	}
+	for _, s := range r.Steps {
+		if strings.HasPrefix(s.Name, "hook:") && s.Phase != runs.Pending && s.Phase != runs.Skipped {
+			return true
+		}
+	}
+	return false
+}
+
+func stamp(e events.Event) string { return e.Time().Local().Format("15:04:05.000") }
+
+// describe is one line for an event of a followed run.
+func describe(e events.Event, p events.Payload) string {
+	t := strings.TrimPrefix(e.Type(), events.TypePrefix)
+	s := stamp(e)
+	switch d := p.(type) {
+	case *events.BackupRequestedData:
+		return fmt.Sprintf("%s  requested (%s)", s, d.Trigger)
+	case *events.HookCompletedData:
+		if d.Inverse {
+			return fmt.Sprintf("%s  compensation %s/%s completed", s, d.Hook, d.Op)
+		}
+		return fmt.Sprintf("%s  hook %s/%s completed (%dms)", s, d.Hook, d.Op, d.DurationMs)
+	case *events.HookFailedData:
+		return fmt.Sprintf("%s  hook %s/%s FAILED (onError %s): %s", s, d.Hook, d.Op, d.OnError, d.Error)
+	case *events.SnapshotStartedData:
+		return fmt.Sprintf("%s  snapshot started (%s, %s chunks)", s, d.Source, human(d.ChunkSize))
+	case *events.SnapshotCompletedData:
+		return fmt.Sprintf("%s  snapshot completed: %s in %d chunks, sha256 %s (%s)", s, human(d.Bytes), d.Chunks, d.SHA256, rate(d.Bytes, time.Duration(d.DurationMs)*time.Millisecond))
+	case *events.SnapshotFailedData:
+		return fmt.Sprintf("%s  snapshot FAILED: %s", s, d.Error)
+	case *events.FilterCompletedData:
+		return fmt.Sprintf("%s  filter completed: %d frames, %s → %s [%s]", s, d.Frames, human(d.BytesIn), human(d.BytesOut), strings.Join(d.Chain, "+"))
+	case *events.FilterFailedData:
+		return fmt.Sprintf("%s  filter FAILED: %s", s, d.Error)
+	case *events.UploadCompletedData:
+		return fmt.Sprintf("%s  upload to %s completed: %s (%s)", s, d.Destination, d.Key, human(d.Size))
+	case *events.UploadFailedData:
+		return fmt.Sprintf("%s  upload to %s FAILED: %s", s, d.Destination, d.Error)
+	case *events.VerifyCompletedData:
+		return fmt.Sprintf("%s  verify %s completed (%s)", s, d.Destination, d.Mode)
+	case *events.VerifyFailedData:
+		return fmt.Sprintf("%s  verify %s FAILED: %s", s, d.Destination, d.Error)
+	case *events.BackupFailedData:
+		return fmt.Sprintf("%s  backup FAILED in %s: %s", s, d.Stage, d.Reason)
+	case *events.CompensationCompletedData:
+		return fmt.Sprintf("%s  compensation completed: %s", s, strings.Join(d.Ops, ", "))
+	case *events.CompensationFailedData:
+		return fmt.Sprintf("%s  compensation %s FAILED: %s", s, d.Op, d.Error)
+	case *events.StepCompletedData:
+		return ""
+	}
+	return fmt.Sprintf("%s  %s", s, t)
+}
+
+// progress prints live progress: one rewritten line on a terminal, plain
+// lines (at most one a second) otherwise.
+type progress struct {
+	w        io.Writer
+	tty      bool
+	pending  bool
+	lastLine time.Time
+}
+
+func newProgress(w io.Writer) *progress {
+	f, ok := w.(*os.File)
+	return &progress{w: w, tty: ok && term.IsTerminal(int(f.Fd()))}
+}
+
+func (p *progress) update(s string) {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s", s)
+		p.pending = true
+		return
+	}
+	if time.Since(p.lastLine) >= time.Second {
+		fmt.Fprintln(p.w, "progress", s)
+		p.lastLine = time.Now()
+	}
+}
+
+func (p *progress) line(s string) {
+	if p.pending {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.pending = false
+	}
+	fmt.Fprintln(p.w, s)
+}
+
+func human(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func rate(n int64, d time.Duration) string {
+	if d <= 0 {
+		return fmt.Sprintf("%s elapsed", d)
+	}
+	return fmt.Sprintf("%.1f MB/s, %s elapsed", float64(n)/1e6/d.Seconds(), d.Round(100*time.Millisecond))
+}
+
+func runsCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("runs", flag.ContinueOnError)
+	natsFlag := fs.String("nats", "", "NATS URL")
+	planName := fs.String("plan", "", "only runs of this plan")
+	output := fs.String("o", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return usageError("runs: %v", err)
+	}
+	b, _, err := connect(ctx, *natsFlag)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	list, err := runs.NewStore(b.Runs).List(ctx, *planName)
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		return writeJSON(stdout, list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RUN\tPLAN\tKIND\tPHASE\tSTARTED\tDURATION\tBYTES\tERROR")
+	for _, r := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Plan, r.Kind, r.Phase,
+			r.Created.Local().Format("2006-01-02 15:04:05"), runDuration(r), human(r.Bytes), truncate(r.Error, 60))
+	}
+	return tw.Flush()
+}
+
+func runDuration(r *runs.Run) string {
+	end := r.Finished
+	if end.IsZero() {
+		end = time.Now()
+	}
+	return end.Sub(r.Created).Round(time.Millisecond).String()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	natsFlag := fs.String("nats", "", "NATS URL")
+	output := fs.String("o", "table", "table or json")
+	id, rest := splitName(args)
+	if err := fs.Parse(rest); err != nil {
+		return usageError("run: %v", err)
+	}
+	if id == "" && fs.NArg() == 1 {
+		id = fs.Arg(0)
+	}
+	if id == "" {
+		return usageError("run: want a run ID")
+	}
+	b, _, err := connect(ctx, *natsFlag)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	r, err := runs.NewStore(b.Runs).Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		return writeJSON(stdout, r)
+	}
+	fmt.Fprintf(stdout, "run %s  plan %s  kind %s  phase %s  trigger %s\n", r.ID, r.Plan, r.Kind, r.Phase, r.Trigger)
+	fmt.Fprintf(stdout, "started %s  duration %s  bytes %s  stored %s\n", r.Created.Local().Format(time.RFC3339), runDuration(r), human(r.Bytes), human(r.StoredBytes))
+	if r.Error != "" {
+		fmt.Fprintf(stdout, "failed in %s: %s\n", r.FailedStage, r.Error)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nSTEP\tPHASE\tDURATION\tBYTES\tERROR")
+	for _, s := range r.Steps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Phase, s.Duration(time.Now()).Round(time.Millisecond), human(s.Bytes), truncate(s.Error, 80))
+	}
+	for _, c := range r.Compensation {
+		d := time.Duration(0)
+		if !c.Finished.IsZero() {
+			d = c.Finished.Sub(c.Started)
+		}
+		fmt.Fprintf(tw, "compensate %s\t%s\t%s\t-\t%s\n", c.Step, c.Phase, d.Round(time.Millisecond), truncate(c.Error, 80))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/services/app"
+)
+
+func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	data := fs.String("data", "./data", "directory of the embedded NATS server's store")
+	services := fs.String("services", "all", "comma-separated services to run: "+fmt.Sprint(app.Names))
+	natsFlag := fs.String("nats", "", "URL of an existing NATS cluster (default: start the embedded server)")
+	embedded := fs.String("embedded", "127.0.0.1:4250", "address of the embedded NATS server")
+	listen := fs.String("listen", "127.0.0.1:4251", "address of the HTTP API (empty: no API)")
+	apply := fs.String("apply", "", "plan FILE or DIR to apply at start")
+	trigger := fs.String("trigger", "", "plan to trigger once at start")
+	identity := fs.String("identity", "", "age identity file: verify opens every frame and restore decrypts")
+	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase for verify and restore")
+	ackWait := fs.Duration("ack-wait", 30*time.Second, "how long an unacknowledged event waits before redelivery")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return usageError("serve: %v", err)
+	}
+	list, err := app.ParseServices(*services)
+	if err != nil {
+		return usageError("serve: %v", err)
+	}
+	host, portText, err := net.SplitHostPort(*embedded)
+	if err != nil {
+		return usageError("serve: --embedded: %v", err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return usageError("serve: --embedded: port %q: %v", portText, err)
+	}
+	log := newLogger(stderr, *logLevel)
+	cfg := app.Config{
+		DataDir:       *data,
+		NATS:          *natsFlag,
+		EmbeddedHost:  host,
+		EmbeddedPort:  port,
+		Services:      list,
+		Listen:        *listen,
+		IdentityFile:  *identity,
+		PassphraseEnv: *passEnv,
+		Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
+		Log:           log,
+	}
+	cfg.Ready = func(url, apiAddr string) {
+		go func() {
+			if *apply != "" {
+				if err := applyPlans(ctx, url, *apply, stdout); err != nil {
+					log.Error("apply plans at start", "err", err)
+					return
+				}
+			}
+			if *trigger != "" {
+				if err := follow(ctx, url, *trigger, "start", false, stdout); err != nil {
+					log.Error("trigger at start", "plan", *trigger, "err", err)
+				}
+			}
+		}()
+	}
+	return app.Run(ctx, cfg)
+}

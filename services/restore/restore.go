@@ -1,0 +1,169 @@
+// Package restore is the restore stage: a restore run finds its backup in a
+// destination of the plan, streams it object → frames checked → decrypted →
+// decompressed into the plan's source plugin, and checks the plaintext
+// SHA-256 against the manifest at the end. The same reading path serves
+// `backstream restore`, which needs no NATS at all.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/source"
+	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/services/internal/stage"
+)
+
+// Service is the restore stage.
+type Service struct{ *stage.Deps }
+
+// New builds the restore stage.
+func New(d *stage.Deps) *Service { return &Service{Deps: d} }
+
+// Name implements stage.Service.
+func (s *Service) Name() string { return "restore" }
+
+// Consumers implements stage.Service.
+func (s *Service) Consumers() []bus.ConsumerSpec {
+	return []bus.ConsumerSpec{s.Spec("restore", s.handle, events.RestoreRequested, events.StepCompleted)}
+}
+
+func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
+	p, err := s.Plan(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.EnsureRun(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	if r.Kind != runs.KindRestore {
+		return nil, nil
+	}
+	step, ok, err := stage.DueStep(p, r, e)
+	if err != nil || !ok || step.Kind != plan.StepRestore {
+		return nil, err
+	}
+	name := step.String()
+	r, c, err := s.Claim(ctx, r.ID, name, 0)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case c.Skip:
+		return nil, nil
+	case c.Done:
+		return s.completed(ctx, p, r, name)
+	case c.Interrupted:
+		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil)
+		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, fmt.Sprintf("restore interrupted: %s stopped mid-restore; the target may hold a partial restore", c.Owner), e)
+	}
+	out, err := s.restore(ctx, p, r, name)
+	if err != nil {
+		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, err.Error(), nil)
+		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, err.Error(), e)
+	}
+	return out, nil
+}
+
+func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name string) ([]events.Event, error) {
+	dest := r.Destination
+	if dest == "" {
+		dest = p.Spec.Destinations[0].Name
+	}
+	st, err := s.Plugins.Storage(ctx, p, dest)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	ref := r.BackupID
+	if ref == "latest" || ref == "" {
+		ref = p.Name() + "/latest"
+	} else {
+		ref = p.Name() + "/" + ref
+	}
+	m, err := backup.Find(ctx, st, ref)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error { r.BackupID = m.BackupID; return nil }); err != nil {
+		return nil, err
+	}
+	started, err := s.Emit(p.Name(), r.ID, name, events.RestoreStartedData{BackupID: m.BackupID, Destination: dest, Key: m.ObjectKey, Size: m.StoredBytes})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Bus.Publish(ctx, started); err != nil {
+		return nil, err
+	}
+	src, _, err := s.Plugins.Source(p)
+	if err != nil {
+		return nil, err
+	}
+	begin := time.Now()
+	stats, err := Stream(ctx, st, m, s.Keys, func(rd io.Reader) error {
+		return src.Restore(ctx, rd, source.RestoreOptions{Target: r.Target})
+	})
+	if err != nil {
+		return nil, err
+	}
+	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, stats.Bytes, "", func(r *runs.Run) {
+		r.Bytes, r.SHA256 = stats.Bytes, stats.PlaintextSHA256
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Log.Info("restore step completed", "plan", p.Name(), "runid", r.ID, "backup", m.BackupID, "bytes", stats.Bytes, "elapsed", time.Since(begin).Round(time.Millisecond))
+	return s.completed(ctx, p, rr, name)
+}
+
+func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, name string) ([]events.Event, error) {
+	st := r.FindStep(name)
+	next, err := s.StepCompleted(p.Name(), r.ID, name, st.Duration(st.Finished))
+	if err != nil {
+		return nil, err
+	}
+	settled, err := s.Settle(ctx, p, r.ID)
+	return append([]events.Event{next}, settled...), err
+}
+
+// ErrDigestMismatch means the restored plaintext does not hash to the
+// manifest's digest.
+var ErrDigestMismatch = errors.New("restored data does not match the backup's SHA-256")
+
+// Stream opens the object of m and hands its verified plaintext to consume,
+// then checks the plaintext size and SHA-256 against the manifest. Every
+// frame is authenticated before any of its bytes reach consume.
+func Stream(ctx context.Context, st storage.Storage, m format.Manifest, keys format.Keys, consume func(io.Reader) error) (format.ReadStats, error) {
+	rc, err := st.Open(ctx, m.ObjectKey)
+	if err != nil {
+		return format.ReadStats{}, fmt.Errorf("open backup %s: %w", m.ObjectKey, err)
+	}
+	defer rc.Close()
+	rd, err := format.NewReader(rc, keys)
+	if err != nil {
+		return format.ReadStats{}, fmt.Errorf("open backup %s: %w", m.ObjectKey, err)
+	}
+	if err := consume(rd); err != nil {
+		return rd.Stats(), err
+	}
+	// Drain what the consumer left, so every frame is checked.
+	if _, err := io.Copy(io.Discard, rd); err != nil {
+		return rd.Stats(), fmt.Errorf("read backup %s: %w", m.ObjectKey, err)
+	}
+	stats := rd.Stats()
+	if stats.Bytes != m.Bytes || stats.PlaintextSHA256 != m.PlaintextSHA256 {
+		return stats, fmt.Errorf("%w: got %d bytes sha256 %s, manifest says %d bytes sha256 %s",
+			ErrDigestMismatch, stats.Bytes, stats.PlaintextSHA256, m.Bytes, m.PlaintextSHA256)
+	}
+	return stats, nil
+}
