@@ -27,18 +27,21 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/api"
-	"github.com/backstream/backstream/services/filter"
-	"github.com/backstream/backstream/services/hook"
 	"github.com/backstream/backstream/services/internal/stage"
-	"github.com/backstream/backstream/services/restore"
 	"github.com/backstream/backstream/services/schedule"
-	"github.com/backstream/backstream/services/snapshot"
-	"github.com/backstream/backstream/services/upload"
-	"github.com/backstream/backstream/services/verify"
 )
 
 // Names of the services `--services` accepts, in start order.
-var Names = []string{"schedule", "hook", "snapshot", "filter", "upload", "verify", "restore", "api"}
+var Names = func() []string {
+	out := []string{"schedule"}
+	out = append(out, stageOrder...)
+	return append(out, "api")
+}()
+
+// runner is a service with a loop of its own besides its consumers.
+type runner interface {
+	Run(ctx context.Context) error
+}
 
 // Config configures one process.
 type Config struct {
@@ -65,6 +68,9 @@ type Config struct {
 	Log          *slog.Logger
 	// Ready, when set, is called once everything is listening.
 	Ready func(natsURL, apiAddr string)
+	// Wrap, when set, wraps every consumer's handler: cross-cutting
+	// behaviour such as fault injection in tests or extra logging.
+	Wrap func(consumer string, h bus.Handler) bus.Handler
 }
 
 // ParseServices checks a --services list.
@@ -191,9 +197,15 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			g.Go(func() error { return sch.Run(gctx) })
 		default:
-			svc := stageService(name, deps)
+			svc := stages[name](deps)
 			for _, spec := range svc.Consumers() {
+				if cfg.Wrap != nil {
+					spec.Handler = cfg.Wrap(spec.Name, spec.Handler)
+				}
 				g.Go(func() error { return b.Run(gctx, spec) })
+			}
+			if r, ok := svc.(runner); ok {
+				g.Go(func() error { return r.Run(gctx) })
 			}
 		}
 	}
@@ -204,22 +216,4 @@ func Run(ctx context.Context, cfg Config) error {
 	err = g.Wait()
 	log.Info("backstream stopped")
 	return err
-}
-
-func stageService(name string, d *stage.Deps) stage.Service {
-	switch name {
-	case "hook":
-		return hook.New(d)
-	case "snapshot":
-		return snapshot.New(d)
-	case "filter":
-		return filter.New(d)
-	case "upload":
-		return upload.New(d)
-	case "verify":
-		return verify.New(d)
-	case "restore":
-		return restore.New(d)
-	}
-	panic("app: no stage named " + name)
 }
