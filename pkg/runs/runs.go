@@ -122,6 +122,10 @@ type Run struct {
 	Chunks      int64  `json:"chunks,omitempty"`
 	// BackupID is the backup a restore run reads, or the backup a backup run makes.
 	BackupID string `json:"backupId,omitempty"`
+	// Destination and Target say where a restore run reads from and what it
+	// restores into (empty: the plan's first destination, the plan's source).
+	Destination string `json:"destination,omitempty"`
+	Target      string `json:"target,omitempty"`
 	// FailedStage and Error say why a run failed.
 	FailedStage  string         `json:"failedStage,omitempty"`
 	Error        string         `json:"error,omitempty"`

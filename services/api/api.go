@@ -11,7 +11,7 @@ import (
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // Server serves the API.

@@ -27,7 +27,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/api"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/schedule"
 )
 

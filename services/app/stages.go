@@ -3,7 +3,7 @@ package app
 import (
 	"github.com/backstream/backstream/services/filter"
 	"github.com/backstream/backstream/services/hook"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/restore"
 	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/upload"

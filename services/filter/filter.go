@@ -28,7 +28,7 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/snapshot"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // interrupted is the step error recorded when an op's process died mid-op.

@@ -20,7 +20,7 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/source"
 	"github.com/backstream/backstream/pkg/storage"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // Service is the restore stage.

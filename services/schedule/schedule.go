@@ -18,7 +18,7 @@ import (
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // Service is the scheduler.

@@ -22,7 +22,7 @@ import (
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/source"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // Trailer keys of the raw stream's final chunk.

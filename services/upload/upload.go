@@ -25,7 +25,7 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/services/filter"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // StepName is the run-record entry of the upload to dest.

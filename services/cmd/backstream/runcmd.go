@@ -18,7 +18,7 @@ import (
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/internal/stage"
+	"github.com/backstream/backstream/services/stage"
 )
 
 func writeYAML(w io.Writer, jsonData []byte) error {
