@@ -23,6 +23,7 @@ test: tools vet
 
 tools:
 	./scripts/install-tools.sh
+	./scripts/install-apt.sh
 
 vet:
 	@for m in $(MODULES); do (cd $$m && go vet ./...) || exit 1; done

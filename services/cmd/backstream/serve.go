@@ -64,7 +64,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				}
 			}
 			if *trigger != "" {
-				if err := follow(ctx, url, *trigger, "start", false, stdout); err != nil {
+				if err := follow(ctx, url, *trigger, "triggered by serve --trigger", true, stdout); err != nil {
 					log.Error("trigger at start", "plan", *trigger, "err", err)
 				}
 			}
