@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"filippo.io/age"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/nats-io/nats.go"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+)
+
+const (
+	bucket    = "bench"
+	accessEnv = "BENCH_S3_ACCESS_KEY"
+	secretEnv = "BENCH_S3_SECRET_KEY"
+)
+
+// rig is what every end-to-end run shares: MinIO, the key pair, the
+// binaries and the temp dir.
+type rig struct {
+	c         config
+	dir       string
+	self      string // this program, whose gen subcommand is the source
+	backstrm  string
+	minio     *minioServer
+	identity  string // identity file for serve --identity
+	recipient string
+	env       []string
+	runs      int
+	log       io.Writer
+}
+
+// e2eResult is one backup through a fresh serve process.
+type e2eResult struct {
+	size    int64
+	stored  int64
+	upload  time.Duration // trigger → upload.completed
+	total   time.Duration // trigger → backup.succeeded
+	peakRSS int64
+}
+
+func (r e2eResult) uploadMBps() float64 { return mbps(r.size, r.upload) }
+func (r e2eResult) totalMBps() float64  { return mbps(r.size, r.total) }
+
+func mbps(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / 1e6 / d.Seconds()
+}
+
+func newRig(ctx context.Context, c config, dir string, log io.Writer) (*rig, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("own executable: %w", err)
+	}
+	r := &rig{c: c, dir: dir, self: self, backstrm: filepath.Join(c.bin, "backstream"), log: log}
+	for _, b := range []string{r.backstrm, filepath.Join(c.bin, "minio")} {
+		if _, err := os.Stat(b); err != nil {
+			return nil, fmt.Errorf("%s: %w (run make build tools)", b, err)
+		}
+	}
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		return nil, fmt.Errorf("age identity: %w", err)
+	}
+	r.identity, r.recipient = filepath.Join(dir, "identity.txt"), id.Recipient().String()
+	if err := os.WriteFile(r.identity, []byte(id.String()+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	m, err := startMinIO(ctx, filepath.Join(c.bin, "minio"), dir)
+	if err != nil {
+		return nil, err
+	}
+	r.minio = m
+	r.env = []string{accessEnv + "=" + m.access, secretEnv + "=" + m.secret}
+	client, err := minio.New(m.endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.access, m.secret, "")})
+	if err != nil {
+		m.stop(5 * time.Second)
+		return nil, fmt.Errorf("minio client: %w", err)
+	}
+	if err := client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
+		m.stop(5 * time.Second)
+		return nil, fmt.Errorf("make bucket: %w", err)
+	}
+	return r, nil
+}
+
+func (r *rig) close() { r.minio.stop(10 * time.Second) }
+
+func (r *rig) plan(name string, size int64) string {
+	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: %s}
+spec:
+  source:
+    type: command
+    command: {argv: [%q, gen, --size, %q, --seed, %q]}
+  filters:
+    compression: zstd
+    level: fastest
+    encryption: {type: aes-256-gcm, recipients: [%q]}
+  destinations:
+    - name: minio
+      type: s3
+      s3:
+        endpoint: %s
+        bucket: %s
+        insecure: true
+        accessKey: {env: %s}
+        secretKey: {env: %s}
+  verify: {enabled: true}
+`, name, r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv)
+}
+
+// backstream runs the backstream CLI to completion, its output kept in the
+// run's log.
+func (r *rig) backstream(ctx context.Context, logPath string, args ...string) error {
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	cmd := exec.CommandContext(ctx, r.backstrm, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		b, _ := os.ReadFile(logPath)
+		return fmt.Errorf("backstream %s: %w\n%s", strings.Join(args, " "), err, tailOf(b, 4096))
+	}
+	return nil
+}
+
+func tailOf(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// pipeline backs up size bytes through a fresh serve process and times it
+// from the start of `backstream trigger` to the arrival of the run's
+// upload.completed and backup.succeeded events.
+func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
+	r.runs++
+	name := fmt.Sprintf("bench-%d", r.runs)
+	dir := filepath.Join(r.dir, name)
+	res := e2eResult{size: size}
+	fmt.Fprintf(r.log, "e2e %s: %s through a fresh serve ...\n", name, humanSize(size))
+	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.pprof, r.env)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		sp.stop(30 * time.Second)
+		if !r.c.keep {
+			_ = os.RemoveAll(filepath.Join(dir, "data"))
+		}
+	}()
+	planFile := filepath.Join(dir, "plan.yaml")
+	if err := os.WriteFile(planFile, []byte(r.plan(name, size)), 0o644); err != nil {
+		return res, err
+	}
+	cliLog := filepath.Join(dir, "cli.log")
+	if err := r.backstream(ctx, cliLog, "plan", "apply", "-f", planFile, "--nats", sp.natsURL); err != nil {
+		return res, err
+	}
+
+	nc, err := nats.Connect(sp.natsURL, nats.Name("bench"))
+	if err != nil {
+		return res, fmt.Errorf("connect %s: %w", sp.natsURL, err)
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	seen := map[string]time.Time{}
+	var succeeded events.BackupSucceededData
+	done := make(chan struct{})
+	sub, err := nc.Subscribe(events.SubjectRoot+".*.*."+name, func(m *nats.Msg) {
+		at := time.Now()
+		e, err := bus.Decode(m.Data)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if _, ok := seen[e.Type()]; ok {
+			return
+		}
+		seen[e.Type()] = at
+		if e.Type() == events.BackupSucceeded {
+			_ = e.DataAs(&succeeded)
+			close(done)
+		}
+	})
+	if err != nil {
+		return res, fmt.Errorf("subscribe events: %w", err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		return res, fmt.Errorf("subscribe events: %w", err)
+	}
+
+	start := time.Now()
+	if err := r.backstream(ctx, cliLog, "trigger", name, "--wait", "--nats", sp.natsURL); err != nil {
+		return res, err
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-time.After(time.Minute):
+		return res, fmt.Errorf("run of %s succeeded but its backup.succeeded event never reached the bench", name)
+	}
+	mu.Lock()
+	up, ok := seen[events.UploadCompleted]
+	end := seen[events.BackupSucceeded]
+	mu.Unlock()
+	if !ok {
+		return res, fmt.Errorf("run of %s: no upload.completed event seen", name)
+	}
+	if succeeded.Bytes != size {
+		return res, fmt.Errorf("run of %s stored %d plaintext bytes, want %d", name, succeeded.Bytes, size)
+	}
+	res.stored, res.upload, res.total = succeeded.StoredBytes, up.Sub(start), end.Sub(start)
+	if res.peakRSS, err = peakRSS(sp.pid()); err != nil {
+		return res, err
+	}
+	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB\n",
+		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
+		humanSize(res.stored), float64(res.peakRSS)/(1<<20))
+	return res, nil
+}
+

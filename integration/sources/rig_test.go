@@ -1,0 +1,333 @@
+// Package sources proves the source plugins through the whole pipeline:
+// trigger → snapshot → filter (zstd, age-encrypted AES-256-GCM) → upload to
+// MinIO → verify → restore into a fresh target, against the machine's real
+// MariaDB, PostgreSQL and Redis and a FerretDB of the test's own. It also
+// proves that a failing dump leaves no backup: no object, no manifest and no
+// incomplete multipart upload in the bucket.
+package sources
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+	"github.com/minio/minio-go/v7"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/testenv"
+	"github.com/backstream/backstream/services/app"
+	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/upload"
+)
+
+// Environment variables the plans name for the MinIO credentials.
+const (
+	accessEnv = "BS_SOURCES_S3_ACCESS"
+	secretEnv = "BS_SOURCES_S3_SECRET"
+	destName  = "s3"
+)
+
+// partSize is the plans' S3 part size (the minimum), so that a dump of a
+// few MiB already goes through a multipart upload.
+const partSize = 5 << 20
+
+// rig is one MinIO bucket, one age identity and one in-process backstream
+// whose verify and restore stages hold the identity.
+type rig struct {
+	t         *testing.T
+	env       *harness.Env
+	minio     *testenv.MinIOServer
+	bucket    string
+	recipient string
+	identity  string // path of the identity file
+	dir       string
+}
+
+// newRig starts MinIO and backstream for t. It sets process environment
+// variables, so tests using it never run in parallel.
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	m := testenv.MinIO(t)
+	bucket := m.NewBucket(t, testenv.Unique("bs-src-"))
+	t.Setenv(accessEnv, m.AccessKey)
+	t.Setenv(secretEnv, m.SecretKey)
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	idFile := filepath.Join(dir, "identity.txt")
+	if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := harness.Start(t, harness.Options{Config: func(c *app.Config) { c.IdentityFile = idFile }})
+	return &rig{t: t, env: env, minio: m, bucket: bucket, recipient: id.Recipient().String(), identity: idFile, dir: dir}
+}
+
+// plan returns a plan named name whose source is sourceYAML (the lines
+// under `source:`, indented by four spaces), compressed with zstd,
+// encrypted to the rig's recipient and stored in the rig's bucket.
+func (r *rig) plan(name, sourceYAML string) string {
+	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: %s}
+spec:
+  source:
+%s
+  filters:
+    compression: zstd
+    encryption:
+      recipients: [%q]
+  destinations:
+    - name: %s
+      type: s3
+      s3:
+        endpoint: %s
+        bucket: %s
+        insecure: true
+        partSize: %d
+        accessKey: {env: %s}
+        secretKey: {env: %s}
+  verify: {enabled: true}
+  alert: {expectEvery: 24h}
+`, name, strings.TrimRight(sourceYAML, "\n"), r.recipient, destName, r.minio.Endpoint, r.bucket, partSize, accessEnv, secretEnv)
+}
+
+// apply stores the plan and also writes it to a file (for the CLI's
+// --plan-file), returning the file's path.
+func (r *rig) apply(name, sourceYAML string) string {
+	r.t.Helper()
+	text := r.plan(name, sourceYAML)
+	r.env.Apply(text)
+	path := filepath.Join(r.dir, name+".yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		r.t.Fatal(err)
+	}
+	return path
+}
+
+// backup triggers a backup of planName and waits until the run is final.
+func (r *rig) backup(planName string) *runs.Run {
+	r.t.Helper()
+	id := r.env.Trigger(planName)
+	return r.env.Wait(id, 3*time.Minute)
+}
+
+// mustSucceed fails the test unless run succeeded with a verified object.
+func (r *rig) mustSucceed(run *runs.Run) {
+	r.t.Helper()
+	if run.Phase != runs.Succeeded {
+		r.t.Fatalf("run %s of %s: %s in %s: %s", run.ID, run.Plan, run.Phase, run.FailedStage, run.Error)
+	}
+	types := harness.Types(r.env.Events(run.ID))
+	for _, want := range []string{"snapshot.completed", "filter.completed", "upload.completed", "verify.completed", "backup.succeeded"} {
+		if !contains(types, want) {
+			r.t.Fatalf("run %s events %v lack %s", run.ID, types, want)
+		}
+	}
+}
+
+// restoreStage restores backupID of planName into target through the
+// restore stage (restore.requested) and waits for the restore run.
+func (r *rig) restoreStage(planName, backupID, target string) *runs.Run {
+	r.t.Helper()
+	id, err := stage.RequestRestore(context.Background(), r.env.Bus, r.env.Plans, planName, events.RestoreRequestedData{
+		BackupID: backupID, Destination: destName, Target: target, RequestedBy: "sources-test",
+	})
+	if err != nil {
+		r.t.Fatalf("request restore: %v", err)
+	}
+	run := r.env.Wait(id, 3*time.Minute)
+	if run.Phase != runs.Succeeded {
+		r.t.Fatalf("restore run %s: %s: %s", id, run.Phase, run.Error)
+	}
+	return run
+}
+
+// restoreCLI restores backupID with the real `backstream restore
+// --into-source` from the plan file alone: no NATS, no catalog.
+func (r *rig) restoreCLI(planFile, planName, backupID, target string) {
+	r.t.Helper()
+	out, code := harness.Run(r.t, r.dir, nil, "restore", planName+"/"+backupID,
+		"--plan-file", planFile, "--into-source", "--target", target, "--identity", r.identity)
+	if code != 0 {
+		r.t.Fatalf("backstream restore exit %d:\n%s", code, out)
+	}
+	r.t.Logf("backstream restore: %s", strings.TrimSpace(lastLine(out)))
+}
+
+// failure is what a failed backup run said.
+type failure struct {
+	run      *runs.Run
+	reason   string // backup.failed reason
+	snapshot events.SnapshotFailedData
+	events   []events.Event
+}
+
+// mustFail fails the test unless run failed in the snapshot stage with a
+// backup.failed and a snapshot.failed event, and left no backup: no
+// object, no manifest and no incomplete multipart upload under the plan's
+// keys, once the upload stage has finished with the run.
+func (r *rig) mustFail(run *runs.Run) failure {
+	r.t.Helper()
+	if run.Phase != runs.Failed {
+		r.t.Fatalf("run %s of %s: %s, want failed", run.ID, run.Plan, run.Phase)
+	}
+	f := failure{run: run, events: r.env.Events(run.ID)}
+	var started, sawFailed, sawSnapFailed bool
+	for _, e := range f.events {
+		switch e.Type() {
+		case events.SnapshotStarted:
+			started = true
+		case events.BackupFailed:
+			var d events.BackupFailedData
+			if err := e.DataAs(&d); err != nil {
+				r.t.Fatal(err)
+			}
+			f.reason, sawFailed = d.Reason, true
+		case events.SnapshotFailed:
+			if err := e.DataAs(&f.snapshot); err != nil {
+				r.t.Fatal(err)
+			}
+			sawSnapFailed = true
+		case events.BackupSucceeded, events.UploadCompleted, events.VerifyCompleted:
+			r.t.Errorf("failed run %s has %s", run.ID, e.Type())
+		}
+	}
+	if !sawFailed || !sawSnapFailed {
+		r.t.Fatalf("run %s events %v: want backup.failed and snapshot.failed", run.ID, harness.Types(f.events))
+	}
+	if run.FailedStage != "snapshot" {
+		r.t.Errorf("run %s failed in %q, want snapshot: %s", run.ID, run.FailedStage, run.Error)
+	}
+	if started {
+		r.waitUploadDone(run.ID)
+	}
+	r.mustHaveNoBackup(run.Plan)
+	return f
+}
+
+// waitUploadDone polls the run record until the upload step, which aborts
+// its multipart upload before it finishes, is no longer running.
+func (r *rig) waitUploadDone(runID string) {
+	r.t.Helper()
+	name := upload.StepName(destName)
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		run, err := r.env.Runs.Get(context.Background(), runID)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if st := run.FindStep(name); st != nil && st.Phase != runs.Running && st.Phase != runs.Pending {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.t.Fatalf("run %s: step %s did not finish", runID, name)
+}
+
+// mustHaveNoBackup lists the bucket: nothing of planName may be there,
+// neither an object nor a manifest nor an incomplete multipart upload.
+func (r *rig) mustHaveNoBackup(planName string) {
+	r.t.Helper()
+	ctx := context.Background()
+	c := r.minio.Client(r.t)
+	for o := range c.ListObjects(ctx, r.bucket, minio.ListObjectsOptions{Prefix: planName + "/", Recursive: true}) {
+		if o.Err != nil {
+			r.t.Fatalf("list objects: %v", o.Err)
+		}
+		r.t.Errorf("failed backup left object %s (%d bytes)", o.Key, o.Size)
+	}
+	for u := range c.ListIncompleteUploads(ctx, r.bucket, planName+"/", true) {
+		if u.Err != nil {
+			r.t.Fatalf("list incomplete uploads: %v", u.Err)
+		}
+		r.t.Errorf("failed backup left an incomplete multipart upload of %s (%s)", u.Key, u.UploadID)
+	}
+}
+
+// mustHaveBackup checks that the run's object and manifest are in the bucket.
+func (r *rig) mustHaveBackup(run *runs.Run) {
+	r.t.Helper()
+	var keys []string
+	for o := range r.minio.Client(r.t).ListObjects(context.Background(), r.bucket, minio.ListObjectsOptions{Prefix: run.Plan + "/", Recursive: true}) {
+		if o.Err != nil {
+			r.t.Fatalf("list objects: %v", o.Err)
+		}
+		keys = append(keys, o.Key)
+	}
+	for _, want := range []string{run.Plan + "/" + run.ID + ".", run.Plan + "/" + run.ID + ".manifest.json"} {
+		found := false
+		for _, k := range keys {
+			found = found || strings.HasPrefix(k, want)
+		}
+		if !found {
+			r.t.Errorf("bucket holds %v, want a key starting %s", keys, want)
+		}
+	}
+}
+
+// emptyBinDir is a directory without any program in it.
+func emptyBinDir(t *testing.T) string { return t.TempDir() }
+
+// script writes an executable shell script into dir.
+func script(t *testing.T, dir, name, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/bash\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// link puts the real program name into dir.
+func link(t *testing.T, dir, name string) {
+	t.Helper()
+	if err := os.Symlink(lookPath(t, name), filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func lookPath(t *testing.T, name string) string {
+	t.Helper()
+	for _, d := range filepath.SplitList(os.Getenv("PATH")) {
+		p := filepath.Join(d, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	testenv.Missing(t, "%s not in PATH", name)
+	return ""
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// noSecret fails t when any event of the run carries secret.
+func noSecret(t *testing.T, evs []events.Event, secret string) {
+	t.Helper()
+	for _, e := range evs {
+		if strings.Contains(string(e.Data()), secret) {
+			t.Errorf("event %s carries the secret", e.Type())
+		}
+	}
+}
