@@ -241,4 +241,3 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		humanSize(res.stored), float64(res.peakRSS)/(1<<20))
 	return res, nil
 }
-

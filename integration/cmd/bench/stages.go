@@ -92,7 +92,6 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 			return nil, fmt.Errorf("compress: %w", err)
 		}
 		compressed[i] = arena[off+16:] // the body, past the frame header
-		compressed[i] = compressed[i][:len(arena)-off-16]
 	}
 	d := time.Since(start)
 	var zbytes int64

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// summary is the bench's last line, for scripts.
+type summary struct {
+	E2EMBps          float64 `json:"e2e_mbps"`
+	SlowestStage     string  `json:"slowest_stage"`
+	SlowestStageMBps float64 `json:"slowest_stage_mbps"`
+	Ratio            float64 `json:"ratio"`
+	RSS1GMiB         float64 `json:"rss_1g_mib"`
+	RSS4GMiB         float64 `json:"rss_4g_mib"`
+}
+
+func bench(ctx context.Context, c config, stdout, stderr io.Writer) error {
+	dir, err := os.MkdirTemp("", "backstream-bench-")
+	if err != nil {
+		return err
+	}
+	if c.keep {
+		fmt.Fprintln(stderr, "bench: temp dir", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	r, err := newRig(ctx, c, dir, stderr)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+
+	var e2e []e2eResult
+	for range c.repeat {
+		res, err := r.pipeline(ctx, c.size)
+		if err != nil {
+			return err
+		}
+		e2e = append(e2e, res)
+	}
+	rss := map[int64][]int64{c.size: nil}
+	for _, res := range e2e {
+		rss[c.size] = append(rss[c.size], res.peakRSS)
+	}
+	for _, size := range c.rssSizes {
+		if len(rss[size]) > 0 {
+			continue
+		}
+		res, err := r.pipeline(ctx, size)
+		if err != nil {
+			return err
+		}
+		rss[size] = append(rss[size], res.peakRSS)
+	}
+	var st []stageResult
+	if !c.skipStages {
+		if st, err = r.stages(ctx, min(c.stageSize, c.size)); err != nil {
+			return err
+		}
+	}
+	return report(stdout, c, e2e, rss, st)
+}
+
+func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []stageResult) error {
+	// One tabwriter per section, so a section's title does not widen the
+	// columns of the others.
+	section := func(title string, rows func(tw *tabwriter.Writer)) {
+		fmt.Fprintln(w, title)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		rows(tw)
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
+	section("machine", func(tw *tabwriter.Writer) {
+		for _, f := range machine() {
+			fmt.Fprintf(tw, "  %s\t%s\n", f[0], f[1])
+		}
+	})
+
+	best := slices.MaxFunc(e2e, func(a, b e2eResult) int { return cmpFloat(a.uploadMBps(), b.uploadMBps()) })
+	section(fmt.Sprintf("end to end: %s, zstd fastest + aes-256-gcm -> s3 (MinIO), fresh serve per run; MB = 10^6 bytes of plaintext", humanSize(c.size)), func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "  run\ttrigger->upload.completed\tMB/s (e2e)\ttrigger->backup.succeeded\tMB/s (with verify)\tstored\tratio\tpeak RSS")
+		for i, res := range e2e {
+			fmt.Fprintf(tw, "  %d\t%s\t%.1f\t%s\t%.1f\t%s\t%.2f\t%.0f MiB\n", i+1,
+				res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
+				humanSize(res.stored), float64(res.size)/float64(max(1, res.stored)), float64(res.peakRSS)/(1<<20))
+		}
+		if len(e2e) > 1 {
+			lo := slices.MinFunc(e2e, func(a, b e2eResult) int { return cmpFloat(a.uploadMBps(), b.uploadMBps()) })
+			fmt.Fprintf(tw, "  best\t\t%.1f\t\t%.1f\t\t\t(e2e spread %.1f..%.1f)\n", best.uploadMBps(), best.totalMBps(), lo.uploadMBps(), best.uploadMBps())
+		}
+	})
+
+	sizes := make([]int64, 0, len(rss))
+	for s := range rss {
+		sizes = append(sizes, s)
+	}
+	slices.Sort(sizes)
+	section("peak RSS of the serve process (VmHWM; all services and the embedded NATS server)", func(tw *tabwriter.Writer) {
+		for _, s := range sizes {
+			if len(rss[s]) > 0 {
+				fmt.Fprintf(tw, "  %s\t%.0f MiB\n", humanSize(s), float64(slices.Max(rss[s]))/(1<<20))
+			}
+		}
+	})
+
+	var slowest *stageResult
+	if len(st) > 0 {
+		section(fmt.Sprintf("stages alone, same data (%s), in this process", humanSize(st[0].in)), func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "  stage\tinput\tMB/s of input\tbound MB/s (plaintext)\tnote")
+			for i, s := range st {
+				fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\t%s\n", s.name, humanSize(s.in), s.mbps(), s.bound(), s.note)
+				if !s.insight && (slowest == nil || s.bound() < slowest.bound()) {
+					slowest = &st[i]
+				}
+			}
+		})
+	}
+	sum := summary{E2EMBps: round1(best.uploadMBps())}
+	if slowest != nil {
+		sum.SlowestStage, sum.SlowestStageMBps = slowest.name, round1(slowest.bound())
+		sum.Ratio = math.Round(best.uploadMBps()/slowest.bound()*1000) / 1000
+		fmt.Fprintf(w, "slowest stage alone: %s at %.1f MB/s; e2e / slowest = %.2f (target >= 0.80)\n", slowest.name, slowest.bound(), sum.Ratio)
+	}
+	if v := rss[1<<30]; len(v) > 0 {
+		sum.RSS1GMiB = math.Round(float64(slices.Max(v)) / (1 << 20))
+	}
+	if v := rss[4<<30]; len(v) > 0 {
+		sum.RSS4GMiB = math.Round(float64(slices.Max(v)) / (1 << 20))
+	}
+	if sum.RSS1GMiB > 0 && sum.RSS4GMiB > 0 {
+		fmt.Fprintf(w, "peak RSS 4GiB / 1GiB = %.2f (target <= 1.10, and under 256 MiB)\n", sum.RSS4GMiB/sum.RSS1GMiB)
+	}
+	b, err := json.Marshal(sum)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func round1(f float64) float64 { return math.Round(f*10) / 10 }
+
+// machine lists the facts that explain the figures: cores, CPU model, the
+// instruction sets the hot paths use, and the load when the bench ran.
+func machine() [][2]string {
+	model, flags := "unknown", map[string]bool{}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if !ok {
+				continue
+			}
+			switch strings.TrimSpace(k) {
+			case "model name":
+				model = strings.TrimSpace(v)
+			case "flags":
+				for _, f := range strings.Fields(v) {
+					flags[f] = true
+				}
+			}
+		}
+	}
+	yes := func(f string) string {
+		if flags[f] {
+			return "yes"
+		}
+		return "no"
+	}
+	load := "unknown"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return [][2]string{
+		{"nproc", fmt.Sprint(runtime.NumCPU())},
+		{"cpu", model},
+		{"sha_ni", yes("sha_ni")},
+		{"aes", yes("aes")},
+		{"avx2", yes("avx2")},
+		{"go", runtime.Version()},
+		{"load (1 5 15 min, at the end)", load},
+	}
+}
