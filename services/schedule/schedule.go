@@ -1,18 +1,27 @@
 // Package schedule is the scheduler service: every tick it looks at each
 // plan's schedule and publishes backup.requested for the slot that is due.
-// Several replicas may run: each slot's trigger has a deterministic id, so
-// JetStream's duplicate window keeps one, and the KV record of the last slot
-// handled keeps one across outages longer than that window.
+//
+// Several replicas may run at once. Each slot's trigger has a deterministic
+// event id (and a deterministic run id), so JetStream's duplicate window keeps
+// one when two replicas fire the same slot; the KV record of the last slot
+// handled, updated by compare-and-set, keeps one across outages longer than
+// that window. The same record holds the plan's run lease, which the
+// concurrency policy (forbid, allow, replace) is decided on.
+//
+// The scheduler never sleeps to wait for a slot in tests: the clock is
+// injected and Once does one pass.
 package schedule
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/plan"
@@ -24,27 +33,60 @@ import (
 // Service is the scheduler.
 type Service struct {
 	*stage.Deps
-	// Clock is injected; tests drive it.
+	// Clock is injected; tests drive it and call Once.
 	Clock sched.Clock
-	// Tick is how often due slots are looked for.
+	// Tick is how often Run looks for due slots.
 	Tick time.Duration
+	// Grace is how long a published trigger that no stage has picked up
+	// yet (no run record) holds its plan; see DefaultGrace.
+	Grace time.Duration
 }
+
+// DefaultGrace is the default Service.Grace. The hook stage picks a trigger
+// up within seconds; a trigger still without a run record after the
+// events stream's duplicate window was lost or its stage is down, and must
+// not block the schedule for ever.
+const DefaultGrace = 10 * time.Minute
 
 // New builds the scheduler.
 func New(d *stage.Deps) *Service {
-	return &Service{Deps: d, Clock: sched.SystemClock{}, Tick: 5 * time.Second}
+	return &Service{Deps: d, Clock: sched.SystemClock{}, Tick: 5 * time.Second, Grace: DefaultGrace}
 }
 
-// state is the KV record of a plan's schedule.
-type state struct {
+// State is the KV record of a plan's schedule, at key StateKey(plan) in the
+// leases bucket. Replicas change it only by compare-and-set.
+type State struct {
 	// LastFired is the newest slot handled (fired or skipped), or the time
 	// the scheduler first saw the plan.
 	LastFired time.Time `json:"lastFired"`
 	// LastTrigger is the id of the last backup.requested published.
 	LastTrigger string `json:"lastTrigger,omitempty"`
+	// Lease is the scheduled run that holds the plan, if any.
+	Lease *Lease `json:"lease,omitempty"`
 }
 
-func stateKey(planName string) string { return "schedule." + planName }
+// Lease names the run a slot started. It holds the plan while that run is
+// pending or running; see Service.holds.
+type Lease struct {
+	RunID string    `json:"runId"`
+	Slot  time.Time `json:"slot"`
+	// Since is when the trigger was published (scheduler clock).
+	Since time.Time `json:"since"`
+}
+
+// StateKey is the leases-bucket key of a plan's schedule state.
+func StateKey(planName string) string { return "schedule." + planName }
+
+// SlotRunID is the run id of plan's slot: a ULID whose time is the slot and
+// whose entropy is a hash of plan and slot, so every replica (and every
+// restart) gives a slot's run the same id and ULIDs still sort by slot.
+func SlotRunID(planName string, slot time.Time) string {
+	sum := sha256.Sum256([]byte(planName + "\x00" + slot.UTC().Format(time.RFC3339Nano)))
+	var id ulid.ULID
+	_ = id.SetTime(ulid.Timestamp(slot))
+	_ = id.SetEntropy(sum[:10])
+	return id.String()
+}
 
 // Spec turns a plan's schedule block into a schedule spec.
 func Spec(s *plan.Schedule) sched.Spec {
@@ -70,11 +112,12 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// Once fires every plan's due slot at the clock's now.
+// Once handles every plan's due slot at the clock's now. It may run on
+// several replicas at the same time; each slot is triggered once.
 func (s *Service) Once(ctx context.Context) error {
 	plans, err := s.Plans.List(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("schedule: %w", err)
 	}
 	var errs []error
 	for _, p := range plans {
@@ -82,7 +125,7 @@ func (s *Service) Once(ctx context.Context) error {
 			continue
 		}
 		if err := s.plan(ctx, p); err != nil {
-			errs = append(errs, fmt.Errorf("plan %s: %w", p.Name(), err))
+			errs = append(errs, fmt.Errorf("schedule plan %s: %w", p.Name(), err))
 		}
 	}
 	return errors.Join(errs...)
@@ -94,75 +137,131 @@ func (s *Service) plan(ctx context.Context, p *plan.Plan) error {
 		return err
 	}
 	now := s.Clock.Now()
-	key := stateKey(p.Name())
+	key := StateKey(p.Name())
 	entry, err := s.Bus.Leases.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		// First sight: nothing before now is due.
-		data, _ := json.Marshal(state{LastFired: now.UTC()})
+		data, _ := json.Marshal(State{LastFired: now.UTC()})
 		if _, err := s.Bus.Leases.Create(ctx, key, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return err
+			return fmt.Errorf("create state: %w", err)
 		}
 		return nil
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("read state: %w", err)
 	}
-	var st state
+	var st State
 	if err := json.Unmarshal(entry.Value(), &st); err != nil {
-		return fmt.Errorf("schedule state: %w", err)
+		return fmt.Errorf("decode state: %w", err)
 	}
 	fire, skipped := sched.Due(sc, p.Name(), st.LastFired, now)
 	if len(fire) == 0 && len(skipped) == 0 {
 		return nil
 	}
-	newest := st.LastFired
+	next := st
 	for _, t := range append(skipped, fire...) {
-		if t.After(newest) {
-			newest = t
+		if t.After(next.LastFired) {
+			next.LastFired = t.UTC()
 		}
 	}
 	for _, slot := range skipped {
-		s.Log.Info("schedule slot skipped", "plan", p.Name(), "slot", slot)
+		s.Log.Info("schedule slot skipped", "plan", p.Name(), "slot", slot, "paused", sc.Spec().Paused, "missedRunPolicy", sc.Spec().MissedRunPolicy)
 	}
-	next := state{LastFired: newest.UTC(), LastTrigger: st.LastTrigger}
 	for _, slot := range fire {
-		if sc.Spec().ConcurrencyPolicy != sched.ConcurrencyAllow && s.busy(ctx, p.Name()) {
-			s.Log.Warn("schedule slot skipped: a run of the plan is still going (concurrencyPolicy)", "plan", p.Name(), "slot", slot, "policy", sc.Spec().ConcurrencyPolicy)
-			continue
-		}
-		// Publish first: a duplicate is dropped by its id; a crash before
-		// the state update re-publishes the same id.
-		slot := slot.UTC()
-		m := s.Bus.Meta(p.Name(), events.NewID(), "")
-		m.ID = sched.TriggerID(p.Name(), slot)
-		e, err := events.New(m, events.BackupRequestedData{Trigger: events.TriggerSchedule, Slot: &slot, RequestedBy: "schedule"})
+		slot = slot.UTC()
+		runID := SlotRunID(p.Name(), slot)
+		trigger, err := s.trigger(p, slot, runID)
 		if err != nil {
 			return err
 		}
-		if err := s.Bus.Publish(ctx, e); err != nil {
+		policy := sc.Spec().ConcurrencyPolicy
+		if l := st.Lease; policy != sched.ConcurrencyAllow && l != nil && l.RunID != runID {
+			held, err := s.holds(ctx, l, now)
+			if err != nil {
+				return err
+			}
+			switch {
+			case held && policy == sched.ConcurrencyForbid:
+				s.Log.Warn("schedule slot skipped: the plan's previous run is still going (concurrencyPolicy forbid)", "plan", p.Name(), "slot", slot, "runid", l.RunID)
+				continue
+			case held && policy == sched.ConcurrencyReplace:
+				if err := s.replace(ctx, p, l, slot, trigger); err != nil {
+					return err
+				}
+			}
+		}
+		// Publish before recording: a replica that crashes in between
+		// leaves the slot due, and whoever fires it again publishes the
+		// same id, which the duplicate window drops.
+		if err := s.Bus.Publish(ctx, trigger); err != nil {
 			return err
 		}
-		next.LastTrigger = m.ID
-		s.Log.Info("scheduled backup triggered", "plan", p.Name(), "slot", slot, "id", m.ID)
+		next.LastTrigger = trigger.ID()
+		next.Lease = &Lease{RunID: runID, Slot: slot, Since: now.UTC()}
+		s.Log.Info("scheduled backup triggered", "plan", p.Name(), "slot", slot, "runid", runID, "id", trigger.ID())
 	}
 	data, _ := json.Marshal(next)
 	if _, err := s.Bus.Leases.Update(ctx, key, data, entry.Revision()); err != nil {
-		// Another replica handled the slot first; its record stands.
-		return nil
+		// Another replica handled the slot first: it computed the same
+		// slot, run id and event id, and its record stands.
+		s.Log.Debug("schedule state changed meanwhile", "plan", p.Name(), "err", err)
 	}
 	return nil
 }
 
-// busy reports whether a run of planName is still pending or running.
-func (s *Service) busy(ctx context.Context, planName string) bool {
-	list, err := s.Runs.List(ctx, planName)
+// trigger builds the backup.requested of plan's slot with its
+// deterministic event and run ids.
+func (s *Service) trigger(p *plan.Plan, slot time.Time, runID string) (events.Event, error) {
+	m := s.Bus.Meta(p.Name(), runID, "")
+	m.ID = sched.TriggerID(p.Name(), slot)
+	e, err := events.New(m, events.BackupRequestedData{Trigger: events.TriggerSchedule, Slot: &slot, RequestedBy: "schedule"})
 	if err != nil {
-		return false
+		return events.Event{}, fmt.Errorf("trigger slot %s: %w", slot.Format(time.RFC3339), err)
 	}
-	for _, r := range list {
-		if r.Kind == runs.KindBackup && (r.Phase == runs.Pending || r.Phase == runs.Running) {
-			return true
+	return e, nil
+}
+
+// holds reports whether lease l still holds its plan: its run is pending,
+// initializing or running, or it has no run record yet and was published
+// less than Grace ago (no stage has picked the trigger up yet). A trigger
+// no stage picked up within Grace no longer holds the plan, so a stopped
+// hook stage cannot block a schedule for ever.
+func (s *Service) holds(ctx context.Context, l *Lease, now time.Time) (bool, error) {
+	r, err := s.Runs.Get(ctx, l.RunID)
+	if errors.Is(err, runs.ErrNotFound) {
+		grace := s.Grace
+		if grace <= 0 {
+			grace = DefaultGrace
 		}
+		return now.Sub(l.Since) < grace, nil
 	}
-	return false
+	if err != nil {
+		return false, fmt.Errorf("lease: %w", err)
+	}
+	return !r.Phase.Done(), nil
+}
+
+// ReplacedReason is the failure reason of a run replaced by a newer slot.
+func ReplacedReason(slot time.Time) string {
+	return "replaced by slot " + slot.UTC().Format(time.RFC3339)
+}
+
+// replace fails the run holding the lease with ReplacedReason, caused by
+// the new slot's trigger, and publishes its backup.failed. Two replicas
+// replacing the same run publish the same event id.
+func (s *Service) replace(ctx context.Context, p *plan.Plan, l *Lease, slot time.Time, cause events.Event) error {
+	// A trigger no stage has picked up yet has no record: create it, so
+	// that the stages see it failed when they do.
+	if _, err := s.Runs.Ensure(ctx, runs.Run{ID: l.RunID, Plan: p.Name(), Kind: runs.KindBackup, Trigger: events.TriggerSchedule, RequestedBy: "schedule", Created: l.Since}); err != nil {
+		return fmt.Errorf("replace run %s: %w", l.RunID, err)
+	}
+	failed, err := s.FailRun(ctx, p.Name(), l.RunID, "schedule", "", ReplacedReason(slot), cause)
+	if err != nil {
+		return fmt.Errorf("replace run %s: %w", l.RunID, err)
+	}
+	if err := s.Bus.Publish(ctx, failed...); err != nil {
+		return fmt.Errorf("replace run %s: %w", l.RunID, err)
+	}
+	s.Log.Warn("scheduled run replaced (concurrencyPolicy replace)", "plan", p.Name(), "runid", l.RunID, "slot", slot)
+	return nil
 }
