@@ -1,14 +1,25 @@
 // Package hook is the hook stage: it runs the hook ops of a run's workflow
 // when they are due (exec, sql, http, kubernetes), and when a run fails it
-// runs the inverseOps of the ops that completed, newest first, once each —
+// runs the inverseOps of the ops that started, newest first, once each —
 // also after a crash of this service in the middle of compensation, and with
 // several replicas seeing the failure. It must never leave a lock behind.
+//
+// Every decision is read from the run record, never from events: an op is
+// claimed in the record before it runs and recorded there before its
+// completion is announced; an inverse op is claimed in the record's
+// compensation list before it runs. The one window left is a crash after an
+// op or inverse op took effect and before it was recorded: the op is then
+// treated as started (its inverse runs) and an inverse op runs again, which
+// is why inverse ops must be idempotent.
 package hook
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -20,14 +31,32 @@ import (
 	"github.com/backstream/backstream/services/stage"
 )
 
-// interrupted is the step error recorded when an op's process died mid-op.
+// interrupted begins the step error recorded when an op's process died
+// mid-op.
 const interrupted = "interrupted"
 
+// deadlineSlack is added to an op's timeout to give its step deadline: the
+// timeout kills the op first, so a step still Running past its deadline
+// belongs to a process that is gone.
+const deadlineSlack = time.Minute
+
 // Service is the hook stage.
-type Service struct{ *stage.Deps }
+type Service struct {
+	*stage.Deps
+	// id names this replica in compensation claims. It is unique per
+	// Service, so two replicas in one process are told apart.
+	id string
+	// Poll is how often compensation looks again at a run whose hook op is
+	// still running somewhere (default 250ms).
+	Poll time.Duration
+}
 
 // New builds the hook stage.
-func New(d *stage.Deps) *Service { return &Service{Deps: d} }
+func New(d *stage.Deps) *Service {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return &Service{Deps: d, id: d.Instance + "#" + hex.EncodeToString(b[:]), Poll: 250 * time.Millisecond}
+}
 
 // Name implements stage.Service.
 func (s *Service) Name() string { return "hook" }
@@ -71,24 +100,29 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 	}
 	name := step.String()
 	timeout := h.EffectiveTimeout(op)
-	r, c, err := s.Claim(ctx, r.ID, name, timeout+time.Minute)
+	r, c, err := s.Claim(ctx, r.ID, name, timeout+deadlineSlack)
 	if err != nil {
 		return nil, err
 	}
 	switch {
 	case c.Skip:
-		return nil, nil
+		return s.skipped(ctx, p, r, step, h, op)
 	case c.Done:
 		return s.stepResult(ctx, p, r, step, h, op)
 	case c.Interrupted:
-		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, interrupted, nil)
-		return s.FailRun(ctx, p.Name(), r.ID, "hook", name,
-			fmt.Sprintf("hook %s interrupted: %s stopped while running it", step, c.Owner), e)
+		// Heartbeats keep a live handler's delivery; this redelivery means
+		// the process running the op died after starting it. The op may
+		// have taken effect, so compensation treats it as started.
+		r, err = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, interruptedText(c.Owner), nil)
+		if err != nil {
+			return nil, err
+		}
+		return s.stepResult(ctx, p, r, step, h, op)
 	}
 
 	log := s.Log.With("plan", p.Name(), "runid", r.ID, "step", name)
 	begin := s.Now()
-	outcome, runErr := runOp(ctx, p, h, op, timeout)
+	outcome, runErr := runOp(ctx, p, h, op, timeout, opEnv(p.Name(), r.ID, name, false))
 	if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
 		// Shutting down mid-op: the step stays Running, and the redelivery
 		// fails the run and compensates.
@@ -115,11 +149,44 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 	if err != nil {
 		return nil, err
 	}
-	if outcome.Output != "" || outcome.ExitCode != nil {
+	if outcome.Output != "" || outcome.ExitCode != nil || outcome.TimedOut {
 		// Re-emit with the op's output tail and exit code, same id.
-		out[0], _ = s.resultEvent(p, r, step, h, op, outcome)
+		if ev, err := s.resultEvent(p, r, step, h, op, outcome); err == nil {
+			out[0] = ev
+		}
 	}
 	return out, nil
+}
+
+func interruptedText(owner string) string {
+	return interrupted + ": " + owner + " stopped while running it"
+}
+
+// skipped handles a step Claim skips: the run is over, or the step failed.
+// A step recorded Failed by a delivery that died before announcing it is
+// announced now; a step left Running in a run that is over belongs to a
+// process that died, and is marked interrupted so compensation stops
+// waiting for it.
+func (s *Service) skipped(ctx context.Context, p *plan.Plan, r *runs.Run, step plan.Step, h *plan.Hook, op *plan.Op) ([]events.Event, error) {
+	name := step.String()
+	st := r.FindStep(name)
+	switch {
+	case st == nil:
+		return nil, nil
+	case st.Phase == runs.Failed:
+		return s.stepResult(ctx, p, r, step, h, op)
+	case st.Phase == runs.Running && r.Phase.Done():
+		_, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error {
+			st := r.FindStep(name)
+			if st == nil || st.Phase != runs.Running {
+				return runs.ErrNoChange
+			}
+			st.Phase, st.Error, st.Finished = runs.Failed, interruptedText(st.Owner), s.Now().UTC()
+			return nil
+		})
+		return nil, err
+	}
+	return nil, nil
 }
 
 // stepResult rebuilds the events of a finished hook step from the record.
@@ -156,31 +223,27 @@ func (s *Service) resultEvent(p *plan.Plan, r *runs.Run, step plan.Step, h *plan
 	})
 }
 
-// done lists the hook steps of r that may have taken effect, in the order
-// they finished: completed ones, and interrupted ones (their process died
-// after starting them, so they may have run).
-func done(r *runs.Run) []plan.Step {
-	type fin struct {
+// started lists the hook steps of r that may have taken effect, in the
+// order they started: every op that was started, whether it completed,
+// failed (a failed or timed-out op may have done part of its work),
+// failed with onError continue, was interrupted by a crash, or is still
+// recorded Running. Inverse ops are idempotent, so undoing an op that did
+// nothing is harmless; not undoing one that did is the failure to avoid.
+func started(r *runs.Run) []plan.Step {
+	type st struct {
 		step plan.Step
 		at   time.Time
 	}
-	var list []fin
-	for _, st := range r.Steps {
-		if !strings.HasPrefix(st.Name, "hook:") {
+	var list []st
+	for _, s := range r.Steps {
+		if !strings.HasPrefix(s.Name, "hook:") || s.Started.IsZero() {
 			continue
 		}
-		if st.Phase != runs.Succeeded && !(st.Phase == runs.Failed && st.Error == interrupted) && st.Phase != runs.Running {
-			continue
-		}
-		ps, err := plan.ParseStep(st.Name)
+		ps, err := plan.ParseStep(s.Name)
 		if err != nil {
 			continue
 		}
-		at := st.Finished
-		if at.IsZero() {
-			at = st.Started
-		}
-		list = append(list, fin{ps, at})
+		list = append(list, st{ps, s.Started})
 	}
 	sort.SliceStable(list, func(i, j int) bool { return list[i].at.Before(list[j].at) })
 	out := make([]plan.Step, len(list))
@@ -190,104 +253,85 @@ func done(r *runs.Run) []plan.Step {
 	return out
 }
 
+// inFlight returns the first hook step of r that is Running and not yet
+// past its deadline: an op a live replica may still complete.
+func inFlight(r *runs.Run, now time.Time) *runs.Step {
+	for i := range r.Steps {
+		st := &r.Steps[i]
+		if strings.HasPrefix(st.Name, "hook:") && st.Phase == runs.Running && (st.Deadline.IsZero() || now.Before(st.Deadline)) {
+			return st
+		}
+	}
+	return nil
+}
+
+// settled waits until no hook op of the run is in flight, so compensation
+// never undoes an op before that op is done (the op would otherwise take
+// effect after its inverse). The wait is bounded by the steps' deadlines.
+func (s *Service) settled(ctx context.Context, runID string) (*runs.Run, error) {
+	for {
+		r, err := s.Runs.Get(ctx, runID)
+		if err != nil {
+			if errors.Is(err, runs.ErrNotFound) {
+				return nil, bus.Permanent(err)
+			}
+			return nil, err
+		}
+		st := inFlight(r, s.Now())
+		if st == nil {
+			return r, nil
+		}
+		s.Log.Debug("compensation waits for a running hook op", "plan", r.Plan, "runid", runID, "step", st.Name, "deadline", st.Deadline)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(s.Poll):
+		}
+	}
+}
+
 // handleFailure compensates a failed run: each due inverse op is claimed in
 // the run record before it runs and recorded when it ends, so a redelivery
-// skips what already ran and resumes where a crash stopped.
+// skips what already ran and resumes where a crash stopped. It ends every
+// failed run with compensation.completed (listing the inverse ops that
+// ran, possibly none) and CompensationDone in the record.
 func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.Event, error) {
 	p, err := s.Plan(ctx, e)
 	if err != nil {
 		return nil, err
 	}
 	runID := events.RunID(e)
-	r, err := s.Runs.Get(ctx, runID)
+	r, err := s.settled(ctx, runID)
 	if err != nil {
-		if errors.Is(err, runs.ErrNotFound) {
-			return nil, bus.Permanent(err)
-		}
 		return nil, err
 	}
-	due := p.Compensation(done(r))
-	if len(due) == 0 {
-		if r.CompensationDone || len(r.Compensation) == 0 {
-			return nil, nil
-		}
-	}
+	log := s.Log.With("plan", p.Name(), "runid", runID)
 	var ran []string
 	var out []events.Event
-	for _, inv := range due {
+	for _, inv := range p.Compensation(started(r)) {
 		name := inv.String()
 		h, op, ok := p.Op(inv.Hook, inv.Op)
 		if !ok {
 			continue
 		}
-		var state runs.Compensation
-		var start bool
-		_, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-			start = false
-			for i := range r.Compensation {
-				c := &r.Compensation[i]
-				if c.Step != name {
-					continue
-				}
-				state = *c
-				if c.Phase == runs.Running && c.Owner != s.Instance {
-					// Its owner died mid-op (the failure event came back to
-					// us): run it again, inverse ops are made to be repeated.
-					c.Owner, c.Started = s.Instance, s.Now().UTC()
-					start = true
-					return nil
-				}
-				return runs.ErrNoChange
-			}
-			r.Compensation = append(r.Compensation, runs.Compensation{Step: name, Phase: runs.Running, Owner: s.Instance, Started: s.Now().UTC()})
-			start = true
-			return nil
-		})
+		start, prior, err := s.claimInverse(ctx, runID, name)
 		if err != nil {
 			return out, err
 		}
 		if !start {
-			if state.Phase == runs.Succeeded {
+			if prior.Phase == runs.Succeeded {
 				ran = append(ran, inv.Hook+"/"+inv.Op)
 			}
 			continue
 		}
-		begin := s.Now()
-		outcome, runErr := runOp(ctx, p, h, op, h.EffectiveTimeout(op))
-		if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
-			return out, ctx.Err()
-		}
-		phase, errText := runs.Succeeded, ""
-		if runErr != nil {
-			phase, errText = runs.Failed, runErr.Error()
-		}
-		if _, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-			for i := range r.Compensation {
-				if r.Compensation[i].Step == name {
-					r.Compensation[i].Phase, r.Compensation[i].Error, r.Compensation[i].Finished = phase, errText, s.Now().UTC()
-				}
-			}
-			return nil
-		}); err != nil {
-			return out, err
-		}
-		step := "compensate:" + name
-		if runErr != nil {
-			s.Log.Error("inverse op failed: the service may need an operator", "plan", p.Name(), "runid", runID, "op", name, "err", runErr)
-			ev, err := s.Emit(p.Name(), runID, step, events.CompensationFailedData{Op: inv.Hook + "/" + inv.Op, Error: errText})
-			if err != nil {
-				return out, err
-			}
-			out = append(out, ev)
-			continue
-		}
-		s.Log.Info("inverse op completed", "plan", p.Name(), "runid", runID, "op", name)
-		ev, err := s.Emit(p.Name(), runID, step, events.HookCompletedData{Hook: inv.Hook, Op: inv.Op, Inverse: true, DurationMs: s.Now().Sub(begin).Milliseconds(), OutputTail: outcome.Output})
+		ev, ok, err := s.runInverse(ctx, p, runID, inv, h, op, log.With("step", "compensate:"+name))
 		if err != nil {
 			return out, err
 		}
 		out = append(out, ev)
-		ran = append(ran, inv.Hook+"/"+inv.Op)
+		if ok {
+			ran = append(ran, inv.Hook+"/"+inv.Op)
+		}
 	}
 	if _, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
 		if r.CompensationDone {
@@ -303,4 +347,71 @@ func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.E
 		return out, err
 	}
 	return append(out, ev), nil
+}
+
+// claimInverse claims inverse step name in the run's compensation list.
+// start is true when this delivery must run it: it was never claimed, or a
+// delivery that claimed it died before recording its end (the failure
+// event came back, so that delivery is gone: only one delivery of an event
+// is in flight at a time). prior is the entry as found.
+func (s *Service) claimInverse(ctx context.Context, runID, name string) (start bool, prior runs.Compensation, err error) {
+	_, err = s.Runs.Update(ctx, runID, func(r *runs.Run) error {
+		start, prior = false, runs.Compensation{}
+		now := s.Now().UTC()
+		for i := range r.Compensation {
+			c := &r.Compensation[i]
+			if c.Step != name {
+				continue
+			}
+			prior = *c
+			if c.Phase != runs.Running {
+				return runs.ErrNoChange
+			}
+			c.Owner, c.Started = s.id, now
+			start = true
+			return nil
+		}
+		r.Compensation = append(r.Compensation, runs.Compensation{Step: name, Phase: runs.Running, Owner: s.id, Started: now})
+		start = true
+		return nil
+	})
+	return start, prior, err
+}
+
+// runInverse runs one claimed inverse op, records its end, and returns its
+// event (hook.completed with inverse set, or compensation.failed).
+func (s *Service) runInverse(ctx context.Context, p *plan.Plan, runID string, inv plan.Step, h *plan.Hook, op *plan.Op, log *slog.Logger) (ev events.Event, ok bool, err error) {
+	name := inv.String()
+	begin := s.Now()
+	outcome, runErr := runOp(ctx, p, h, op, h.EffectiveTimeout(op), opEnv(p.Name(), runID, name, true))
+	if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
+		// Shutting down: the entry stays Running and the redelivery runs
+		// the op again.
+		return ev, false, ctx.Err()
+	}
+	phase, errText := runs.Succeeded, ""
+	if runErr != nil {
+		phase, errText = runs.Failed, runErr.Error()
+	}
+	// Recorded even when ctx ends now: an inverse op that ran and is not
+	// recorded runs a second time.
+	if _, err := s.Runs.Update(context.WithoutCancel(ctx), runID, func(r *runs.Run) error {
+		for i := range r.Compensation {
+			if c := &r.Compensation[i]; c.Step == name {
+				c.Phase, c.Error, c.Finished = phase, errText, s.Now().UTC()
+			}
+		}
+		return nil
+	}); err != nil {
+		return ev, false, err
+	}
+	step := "compensate:" + name
+	if runErr != nil {
+		log.Error("inverse op failed: the data service may need an operator", "op", name, "err", runErr)
+		ev, err = s.Emit(p.Name(), runID, step, events.CompensationFailedData{Op: inv.Hook + "/" + inv.Op, Error: errText})
+		return ev, false, err
+	}
+	log.Info("inverse op completed", "op", name)
+	ev, err = s.Emit(p.Name(), runID, step, events.HookCompletedData{Hook: inv.Hook, Op: inv.Op, Inverse: true, DurationMs: s.Now().Sub(begin).Milliseconds(), OutputTail: outcome.Output})
+	return ev, err == nil, err
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,21 +35,33 @@ type Outcome struct {
 // ErrTimeout marks an op that outlived its timeout and was killed.
 var ErrTimeout = errors.New("op timed out")
 
-// runOp runs one op of hook h within timeout.
-func runOp(ctx context.Context, p *plan.Plan, h *plan.Hook, op *plan.Op, timeout time.Duration) (Outcome, error) {
+// opEnv is the environment exec and kubernetes ops get besides the hook's
+// own: which plan, run and step they serve, and whether they run as an
+// inverse op in compensation. It never holds secrets.
+func opEnv(planName, runID, step string, inverse bool) []string {
+	inv := "0"
+	if inverse {
+		inv = "1"
+	}
+	return []string{"BACKSTREAM_PLAN=" + planName, "BACKSTREAM_RUN_ID=" + runID, "BACKSTREAM_STEP=" + step, "BACKSTREAM_INVERSE=" + inv}
+}
+
+// runOp runs one op of hook h within timeout; env is added to exec and
+// kubernetes ops' environment.
+func runOp(ctx context.Context, p *plan.Plan, h *plan.Hook, op *plan.Op, timeout time.Duration, env []string) (Outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var out Outcome
 	var err error
 	switch h.Type {
 	case plan.HookExec:
-		out, err = runExec(ctx, h, op)
+		out, err = runExec(ctx, h, op.Command, env)
 	case plan.HookSQL:
 		err = runSQL(ctx, p, op.SQL)
 	case plan.HookHTTP:
 		out, err = runHTTP(ctx, h, op.HTTP)
 	case plan.HookKubernetes:
-		out, err = runKubectl(ctx, h, op)
+		out, err = runKubectl(ctx, h, op, env)
 	default:
 		err = fmt.Errorf("hook type %q cannot run", h.Type)
 	}
@@ -84,15 +97,15 @@ func (t *tail) String() string {
 
 // runExec runs the op's argv, no shell, in its own process group: a timeout
 // kills the group, so the op's children die with it.
-func runExec(ctx context.Context, h *plan.Hook, op *plan.Op) (Outcome, error) {
-	if len(op.Command) == 0 {
+func runExec(ctx context.Context, h *plan.Hook, argv []string, env []string) (Outcome, error) {
+	if len(argv) == 0 {
 		return Outcome{}, errors.New("command: empty")
 	}
-	cmd := exec.CommandContext(ctx, op.Command[0], op.Command[1:]...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 2 * time.Second
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), env...)
 	if h.Exec != nil {
 		cmd.Dir = h.Exec.Workdir
 		for k, ref := range h.Exec.Env {
@@ -113,40 +126,83 @@ func runExec(ctx context.Context, h *plan.Hook, op *plan.Op) (Outcome, error) {
 	}
 	if err != nil {
 		if res.Output != "" {
-			return res, fmt.Errorf("%s: %w: %s", op.Command[0], err, lastLine(res.Output))
+			return res, fmt.Errorf("%s: %w: %s", argv[0], err, lastLine(res.Output))
 		}
-		return res, fmt.Errorf("%s: %w", op.Command[0], err)
+		return res, fmt.Errorf("%s: %w", argv[0], err)
 	}
 	return res, nil
 }
 
-// runKubectl runs the op inside every selected pod through kubectl exec.
-func runKubectl(ctx context.Context, h *plan.Hook, op *plan.Op) (Outcome, error) {
+// runKubectl runs the op through kubectl exec in every pod the hook
+// selects (the first one only with singlePodOnly), one after the other; the
+// first failure ends the op. It needs kubectl and a kubeconfig on the hook
+// service's host, and is not tested here: no cluster runs in CI.
+func runKubectl(ctx context.Context, h *plan.Hook, op *plan.Op, env []string) (Outcome, error) {
 	k := h.Kubernetes
 	if k == nil {
 		return Outcome{}, errors.New("kubernetes: block required")
 	}
-	argv := []string{"kubectl", "exec"}
-	if k.Namespace != "" {
-		argv = append(argv, "-n", k.Namespace)
-	}
-	target := k.NameSelector
-	if target == "" {
-		// kubectl exec takes one pod; a selector picks the first match.
-		argv = append(argv, "deploy/"+k.LabelSelector)
-	} else {
-		argv = append(argv, target)
+	pods, err := selectPods(ctx, k)
+	if err != nil {
+		return Outcome{}, err
 	}
 	container := op.Container
 	if container == "" {
 		container = k.Container
 	}
-	if container != "" {
-		argv = append(argv, "-c", container)
+	var last Outcome
+	for _, pod := range pods {
+		argv := []string{"kubectl", "exec"}
+		if k.Namespace != "" {
+			argv = append(argv, "-n", k.Namespace)
+		}
+		argv = append(argv, pod)
+		if container != "" {
+			argv = append(argv, "-c", container)
+		}
+		argv = append(append(argv, "--"), op.Command...)
+		if last, err = runExec(ctx, &plan.Hook{Exec: h.Exec}, argv, env); err != nil {
+			return last, fmt.Errorf("pod %s: %w", pod, err)
+		}
 	}
-	argv = append(argv, "--")
-	argv = append(argv, op.Command...)
-	return runExec(ctx, &plan.Hook{Exec: h.Exec}, &plan.Op{Command: argv})
+	return last, nil
+}
+
+// selectPods lists the pods (pod/NAME) the kubernetes block selects.
+func selectPods(ctx context.Context, k *plan.KubernetesHook) ([]string, error) {
+	argv := []string{"get", "pods", "-o", "name", "--field-selector=status.phase=Running"}
+	if k.Namespace != "" {
+		argv = append(argv, "-n", k.Namespace)
+	}
+	if k.LabelSelector != "" {
+		argv = append(argv, "-l", k.LabelSelector)
+	}
+	var nameRE *regexp.Regexp
+	if k.NameSelector != "" {
+		re, err := regexp.Compile(k.NameSelector)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: nameSelector: %w", err)
+		}
+		nameRE = re
+	}
+	out, err := exec.CommandContext(ctx, "kubectl", argv...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: list pods: %w", err)
+	}
+	var pods []string
+	for _, line := range strings.Fields(string(out)) {
+		if nameRE != nil && !nameRE.MatchString(strings.TrimPrefix(line, "pod/")) {
+			continue
+		}
+		pods = append(pods, line)
+		if k.SinglePodOnly {
+			break
+		}
+	}
+	if len(pods) == 0 {
+		return nil, errors.New("kubernetes: no running pod matches the selection")
+	}
+	return pods, nil
 }
 
 func lastLine(s string) string {
@@ -206,6 +262,8 @@ func sqlDSN(p *plan.Plan) (driver, dsn string, err error) {
 			mc.Net, mc.Addr = "tcp", host+":"+strconv.Itoa(port)
 		}
 		mc.Timeout = 10 * time.Second
+		// An op may hold several statements (lock, then record it).
+		mc.MultiStatements = true
 		return "mysql", mc.FormatDSN(), nil
 	case "postgres":
 		var c postgres.Config
