@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/pkg/bus"
@@ -27,8 +28,9 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/api"
-	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/metrics"
 	"github.com/backstream/backstream/services/schedule"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // Names of the services `--services` accepts, in start order.
@@ -63,6 +65,8 @@ type Config struct {
 	Consumer bus.ConsumerSpec
 	// Data tunes chunk streams.
 	Data bus.DataOptions
+	// Influx is where the metrics stage writes points; no URL: none.
+	Influx metrics.InfluxConfig
 	// ScheduleTick is how often the scheduler looks for due slots.
 	ScheduleTick time.Duration
 	Log          *slog.Logger
@@ -165,6 +169,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	var apiAddr string
+	// The API serves /metrics: the metrics stage's figures when it runs in
+	// this process, the Go runtime's otherwise.
+	promHandler := promhttp.Handler()
 	for _, name := range services {
 		switch name {
 		case "api":
@@ -176,7 +183,10 @@ func Run(ctx context.Context, cfg Config) error {
 				return fmt.Errorf("api: listen %s: %w", cfg.Listen, err)
 			}
 			apiAddr = ln.Addr().String()
-			srv := &http.Server{Handler: api.New(deps).Handler(), ReadHeaderTimeout: 10 * time.Second}
+			mux := http.NewServeMux()
+			mux.Handle("GET /metrics", promHandler)
+			mux.Handle("/", api.New(deps).Handler())
+			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 			g.Go(func() error {
 				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					return fmt.Errorf("api: %w", err)
@@ -198,6 +208,10 @@ func Run(ctx context.Context, cfg Config) error {
 			g.Go(func() error { return sch.Run(gctx) })
 		default:
 			svc := stages[name](deps)
+			if m, ok := svc.(*metrics.Service); ok {
+				m.SetInflux(cfg.Influx)
+				promHandler = m.Handler()
+			}
 			for _, spec := range svc.Consumers() {
 				if cfg.Wrap != nil {
 					spec.Handler = cfg.Wrap(spec.Name, spec.Handler)

@@ -1,0 +1,143 @@
+// Package metrics is the metrics stage: it turns events into InfluxDB points
+// and Prometheus figures, and runs the watchdog that reports a plan whose
+// expected success did not arrive (backup.missed) and fails runs stuck in a
+// step past its deadline.
+//
+// It must never slow the pipeline: it consumes the events stream through a
+// durable consumer of its own, so a slow or absent InfluxDB only delays its
+// own acks. An event is acked only once InfluxDB acknowledged its points;
+// while InfluxDB is down the events stay unacked in JetStream (nak with
+// backoff, never dead-lettered for that), so a restart loses nothing and
+// memory stays bounded by the consumer's in-flight window.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/runs"
+	sched "github.com/backstream/backstream/pkg/schedule"
+	"github.com/backstream/backstream/services/stage"
+)
+
+// Consumer tuning of the metrics consumer. Handlers mostly wait for their
+// batch, so many run at once; deliveries are practically unbounded because
+// an InfluxDB outage of any length must not dead-letter events.
+const (
+	Concurrency = 256
+	MaxDeliver  = 1 << 20
+)
+
+// DefaultBackoff is the nak delay while InfluxDB is down: short at first, then
+// a steady 10 s so points arrive within seconds of InfluxDB's return.
+var DefaultBackoff = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second}
+
+// Service is the metrics stage.
+type Service struct {
+	*stage.Deps
+	// Clock drives the watchdog; tests inject a fake one.
+	Clock sched.Clock
+	// Tick is how often the watchdog looks (default 30s).
+	Tick time.Duration
+	// Backoff is the nak delay of a failed write (default DefaultBackoff).
+	Backoff []time.Duration
+
+	influx InfluxConfig
+	w      *writer
+	prom   *prom
+}
+
+var _ stage.Service = (*Service)(nil)
+
+// New builds the metrics stage without an InfluxDB writer; SetInflux adds one.
+func New(d *stage.Deps) *Service {
+	return &Service{Deps: d, Clock: sched.SystemClock{}, Tick: 30 * time.Second, Backoff: DefaultBackoff, prom: newProm()}
+}
+
+// SetInflux configures the InfluxDB writer; a config without URL leaves the
+// service writing none (Prometheus figures and the watchdog still run). Call
+// it before Consumers and Run.
+func (s *Service) SetInflux(c InfluxConfig) {
+	s.influx = c
+	if c.URL != "" {
+		s.w = newWriter(c)
+	}
+}
+
+// Name is the stage's name.
+func (s *Service) Name() string { return "metrics" }
+
+// Consumers is the one durable consumer "metrics".
+func (s *Service) Consumers() []bus.ConsumerSpec {
+	spec := s.Spec("metrics", s.handle, Types...)
+	spec.Concurrency = Concurrency
+	spec.MaxDeliver = MaxDeliver
+	spec.Backoff = s.Backoff
+	return []bus.ConsumerSpec{spec}
+}
+
+// Handler serves the Prometheus figures.
+func (s *Service) Handler() http.Handler {
+	return promhttp.HandlerFor(s.prom.reg, promhttp.HandlerOpts{Registry: s.prom.reg})
+}
+
+// Run runs the InfluxDB batcher and the watchdog until ctx is cancelled.
+func (s *Service) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	if s.w != nil {
+		g.Go(func() error { return s.w.Run(gctx) })
+	}
+	g.Go(func() error {
+		t := time.NewTicker(s.Tick)
+		defer t.Stop()
+		for {
+			if err := s.Watch(gctx); err != nil && gctx.Err() == nil {
+				s.Log.Warn("watchdog pass failed", "err", err)
+			}
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
+	return g.Wait()
+}
+
+// handle writes one event's points and acks it only once they are written.
+func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
+	var r *runs.Run
+	if e.Type() == events.BackupFailed {
+		var err error
+		r, err = s.Runs.Get(ctx, events.RunID(e))
+		if errors.Is(err, runs.ErrNotFound) {
+			r = nil
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	pts, err := Points(e, r)
+	if err != nil {
+		return nil, bus.Permanent(err)
+	}
+	s.prom.observe(e, pts)
+	if s.w == nil || len(pts) == 0 {
+		return nil, nil
+	}
+	if err := s.w.Write(ctx, pts); err != nil {
+		s.prom.writeFailures.Inc()
+		if errors.Is(err, ErrRejected) {
+			return nil, bus.Permanent(err)
+		}
+		return nil, err
+	}
+	s.prom.pointsWritten.Add(float64(len(pts)))
+	return nil, nil
+}

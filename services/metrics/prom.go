@@ -1,0 +1,160 @@
+package metrics
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/runs"
+)
+
+// prom holds the Prometheus figures, the same ones the InfluxDB points
+// carry. They are fed from the same events by the same handler; a bounded
+// set of seen event ids keeps a redelivered event from counting twice.
+type prom struct {
+	reg *prometheus.Registry
+
+	runsTotal      *prometheus.CounterVec
+	lastSuccess    *prometheus.GaugeVec
+	lastDuration   *prometheus.GaugeVec
+	lastBytes      *prometheus.GaugeVec
+	lastRatio      *prometheus.GaugeVec
+	stageDuration  *prometheus.HistogramVec
+	stageFailures  *prometheus.CounterVec
+	missed         *prometheus.CounterVec
+	restoresTotal  *prometheus.CounterVec
+	retentionCount *prometheus.GaugeVec
+	writeFailures  prometheus.Counter
+	pointsWritten  prometheus.Counter
+
+	mu   sync.Mutex
+	seen map[string]struct{}
+	last map[string]int64 // newest success per plan, unix seconds
+	ring []string
+	next int
+}
+
+const seenSize = 8192
+
+func newProm() *prom {
+	p := &prom{
+		reg: prometheus.NewRegistry(),
+		runsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_backup_runs_total",
+			Help: "Finished backup runs by plan and status (succeeded, failed)."}, []string{"plan", "status"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_backup_last_success_timestamp_seconds",
+			Help: "Unix time of the plan's newest successful backup."}, []string{"plan"}),
+		lastDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_backup_last_duration_seconds",
+			Help: "Duration of the plan's newest successful backup run."}, []string{"plan"}),
+		lastBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_backup_last_bytes",
+			Help: "Bytes of the plan's newest successful backup: in (plaintext) and out (stored)."}, []string{"plan", "direction"}),
+		lastRatio: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_backup_last_compression_ratio",
+			Help: "Bytes in divided by bytes stored of the plan's newest successful backup."}, []string{"plan"}),
+		stageDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "backstream_backup_stage_duration_seconds",
+			Help: "Durations of succeeded stages.", Buckets: prometheus.ExponentialBuckets(0.1, 4, 9)}, []string{"plan", "stage"}),
+		stageFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_backup_stage_failures_total",
+			Help: "Runs failed by the stage that failed them (and failed retention passes)."}, []string{"plan", "stage"}),
+		missed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_backup_missed_total",
+			Help: "Expected successes that did not arrive (backup.missed)."}, []string{"plan"}),
+		restoresTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_restore_runs_total",
+			Help: "Finished restore runs by plan and status."}, []string{"plan", "status"}),
+		retentionCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_retention_backups",
+			Help: "Backups kept and removed by the newest retention pass of a destination."}, []string{"plan", "destination", "decision"}),
+		writeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_write_failures_total",
+			Help: "Failed InfluxDB writes (each is retried by redelivery)."}),
+		pointsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_points_total",
+			Help: "Points handed to InfluxDB and acknowledged by it (redeliveries included)."}),
+		seen: map[string]struct{}{},
+		last: map[string]int64{},
+		ring: make([]string, seenSize),
+	}
+	p.reg.MustRegister(p.runsTotal, p.lastSuccess, p.lastDuration, p.lastBytes, p.lastRatio, p.stageDuration,
+		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.writeFailures, p.pointsWritten,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return p
+}
+
+// first reports whether id is seen for the first time (within the last
+// seenSize events).
+func (p *prom) first(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.seen[id]; ok {
+		return false
+	}
+	if old := p.ring[p.next]; old != "" {
+		delete(p.seen, old)
+	}
+	p.ring[p.next] = id
+	p.next = (p.next + 1) % seenSize
+	p.seen[id] = struct{}{}
+	return true
+}
+
+// observe updates the figures from an event's points.
+func (p *prom) observe(e events.Event, pts []Point) {
+	if !p.first(e.ID()) {
+		return
+	}
+	for _, pt := range pts {
+		plan := pt.Tags["plan"]
+		switch pt.Measurement {
+		case MeasureRun:
+			p.runsTotal.WithLabelValues(plan, pt.Tags["status"]).Inc()
+			if pt.Tags["status"] == "failed" {
+				continue
+			}
+			p.setLastSuccess(plan, pt.Time.Unix())
+			p.lastDuration.WithLabelValues(plan).Set(num(pt.Fields["duration_s"]))
+			p.lastBytes.WithLabelValues(plan, "in").Set(num(pt.Fields["bytes_in"]))
+			p.lastBytes.WithLabelValues(plan, "out").Set(num(pt.Fields["bytes_out"]))
+			p.lastRatio.WithLabelValues(plan).Set(num(pt.Fields["ratio"]))
+		case MeasureStage:
+			if pt.Tags["status"] == "failed" {
+				p.stageFailures.WithLabelValues(plan, pt.Tags["stage"]).Inc()
+			} else {
+				p.stageDuration.WithLabelValues(plan, pt.Tags["stage"]).Observe(num(pt.Fields["duration_s"]))
+			}
+		case MeasureMissed:
+			p.missed.WithLabelValues(plan).Inc()
+		case MeasureRestore:
+			p.restoresTotal.WithLabelValues(plan, pt.Tags["status"]).Inc()
+		case MeasureRetention:
+			p.retentionCount.WithLabelValues(plan, pt.Tags["destination"], "kept").Set(num(pt.Fields["kept"]))
+			p.retentionCount.WithLabelValues(plan, pt.Tags["destination"], "removed").Set(num(pt.Fields["removed"]))
+		}
+	}
+}
+
+// setLastSuccess moves the plan's last-success gauge forward, never back:
+// events arrive out of order and the watchdog reports from run records too.
+func (p *prom) setLastSuccess(plan string, unix int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last[plan] >= unix {
+		return
+	}
+	p.last[plan] = unix
+	p.lastSuccess.WithLabelValues(plan).Set(float64(unix))
+}
+
+// observeRuns sets the last-success gauges from run records (the watchdog's
+// view), so they are right after a restart too.
+func (p *prom) observeRuns(last map[string]*runs.Run) {
+	for plan, r := range last {
+		p.setLastSuccess(plan, r.Finished.Unix())
+	}
+}
+
+func num(v any) float64 {
+	switch x := v.(type) {
+	case float64:
+		return x
+	case int64:
+		return float64(x)
+	case int:
+		return float64(x)
+	}
+	return 0
+}
