@@ -27,6 +27,8 @@ usage:
   backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN]
   backstream schedule PLAN [--count N]
   backstream retention simulate --policy FILE --backups FILE
+  backstream retention PLAN --dry-run [--destination NAME]
+  backstream retention export-lifecycle PLAN [--format json|xml]
 
 Every command that talks to NATS uses --nats, else $BACKSTREAM_NATS, else nats://127.0.0.1:4250.
 `

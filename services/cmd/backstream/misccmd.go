@@ -2,14 +2,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"encoding/xml"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/retention"
 	sched "github.com/backstream/backstream/pkg/schedule"
+	"github.com/backstream/backstream/pkg/storage/s3"
+	retstage "github.com/backstream/backstream/services/retention"
 	"github.com/backstream/backstream/services/schedule"
 )
 
@@ -54,15 +60,145 @@ func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
 }
 
 func retentionCmd(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "simulate" {
-		return usageError("retention: want simulate --policy FILE --backups FILE")
+	if len(args) == 0 {
+		return usageError("retention: want simulate, export-lifecycle PLAN, or PLAN --dry-run")
 	}
+	switch args[0] {
+	case "simulate":
+		return retentionSimulate(args[1:], stdout)
+	case "export-lifecycle":
+		return retentionExport(ctx, args[1:], stdout)
+	}
+	return retentionDryRun(ctx, args, stdout)
+}
+
+// retentionDryRun prints the decision table for the real backups of each
+// destination of a plan: what the retention stage would keep and remove now.
+func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("retention", flag.ContinueOnError)
+	natsFlag := fs.String("nats", "", "NATS URL")
+	dryRun := fs.Bool("dry-run", false, "print the decisions, remove nothing (required)")
+	dest := fs.String("destination", "", "only this destination (default: every destination)")
+	nowFlag := fs.String("now", "", "RFC 3339 time to decide at (default: now)")
+	planName, rest := splitName(args)
+	if err := fs.Parse(rest); err != nil {
+		return usageError("retention: %v", err)
+	}
+	if planName == "" {
+		return usageError("retention: want a PLAN")
+	}
+	if !*dryRun {
+		return usageError("retention %s: only --dry-run is supported; the retention stage applies the policy after every verified backup", planName)
+	}
+	now := time.Now()
+	if *nowFlag != "" {
+		var err error
+		if now, err = time.Parse(time.RFC3339, *nowFlag); err != nil {
+			return usageError("retention: --now: %v", err)
+		}
+	}
+	b, store, err := connect(ctx, *natsFlag)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	p, err := store.Get(ctx, planName)
+	if err != nil {
+		return err
+	}
+	if p.Spec.Retention == nil {
+		return fmt.Errorf("retention %s: %w", planName, retstage.ErrNoPolicy)
+	}
+	reg := plugins.Default()
+	found := false
+	for _, d := range p.Spec.Destinations {
+		if *dest != "" && d.Name != *dest {
+			continue
+		}
+		found = true
+		st, err := reg.Storage(ctx, p, d.Name)
+		if err != nil {
+			return err
+		}
+		o, err := retstage.Decide(ctx, st, p, d.Name, "", now)
+		_ = st.Close()
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(stdout, o.Table())
+	}
+	if !found {
+		return usageError("retention %s: no destination %q", planName, *dest)
+	}
+	return nil
+}
+
+// retentionExport prints the S3 lifecycle configuration that expires each
+// policy cycle of a plan at the plan's ages.
+func retentionExport(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("retention export-lifecycle", flag.ContinueOnError)
+	natsFlag := fs.String("nats", "", "NATS URL")
+	formatFlag := fs.String("format", "json", "json (aws s3api, mc ilm import) or xml (S3 API)")
+	dest := fs.String("destination", "", "S3 destination whose prefix the rules get (default: the plan's first s3 destination)")
+	planName, rest := splitName(args)
+	if err := fs.Parse(rest); err != nil {
+		return usageError("retention export-lifecycle: %v", err)
+	}
+	if planName == "" {
+		return usageError("retention export-lifecycle: want a PLAN")
+	}
+	if *formatFlag != "json" && *formatFlag != "xml" {
+		return usageError("retention export-lifecycle: --format: %q is not json or xml", *formatFlag)
+	}
+	b, store, err := connect(ctx, *natsFlag)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	p, err := store.Get(ctx, planName)
+	if err != nil {
+		return err
+	}
+	l, err := retstage.Lifecycle(p)
+	if err != nil {
+		return err
+	}
+	prefix := ""
+	for _, d := range p.Spec.Destinations {
+		if (*dest == "" && d.Type == "s3") || d.Name == *dest {
+			var c s3.Config
+			if err := d.Decode(&c); err != nil {
+				return fmt.Errorf("destination %s: %w", d.Name, err)
+			}
+			prefix = c.Prefix
+			if prefix != "" && !strings.HasSuffix(prefix, "/") {
+				prefix += "/"
+			}
+			break
+		}
+	}
+	cfg := retstage.ToS3(l, prefix)
+	var out []byte
+	if *formatFlag == "xml" {
+		out, err = xml.MarshalIndent(cfg, "", "  ")
+		out = append([]byte(xml.Header), out...)
+	} else {
+		out, err = json.MarshalIndent(cfg, "", "  ")
+	}
+	if err != nil {
+		return fmt.Errorf("retention export-lifecycle: %w", err)
+	}
+	_, err = stdout.Write(append(out, '\n'))
+	return err
+}
+
+func retentionSimulate(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("retention simulate", flag.ContinueOnError)
 	policyFile := fs.String("policy", "", "retention block (YAML or JSON)")
 	backupsFile := fs.String("backups", "", `JSON list [{"id": "...", "time": "RFC 3339", "tags": []}]`)
 	tz := fs.String("timezone", "UTC", "time zone of the calendar buckets")
 	nowFlag := fs.String("now", "", "RFC 3339 time to simulate at (default: now)")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return usageError("retention simulate: %v", err)
 	}
 	if *policyFile == "" || *backupsFile == "" {
