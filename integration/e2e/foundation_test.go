@@ -279,3 +279,38 @@ spec:
 		t.Fatalf("a refused plan stored something: %d plans", len(ps))
 	}
 }
+
+func TestSIGTERMShutsDownGracefullyAndTheRunEndsWithAReason(t *testing.T) {
+	dir := t.TempDir()
+	port := testenv.FreePort(t)
+	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	p := harness.StartProcess(t, dir, nil, "serve", "--data", filepath.Join(dir, "data"), "--embedded", testenv.Addr(port), "--listen", "", "--ack-wait", "2s")
+	p.WaitOutput("backstream serving", 30*time.Second)
+	plan := filepath.Join(dir, "plan.yaml")
+	if err := os.WriteFile(plan, []byte(commandPlan("term", filepath.Join(dir, "backups"), slowSource, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := harness.Run(t, dir, nil, "plan", "apply", "-f", plan, "--nats", natsURL); code != 0 {
+		t.Fatalf("plan apply: %s", out)
+	}
+	b := bustest.Connect(t, natsURL, "test")
+	store := runs.NewStore(b.Runs)
+	id, err := requestBackup(b, "term")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStep(t, store, id, "snapshot", runs.Running)
+	if code := p.Terminate(time.Minute); code != 0 {
+		t.Fatalf("serve exited %d after SIGTERM, want 0:\n%s", code, p.Output())
+	}
+	if !strings.Contains(p.Output(), "backstream stopped") {
+		t.Fatalf("serve did not stop gracefully:\n%s", p.Output())
+	}
+	p.Restart()
+	p.WaitOutput("backstream serving", 30*time.Second)
+	b2 := bustest.Connect(t, natsURL, "test2")
+	r := harness.WaitRun(t, runs.NewStore(b2.Runs), id, 2*time.Minute)
+	if r.Phase != runs.Failed || r.Error == "" {
+		t.Fatalf("run after SIGTERM: phase %s error %q, want Failed with a reason", r.Phase, r.Error)
+	}
+}

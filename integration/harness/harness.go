@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -243,6 +244,8 @@ type Process struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
 	done chan struct{}
+	// since is where the output of the current start begins.
+	since int
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader.
@@ -297,6 +300,7 @@ func (p *Process) start() {
 func (p *Process) Restart() {
 	p.Kill()
 	p.out.Write([]byte("\n--- restarted ---\n"))
+	p.since = len(p.out.String())
 	p.start()
 }
 
@@ -314,14 +318,28 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
+// Terminate sends SIGTERM and waits up to timeout for the process to exit,
+// returning its exit code (-1 if it had to be killed).
+func (p *Process) Terminate(timeout time.Duration) int {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		p.Kill()
+		return -1
+	}
+}
+
 // Output is everything the process printed so far.
 func (p *Process) Output() string { return p.out.String() }
 
-// WaitOutput waits until the output contains s.
+// WaitOutput waits until the output of the current start contains s.
 func (p *Process) WaitOutput(s string, timeout time.Duration) {
 	p.t.Helper()
 	deadline := time.Now().Add(timeout)
-	for !strings.Contains(p.Output(), s) {
+	for !strings.Contains(p.Output()[p.since:], s) {
 		if time.Now().After(deadline) {
 			p.t.Fatalf("backstream output lacks %q after %s:\n%s", s, timeout, p.Output())
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/backstream/backstream/services/app"
@@ -41,7 +42,6 @@ const partSize = 5 << 20
 // rig is one MinIO bucket, one age identity and one in-process backstream
 // whose verify and restore stages hold the identity.
 type rig struct {
-	t         *testing.T
 	env       *harness.Env
 	minio     *testenv.MinIOServer
 	bucket    string
@@ -68,7 +68,7 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	env := harness.Start(t, harness.Options{Config: func(c *app.Config) { c.IdentityFile = idFile }})
-	return &rig{t: t, env: env, minio: m, bucket: bucket, recipient: id.Recipient().String(), identity: idFile, dir: dir}
+	return &rig{env: env, minio: m, bucket: bucket, recipient: id.Recipient().String(), identity: idFile, dir: dir}
 }
 
 // plan returns a plan named name whose source is sourceYAML (the lines
@@ -102,65 +102,81 @@ spec:
 
 // apply stores the plan and also writes it to a file (for the CLI's
 // --plan-file), returning the file's path.
-func (r *rig) apply(name, sourceYAML string) string {
-	r.t.Helper()
+func (r *rig) apply(t *testing.T, name, sourceYAML string) string {
+	t.Helper()
 	text := r.plan(name, sourceYAML)
-	r.env.Apply(text)
+	p, err := plan.Parse(name+".yaml", []byte(text))
+	if err != nil {
+		t.Fatalf("parse plan: %v", err)
+	}
+	if _, err := r.env.Plans.Put(context.Background(), p); err != nil {
+		t.Fatalf("apply plan: %v", err)
+	}
 	path := filepath.Join(r.dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return path
 }
 
 // backup triggers a backup of planName and waits until the run is final.
-func (r *rig) backup(planName string) *runs.Run {
-	r.t.Helper()
-	id := r.env.Trigger(planName)
-	return r.env.Wait(id, 3*time.Minute)
+func (r *rig) backup(t *testing.T, planName string) *runs.Run {
+	t.Helper()
+	id := r.trigger(t, planName)
+	return harness.WaitRun(t, r.env.Runs, id, 3*time.Minute)
+}
+
+// trigger requests a backup of planName and returns the run id.
+func (r *rig) trigger(t *testing.T, planName string) string {
+	t.Helper()
+	id, err := stage.RequestBackup(context.Background(), r.env.Bus, r.env.Plans, planName, events.TriggerCLI, "sources-test", "")
+	if err != nil {
+		t.Fatalf("trigger %s: %v", planName, err)
+	}
+	return id
 }
 
 // mustSucceed fails the test unless run succeeded with a verified object.
-func (r *rig) mustSucceed(run *runs.Run) {
-	r.t.Helper()
+func (r *rig) mustSucceed(t *testing.T, run *runs.Run) {
+	t.Helper()
 	if run.Phase != runs.Succeeded {
-		r.t.Fatalf("run %s of %s: %s in %s: %s", run.ID, run.Plan, run.Phase, run.FailedStage, run.Error)
+		t.Fatalf("run %s of %s: %s in %s: %s", run.ID, run.Plan, run.Phase, run.FailedStage, run.Error)
 	}
-	types := harness.Types(r.env.Events(run.ID))
+	types := harness.Types(harness.RunEvents(t, r.env.Bus, run.ID))
 	for _, want := range []string{"snapshot.completed", "filter.completed", "upload.completed", "verify.completed", "backup.succeeded"} {
 		if !contains(types, want) {
-			r.t.Fatalf("run %s events %v lack %s", run.ID, types, want)
+			t.Fatalf("run %s events %v lack %s", run.ID, types, want)
 		}
 	}
 }
 
 // restoreStage restores backupID of planName into target through the
 // restore stage (restore.requested) and waits for the restore run.
-func (r *rig) restoreStage(planName, backupID, target string) *runs.Run {
-	r.t.Helper()
+func (r *rig) restoreStage(t *testing.T, planName, backupID, target string) *runs.Run {
+	t.Helper()
 	id, err := stage.RequestRestore(context.Background(), r.env.Bus, r.env.Plans, planName, events.RestoreRequestedData{
 		BackupID: backupID, Destination: destName, Target: target, RequestedBy: "sources-test",
 	})
 	if err != nil {
-		r.t.Fatalf("request restore: %v", err)
+		t.Fatalf("request restore: %v", err)
 	}
-	run := r.env.Wait(id, 3*time.Minute)
+	run := harness.WaitRun(t, r.env.Runs, id, 3*time.Minute)
 	if run.Phase != runs.Succeeded {
-		r.t.Fatalf("restore run %s: %s: %s", id, run.Phase, run.Error)
+		t.Fatalf("restore run %s: %s: %s", id, run.Phase, run.Error)
 	}
 	return run
 }
 
 // restoreCLI restores backupID with the real `backstream restore
 // --into-source` from the plan file alone: no NATS, no catalog.
-func (r *rig) restoreCLI(planFile, planName, backupID, target string) {
-	r.t.Helper()
-	out, code := harness.Run(r.t, r.dir, nil, "restore", planName+"/"+backupID,
+func (r *rig) restoreCLI(t *testing.T, planFile, planName, backupID, target string) {
+	t.Helper()
+	out, code := harness.Run(t, r.dir, nil, "restore", planName+"/"+backupID,
 		"--plan-file", planFile, "--into-source", "--target", target, "--identity", r.identity)
 	if code != 0 {
-		r.t.Fatalf("backstream restore exit %d:\n%s", code, out)
+		t.Fatalf("backstream restore exit %d:\n%s", code, out)
 	}
-	r.t.Logf("backstream restore: %s", strings.TrimSpace(lastLine(out)))
+	t.Logf("backstream restore: %s", strings.TrimSpace(lastLine(out)))
 }
 
 // failure is what a failed backup run said.
@@ -175,12 +191,12 @@ type failure struct {
 // backup.failed and a snapshot.failed event, and left no backup: no
 // object, no manifest and no incomplete multipart upload under the plan's
 // keys, once the upload stage has finished with the run.
-func (r *rig) mustFail(run *runs.Run) failure {
-	r.t.Helper()
+func (r *rig) mustFail(t *testing.T, run *runs.Run) failure {
+	t.Helper()
 	if run.Phase != runs.Failed {
-		r.t.Fatalf("run %s of %s: %s, want failed", run.ID, run.Plan, run.Phase)
+		t.Fatalf("run %s of %s: %s, want failed", run.ID, run.Plan, run.Phase)
 	}
-	f := failure{run: run, events: r.env.Events(run.ID)}
+	f := failure{run: run, events: harness.RunEvents(t, r.env.Bus, run.ID)}
 	var started, sawFailed, sawSnapFailed bool
 	for _, e := range f.events {
 		switch e.Type() {
@@ -189,77 +205,78 @@ func (r *rig) mustFail(run *runs.Run) failure {
 		case events.BackupFailed:
 			var d events.BackupFailedData
 			if err := e.DataAs(&d); err != nil {
-				r.t.Fatal(err)
+				t.Fatal(err)
 			}
 			f.reason, sawFailed = d.Reason, true
 		case events.SnapshotFailed:
 			if err := e.DataAs(&f.snapshot); err != nil {
-				r.t.Fatal(err)
+				t.Fatal(err)
 			}
 			sawSnapFailed = true
 		case events.BackupSucceeded, events.UploadCompleted, events.VerifyCompleted:
-			r.t.Errorf("failed run %s has %s", run.ID, e.Type())
+			t.Errorf("failed run %s has %s", run.ID, e.Type())
 		}
 	}
 	if !sawFailed || !sawSnapFailed {
-		r.t.Fatalf("run %s events %v: want backup.failed and snapshot.failed", run.ID, harness.Types(f.events))
+		t.Fatalf("run %s events %v: want backup.failed and snapshot.failed", run.ID, harness.Types(f.events))
 	}
 	if run.FailedStage != "snapshot" {
-		r.t.Errorf("run %s failed in %q, want snapshot: %s", run.ID, run.FailedStage, run.Error)
+		t.Errorf("run %s failed in %q, want snapshot: %s", run.ID, run.FailedStage, run.Error)
 	}
 	if started {
-		r.waitUploadDone(run.ID)
+		r.waitUploadDone(t, run.ID)
 	}
-	r.mustHaveNoBackup(run.Plan)
+	r.mustHaveNoBackup(t, run.Plan)
 	return f
 }
 
 // waitUploadDone polls the run record until the upload step, which aborts
 // its multipart upload before it finishes, is no longer running.
-func (r *rig) waitUploadDone(runID string) {
-	r.t.Helper()
+func (r *rig) waitUploadDone(t *testing.T, runID string) {
+	t.Helper()
 	name := upload.StepName(destName)
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		run, err := r.env.Runs.Get(context.Background(), runID)
 		if err != nil {
-			r.t.Fatal(err)
+			t.Fatal(err)
 		}
 		if st := run.FindStep(name); st != nil && st.Phase != runs.Running && st.Phase != runs.Pending {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	r.t.Fatalf("run %s: step %s did not finish", runID, name)
+	run, _ := r.env.Runs.Get(context.Background(), runID)
+	t.Fatalf("run %s: step %s did not finish: %+v", runID, name, run.Steps)
 }
 
 // mustHaveNoBackup lists the bucket: nothing of planName may be there,
 // neither an object nor a manifest nor an incomplete multipart upload.
-func (r *rig) mustHaveNoBackup(planName string) {
-	r.t.Helper()
+func (r *rig) mustHaveNoBackup(t *testing.T, planName string) {
+	t.Helper()
 	ctx := context.Background()
-	c := r.minio.Client(r.t)
+	c := r.minio.Client(t)
 	for o := range c.ListObjects(ctx, r.bucket, minio.ListObjectsOptions{Prefix: planName + "/", Recursive: true}) {
 		if o.Err != nil {
-			r.t.Fatalf("list objects: %v", o.Err)
+			t.Fatalf("list objects: %v", o.Err)
 		}
-		r.t.Errorf("failed backup left object %s (%d bytes)", o.Key, o.Size)
+		t.Errorf("failed backup left object %s (%d bytes)", o.Key, o.Size)
 	}
 	for u := range c.ListIncompleteUploads(ctx, r.bucket, planName+"/", true) {
 		if u.Err != nil {
-			r.t.Fatalf("list incomplete uploads: %v", u.Err)
+			t.Fatalf("list incomplete uploads: %v", u.Err)
 		}
-		r.t.Errorf("failed backup left an incomplete multipart upload of %s (%s)", u.Key, u.UploadID)
+		t.Errorf("failed backup left an incomplete multipart upload of %s (%s)", u.Key, u.UploadID)
 	}
 }
 
 // mustHaveBackup checks that the run's object and manifest are in the bucket.
-func (r *rig) mustHaveBackup(run *runs.Run) {
-	r.t.Helper()
+func (r *rig) mustHaveBackup(t *testing.T, run *runs.Run) {
+	t.Helper()
 	var keys []string
-	for o := range r.minio.Client(r.t).ListObjects(context.Background(), r.bucket, minio.ListObjectsOptions{Prefix: run.Plan + "/", Recursive: true}) {
+	for o := range r.minio.Client(t).ListObjects(context.Background(), r.bucket, minio.ListObjectsOptions{Prefix: run.Plan + "/", Recursive: true}) {
 		if o.Err != nil {
-			r.t.Fatalf("list objects: %v", o.Err)
+			t.Fatalf("list objects: %v", o.Err)
 		}
 		keys = append(keys, o.Key)
 	}
@@ -269,7 +286,7 @@ func (r *rig) mustHaveBackup(run *runs.Run) {
 			found = found || strings.HasPrefix(k, want)
 		}
 		if !found {
-			r.t.Errorf("bucket holds %v, want a key starting %s", keys, want)
+			t.Errorf("bucket holds %v, want a key starting %s", keys, want)
 		}
 	}
 }

@@ -49,6 +49,9 @@ type e2eResult struct {
 	upload  time.Duration // trigger → upload.completed
 	total   time.Duration // trigger → backup.succeeded
 	peakRSS int64
+	// CPU time spent during the run by serve itself, by its source
+	// command (the generator) and by MinIO.
+	serveCPU, genCPU, minioCPU time.Duration
 }
 
 func (r e2eResult) uploadMBps() float64 { return mbps(r.size, r.upload) }
@@ -211,6 +214,10 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		return res, fmt.Errorf("subscribe events: %w", err)
 	}
 
+	minioBefore, err := readCPU(r.minio.pid())
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	if err := r.backstream(ctx, cliLog, "trigger", name, "--wait", "--nats", sp.natsURL); err != nil {
 		return res, err
@@ -236,8 +243,17 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	if res.peakRSS, err = peakRSS(sp.pid()); err != nil {
 		return res, err
 	}
-	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB\n",
+	serveCPU, err := readCPU(sp.pid())
+	if err != nil {
+		return res, err
+	}
+	minioAfter, err := readCPU(r.minio.pid())
+	if err != nil {
+		return res, err
+	}
+	res.serveCPU, res.genCPU, res.minioCPU = serveCPU.self, serveCPU.children, minioAfter.self-minioBefore.self
+	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB, cpu serve %s gen %s minio %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
-		humanSize(res.stored), float64(res.peakRSS)/(1<<20))
+		humanSize(res.stored), float64(res.peakRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU)
 	return res, nil
 }

@@ -218,3 +218,29 @@ func peakRSS(pid int) (int64, error) {
 	}
 	return 0, errors.New("peak rss: no VmHWM line in /proc/PID/status")
 }
+
+// cpuTimes is a process's CPU use from /proc/PID/stat: its own, and that of
+// its children it has waited for (serve's source command).
+type cpuTimes struct{ self, children time.Duration }
+
+func readCPU(pid int) (cpuTimes, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuTimes{}, fmt.Errorf("cpu times: %w", err)
+	}
+	// The command name may hold spaces; the fields follow its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 15 {
+		return cpuTimes{}, errors.New("cpu times: short /proc/PID/stat")
+	}
+	tick := func(s string) time.Duration {
+		n, _ := strconv.ParseInt(s, 10, 64)
+		return time.Duration(n) * time.Second / clockTicks
+	}
+	// f[0] is field 3 (state): utime, stime, cutime, cstime are fields 14..17.
+	return cpuTimes{self: tick(f[11]) + tick(f[12]), children: tick(f[13]) + tick(f[14])}, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux we run on.
+const clockTicks = 100

@@ -95,6 +95,12 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 				res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
 				humanSize(res.stored), float64(res.size)/float64(max(1, res.stored)), float64(res.peakRSS)/(1<<20))
 		}
+		fmt.Fprintln(tw, "  \t\t\t\t\t\t\t")
+		fmt.Fprintln(tw, "  run\tcpu serve\tcpu generator\tcpu minio\tcores busy (of the run)\t\t\t")
+		for i, res := range e2e {
+			all := res.serveCPU + res.genCPU + res.minioCPU
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f\t\t\t\n", i+1, res.serveCPU, res.genCPU, res.minioCPU, all.Seconds()/res.total.Seconds())
+		}
 		if len(e2e) > 1 {
 			lo := slices.MinFunc(e2e, func(a, b e2eResult) int { return cmpFloat(a.uploadMBps(), b.uploadMBps()) })
 			fmt.Fprintf(tw, "  best\t\t%.1f\t\t%.1f\t\t\t(e2e spread %.1f..%.1f)\n", best.uploadMBps(), best.totalMBps(), lo.uploadMBps(), best.uploadMBps())
