@@ -417,3 +417,88 @@ func s3Storage(t *testing.T, srv *testenv.MinIOServer, bucket string) storage.St
 	t.Cleanup(func() { st.Close() })
 	return st
 }
+
+func TestVerifyWithoutAKeyChecksCiphertextAndSaysSo(t *testing.T) {
+	keys := newKeyring(t)
+	env := harness.Start(t, harness.Options{}) // no identity: verify cannot open frames
+	storeDir := t.TempDir()
+	src, _ := writeSource(t, 3*chunk)
+	env.Apply(plan("cipheronly", catSource(src), "zstd",
+		fmt.Sprintf("encryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient()), fsDest(storeDir), ""))
+	id := env.Trigger("cipheronly")
+	r := env.Wait(id, time.Minute)
+	if r.Phase != runs.Succeeded {
+		t.Fatalf("run: %s", r.Error)
+	}
+	var verified *events.VerifyCompletedData
+	for _, e := range env.Events(id) {
+		if e.Type() == events.VerifyCompleted {
+			verified, _ = events.DecodeAs[*events.VerifyCompletedData](e)
+		}
+	}
+	if verified == nil || verified.Mode != format.VerifyModeCiphertext {
+		t.Fatalf("verify.completed %+v, want mode ciphertext", verified)
+	}
+	st, _ := filesystem.New(context.Background(), filesystem.Config{Path: storeDir})
+	m, err := backup.Find(context.Background(), st, "cipheronly/"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Verify.Status != format.VerifyVerified || m.Verify.Mode != format.VerifyModeCiphertext {
+		t.Fatalf("manifest verify %+v, want verified in ciphertext mode", m.Verify)
+	}
+}
+
+func TestRestoreRunInsideThePlatform(t *testing.T) {
+	keys := newKeyring(t)
+	env := harness.Start(t, harness.Options{Config: func(c *app.Config) { c.IdentityFile = keys.idFile }})
+	storeDir := t.TempDir()
+	src, digest := writeSource(t, 7*chunk+5)
+	target := filepath.Join(t.TempDir(), "restored.bin")
+	source := fmt.Sprintf("type: command\ncommand: {argv: [cat, %q], restoreArgv: [sh, -c, 'cat > %s']}", src, target)
+	enc := fmt.Sprintf("encryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient())
+	env.Apply(plan("inplace", source, "zstd", enc, fsDest(storeDir), ""))
+	id := env.Trigger("inplace")
+	if r := env.Wait(id, time.Minute); r.Phase != runs.Succeeded {
+		t.Fatalf("backup: %s", r.Error)
+	}
+	restoreID, err := requestRestore(env, "inplace", events.RestoreRequestedData{BackupID: "latest", Destination: "local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := env.Wait(restoreID, time.Minute)
+	if r.Phase != runs.Succeeded || r.Kind != runs.KindRestore || r.BackupID != id {
+		t.Fatalf("restore run: kind %s phase %s backup %s error %q", r.Kind, r.Phase, r.BackupID, r.Error)
+	}
+	got, err := os.ReadFile(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != digest {
+		t.Fatal("restored file differs from the source")
+	}
+	types := strings.Join(harness.Types(env.Events(restoreID)), ",")
+	for _, want := range []string{"restore.requested", "restore.started", "restore.succeeded"} {
+		if !strings.Contains(types, want) {
+			t.Errorf("restore run events %s lack %s", types, want)
+		}
+	}
+
+	// A restore of a backup that does not exist fails with the reason.
+	badID, err := requestRestore(env, "inplace", events.RestoreRequestedData{BackupID: "01NOSUCHBACKUP0000000000000", Destination: "local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Wait(badID, time.Minute); r.Phase != runs.Failed || !strings.Contains(r.Error, "not found") {
+		t.Fatalf("restore of a missing backup: phase %s error %q", r.Phase, r.Error)
+	}
+}
+
+func requestRestore(env *harness.Env, planName string, req events.RestoreRequestedData) (string, error) {
+	id := events.NewID()
+	e, err := events.New(env.Bus.Meta(planName, id, ""), req)
+	if err != nil {
+		return "", err
+	}
+	return id, env.Bus.Publish(context.Background(), e)
+}

@@ -148,7 +148,8 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	cw := &chunker{ctx: ctx, w: w, size: chunkSize, buf: make([]byte, 0, chunkSize), sum: sha256.New()}
 	dumpCtx, cancelDump := context.WithCancel(ctx)
 	defer cancelDump()
-	stopProgress := s.progress(dumpCtx, p.Name(), r.ID, name, cw, begin)
+	stopProgress := s.Progress(dumpCtx, p.Name(), r.ID, name, events.SnapshotProgressed, "", s.ProgressEvery,
+		func() (int64, int64) { return cw.written.Load(), cw.chunks.Load() })
 	desc, berr := src.Backup(dumpCtx, cw)
 	stopProgress()
 	if berr == nil && cw.err != nil {
@@ -204,31 +205,6 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		}
 	}
 	return out, nil
-}
-
-// progress publishes throttled snapshot.progressed events until stopped.
-func (s *Service) progress(ctx context.Context, planName, runID, step string, cw *chunker, begin time.Time) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(s.ProgressEvery)
-		defer t.Stop()
-		for i := 1; ; i++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			m := s.Bus.Meta(planName, runID, step)
-			m.ID = events.RunEventID(runID, events.SnapshotProgressed, step+"."+strconv.Itoa(i))
-			ev, err := events.New(m, events.ProgressData{Bytes: cw.written.Load(), Chunks: cw.chunks.Load(), ElapsedMs: time.Since(begin).Milliseconds()}.ForType(events.SnapshotProgressed))
-			if err == nil {
-				_ = s.Bus.Publish(ctx, ev)
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
 }
 
 // chunker is the io.Writer a source plugin dumps into: it hashes every byte

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -96,7 +97,11 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 
 	key := format.ObjectKey(p.Name(), runID)
 	manifestKey := format.ManifestKey(p.Name(), runID)
-	meta, info, digest, err := s.stream(ctx, st, runID, dest, key)
+	var sent, chunks atomic.Int64
+	stopProgress := s.Progress(ctx, p.Name(), runID, name, events.UploadProgressed, dest, 0,
+		func() (int64, int64) { return sent.Load(), chunks.Load() })
+	meta, info, digest, err := s.stream(ctx, st, runID, dest, key, &sent, &chunks)
+	stopProgress()
 	if err == nil {
 		err = s.writeManifest(ctx, st, p, runID, key, manifestKey, meta, info, digest)
 		if err != nil {
@@ -149,7 +154,7 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason st
 // stream copies the sealed chunk stream into the object at key. On any error
 // the Put is aborted (nothing visible at key) and the reader's consumer is
 // deleted, which stops the filter and, through it, the snapshot.
-func (s *Service) stream(ctx context.Context, st storage.Storage, runID, dest, key string) (filter.Meta, storage.Info, string, error) {
+func (s *Service) stream(ctx context.Context, st storage.Storage, runID, dest, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
 	var meta filter.Meta
 	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindSealed, dest, s.Data)
 	if err != nil {
@@ -185,6 +190,8 @@ func (s *Service) stream(ctx context.Context, st storage.Storage, runID, dest, k
 			copyErr = fmt.Errorf("ack chunk %d: %w", c.Seq, err)
 			break
 		}
+		sent.Add(int64(len(c.Data)))
+		chunks.Add(1)
 		if c.Final {
 			if err := json.Unmarshal([]byte(c.Trailer[filter.TrailerMeta]), &meta); err != nil {
 				copyErr = fmt.Errorf("sealed stream trailer: %w", err)
