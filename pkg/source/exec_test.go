@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"testing"
 
 	"github.com/backstream/backstream/pkg/source"
@@ -132,13 +133,22 @@ func TestRunKillsProcessGroup(t *testing.T) {
 				t.Fatal(rerr)
 			}
 			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-			// The grandchild is killed; it may linger as a zombie of its dead
-			// parent only until init reaps it, so check its state, not existence.
-			if err := syscall.Kill(pid, 0); err == nil {
+			// SIGKILL is delivered asynchronously: the grandchild may still be
+			// scheduled for a moment, then linger as a zombie until init reaps
+			// it. Poll (bounded) for it to be gone or a zombie.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if err := syscall.Kill(pid, 0); err != nil {
+					break
+				}
 				st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-				if !strings.Contains(string(st), ") Z") {
+				if strings.Contains(string(st), ") Z") {
+					break
+				}
+				if time.Now().After(deadline) {
 					t.Fatalf("grandchild %d still alive: %s", pid, st)
 				}
+				time.Sleep(10 * time.Millisecond)
 			}
 		})
 	}

@@ -169,6 +169,30 @@ func NodeDecoder(n *yaml.Node) func(any) error {
 	}
 }
 
+// PluginOf builds the registry entry of a plugin whose config type C
+// validates itself (through *C) and whose constructor takes a validated C:
+// Check and New both decode strictly and validate, so every plugin checks
+// its block the same way.
+func PluginOf[C any, PC interface {
+	*C
+	Validator
+}, S Source](name string, newSource func(C) S) Plugin {
+	return Plugin{
+		Name: name,
+		Check: func(decode func(any) error) error {
+			var c C
+			return Decode(decode, PC(&c))
+		},
+		New: func(decode func(any) error) (Source, error) {
+			var c C
+			if err := Decode(decode, PC(&c)); err != nil {
+				return nil, err
+			}
+			return newSource(c), nil
+		},
+	}
+}
+
 // Validator is a Config that checks itself.
 type Validator interface{ Validate() error }
 

@@ -61,21 +61,7 @@ func sortedKeys(m map[string]secret.Ref) []string {
 
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
-	return source.Plugin{
-		Name:       Name,
-		CanBeEmpty: false,
-		Check: func(decode func(any) error) error {
-			var c Config
-			return source.Decode(decode, &c)
-		},
-		New: func(decode func(any) error) (source.Source, error) {
-			var c Config
-			if err := source.Decode(decode, &c); err != nil {
-				return nil, err
-			}
-			return New(c), nil
-		},
-	}
+	return source.PluginOf[Config](Name, New)
 }
 
 // Source runs Config's programs.

@@ -81,20 +81,7 @@ func (c *Config) Validate() error {
 
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
-	return source.Plugin{
-		Name: Name,
-		Check: func(decode func(any) error) error {
-			var c Config
-			return source.Decode(decode, &c)
-		},
-		New: func(decode func(any) error) (source.Source, error) {
-			var c Config
-			if err := source.Decode(decode, &c); err != nil {
-				return nil, err
-			}
-			return New(c), nil
-		},
-	}
+	return source.PluginOf[Config](Name, New)
 }
 
 // Source dumps databases of one PostgreSQL server.
