@@ -142,7 +142,7 @@ func (r *rig) mustSucceed(t *testing.T, run *runs.Run) {
 	if run.Phase != runs.Succeeded {
 		t.Fatalf("run %s of %s: %s in %s: %s", run.ID, run.Plan, run.Phase, run.FailedStage, run.Error)
 	}
-	types := harness.Types(harness.RunEvents(t, r.env.Bus, run.ID))
+	types := harness.Types(r.eventsUntil(t, run.ID, events.BackupSucceeded))
 	for _, want := range []string{"snapshot.completed", "filter.completed", "upload.completed", "verify.completed", "backup.succeeded"} {
 		if !contains(types, want) {
 			t.Fatalf("run %s events %v lack %s", run.ID, types, want)
@@ -196,7 +196,7 @@ func (r *rig) mustFail(t *testing.T, run *runs.Run) failure {
 	if run.Phase != runs.Failed {
 		t.Fatalf("run %s of %s: %s, want failed", run.ID, run.Plan, run.Phase)
 	}
-	f := failure{run: run, events: harness.RunEvents(t, r.env.Bus, run.ID)}
+	f := failure{run: run, events: r.eventsUntil(t, run.ID, events.BackupFailed)}
 	var started, sawFailed, sawSnapFailed bool
 	for _, e := range f.events {
 		switch e.Type() {
@@ -230,8 +230,28 @@ func (r *rig) mustFail(t *testing.T, run *runs.Run) failure {
 	return f
 }
 
-// waitUploadDone polls the run record until the upload step, which aborts
-// its multipart upload before it finishes, is no longer running.
+// eventsUntil returns the run's events once one of type typ is among them:
+// a stage publishes its event just after it wrote the run record that
+// WaitRun sees.
+func (r *rig) eventsUntil(t *testing.T, runID, typ string) []events.Event {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs := harness.RunEvents(t, r.env.Bus, runID)
+		for _, e := range evs {
+			if e.Type() == typ {
+				return evs
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s events %v lack %s", runID, harness.Types(evs), typ)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitUploadDone polls the failed run's record until its upload step, which
+// aborts its multipart upload before it finishes, is no longer running.
 func (r *rig) waitUploadDone(t *testing.T, runID string) {
 	t.Helper()
 	name := upload.StepName(destName)
@@ -241,7 +261,9 @@ func (r *rig) waitUploadDone(t *testing.T, runID string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st := run.FindStep(name); st != nil && st.Phase != runs.Running && st.Phase != runs.Pending {
+		// A step absent from a failed run never starts (Claim skips once
+		// the run failed), so it cannot write anything.
+		if st := run.FindStep(name); st == nil || (st.Phase != runs.Running && st.Phase != runs.Pending) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
