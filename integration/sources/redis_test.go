@@ -147,4 +147,3 @@ func grepLine(text, prefix string) string {
 	}
 	return ""
 }
-
