@@ -161,7 +161,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	dir := filepath.Join(r.dir, name)
 	res := e2eResult{size: size}
 	fmt.Fprintf(r.log, "e2e %s: %s through a fresh serve ...\n", name, humanSize(size))
-	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.pprof, r.env)
+	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.profile != "", r.env)
 	if err != nil {
 		return res, err
 	}
@@ -218,6 +218,14 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	if err != nil {
 		return res, err
 	}
+	profiled := make(chan error, 1)
+	if r.c.profile != "" {
+		go func() {
+			profiled <- sp.fetchProfile(ctx, fmt.Sprintf("profile?seconds=%d", r.c.profileSeconds), filepath.Join(r.c.profile, name+".cpu.prof"))
+		}()
+	} else {
+		profiled <- nil
+	}
 	start := time.Now()
 	if err := r.backstream(ctx, cliLog, "trigger", name, "--wait", "--nats", sp.natsURL); err != nil {
 		return res, err
@@ -252,6 +260,14 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		return res, err
 	}
 	res.serveCPU, res.genCPU, res.minioCPU = serveCPU.self, serveCPU.children, minioAfter.self-minioBefore.self
+	if r.c.profile != "" {
+		if err := sp.fetchProfile(ctx, "heap", filepath.Join(r.c.profile, name+".heap.prof")); err != nil {
+			return res, err
+		}
+		if err := <-profiled; err != nil {
+			return res, err
+		}
+	}
 	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB, cpu serve %s gen %s minio %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
 		humanSize(res.stored), float64(res.peakRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU)

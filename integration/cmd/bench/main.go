@@ -53,7 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&c.seed, "seed", 1, "seed of the generated data set")
 	fs.IntVar(&c.repeat, "repeat", 1, "end-to-end runs at --size (best is reported, with the spread)")
 	fs.StringVar(&c.bin, "bin", "", "directory holding backstream and minio (default: bin/ of the repository)")
-	fs.StringVar(&c.pprof, "pprof", "", "pass --pprof ADDR to serve, to profile it while the bench runs")
+	fs.StringVar(&c.profile, "profile", "", "write serve's CPU profile of each end-to-end run (from the trigger on, --profile-seconds long) and its heap profile at the end into this directory")
+	fs.IntVar(&c.profileSeconds, "profile-seconds", 10, "length of the CPU profile with --profile")
 	fs.BoolVar(&c.skipStages, "skip-stages", false, "measure only end to end")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir (logs, stores) and print its path")
 	if err := fs.Parse(args); err != nil {
@@ -93,15 +94,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // config is what one bench run measures.
 type config struct {
-	size       int64
-	seed       int64
-	repeat     int
-	rssSizes   []int64
-	stageSize  int64
-	bin        string
-	pprof      string
-	skipStages bool
-	keep       bool
+	size           int64
+	seed           int64
+	repeat         int
+	rssSizes       []int64
+	stageSize      int64
+	bin            string
+	profile        string
+	profileSeconds int
+	skipStages     bool
+	keep           bool
 }
 
 // parseSize reads "1GiB", "256MiB", "64KiB", "1000B" or a bare byte count.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -162,12 +163,39 @@ func startMinIO(ctx context.Context, bin, dir string) (*minioServer, error) {
 type serveProc struct {
 	*proc
 	natsURL string
+	pprof   string // address of its net/http/pprof listener, if any
+}
+
+// fetchProfile saves serve's profile kind ("profile?seconds=10", "heap")
+// into path.
+func (s *serveProc) fetchProfile(ctx context.Context, kind, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.pprof+"/debug/pprof/"+kind, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("fetch %s profile: %w", kind, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("fetch %s profile: %s", kind, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("fetch %s profile: %w", kind, err)
+	}
+	return f.Close()
 }
 
 // startServe starts `backstream serve` on an embedded NATS at a free port,
 // without the API, with identity for full verification, and waits for its
 // "backstream serving" log line.
-func startServe(ctx context.Context, bin, dir, identity, pprof string, env []string) (*serveProc, error) {
+func startServe(ctx context.Context, bin, dir, identity string, pprof bool, env []string) (*serveProc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -178,8 +206,14 @@ func startServe(ctx context.Context, bin, dir, identity, pprof string, env []str
 			return nil, err
 		}
 		args := []string{"serve", "--data", filepath.Join(dir, "data"), "--embedded", addr(port), "--listen", "", "--identity", identity}
-		if pprof != "" {
-			args = append(args, "--pprof", pprof)
+		pprofAddr := ""
+		if pprof {
+			pp, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			pprofAddr = addr(pp)
+			args = append(args, "--pprof", pprofAddr)
 		}
 		p, err := startProc("backstream serve", bin, args, env, filepath.Join(dir, "serve.log"))
 		if err != nil {
@@ -190,7 +224,7 @@ func startServe(ctx context.Context, bin, dir, identity, pprof string, env []str
 			return strings.Contains(string(b), "backstream serving")
 		})
 		if lastErr == nil {
-			return &serveProc{proc: p, natsURL: "nats://" + addr(port)}, nil
+			return &serveProc{proc: p, natsURL: "nats://" + addr(port), pprof: pprofAddr}, nil
 		}
 		p.stop(5 * time.Second)
 	}
