@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/services/app"
+	"github.com/backstream/backstream/services/metrics"
 )
 
 func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -27,6 +29,9 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase for verify and restore")
 	ackWait := fs.Duration("ack-wait", 30*time.Second, "how long an unacknowledged event waits before redelivery")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	influxURL := fs.String("influx-url", "", "InfluxDB 1.8 URL the metrics stage writes points to (empty: none)")
+	influxDB := fs.String("influx-db", "backstream", "InfluxDB database the points go to")
+	influxTokenEnv := fs.String("influx-token-env", "", "environment variable holding the InfluxDB token (user:password when 1.8 has auth on)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("serve: %v", err)
 	}
@@ -42,6 +47,14 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageError("serve: --embedded: port %q: %v", portText, err)
 	}
+	var influxToken string
+	if *influxTokenEnv != "" {
+		v, ok := os.LookupEnv(*influxTokenEnv)
+		if !ok {
+			return usageError("serve: --influx-token-env: environment variable %s is not set", *influxTokenEnv)
+		}
+		influxToken = v
+	}
 	log := newLogger(stderr, *logLevel)
 	cfg := app.Config{
 		DataDir:       *data,
@@ -53,6 +66,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		IdentityFile:  *identity,
 		PassphraseEnv: *passEnv,
 		Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
+		Influx:        metrics.InfluxConfig{URL: *influxURL, Database: *influxDB, Token: influxToken},
 		Log:           log,
 	}
 	cfg.Ready = func(url, apiAddr string) {
