@@ -123,4 +123,3 @@ func firstDiff(a, b []string) string {
 	}
 	return "one list is a prefix of the other"
 }
-
