@@ -3,6 +3,8 @@ package metrics
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,8 +26,15 @@ import (
 // to influx.
 func start(t *testing.T, natsURL string, influx *testenv.InfluxServer) *harness.Env {
 	t.Helper()
+	return startListening(t, natsURL, influx, "")
+}
+
+// startListening is start with the API (and its /metrics) on listen.
+func startListening(t *testing.T, natsURL string, influx *testenv.InfluxServer, listen string) *harness.Env {
+	t.Helper()
 	return harness.Start(t, harness.Options{NATS: natsURL, Config: func(c *app.Config) {
 		c.Influx = metrics.InfluxConfig{URL: influx.URL(), Database: database}
+		c.Listen = listen
 	}})
 }
 
@@ -128,7 +137,8 @@ func documented(t *testing.T) (map[string][]string, map[string]map[string]string
 func TestRunPointsFollowTheSchemaAndRedeliveryAddsNone(t *testing.T) {
 	influx := startInflux(t)
 	srv := bustest.Server(t)
-	env := start(t, srv.URL(), influx)
+	api := testenv.Addr(testenv.FreePort(t))
+	env := startListening(t, srv.URL(), influx, api)
 	applyPlan(t, env, "points")
 	r := backup(t, env, "points")
 
@@ -180,6 +190,19 @@ func TestRunPointsFollowTheSchemaAndRedeliveryAddsNone(t *testing.T) {
 	}
 	if fmt.Sprint(stages) != "[snapshot/succeeded upload/succeeded verify/succeeded]" {
 		t.Errorf("backup_stage series %v", stages)
+	}
+
+	// The same figures for Prometheus, on the API listener.
+	body := get(t, "http://"+api+"/metrics")
+	for _, want := range []string{
+		`backstream_backup_runs_total{plan="points",status="succeeded"} 1`,
+		fmt.Sprintf(`backstream_backup_last_bytes{direction="in",plan="points"} %v`, float64(r.Bytes)),
+		`backstream_backup_stage_duration_seconds_count{plan="points",stage="snapshot"} 1`,
+		`backstream_backup_last_success_timestamp_seconds{plan="points"}`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 
 	// Replay: a new consumer gets every event again.
@@ -271,3 +294,17 @@ func TestInfluxOutageDelaysPointsNotRuns(t *testing.T) {
 }
 
 func dur(r *runs.Run) time.Duration { return r.Finished.Sub(r.Created).Round(time.Millisecond) }
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return string(b)
+}
