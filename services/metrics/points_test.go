@@ -1,0 +1,107 @@
+package metrics
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/runs"
+)
+
+func TestPoints(t *testing.T) {
+	t0 := at("2026-01-01T10:00:00Z")
+	meta := events.Meta{ID: "e1", Source: "backstream/test/x", Plan: "orders", RunID: "run1", Time: t0.Add(time.Minute)}
+	sha := strings.Repeat("a", 64)
+	last := t0.Add(-time.Hour)
+	tests := []struct {
+		name string
+		give events.Payload
+		run  *runs.Run
+		want []string // measurement{tags} fields @time
+	}{
+		{
+			name: "backup.failed with its run record",
+			give: events.BackupFailedData{Stage: "upload", Reason: "disk full"},
+			run:  &runs.Run{Trigger: "schedule", Created: t0},
+			want: []string{
+				"backup_run{plan=orders,status=failed,trigger=schedule} duration_s,error,failed_stage @10:01:00",
+				"backup_stage{plan=orders,stage=upload,status=failed} error @10:01:00",
+			},
+		},
+		{
+			name: "backup.failed without a run record",
+			give: events.BackupFailedData{Stage: "watchdog", Reason: "stuck"},
+			want: []string{
+				"backup_run{plan=orders,status=failed,trigger=unknown} error,failed_stage @10:01:00",
+				"backup_stage{plan=orders,stage=watchdog,status=failed} error @10:01:00",
+			},
+		},
+		{
+			name: "backup.missed lands on expectedBy",
+			give: events.BackupMissedData{Slot: t0, ExpectedBy: t0.Add(10 * time.Minute), LastSuccess: &last},
+			want: []string{"backup_missed{plan=orders} last_success,slot,value @10:10:00"},
+		},
+		{
+			name: "backup.succeeded lands on started + duration",
+			give: events.BackupSucceededData{BackupID: "run1", Bytes: 100, StoredBytes: 25, PlaintextSHA256: sha, Chunks: 1, Started: t0, DurationMs: 2500,
+				Source: "command", Trigger: "cli", Objects: []events.BackupObject{{Destination: "a", Key: "k", ManifestKey: "m", SHA256: sha}, {Destination: "b", Key: "k", ManifestKey: "m", SHA256: sha}}},
+			want: []string{
+				"backup_run{plan=orders,status=succeeded,trigger=cli} bytes_in,bytes_out,chunks,duration_s,ratio,throughput_bps @10:00:02",
+				"backup_success{destination=a,plan=orders,source=command} value @10:00:02",
+				"backup_success{destination=b,plan=orders,source=command} value @10:00:02",
+			},
+		},
+		{
+			name: "retention.completed",
+			give: events.RetentionCompletedData{Destination: "a", Kept: []events.RetentionDecision{{BackupID: "x", Reasons: []string{"last"}}}},
+			want: []string{"retention{destination=a,plan=orders} kept,removed @10:01:00"},
+		},
+		{
+			name: "restore.failed",
+			give: events.RestoreFailedData{Stage: "restore", Error: "bad key"},
+			want: []string{"restore_run{plan=orders,status=failed} error,failed_stage @10:01:00"},
+		},
+		{
+			name: "an inverse hook op is compensation, not a stage of the run",
+			give: events.HookCompletedData{Hook: "db", Op: "unlock", Inverse: true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := events.MustNew(meta, tt.give)
+			pts, err := Points(e, tt.run)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range pts {
+				got = append(got, describe(p))
+			}
+			sort.Strings(got)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("points\n got %q\nwant %q", got, tt.want)
+			}
+			again, _ := Points(e, tt.run)
+			if !reflect.DeepEqual(pts, again) {
+				t.Errorf("a second delivery gives other points")
+			}
+		})
+	}
+}
+
+func describe(p Point) string {
+	var tags, fields []string
+	for k, v := range p.Tags {
+		tags = append(tags, k+"="+v)
+	}
+	for k := range p.Fields {
+		fields = append(fields, k)
+	}
+	sort.Strings(tags)
+	sort.Strings(fields)
+	return fmt.Sprintf("%s{%s} %s @%s", p.Measurement, strings.Join(tags, ","), strings.Join(fields, ","), p.Time.Format("15:04:05"))
+}
