@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strconv"
 	"time"
@@ -29,6 +33,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase for verify and restore")
 	ackWait := fs.Duration("ack-wait", 30*time.Second, "how long an unacknowledged event waits before redelivery")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	influxURL := fs.String("influx-url", "", "InfluxDB 1.8 URL the metrics stage writes points to (empty: none)")
 	influxDB := fs.String("influx-db", "backstream", "InfluxDB database the points go to")
 	influxTokenEnv := fs.String("influx-token-env", "", "environment variable holding the InfluxDB token (user:password when 1.8 has auth on)")
@@ -56,6 +61,14 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		influxToken = v
 	}
 	log := newLogger(stderr, *logLevel)
+	if *pprofAddr != "" {
+		stop, err := servePprof(*pprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		log.Info("pprof listening", "addr", *pprofAddr)
+	}
 	cfg := app.Config{
 		DataDir:       *data,
 		NATS:          *natsFlag,
@@ -85,4 +98,28 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}()
 	}
 	return app.Run(ctx, cfg)
+}
+
+// servePprof serves net/http/pprof on addr, on a mux of its own so the
+// profiles never share the API's listener. stop closes it.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("pprof: listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("pprof stopped", "err", err)
+		}
+	}()
+	return func() { _ = srv.Close(); <-done }, nil
 }
