@@ -27,7 +27,7 @@ import (
 const (
 	EventsStream     = "BACKSTREAM_EVENTS"
 	DeadLetterStream = "BACKSTREAM_DLQ"
-	DataStream       = "BACKSTREAM_DATA"
+	DataStream       = "BACKSTREAM_CHUNKS"
 
 	PlansBucket  = "backstream-plans"
 	RunsBucket   = "backstream-runs"
@@ -46,6 +46,8 @@ const (
 // Config sizes the streams and buckets. The zero value is completed by defaults.
 type Config struct {
 	// Replicas of every stream and bucket: 1 on one server, 3 in a cluster.
+	// Zero keeps what an existing stream has (1 when creating it), so a CLI
+	// or a replica started without the setting never downgrades a cluster.
 	Replicas int
 	// DuplicateWindow is the events stream's de-duplication window.
 	DuplicateWindow time.Duration
@@ -58,9 +60,6 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = 10 * time.Minute
 	}
@@ -164,7 +163,10 @@ func (b *Bus) setup(ctx context.Context) error {
 			Name:        DataStream,
 			Description: "backstream chunk streams of running backups; removed when consumed",
 			Subjects:    []string{DataRoot + ".>"},
-			Retention:   jetstream.InterestPolicy,
+			// Work-queue retention keeps a chunk until its one reader acked
+			// it, also when the reader's consumer is not yet known to the
+			// stream leader (interest retention would drop it then).
+			Retention:   jetstream.WorkQueuePolicy,
 			MaxAge:      c.DataMaxAge,
 			MaxBytes:    c.DataMaxBytes,
 			Discard:     jetstream.DiscardNew,
@@ -174,6 +176,7 @@ func (b *Bus) setup(ctx context.Context) error {
 		},
 	}
 	for _, sc := range streams {
+		sc.Replicas = b.replicas(ctx, sc.Name)
 		if err := retryConflict(ctx, func() error {
 			_, err := b.JS.CreateOrUpdateStream(ctx, sc)
 			return err
@@ -190,6 +193,7 @@ func (b *Bus) setup(ctx context.Context) error {
 		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 	}
 	for _, bk := range buckets {
+		bk.cfg.Replicas = b.replicas(ctx, "KV_"+bk.cfg.Bucket)
 		var kv jetstream.KeyValue
 		if err := retryConflict(ctx, func() error {
 			var err error
@@ -201,6 +205,20 @@ func (b *Bus) setup(ctx context.Context) error {
 		*bk.dst = kv
 	}
 	return nil
+}
+
+// replicas is the replica count for stream: the configured one, else the
+// existing stream's, else 1.
+func (b *Bus) replicas(ctx context.Context, stream string) int {
+	if b.cfg.Replicas > 0 {
+		return b.cfg.Replicas
+	}
+	if s, err := b.JS.Stream(ctx, stream); err == nil {
+		if r := s.CachedInfo().Config.Replicas; r > 0 {
+			return r
+		}
+	}
+	return 1
 }
 
 // retryConflict retries f a few times: when replicas create the same stream at

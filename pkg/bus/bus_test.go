@@ -310,8 +310,11 @@ func TestChunkStreamInOrderWithBackpressure(t *testing.T) {
 		t.Errorf("writer ran %d chunks ahead of a slow reader with window %d", a, opts.Window)
 	}
 	s, _ := b.JS.Stream(ctx, bus.DataStream)
-	waitFor(t, "consumed chunks removed by interest retention", func() bool {
+	waitFor(t, "consumed chunks removed from the stream", func() bool {
 		info, err := s.Info(ctx)
+		if err == nil && info.State.Msgs != 0 {
+			t.Logf("stream holds %d msgs, first %d last %d", info.State.Msgs, info.State.FirstSeq, info.State.LastSeq)
+		}
 		return err == nil && info.State.Msgs == 0
 	})
 }

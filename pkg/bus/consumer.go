@@ -112,7 +112,6 @@ func (b *Bus) EnsureConsumer(ctx context.Context, spec ConsumerSpec) (jetstream.
 		// the server must deliver once more than that to let it.
 		MaxDeliver:    spec.MaxDeliver + 1,
 		MaxAckPending: 1000,
-		Replicas:      b.cfg.Replicas,
 	}
 	if spec.DeliverNew {
 		cfg.DeliverPolicy = jetstream.DeliverNewPolicy
@@ -173,6 +172,12 @@ func (b *Bus) Run(ctx context.Context, spec ConsumerSpec) error {
 			<-sem
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
 				break
+			}
+			if transient(err) {
+				// The iterator recovers by itself (a missed heartbeat while a
+				// cluster elects leaders, a reconnect): keep pulling.
+				b.Log.Debug("consumer: transient pull error", "consumer", spec.Name, "err", err)
+				continue
 			}
 			loopErr = fmt.Errorf("consumer %s: next: %w", spec.Name, err)
 			break
@@ -260,6 +265,12 @@ func (b *Bus) handle(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg) 
 		log.Warn("handler failed; retrying with backoff", "err", herr, "backoff", delay)
 		_ = msg.NakWithDelay(delay)
 	}
+}
+
+// transient reports pull errors after which a messages iterator keeps working.
+func transient(err error) bool {
+	return errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrConsumerLeadershipChanged)
 }
 
 // safeCall turns a handler panic into a retryable error rather than a crash

@@ -12,7 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// DataRoot is the subject root of chunk streams: DataRoot.<runid>.<kind>.
+// DataRoot is the subject root of chunk streams: DataRoot.<runid>.<kind>.<reader>.
+// Every reader has a subject of its own, so each chunk is stored once per
+// reader and removed as soon as that reader acked it.
 const DataRoot = "bs.data"
 
 // Chunk stream kinds.
@@ -40,8 +42,11 @@ var ErrStalled = errors.New("chunk stream stalled")
 // with a failure instead of a final chunk.
 var ErrProducerFailed = errors.New("chunk stream producer failed")
 
-// DataSubject is the subject of a run's chunk stream of the given kind.
+// DataSubject is the subject prefix of a run's chunk stream of the given kind.
 func DataSubject(runID, kind string) string { return DataRoot + "." + runID + "." + kind }
+
+// ReaderSubject is the subject of one reader's copy of a chunk stream.
+func ReaderSubject(runID, kind, reader string) string { return DataSubject(runID, kind) + "." + reader }
 
 // DataConsumerName is the durable consumer of a run's chunk stream for reader.
 func DataConsumerName(runID, kind, reader string) string {
@@ -71,13 +76,12 @@ func (o DataOptions) withDefaults() DataOptions {
 func (b *Bus) ensureDataConsumer(ctx context.Context, runID, kind, reader string, o DataOptions) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
 		Durable:           DataConsumerName(runID, kind, reader),
-		FilterSubject:     DataSubject(runID, kind),
+		FilterSubject:     ReaderSubject(runID, kind, reader),
 		AckPolicy:         jetstream.AckExplicitPolicy,
 		AckWait:           2 * time.Minute,
 		MaxDeliver:        -1,
 		MaxAckPending:     o.Window * 2,
 		InactiveThreshold: 30 * time.Minute,
-		Replicas:          b.cfg.Replicas,
 	}
 	var c jetstream.Consumer
 	err := retryConflict(ctx, func() error {
@@ -113,16 +117,15 @@ func (b *Bus) PurgeData(ctx context.Context, runID string) error {
 	return nil
 }
 
-// ChunkWriter publishes one run's chunk stream in order. The readers' durable
-// consumers are created before the first chunk, so the stream's interest
-// retention keeps every chunk until each reader acked it, and the writer
-// waits while the slowest reader is Window chunks behind. Not safe for
-// concurrent use.
+// ChunkWriter publishes one run's chunk stream in order, a copy to each
+// reader's subject; the stream keeps a chunk until its reader acked it, and
+// the writer waits while the slowest reader is Window chunks behind. Not
+// safe for concurrent use.
 type ChunkWriter struct {
 	b         *Bus
 	runID     string
 	kind      string
-	subject   string
+	readers   []string
 	opts      DataOptions
 	consumers []jetstream.Consumer
 	seq       int64
@@ -133,7 +136,10 @@ type ChunkWriter struct {
 // NewChunkWriter prepares the chunk stream of kind for runID, read by readers.
 func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []string, o DataOptions) (*ChunkWriter, error) {
 	o = o.withDefaults()
-	w := &ChunkWriter{b: b, runID: runID, kind: kind, subject: DataSubject(runID, kind), opts: o}
+	if len(readers) == 0 {
+		return nil, fmt.Errorf("chunk stream %s of run %s: no readers", kind, runID)
+	}
+	w := &ChunkWriter{b: b, runID: runID, kind: kind, readers: readers, opts: o}
 	for _, r := range readers {
 		c, err := b.ensureDataConsumer(ctx, runID, kind, r, o)
 		if err != nil {
@@ -187,17 +193,23 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header) e
 	}
 	seq := strconv.FormatInt(w.seq, 10)
 	h.Set(HeaderSeq, seq)
-	h.Set(HeaderMsgID, w.runID+"."+w.kind+"."+seq)
-	if h.Get(HeaderFailed) != "" {
-		// A failure may be published by a writer that took over from a dead
-		// one and does not know the sequence reached: its own id, any seq.
-		h.Set(HeaderMsgID, w.runID+"."+w.kind+".failed")
+	for _, r := range w.readers {
+		mh := nats.Header{}
+		for k, v := range h {
+			mh[k] = v
+		}
+		mh.Set(HeaderMsgID, w.runID+"."+w.kind+"."+r+"."+seq)
+		if h.Get(HeaderFailed) != "" {
+			// A failure may be published by a writer that took over from a
+			// dead one and does not know the sequence reached: its own id.
+			mh.Set(HeaderMsgID, w.runID+"."+w.kind+"."+r+".failed")
+		}
+		f, err := w.b.JS.PublishMsgAsync(&nats.Msg{Subject: ReaderSubject(w.runID, w.kind, r), Data: data, Header: mh})
+		if err != nil {
+			return fmt.Errorf("publish chunk %d: %w", w.seq, err)
+		}
+		w.pending = append(w.pending, f)
 	}
-	f, err := w.b.JS.PublishMsgAsync(&nats.Msg{Subject: w.subject, Data: data, Header: h})
-	if err != nil {
-		return fmt.Errorf("publish chunk %d: %w", w.seq, err)
-	}
-	w.pending = append(w.pending, f)
 	w.seq++
 	w.sinceChk++
 	return nil
@@ -241,7 +253,7 @@ func (w *ChunkWriter) reap() error {
 // outstanding. The readers' consumer state is read every Window/4 chunks, and
 // polled with growing pauses while the window is full.
 func (w *ChunkWriter) waitWindow(ctx context.Context) error {
-	if err := w.settle(ctx, 16); err != nil {
+	if err := w.settle(ctx, 16*len(w.readers)); err != nil {
 		return err
 	}
 	if len(w.consumers) == 0 || w.sinceChk < max(1, w.opts.Window/4) {
@@ -256,7 +268,7 @@ func (w *ChunkWriter) waitWindow(ctx context.Context) error {
 		if err := w.reap(); err != nil {
 			return err
 		}
-		if outstanding+len(w.pending) < w.opts.Window {
+		if outstanding+len(w.pending)/len(w.readers) < w.opts.Window {
 			w.sinceChk = 0
 			return nil
 		}
@@ -293,8 +305,16 @@ type Chunk struct {
 	msg     jetstream.Msg
 }
 
-// Ack tells the stream this reader is done with the chunk.
-func (c Chunk) Ack() error { return c.msg.Ack() }
+// Ack tells the stream this reader is done with the chunk. The final chunk's
+// ack waits for the server, which has then processed every earlier ack too.
+func (c Chunk) Ack() error {
+	if c.Final {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return c.msg.DoubleAck(ctx)
+	}
+	return c.msg.Ack()
+}
 
 // ChunkReader reads one run's chunk stream in order through the reader's
 // durable consumer. Not safe for concurrent use.
@@ -369,29 +389,48 @@ func (r *ChunkReader) nextMsg(ctx context.Context) (jetstream.Msg, error) {
 		msg jetstream.Msg
 		err error
 	}
-	ch := make(chan result, 1)
-	go func() {
-		m, err := r.iter.Next()
-		ch <- result{m, err}
-	}()
-	select {
-	case res := <-ch:
-		if res.err != nil {
-			return nil, fmt.Errorf("read chunk %d: %w", r.next, res.err)
+	stall := time.NewTimer(r.opts.Stall)
+	defer stall.Stop()
+	for {
+		ch := make(chan result, 1)
+		go func() {
+			m, err := r.iter.Next()
+			ch <- result{m, err}
+		}()
+		select {
+		case res := <-ch:
+			if res.err != nil && transient(res.err) {
+				continue
+			}
+			if res.err != nil {
+				return nil, fmt.Errorf("read chunk %d: %w", r.next, res.err)
+			}
+			return res.msg, nil
+		case <-ctx.Done():
+			r.iter.Stop()
+			return nil, ctx.Err()
+		case <-stall.C:
+			r.iter.Stop()
+			return nil, fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
 		}
-		return res.msg, nil
-	case <-ctx.Done():
-		r.iter.Stop()
-		return nil, ctx.Err()
-	case <-time.After(r.opts.Stall):
-		r.iter.Stop()
-		return nil, fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
 	}
 }
 
-// Close stops reading and deletes the reader's consumer, releasing its
-// interest in any chunks left.
+// Close stops reading, deletes the reader's consumer and purges whatever of
+// its copy of the stream is left (a reader that gave up midway), so no chunk
+// outlives its reader.
 func (r *ChunkReader) Close(ctx context.Context) error {
 	r.iter.Stop()
-	return r.b.DeleteDataConsumer(context.WithoutCancel(ctx), r.runID, r.kind, r.reader)
+	ctx = context.WithoutCancel(ctx)
+	if err := r.b.DeleteDataConsumer(ctx, r.runID, r.kind, r.reader); err != nil {
+		return err
+	}
+	s, err := r.b.JS.Stream(ctx, DataStream)
+	if err != nil {
+		return fmt.Errorf("purge chunks of reader %s: %w", r.reader, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(ReaderSubject(r.runID, r.kind, r.reader))); err != nil {
+		return fmt.Errorf("purge chunks of reader %s: %w", r.reader, err)
+	}
+	return nil
 }

@@ -65,6 +65,8 @@ type Config struct {
 	Consumer bus.ConsumerSpec
 	// Data tunes chunk streams.
 	Data bus.DataOptions
+	// Replicas of every stream and bucket: 1 on one server, 3 on a cluster.
+	Replicas int
 	// Influx is where the metrics stage writes points; no URL: none.
 	Influx metrics.InfluxConfig
 	// ScheduleTick is how often the scheduler looks for due slots.
@@ -147,7 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("embedded nats server started", "url", url, "store", filepath.Join(cfg.DataDir, "nats"))
 	}
 
-	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{}, log)
+	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas}, log)
 	if err != nil {
 		return err
 	}

@@ -134,7 +134,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Skip, c.Done:
 		return nil, nil
 	case c.Interrupted:
-		s.abandon(ctx, runID, "filter interrupted: "+c.Owner+" stopped while sealing; the data key died with it")
+		s.abandon(ctx, p, runID, "filter interrupted: "+c.Owner+" stopped while sealing; the data key died with it")
 		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, "interrupted", nil)
 		return s.fail(ctx, p, runID, fmt.Sprintf("filter interrupted: %s stopped while sealing the stream", c.Owner), e)
 	}
@@ -144,9 +144,9 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 
 // abandon ends the sealed stream with a failure and drops the raw consumer,
 // so upload aborts and snapshot stops.
-func (s *Service) abandon(ctx context.Context, runID, reason string) {
+func (s *Service) abandon(ctx context.Context, p *plan.Plan, runID, reason string) {
 	ctx = context.WithoutCancel(ctx)
-	if w, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, nil, s.Data); err == nil {
+	if w, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.Data); err == nil {
 		_ = w.Fail(ctx, reason)
 	}
 	_ = s.Bus.DeleteDataConsumer(ctx, runID, bus.KindRaw, snapshot.Reader)
@@ -172,13 +172,13 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	log := s.Log.With("plan", p.Name(), "runid", runID, "step", StepName)
 	opts, err := Options(p)
 	if err != nil {
-		s.abandon(ctx, runID, err.Error())
+		s.abandon(ctx, p, runID, err.Error())
 		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil)
 		return s.fail(ctx, p, runID, err.Error(), cause)
 	}
 	sealer, err := format.NewSealer(runID, opts)
 	if err != nil {
-		s.abandon(ctx, runID, err.Error())
+		s.abandon(ctx, p, runID, err.Error())
 		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil)
 		return s.fail(ctx, p, runID, "seal: "+err.Error(), cause)
 	}

@@ -85,7 +85,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Interrupted:
 		// The process streaming this dump died; its chunks cannot be
 		// continued, so the readers are told and the run fails.
-		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, nil, s.Data); err == nil {
+		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.Data); err == nil {
 			_ = w.Fail(ctx, "snapshot interrupted: the snapshot service running it stopped mid-stream")
 		}
 		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil)

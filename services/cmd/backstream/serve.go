@@ -33,10 +33,11 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase for verify and restore")
 	ackWait := fs.Duration("ack-wait", 30*time.Second, "how long an unacknowledged event waits before redelivery")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	influxURL := fs.String("influx-url", "", "InfluxDB 1.8 URL the metrics stage writes points to (empty: none)")
 	influxDB := fs.String("influx-db", "backstream", "InfluxDB database the points go to")
 	influxTokenEnv := fs.String("influx-token-env", "", "environment variable holding the InfluxDB token (user:password when 1.8 has auth on)")
+	replicas := fs.Int("replicas", 1, "replicas of every stream and bucket (3 on a NATS cluster)")
+	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("serve: %v", err)
 	}
@@ -80,6 +81,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		PassphraseEnv: *passEnv,
 		Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
 		Influx:        metrics.InfluxConfig{URL: *influxURL, Database: *influxDB, Token: influxToken},
+		Replicas:      *replicas,
 		Log:           log,
 	}
 	cfg.Ready = func(url, apiAddr string) {
