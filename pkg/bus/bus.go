@@ -166,13 +166,13 @@ func (b *Bus) setup(ctx context.Context) error {
 			// Work-queue retention keeps a chunk until its one reader acked
 			// it, also when the reader's consumer is not yet known to the
 			// stream leader (interest retention would drop it then).
-			Retention:   jetstream.WorkQueuePolicy,
-			MaxAge:      c.DataMaxAge,
-			MaxBytes:    c.DataMaxBytes,
-			Discard:     jetstream.DiscardNew,
-			Duplicates:  2 * time.Minute,
-			Storage:     jetstream.FileStorage,
-			Replicas:    c.Replicas,
+			Retention:  jetstream.WorkQueuePolicy,
+			MaxAge:     c.DataMaxAge,
+			MaxBytes:   c.DataMaxBytes,
+			Discard:    jetstream.DiscardNew,
+			Duplicates: 2 * time.Minute,
+			Storage:    jetstream.FileStorage,
+			Replicas:   c.Replicas,
 		},
 	}
 	for _, sc := range streams {

@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/backstream/backstream/pkg/source"
 )

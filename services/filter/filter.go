@@ -28,8 +28,8 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/snapshot"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // StepName is the filter's entry in the run record.
