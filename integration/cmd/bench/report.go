@@ -123,9 +123,9 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 	var slowest *stageResult
 	if len(st) > 0 {
 		section(fmt.Sprintf("stages alone, same data (%s), in this process", humanSize(st[0].in)), func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "  stage\tinput\tMB/s of input\tbound MB/s (plaintext)\tnote")
+			fmt.Fprintln(tw, "  stage\tinput\tMB/s of input\tbound MB/s (plaintext)\tcores busy\tnote")
 			for i, s := range st {
-				fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\t%s\n", s.name, humanSize(s.in), s.mbps(), s.bound(), s.note)
+				fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\t%.2f\t%s\n", s.name, humanSize(s.in), s.mbps(), s.bound(), s.cores(), s.note)
 				if !s.insight && (slowest == nil || s.bound() < slowest.bound()) {
 					slowest = &st[i]
 				}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -34,6 +35,7 @@ type stageResult struct {
 	// per byte.
 	in, plain int64
 	d         time.Duration
+	cpu       time.Duration // CPU time of this process during the stage
 	note      string
 	// insight marks a figure that is not a pipeline stage (the sealer on
 	// all cores); it is never the slowest stage.
@@ -45,6 +47,18 @@ type stageResult struct {
 }
 
 func (s stageResult) mbps() float64 { return mbps(s.in, s.d) }
+
+// cores is how many cores the stage kept busy on average.
+func (s stageResult) cores() float64 { return s.cpu.Seconds() / s.d.Seconds() }
+
+// selfCPU is this process's user+system CPU time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // bound is the plaintext rate the pipeline could reach were this stage its
 // only limit.
@@ -64,14 +78,14 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 
 	// generator: datagen into 256 KiB reads, as `bench gen` does.
 	plain := make([]byte, size)
-	start := time.Now()
+	cpu0, start := selfCPU(), time.Now()
 	g := datagen.New(r.c.seed, size)
 	for off := 0; off < len(plain); off += chunkSize {
 		if _, err := io.ReadFull(g, plain[off:min(off+chunkSize, len(plain))]); err != nil {
 			return nil, fmt.Errorf("generator: %w", err)
 		}
 	}
-	out = append(out, stageResult{name: "generator (datagen)", in: size, plain: size, d: time.Since(start), note: "1 core"})
+	out = append(out, stageResult{name: "generator (datagen)", in: size, plain: size, d: time.Since(start), cpu: selfCPU() - cpu0, note: "1 core"})
 	var chunks [][]byte
 	for off := 0; off < len(plain); off += chunkSize {
 		chunks = append(chunks, plain[off:min(off+chunkSize, len(plain))])
@@ -84,7 +98,7 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 	}
 	compressed := make([][]byte, len(chunks))
 	arena := make([]byte, 0, len(chunks)*zs.MaxFrameLen())
-	start = time.Now()
+	cpu0, start = selfCPU(), time.Now()
 	for i, c := range chunks {
 		off := len(arena)
 		arena, err = zs.Seal(arena, uint64(i), i == len(chunks)-1, c)
@@ -93,13 +107,13 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 		}
 		compressed[i] = arena[off+16:] // the body, past the frame header
 	}
-	d := time.Since(start)
+	d, cpu := time.Since(start), selfCPU()-cpu0
 	var zbytes int64
 	for _, c := range compressed {
 		zbytes += int64(len(c))
 	}
 	ratio := float64(size) / float64(zbytes)
-	out = append(out, stageResult{name: "compression (zstd fastest)", in: size, plain: size, d: d, note: fmt.Sprintf("1 core, ratio %.2f", ratio)})
+	out = append(out, stageResult{name: "compression (zstd fastest)", in: size, plain: size, d: d, cpu: cpu, note: fmt.Sprintf("1 core, ratio %.2f", ratio)})
 
 	// encryption: AES-256-GCM of the compressed chunks, no compression.
 	es, err := format.NewSealer("bench-aes", format.Options{Compression: format.CompressionNone, Encryption: format.EncryptionAESGCM, Recipients: []string{r.recipient}})
@@ -107,22 +121,22 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 		return nil, err
 	}
 	buf := make([]byte, 0, es.MaxFrameLen())
-	start = time.Now()
+	cpu0, start = selfCPU(), time.Now()
 	for i, c := range compressed {
 		if buf, err = es.Seal(buf[:0], uint64(i), i == len(compressed)-1, c); err != nil {
 			return nil, fmt.Errorf("encrypt: %w", err)
 		}
 	}
-	out = append(out, stageResult{name: "encryption (aes-256-gcm)", in: zbytes, plain: size, d: time.Since(start), note: "1 core, of the compressed chunks"})
+	out = append(out, stageResult{name: "encryption (aes-256-gcm)", in: zbytes, plain: size, d: time.Since(start), cpu: selfCPU() - cpu0, note: "1 core, of the compressed chunks"})
 
 	// hashing: SHA-256 of the plaintext, as snapshot does.
-	start = time.Now()
+	cpu0, start = selfCPU(), time.Now()
 	h := sha256.New()
 	for _, c := range chunks {
 		h.Write(c)
 	}
 	_ = h.Sum(nil)
-	out = append(out, stageResult{name: "hashing (sha-256)", in: size, plain: size, d: time.Since(start), note: "1 core, of the plaintext"})
+	out = append(out, stageResult{name: "hashing (sha-256)", in: size, plain: size, d: time.Since(start), cpu: selfCPU() - cpu0, note: "1 core, of the plaintext"})
 
 	// the sealer as the filter runs it: compress+encrypt on every core.
 	full, err := format.NewSealer("bench-full", format.Options{Compression: format.CompressionZstd, ZstdLevel: format.ZstdFastest, Encryption: format.EncryptionAESGCM, Recipients: []string{r.recipient}})
@@ -132,7 +146,7 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 	frames := make([][]byte, len(chunks))
 	workers := runtime.GOMAXPROCS(0)
 	next := make(chan int)
-	start = time.Now()
+	cpu0, start = selfCPU(), time.Now()
 	var eg errgroup.Group
 	for range workers {
 		eg.Go(func() error {
@@ -153,7 +167,7 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 	if err := eg.Wait(); err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
-	d = time.Since(start)
+	d, cpu = time.Since(start), selfCPU()-cpu0
 	object := bytes.NewBuffer(make([]byte, 0, int(zbytes)+len(chunks)*64+4096))
 	object.Write(full.Header())
 	for _, f := range frames {
@@ -161,7 +175,7 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 	}
 	frames = nil
 	stored := int64(object.Len())
-	out = append(out, stageResult{name: "sealer, all cores", in: size, plain: size, d: d, insight: true, note: fmt.Sprintf("%d workers, zstd fastest + aes-256-gcm as the filter runs it", workers)})
+	out = append(out, stageResult{name: "sealer, all cores", in: size, plain: size, d: d, cpu: cpu, insight: true, note: fmt.Sprintf("%d workers, zstd fastest + aes-256-gcm as the filter runs it", workers)})
 
 	// MinIO upload of the sealed object from memory, as upload's Put does.
 	for _, kv := range [][2]string{{accessEnv, r.minio.access}, {secretEnv, r.minio.secret}} {
@@ -174,15 +188,24 @@ func (r *rig) stages(ctx context.Context, size int64) ([]stageResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	start = time.Now()
+	m0, err := readCPU(r.minio.pid())
+	if err != nil {
+		return nil, err
+	}
+	cpu0, start = selfCPU(), time.Now()
 	if _, err := st.Put(ctx, "stage/upload", bytes.NewReader(object.Bytes()), storage.PutOptions{ContentType: "application/vnd.backstream.object"}); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("upload: %w", err)
 	}
-	d = time.Since(start)
+	d, cpu = time.Since(start), selfCPU()-cpu0
+	m1, err := readCPU(r.minio.pid())
+	if err != nil {
+		return nil, err
+	}
+	cpu += m1.self - m0.self // the server's share: it stands for MinIO's cost in the pipeline
 	_ = st.Delete(ctx, "stage/upload")
 	st.Close()
-	out = append(out, stageResult{name: "minio upload (s3 Put)", in: stored, plain: size, d: d, note: fmt.Sprintf("default part size and concurrency, %s sealed", humanSize(stored))})
+	out = append(out, stageResult{name: "minio upload (s3 Put)", in: stored, plain: size, d: d, cpu: cpu, note: fmt.Sprintf("default part size and concurrency, %s sealed; cores include the MinIO server", humanSize(stored))})
 	object = nil
 
 	// JetStream: raw chunks through ChunkWriter/ChunkReader on an embedded
@@ -236,7 +259,7 @@ func (r *rig) jetstream(ctx context.Context, chunks [][]byte) (stageResult, erro
 	var got int64
 	var wg sync.WaitGroup
 	var readErr error
-	start := time.Now()
+	cpu0, start := selfCPU(), time.Now()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -266,7 +289,7 @@ func (r *rig) jetstream(ctx context.Context, chunks [][]byte) (stageResult, erro
 		werr = w.Close(ctx, chunks[len(chunks)-1], map[string]string{"Bytes": fmt.Sprint(total)})
 	}
 	wg.Wait()
-	d := time.Since(start)
+	d, cpu := time.Since(start), selfCPU()-cpu0
 	_ = rd.Close(ctx)
 	if werr != nil {
 		return res, fmt.Errorf("jetstream write: %w", werr)
@@ -277,5 +300,5 @@ func (r *rig) jetstream(ctx context.Context, chunks [][]byte) (stageResult, erro
 	if got != total {
 		return res, fmt.Errorf("jetstream: read %d bytes, wrote %d", got, total)
 	}
-	return stageResult{name: "jetstream (chunk write+read)", in: total, plain: total, d: d}, nil
+	return stageResult{name: "jetstream (chunk write+read)", in: total, plain: total, d: d, cpu: cpu}, nil
 }
