@@ -3,9 +3,14 @@ package sources
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/backstream/backstream/integration/harness"
 	"github.com/backstream/backstream/pkg/source/sourcetest"
 	"github.com/backstream/backstream/pkg/testenv"
 )
@@ -68,15 +73,6 @@ func TestMariaDB(t *testing.T) {
 		const wrongPassword = "wrong-password-Zq7"
 		t.Setenv("BS_SOURCES_MARIADB_PW", wrongPassword)
 
-		// A mariadb-dump that streams 16 MiB of the real dump and then
-		// dies, as a dump whose server went away does.
-		cut := t.TempDir()
-		link(t, cut, "mariadb")
-		script(t, cut, "mariadb-dump", fmt.Sprintf(`%s "$@" | head -c %d
-echo "mariadb-dump: Error 2013: Lost connection to server during query (simulated by the test)" >&2
-exit 3
-`, lookPath(t, "mariadb-dump"), 16<<20))
-
 		tests := []struct {
 			name       string
 			block      string
@@ -101,13 +97,6 @@ exit 3
 				block:      mariadbBlock(src.Name, "      user: root\n      binDir: "+emptyBinDir(t)+"\n"),
 				wantReason: "find mariadb in ",
 			},
-			{
-				name:       "dump dies mid-stream",
-				block:      mariadbBlock(src.Name, "      user: root\n      binDir: "+cut+"\n"),
-				wantReason: "exit status 3",
-				wantTail:   "Lost connection to server during query",
-				wantBytes:  16 << 20,
-			},
 		}
 		for i, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -119,6 +108,45 @@ exit 3
 			})
 		}
 	})
+
+	t.Run("dump dies mid-stream after the multipart upload began", func(t *testing.T) {
+		// A mariadb-dump that streams 16 MiB of the real dump (about 8 MiB
+		// sealed, more than one 5 MiB part), then waits on a FIFO until the
+		// test has seen the multipart upload in MinIO, then dies as a dump
+		// whose server went away does.
+		cut := t.TempDir()
+		gate := filepath.Join(cut, "gate")
+		if err := syscall.Mkfifo(gate, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		link(t, cut, "mariadb")
+		script(t, cut, "mariadb-dump", fmt.Sprintf(`%s "$@" | head -c %d
+read -r _ < %s
+echo "mariadb-dump: Error 2013: Lost connection to server during query (simulated by the test)" >&2
+exit 3
+`, lookPath(t, "mariadb-dump"), 16<<20, gate))
+
+		r.apply(t, "maria-cut", mariadbBlock(src.Name, "      user: root\n      binDir: "+cut+"\n"))
+		id := r.trigger(t, "maria-cut")
+		upload := r.waitIncompleteUpload(t, "maria-cut", id)
+		t.Logf("multipart upload %s of %s in progress; letting the dump die", upload.UploadID, upload.Key)
+		release(t, gate)
+		f := r.mustFail(t, harness.WaitRun(t, r.env.Runs, id, 3*time.Minute))
+		checkFailure(t, f, "exit status 3", "Lost connection to server during query", 16<<20)
+	})
+}
+
+// release opens the FIFO a wrapper script waits on and writes one line.
+func release(t *testing.T, fifo string) {
+	t.Helper()
+	f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("go\n"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // checkFailure checks the failure events of a run against what the plugin

@@ -20,6 +20,7 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/testenv"
@@ -226,7 +227,7 @@ func (r *rig) mustFail(t *testing.T, run *runs.Run) failure {
 	if started {
 		r.waitUploadDone(t, run.ID)
 	}
-	r.mustHaveNoBackup(t, run.Plan)
+	r.mustHaveNoBackup(t, run.Plan, run.ID)
 	return f
 }
 
@@ -273,8 +274,10 @@ func (r *rig) waitUploadDone(t *testing.T, runID string) {
 }
 
 // mustHaveNoBackup lists the bucket: nothing of planName may be there,
-// neither an object nor a manifest nor an incomplete multipart upload.
-func (r *rig) mustHaveNoBackup(t *testing.T, planName string) {
+// neither an object nor a manifest, and no incomplete multipart upload of
+// the run's object. (MinIO lists multipart uploads only for an exact
+// object name, not for a prefix, so the key is asked for by name.)
+func (r *rig) mustHaveNoBackup(t *testing.T, planName, runID string) {
 	t.Helper()
 	ctx := context.Background()
 	c := r.minio.Client(t)
@@ -284,12 +287,31 @@ func (r *rig) mustHaveNoBackup(t *testing.T, planName string) {
 		}
 		t.Errorf("failed backup left object %s (%d bytes)", o.Key, o.Size)
 	}
-	for u := range c.ListIncompleteUploads(ctx, r.bucket, planName+"/", true) {
+	for u := range c.ListIncompleteUploads(ctx, r.bucket, format.ObjectKey(planName, runID), false) {
 		if u.Err != nil {
 			t.Fatalf("list incomplete uploads: %v", u.Err)
 		}
 		t.Errorf("failed backup left an incomplete multipart upload of %s (%s)", u.Key, u.UploadID)
 	}
+}
+
+// waitIncompleteUpload polls MinIO until a multipart upload of the run's
+// object is in progress and returns it.
+func (r *rig) waitIncompleteUpload(t *testing.T, planName, runID string) minio.ObjectMultipartInfo {
+	t.Helper()
+	c := r.minio.Client(t)
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		for u := range c.ListIncompleteUploads(context.Background(), r.bucket, format.ObjectKey(planName, runID), false) {
+			if u.Err != nil {
+				t.Fatalf("list incomplete uploads: %v", u.Err)
+			}
+			return u
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no multipart upload of %s began", format.ObjectKey(planName, runID))
+	return minio.ObjectMultipartInfo{}
 }
 
 // mustHaveBackup checks that the run's object and manifest are in the bucket.
