@@ -8,6 +8,7 @@ package sources
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -324,14 +325,25 @@ func (r *rig) mustHaveBackup(t *testing.T, run *runs.Run) {
 		}
 		keys = append(keys, o.Key)
 	}
-	for _, want := range []string{run.Plan + "/" + run.ID + ".", run.Plan + "/" + run.ID + ".manifest.json"} {
-		found := false
-		for _, k := range keys {
-			found = found || strings.HasPrefix(k, want)
+	for _, want := range []string{format.ObjectKey(run.Plan, run.ID), format.ManifestKey(run.Plan, run.ID)} {
+		if !contains(keys, want) {
+			t.Errorf("bucket holds %v, want %s", keys, want)
 		}
-		if !found {
-			t.Errorf("bucket holds %v, want a key starting %s", keys, want)
-		}
+	}
+	obj, err := r.minio.Client(t).GetObject(context.Background(), r.bucket, format.ManifestKey(run.Plan, run.ID), minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obj.Close()
+	var m format.Manifest
+	if err := json.NewDecoder(obj).Decode(&m); err != nil {
+		t.Fatalf("read manifest: %v", err)
+	}
+	// zstd, then AES-256-GCM with the data key wrapped for the age
+	// recipient, and verified by opening every frame with the identity.
+	got := fmt.Sprintf("chain=%v wrap=%s verify=%s/%s", m.Chain, m.KeyWrap.Scheme, m.Verify.Status, m.Verify.Mode)
+	if want := fmt.Sprintf("chain=[zstd aes-256-gcm] wrap=%s verify=verified/full", format.SchemeAgeX25519); got != want {
+		t.Errorf("manifest: %s, want %s", got, want)
 	}
 }
 
