@@ -131,6 +131,8 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, err
 	}
 	switch {
+	case c.Failed:
+		return s.fail(ctx, p, runID, c.Error, e)
 	case c.Skip, c.Done:
 		return nil, nil
 	case c.Interrupted:

@@ -59,6 +59,8 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, err
 	}
 	switch {
+	case c.Failed:
+		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, c.Error, e)
 	case c.Skip:
 		return nil, nil
 	case c.Done:

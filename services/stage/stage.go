@@ -258,7 +258,8 @@ func (d *Deps) Settle(ctx context.Context, p *plan.Plan, runID string) ([]events
 //   - done=true when the step already finished: re-emit its results;
 //   - interrupted=true when another delivery started it and never finished:
 //     the process that ran it died mid-step;
-//   - skip=true when the run already failed or succeeded.
+//   - skip=true when the run already failed or succeeded, or the step failed
+//     (then failed=true too, and the caller fails the run if it is not yet).
 func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Duration) (r *runs.Run, c Claimed, err error) {
 	r, err = d.Runs.Update(ctx, runID, func(r *runs.Run) error {
 		c = Claimed{}
@@ -272,7 +273,9 @@ func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Dura
 			c.Done = true
 			return runs.ErrNoChange
 		case runs.Failed:
-			c.Skip = true
+			// Recorded failed; if the run is not failed yet, the process
+			// died between the two writes and the run must still fail.
+			c.Skip, c.Failed, c.Error = true, true, st.Error
 			return runs.ErrNoChange
 		case runs.Running:
 			c.Interrupted = true
@@ -297,6 +300,10 @@ func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Dura
 type Claimed struct {
 	Start, Done, Interrupted, Skip bool
 	Owner                          string
+	// Failed is set (with Skip) when the step is recorded failed while the
+	// run is not: a data stage fails the run with Error.
+	Failed bool
+	Error  string
 }
 
 // FinishStep records a step's end.

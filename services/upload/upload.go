@@ -76,6 +76,8 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 		return nil, err
 	}
 	switch {
+	case c.Failed:
+		return s.FailRun(ctx, p.Name(), runID, "upload", name, "upload to "+dest+": "+c.Error, cause)
 	case c.Skip:
 		return nil, nil
 	case c.Done:
