@@ -49,9 +49,16 @@ type e2eResult struct {
 	upload  time.Duration // trigger → upload.completed
 	total   time.Duration // trigger → backup.succeeded
 	peakRSS int64
-	// CPU time spent during the run by serve itself, by its source
-	// command (the generator) and by MinIO.
-	serveCPU, genCPU, minioCPU time.Duration
+	// CPU time spent from the trigger to upload.completed by serve itself,
+	// by its source command (the generator) and by MinIO; and by serve
+	// from upload.completed to backup.succeeded (verify).
+	serveCPU, genCPU, minioCPU, verifyCPU time.Duration
+}
+
+// cpuPerGB is the CPU time of every process of the pipeline per 10^9
+// plaintext bytes, trigger to upload.completed.
+func (r e2eResult) cpuPerGB() float64 {
+	return (r.serveCPU + r.genCPU + r.minioCPU).Seconds() / (float64(r.size) / 1e9)
 }
 
 func (r e2eResult) uploadMBps() float64 { return mbps(r.size, r.upload) }
@@ -124,8 +131,9 @@ spec:
         insecure: true
         accessKey: {env: %s}
         secretKey: {env: %s}
+  chunkSize: %d
   verify: {enabled: true}
-`, name, r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv)
+`, name, r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.chunkSize)
 }
 
 // backstream runs the backstream CLI to completion, its output kept in the
@@ -188,6 +196,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	var mu sync.Mutex
 	seen := map[string]time.Time{}
 	var succeeded events.BackupSucceededData
+	var serveAtUpload, minioAtUpload cpuTimes
 	done := make(chan struct{})
 	sub, err := nc.Subscribe(events.SubjectRoot+".*.*."+name, func(m *nats.Msg) {
 		at := time.Now()
@@ -201,6 +210,10 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 			return
 		}
 		seen[e.Type()] = at
+		if e.Type() == events.UploadCompleted {
+			serveAtUpload, _ = readCPU(sp.pid())
+			minioAtUpload, _ = readCPU(r.minio.pid())
+		}
 		if e.Type() == events.BackupSucceeded {
 			_ = e.DataAs(&succeeded)
 			close(done)
@@ -215,6 +228,10 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	}
 
 	minioBefore, err := readCPU(r.minio.pid())
+	if err != nil {
+		return res, err
+	}
+	serveBefore, err := readCPU(sp.pid())
 	if err != nil {
 		return res, err
 	}
@@ -251,15 +268,16 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	if res.peakRSS, err = peakRSS(sp.pid()); err != nil {
 		return res, err
 	}
-	serveCPU, err := readCPU(sp.pid())
+	serveEnd, err := readCPU(sp.pid())
 	if err != nil {
 		return res, err
 	}
-	minioAfter, err := readCPU(r.minio.pid())
-	if err != nil {
-		return res, err
-	}
-	res.serveCPU, res.genCPU, res.minioCPU = serveCPU.self, serveCPU.children, minioAfter.self-minioBefore.self
+	mu.Lock()
+	res.serveCPU = serveAtUpload.self - serveBefore.self
+	res.genCPU = serveAtUpload.children - serveBefore.children
+	res.minioCPU = minioAtUpload.self - minioBefore.self
+	res.verifyCPU = serveEnd.self - serveAtUpload.self
+	mu.Unlock()
 	if r.c.profile != "" {
 		if err := sp.fetchProfile(ctx, "heap", filepath.Join(r.c.profile, name+".heap.prof")); err != nil {
 			return res, err
@@ -268,8 +286,8 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 			return res, err
 		}
 	}
-	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB, cpu serve %s gen %s minio %s\n",
+	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB, cpu to upload.completed: serve %s gen %s minio %s; verify %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
-		humanSize(res.stored), float64(res.peakRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU)
+		humanSize(res.stored), float64(res.peakRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU, res.verifyCPU)
 	return res, nil
 }

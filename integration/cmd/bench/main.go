@@ -49,6 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var c config
 	size := fs.String("size", "1GiB", "plaintext size of the end-to-end backup")
 	rss := fs.String("rss-sizes", "1GiB,4GiB", "comma-separated sizes to sample the serve process's peak RSS at, each on a fresh serve (empty: none)")
+	chunk := fs.String("chunk-size", "256KiB", "the plan's spec.chunkSize for the end-to-end runs (the stages alone always use 256KiB)")
 	stageSize := fs.String("stage-size", "256MiB", "size of the in-memory data set each stage is measured on alone")
 	fs.Int64Var(&c.seed, "seed", 1, "seed of the generated data set")
 	fs.IntVar(&c.repeat, "repeat", 1, "end-to-end runs at --size (best is reported, with the spread)")
@@ -66,6 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var err error
 	if c.size, err = parseSize(*size); err != nil {
 		return fmt.Errorf("%w: --size: %v", errUsage, err)
+	}
+	if c.chunkSize, err = parseSize(*chunk); err != nil {
+		return fmt.Errorf("%w: --chunk-size: %v", errUsage, err)
 	}
 	if c.stageSize, err = parseSize(*stageSize); err != nil {
 		return fmt.Errorf("%w: --stage-size: %v", errUsage, err)
@@ -99,6 +103,7 @@ type config struct {
 	repeat         int
 	rssSizes       []int64
 	stageSize      int64
+	chunkSize      int64
 	bin            string
 	profile        string
 	profileSeconds int

@@ -96,10 +96,11 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 				humanSize(res.stored), float64(res.size)/float64(max(1, res.stored)), float64(res.peakRSS)/(1<<20))
 		}
 		fmt.Fprintln(tw, "  \t\t\t\t\t\t\t")
-		fmt.Fprintln(tw, "  run\tcpu serve\tcpu generator\tcpu minio\tcores busy (of the run)\t\t\t")
+		fmt.Fprintln(tw, "  run\tcpu serve\tcpu generator\tcpu minio\tcores busy\tcore-s per GB\tcpu verify\t")
 		for i, res := range e2e {
 			all := res.serveCPU + res.genCPU + res.minioCPU
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f\t\t\t\n", i+1, res.serveCPU, res.genCPU, res.minioCPU, all.Seconds()/res.total.Seconds())
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f\t%.1f\t%s\t\n", i+1, res.serveCPU, res.genCPU, res.minioCPU,
+				all.Seconds()/res.upload.Seconds(), res.cpuPerGB(), res.verifyCPU)
 		}
 		if len(e2e) > 1 {
 			lo := slices.MinFunc(e2e, func(a, b e2eResult) int { return cmpFloat(a.uploadMBps(), b.uploadMBps()) })
@@ -123,14 +124,25 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 	var slowest *stageResult
 	if len(st) > 0 {
 		section(fmt.Sprintf("stages alone, same data (%s), in this process", humanSize(st[0].in)), func(tw *tabwriter.Writer) {
-			fmt.Fprintln(tw, "  stage\tinput\tMB/s of input\tbound MB/s (plaintext)\tcores busy\tnote")
+			fmt.Fprintln(tw, "  stage\tinput\tMB/s of input\tbound MB/s (plaintext)\tcores busy\tcore-s per GB\tnote")
 			for i, s := range st {
-				fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\t%.2f\t%s\n", s.name, humanSize(s.in), s.mbps(), s.bound(), s.cores(), s.note)
+				fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%.0f\t%.2f\t%.1f\t%s\n", s.name, humanSize(s.in), s.mbps(), s.bound(), s.cores(), s.cpuPerGB(), s.note)
 				if !s.insight && (slowest == nil || s.bound() < slowest.bound()) {
 					slowest = &st[i]
 				}
 			}
 		})
+	}
+	if len(st) > 0 {
+		var stageCPU float64
+		for _, s := range st {
+			if !s.insight {
+				stageCPU += s.cpuPerGB()
+			}
+		}
+		fmt.Fprintf(w, "cpu budget: the pipeline spent %.1f core-s per GB to upload.completed (best run); the stages alone need %.1f core-s per GB together;\n"+
+			"  on %d cores that caps e2e near %.0f MB/s, whatever the slowest stage alone does\n",
+			best.cpuPerGB(), stageCPU, runtime.NumCPU(), float64(runtime.NumCPU())/best.cpuPerGB()*1000)
 	}
 	sum := summary{E2EMBps: round1(best.uploadMBps())}
 	if slowest != nil {

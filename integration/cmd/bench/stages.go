@@ -48,6 +48,16 @@ type stageResult struct {
 
 func (s stageResult) mbps() float64 { return mbps(s.in, s.d) }
 
+// cpuPerGB is the stage's CPU time per 10^9 plaintext bytes of the
+// pipeline (JetStream carries the sealed bytes as well).
+func (s stageResult) cpuPerGB() float64 {
+	share := s.plainShare
+	if share == 0 {
+		share = 1
+	}
+	return s.cpu.Seconds() / (float64(s.plain) / 1e9) / share
+}
+
 // cores is how many cores the stage kept busy on average.
 func (s stageResult) cores() float64 { return s.cpu.Seconds() / s.d.Seconds() }
 
