@@ -8,43 +8,34 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/pkg/secret"
-	"github.com/backstream/backstream/pkg/source/command"
-	"github.com/backstream/backstream/pkg/source/mariadb"
-	"github.com/backstream/backstream/pkg/storage/filesystem"
+	sourceall "github.com/backstream/backstream/pkg/source/all"
+	"github.com/backstream/backstream/pkg/storage/registry"
 )
 
-// realChecker checks plugin blocks with the real plugins' config structs.
+// realChecker checks plugin blocks with the real source and storage
+// registries (the plugins package would be an import cycle here).
 type realChecker struct{}
 
 var _ Checker = realChecker{}
 
+var (
+	testSources  = sourceall.Registry()
+	testStorages = registry.Default()
+)
+
 func (realChecker) CheckSource(p Plugin) error {
-	switch p.Type {
-	case command.Name:
-		var c command.Config
-		if err := p.Decode(&c); err != nil {
-			return err
-		}
-		return c.Validate()
-	case mariadb.Name:
-		var c mariadb.Config
-		if err := p.Decode(&c); err != nil {
-			return err
-		}
-		return c.Validate()
+	sp, err := testSources.Lookup(p.Type)
+	if err != nil {
+		return ErrUnknownType
 	}
-	return ErrUnknownType
+	return sp.Check(p.Decode)
 }
 
 func (realChecker) CheckDestination(p Plugin) error {
-	if p.Type != "filesystem" {
+	if _, err := testStorages.Lookup(p.Type); err != nil {
 		return ErrUnknownType
 	}
-	var c filesystem.Config
-	if err := p.Decode(&c); err != nil {
-		return err
-	}
-	return c.Validate()
+	return testStorages.Check(p.Type, p.Decode)
 }
 
 const base = `apiVersion: backstream.io/v1alpha1

@@ -180,8 +180,12 @@ func PluginOf[C any, PC interface {
 	return Plugin{
 		Name: name,
 		Check: func(decode func(any) error) error {
+			// Bare problems: the plan's validation names where they are.
 			var c C
-			return Decode(decode, PC(&c))
+			if err := decode(PC(&c)); err != nil {
+				return err
+			}
+			return PC(&c).Validate()
 		},
 		New: func(decode func(any) error) (Source, error) {
 			var c C

@@ -100,15 +100,14 @@ func (r *Registry) Open(ctx context.Context, name string, decode Decode) (storag
 
 // configOf builds Check and New for a backend whose Config has Validate.
 func configOf[C interface{ Validate() error }](name string, open func(context.Context, C) (storage.Storage, error)) Backend {
+	// Check reports the problems bare (a plan names where they are); New
+	// names the backend, since its error travels further.
 	decode := func(d Decode) (C, error) {
 		var c C
 		if err := d(&c); err != nil {
-			return c, fmt.Errorf("%s config: %w", name, err)
+			return c, err
 		}
-		if err := c.Validate(); err != nil {
-			return c, fmt.Errorf("%s config: %w", name, err)
-		}
-		return c, nil
+		return c, c.Validate()
 	}
 	return Backend{
 		Name: name,
@@ -119,7 +118,7 @@ func configOf[C interface{ Validate() error }](name string, open func(context.Co
 		New: func(ctx context.Context, d Decode) (storage.Storage, error) {
 			c, err := decode(d)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%s config: %w", name, err)
 			}
 			return open(ctx, c)
 		},

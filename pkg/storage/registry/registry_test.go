@@ -36,7 +36,7 @@ func TestCheck(t *testing.T) {
 		want    string // substring of the error, "" for none
 	}{
 		{"filesystem ok", "filesystem", "path: /var/backups\n", ""},
-		{"filesystem missing path", "filesystem", "{}\n", "filesystem config: path: required"},
+		{"filesystem missing path", "filesystem", "{}\n", "path: required"},
 		{"filesystem unknown field", "filesystem", "path: /x\npaht: /y\n", "field paht not found"},
 		{"s3 ok", "s3", "endpoint: minio:9000\nbucket: b\naccessKey: {env: A}\nsecretKey: {file: /run/s}\npartSize: 8388608\n", ""},
 		{"s3 every problem", "s3", "partSize: 1024\n", "bucket: required"},
