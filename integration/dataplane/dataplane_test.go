@@ -296,22 +296,35 @@ func minioPlan(t *testing.T, srv *testenv.MinIOServer, bucket, name, source, ext
 }
 
 // bucketIsEmpty checks that nothing — no object, no manifest, no incomplete
-// multipart upload — was left for a plan.
+// multipart upload — is left for a plan. The run fails as soon as its first
+// stage does, while upload may still be aborting, so leftovers get a bounded
+// while to go away.
 func bucketIsEmpty(t *testing.T, srv *testenv.MinIOServer, bucket, prefix, key string) {
 	t.Helper()
 	c := srv.Client(t)
 	ctx := context.Background()
-	for o := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if o.Err != nil {
-			t.Fatal(o.Err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var left []string
+		for o := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+			if o.Err != nil {
+				t.Fatal(o.Err)
+			}
+			left = append(left, fmt.Sprintf("object %s (%d bytes)", o.Key, o.Size))
 		}
-		t.Errorf("object left in the bucket: %s (%d bytes)", o.Key, o.Size)
-	}
-	for u := range c.ListIncompleteUploads(ctx, bucket, key, true) {
-		if u.Err != nil {
-			t.Fatal(u.Err)
+		for u := range c.ListIncompleteUploads(ctx, bucket, key, true) {
+			if u.Err != nil {
+				t.Fatal(u.Err)
+			}
+			left = append(left, fmt.Sprintf("incomplete multipart upload %s %s", u.Key, u.UploadID))
 		}
-		t.Errorf("incomplete multipart upload left: %s %s", u.Key, u.UploadID)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left in the bucket after the run failed: %v", left)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
