@@ -515,3 +515,46 @@ func requestRestore(env *harness.Env, planName string, req events.RestoreRequest
 	}
 	return id, env.Bus.Publish(context.Background(), e)
 }
+
+func TestRunFailingAfterItsUploadLeavesNoGoodBackup(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	storeDir := t.TempDir()
+	src, _ := writeSource(t, 9*chunk)
+	extra := `  hooks:
+    - name: post
+      type: exec
+      ops:
+        - name: boom
+          command: ["sh", "-c", "sleep 0.5; echo post-backup check failed >&2; exit 1"]
+  workflows:
+    - name: backup
+      sequence: [snapshot, {hook: post/boom}]
+`
+	env.Apply(plan("latefail", catSource(src), "zstd", "", fsDest(storeDir), extra))
+	id := env.Trigger("latefail")
+	r := env.Wait(id, time.Minute)
+	if r.Phase != runs.Failed || !strings.Contains(r.Error, "post-backup check failed") {
+		t.Fatalf("run: phase %s error %q, want Failed by the post hook", r.Phase, r.Error)
+	}
+	st, _ := filesystem.New(context.Background(), filesystem.Config{Path: storeDir})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		good, _, err := backup.List(context.Background(), st, "latefail")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var passing []string
+		for _, m := range good {
+			if m.Verify.Status != format.VerifyFailed {
+				passing = append(passing, m.BackupID+":"+m.Verify.Status)
+			}
+		}
+		if len(passing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a failed run left backups that are not marked failed: %v", passing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

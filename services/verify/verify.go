@@ -7,6 +7,7 @@ package verify
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,7 +35,60 @@ func (s *Service) Name() string { return "verify" }
 // Consumers implements stage.Service. Verify also settles runs whose last
 // workflow step finishes after their uploads (step.completed).
 func (s *Service) Consumers() []bus.ConsumerSpec {
-	return []bus.ConsumerSpec{s.Spec("verify", s.handle, events.UploadCompleted)}
+	return []bus.ConsumerSpec{
+		s.Spec("verify", s.handle, events.UploadCompleted),
+		s.Spec("verify-failed", s.handleFailed, events.BackupFailed),
+	}
+}
+
+// handleFailed marks the manifests a failed run left as failed, so nothing
+// it stored passes for a good backup (retention removes them later). An
+// upload that finishes after this runs is caught by handle, which does the
+// same for a failed run's upload.completed.
+func (s *Service) handleFailed(ctx context.Context, e events.Event) ([]events.Event, error) {
+	p, err := s.Plan(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.Runs.Get(ctx, events.RunID(e))
+	if err != nil {
+		return nil, err
+	}
+	for name, d := range r.Destinations {
+		if d.ManifestKey != "" {
+			if err := s.markFailed(ctx, p, name, d.ManifestKey, r); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return nil, nil
+}
+
+// markFailed records in a manifest that its run failed.
+func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKey string, r *runs.Run) error {
+	st, err := s.Plugins.Storage(ctx, p, dest)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	m, err := backup.LoadManifest(ctx, st, manifestKey)
+	if errors.Is(err, backup.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if m.Verify.Status == format.VerifyFailed {
+		return nil
+	}
+	mode := m.Verify.Mode
+	if mode == "" {
+		mode = format.VerifyModeCiphertext
+	}
+	m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: s.Now().UTC(),
+		Error: fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error)}
+	s.Log.Info("manifest of a failed run marked failed", "plan", p.Name(), "runid", r.ID, "destination", dest)
+	return backup.SaveManifest(ctx, st, m)
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
@@ -48,7 +102,11 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, err
 	}
 	if r.Phase == runs.Failed {
-		return nil, nil
+		var d events.UploadCompletedData
+		if err := e.DataAs(&d); err != nil {
+			return nil, bus.Permanent(err)
+		}
+		return nil, s.markFailed(ctx, p, d.Destination, d.ManifestKey, r)
 	}
 	for _, d := range p.Spec.Destinations {
 		if ds := r.Destinations[d.Name]; ds == nil || ds.Phase != runs.Succeeded {
