@@ -21,6 +21,7 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
@@ -54,7 +55,10 @@ type rig struct {
 
 // newRig starts MinIO and backstream for t. It sets process environment
 // variables, so tests using it never run in parallel.
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWrapped(t, nil) }
+
+// newRigWrapped is newRig whose consumers' handlers go through wrap.
+func newRigWrapped(t *testing.T, wrap func(consumer string, h bus.Handler) bus.Handler) *rig {
 	t.Helper()
 	m := testenv.MinIO(t)
 	bucket := m.NewBucket(t, testenv.Unique("bs-src-"))
@@ -69,7 +73,7 @@ func newRig(t *testing.T) *rig {
 	if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := harness.Start(t, harness.Options{Config: func(c *app.Config) { c.IdentityFile = idFile }})
+	env := harness.Start(t, harness.Options{Config: func(c *app.Config) { c.IdentityFile, c.Wrap = idFile, wrap }})
 	return &rig{env: env, minio: m, bucket: bucket, recipient: id.Recipient().String(), identity: idFile, dir: dir}
 }
 

@@ -133,6 +133,12 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	switch {
 	case c.Failed:
 		return s.fail(ctx, p, runID, c.Error, e)
+	case c.Skip && r.Phase == runs.Failed && r.FindStep(StepName) == nil:
+		// The run failed before this filter started, and never will: an
+		// upload that claimed its step earlier is waiting on the sealed
+		// stream, so end that stream with the failure.
+		s.abandon(ctx, p, runID, "the run failed before the filter started: "+r.Error)
+		return nil, nil
 	case c.Skip, c.Done:
 		return nil, nil
 	case c.Interrupted:
@@ -140,7 +146,6 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, "interrupted", nil)
 		return s.fail(ctx, p, runID, fmt.Sprintf("filter interrupted: %s stopped while sealing the stream", c.Owner), e)
 	}
-	_ = r
 	return s.run(ctx, p, runID, e)
 }
 
