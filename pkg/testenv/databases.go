@@ -246,7 +246,7 @@ func FerretDB(t testing.TB) *FerretDBServer {
 	port := FreePort(t)
 	addr := Addr(port)
 	cmd := exec.Command(bin, "--handler=sqlite", "--sqlite-url=file:"+dir+"/", "--listen-addr="+addr,
-		"--telemetry=disable", "--log-level=error", "--debug-addr=-")
+		"--telemetry=disable", "--log-level=error", "--debug-addr=-", "--state-dir="+t.TempDir())
 	logf, err := os.Create(filepath.Join(t.TempDir(), "ferretdb.log"))
 	if err == nil {
 		cmd.Stdout, cmd.Stderr = logf, logf
