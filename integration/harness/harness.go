@@ -128,10 +128,41 @@ func (e *Env) Trigger(planName string) string {
 }
 
 // Wait waits until run id is final and, for a failed run, until its
-// compensation (if any) is done. It returns the final record.
+// compensation is done, and until the run's closing events are in the
+// events stream (stages publish them right after the record turns final).
+// It returns the final record.
 func (e *Env) Wait(id string, timeout time.Duration) *runs.Run {
 	e.t.Helper()
-	return WaitRun(e.t, e.Runs, id, timeout)
+	r := WaitRun(e.t, e.Runs, id, timeout)
+	want := []string{events.BackupSucceeded}
+	switch {
+	case r.Kind == runs.KindRestore && r.Phase == runs.Succeeded:
+		want = []string{events.RestoreSucceeded}
+	case r.Kind == runs.KindRestore:
+		want = []string{events.RestoreFailed, events.CompensationCompleted}
+	case r.Phase == runs.Failed:
+		want = []string{events.BackupFailed, events.CompensationCompleted}
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		seen := map[string]bool{}
+		for _, ev := range e.Events(id) {
+			seen[ev.Type()] = true
+		}
+		missing := ""
+		for _, w := range want {
+			if !seen[w] {
+				missing = w
+			}
+		}
+		if missing == "" {
+			return r
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("run %s is %s but its %s event never came", id, r.Phase, missing)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // WaitRun polls the run record until the run is final.
