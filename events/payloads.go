@@ -592,6 +592,11 @@ type RestoreRequestedData struct {
 	// database name); empty restores to the plan's source.
 	Target      string `json:"target,omitempty"`
 	RequestedBy string `json:"requestedBy,omitempty"`
+	// Create makes the target database or directory when it is missing.
+	Create bool `json:"create,omitempty"`
+	// Clean removes what is in the target's way first (drops the database,
+	// empties the directory).
+	Clean bool `json:"clean,omitempty"`
 }
 
 func (RestoreRequestedData) EventType() string { return RestoreRequested }

@@ -126,6 +126,9 @@ type Run struct {
 	// restores into (empty: the plan's first destination, the plan's source).
 	Destination string `json:"destination,omitempty"`
 	Target      string `json:"target,omitempty"`
+	// Create and Clean are a restore run's target options.
+	Create bool `json:"create,omitempty"`
+	Clean  bool `json:"clean,omitempty"`
 	// FailedStage and Error say why a run failed.
 	FailedStage  string         `json:"failedStage,omitempty"`
 	Error        string         `json:"error,omitempty"`

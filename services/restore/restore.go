@@ -38,26 +38,11 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
-	if err != nil {
+	ds, ok, err := s.ClaimDataStep(ctx, e, runs.KindRestore, plan.StepRestore)
+	if err != nil || !ok {
 		return nil, err
 	}
-	r, err := s.EnsureRun(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	if r.Kind != runs.KindRestore {
-		return nil, nil
-	}
-	step, ok, err := stage.DueStep(p, r, e)
-	if err != nil || !ok || step.Kind != plan.StepRestore {
-		return nil, err
-	}
-	name := step.String()
-	r, c, err := s.Claim(ctx, r.ID, name, 0)
-	if err != nil {
-		return nil, err
-	}
+	p, r, name, c := ds.Plan, ds.Run, ds.Name, ds.Claimed
 	switch {
 	case c.Failed:
 		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, c.Error, e)
@@ -113,7 +98,7 @@ func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name s
 	}
 	begin := time.Now()
 	stats, err := Stream(ctx, st, m, s.Keys, func(rd io.Reader) error {
-		return src.Restore(ctx, rd, source.RestoreOptions{Target: r.Target})
+		return src.Restore(ctx, rd, source.RestoreOptions{Target: r.Target, Create: r.Create, Clean: r.Clean})
 	})
 	if err != nil {
 		return nil, err

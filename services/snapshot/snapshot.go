@@ -57,26 +57,11 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
-	if err != nil {
+	ds, ok, err := s.ClaimDataStep(ctx, e, runs.KindBackup, plan.StepSnapshot)
+	if err != nil || !ok {
 		return nil, err
 	}
-	r, err := s.EnsureRun(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	if r.Kind != runs.KindBackup {
-		return nil, nil
-	}
-	step, ok, err := stage.DueStep(p, r, e)
-	if err != nil || !ok || step.Kind != plan.StepSnapshot {
-		return nil, err
-	}
-	name := step.String()
-	r, c, err := s.Claim(ctx, r.ID, name, 0)
-	if err != nil {
-		return nil, err
-	}
+	p, r, name, c := ds.Plan, ds.Run, ds.Name, ds.Claimed
 	switch {
 	case c.Failed:
 		return s.FailRun(ctx, p.Name(), r.ID, "snapshot", name, c.Error, e)

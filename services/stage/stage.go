@@ -88,7 +88,7 @@ func (d *Deps) EnsureRun(ctx context.Context, e events.Event) (*runs.Run, error)
 		var req events.RestoreRequestedData
 		_ = e.DataAs(&req)
 		seed.Kind, seed.RequestedBy, seed.BackupID, seed.Phase = runs.KindRestore, req.RequestedBy, req.BackupID, runs.Initializing
-		seed.Destination, seed.Target = req.Destination, req.Target
+		seed.Destination, seed.Target, seed.Create, seed.Clean = req.Destination, req.Target, req.Create, req.Clean
 	default:
 		return d.Runs.Get(ctx, events.RunID(e))
 	}
@@ -321,4 +321,37 @@ func (d *Deps) FinishStep(ctx context.Context, runID, name string, phase runs.Ph
 		}
 		return nil
 	})
+}
+
+// DataStep is a workflow data step (snapshot or restore) that an event made
+// due, with the outcome of claiming it.
+type DataStep struct {
+	Plan *plan.Plan
+	Run  *runs.Run
+	Name string
+	Claimed
+}
+
+// ClaimDataStep loads the plan and the run of e and, when e makes the data
+// step of kind due in a run of runKind, claims it. ok is false when e means
+// nothing to this data stage.
+func (d *Deps) ClaimDataStep(ctx context.Context, e events.Event, runKind string, kind plan.StepKind) (ds DataStep, ok bool, err error) {
+	p, err := d.Plan(ctx, e)
+	if err != nil {
+		return ds, false, err
+	}
+	r, err := d.EnsureRun(ctx, e)
+	if err != nil || r.Kind != runKind {
+		return ds, false, err
+	}
+	step, due, err := DueStep(p, r, e)
+	if err != nil || !due || step.Kind != kind {
+		return ds, false, err
+	}
+	name := step.String()
+	r, c, err := d.Claim(ctx, r.ID, name, 0)
+	if err != nil {
+		return ds, false, err
+	}
+	return DataStep{Plan: p, Run: r, Name: name, Claimed: c}, true, nil
 }

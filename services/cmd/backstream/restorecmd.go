@@ -86,6 +86,8 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	to := fs.String("to", "", "write the restored data to FILE, or - for stdout")
 	intoSource := fs.Bool("into-source", false, "restore into the plan's source (needs --plan-file)")
 	target := fs.String("target", "", "with --into-source: database name or directory to restore into")
+	create := fs.Bool("create", false, "with --into-source: create the target database or directory when missing")
+	clean := fs.Bool("clean", false, "with --into-source: drop or empty what is in the target's way first")
 	identity := fs.String("identity", "", "age identity file")
 	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase")
 	ref, rest := splitName(args)
@@ -135,7 +137,7 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		s, err := restore.Stream(ctx, st, m, keys, func(r io.Reader) error {
-			return src.Restore(ctx, counted(r), source.RestoreOptions{Target: *target})
+			return src.Restore(ctx, counted(r), source.RestoreOptions{Target: *target, Create: *create, Clean: *clean})
 		})
 		if err != nil {
 			return err
