@@ -49,6 +49,8 @@ type e2eResult struct {
 	upload  time.Duration // trigger → upload.completed
 	total   time.Duration // trigger → backup.succeeded
 	peakRSS int64
+	// uploadRSS is the peak RSS up to upload.completed, before verify.
+	uploadRSS int64
 	// CPU time spent from the trigger to upload.completed by serve itself,
 	// by its source command (the generator) and by MinIO; and by serve
 	// from upload.completed to backup.succeeded (verify).
@@ -131,9 +133,11 @@ spec:
         insecure: true
         accessKey: {env: %s}
         secretKey: {env: %s}
+        partSize: %d
+        concurrency: %d
   chunkSize: %d
   verify: {enabled: true}
-`, name, r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.chunkSize)
+`, name, r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
 }
 
 // backstream runs the backstream CLI to completion, its output kept in the
@@ -197,6 +201,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	seen := map[string]time.Time{}
 	var succeeded events.BackupSucceededData
 	var serveAtUpload, minioAtUpload cpuTimes
+	var uploadRSS int64
 	done := make(chan struct{})
 	sub, err := nc.Subscribe(events.SubjectRoot+".*.*."+name, func(m *nats.Msg) {
 		at := time.Now()
@@ -212,6 +217,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		seen[e.Type()] = at
 		if e.Type() == events.UploadCompleted {
 			serveAtUpload, _ = readCPU(sp.pid())
+			uploadRSS, _ = peakRSS(sp.pid())
 			minioAtUpload, _ = readCPU(r.minio.pid())
 		}
 		if e.Type() == events.BackupSucceeded {
@@ -277,6 +283,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	res.genCPU = serveAtUpload.children - serveBefore.children
 	res.minioCPU = minioAtUpload.self - minioBefore.self
 	res.verifyCPU = serveEnd.self - serveAtUpload.self
+	res.uploadRSS = uploadRSS
 	mu.Unlock()
 	if r.c.profile != "" {
 		if err := sp.fetchProfile(ctx, "heap", filepath.Join(r.c.profile, name+".heap.prof")); err != nil {
@@ -286,8 +293,8 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 			return res, err
 		}
 	}
-	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB, cpu to upload.completed: serve %s gen %s minio %s; verify %s\n",
+	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB (%.0f MiB before verify), cpu to upload.completed: serve %s gen %s minio %s; verify %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
-		humanSize(res.stored), float64(res.peakRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU, res.verifyCPU)
+		humanSize(res.stored), float64(res.peakRSS)/(1<<20), float64(res.uploadRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU, res.verifyCPU)
 	return res, nil
 }
