@@ -55,7 +55,10 @@ type Config struct {
 	EventsMaxAge time.Duration
 	// DataMaxAge removes the chunks of a run that died.
 	DataMaxAge time.Duration
-	// DataMaxBytes bounds the data stream as a whole.
+	// DataMaxBytes bounds the chunk stream as a whole. It lives in the
+	// servers' memory: each running backup holds at most its window of
+	// chunks per reader (8 MiB at the defaults), so the default fits 64
+	// backups at once.
 	DataMaxBytes int64
 }
 
@@ -70,7 +73,7 @@ func (c Config) withDefaults() Config {
 		c.DataMaxAge = 24 * time.Hour
 	}
 	if c.DataMaxBytes == 0 {
-		c.DataMaxBytes = 4 << 30
+		c.DataMaxBytes = DefaultDataMaxBytes
 	}
 	return c
 }
@@ -171,16 +174,30 @@ func (b *Bus) setup(ctx context.Context) error {
 			MaxBytes:   c.DataMaxBytes,
 			Discard:    jetstream.DiscardNew,
 			Duplicates: 2 * time.Minute,
-			Storage:    jetstream.FileStorage,
-			Replicas:   c.Replicas,
+			// Memory, not disk: a chunk lives for the seconds between its
+			// writer and its reader, and a run whose writer or reader dies
+			// fails anyway (its dump position and data key died with it),
+			// so persisting chunks would buy nothing and cost a disk write
+			// and read of every byte (measured in docs/bench.md).
+			Storage:  jetstream.MemoryStorage,
+			Replicas: c.Replicas,
 		},
 	}
 	for _, sc := range streams {
 		sc.Replicas = b.replicas(ctx, sc.Name)
-		if err := retryConflict(ctx, func() error {
+		err := retryConflict(ctx, func() error {
 			_, err := b.JS.CreateOrUpdateStream(ctx, sc)
 			return err
-		}); err != nil {
+		})
+		var apiErr *jetstream.APIError
+		if err != nil && sc.Name == DataStream && errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStreamInvalidConfig {
+			// The chunk stream holds nothing worth keeping across a change
+			// the server cannot apply in place (such as its storage type).
+			if derr := b.JS.DeleteStream(ctx, sc.Name); derr == nil {
+				_, err = b.JS.CreateStream(ctx, sc)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("set up stream %s: %w", sc.Name, err)
 		}
 	}
@@ -206,6 +223,10 @@ func (b *Bus) setup(ctx context.Context) error {
 	}
 	return nil
 }
+
+// errCodeStreamInvalidConfig is the server's JSStreamInvalidConfigF: a
+// configuration the stream cannot be updated to in place.
+const errCodeStreamInvalidConfig jetstream.ErrorCode = 10052
 
 // replicas is the replica count for stream: the configured one, else the
 // existing stream's, else 1.

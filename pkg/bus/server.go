@@ -18,6 +18,9 @@ const DefaultURL = "nats://127.0.0.1:4250"
 // below it with their headers.
 const DefaultMaxPayload = 8 << 20
 
+// DefaultDataMaxBytes bounds the in-memory chunk stream.
+const DefaultDataMaxBytes = 512 << 20
+
 // ServerConfig configures an embedded nats-server with JetStream on disk.
 type ServerConfig struct {
 	// Host and Port to listen on; Port -1 picks a free port (tests).
@@ -56,16 +59,17 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		cfg.Host = "127.0.0.1"
 	}
 	opts := &server.Options{
-		ServerName:         cfg.Name,
-		Host:               cfg.Host,
-		Port:               cfg.Port,
-		JetStream:          true,
-		StoreDir:           cfg.StoreDir,
-		JetStreamMaxStore:  cfg.MaxStore,
-		MaxPayload:         DefaultMaxPayload,
-		NoSigs:             true,
-		NoLog:              true,
-		JetStreamMaxMemory: 64 << 20,
+		ServerName:        cfg.Name,
+		Host:              cfg.Host,
+		Port:              cfg.Port,
+		JetStream:         true,
+		StoreDir:          cfg.StoreDir,
+		JetStreamMaxStore: cfg.MaxStore,
+		MaxPayload:        DefaultMaxPayload,
+		NoSigs:            true,
+		NoLog:             true,
+		// Room for the chunk stream (a bound, not an allocation).
+		JetStreamMaxMemory: DefaultDataMaxBytes + 64<<20,
 	}
 	if c := cfg.Cluster; c != nil {
 		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: c.Port}

@@ -153,7 +153,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 // so upload aborts and snapshot stops.
 func (s *Service) abandon(ctx context.Context, p *plan.Plan, runID, reason string) {
 	ctx = context.WithoutCancel(ctx)
-	if w, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.Data); err == nil {
+	if w, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.DataFor(p)); err == nil {
 		_ = w.Fail(ctx, reason)
 	}
 	_ = s.Bus.DeleteDataConsumer(ctx, runID, bus.KindRaw, snapshot.Reader)
@@ -189,12 +189,12 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil)
 		return s.fail(ctx, p, runID, "seal: "+err.Error(), cause)
 	}
-	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindRaw, snapshot.Reader, s.Data)
+	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindRaw, snapshot.Reader, s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}
 	defer in.Close(ctx)
-	out, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.Data)
+	out, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}

@@ -72,7 +72,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Interrupted:
 		// The process streaming this dump died; its chunks cannot be
 		// continued, so the readers are told and the run fails.
-		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.Data); err == nil {
+		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.DataFor(p)); err == nil {
 			_ = w.Fail(ctx, "snapshot interrupted: the snapshot service running it stopped mid-stream")
 		}
 		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil)
@@ -116,7 +116,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	if err != nil {
 		return fail(err.Error(), events.SnapshotFailedData{})
 	}
-	w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.Data)
+	w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}

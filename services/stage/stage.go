@@ -355,3 +355,17 @@ func (d *Deps) ClaimDataStep(ctx context.Context, e events.Event, runKind string
 	}
 	return DataStep{Plan: p, Run: r, Name: name, Claimed: c}, true, nil
 }
+
+// DataWindowBytes is how far, in bytes, a chunk writer may run ahead of its
+// slowest reader by default: the window in chunks follows the plan's chunk size.
+const DataWindowBytes = 8 << 20
+
+// DataFor returns the chunk-stream options for plan p: a window of
+// DataWindowBytes (4 to 64 chunks) unless one was configured.
+func (d *Deps) DataFor(p *plan.Plan) bus.DataOptions {
+	o := d.Data
+	if o.Window == 0 && p.Spec.ChunkSize > 0 {
+		o.Window = min(64, max(4, DataWindowBytes/int(p.Spec.ChunkSize)))
+	}
+	return o
+}

@@ -102,7 +102,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	var sent, chunks atomic.Int64
 	stopProgress := s.Progress(ctx, p.Name(), runID, name, events.UploadProgressed, dest, 0,
 		func() (int64, int64) { return sent.Load(), chunks.Load() })
-	meta, info, digest, err := s.stream(ctx, st, runID, dest, key, &sent, &chunks)
+	meta, info, digest, err := s.stream(ctx, st, s.DataFor(p), runID, dest, key, &sent, &chunks)
 	stopProgress()
 	if err == nil {
 		err = s.writeManifest(ctx, st, p, runID, key, manifestKey, meta, info, digest)
@@ -156,9 +156,9 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason st
 // stream copies the sealed chunk stream into the object at key. On any error
 // the Put is aborted (nothing visible at key) and the reader's consumer is
 // deleted, which stops the filter and, through it, the snapshot.
-func (s *Service) stream(ctx context.Context, st storage.Storage, runID, dest, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
+func (s *Service) stream(ctx context.Context, st storage.Storage, opts bus.DataOptions, runID, dest, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
 	var meta filter.Meta
-	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindSealed, dest, s.Data)
+	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindSealed, dest, opts)
 	if err != nil {
 		return meta, storage.Info{}, "", err
 	}

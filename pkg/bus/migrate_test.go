@@ -1,0 +1,31 @@
+package bus_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+)
+
+func TestChunkStreamFromAnOlderLayoutIsReplaced(t *testing.T) {
+	srv := bustest.Server(t)
+	old := bustest.Connect(t, srv.URL(), "old")
+	ctx := context.Background()
+	if err := old.JS.DeleteStream(ctx, bus.DataStream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.JS.CreateStream(ctx, jetstream.StreamConfig{Name: bus.DataStream, Subjects: []string{bus.DataRoot + ".>"}, Storage: jetstream.FileStorage, Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	b := bustest.Connect(t, srv.URL(), "new")
+	s, err := b.JS.Stream(ctx, bus.DataStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := s.CachedInfo().Config.Storage; st != jetstream.MemoryStorage {
+		t.Fatalf("chunk stream storage %v after setup, want memory", st)
+	}
+}
