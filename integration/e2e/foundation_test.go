@@ -314,3 +314,32 @@ func TestSIGTERMShutsDownGracefullyAndTheRunEndsWithAReason(t *testing.T) {
 		t.Fatalf("run after SIGTERM: phase %s error %q, want Failed with a reason", r.Phase, r.Error)
 	}
 }
+
+func TestTriggerWaitShowsProgressAndFailsWithTheRun(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	slow := `["sh", "-c", "for i in 1 2 3 4 5 6; do head -c 1048576 /dev/urandom; sleep 0.5; done"]`
+	env.Apply(commandPlan("slow", filepath.Join(dir, "b"), slow, ""))
+	env.Apply(commandPlan("broken", filepath.Join(dir, "b"), `["sh", "-c", "echo partial; echo 'no such table' >&2; exit 7"]`, ""))
+
+	// Not a terminal: plain progress lines, then the result.
+	out, code := harness.Run(t, dir, nil, "trigger", "slow", "--wait", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, "backup succeeded") {
+		t.Fatalf("trigger --wait exit %d:\n%s", code, out)
+	}
+	if !strings.Contains(out, "progress snapshot") || !strings.Contains(out, "MB/s") || strings.Contains(out, "\r") {
+		t.Errorf("trigger --wait without a terminal should print plain progress lines with MB/s:\n%s", out)
+	}
+
+	// On a terminal (script(1) gives it a pty): one line rewritten in place.
+	bin := harness.Binary(t)
+	tty, code := harness.RunCommand(t, dir, "script", "-qec", bin+" trigger slow --wait --nats "+env.URL, "/dev/null")
+	if code != 0 || !strings.Contains(tty, "\r\033[K") || !strings.Contains(tty, "backup succeeded") {
+		t.Errorf("trigger --wait on a terminal exit %d, want progress rewritten in place:\n%q", code, tty)
+	}
+
+	out, code = harness.Run(t, dir, nil, "trigger", "broken", "--wait", "--nats", env.URL)
+	if code != 1 || !strings.Contains(out, "exit status 7") || !strings.Contains(out, "no such table") {
+		t.Fatalf("trigger --wait of a failing run: exit %d, want 1 naming the exit status and stderr:\n%s", code, out)
+	}
+}

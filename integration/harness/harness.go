@@ -382,7 +382,18 @@ func (p *Process) WaitOutput(s string, timeout time.Duration) {
 // output and exit code.
 func Run(t testing.TB, dir string, env []string, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.Command(Binary(t), args...)
+	return run(t, dir, env, Binary(t), args...)
+}
+
+// RunCommand runs any program to completion, like Run.
+func RunCommand(t testing.TB, dir string, name string, args ...string) (string, int) {
+	t.Helper()
+	return run(t, dir, nil, name, args...)
+}
+
+func run(t testing.TB, dir string, env []string, name string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
