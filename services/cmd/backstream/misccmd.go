@@ -30,15 +30,11 @@ func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if planName == "" {
 		return usageError("schedule: want a PLAN")
 	}
-	b, store, err := connect(ctx, *natsFlag)
+	b, p, err := loadPlan(ctx, *natsFlag, planName)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	p, err := store.Get(ctx, planName)
-	if err != nil {
-		return err
-	}
 	if p.Spec.Schedule == nil {
 		return fmt.Errorf("plan %s has no schedule", planName)
 	}
@@ -97,15 +93,11 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 			return usageError("retention: --now: %v", err)
 		}
 	}
-	b, store, err := connect(ctx, *natsFlag)
+	b, p, err := loadPlan(ctx, *natsFlag, planName)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	p, err := store.Get(ctx, planName)
-	if err != nil {
-		return err
-	}
 	if p.Spec.Retention == nil {
 		return fmt.Errorf("retention %s: %w", planName, retstage.ErrNoPolicy)
 	}
@@ -150,15 +142,11 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 	if *formatFlag != "json" && *formatFlag != "xml" {
 		return usageError("retention export-lifecycle: --format: %q is not json or xml", *formatFlag)
 	}
-	b, store, err := connect(ctx, *natsFlag)
+	b, p, err := loadPlan(ctx, *natsFlag, planName)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	p, err := store.Get(ctx, planName)
-	if err != nil {
-		return err
-	}
 	l, err := retstage.Lifecycle(p)
 	if err != nil {
 		return err

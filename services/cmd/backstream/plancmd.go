@@ -26,6 +26,20 @@ func connect(ctx context.Context, url string) (*bus.Bus, *planstore.Store, error
 	return b, planstore.New(b.Plans, plugins.Default()), nil
 }
 
+// loadPlan connects to NATS and reads one plan; the caller closes the bus.
+func loadPlan(ctx context.Context, url, name string) (*bus.Bus, *plan.Plan, error) {
+	b, store, err := connect(ctx, url)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := store.Get(ctx, name)
+	if err != nil {
+		b.Close()
+		return nil, nil, err
+	}
+	return b, p, nil
+}
+
 func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError("plan: want apply, list, get or delete")
