@@ -343,3 +343,22 @@ func TestTriggerWaitShowsProgressAndFailsWithTheRun(t *testing.T) {
 		t.Fatalf("trigger --wait of a failing run: exit %d, want 1 naming the exit status and stderr:\n%s", code, out)
 	}
 }
+
+func TestSchedulePrintsTheNextSlots(t *testing.T) {
+	env := harness.Start(t, harness.Options{Services: []string{"api"}})
+	env.Apply(commandPlan("nightly", t.TempDir(), `["echo", "x"]`, `  schedule: {cron: "30 2 * * *", timezone: Europe/Berlin, jitter: 10m}
+`))
+	out, code := harness.Run(t, t.TempDir(), nil, "schedule", "nightly", "--count", "3", "--nats", env.URL)
+	if code != 0 {
+		t.Fatalf("schedule exit %d:\n%s", code, out)
+	}
+	var slots []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "fires at") {
+			slots = append(slots, strings.Fields(line)[0])
+		}
+	}
+	if len(slots) != 3 || slots[0] >= slots[1] || slots[1] >= slots[2] {
+		t.Fatalf("want three increasing daily slots, got %v:\n%s", slots, out)
+	}
+}

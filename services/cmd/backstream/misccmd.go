@@ -50,7 +50,7 @@ func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
 			break
 		}
 		fmt.Fprintf(stdout, "%s  fires at %s\n", slot.In(s.Location()).Format("2006-01-02 15:04 MST"), fire.In(s.Location()).Format("15:04:05"))
-		now = slot
+		now = fire
 	}
 	return nil
 }
