@@ -362,3 +362,38 @@ func TestSchedulePrintsTheNextSlots(t *testing.T) {
 		t.Fatalf("want three increasing daily slots, got %v:\n%s", slots, out)
 	}
 }
+
+func TestPlanCommandsApplyListGetDelete(t *testing.T) {
+	env := harness.Start(t, harness.Options{Services: []string{"api"}})
+	dir := t.TempDir()
+	for _, name := range []string{"alpha", "beta"} {
+		if err := os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(commandPlan(name, filepath.Join(dir, "b"), `["echo", "x"]`, "")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nats := []string{"--nats", env.URL}
+	steps := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"plan", "apply", "-f", dir}, []string{"plan alpha applied", "plan beta applied"}},
+		{[]string{"plan", "apply", "-f", dir}, []string{"plan alpha unchanged", "plan beta unchanged"}},
+		{[]string{"plan", "list"}, []string{"alpha", "beta", "local(filesystem)"}},
+		{[]string{"plan", "get", "alpha", "-o", "json"}, []string{`"name": "alpha"`, `"argv"`}},
+		{[]string{"plan", "delete", "alpha"}, []string{"plan alpha deleted"}},
+	}
+	for _, s := range steps {
+		out, code := harness.Run(t, dir, nil, append(s.args, nats...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d:\n%s", s.args, code, out)
+		}
+		for _, w := range s.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: output lacks %q:\n%s", s.args, w, out)
+			}
+		}
+	}
+	if out, code := harness.Run(t, dir, nil, append([]string{"plan", "get", "alpha"}, nats...)...); code == 0 || !strings.Contains(out, "plan not found") {
+		t.Fatalf("get of a deleted plan: exit %d:\n%s", code, out)
+	}
+}

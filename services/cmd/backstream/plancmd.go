@@ -49,8 +49,15 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	natsFlag := fs.String("nats", "", "NATS URL")
 	file := fs.String("f", "", "plan FILE or DIR (apply)")
 	output := fs.String("o", "yaml", "get: json or yaml")
-	if err := fs.Parse(args[1:]); err != nil {
+	name, rest := "", args[1:]
+	if args[0] == "get" || args[0] == "delete" {
+		name, rest = splitName(rest)
+	}
+	if err := fs.Parse(rest); err != nil {
 		return usageError("plan: %v", err)
+	}
+	if name == "" && fs.NArg() == 1 {
+		name = fs.Arg(0)
 	}
 	switch args[0] {
 	case "apply":
@@ -83,7 +90,7 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return tw.Flush()
 	case "get", "delete":
-		if fs.NArg() != 1 {
+		if name == "" {
 			return usageError("plan %s: want one plan NAME", args[0])
 		}
 		b, store, err := connect(ctx, *natsFlag)
@@ -92,13 +99,13 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		defer b.Close()
 		if args[0] == "delete" {
-			if err := store.Delete(ctx, fs.Arg(0)); err != nil {
+			if err := store.Delete(ctx, name); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "plan %s deleted\n", fs.Arg(0))
+			fmt.Fprintf(stdout, "plan %s deleted\n", name)
 			return nil
 		}
-		p, err := store.Get(ctx, fs.Arg(0))
+		p, err := store.Get(ctx, name)
 		if err != nil {
 			return err
 		}
