@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -395,5 +396,32 @@ func TestPlanCommandsApplyListGetDelete(t *testing.T) {
 	}
 	if out, code := harness.Run(t, dir, nil, append([]string{"plan", "get", "alpha"}, nats...)...); code == 0 || !strings.Contains(out, "plan not found") {
 		t.Fatalf("get of a deleted plan: exit %d:\n%s", code, out)
+	}
+}
+
+func TestRunsAndRunShowStepsPhasesAndErrors(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	env.Apply(commandPlan("shown", filepath.Join(dir, "b"), `["head", "-c", "300000", "/dev/zero"]`, ""))
+	env.Apply(commandPlan("fails", filepath.Join(dir, "b"), `["sh", "-c", "exit 4"]`, ""))
+	ok := env.Trigger("shown")
+	env.Wait(ok, time.Minute)
+	bad := env.Trigger("fails")
+	env.Wait(bad, time.Minute)
+
+	out, code := harness.Run(t, dir, nil, "runs", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, ok) || !strings.Contains(out, bad) || !strings.Contains(out, "Succeeded") || !strings.Contains(out, "exit status 4") {
+		t.Errorf("runs: exit %d:\n%s", code, out)
+	}
+	out, _ = harness.Run(t, dir, nil, "runs", "--plan", "fails", "-o", "json", "--nats", env.URL)
+	var list []runs.Run
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 || list[0].ID != bad || list[0].Phase != runs.Failed {
+		t.Errorf("runs --plan fails -o json: %v\n%s", err, out)
+	}
+	out, code = harness.Run(t, dir, nil, "run", ok, "--nats", env.URL)
+	for _, want := range []string{"phase Succeeded", "snapshot", "filter", "upload:local", "verify:local", "293.0 KiB"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("run %s lacks %q:\n%s", ok, want, out)
+		}
 	}
 }
