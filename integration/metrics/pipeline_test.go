@@ -244,7 +244,8 @@ func TestRunPointsFollowTheSchemaAndRedeliveryAddsNone(t *testing.T) {
 }
 
 // outage is how long TestInfluxOutage keeps InfluxDB down:
-// BACKSTREAM_METRICS_OUTAGE (a Go duration), default 15s.
+// BACKSTREAM_METRICS_OUTAGE (a Go duration), default a minute, as issue 7
+// says ("stopped for a minute").
 func outage(t *testing.T) time.Duration {
 	if s := os.Getenv("BACKSTREAM_METRICS_OUTAGE"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -253,7 +254,7 @@ func outage(t *testing.T) time.Duration {
 		}
 		return d
 	}
-	return 15 * time.Second
+	return time.Minute
 }
 
 // TestInfluxOutageDelaysPointsNotRuns stops InfluxDB, runs backups and
