@@ -269,10 +269,21 @@ func waitListen(t testing.TB, addr string, cmd *exec.Cmd, what string) {
 			c.Close()
 			return
 		}
-		if cmd.ProcessState != nil {
+		if exited(cmd) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("%s did not listen on %s", what, addr)
+}
+
+// exited reports whether cmd's process is gone or a zombie. ProcessState is
+// only set by Wait, which the server's Kill calls, so the process table is
+// asked instead: a server that dies at start is reported at once.
+func exited(cmd *exec.Cmd) bool {
+	if cmd.Process == nil {
+		return true
+	}
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/stat")
+	return err != nil || strings.Contains(string(st), ") Z")
 }
