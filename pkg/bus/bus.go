@@ -228,6 +228,12 @@ func (b *Bus) setup(ctx context.Context) error {
 // configuration the stream cannot be updated to in place.
 const errCodeStreamInvalidConfig jetstream.ErrorCode = 10052
 
+// The server's JSInsufficientResourcesErr and JSMemoryResourcesExceededErr.
+const (
+	errCodeInsufficientResources jetstream.ErrorCode = 10023
+	errCodeMemoryExceeded        jetstream.ErrorCode = 10028
+)
+
 // replicas is the replica count for stream: the configured one, else the
 // existing stream's, else 1.
 func (b *Bus) replicas(ctx context.Context, stream string) int {
@@ -250,7 +256,12 @@ func retryConflict(ctx context.Context, f func() error) error {
 		if err = f(); err == nil {
 			return nil
 		}
-		if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		var apiErr *jetstream.APIError
+		// Replicas that create the in-memory chunk stream at once each
+		// reserve its memory; the losers see "insufficient resources" until
+		// the winner's stream exists and theirs becomes an update.
+		insufficient := errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeInsufficientResources || apiErr.ErrorCode == errCodeMemoryExceeded)
+		if !insufficient && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
 			return err
 		}
 		select {
