@@ -328,7 +328,7 @@ func TestTriggerWaitShowsProgressAndFailsWithTheRun(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "backup succeeded") {
 		t.Fatalf("trigger --wait exit %d:\n%s", code, out)
 	}
-	if !strings.Contains(out, "progress snapshot") || !strings.Contains(out, "MB/s") || strings.Contains(out, "\r") {
+	if !strings.Contains(out, "progress snapshot") || !strings.Contains(out, "progress upload") || !strings.Contains(out, "MB/s") || strings.Contains(out, "\r") {
 		t.Errorf("trigger --wait without a terminal should print plain progress lines with MB/s:\n%s", out)
 	}
 

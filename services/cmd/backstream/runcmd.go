@@ -208,15 +208,17 @@ func describe(e events.Event, p events.Payload) string {
 // progress prints live progress: one rewritten line on a terminal, plain
 // lines (at most one a second) otherwise.
 type progress struct {
-	w        io.Writer
-	tty      bool
-	pending  bool
-	lastLine time.Time
+	w       io.Writer
+	tty     bool
+	pending bool
+	// last is when each step (the update's first word) last printed a
+	// plain line.
+	last map[string]time.Time
 }
 
 func newProgress(w io.Writer) *progress {
 	f, ok := w.(*os.File)
-	return &progress{w: w, tty: ok && term.IsTerminal(int(f.Fd()))}
+	return &progress{w: w, tty: ok && term.IsTerminal(int(f.Fd())), last: map[string]time.Time{}}
 }
 
 func (p *progress) update(s string) {
@@ -225,9 +227,10 @@ func (p *progress) update(s string) {
 		p.pending = true
 		return
 	}
-	if time.Since(p.lastLine) >= time.Second {
+	step, _, _ := strings.Cut(s, " ")
+	if time.Since(p.last[step]) >= time.Second {
 		fmt.Fprintln(p.w, "progress", s)
-		p.lastLine = time.Now()
+		p.last[step] = time.Now()
 	}
 }
 
