@@ -104,8 +104,14 @@ func TestCreateRenamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer admin.Close()
-	t.Cleanup(func() { _, _ = admin.Exec(`DROP DATABASE IF EXISTS "` + name + `" WITH (FORCE)`) })
+	// The drop runs at cleanup, so admin is closed there, after it (a
+	// deferred Close would run first and leak the database).
+	t.Cleanup(func() {
+		defer admin.Close()
+		if _, err := admin.Exec(`DROP DATABASE IF EXISTS "` + name + `" WITH (FORCE)`); err != nil {
+			t.Errorf("drop %s: %v", name, err)
+		}
+	})
 	if err := s.Restore(ctx, bytes.NewReader(buf.Bytes()), source.RestoreOptions{Target: name, Create: true}); err != nil {
 		t.Fatal(err)
 	}
