@@ -425,3 +425,28 @@ func TestRunsAndRunShowStepsPhasesAndErrors(t *testing.T) {
 		}
 	}
 }
+
+// alwaysFail makes one consumer fail every delivery of the events it gets.
+func alwaysFail(consumer string) func(string, bus.Handler) bus.Handler {
+	return func(name string, h bus.Handler) bus.Handler {
+		if name != consumer {
+			return h
+		}
+		return func(ctx context.Context, e events.Event) ([]events.Event, error) {
+			return nil, fmt.Errorf("injected: storage unreachable")
+		}
+	}
+}
+
+func TestARunWhoseEventIsDeadLetteredFailsInsteadOfHanging(t *testing.T) {
+	env := harness.Start(t, harness.Options{Config: func(c *app.Config) { c.Wrap = alwaysFail("verify") }})
+	env.Apply(commandPlan("given-up", t.TempDir(), `["echo", "hello"]`, ""))
+	id := env.Trigger("given-up")
+	r := env.Wait(id, 2*time.Minute)
+	if r.Phase != runs.Failed || !strings.Contains(r.Error, "verify gave up on io.backstream.upload.completed") || !strings.Contains(r.Error, "storage unreachable") {
+		t.Fatalf("run: phase %s error %q, want Failed naming the dead-lettered event", r.Phase, r.Error)
+	}
+	if reasons := deadReasons(t, env.Bus, "verify"); !strings.Contains(reasons, "gave up after 5 deliveries") {
+		t.Fatalf("verify dead letters: %q", reasons)
+	}
+}

@@ -74,6 +74,11 @@ type ConsumerSpec struct {
 	// DeliverNew starts a newly created consumer at new events only, not at
 	// the beginning of the stream.
 	DeliverNew bool
+	// OnDead, when set, is told about an event that was dead-lettered after
+	// it was decoded (a permanent error or exhausted deliveries), once its
+	// copy is stored, so the owner of the work can settle it (fail the run).
+	// Its events are published; its error is logged.
+	OnDead func(ctx context.Context, e events.Event, reason string) ([]events.Event, error)
 }
 
 func (s ConsumerSpec) withDefaults() ConsumerSpec {
@@ -313,6 +318,17 @@ func (b *Bus) deadLetter(ctx context.Context, spec ConsumerSpec, msg jetstream.M
 		return
 	}
 	log.Error("event dead-lettered", "reason", reason)
+	if spec.OnDead != nil {
+		if e, err := Decode(msg.Data()); err == nil && events.CheckEnvelope(e) == nil {
+			out, err := spec.OnDead(pctx, e, reason)
+			if err == nil {
+				err = b.Publish(pctx, out...)
+			}
+			if err != nil {
+				log.Error("settling a dead-lettered event failed", "err", err)
+			}
+		}
+	}
 	_ = msg.TermWithReason(truncate(reason, 256))
 }
 

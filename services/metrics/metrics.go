@@ -80,6 +80,9 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 	spec.Concurrency = Concurrency
 	spec.MaxDeliver = MaxDeliver
 	spec.Backoff = s.Backoff
+	// A point that cannot be written is the metrics stage's problem, never
+	// the run's: its dead letters do not fail runs.
+	spec.OnDead = nil
 	return []bus.ConsumerSpec{spec}
 }
 

@@ -50,13 +50,36 @@ type Service interface {
 	Consumers() []bus.ConsumerSpec
 }
 
-// Spec returns a consumer spec with the shared tuning.
+// Spec returns a consumer spec with the shared tuning. An event of a run
+// that a stage gives up on (dead-lettered) fails the run with the reason,
+// so a run never stays Running because its event was set aside.
 func (d *Deps) Spec(name string, h bus.Handler, types ...string) bus.ConsumerSpec {
 	s := d.Consumer
 	s.Name = name
 	s.Types = types
 	s.Handler = h
+	s.OnDead = func(ctx context.Context, e events.Event, reason string) ([]events.Event, error) {
+		return d.failDead(ctx, name, e, reason)
+	}
 	return s
+}
+
+// failDead fails the run of a dead-lettered event, if it has a record that
+// is not final yet. Failure events themselves only end there.
+func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, reason string) ([]events.Event, error) {
+	switch e.Type() {
+	case events.BackupFailed, events.RestoreFailed, events.BackupMissed:
+		return nil, nil
+	}
+	r, err := d.Runs.Get(ctx, events.RunID(e))
+	if errors.Is(err, runs.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil || r.Phase.Done() {
+		return nil, err
+	}
+	return d.FailRun(ctx, e.Subject(), r.ID, consumer, events.Step(e),
+		fmt.Sprintf("%s gave up on %s: %s", consumer, e.Type(), reason), e)
 }
 
 // Emit builds the event of payload p for a run's step with the deterministic
