@@ -183,6 +183,11 @@ func (b *Bus) setup(ctx context.Context) error {
 			Replicas: c.Replicas,
 		},
 	}
+	// The chunk stream's earlier name; its chunks are transient, and it
+	// would claim the same subjects.
+	if err := b.JS.DeleteStream(ctx, "BACKSTREAM_DATA"); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("remove the old chunk stream: %w", err)
+	}
 	for _, sc := range streams {
 		sc.Replicas = b.replicas(ctx, sc.Name)
 		err := retryConflict(ctx, func() error {
