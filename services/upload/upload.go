@@ -84,6 +84,11 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 		return s.completed(p, r, dest)
 	case c.Interrupted:
 		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindSealed, dest)
+		if st, err := s.Plugins.Storage(ctx, p, dest); err == nil {
+			// The dead process's multipart upload was never aborted.
+			s.sweepNow(ctx, st, p.Name(), dest, runID)
+			st.Close()
+		}
 		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, "interrupted", nil)
 		return s.fail(ctx, p, runID, dest, fmt.Sprintf("upload interrupted: %s stopped while uploading", c.Owner), cause)
 	}
@@ -96,6 +101,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 		return s.fail(ctx, p, runID, dest, err.Error(), cause)
 	}
 	defer st.Close()
+	s.sweepLeftovers(ctx, st, p, dest)
 
 	key := format.ObjectKey(p.Name(), runID)
 	manifestKey := format.ManifestKey(p.Name(), runID)
@@ -111,6 +117,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 		}
 	}
 	if err != nil {
+		s.sweepNow(ctx, st, p.Name(), dest, runID)
 		if errors.Is(err, bus.ErrProducerFailed) {
 			// An earlier stage failed and said so; nothing to add.
 			_, _ = s.FinishStep(ctx, runID, name, runs.Skipped, 0, err.Error(), nil)
