@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -237,7 +238,13 @@ func (s *Store) Ensure(ctx context.Context, seed Run) (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode run %s: %w", seed.ID, err)
 	}
-	if _, err := s.kv.Create(ctx, seed.ID, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	_, err = s.kv.Create(ctx, seed.ID, data)
+	switch {
+	case err == nil:
+		if _, err := s.kv.Put(ctx, activeKey(seed.ID), nil); err != nil {
+			return nil, fmt.Errorf("index run %s: %w", seed.ID, err)
+		}
+	case !errors.Is(err, jetstream.ErrKeyExists):
 		return nil, fmt.Errorf("create run %s: %w", seed.ID, err)
 	}
 	return s.Get(ctx, seed.ID)
@@ -253,6 +260,7 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 		if err != nil {
 			return nil, err
 		}
+		prev := r.Phase
 		if err := mutate(r); err != nil {
 			if errors.Is(err, ErrNoChange) {
 				return r, nil
@@ -266,7 +274,7 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 		}
 		_, err = s.kv.Update(ctx, id, data, rev)
 		if err == nil {
-			return r, nil
+			return r, s.index(ctx, prev, r)
 		}
 		if !isConflict(err) || attempt > 100 {
 			return nil, fmt.Errorf("update run %s: %w", id, err)
@@ -287,6 +295,107 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists)
 }
 
+// The runs bucket also holds two indexes, under keys no run id can take, so
+// the watchdog never has to read every run: the runs not yet final, and the
+// newest success times of each plan. They are written right after the run
+// record that changes them; a crash in between leaves an active entry that
+// Active drops when it finds the run final.
+const (
+	indexPrefix = "_idx."
+	// SuccessesKept bounds the success times kept per plan.
+	SuccessesKept = 200
+)
+
+func activeKey(id string) string        { return indexPrefix + "active." + id }
+func successKey(planName string) string { return indexPrefix + "success." + planName }
+
+// index keeps the indexes in step with a run whose phase went from prev to
+// r.Phase.
+func (s *Store) index(ctx context.Context, prev Phase, r *Run) error {
+	if prev.Done() || !r.Phase.Done() {
+		return nil
+	}
+	if err := s.kv.Delete(ctx, activeKey(r.ID)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("index run %s: %w", r.ID, err)
+	}
+	if r.Phase != Succeeded || r.Kind != KindBackup {
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		var times []time.Time
+		var rev uint64
+		e, err := s.kv.Get(ctx, successKey(r.Plan))
+		switch {
+		case err == nil:
+			rev = e.Revision()
+			if err := json.Unmarshal(e.Value(), &times); err != nil {
+				return fmt.Errorf("success index of %s: %w", r.Plan, err)
+			}
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return fmt.Errorf("success index of %s: %w", r.Plan, err)
+		}
+		times = append(times, r.Finished.UTC())
+		sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+		if len(times) > SuccessesKept {
+			times = times[len(times)-SuccessesKept:]
+		}
+		data, _ := json.Marshal(times)
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, successKey(r.Plan), data)
+		} else {
+			_, err = s.kv.Update(ctx, successKey(r.Plan), data, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !isConflict(err) || attempt > 100 {
+			return fmt.Errorf("success index of %s: %w", r.Plan, err)
+		}
+	}
+}
+
+// Successes returns the newest success times of plan's backup runs (at most
+// SuccessesKept), oldest first.
+func (s *Store) Successes(ctx context.Context, planName string) ([]time.Time, error) {
+	e, err := s.kv.Get(ctx, successKey(planName))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("successes of %s: %w", planName, err)
+	}
+	var times []time.Time
+	if err := json.Unmarshal(e.Value(), &times); err != nil {
+		return nil, fmt.Errorf("successes of %s: %w", planName, err)
+	}
+	return times, nil
+}
+
+// Active returns the runs that are not final yet.
+func (s *Store) Active(ctx context.Context) ([]*Run, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, activeKey("*"))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list active runs: %w", err)
+	}
+	var out []*Run
+	for key := range lister.Keys() {
+		id := key[len(activeKey("")):]
+		r, err := s.Get(ctx, id)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		if err != nil || r.Phase.Done() {
+			_ = s.kv.Delete(ctx, key) // a crash between the record and its index
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // List returns the runs, newest first, optionally of one plan only.
 func (s *Store) List(ctx context.Context, plan string) ([]*Run, error) {
 	lister, err := s.kv.ListKeys(ctx)
@@ -295,6 +404,9 @@ func (s *Store) List(ctx context.Context, plan string) ([]*Run, error) {
 	}
 	var out []*Run
 	for key := range lister.Keys() {
+		if strings.HasPrefix(key, indexPrefix) {
+			continue
+		}
 		r, err := s.Get(ctx, key)
 		if errors.Is(err, ErrNotFound) {
 			continue

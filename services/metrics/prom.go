@@ -7,7 +7,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/backstream/backstream/events"
-	"github.com/backstream/backstream/pkg/runs"
 )
 
 // prom holds the Prometheus figures, the same ones the InfluxDB points
@@ -137,14 +136,6 @@ func (p *prom) setLastSuccess(plan string, unix int64) {
 	}
 	p.last[plan] = unix
 	p.lastSuccess.WithLabelValues(plan).Set(float64(unix))
-}
-
-// observeRuns sets the last-success gauges from run records (the watchdog's
-// view), so they are right after a restart too.
-func (p *prom) observeRuns(last map[string]*runs.Run) {
-	for plan, r := range last {
-		p.setLastSuccess(plan, r.Finished.Unix())
-	}
 }
 
 func num(v any) float64 {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
 	"github.com/backstream/backstream/services/schedule"
 )
@@ -128,33 +127,25 @@ func (s *Service) Watch(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watchdog: %w", err)
 	}
-	all, err := s.Runs.List(ctx, "")
-	if err != nil {
-		return fmt.Errorf("watchdog: %w", err)
-	}
-	successes := map[string][]time.Time{}
-	last := map[string]*runs.Run{}
-	for _, r := range all {
-		if r.Kind != runs.KindBackup || r.Phase != runs.Succeeded || r.Finished.IsZero() {
-			continue
-		}
-		successes[r.Plan] = append(successes[r.Plan], r.Finished)
-		if l := last[r.Plan]; l == nil || r.Finished.After(l.Finished) {
-			last[r.Plan] = r
-		}
-	}
-	s.prom.observeRuns(last)
 	var errs []error
 	for _, p := range plans {
 		if p.Spec.Schedule == nil && (p.Spec.Alert == nil || p.Spec.Alert.ExpectEvery <= 0) {
 			continue
 		}
-		var lastSuccess *time.Time
-		if l := last[p.Name()]; l != nil {
-			t := l.Finished.UTC()
-			lastSuccess = &t
+		// The run store's success index keeps the newest success times of
+		// each plan, so a pass reads one record per plan, not every run.
+		successes, err := s.Runs.Successes(ctx, p.Name())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("watchdog plan %s: %w", p.Name(), err))
+			continue
 		}
-		if err := s.watchPlan(ctx, p, successes[p.Name()], lastSuccess, now); err != nil {
+		var lastSuccess *time.Time
+		if n := len(successes); n > 0 {
+			t := successes[n-1].UTC()
+			lastSuccess = &t
+			s.prom.setLastSuccess(p.Name(), t.Unix())
+		}
+		if err := s.watchPlan(ctx, p, successes, lastSuccess, now); err != nil {
 			errs = append(errs, fmt.Errorf("watchdog plan %s: %w", p.Name(), err))
 		}
 	}

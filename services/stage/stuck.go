@@ -25,7 +25,7 @@ const abandoned = "abandoned"
 // are deterministic, so a repeat publishes duplicates JetStream drops. It
 // returns the ids of the runs it failed (or found failed by a repeat).
 func FailStuck(ctx context.Context, d *Deps, now time.Time) ([]string, error) {
-	list, err := d.Runs.List(ctx, "")
+	list, err := d.Runs.Active(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("fail stuck runs: %w", err)
 	}
