@@ -11,6 +11,7 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/pkg/storage/s3"
 )
 
 // Leftover multipart uploads. An upload that fails is aborted by the
@@ -23,10 +24,20 @@ func sweepKey(planName, dest, runID string) string {
 	return "sweep." + planName + "." + dest + "." + runID
 }
 
+// keyedSweeper returns st's sweeper when st keeps incomplete uploads per
+// object key (S3 multipart uploads), which is what the sweep removes. The
+// filesystem's temp files are removed by the Put that made them (and, after
+// a crash, by the next start); its sweep works by directory and would take
+// concurrent uploads' temp files with it, so it is never used here.
+func keyedSweeper(st storage.Storage) (storage.Sweeper, bool) {
+	s3s, ok := st.(*s3.S3)
+	return s3s, ok
+}
+
 // sweepNow tries to remove the incomplete uploads of key at once, and
 // remembers the key for the next upload when the storage does not answer.
 func (s *Service) sweepNow(ctx context.Context, st storage.Storage, planName, dest, runID string) {
-	sw, ok := st.(storage.Sweeper)
+	sw, ok := keyedSweeper(st)
 	if !ok {
 		return
 	}
@@ -43,7 +54,7 @@ func (s *Service) sweepNow(ctx context.Context, st storage.Storage, planName, de
 // sweepLeftovers removes the incomplete uploads remembered for dest. Errors
 // leave the record for the next time; they never fail the upload at hand.
 func (s *Service) sweepLeftovers(ctx context.Context, st storage.Storage, p *plan.Plan, dest string) {
-	sw, ok := st.(storage.Sweeper)
+	sw, ok := keyedSweeper(st)
 	if !ok {
 		return
 	}
