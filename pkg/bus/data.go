@@ -129,8 +129,11 @@ type ChunkWriter struct {
 	opts      DataOptions
 	consumers []jetstream.Consumer
 	seq       int64
-	pending   []jetstream.PubAckFuture
-	sinceChk  int
+	pending   []pubFuture
+	// stored holds, per reader, the stream sequences of its chunks that are
+	// stored and not yet known to be acked.
+	stored   [][]uint64
+	sinceChk int
 }
 
 // NewChunkWriter prepares the chunk stream of kind for runID, read by readers.
@@ -139,7 +142,7 @@ func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []
 	if len(readers) == 0 {
 		return nil, fmt.Errorf("chunk stream %s of run %s: no readers", kind, runID)
 	}
-	w := &ChunkWriter{b: b, runID: runID, kind: kind, readers: readers, opts: o}
+	w := &ChunkWriter{b: b, runID: runID, kind: kind, readers: readers, opts: o, stored: make([][]uint64, len(readers))}
 	for _, r := range readers {
 		c, err := b.ensureDataConsumer(ctx, runID, kind, r, o)
 		if err != nil {
@@ -193,7 +196,7 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header) e
 	}
 	seq := strconv.FormatInt(w.seq, 10)
 	h.Set(HeaderSeq, seq)
-	for _, r := range w.readers {
+	for i, r := range w.readers {
 		mh := nats.Header{}
 		for k, v := range h {
 			mh[k] = v
@@ -208,22 +211,29 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header) e
 		if err != nil {
 			return fmt.Errorf("publish chunk %d: %w", w.seq, err)
 		}
-		w.pending = append(w.pending, f)
+		w.pending = append(w.pending, pubFuture{f: f, reader: i})
 	}
 	w.seq++
 	w.sinceChk++
 	return nil
 }
 
+// pubFuture is a chunk's publish to one reader's subject, not yet stored.
+type pubFuture struct {
+	f      jetstream.PubAckFuture
+	reader int
+}
+
 // settle waits for stored acks of published chunks until at most keep remain.
 func (w *ChunkWriter) settle(ctx context.Context, keep int) error {
 	for len(w.pending) > keep {
-		f := w.pending[0]
+		p := w.pending[0]
 		select {
-		case <-f.Ok():
+		case ack := <-p.f.Ok():
+			w.stored[p.reader] = append(w.stored[p.reader], ack.Sequence)
 			w.pending = w.pending[1:]
-		case err := <-f.Err():
-			return fmt.Errorf("store chunk %s: %w", f.Msg().Header.Get(HeaderSeq), err)
+		case err := <-p.f.Err():
+			return fmt.Errorf("store chunk %s: %w", p.f.Msg().Header.Get(HeaderSeq), err)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -233,15 +243,16 @@ func (w *ChunkWriter) settle(ctx context.Context, keep int) error {
 
 func (w *ChunkWriter) flush(ctx context.Context) error { return w.settle(ctx, 0) }
 
-// reap drops the futures of chunks already stored, without waiting.
+// reap records the chunks already stored, without waiting.
 func (w *ChunkWriter) reap() error {
 	for len(w.pending) > 0 {
-		f := w.pending[0]
+		p := w.pending[0]
 		select {
-		case <-f.Ok():
+		case ack := <-p.f.Ok():
+			w.stored[p.reader] = append(w.stored[p.reader], ack.Sequence)
 			w.pending = w.pending[1:]
-		case err := <-f.Err():
-			return fmt.Errorf("store chunk %s: %w", f.Msg().Header.Get(HeaderSeq), err)
+		case err := <-p.f.Err():
+			return fmt.Errorf("store chunk %s: %w", p.f.Msg().Header.Get(HeaderSeq), err)
 		default:
 			return nil
 		}
@@ -260,15 +271,30 @@ func (w *ChunkWriter) waitWindow(ctx context.Context) error {
 		return nil
 	}
 	pause := time.Millisecond
+	var failingSince time.Time
 	for {
 		outstanding, err := w.outstanding(ctx)
 		if err != nil {
-			return err
+			// A reader that is gone stops the writer; a consumer-state request
+			// that times out (a cluster electing leaders, a loaded server) is
+			// asked again for a while before the stream gives up.
+			if errors.Is(err, ErrDownstreamGone) || ctx.Err() != nil {
+				return err
+			}
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			} else if time.Since(failingSince) > consumerStateGrace {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
-		if err := w.reap(); err != nil {
-			return err
-		}
-		if outstanding+len(w.pending)/len(w.readers) < w.opts.Window {
+		failingSince = time.Time{}
+		if outstanding < w.opts.Window {
 			w.sinceChk = 0
 			return nil
 		}
@@ -281,9 +307,21 @@ func (w *ChunkWriter) waitWindow(ctx context.Context) error {
 	}
 }
 
+// outstanding is the most chunks any reader has not acked yet: those whose
+// publish is not confirmed, plus those stored above the reader's ack floor.
+// It counts the writer's own chunks against the consumer's ack floor rather
+// than trusting the consumer's pending count, which the server may compute
+// lazily for a filtered consumer.
 func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
+	if err := w.reap(); err != nil {
+		return 0, err
+	}
+	unconfirmed := make([]int, len(w.readers))
+	for _, p := range w.pending {
+		unconfirmed[p.reader]++
+	}
 	most := 0
-	for _, c := range w.consumers {
+	for i, c := range w.consumers {
 		info, err := c.Info(ctx)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -291,10 +329,20 @@ func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
 			}
 			return 0, fmt.Errorf("read consumer state: %w", err)
 		}
-		most = max(most, int(info.NumPending)+info.NumAckPending)
+		floor := info.AckFloor.Stream
+		k := 0
+		for k < len(w.stored[i]) && w.stored[i][k] <= floor {
+			k++
+		}
+		w.stored[i] = w.stored[i][k:]
+		most = max(most, len(w.stored[i])+unconfirmed[i])
 	}
 	return most, nil
 }
+
+// consumerStateGrace is how long a writer keeps asking for its readers'
+// state while the requests fail.
+const consumerStateGrace = 2 * time.Minute
 
 // Chunk is one message of a chunk stream.
 type Chunk struct {
