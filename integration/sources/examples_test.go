@@ -12,6 +12,7 @@ import (
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/source/redis"
+	"github.com/backstream/backstream/pkg/source/sourcetest"
 	"github.com/backstream/backstream/pkg/testenv"
 )
 
@@ -103,13 +104,13 @@ func TestExamplesRun(t *testing.T) {
 		}
 		run(t, "restore", "zoneinfo/latest", "--plan-file", path, "--passphrase-env", "BACKUP_PASSPHRASE", "--into-source", "--target", target)
 		var want []string
-		for _, l := range listTree(t, "/usr/share/zoneinfo") {
+		for _, l := range sourcetest.ListTree(t, "/usr/share/zoneinfo") {
 			name := strings.Fields(l)[0]
 			if filepath.Base(name) != "localtime" && !strings.HasSuffix(name, ".tab") {
 				want = append(want, l)
 			}
 		}
-		if got := listTree(t, target); fmt.Sprint(got) != fmt.Sprint(want) {
+		if got := sourcetest.ListTree(t, target); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("restored tree has %d entries, /usr/share/zoneinfo without the excluded ones %d; first difference: %s", len(got), len(want), firstDiff(want, got))
 		}
 	})

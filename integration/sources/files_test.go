@@ -3,14 +3,13 @@ package sources
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/sha256"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
+
+	"github.com/backstream/backstream/pkg/source/sourcetest"
 )
 
 // writeTree makes a directory tree with nested and empty directories,
@@ -39,44 +38,6 @@ func writeTree(t *testing.T, dir string) {
 	must(os.Chtimes(filepath.Join(dir, "srv/www/index.html"), old, old))
 }
 
-// listTree lists a tree as "path mode size sha256 mtime" or "path -> target".
-func listTree(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if rel == "." {
-			return nil
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		line := fmt.Sprintf("%s %v", rel, fi.Mode())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			line += " -> " + l
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			line += fmt.Sprintf(" %d %x %d", len(b), sha256.Sum256(b), fi.ModTime().Unix())
-		}
-		out = append(out, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // TestFiles backs up a directory tree with the files plugin through the
 // pipeline and restores it with `backstream restore --into-source --target`
 // into an empty directory: every entry, mode, size, digest, mtime and
@@ -85,7 +46,7 @@ func TestFiles(t *testing.T) {
 	r := newRig(t)
 	src := t.TempDir()
 	writeTree(t, src)
-	want := listTree(t, src)
+	want := sourcetest.ListTree(t, src)
 
 	planFile := r.apply(t, "files-tree", fmt.Sprintf("    type: files\n    files:\n      path: %s\n", src))
 	run := r.backup(t, "files-tree")
@@ -95,7 +56,7 @@ func TestFiles(t *testing.T) {
 
 	target := t.TempDir()
 	r.restoreCLI(t, planFile, "files-tree", run.ID, target)
-	got := listTree(t, target)
+	got := sourcetest.ListTree(t, target)
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("restored tree differs:\nwant %q\ngot  %q", want, got)
 	}

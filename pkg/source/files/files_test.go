@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -40,41 +39,6 @@ func writeTree(t *testing.T, dir string) {
 	must(os.Chtimes(filepath.Join(dir, "top.txt"), old, old))
 }
 
-// tree lists a directory as "path type mode size content-or-target mtime".
-func tree(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if rel == "." {
-			return nil
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		line := fmt.Sprintf("%s %v", rel, fi.Mode())
-		switch {
-		case fi.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			line += " -> " + l
-		case fi.Mode().IsRegular():
-			b, _ := os.ReadFile(p)
-			line += fmt.Sprintf(" %d %x %d", len(b), b[:min(len(b), 16)], fi.ModTime().Unix())
-		}
-		out = append(out, line)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(out)
-	return out
-}
-
 func TestConformance(t *testing.T) {
 	src := t.TempDir()
 	writeTree(t, src)
@@ -85,7 +49,7 @@ func TestConformance(t *testing.T) {
 		Fresh: func(t *testing.T) (source.Source, source.RestoreOptions, func(t *testing.T)) {
 			dst := filepath.Join(t.TempDir(), "restored")
 			return s, source.RestoreOptions{Target: dst, Create: true}, func(t *testing.T) {
-				want, got := tree(t, src), tree(t, dst)
+				want, got := sourcetest.ListTree(t, src), sourcetest.ListTree(t, dst)
 				if strings.Join(want, "\n") != strings.Join(got, "\n") {
 					t.Fatalf("restored tree differs:\nwant\n%s\ngot\n%s", strings.Join(want, "\n"), strings.Join(got, "\n"))
 				}
@@ -206,7 +170,7 @@ func TestRestoreRefusesEscapes(t *testing.T) {
 			if len(got) != 2 {
 				t.Fatalf("something was written beside the target: %v", got)
 			}
-			if o := tree(t, outside); len(o) != 1 {
+			if o := sourcetest.ListTree(t, outside); len(o) != 1 {
 				t.Fatalf("outside changed: %v", o)
 			}
 		})
