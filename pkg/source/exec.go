@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 // StderrTailSize is how much of a child's stderr an *Error keeps.
@@ -237,4 +239,18 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// PasswordEnv passes the password ref names to a child as the environment
+// variable name (never argv, where ps shows it). A zero ref passes nothing.
+// The value is returned in secrets too, so Run scrubs it from stderr.
+func PasswordEnv(ref secret.Ref, name string) (env, secrets []string, err error) {
+	if ref.IsZero() {
+		return nil, nil, nil
+	}
+	pw, err := ref.Resolve()
+	if err != nil {
+		return nil, nil, fmt.Errorf("password: %w", err)
+	}
+	return []string{name + "=" + pw}, []string{pw}, nil
 }

@@ -126,15 +126,11 @@ func (s *Source) conn() (args, env, secrets []string, err error) {
 	if c.User != "" {
 		args = append(args, "--user="+c.User)
 	}
-	if !c.Password.IsZero() {
-		pw, err := c.Password.Resolve()
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("password: %w", err)
-		}
-		env = append(env, "MYSQL_PWD="+pw)
-		secrets = append(secrets, pw)
+	pwEnv, secrets, err := source.PasswordEnv(c.Password, "MYSQL_PWD")
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	return args, env, secrets, nil
+	return args, append(env, pwEnv...), secrets, nil
 }
 
 // query runs one statement with the mariadb client and returns its output.

@@ -107,15 +107,11 @@ func (s *Source) conn() (args, env, secrets []string, err error) {
 	if c.SSLMode != "" {
 		env = append(env, "PGSSLMODE="+c.SSLMode)
 	}
-	if !c.Password.IsZero() {
-		pw, err := c.Password.Resolve()
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("password: %w", err)
-		}
-		env = append(env, "PGPASSWORD="+pw)
-		secrets = append(secrets, pw)
+	pwEnv, secrets, err := source.PasswordEnv(c.Password, "PGPASSWORD")
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	return args, env, secrets, nil
+	return args, append(env, pwEnv...), secrets, nil
 }
 
 // run runs one client program with the connection arguments.

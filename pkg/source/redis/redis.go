@@ -94,13 +94,9 @@ func (s *Source) cli(ctx context.Context, op string, args []string, stdout io.Wr
 			argv = append(argv, "--cacert", s.cfg.CACert)
 		}
 	}
-	var env, secrets []string
-	if !s.cfg.Password.IsZero() {
-		pw, err := s.cfg.Password.Resolve()
-		if err != nil {
-			return fmt.Errorf("%s: password: %w", op, err)
-		}
-		env, secrets = []string{"REDISCLI_AUTH=" + pw}, []string{pw}
+	env, secrets, err := source.PasswordEnv(s.cfg.Password, "REDISCLI_AUTH")
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	argv = append(argv, args...)
 	return source.Run(ctx, source.Cmd{Op: op, Argv: argv, BinDir: s.cfg.BinDir, Env: env, Stdout: stdout, Secrets: secrets})
