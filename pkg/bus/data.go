@@ -227,13 +227,11 @@ type pubFuture struct {
 // settle waits for stored acks of published chunks until at most keep remain.
 func (w *ChunkWriter) settle(ctx context.Context, keep int) error {
 	for len(w.pending) > keep {
-		p := w.pending[0]
 		select {
-		case ack := <-p.f.Ok():
-			w.stored[p.reader] = append(w.stored[p.reader], ack.Sequence)
-			w.pending = w.pending[1:]
-		case err := <-p.f.Err():
-			return fmt.Errorf("store chunk %s: %w", p.f.Msg().Header.Get(HeaderSeq), err)
+		case ack := <-w.pending[0].f.Ok():
+			w.confirmed(ack)
+		case err := <-w.pending[0].f.Err():
+			return w.storeErr(err)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -246,18 +244,28 @@ func (w *ChunkWriter) flush(ctx context.Context) error { return w.settle(ctx, 0)
 // reap records the chunks already stored, without waiting.
 func (w *ChunkWriter) reap() error {
 	for len(w.pending) > 0 {
-		p := w.pending[0]
 		select {
-		case ack := <-p.f.Ok():
-			w.stored[p.reader] = append(w.stored[p.reader], ack.Sequence)
-			w.pending = w.pending[1:]
-		case err := <-p.f.Err():
-			return fmt.Errorf("store chunk %s: %w", p.f.Msg().Header.Get(HeaderSeq), err)
+		case ack := <-w.pending[0].f.Ok():
+			w.confirmed(ack)
+		case err := <-w.pending[0].f.Err():
+			return w.storeErr(err)
 		default:
 			return nil
 		}
 	}
 	return nil
+}
+
+// confirmed moves the oldest pending publish to its reader's stored chunks.
+func (w *ChunkWriter) confirmed(ack *jetstream.PubAck) {
+	p := w.pending[0]
+	w.stored[p.reader] = append(w.stored[p.reader], ack.Sequence)
+	w.pending = w.pending[1:]
+}
+
+// storeErr names the chunk whose oldest pending publish failed.
+func (w *ChunkWriter) storeErr(err error) error {
+	return fmt.Errorf("store chunk %s: %w", w.pending[0].f.Msg().Header.Get(HeaderSeq), err)
 }
 
 // waitWindow blocks while the slowest reader has Window or more chunks

@@ -23,6 +23,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/backstream/backstream/pkg/ctxio"
+
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/pkg/source"
 )
@@ -164,7 +166,7 @@ func (s *Source) Restore(ctx context.Context, r io.Reader, o source.RestoreOptio
 	defer os.Remove(f.Name()) // after a successful rename this is a no-op
 	bw := bufio.NewWriterSize(f, 256<<10)
 	rw := &rdbWriter{w: bw}
-	_, err = io.Copy(rw, ctxReader{ctx, r})
+	_, err = io.Copy(rw, ctxio.Reader(ctx, r))
 	if err == nil {
 		if err = rw.finish(); err != nil {
 			err = fmt.Errorf("%w: %w", source.ErrCorrupt, err)
@@ -189,18 +191,6 @@ func (s *Source) Restore(ctx context.Context, r io.Reader, o source.RestoreOptio
 		return fmt.Errorf("redis restore: %w", err)
 	}
 	return nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // crcTable is Redis's CRC-64 (Jones polynomial, reflected).

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/backstream/backstream/pkg/ctxio"
+
 	"github.com/backstream/backstream/pkg/storage"
 )
 
@@ -206,7 +208,7 @@ func (s *FS) put(ctx context.Context, p string, r io.Reader, o storage.PutOption
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err = io.Copy(f, ctxReader{ctx: ctx, r: r}); err != nil {
+	if _, err = io.Copy(f, ctxio.Reader(ctx, r)); err != nil {
 		return info, err
 	}
 	if err = f.Sync(); err != nil {
@@ -266,19 +268,6 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync dir: %w", err)
 	}
 	return nil
-}
-
-// ctxReader ends a copy when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // Open implements storage.Storage.

@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/backstream/backstream/pkg/ctxio"
+
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/lifecycle"
@@ -271,7 +273,7 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, o storage.PutOpti
 }
 
 func (s *S3) put(ctx context.Context, key string, r io.Reader, o storage.PutOptions) (storage.Info, error) {
-	r = ctxReader{ctx: ctx, r: r}
+	r = ctxio.Reader(ctx, r)
 	buf := s.getBuf()
 	n, err := readFull(r, buf)
 	switch {
@@ -437,19 +439,6 @@ func readFull(r io.Reader, buf []byte) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// ctxReader ends a read loop when ctx is done, even if r would go on.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // Open implements storage.Storage.
