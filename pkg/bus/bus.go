@@ -183,11 +183,6 @@ func (b *Bus) setup(ctx context.Context) error {
 			Replicas: c.Replicas,
 		},
 	}
-	// The chunk stream's earlier name; its chunks are transient, and it
-	// would claim the same subjects.
-	if err := b.JS.DeleteStream(ctx, "BACKSTREAM_DATA"); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("remove the old chunk stream: %w", err)
-	}
 	for _, sc := range streams {
 		sc.Replicas = b.replicas(ctx, sc.Name)
 		err := retryConflict(ctx, func() error {
@@ -195,11 +190,21 @@ func (b *Bus) setup(ctx context.Context) error {
 			return err
 		})
 		var apiErr *jetstream.APIError
-		if err != nil && sc.Name == DataStream && errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeStreamInvalidConfig {
+		if err != nil && sc.Name == DataStream && errors.As(err, &apiErr) {
 			// The chunk stream holds nothing worth keeping across a change
-			// the server cannot apply in place (such as its storage type).
-			if derr := b.JS.DeleteStream(ctx, sc.Name); derr == nil {
-				_, err = b.JS.CreateStream(ctx, sc)
+			// the server cannot apply in place (its storage type), or past
+			// its earlier incarnation, which claims the same subjects.
+			old := ""
+			switch apiErr.ErrorCode {
+			case errCodeStreamInvalidConfig:
+				old = sc.Name
+			case errCodeSubjectsOverlap:
+				old = legacyDataStream
+			}
+			if old != "" {
+				if derr := b.JS.DeleteStream(ctx, old); derr == nil {
+					_, err = b.JS.CreateOrUpdateStream(ctx, sc)
+				}
 			}
 		}
 		if err != nil {
@@ -232,6 +237,12 @@ func (b *Bus) setup(ctx context.Context) error {
 // errCodeStreamInvalidConfig is the server's JSStreamInvalidConfigF: a
 // configuration the stream cannot be updated to in place.
 const errCodeStreamInvalidConfig jetstream.ErrorCode = 10052
+
+// legacyDataStream is the chunk stream's earlier name.
+const legacyDataStream = "BACKSTREAM_DATA"
+
+// errCodeSubjectsOverlap is the server's JSStreamSubjectOverlapErr.
+const errCodeSubjectsOverlap jetstream.ErrorCode = 10065
 
 // The server's JSInsufficientResourcesErr and JSMemoryResourcesExceededErr.
 const (
