@@ -133,7 +133,7 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	ds := r.Dest(dest)
 	if ds.Verified {
 		st := r.FindStep(name)
-		return s.completed(p, r.ID, dest, ds, st)
+		return s.completed(p, r, dest, ds, st)
 	}
 	begin := s.Now()
 	if _, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error {
@@ -171,17 +171,14 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 		return nil, err
 	}
 	s.Log.Info("backup verified", "plan", p.Name(), "runid", r.ID, "destination", dest, "mode", res.Mode, "elapsed", time.Since(begin).Round(time.Millisecond))
-	return s.completed(p, r.ID, dest, rr.Dest(dest), rr.FindStep(name))
+	return s.completed(p, rr, dest, rr.Dest(dest), rr.FindStep(name))
 }
 
-func (s *Service) completed(p *plan.Plan, runID, dest string, ds *runs.Destination, st *runs.Step) ([]events.Event, error) {
+// completed is the verify.completed of dest, from the run record r.
+func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string, ds *runs.Destination, st *runs.Step) ([]events.Event, error) {
 	var dur time.Duration
 	if st != nil {
 		dur = st.Duration(st.Finished)
-	}
-	r, err := s.Runs.Get(context.Background(), runID)
-	if err != nil {
-		return nil, err
 	}
 	data := events.VerifyCompletedData{
 		Destination: dest, Key: ds.Key, Size: ds.Size, SHA256: ds.SHA256, Mode: ds.VerifyMode,
@@ -190,7 +187,7 @@ func (s *Service) completed(p *plan.Plan, runID, dest string, ds *runs.Destinati
 	if st != nil && ds.VerifyMode == format.VerifyModeFull {
 		data.PlaintextSHA256 = r.SHA256
 	}
-	ev, err := s.Emit(p.Name(), runID, StepName(dest), data)
+	ev, err := s.Emit(p.Name(), r.ID, StepName(dest), data)
 	if err != nil {
 		return nil, err
 	}
