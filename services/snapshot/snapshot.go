@@ -68,7 +68,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Skip:
 		return nil, nil
 	case c.Done:
-		return s.completed(p, r, name)
+		return s.completed(p, r, name, nil)
 	case c.Interrupted:
 		// The process streaming this dump died; its chunks cannot be
 		// continued, so the readers are told and the run fails.
@@ -83,11 +83,12 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 }
 
 // completed rebuilds the events of a finished snapshot from the run record.
-func (s *Service) completed(p *plan.Plan, r *runs.Run, name string) ([]events.Event, error) {
+func (s *Service) completed(p *plan.Plan, r *runs.Run, name string, desc map[string]string) ([]events.Event, error) {
 	st := r.FindStep(name)
 	dur := st.Duration(st.Finished)
 	done, err := s.Emit(p.Name(), r.ID, name, events.SnapshotCompletedData{
 		Source: p.Spec.Source.Type, Bytes: r.Bytes, Chunks: r.Chunks, SHA256: r.SHA256, DurationMs: dur.Milliseconds(),
+		Describe: desc,
 	})
 	if err != nil {
 		return nil, err
@@ -179,19 +180,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		return nil, err
 	}
 	log.Info("snapshot completed", "bytes", cw.n, "chunks", chunks, "sha256", digest, "elapsed", time.Since(begin).Round(time.Millisecond))
-	out, err := s.completed(p, r, name)
-	if err != nil {
-		return nil, err
-	}
-	if len(desc) > 0 {
-		var d events.SnapshotCompletedData
-		_ = out[0].DataAs(&d)
-		d.Describe = desc
-		if ev, err := s.Emit(p.Name(), r.ID, name, d); err == nil {
-			out[0] = ev
-		}
-	}
-	return out, nil
+	return s.completed(p, r, name, desc)
 }
 
 // chunker is the io.Writer a source plugin dumps into: it hashes every byte
