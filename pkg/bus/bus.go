@@ -55,6 +55,11 @@ type Config struct {
 	EventsMaxAge time.Duration
 	// DataMaxAge removes the chunks of a run that died.
 	DataMaxAge time.Duration
+	// InProcess, when set, is the embedded server this process runs: the
+	// connection to it is an in-memory pipe instead of loopback TCP, which
+	// spares every chunk two trips through the kernel each way. The server
+	// still listens for the CLI and other processes.
+	InProcess *Server
 	// DataMaxBytes bounds the chunk stream as a whole. It lives in the
 	// servers' memory: each running backup holds at most its window of
 	// chunks per reader (8 MiB at the defaults), so the default fits 64
@@ -97,11 +102,15 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	nc, err := nats.Connect(url,
-		nats.Name("backstream-"+service),
+	opts := []nats.Option{
+		nats.Name("backstream-" + service),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-	)
+		nats.ReconnectWait(250 * time.Millisecond),
+	}
+	if cfg.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(cfg.InProcess.ns))
+	}
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect nats %s: %w", url, err)
 	}

@@ -26,6 +26,10 @@ const (
 // snappy's and zstd's worst case expansion plus the GCM tag.
 func maxBodyLen(chunkSize int) int { return chunkSize + chunkSize/6 + 64 + tagLen }
 
+// FrameBound is the most bytes Seal appends for a chunk of chunkSize bytes:
+// a dst with this much spare capacity is never reallocated.
+func FrameBound(chunkSize int) int { return frameHeaderLen + maxBodyLen(chunkSize) }
+
 // Sealer turns the chunks of one backup into frames. It holds the backup's
 // data key in memory and never exposes it; what leaves it (Header, KeyWrap,
 // frames) is safe to publish and store.
@@ -163,7 +167,7 @@ func (s *Sealer) Seal(dst []byte, index uint64, final bool, chunk []byte) ([]byt
 		return dst, fmt.Errorf("seal frame %d: %w: an object holds at most %d frames", index, ErrInvalidOption, uint64(MaxFrames))
 	}
 	start := len(dst)
-	dst = slices.Grow(dst, frameHeaderLen+maxBodyLen(len(chunk)))
+	dst = slices.Grow(dst, FrameBound(len(chunk)))
 	dst = dst[:start+frameHeaderLen]
 	bodyStart := len(dst)
 	switch s.hdr.Compression {

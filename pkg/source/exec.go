@@ -78,6 +78,9 @@ func Run(ctx context.Context, c Cmd) error {
 		if stdout, err = cmd.StdoutPipe(); err != nil {
 			return &Error{Op: op, Err: err}
 		}
+		if f, ok := stdout.(*os.File); ok {
+			growPipe(f)
+		}
 	}
 	if err := cmd.Start(); err != nil {
 		return &Error{Op: op, Err: err}

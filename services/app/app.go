@@ -132,6 +132,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	url := cfg.NATS
+	var embedded *bus.Server
 	if url == "" {
 		if cfg.DataDir == "" {
 			return errors.New("--data: required for the embedded server")
@@ -145,11 +146,11 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		defer srv.Shutdown()
-		url = srv.URL()
+		url, embedded = srv.URL(), srv
 		log.Info("embedded nats server started", "url", url, "store", filepath.Join(cfg.DataDir, "nats"))
 	}
 
-	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas}, log)
+	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas, InProcess: embedded}, log)
 	if err != nil {
 		return err
 	}

@@ -205,6 +205,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	// Readers fetch in order, workers seal in any order, the writer publishes
 	// in order: the queue holds at most 2×workers chunks in flight.
 	workers := max(1, s.Workers)
+	frameBound := format.FrameBound(int(p.Spec.ChunkSize))
 	queue := make(chan *job, 2*workers)
 	work := make(chan *job, 2*workers)
 	g, gctx := errgroup.WithContext(ctx)
@@ -238,7 +239,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	for range workers {
 		g.Go(func() error {
 			for j := range work {
-				f, err := sealer.Seal(nil, uint64(j.chunk.Seq), j.chunk.Final, j.chunk.Data)
+				f, err := sealer.Seal(out.Buffer(frameBound), uint64(j.chunk.Seq), j.chunk.Final, j.chunk.Data)
 				if err != nil {
 					j.err <- fmt.Errorf("seal frame %d: %w", j.chunk.Seq, err)
 					continue
@@ -269,7 +270,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 				if err := out.Close(gctx, f, map[string]string{TrailerMeta: meta}); err != nil {
 					return fmt.Errorf("publish final frame: %w", err)
 				}
-			} else if err := out.Write(gctx, f); err != nil {
+			} else if err := out.WriteOwned(gctx, f); err != nil {
 				return fmt.Errorf("publish frame %d: %w", j.chunk.Seq, err)
 			}
 			if err := j.chunk.Ack(); err != nil {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -133,7 +134,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	}
 
 	begin := time.Now()
-	cw := &chunker{ctx: ctx, w: w, size: chunkSize, buf: make([]byte, 0, chunkSize), sum: sha256.New()}
+	cw := &chunker{ctx: ctx, w: w, size: chunkSize, buf: w.Buffer(chunkSize), sum: sha256.New()}
 	dumpCtx, cancelDump := context.WithCancel(ctx)
 	defer cancelDump()
 	stopProgress := s.Progress(dumpCtx, p.Name(), r.ID, name, events.SnapshotProgressed, "", s.ProgressEvery,
@@ -208,18 +209,51 @@ func (c *chunker) Write(p []byte) (int, error) {
 		k := min(c.size-len(c.buf), len(p))
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
-		if len(c.buf) == c.size {
-			if err := c.w.Write(c.ctx, c.buf); err != nil {
-				c.err = fmt.Errorf("publish chunk: %w", err)
-				return total - len(p), c.err
-			}
-			// The NATS client keeps the published slice until it is stored,
-			// so each chunk gets a fresh buffer.
-			c.buf = make([]byte, 0, c.size)
-			c.chunks.Add(1)
+		if err := c.emitFull(); err != nil {
+			return total - len(p), err
 		}
 	}
 	c.n += int64(total)
 	c.written.Store(c.n)
 	return total, nil
+}
+
+// ReadFrom reads a dump straight into the chunk being filled, so io.Copy
+// from a pipe fills whole chunks without a copy through its own 32 KiB buffer.
+func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for c.err == nil {
+		n, err := r.Read(c.buf[len(c.buf):c.size])
+		if n > 0 {
+			c.sum.Write(c.buf[len(c.buf) : len(c.buf)+n])
+			c.buf = c.buf[:len(c.buf)+n]
+			total += int64(n)
+			c.n += int64(n)
+			c.written.Store(c.n)
+			if err := c.emitFull(); err != nil {
+				return total, err
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, c.err
+}
+
+// emitFull publishes the chunk being filled once it is full.
+func (c *chunker) emitFull() error {
+	if len(c.buf) < c.size {
+		return nil
+	}
+	if err := c.w.WriteOwned(c.ctx, c.buf); err != nil {
+		c.err = fmt.Errorf("publish chunk: %w", err)
+		return c.err
+	}
+	c.buf = c.w.Buffer(c.size)
+	c.chunks.Add(1)
+	return nil
 }

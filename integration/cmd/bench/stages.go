@@ -243,12 +243,13 @@ func (r *rig) jetstream(ctx context.Context, chunks [][]byte) (stageResult, erro
 	}
 	defer srv.Shutdown()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	wb, err := bus.Connect(ctx, srv.URL(), "bench-writer", bus.Config{}, quiet)
+	// In-process connections, as serve uses for its embedded server.
+	wb, err := bus.Connect(ctx, srv.URL(), "bench-writer", bus.Config{InProcess: srv}, quiet)
 	if err != nil {
 		return res, err
 	}
 	defer wb.Close()
-	rb, err := bus.Connect(ctx, srv.URL(), "bench-reader", bus.Config{}, quiet)
+	rb, err := bus.Connect(ctx, srv.URL(), "bench-reader", bus.Config{InProcess: srv}, quiet)
 	if err != nil {
 		return res, err
 	}

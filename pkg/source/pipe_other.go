@@ -1,0 +1,7 @@
+//go:build !linux
+
+package source
+
+import "os"
+
+func growPipe(*os.File) {}
