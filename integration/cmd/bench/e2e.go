@@ -19,6 +19,7 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/datagen"
 )
 
 const (
@@ -112,14 +113,14 @@ func newRig(ctx context.Context, c config, dir string, log io.Writer) (*rig, err
 
 func (r *rig) close() { r.minio.stop(10 * time.Second) }
 
-func (r *rig) plan(name string, size int64) string {
+func (r *rig) plan(name string, argv string) string {
 	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: %s}
 spec:
   source:
     type: command
-    command: {argv: [%q, gen, --size, %q, --seed, %q]}
+    command: {argv: %s}
   filters:
     compression: zstd
     level: fastest
@@ -137,7 +138,48 @@ spec:
         concurrency: %d
   chunkSize: %d
   verify: {enabled: true}
-`, name, r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
+`, name, argv, r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
+}
+
+// sourceArgv is the plan's source command for size bytes of the data set,
+// as a YAML flow sequence.
+func (r *rig) sourceArgv(size int64) (string, error) {
+	if r.c.source == "gen" {
+		return fmt.Sprintf("[%q, gen, --size, %q, --seed, %q]", r.self, strconv.FormatInt(size, 10), strconv.FormatInt(r.c.seed, 10)), nil
+	}
+	f, err := r.dataFile(size)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("[cat, %q]", f), nil
+}
+
+// dataFile writes size bytes of the data set to a file once, for every run
+// of that size: the source then only streams it (cat), as a dump streams
+// from a data service, and the generator's CPU is not taken from the
+// pipeline it measures.
+func (r *rig) dataFile(size int64) (string, error) {
+	path := filepath.Join(r.dir, fmt.Sprintf("data-%d-seed%d.bin", size, r.c.seed))
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	fmt.Fprintf(r.log, "e2e: writing %s of the data set to %s ...\n", humanSize(size), path)
+	f, err := os.Create(path + ".tmp")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if _, err := io.CopyBuffer(f, datagen.New(r.c.seed, size), make([]byte, 1<<20)); err != nil {
+		return "", fmt.Errorf("write data set: %w", err)
+	}
+	// Synced, so its writeback does not run beside a measurement.
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("write data set: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("write data set: %w", err)
+	}
+	return path, os.Rename(path+".tmp", path)
 }
 
 // backstream runs the backstream CLI to completion, its output kept in the
@@ -184,7 +226,11 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		}
 	}()
 	planFile := filepath.Join(dir, "plan.yaml")
-	if err := os.WriteFile(planFile, []byte(r.plan(name, size)), 0o644); err != nil {
+	argv, err := r.sourceArgv(size)
+	if err != nil {
+		return res, err
+	}
+	if err := os.WriteFile(planFile, []byte(r.plan(name, argv)), 0o644); err != nil {
 		return res, err
 	}
 	cliLog := filepath.Join(dir, "cli.log")
@@ -293,7 +339,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 			return res, err
 		}
 	}
-	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB (%.0f MiB before verify), cpu to upload.completed: serve %s gen %s minio %s; verify %s\n",
+	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB (%.0f MiB before verify), cpu to upload.completed: serve %s source %s minio %s; verify %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
 		humanSize(res.stored), float64(res.peakRSS)/(1<<20), float64(res.uploadRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU, res.verifyCPU)
 	return res, nil

@@ -1,12 +1,14 @@
 // Command bench measures backstream end to end against a real MinIO: it
 // starts bin/minio and a `bin/backstream serve` child process, backs up a
-// seeded, about 2:1 compressible data set produced by its own `gen`
-// subcommand through zstd fastest + AES-256-GCM into S3, and reports the
+// seeded, about 2:1 compressible data set (pkg/datagen, written to a file
+// before the runs and streamed by cat, or produced live by its own `gen`
+// subcommand) through zstd fastest + AES-256-GCM into S3, and reports the
 // end-to-end rate, the serve process's peak RSS, and the rate of every
 // stage measured alone in this process on the same data. The last line of
 // its output is one JSON object for scripts (see docs/bench.md).
 //
-//	bench [--size 1GiB] [--rss-sizes 1GiB,4GiB] [--repeat 1] [--stage-size 256MiB]
+//	bench [--size 1GiB] [--rss-sizes 1GiB,4GiB] [--repeat 1] [--source file|gen]
+//	      [--stage-size 256MiB] [--stage-repeat 3]
 //	bench gen --size N [--seed S]
 package main
 
@@ -54,10 +56,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.s3Concurrency, "s3-concurrency", 0, "the destination's s3 concurrency for the end-to-end runs (0: the plugin's default, 4)")
 	stageSize := fs.String("stage-size", "256MiB", "size of the in-memory data set each stage is measured on alone")
 	fs.Int64Var(&c.seed, "seed", 1, "seed of the generated data set")
+	fs.IntVar(&c.stageRepeat, "stage-repeat", 3, "rounds of the stages alone (each stage's best is reported)")
 	fs.IntVar(&c.repeat, "repeat", 1, "end-to-end runs at --size (best is reported, with the spread)")
 	fs.StringVar(&c.bin, "bin", "", "directory holding backstream and minio (default: bin/ of the repository)")
 	fs.StringVar(&c.profile, "profile", "", "write serve's CPU profile of each end-to-end run (from the trigger on, --profile-seconds long) and its heap profile at the end into this directory")
 	fs.IntVar(&c.profileSeconds, "profile-seconds", 10, "length of the CPU profile with --profile")
+	fs.StringVar(&c.source, "source", "file", "the plan's source: file (the data set written to a file before the run, streamed by cat) or gen (generated while the run reads it)")
 	fs.BoolVar(&c.skipStages, "skip-stages", false, "measure only end to end")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir (logs, stores) and print its path")
 	if err := fs.Parse(args); err != nil {
@@ -88,6 +92,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			c.rssSizes = append(c.rssSizes, n)
 		}
 	}
+	if c.source != "file" && c.source != "gen" {
+		return fmt.Errorf("%w: --source: %q is not file or gen", errUsage, c.source)
+	}
+	if c.stageRepeat < 1 {
+		return fmt.Errorf("%w: --stage-repeat: must be >= 1", errUsage)
+	}
 	if c.repeat < 1 {
 		return fmt.Errorf("%w: --repeat: must be >= 1", errUsage)
 	}
@@ -106,6 +116,7 @@ type config struct {
 	size           int64
 	seed           int64
 	repeat         int
+	stageRepeat    int
 	rssSizes       []int64
 	stageSize      int64
 	chunkSize      int64
@@ -114,6 +125,7 @@ type config struct {
 	bin            string
 	profile        string
 	profileSeconds int
+	source         string // file | gen
 	skipStages     bool
 	keep           bool
 }

@@ -39,6 +39,15 @@ func bench(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer r.close()
+	if c.source == "file" {
+		// Every data file is written (and synced) before the first
+		// measurement, so no run shares the disk with writeback.
+		for _, size := range append([]int64{c.size}, c.rssSizes...) {
+			if _, err := r.dataFile(size); err != nil {
+				return err
+			}
+		}
+	}
 
 	var e2e []e2eResult
 	for range c.repeat {
@@ -64,11 +73,31 @@ func bench(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	}
 	var st []stageResult
 	if !c.skipStages {
-		if st, err = r.stages(ctx, min(c.stageSize, c.size)); err != nil {
-			return err
+		// Each stage's best of --stage-repeat: noise from the rest of the
+		// machine only ever slows a stage down, and the ratio must not be
+		// flattered by a stage measured in a bad moment.
+		for range c.stageRepeat {
+			round, err := r.stages(ctx, min(c.stageSize, c.size))
+			if err != nil {
+				return err
+			}
+			st = bestStages(st, round)
 		}
 	}
 	return report(stdout, c, e2e, rss, st)
+}
+
+// bestStages keeps, stage by stage, the faster of two rounds.
+func bestStages(best, round []stageResult) []stageResult {
+	if best == nil {
+		return round
+	}
+	for i := range best {
+		if round[i].bound() > best[i].bound() {
+			best[i] = round[i]
+		}
+	}
+	return best
 }
 
 func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []stageResult) error {
@@ -96,7 +125,7 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 				humanSize(res.stored), float64(res.size)/float64(max(1, res.stored)), float64(res.peakRSS)/(1<<20))
 		}
 		fmt.Fprintln(tw, "  \t\t\t\t\t\t\t")
-		fmt.Fprintln(tw, "  run\tcpu serve\tcpu generator\tcpu minio\tcores busy\tcore-s per GB\tcpu verify\t")
+		fmt.Fprintln(tw, "  run\tcpu serve\tcpu source\tcpu minio\tcores busy\tcore-s per GB\tcpu verify\t")
 		for i, res := range e2e {
 			all := res.serveCPU + res.genCPU + res.minioCPU
 			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f\t%.1f\t%s\t\n", i+1, res.serveCPU, res.genCPU, res.minioCPU,
