@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +39,8 @@ type Env struct {
 	Runs   *runs.Store
 	cancel context.CancelFunc
 	done   chan error
+	// retention reports whether this Env runs the retention service.
+	retention bool
 }
 
 // Options tune an in-process Env.
@@ -69,7 +72,8 @@ func Start(t testing.TB, o Options) *Env {
 	ready := make(chan struct{})
 	cfg.Ready = func(string, string) { close(ready) }
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Env{t: t, URL: url, cancel: cancel, done: make(chan error, 1)}
+	e := &Env{t: t, URL: url, cancel: cancel, done: make(chan error, 1),
+		retention: len(o.Services) == 0 || slices.Contains(o.Services, "retention")}
 	go func() { e.done <- app.Run(ctx, cfg) }()
 	select {
 	case <-ready:
@@ -156,10 +160,34 @@ func (e *Env) Wait(id string, timeout time.Duration) *runs.Run {
 			}
 		}
 		if missing == "" {
+			if r.Kind != runs.KindRestore && r.Phase == runs.Succeeded && e.retention {
+				e.waitRetention(deadline)
+			}
 			return r
 		}
 		if time.Now().After(deadline) {
 			e.t.Fatalf("run %s is %s but its %s event never came", id, r.Phase, missing)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitRetention waits until the retention stage has handled every
+// backup.succeeded published so far. It labels the backup's manifest even
+// when the plan keeps everything (and then emits nothing), so a test that
+// removes the backups' directory right after Wait would race with it.
+func (e *Env) waitRetention(deadline time.Time) {
+	e.t.Helper()
+	for {
+		c, err := e.Bus.JS.Consumer(context.Background(), bus.EventsStream, "retention")
+		if err == nil {
+			info, err := c.Info(context.Background())
+			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the retention stage did not finish with the run's backup.succeeded in time (consumer: %v)", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
