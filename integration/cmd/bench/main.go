@@ -7,7 +7,7 @@
 // stage measured alone in this process on the same data. The last line of
 // its output is one JSON object for scripts (see docs/bench.md).
 //
-//	bench [--size 1GiB] [--rss-sizes 1GiB,4GiB] [--repeat 1] [--source file|gen]
+//	bench [--size 1GiB] [--rss-sizes 1GiB,4GiB] [--repeat 3] [--source file|gen]
 //	      [--stage-size 256MiB] [--stage-repeat 3]
 //	bench gen --size N [--seed S]
 package main
@@ -56,8 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&c.s3Concurrency, "s3-concurrency", 0, "the destination's s3 concurrency for the end-to-end runs (0: the plugin's default, 4)")
 	stageSize := fs.String("stage-size", "256MiB", "size of the in-memory data set each stage is measured on alone")
 	fs.Int64Var(&c.seed, "seed", 1, "seed of the generated data set")
-	fs.IntVar(&c.stageRepeat, "stage-repeat", 3, "rounds of the stages alone (each stage's best is reported)")
-	fs.IntVar(&c.repeat, "repeat", 1, "end-to-end runs at --size (best is reported, with the spread)")
+	fs.IntVar(&c.stageRepeat, "stage-repeat", 3, "rounds of the stages alone, taking turns with the end-to-end runs (each stage's best is reported)")
+	fs.IntVar(&c.repeat, "repeat", 3, "end-to-end runs at --size, taking turns with the rounds of the stages (best is reported, with the spread)")
 	fs.StringVar(&c.bin, "bin", "", "directory holding backstream and minio (default: bin/ of the repository)")
 	fs.StringVar(&c.profile, "profile", "", "write serve's CPU profile of each end-to-end run (from the trigger on, --profile-seconds long) and its heap profile at the end into this directory")
 	fs.IntVar(&c.profileSeconds, "profile-seconds", 10, "length of the CPU profile with --profile")

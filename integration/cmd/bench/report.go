@@ -49,13 +49,31 @@ func bench(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		}
 	}
 
+	// End-to-end runs and rounds of the stages alone take turns, so that
+	// both see the same moods of a shared machine; each reports its best.
+	// Noise only ever slows a run down, and neither side of the ratio must
+	// be flattered by having been measured in a better moment than the other.
 	var e2e []e2eResult
-	for range c.repeat {
-		res, err := r.pipeline(ctx, c.size)
-		if err != nil {
-			return err
+	var st []stageResult
+	rounds := c.repeat
+	if !c.skipStages {
+		rounds = max(rounds, c.stageRepeat)
+	}
+	for i := range rounds {
+		if i < c.repeat {
+			res, err := r.pipeline(ctx, c.size)
+			if err != nil {
+				return err
+			}
+			e2e = append(e2e, res)
 		}
-		e2e = append(e2e, res)
+		if !c.skipStages && i < c.stageRepeat {
+			round, err := r.stages(ctx, min(c.stageSize, c.size))
+			if err != nil {
+				return err
+			}
+			st = bestStages(st, round)
+		}
 	}
 	rss := map[int64][]int64{c.size: nil}
 	for _, res := range e2e {
@@ -70,19 +88,6 @@ func bench(ctx context.Context, c config, stdout, stderr io.Writer) error {
 			return err
 		}
 		rss[size] = append(rss[size], res.peakRSS)
-	}
-	var st []stageResult
-	if !c.skipStages {
-		// Each stage's best of --stage-repeat: noise from the rest of the
-		// machine only ever slows a stage down, and the ratio must not be
-		// flattered by a stage measured in a bad moment.
-		for range c.stageRepeat {
-			round, err := r.stages(ctx, min(c.stageSize, c.size))
-			if err != nil {
-				return err
-			}
-			st = bestStages(st, round)
-		}
 	}
 	return report(stdout, c, e2e, rss, st)
 }
