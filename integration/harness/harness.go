@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
@@ -180,14 +182,15 @@ func (e *Env) waitRetention(deadline time.Time) {
 	e.t.Helper()
 	for {
 		c, err := e.Bus.JS.Consumer(context.Background(), bus.EventsStream, "retention")
+		var info *jetstream.ConsumerInfo
 		if err == nil {
-			info, err := c.Info(context.Background())
-			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
-				return
-			}
+			info, err = c.Info(context.Background())
+		}
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("the retention stage did not finish with the run's backup.succeeded in time (consumer: %v)", err)
+			e.t.Fatalf("the retention stage did not finish with the run's backup.succeeded in time (consumer %+v, err %v)", info, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

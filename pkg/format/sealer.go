@@ -26,9 +26,8 @@ const (
 // snappy's and zstd's worst case expansion plus the GCM tag.
 func maxBodyLen(chunkSize int) int { return chunkSize + chunkSize/6 + 64 + tagLen }
 
-// FrameBound is the most bytes Seal appends for a chunk of chunkSize bytes:
-// a dst with this much spare capacity is never reallocated.
-func FrameBound(chunkSize int) int { return frameHeaderLen + maxBodyLen(chunkSize) }
+// frameLen is the most bytes Seal appends for a chunk of chunkSize bytes.
+func frameLen(chunkSize int) int { return frameHeaderLen + maxBodyLen(chunkSize) }
 
 // Sealer turns the chunks of one backup into frames. It holds the backup's
 // data key in memory and never exposes it; what leaves it (Header, KeyWrap,
@@ -153,7 +152,7 @@ func (s *Sealer) ChunkSize() int { return s.hdr.ChunkSize }
 
 // MaxFrameLen returns the largest frame Seal can produce, for sizing buffers
 // and checking against a transport's payload limit.
-func (s *Sealer) MaxFrameLen() int { return frameHeaderLen + maxBodyLen(s.hdr.ChunkSize) }
+func (s *Sealer) MaxFrameLen() int { return frameLen(s.hdr.ChunkSize) }
 
 // Seal compresses and encrypts chunk as frame number index and appends the
 // whole frame to dst. final marks the last frame of the object; an empty
@@ -167,7 +166,7 @@ func (s *Sealer) Seal(dst []byte, index uint64, final bool, chunk []byte) ([]byt
 		return dst, fmt.Errorf("seal frame %d: %w: an object holds at most %d frames", index, ErrInvalidOption, uint64(MaxFrames))
 	}
 	start := len(dst)
-	dst = slices.Grow(dst, FrameBound(len(chunk)))
+	dst = slices.Grow(dst, frameLen(len(chunk)))
 	dst = dst[:start+frameHeaderLen]
 	bodyStart := len(dst)
 	switch s.hdr.Compression {

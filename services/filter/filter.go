@@ -205,7 +205,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	// Readers fetch in order, workers seal in any order, the writer publishes
 	// in order: the queue holds at most 2×workers chunks in flight.
 	workers := max(1, s.Workers)
-	frameBound := format.FrameBound(int(p.Spec.ChunkSize))
+	frameLen := sealer.MaxFrameLen()
 	queue := make(chan *job, 2*workers)
 	work := make(chan *job, 2*workers)
 	g, gctx := errgroup.WithContext(ctx)
@@ -239,7 +239,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	for range workers {
 		g.Go(func() error {
 			for j := range work {
-				f, err := sealer.Seal(out.Buffer(frameBound), uint64(j.chunk.Seq), j.chunk.Final, j.chunk.Data)
+				f, err := sealer.Seal(out.Buffer(frameLen), uint64(j.chunk.Seq), j.chunk.Final, j.chunk.Data)
 				if err != nil {
 					j.err <- fmt.Errorf("seal frame %d: %w", j.chunk.Seq, err)
 					continue

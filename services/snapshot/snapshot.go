@@ -204,32 +204,31 @@ func (c *chunker) Write(p []byte) (int, error) {
 		return 0, c.err
 	}
 	total := len(p)
-	c.sum.Write(p)
 	for len(p) > 0 {
 		k := min(c.size-len(c.buf), len(p))
+		c.took(p[:k])
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
 		if err := c.emitFull(); err != nil {
 			return total - len(p), err
 		}
 	}
-	c.n += int64(total)
-	c.written.Store(c.n)
 	return total, nil
 }
 
 // ReadFrom reads a dump straight into the chunk being filled, so io.Copy
 // from a pipe fills whole chunks without a copy through its own 32 KiB buffer.
 func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
 	var total int64
-	for c.err == nil {
+	for {
 		n, err := r.Read(c.buf[len(c.buf):c.size])
 		if n > 0 {
-			c.sum.Write(c.buf[len(c.buf) : len(c.buf)+n])
+			c.took(c.buf[len(c.buf) : len(c.buf)+n])
 			c.buf = c.buf[:len(c.buf)+n]
 			total += int64(n)
-			c.n += int64(n)
-			c.written.Store(c.n)
 			if err := c.emitFull(); err != nil {
 				return total, err
 			}
@@ -241,7 +240,13 @@ func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
-	return total, c.err
+}
+
+// took hashes and counts dump bytes as they enter the chunk being filled.
+func (c *chunker) took(p []byte) {
+	c.sum.Write(p)
+	c.n += int64(len(p))
+	c.written.Store(c.n)
 }
 
 // emitFull publishes the chunk being filled once it is full.

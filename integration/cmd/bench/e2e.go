@@ -53,15 +53,15 @@ type e2eResult struct {
 	// uploadRSS is the peak RSS up to upload.completed, before verify.
 	uploadRSS int64
 	// CPU time spent from the trigger to upload.completed by serve itself,
-	// by its source command (the generator) and by MinIO; and by serve
-	// from upload.completed to backup.succeeded (verify).
-	serveCPU, genCPU, minioCPU, verifyCPU time.Duration
+	// by its source command (cat, or the generator with --source gen) and by
+	// MinIO; and by serve from upload.completed to backup.succeeded (verify).
+	serveCPU, sourceCPU, minioCPU, verifyCPU time.Duration
 }
 
 // cpuPerGB is the CPU time of every process of the pipeline per 10^9
 // plaintext bytes, trigger to upload.completed.
 func (r e2eResult) cpuPerGB() float64 {
-	return (r.serveCPU + r.genCPU + r.minioCPU).Seconds() / (float64(r.size) / 1e9)
+	return (r.serveCPU + r.sourceCPU + r.minioCPU).Seconds() / (float64(r.size) / 1e9)
 }
 
 func (r e2eResult) uploadMBps() float64 { return mbps(r.size, r.upload) }
@@ -326,7 +326,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	}
 	mu.Lock()
 	res.serveCPU = serveAtUpload.self - serveBefore.self
-	res.genCPU = serveAtUpload.children - serveBefore.children
+	res.sourceCPU = serveAtUpload.children - serveBefore.children
 	res.minioCPU = minioAtUpload.self - minioBefore.self
 	res.verifyCPU = serveEnd.self - serveAtUpload.self
 	res.uploadRSS = uploadRSS
@@ -341,6 +341,6 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	}
 	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB (%.0f MiB before verify), cpu to upload.completed: serve %s source %s minio %s; verify %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
-		humanSize(res.stored), float64(res.peakRSS)/(1<<20), float64(res.uploadRSS)/(1<<20), res.serveCPU, res.genCPU, res.minioCPU, res.verifyCPU)
+		humanSize(res.stored), float64(res.peakRSS)/(1<<20), float64(res.uploadRSS)/(1<<20), res.serveCPU, res.sourceCPU, res.minioCPU, res.verifyCPU)
 	return res, nil
 }

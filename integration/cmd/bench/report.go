@@ -132,8 +132,8 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 		fmt.Fprintln(tw, "  \t\t\t\t\t\t\t")
 		fmt.Fprintln(tw, "  run\tcpu serve\tcpu source\tcpu minio\tcores busy\tcore-s per GB\tcpu verify\t")
 		for i, res := range e2e {
-			all := res.serveCPU + res.genCPU + res.minioCPU
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f\t%.1f\t%s\t\n", i+1, res.serveCPU, res.genCPU, res.minioCPU,
+			all := res.serveCPU + res.sourceCPU + res.minioCPU
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f\t%.1f\t%s\t\n", i+1, res.serveCPU, res.sourceCPU, res.minioCPU,
 				all.Seconds()/res.upload.Seconds(), res.cpuPerGB(), res.verifyCPU)
 		}
 		if len(e2e) > 1 {
