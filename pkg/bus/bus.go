@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 // Stream, bucket and header names shared by every service.
@@ -323,6 +324,7 @@ func (b *Bus) Publish(ctx context.Context, evs ...events.Event) error {
 		if err != nil {
 			return fmt.Errorf("publish %s: encode: %w", e.Type(), err)
 		}
+		data = secret.RedactJSON(data) // events are kept for weeks: no secret value in them
 		msg := &nats.Msg{
 			Subject: events.Subject(e.Type(), e.Subject()),
 			Data:    data,

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 // Handler handles one event. Its result is what to publish next; its error
@@ -293,6 +294,7 @@ func safeCall(ctx context.Context, h Handler, e events.Event) (out []events.Even
 // If the copy cannot be stored the message is nak'ed instead, so it is never
 // lost.
 func (b *Bus) deadLetter(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg, deliveries int, reason string, log *slog.Logger) {
+	reason = secret.Redact(reason) // a handler's error may quote a secret; dead letters are kept
 	dl := &nats.Msg{
 		Subject: events.DeadLetterRoot + "." + spec.Name,
 		Data:    msg.Data(),

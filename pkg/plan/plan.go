@@ -118,6 +118,9 @@ type KubernetesHook struct {
 type HTTPHook struct {
 	BaseURL string            `yaml:"baseURL,omitempty" json:"baseURL,omitempty"`
 	Headers map[string]string `yaml:"headers,omitempty" json:"headers,omitempty"`
+	// SecretHeaders are headers whose values are secrets (Authorization),
+	// named by reference and resolved by the hook service for each request.
+	SecretHeaders map[string]secret.Ref `yaml:"secretHeaders,omitempty" json:"secretHeaders,omitempty"`
 }
 
 // Op is one operation of a hook. Exactly one of Command (exec, kubernetes),

@@ -255,6 +255,11 @@ func (p *Plan) validateHookBlocks(ps *problems, path string, h *Hook) {
 				ps.add(path+".http.baseURL", "%q is not an absolute http(s) URL", h.HTTP.BaseURL)
 			}
 		}
+		for k, ref := range h.HTTP.SecretHeaders {
+			if err := ref.Validate(); err != nil {
+				ps.add(path+".http.secretHeaders."+k, "%v", err)
+			}
+		}
 	}
 }
 

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 // Kinds of run.
@@ -238,6 +240,7 @@ func (s *Store) Ensure(ctx context.Context, seed Run) (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode run %s: %w", seed.ID, err)
 	}
+	data = secret.RedactJSON(data) // a run's errors may quote a secret
 	_, err = s.kv.Create(ctx, seed.ID, data)
 	switch {
 	case err == nil:
@@ -272,6 +275,7 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 		if err != nil {
 			return nil, fmt.Errorf("encode run %s: %w", id, err)
 		}
+		data = secret.RedactJSON(data) // a run's errors may quote a secret
 		_, err = s.kv.Update(ctx, id, data, rev)
 		if err == nil {
 			return r, s.index(ctx, prev, r)

@@ -1,7 +1,11 @@
 // Package secret resolves the secret references a plan holds. A plan never
 // holds a secret value: it names an environment variable or a file, and the
 // service that needs the value reads it where it runs. Values never enter KV,
-// events, manifests or logs.
+// events, manifests or logs: every value Resolve returns is registered with
+// the process's redactor (redact.go), and the places where text leaves the
+// process (the bus, the run store, the log handler, hook and child output
+// tails) pass it through Redact. This package must never log or return a
+// value anywhere but from Resolve.
 package secret
 
 import (
@@ -39,21 +43,26 @@ func (r Ref) String() string {
 	return "file:" + r.File
 }
 
-// Resolve reads the secret value. A trailing newline of a file is dropped.
+// Resolve reads the secret value and registers it with the redactor before
+// returning it, so nothing the caller does with it can print it unredacted.
+// A trailing newline of a file is dropped.
 func (r Ref) Resolve() (string, error) {
 	if err := r.Validate(); err != nil {
 		return "", fmt.Errorf("secret %s: %w", r, err)
 	}
+	var v string
 	if r.Env != "" {
-		v, ok := os.LookupEnv(r.Env)
-		if !ok {
+		var ok bool
+		if v, ok = os.LookupEnv(r.Env); !ok {
 			return "", fmt.Errorf("secret %s: environment variable not set", r)
 		}
-		return v, nil
+	} else {
+		b, err := os.ReadFile(r.File)
+		if err != nil {
+			return "", fmt.Errorf("secret %s: %w", r, err)
+		}
+		v = strings.TrimRight(string(b), "\r\n")
 	}
-	b, err := os.ReadFile(r.File)
-	if err != nil {
-		return "", fmt.Errorf("secret %s: %w", r, err)
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	Register(v)
+	return v, nil
 }

@@ -35,7 +35,8 @@ type Cmd struct {
 	Dir    string
 	Stdin  io.Reader
 	Stdout io.Writer
-	// Secrets are values scrubbed from the stderr tail.
+	// Secrets are values scrubbed from the stderr tail besides those the
+	// process's redactor knows (every resolved secret.Ref is there).
 	Secrets []string
 }
 
@@ -63,8 +64,11 @@ func Run(ctx context.Context, c Cmd) error {
 	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Dir = c.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Redacted before the tail cuts it: a value the child prints is never
+	// kept, not even the half of one the cut would leave.
 	tail := &tailBuffer{max: StderrTailSize}
-	cmd.Stderr = tail
+	stderr := secret.NewWriter(tail)
+	cmd.Stderr = stderr
 	cmd.WaitDelay = 5 * time.Second
 
 	var stdin io.WriteCloser
@@ -129,6 +133,7 @@ func Run(ctx context.Context, c Cmd) error {
 	werr := cmd.Wait()
 	close(stop)
 	wg.Wait()
+	_ = stderr.Close() // a tailBuffer's Write never fails
 
 	e := &Error{Op: op, StderrTail: scrub(tail.String(), c.Secrets)}
 	var xe *exec.ExitError
@@ -210,7 +215,7 @@ func SecretFile(pattern, content string) (string, func(), error) {
 func scrub(s string, secrets []string) string {
 	for _, v := range secrets {
 		if v != "" {
-			s = strings.ReplaceAll(s, v, "***")
+			s = strings.ReplaceAll(s, v, secret.Mask)
 		}
 	}
 	return s

@@ -27,6 +27,7 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/services/api"
 	"github.com/backstream/backstream/services/metrics"
 	"github.com/backstream/backstream/services/schedule"
@@ -111,6 +112,7 @@ func Keys(identityFile, passphraseEnv string) (format.Keys, error) {
 		if !ok {
 			return k, fmt.Errorf("passphrase: environment variable %s is not set", passphraseEnv)
 		}
+		secret.Register(v) // redacted like a plan's secrets
 		k.Passphrase = v
 	}
 	return k, nil

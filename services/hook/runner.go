@@ -1,12 +1,10 @@
 package hook
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +19,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 
 	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/pkg/source/mariadb"
 	"github.com/backstream/backstream/pkg/source/postgres"
 )
@@ -72,6 +71,10 @@ func runOp(ctx context.Context, p *plan.Plan, h *plan.Hook, op *plan.Op, timeout
 	return out, err
 }
 
+// outputTail is how much of an op's output is kept: the tail of an exec
+// op's stdout and stderr, the start of an http response's body.
+const outputTail = 4096
+
 // tail keeps the last n bytes written to it.
 type tail struct {
 	mu  sync.Mutex
@@ -116,9 +119,13 @@ func runExec(ctx context.Context, h *plan.Hook, argv []string, env []string) (Ou
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
-	out := &tail{n: 4096}
-	cmd.Stdout, cmd.Stderr = out, out
+	// The output is redacted before the tail cuts it, so a secret the op
+	// echoes never survives, not even the half of one cut by the tail.
+	out := &tail{n: outputTail}
+	rw := secret.NewWriter(out)
+	cmd.Stdout, cmd.Stderr = rw, rw
 	err := cmd.Run()
+	_ = rw.Close() // a tail's Write never fails
 	res := Outcome{Output: out.String()}
 	if cmd.ProcessState != nil {
 		code := cmd.ProcessState.ExitCode()
@@ -326,14 +333,24 @@ func runHTTP(ctx context.Context, h *plan.Hook, r *plan.HTTPRequest) (Outcome, e
 	for k, v := range r.Headers {
 		req.Header.Set(k, v)
 	}
+	if h.HTTP != nil {
+		// Set last: a credential header is never replaced by a plain one.
+		for k, ref := range h.HTTP.SecretHeaders {
+			v, err := ref.Resolve()
+			if err != nil {
+				return Outcome{}, fmt.Errorf("http: header %s: %w", k, err)
+			}
+			req.Header.Set(k, v)
+		}
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("http %s %s: %w", method, url, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	body, _ := secret.Head(resp.Body, outputTail) // a server echoing a secret header
 	want := r.ExpectStatus
-	out := Outcome{Output: string(bytes.TrimSpace(body))}
+	out := Outcome{Output: strings.TrimSpace(body)}
 	if (want == 0 && resp.StatusCode/100 != 2) || (want != 0 && resp.StatusCode != want) {
 		return out, fmt.Errorf("http %s %s: status %d, want %s", method, url, resp.StatusCode, expectText(want))
 	}

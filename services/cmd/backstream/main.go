@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 const usage = `backstream — event-driven backup and restore on NATS JetStream
@@ -58,7 +60,7 @@ func main() {
 			code = ee.code
 		}
 		if err.Error() != "" {
-			fmt.Fprintln(os.Stderr, "backstream:", err)
+			fmt.Fprintln(os.Stderr, "backstream:", secret.Redact(err.Error()))
 		}
 		os.Exit(code)
 	}
@@ -100,7 +102,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	// Redacted as formatted lines, not as attributes: a secret is found in
+	// any attribute, group, error text or value logged before it was
+	// resolved, in the quoted form the handler writes it in.
+	return slog.New(slog.NewTextHandler(secret.LineWriter{W: w}, &slog.HandlerOptions{Level: l}))
 }
 
 // natsURL is --nats, else $BACKSTREAM_NATS, else the embedded default.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/services/app"
 	"github.com/backstream/backstream/services/metrics"
 )
@@ -59,6 +60,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if !ok {
 			return usageError("serve: --influx-token-env: environment variable %s is not set", *influxTokenEnv)
 		}
+		secret.Register(v) // redacted like a plan's secrets
 		influxToken = v
 	}
 	log := newLogger(stderr, *logLevel)
