@@ -1,5 +1,9 @@
 // Package planstore keeps plans in the JetStream KV bucket of plans. Only a
-// plan that passed validation is ever written; services read plans from here.
+// plan that passed validation is ever written through it, and every plan
+// read through it is validated again: whoever can write the bucket directly
+// skips Put, so a stored plan is trusted only once it passes the same checks
+// (defaults, Validate with the plugin checker, its key matching its name).
+// Services read plans from here and never from the bucket itself.
 package planstore
 
 import (
@@ -7,14 +11,40 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backstream/backstream/pkg/plan"
 )
 
-// ErrNotFound means no plan has that name.
-var ErrNotFound = errors.New("plan not found")
+// Sentinel errors; test with errors.Is.
+var (
+	// ErrNotFound means no plan has that name.
+	ErrNotFound = errors.New("plan not found")
+	// ErrInvalidPlan means a stored plan does not decode or does not pass
+	// validation: it was written to the bucket without Put. The error is an
+	// *InvalidError naming the plan and every problem.
+	ErrInvalidPlan = errors.New("invalid stored plan")
+)
+
+// InvalidError is a stored plan that cannot be trusted.
+type InvalidError struct {
+	// Name is the plan's key in the bucket.
+	Name string
+	// Problems are "path: message", every one found.
+	Problems []string
+}
+
+// Error names the plan and every problem on one line: it becomes a dead
+// letter's reason and a run's error.
+func (e *InvalidError) Error() string {
+	return fmt.Sprintf("%s: plan %s (not written by `backstream plan apply`?): %s",
+		ErrInvalidPlan, e.Name, strings.Join(e.Problems, "; "))
+}
+
+// Is makes errors.Is(err, ErrInvalidPlan) true.
+func (e *InvalidError) Is(target error) bool { return target == ErrInvalidPlan }
 
 // Store reads and writes plans.
 type Store struct {
@@ -52,7 +82,9 @@ func (s *Store) Put(ctx context.Context, p *plan.Plan) (changed bool, err error)
 	return true, nil
 }
 
-// Get returns the plan name, with defaults filled.
+// Get returns the plan name, with defaults filled, after validating it
+// again: a plan that does not pass is an *InvalidError (ErrInvalidPlan) and
+// is never returned, so nothing of it can run.
 func (s *Store) Get(ctx context.Context, name string) (*plan.Plan, error) {
 	e, err := s.kv.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
@@ -61,37 +93,67 @@ func (s *Store) Get(ctx context.Context, name string) (*plan.Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get plan %s: %w", name, err)
 	}
-	p, err := plan.FromJSON(e.Value())
+	return s.trust(name, e.Value())
+}
+
+// trust decodes and validates what is stored under key name.
+func (s *Store) trust(name string, data []byte) (*plan.Plan, error) {
+	p, err := plan.FromJSON(data)
 	if err != nil {
-		return nil, fmt.Errorf("decode plan %s: %w", name, err)
+		return nil, &InvalidError{Name: name, Problems: []string{err.Error()}}
 	}
-	p.Defaults()
+	var problems []string
+	if err := s.Prepare(p); err != nil {
+		var ve *plan.ValidationError
+		if !errors.As(err, &ve) {
+			return nil, fmt.Errorf("validate plan %s: %w", name, err)
+		}
+		for _, pr := range ve.Problems {
+			problems = append(problems, pr.String())
+		}
+	}
+	// Stages look a plan up by the event's subject: a plan stored under
+	// another plan's key would run in that plan's name.
+	if p.Name() != name {
+		problems = append(problems, fmt.Sprintf("metadata.name: %q, but stored under key %q", p.Name(), name))
+	}
+	if len(problems) > 0 {
+		return nil, &InvalidError{Name: name, Problems: problems}
+	}
 	return p, nil
 }
 
-// List returns every plan, sorted by name.
-func (s *Store) List(ctx context.Context) ([]*plan.Plan, error) {
+// List returns every stored plan that passes validation, sorted by name, and
+// in bad, by name, each one that does not (an *InvalidError). One raw write
+// never hides the other plans from the schedule, the watchdog or a listing;
+// err is for the bucket itself.
+func (s *Store) List(ctx context.Context) (good []*plan.Plan, bad map[string]error, err error) {
 	lister, err := s.kv.ListKeys(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list plans: %w", err)
+		return nil, nil, fmt.Errorf("list plans: %w", err)
 	}
 	var names []string
 	for k := range lister.Keys() {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	var out []*plan.Plan
 	for _, n := range names {
 		p, err := s.Get(ctx, n)
-		if errors.Is(err, ErrNotFound) {
+		switch {
+		case errors.Is(err, ErrNotFound):
 			continue
+		case errors.Is(err, ErrInvalidPlan):
+			if bad == nil {
+				bad = map[string]error{}
+			}
+			bad[n] = err
+			continue
+		case err != nil:
+			return nil, nil, err
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
+		good = append(good, p)
 	}
-	return out, nil
+	return good, bad, nil
 }
 
 // Delete removes the plan name; ErrNotFound when there is none.

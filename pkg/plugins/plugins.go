@@ -44,6 +44,34 @@ func (r *Registry) CheckDestination(p plan.Plugin) error {
 	return r.Storages.Check(p.Type, p.Decode)
 }
 
+// ExecUses lists, by field path, every part of p that runs a program or
+// loads code the plan itself names: a command source's argv, a dump tool's
+// binDir, exec and kubernetes hooks (a kubernetes op is a command exec'd in
+// pods with this host's kubeconfig). A serve started with
+// --allow-exec=false refuses a plan for which this is not empty. A source
+// block that cannot be decoded counts as a use: refusing is the safe guess.
+func (r *Registry) ExecUses(p *plan.Plan) []string {
+	var uses []string
+	src := p.Spec.Source
+	if sp, err := r.Sources.Lookup(src.Type); err != nil {
+		uses = append(uses, "spec.source.type ("+src.Type+": unknown)")
+	} else if sp.Exec != nil {
+		fields, err := sp.Exec(src.Decode)
+		if err != nil {
+			uses = append(uses, "spec.source."+src.Type+" (undecodable)")
+		}
+		for _, f := range fields {
+			uses = append(uses, "spec.source."+src.Type+"."+f)
+		}
+	}
+	for i, h := range p.Spec.Hooks {
+		if h.Type == plan.HookExec || h.Type == plan.HookKubernetes {
+			uses = append(uses, fmt.Sprintf("spec.hooks[%d] (%s hook %s)", i, h.Type, h.Name))
+		}
+	}
+	return uses
+}
+
 // Source builds the plan's source and returns it with its plugin description.
 func (r *Registry) Source(p *plan.Plan) (source.Source, source.Plugin, error) {
 	sp, err := r.Sources.Lookup(p.Spec.Source.Type)

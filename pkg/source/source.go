@@ -103,6 +103,18 @@ type Plugin struct {
 	Check func(decode func(any) error) error
 	// New decodes, validates and builds a Source. It does not connect yet.
 	New func(decode func(any) error) (Source, error)
+	// Exec, when set, decodes a block and lists its fields that choose a
+	// program to run or code to load (argv, binDir, tool options that load
+	// plugins), so a serve that refuses exec can refuse the plan. Nil means
+	// the plugin never runs anything the plan names.
+	Exec func(decode func(any) error) ([]string, error)
+}
+
+// Execer is a Config whose fields may choose a program to run or code to
+// load; PluginOf wires it into Plugin.Exec.
+type Execer interface {
+	// ExecFields lists the set fields that do, by their plan names.
+	ExecFields() []string
 }
 
 // Registry maps plugin names to plugins. Build it in one place (package
@@ -177,7 +189,18 @@ func PluginOf[C any, PC interface {
 	*C
 	Validator
 }, S Source](name string, newSource func(C) S) Plugin {
+	var exec func(decode func(any) error) ([]string, error)
+	if _, ok := any(PC(new(C))).(Execer); ok {
+		exec = func(decode func(any) error) ([]string, error) {
+			var c C
+			if err := decode(PC(&c)); err != nil {
+				return nil, err
+			}
+			return any(PC(&c)).(Execer).ExecFields(), nil
+		}
+	}
 	return Plugin{
+		Exec: exec,
 		Name: name,
 		Check: func(decode func(any) error) error {
 			// Bare problems: the plan's validation names where they are.

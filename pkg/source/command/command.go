@@ -50,6 +50,16 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
+// ExecFields implements source.Execer: a command source runs the plan's
+// argv (and restoreArgv), whatever it names.
+func (c *Config) ExecFields() []string {
+	out := []string{"argv"}
+	if len(c.RestoreArgv) > 0 {
+		out = append(out, "restoreArgv")
+	}
+	return out
+}
+
 func sortedKeys(m map[string]secret.Ref) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

@@ -93,6 +93,20 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
+// ExecFields implements source.Execer: binDir chooses which programs run,
+// and extraArgs reach tools that load code from options (--plugin-dir with
+// --default-auth, mariabackup's --plugin-load).
+func (c *Config) ExecFields() []string {
+	var out []string
+	if c.BinDir != "" {
+		out = append(out, "binDir")
+	}
+	if len(c.ExtraArgs) > 0 {
+		out = append(out, "extraArgs")
+	}
+	return out
+}
+
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
 	return source.PluginOf[Config](Name, New)

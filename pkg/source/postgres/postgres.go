@@ -79,6 +79,16 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
+// ExecFields implements source.Execer: binDir chooses which programs run.
+// extraArgs only reach pg_dump, which has no option that runs a program or
+// loads code.
+func (c *Config) ExecFields() []string {
+	if c.BinDir != "" {
+		return []string{"binDir"}
+	}
+	return nil
+}
+
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
 	return source.PluginOf[Config](Name, New)

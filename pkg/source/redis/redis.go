@@ -68,6 +68,14 @@ func (c *Config) Validate() error {
 	return p.Err()
 }
 
+// ExecFields implements source.Execer: binDir chooses which redis-cli runs.
+func (c *Config) ExecFields() []string {
+	if c.BinDir != "" {
+		return []string{"binDir"}
+	}
+	return nil
+}
+
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
 	return source.PluginOf[Config](Name, New)
