@@ -276,8 +276,8 @@ spec:
 		}
 	}
 	store := planstore.New(env.Bus.Plans, plugins.Default())
-	if ps, _ := store.List(context.Background()); len(ps) != 0 {
-		t.Fatalf("a refused plan stored something: %d plans", len(ps))
+	if ps, bad, _ := store.List(context.Background()); len(ps)+len(bad) != 0 {
+		t.Fatalf("a refused plan stored something: %d plans, %d invalid", len(ps), len(bad))
 	}
 }
 

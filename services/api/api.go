@@ -6,7 +6,9 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
+	"slices"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/planstore"
@@ -47,6 +49,11 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, events.ErrInvalid):
 		code = http.StatusBadRequest
+	case errors.Is(err, planstore.ErrInvalidPlan):
+		// The stored plan, not the request, is wrong.
+		code = http.StatusConflict
+	case errors.Is(err, stage.ErrExecRefused):
+		code = http.StatusForbidden
 	}
 	writeJSON(w, code, map[string]string{"error": err.Error()})
 }
@@ -60,14 +67,24 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) plans(w http.ResponseWriter, r *http.Request) {
-	ps, err := s.d.Plans.List(r.Context())
+	ps, bad, err := s.d.Plans.List(r.Context())
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	out := []any{}
+	// A stored plan that fails validation is listed in its place by name,
+	// as {"metadata": {"name"}, "invalid": reason}, never hiding the others.
+	byName := map[string]any{}
 	for _, p := range ps {
-		out = append(out, p)
+		byName[p.Name()] = p
+	}
+	for name, err := range bad {
+		byName[name] = map[string]any{"metadata": map[string]string{"name": name}, "invalid": err.Error()}
+	}
+	names := slices.Sorted(maps.Keys(byName))
+	out := []any{}
+	for _, n := range names {
+		out = append(out, byName[n])
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -83,7 +100,7 @@ func (s *Server) trigger(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	id, err := stage.RequestBackup(r.Context(), s.d.Bus, s.d.Plans, r.PathValue("plan"), events.TriggerAPI, body.RequestedBy, body.Reason)
+	id, err := s.d.RequestBackup(r.Context(), r.PathValue("plan"), events.TriggerAPI, body.RequestedBy, body.Reason)
 	if err != nil {
 		writeErr(w, err)
 		return
@@ -97,7 +114,7 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: " + err.Error()})
 		return
 	}
-	id, err := stage.RequestRestore(r.Context(), s.d.Bus, s.d.Plans, r.PathValue("plan"), req)
+	id, err := s.d.RequestRestore(r.Context(), r.PathValue("plan"), req)
 	if err != nil {
 		writeErr(w, err)
 		return

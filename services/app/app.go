@@ -70,6 +70,10 @@ type Config struct {
 	Replicas int
 	// Influx is where the metrics stage writes points; no URL: none.
 	Influx metrics.InfluxConfig
+	// RefuseExec is serve --allow-exec=false: no command source, exec or
+	// kubernetes hook, or dump tool binDir runs (see stage.Deps.RefuseExec).
+	// The zero value allows them, as serve does by default.
+	RefuseExec bool
 	// ScheduleTick is how often the scheduler looks for due slots.
 	ScheduleTick time.Duration
 	Log          *slog.Logger
@@ -170,6 +174,8 @@ func Run(ctx context.Context, cfg Config) error {
 		Data:     cfg.Data,
 		Consumer: cfg.Consumer,
 		Now:      time.Now,
+
+		RefuseExec: cfg.RefuseExec,
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

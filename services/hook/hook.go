@@ -99,6 +99,11 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 		return nil, bus.Permanent(fmt.Errorf("plan %s: step %s names no op", p.Name(), step))
 	}
 	name := step.String()
+	if err := s.CheckExec(p); err != nil {
+		// Refused before the claim: no step started, so compensation
+		// finds nothing of this run to undo.
+		return s.FailRun(ctx, p.Name(), r.ID, "hook", name, err.Error(), e)
+	}
 	timeout := h.EffectiveTimeout(op)
 	r, c, err := s.Claim(ctx, r.ID, name, timeout+deadlineSlack)
 	if err != nil {
@@ -122,7 +127,7 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 
 	log := s.Log.With("plan", p.Name(), "runid", r.ID, "step", name)
 	begin := s.Now()
-	outcome, runErr := runOp(ctx, p, h, op, timeout, opEnv(p.Name(), r.ID, name, false))
+	outcome, runErr := s.runOp(ctx, p, h, op, timeout, opEnv(p.Name(), r.ID, name, false))
 	if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
 		// Shutting down mid-op: the step stays Running, and the redelivery
 		// fails the run and compensates.
@@ -383,7 +388,7 @@ func (s *Service) claimInverse(ctx context.Context, runID, name string) (start b
 func (s *Service) runInverse(ctx context.Context, p *plan.Plan, runID string, inv plan.Step, h *plan.Hook, op *plan.Op, log *slog.Logger) (ev events.Event, ok bool, err error) {
 	name := inv.String()
 	begin := s.Now()
-	outcome, runErr := runOp(ctx, p, h, op, h.EffectiveTimeout(op), opEnv(p.Name(), runID, name, true))
+	outcome, runErr := s.runOp(ctx, p, h, op, h.EffectiveTimeout(op), opEnv(p.Name(), runID, name, true))
 	if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
 		// Shutting down: the entry stays Running and the redelivery runs
 		// the op again.

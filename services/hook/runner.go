@@ -22,6 +22,7 @@ import (
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/pkg/source/mariadb"
 	"github.com/backstream/backstream/pkg/source/postgres"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // Outcome of one op.
@@ -43,6 +44,16 @@ func opEnv(planName, runID, step string, inverse bool) []string {
 		inv = "1"
 	}
 	return []string{"BACKSTREAM_PLAN=" + planName, "BACKSTREAM_RUN_ID=" + runID, "BACKSTREAM_STEP=" + step, "BACKSTREAM_INVERSE=" + inv}
+}
+
+// runOp runs one op of hook h, unless h runs a command and this service
+// refuses exec: every op, inverse ops in compensation included, passes
+// here, so a refused serve never starts a process for a hook.
+func (s *Service) runOp(ctx context.Context, p *plan.Plan, h *plan.Hook, op *plan.Op, timeout time.Duration, env []string) (Outcome, error) {
+	if s.RefuseExec && (h.Type == plan.HookExec || h.Type == plan.HookKubernetes) {
+		return Outcome{}, fmt.Errorf("%w: %s hook %s", stage.ErrExecRefused, h.Type, h.Name)
+	}
+	return runOp(ctx, p, h, op, timeout, env)
 }
 
 // runOp runs one op of hook h within timeout; env is added to exec and

@@ -123,11 +123,16 @@ func watchKey(planName string) string { return "watchdog." + planName }
 // newly missed slot of every plan, then stuck runs failed.
 func (s *Service) Watch(ctx context.Context) error {
 	now := s.Clock.Now().UTC()
-	plans, err := s.Plans.List(ctx)
+	plans, bad, err := s.Plans.List(ctx)
 	if err != nil {
 		return fmt.Errorf("watchdog: %w", err)
 	}
+	// A plan that fails validation cannot be watched: its schedule is not
+	// trusted either. It is reported on every pass instead.
 	var errs []error
+	for _, err := range bad {
+		errs = append(errs, fmt.Errorf("watchdog: %w", err))
+	}
 	for _, p := range plans {
 		if p.Spec.Schedule == nil && (p.Spec.Alert == nil || p.Spec.Alert.ExpectEvery <= 0) {
 			continue

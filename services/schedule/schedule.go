@@ -115,11 +115,16 @@ func (s *Service) Run(ctx context.Context) error {
 // Once handles every plan's due slot at the clock's now. It may run on
 // several replicas at the same time; each slot is triggered once.
 func (s *Service) Once(ctx context.Context) error {
-	plans, err := s.Plans.List(ctx)
+	plans, bad, err := s.Plans.List(ctx)
 	if err != nil {
 		return fmt.Errorf("schedule: %w", err)
 	}
+	// A plan that fails validation is never triggered; it is reported on
+	// every tick until it is fixed or deleted.
 	var errs []error
+	for _, err := range bad {
+		errs = append(errs, fmt.Errorf("schedule: %w", err))
+	}
 	for _, p := range plans {
 		if p.Spec.Schedule == nil {
 			continue

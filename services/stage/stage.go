@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/backstream/backstream/events"
@@ -42,6 +43,27 @@ type Deps struct {
 	Consumer bus.ConsumerSpec
 	// Now is the clock.
 	Now func() time.Time
+	// RefuseExec is serve --allow-exec=false: a run of a plan that would
+	// run a program or load code the plan names (Plugins.ExecUses) fails
+	// before any of it runs, and triggers of such a plan are refused. The
+	// zero value allows exec, as serve does by default.
+	RefuseExec bool
+}
+
+// ErrExecRefused means this process refuses exec and a plan would run a
+// program it names; the error lists where.
+var ErrExecRefused = errors.New("exec refused: this serve runs with --allow-exec=false")
+
+// CheckExec returns nil when this process may run plan p, or an error
+// wrapping ErrExecRefused that names every field of p that runs a program.
+func (d *Deps) CheckExec(p *plan.Plan) error {
+	if !d.RefuseExec {
+		return nil
+	}
+	if uses := d.Plugins.ExecUses(p); len(uses) > 0 {
+		return fmt.Errorf("%w: %s", ErrExecRefused, strings.Join(uses, ", "))
+	}
+	return nil
 }
 
 // Service is one stage: the consumers it runs.
@@ -90,11 +112,17 @@ func (d *Deps) Emit(planName, runID, step string, p events.Payload) (events.Even
 	return events.New(m, p)
 }
 
-// Plan loads the plan an event is about. A missing plan is permanent.
+// Plan loads the plan an event is about. A missing plan is permanent, and
+// so is a stored plan that fails validation (planstore.ErrInvalidPlan): the
+// event is dead-lettered with the plan's problems, the run (if it has a
+// record) fails with them, and nothing of the plan runs.
 func (d *Deps) Plan(ctx context.Context, e events.Event) (*plan.Plan, error) {
 	p, err := d.Plans.Get(ctx, e.Subject())
-	if errors.Is(err, planstore.ErrNotFound) {
+	switch {
+	case errors.Is(err, planstore.ErrNotFound):
 		return nil, bus.Permanent(fmt.Errorf("event %s for plan %q: %w", e.Type(), e.Subject(), err))
+	case errors.Is(err, planstore.ErrInvalidPlan):
+		return nil, bus.Permanent(fmt.Errorf("event %s: %w", e.Type(), err))
 	}
 	return p, err
 }
@@ -357,7 +385,10 @@ type DataStep struct {
 
 // ClaimDataStep loads the plan and the run of e and, when e makes the data
 // step of kind due in a run of runKind, claims it. ok is false when e means
-// nothing to this data stage.
+// nothing to this data stage. When this process refuses exec and the plan
+// would run a program (CheckExec), the step is not claimed: ds comes back
+// Skip and Failed with the refusal as Error, and the caller fails the run
+// as it does for a step recorded failed.
 func (d *Deps) ClaimDataStep(ctx context.Context, e events.Event, runKind string, kind plan.StepKind) (ds DataStep, ok bool, err error) {
 	p, err := d.Plan(ctx, e)
 	if err != nil {
@@ -372,6 +403,9 @@ func (d *Deps) ClaimDataStep(ctx context.Context, e events.Event, runKind string
 		return ds, false, err
 	}
 	name := step.String()
+	if err := d.CheckExec(p); err != nil {
+		return DataStep{Plan: p, Run: r, Name: name, Claimed: Claimed{Skip: true, Failed: true, Error: err.Error()}}, true, nil
+	}
 	r, c, err := d.Claim(ctx, r.ID, name, 0)
 	if err != nil {
 		return ds, false, err

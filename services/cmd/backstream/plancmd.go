@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -71,24 +72,11 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		defer b.Close()
-		ps, err := store.List(ctx)
+		ps, bad, err := store.List(ctx)
 		if err != nil {
 			return err
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSOURCE\tDESTINATIONS\tSCHEDULE")
-		for _, p := range ps {
-			var dests []string
-			for _, d := range p.Spec.Destinations {
-				dests = append(dests, d.Name+"("+d.Type+")")
-			}
-			sched := "-"
-			if p.Spec.Schedule != nil {
-				sched = p.Spec.Schedule.Cron
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name(), p.Spec.Source.Type, strings.Join(dests, ","), sched)
-		}
-		return tw.Flush()
+		return listPlans(stdout, ps, bad)
 	case "get", "delete":
 		if name == "" {
 			return usageError("plan %s: want one plan NAME", args[0])
@@ -123,6 +111,50 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return writeYAML(stdout, data)
 	}
 	return usageError("plan: unknown subcommand %q", args[0])
+}
+
+// listPlans prints the plans as a table. A stored plan that fails
+// validation (written to the bucket without plan apply) is a row marked
+// INVALID and its problems follow the table; the listing still shows every
+// other plan, and the command exits 1 so a script notices.
+func listPlans(stdout io.Writer, ps []*plan.Plan, bad map[string]error) error {
+	rows := map[string]string{}
+	for _, p := range ps {
+		var dests []string
+		for _, d := range p.Spec.Destinations {
+			dests = append(dests, d.Name+"("+d.Type+")")
+		}
+		sched := "-"
+		if p.Spec.Schedule != nil {
+			sched = p.Spec.Schedule.Cron
+		}
+		rows[p.Name()] = fmt.Sprintf("%s\t%s\t%s\t%s", p.Name(), p.Spec.Source.Type, strings.Join(dests, ","), sched)
+	}
+	for name := range bad {
+		rows[name] = name + "\tINVALID\t-\t-"
+	}
+	names := make([]string, 0, len(rows))
+	for n := range rows {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSOURCE\tDESTINATIONS\tSCHEDULE")
+	for _, n := range names {
+		fmt.Fprintln(tw, rows[n])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	for _, n := range names {
+		if err, ok := bad[n]; ok {
+			fmt.Fprintln(stdout, err)
+		}
+	}
+	return &exitError{code: 1, err: fmt.Errorf("%d stored plan(s) invalid, nothing of them runs: apply a valid plan over it or plan delete it", len(bad))}
 }
 
 // applyPlans validates every plan under path and stores them only if all are

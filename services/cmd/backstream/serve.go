@@ -38,6 +38,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	influxDB := fs.String("influx-db", "backstream", "InfluxDB database the points go to")
 	influxTokenEnv := fs.String("influx-token-env", "", "environment variable holding the InfluxDB token (user:password when 1.8 has auth on)")
 	replicas := fs.Int("replicas", 1, "replicas of every stream and bucket (3 on a NATS cluster)")
+	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
 	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("serve: %v", err)
@@ -84,6 +85,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
 		Influx:        metrics.InfluxConfig{URL: *influxURL, Database: *influxDB, Token: influxToken},
 		Replicas:      *replicas,
+		RefuseExec:    !*allowExec,
 		Log:           log,
 	}
 	cfg.Ready = func(url, apiAddr string) {
