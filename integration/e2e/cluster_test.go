@@ -3,11 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/backstream/backstream/integration/harness"
 	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/backstream/backstream/services/app"
@@ -24,6 +26,7 @@ func TestRunOnAThreeNodeCluster(t *testing.T) {
 		clientPorts[i], routePorts[i] = testenv.FreePort(t), testenv.FreePort(t)
 	}
 	servers := make([]*bus.Server, n)
+	authData := t.TempDir()
 	for i := range n {
 		var routes []string
 		for j := range n {
@@ -32,7 +35,7 @@ func TestRunOnAThreeNodeCluster(t *testing.T) {
 			}
 		}
 		i := i
-		srv, err := startClusterNode(t, i, clientPorts[i], routePorts[i], routes)
+		srv, err := startClusterNode(t, i, clientPorts[i], routePorts[i], routes, authData)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -46,6 +49,7 @@ func TestRunOnAThreeNodeCluster(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	url := fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d", clientPorts[0], clientPorts[1], clientPorts[2])
+	bustest.Register(t, fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[0]), authData)
 	env := harness.Start(t, harness.Options{NATS: url, Config: func(c *app.Config) { c.Replicas = 3 }})
 	env.Apply(commandPlan("clustered", t.TempDir(), `["head", "-c", "2000000", "/dev/urandom"]`, ""))
 	if r := env.Wait(env.Trigger("clustered"), 2*time.Minute); r.Phase != runs.Succeeded {
@@ -71,12 +75,14 @@ func TestRunOnAThreeNodeCluster(t *testing.T) {
 	}
 }
 
-func startClusterNode(t *testing.T, i, port, routePort int, routes []string) (*bus.Server, error) {
+func startClusterNode(t *testing.T, i, port, routePort int, routes []string, authData string) (*bus.Server, error) {
 	srv, err := bus.StartServer(bus.ServerConfig{
 		Name:     fmt.Sprintf("node-%d", i),
 		Port:     port,
 		StoreDir: t.TempDir(),
-		Cluster:  &bus.ClusterConfig{Name: "backstream-test", Host: "127.0.0.1", Port: routePort, Routes: routes},
+		// The nodes share one set of users, as a cluster's configuration does.
+		AuthDir: filepath.Join(authData, bus.AuthDirName),
+		Cluster: &bus.ClusterConfig{Name: "backstream-test", Host: "127.0.0.1", Port: routePort, Routes: routes},
 	})
 	if err != nil {
 		return nil, err

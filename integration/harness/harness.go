@@ -62,8 +62,10 @@ func Start(t testing.TB, o Options) *Env {
 	if url == "" {
 		url = bustest.Server(t).URL()
 	}
+	auth, _ := bustest.AuthFor(url, bus.RoleAdmin)
 	cfg := app.Config{
 		NATS:     url,
+		NATSAuth: auth,
 		Services: o.Services,
 		Log:      bustest.Logger(t),
 		Consumer: bus.ConsumerSpec{AckWait: 5 * time.Second, Backoff: []time.Duration{100 * time.Millisecond, 300 * time.Millisecond, time.Second}, Grace: 5 * time.Second},
@@ -346,7 +348,7 @@ func StartProcess(t testing.TB, dir string, env []string, args ...string) *Proce
 func (p *Process) start() {
 	p.cmd = exec.Command(Binary(p.t), p.Args...)
 	p.cmd.Dir = p.Dir
-	p.cmd.Env = append(os.Environ(), p.Env...)
+	p.cmd.Env = append(append(os.Environ(), p.Env...), credentialsEnv(p.t, p.Dir, p.Args)...)
 	if p.out == nil {
 		p.out = &syncBuffer{}
 	}
@@ -427,6 +429,9 @@ func run(t testing.TB, dir string, env []string, name string, args ...string) (s
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
+	if name == Binary(t) {
+		cmd.Env = append(cmd.Env, credentialsEnv(t, dir, args)...)
+	}
 	out, err := cmd.CombinedOutput()
 	code := 0
 	var ee *exec.ExitError
@@ -436,4 +441,40 @@ func run(t testing.TB, dir string, env []string, name string, args ...string) (s
 		t.Fatalf("run backstream %v: %v", args, err)
 	}
 	return string(out), code
+}
+
+// credentialsEnv gives a backstream command the admin credentials of the
+// test server its --nats names, as an operator would through the
+// environment. A `serve` with its own embedded server registers that server
+// (under its --data) so later commands pointed at it find its credentials.
+func credentialsEnv(t testing.TB, dir string, args []string) []string {
+	url, data, embedded := "", "", "127.0.0.1:4250"
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--nats":
+			url = args[i+1]
+		case "--data":
+			data = args[i+1]
+		case "--embedded":
+			embedded = args[i+1]
+		}
+	}
+	if len(args) > 0 && args[0] == "serve" && url == "" {
+		if data == "" {
+			data = "data"
+		}
+		if !filepath.IsAbs(data) {
+			data = filepath.Join(dir, data)
+		}
+		bustest.Register(t, "nats://"+embedded, data)
+		return nil
+	}
+	if url == "" {
+		return nil
+	}
+	a, ok := bustest.AuthFor(url, bus.RoleAdmin)
+	if !ok {
+		return nil
+	}
+	return []string{bus.EnvNKey + "=" + a.NKeyFile}
 }

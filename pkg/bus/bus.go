@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -61,6 +62,9 @@ type Config struct {
 	// spares every chunk two trips through the kernel each way. The server
 	// still listens for the CLI and other processes.
 	InProcess *Server
+	// Auth authenticates the connection (not needed for InProcess, which
+	// uses the admin role of its server).
+	Auth Auth
 	// DataMaxBytes bounds the chunk stream as a whole. It lives in the
 	// servers' memory: each running backup holds at most its window of
 	// chunks per reader (8 MiB at the defaults), so the default fits 64
@@ -107,12 +111,35 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 		nats.Name("backstream-" + service),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// A permission the server refused is a deployment mistake an
+		// operator must see, not a request that quietly times out.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Error("nats", "subject", sub.Subject, "err", err)
+				return
+			}
+			log.Error("nats", "err", err)
+		}),
 	}
+	auth := cfg.Auth
 	if cfg.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(cfg.InProcess.ns))
+		a, err := cfg.InProcess.Auth(RoleAdmin)
+		if err != nil {
+			return nil, fmt.Errorf("connect nats in process: %w", err)
+		}
+		auth = a
 	}
+	authOpts, err := auth.options()
+	if err != nil {
+		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	opts = append(opts, authOpts...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
+		if errors.Is(err, nats.ErrAuthorization) && auth.IsZero() {
+			err = fmt.Errorf("%w (no credentials given: --nats-creds, --nats-nkey or --nats-user, or $%s; a local serve's are found under $%s or ./data)", err, EnvNKey, EnvData)
+		}
 		return nil, fmt.Errorf("connect nats %s: %w", url, err)
 	}
 	js, err := jetstream.New(nc)
@@ -195,6 +222,10 @@ func (b *Bus) setup(ctx context.Context) error {
 	}
 	for _, sc := range streams {
 		sc.Replicas = b.replicas(ctx, sc.Name)
+		if b.streamCurrent(ctx, sc) {
+			// Nothing to change: a role that may not manage streams binds.
+			continue
+		}
 		err := retryConflict(ctx, func() error {
 			_, err := b.JS.CreateOrUpdateStream(ctx, sc)
 			return err
@@ -218,7 +249,7 @@ func (b *Bus) setup(ctx context.Context) error {
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("set up stream %s: %w", sc.Name, err)
+			return fmt.Errorf("set up stream %s (missing or outdated; setting it up needs the %s role: `backstream setup`): %w", sc.Name, RoleAdmin, err)
 		}
 	}
 	buckets := []struct {
@@ -231,17 +262,55 @@ func (b *Bus) setup(ctx context.Context) error {
 	}
 	for _, bk := range buckets {
 		bk.cfg.Replicas = b.replicas(ctx, "KV_"+bk.cfg.Bucket)
+		if kv, ok := b.bucketCurrent(ctx, bk.cfg); ok {
+			*bk.dst = kv
+			continue
+		}
 		var kv jetstream.KeyValue
 		if err := retryConflict(ctx, func() error {
 			var err error
 			kv, err = b.JS.CreateOrUpdateKeyValue(ctx, bk.cfg)
 			return err
 		}); err != nil {
-			return fmt.Errorf("set up bucket %s: %w", bk.cfg.Bucket, err)
+			return fmt.Errorf("set up bucket %s (missing or outdated; setting it up needs the %s role: `backstream setup`): %w", bk.cfg.Bucket, RoleAdmin, err)
 		}
 		*bk.dst = kv
 	}
 	return nil
+}
+
+// streamCurrent reports whether stream want exists with every setting
+// backstream chooses, so that setting it up would change nothing.
+func (b *Bus) streamCurrent(ctx context.Context, want jetstream.StreamConfig) bool {
+	s, err := b.JS.Stream(ctx, want.Name)
+	if err != nil {
+		return false
+	}
+	have := s.CachedInfo().Config
+	return slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
+		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Storage == want.Storage &&
+		have.Replicas == want.Replicas && have.Discard == want.Discard && have.Description == want.Description &&
+		(want.MaxBytes == 0 || have.MaxBytes == want.MaxBytes)
+}
+
+// bucketCurrent returns bucket want when it exists as configured.
+func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig) (jetstream.KeyValue, bool) {
+	kv, err := b.JS.KeyValue(ctx, want.Bucket)
+	if err != nil {
+		return nil, false
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, false
+	}
+	kst, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return nil, false
+	}
+	have := kst.StreamInfo().Config
+	ok = st.History() == int64(want.History) && st.TTL() == want.TTL && have.Replicas == want.Replicas &&
+		have.Description == want.Description && have.Storage == want.Storage
+	return kv, ok
 }
 
 // errCodeStreamInvalidConfig is the server's JSStreamInvalidConfigF: a

@@ -377,7 +377,8 @@ func TestSetupIsIdempotentUnderConcurrentStarts(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			b, err := bus.Connect(ctx, srv.URL(), "replica", bus.Config{}, bustest.Logger(t))
+			auth, _ := bustest.AuthFor(srv.URL(), bus.RoleAdmin)
+			b, err := bus.Connect(ctx, srv.URL(), "replica", bus.Config{Auth: auth}, bustest.Logger(t))
 			if err != nil {
 				errs <- err
 				return

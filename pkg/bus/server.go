@@ -34,6 +34,16 @@ type ServerConfig struct {
 	Cluster *ClusterConfig
 	// MaxStore bounds JetStream's disk use; 0 lets the server decide.
 	MaxStore int64
+	// AuthDir holds the users the server accepts, one nkey per role
+	// (generated there on first start, mode 0600 in a 0700 directory), and
+	// the TLS certificate it generated when it listens beyond loopback. The
+	// server never accepts anonymous clients. Cluster nodes share one.
+	AuthDir string
+	// TLSCert and TLSKey are the server's certificate. Without them a
+	// server listening beyond loopback generates its own CA and
+	// certificate in AuthDir; on loopback it serves plain TCP.
+	TLSCert string
+	TLSKey  string
 }
 
 // ClusterConfig joins an embedded server to a cluster of them.
@@ -46,7 +56,13 @@ type ClusterConfig struct {
 
 // Server is a running embedded nats-server.
 type Server struct {
-	ns *server.Server
+	ns      *server.Server
+	authDir string
+}
+
+// Auth returns the credentials of role on this server.
+func (s *Server) Auth(role string) (Auth, error) {
+	return authFromDir(s.authDir, role)
 }
 
 // StartServer starts an embedded nats-server and waits until it accepts
@@ -55,8 +71,15 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	if cfg.StoreDir == "" {
 		return nil, errors.New("start nats server: StoreDir: required")
 	}
+	if cfg.AuthDir == "" {
+		return nil, errors.New("start nats server: AuthDir: required (the server never accepts anonymous clients)")
+	}
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
+	}
+	users, err := ensureUsers(cfg.AuthDir)
+	if err != nil {
+		return nil, fmt.Errorf("start nats server: %w", err)
 	}
 	opts := &server.Options{
 		ServerName:        cfg.Name,
@@ -70,6 +93,20 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		NoLog:             true,
 		// Room for the chunk stream (a bound, not an allocation).
 		JetStreamMaxMemory: DefaultDataMaxBytes + 64<<20,
+		Nkeys:              users,
+	}
+	tlsCert, tlsKey := cfg.TLSCert, cfg.TLSKey
+	if tlsCert == "" && !LoopbackHost(cfg.Host) {
+		if tlsCert, tlsKey, err = ensureServerCert(cfg.AuthDir, cfg.Host); err != nil {
+			return nil, fmt.Errorf("start nats server: %w", err)
+		}
+	}
+	if tlsCert != "" {
+		tc, err := serverTLS(tlsCert, tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("start nats server: %w", err)
+		}
+		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, tc, 5
 	}
 	if c := cfg.Cluster; c != nil {
 		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: c.Host, Port: c.Port}
@@ -90,7 +127,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("start nats server on %s:%d: not ready after 30s", cfg.Host, cfg.Port)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, authDir: cfg.AuthDir}, nil
 }
 
 // URL is the client URL of the server.

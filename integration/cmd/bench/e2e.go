@@ -234,11 +234,15 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		return res, err
 	}
 	cliLog := filepath.Join(dir, "cli.log")
-	if err := r.backstream(ctx, cliLog, "plan", "apply", "-f", planFile, "--nats", sp.natsURL); err != nil {
+	if err := r.backstream(ctx, cliLog, "plan", "apply", "-f", planFile, "--nats", sp.natsURL, "--nats-nkey", sp.nkey); err != nil {
 		return res, err
 	}
 
-	nc, err := nats.Connect(sp.natsURL, nats.Name("bench"))
+	nkey, err := nats.NkeyOptionFromSeed(sp.nkey)
+	if err != nil {
+		return res, err
+	}
+	nc, err := nats.Connect(sp.natsURL, nats.Name("bench"), nkey)
 	if err != nil {
 		return res, fmt.Errorf("connect %s: %w", sp.natsURL, err)
 	}
@@ -296,7 +300,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 		profiled <- nil
 	}
 	start := time.Now()
-	if err := r.backstream(ctx, cliLog, "trigger", name, "--wait", "--nats", sp.natsURL); err != nil {
+	if err := r.backstream(ctx, cliLog, "trigger", name, "--wait", "--nats", sp.natsURL, "--nats-nkey", sp.nkey); err != nil {
 		return res, err
 	}
 	select {

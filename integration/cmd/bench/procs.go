@@ -163,6 +163,7 @@ func startMinIO(ctx context.Context, bin, dir string) (*minioServer, error) {
 type serveProc struct {
 	*proc
 	natsURL string
+	nkey    string // the admin credentials its embedded server generated
 	pprof   string // address of its net/http/pprof listener, if any
 }
 
@@ -224,7 +225,7 @@ func startServe(ctx context.Context, bin, dir, identity string, pprof bool, env 
 			return strings.Contains(string(b), "backstream serving")
 		})
 		if lastErr == nil {
-			return &serveProc{proc: p, natsURL: "nats://" + addr(port), pprof: pprofAddr}, nil
+			return &serveProc{proc: p, natsURL: "nats://" + addr(port), nkey: filepath.Join(dir, "data", "auth", "nats-admin.nk"), pprof: pprofAddr}, nil
 		}
 		p.stop(5 * time.Second)
 	}

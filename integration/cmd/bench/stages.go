@@ -237,7 +237,7 @@ func (r *rig) jetstream(ctx context.Context, chunks [][]byte) (stageResult, erro
 	var res stageResult
 	dir := filepath.Join(r.dir, "stage-nats")
 	defer os.RemoveAll(dir)
-	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, StoreDir: dir})
+	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, StoreDir: dir, AuthDir: filepath.Join(dir, "auth")})
 	if err != nil {
 		return res, err
 	}

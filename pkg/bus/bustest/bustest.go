@@ -6,30 +6,78 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/backstream/backstream/pkg/bus"
 )
 
-// Server starts an embedded server on a free port with its store in a
-// temporary directory, stopped when the test ends.
+// Server starts an embedded server on a free port with its store and its
+// generated credentials in a temporary directory, stopped when the test ends.
+// Like every embedded server it refuses anonymous clients; Connect, and the
+// harness, find its admin credentials by its URL (AuthFor).
 func Server(t testing.TB) *bus.Server {
 	t.Helper()
-	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, StoreDir: t.TempDir()})
+	dir := t.TempDir()
+	srv, err := bus.StartServer(bus.ServerConfig{Port: -1, StoreDir: filepath.Join(dir, "nats"), AuthDir: filepath.Join(dir, bus.AuthDirName)})
 	if err != nil {
 		t.Fatalf("embedded nats: %v", err)
 	}
+	Register(t, srv.URL(), dir)
 	t.Cleanup(srv.Shutdown)
 	return srv
 }
 
-// Connect connects a Bus for service to url, closed when the test ends.
+// servers maps the client URL of a test's server to its data directory.
+var servers sync.Map
+
+// Register makes the credentials a server generated under dataDir known by
+// its url, for as long as the test runs.
+func Register(t testing.TB, url, dataDir string) {
+	servers.Store(url, dataDir)
+	t.Cleanup(func() { servers.Delete(url) })
+}
+
+// AuthFor returns the credentials of role on the test server at url (the
+// first of a comma-separated list), and false for a server it does not know.
+func AuthFor(url, role string) (bus.Auth, bool) {
+	first, _, _ := strings.Cut(url, ",")
+	dir, ok := servers.Load(strings.TrimSpace(first))
+	if !ok {
+		return bus.Auth{}, false
+	}
+	a, err := bus.LocalAuth(dir.(string), role)
+	return a, err == nil
+}
+
+// DataDir returns the directory a registered server at url keeps its
+// credentials under (as `auth/`), and false for one it does not know.
+func DataDir(url string) (string, bool) {
+	first, _, _ := strings.Cut(url, ",")
+	dir, ok := servers.Load(strings.TrimSpace(first))
+	if !ok {
+		return "", false
+	}
+	return dir.(string), true
+}
+
+// Connect connects a Bus for service to url as admin, closed when the test
+// ends.
 func Connect(t testing.TB, url, service string) *bus.Bus {
+	t.Helper()
+	return ConnectAs(t, url, service, bus.RoleAdmin)
+}
+
+// ConnectAs connects a Bus for service to url with the credentials of role.
+func ConnectAs(t testing.TB, url, service, role string) *bus.Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := bus.Connect(ctx, url, service, bus.Config{}, Logger(t))
+	auth, _ := AuthFor(url, role)
+	b, err := bus.Connect(ctx, url, service, bus.Config{Auth: auth}, Logger(t))
 	if err != nil {
 		t.Fatalf("connect bus: %v", err)
 	}

@@ -21,7 +21,7 @@ import (
 
 func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("schedule", flag.ContinueOnError)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	count := fs.Int("count", 10, "how many slots to print")
 	planName, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
@@ -30,7 +30,7 @@ func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if planName == "" {
 		return usageError("schedule: want a PLAN")
 	}
-	b, p, err := loadPlan(ctx, *natsFlag, planName)
+	b, p, err := loadPlan(ctx, natsFlag, planName)
 	if err != nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func retentionCmd(ctx context.Context, args []string, stdout io.Writer) error {
 // destination of a plan: what the retention stage would keep and remove now.
 func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("retention", flag.ContinueOnError)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	dryRun := fs.Bool("dry-run", false, "print the decisions, remove nothing (required)")
 	dest := fs.String("destination", "", "only this destination (default: every destination)")
 	nowFlag := fs.String("now", "", "RFC 3339 time to decide at (default: now)")
@@ -93,7 +93,7 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 			return usageError("retention: --now: %v", err)
 		}
 	}
-	b, p, err := loadPlan(ctx, *natsFlag, planName)
+	b, p, err := loadPlan(ctx, natsFlag, planName)
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 // policy cycle of a plan at the plan's ages.
 func retentionExport(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("retention export-lifecycle", flag.ContinueOnError)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	formatFlag := fs.String("format", "json", "json (aws s3api, mc ilm import) or xml (S3 API)")
 	dest := fs.String("destination", "", "S3 destination whose prefix the rules get (default: the plan's first s3 destination)")
 	planName, rest := splitName(args)
@@ -142,7 +142,7 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 	if *formatFlag != "json" && *formatFlag != "xml" {
 		return usageError("retention export-lifecycle: --format: %q is not json or xml", *formatFlag)
 	}
-	b, p, err := loadPlan(ctx, *natsFlag, planName)
+	b, p, err := loadPlan(ctx, natsFlag, planName)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -19,8 +20,14 @@ import (
 )
 
 // connect dials NATS for a CLI command.
-func connect(ctx context.Context, url string) (*bus.Bus, *planstore.Store, error) {
-	b, err := bus.Connect(ctx, natsURL(url), "cli", bus.Config{}, slog.New(slog.DiscardHandler))
+func connect(ctx context.Context, to targeter) (*bus.Bus, *planstore.Store, error) {
+	t, err := to.target()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Errors only: a permission the server refused is said as it happens.
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	b, err := bus.Connect(ctx, t.URL, "cli", bus.Config{Auth: t.Auth}, log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -28,8 +35,8 @@ func connect(ctx context.Context, url string) (*bus.Bus, *planstore.Store, error
 }
 
 // loadPlan connects to NATS and reads one plan; the caller closes the bus.
-func loadPlan(ctx context.Context, url, name string) (*bus.Bus, *plan.Plan, error) {
-	b, store, err := connect(ctx, url)
+func loadPlan(ctx context.Context, to targeter, name string) (*bus.Bus, *plan.Plan, error) {
+	b, store, err := connect(ctx, to)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -47,7 +54,7 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fs := flag.NewFlagSet("plan "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	file := fs.String("f", "", "plan FILE or DIR (apply)")
 	output := fs.String("o", "yaml", "get: json or yaml")
 	name, rest := "", args[1:]
@@ -65,9 +72,9 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if *file == "" {
 			return usageError("plan apply: -f FILE|DIR is required")
 		}
-		return applyPlans(ctx, *natsFlag, *file, stdout)
+		return applyPlans(ctx, natsFlag, *file, stdout)
 	case "list":
-		b, store, err := connect(ctx, *natsFlag)
+		b, store, err := connect(ctx, natsFlag)
 		if err != nil {
 			return err
 		}
@@ -81,7 +88,7 @@ func planCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if name == "" {
 			return usageError("plan %s: want one plan NAME", args[0])
 		}
-		b, store, err := connect(ctx, *natsFlag)
+		b, store, err := connect(ctx, natsFlag)
 		if err != nil {
 			return err
 		}
@@ -159,7 +166,7 @@ func listPlans(stdout io.Writer, ps []*plan.Plan, bad map[string]error) error {
 
 // applyPlans validates every plan under path and stores them only if all are
 // valid: a refused plan stores nothing, and every problem is printed.
-func applyPlans(ctx context.Context, url, path string, stdout io.Writer) error {
+func applyPlans(ctx context.Context, to targeter, path string, stdout io.Writer) error {
 	plans, err := plan.LoadPath(path)
 	if err != nil {
 		return err
@@ -175,7 +182,7 @@ func applyPlans(ctx context.Context, url, path string, stdout io.Writer) error {
 	if len(problems) > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("plans refused, nothing stored:\n%s", strings.Join(problems, "\n"))}
 	}
-	b, store, err := connect(ctx, url)
+	b, store, err := connect(ctx, to)
 	if err != nil {
 		return err
 	}

@@ -34,7 +34,7 @@ func writeYAML(w io.Writer, jsonData []byte) error {
 func triggerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("trigger", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	wait := fs.Bool("wait", false, "follow the run and exit non-zero if it fails")
 	reason := fs.String("reason", "", "free text recorded with the run")
 	planName, rest := splitName(args)
@@ -47,7 +47,7 @@ func triggerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if planName == "" {
 		return usageError("trigger: want a PLAN")
 	}
-	return follow(ctx, *natsFlag, planName, *reason, *wait, stdout)
+	return follow(ctx, natsFlag, planName, *reason, *wait, stdout)
 }
 
 // splitName takes a leading positional argument so flags may follow it.
@@ -60,8 +60,8 @@ func splitName(args []string) (string, []string) {
 
 // follow triggers a backup of planName and, with wait, prints the run's
 // steps as they happen until it succeeds (nil) or fails (exit code 1).
-func follow(ctx context.Context, url, planName, reason string, wait bool, out io.Writer) error {
-	b, store, err := connect(ctx, url)
+func follow(ctx context.Context, to targeter, planName, reason string, wait bool, out io.Writer) error {
+	b, store, err := connect(ctx, to)
 	if err != nil {
 		return err
 	}
@@ -264,13 +264,13 @@ func rate(n int64, d time.Duration) string {
 
 func runsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("runs", flag.ContinueOnError)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	planName := fs.String("plan", "", "only runs of this plan")
 	output := fs.String("o", "table", "table or json")
 	if err := fs.Parse(args); err != nil {
 		return usageError("runs: %v", err)
 	}
-	b, _, err := connect(ctx, *natsFlag)
+	b, _, err := connect(ctx, natsFlag)
 	if err != nil {
 		return err
 	}
@@ -314,7 +314,7 @@ func writeJSON(w io.Writer, v any) error {
 
 func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	natsFlag := fs.String("nats", "", "NATS URL")
+	natsFlag := addNATSFlags(fs, "NATS URL")
 	output := fs.String("o", "table", "table or json")
 	id, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
@@ -326,7 +326,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if id == "" {
 		return usageError("run: want a run ID")
 	}
-	b, _, err := connect(ctx, *natsFlag)
+	b, _, err := connect(ctx, natsFlag)
 	if err != nil {
 		return err
 	}
