@@ -18,6 +18,7 @@ import (
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/testenv"
+	"github.com/backstream/backstream/services/api"
 	"github.com/backstream/backstream/services/app"
 	"github.com/backstream/backstream/services/metrics"
 )
@@ -26,16 +27,24 @@ import (
 // to influx.
 func start(t *testing.T, natsURL string, influx *testenv.InfluxServer) *harness.Env {
 	t.Helper()
-	return startListening(t, natsURL, influx, "")
+	env, _ := startListening(t, natsURL, influx, "")
+	return env
 }
 
-// startListening is start with the API (and its /metrics) on listen.
-func startListening(t *testing.T, natsURL string, influx *testenv.InfluxServer, listen string) *harness.Env {
+// startListening is start with the API (and its /metrics) on listen. It
+// returns a read token of the API.
+func startListening(t *testing.T, natsURL string, influx *testenv.InfluxServer, listen string) (*harness.Env, string) {
 	t.Helper()
+	tokens := filepath.Join(t.TempDir(), "api-tokens")
+	token, err := api.AddToken(tokens, "metrics-test", api.RoleRead)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return harness.Start(t, harness.Options{NATS: natsURL, Config: func(c *app.Config) {
 		c.Influx = metrics.InfluxConfig{URL: influx.URL(), Database: database}
 		c.Listen = listen
-	}})
+		c.API.TokensFile = tokens
+	}}), token
 }
 
 // applyPlan stores a plan that backs up 2 MiB of compressible text.
@@ -137,8 +146,8 @@ func documented(t *testing.T) (map[string][]string, map[string]map[string]string
 func TestRunPointsFollowTheSchemaAndRedeliveryAddsNone(t *testing.T) {
 	influx := startInflux(t)
 	srv := bustest.Server(t)
-	api := testenv.Addr(testenv.FreePort(t))
-	env := startListening(t, srv.URL(), influx, api)
+	apiAddr := testenv.Addr(testenv.FreePort(t))
+	env, token := startListening(t, srv.URL(), influx, apiAddr)
 	applyPlan(t, env, "points")
 	r := backup(t, env, "points")
 
@@ -193,7 +202,7 @@ func TestRunPointsFollowTheSchemaAndRedeliveryAddsNone(t *testing.T) {
 	}
 
 	// The same figures for Prometheus, on the API listener.
-	body := get(t, "http://"+api+"/metrics")
+	body := get(t, "http://"+apiAddr+"/metrics", token)
 	for _, want := range []string{
 		`backstream_backup_runs_total{plan="points",status="succeeded"} 1`,
 		fmt.Sprintf(`backstream_backup_last_bytes{direction="in",plan="points"} %v`, float64(r.Bytes)),
@@ -296,9 +305,14 @@ func TestInfluxOutageDelaysPointsNotRuns(t *testing.T) {
 
 func dur(r *runs.Run) time.Duration { return r.Finished.Sub(r.Created).Round(time.Millisecond) }
 
-func get(t *testing.T, url string) string {
+func get(t *testing.T, url, token string) string {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}

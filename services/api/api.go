@@ -1,11 +1,18 @@
 // Package api is backstream's HTTP API: health, plans, runs, and triggers
 // for backups and restores. It only reads KV and publishes trigger events;
-// it never runs a stage itself.
+// it never runs a stage itself. It never answers anyone it has not
+// authenticated (bearer token or client certificate) beyond GET /healthz,
+// never lets a role do more than it may, and never takes requestedBy from
+// a request body.
 package api
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"slices"
@@ -16,22 +23,65 @@ import (
 	"github.com/backstream/backstream/services/stage"
 )
 
-// Server serves the API.
-type Server struct{ d *stage.Deps }
+// Server serves the API. Every route but GET /healthz needs an
+// authenticated identity with a role (see guard).
+type Server struct {
+	d      *stage.Deps
+	log    *slog.Logger
+	tokens *tokenFile
+	tls    *tls.Config
+	mux    *http.ServeMux
+}
 
-// New builds the API.
-func New(d *stage.Deps) *Server { return &Server{d: d} }
+// New builds the API from cfg (after Prepare): it reads the tokens file and
+// the TLS files now, so a bad one stops serve at start.
+func New(d *stage.Deps, cfg Config) (*Server, error) {
+	s := &Server{d: d, log: d.Log, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if cfg.TokensFile == "" && cfg.ClientCA == "" {
+		return nil, errors.New("api: neither a tokens file nor a client CA: no one could use it")
+	}
+	if cfg.TokensFile != "" {
+		t, err := loadTokenFile(cfg.TokensFile)
+		if err != nil {
+			return nil, fmt.Errorf("--api-tokens: %w", err)
+		}
+		s.tokens = t
+	}
+	tc, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	s.tls = tc
+	s.mux.HandleFunc("GET /healthz", s.health)
+	s.Handle("GET /v1/plans", RoleRead, http.HandlerFunc(s.plans))
+	s.Handle("GET /v1/runs", RoleRead, http.HandlerFunc(s.runs))
+	s.Handle("GET /v1/runs/{id}", RoleRead, http.HandlerFunc(s.run))
+	s.Handle("POST /v1/plans/{plan}/trigger", RoleTrigger, http.HandlerFunc(s.trigger))
+	s.Handle("POST /v1/plans/{plan}/restore", RoleRestore, http.HandlerFunc(s.restore))
+	return s, nil
+}
 
-// Handler routes the API.
+// Handle serves h on pattern to identities with at least role need (app
+// mounts /metrics this way).
+func (s *Server) Handle(pattern string, need Role, h http.Handler) {
+	s.mux.Handle(pattern, s.guard(need, h))
+}
+
+// Handler routes the API. Every request body is bounded by MaxBodyBytes,
+// and a path no route knows needs the read role to learn so: without it
+// the answer is 401, so nothing can be probed anonymously.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", s.health)
-	mux.HandleFunc("GET /v1/plans", s.plans)
-	mux.HandleFunc("POST /v1/plans/{plan}/trigger", s.trigger)
-	mux.HandleFunc("POST /v1/plans/{plan}/restore", s.restore)
-	mux.HandleFunc("GET /v1/runs", s.runs)
-	mux.HandleFunc("GET /v1/runs/{id}", s.run)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		if _, pattern := s.mux.Handler(r); pattern == "" {
+			s.guard(RoleRead, s.mux).ServeHTTP(w, r)
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -89,37 +139,120 @@ func (s *Server) plans(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Server) trigger(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		RequestedBy string `json:"requestedBy"`
-		Reason      string `json:"reason"`
-	}
-	if r.ContentLength > 0 {
-		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: " + err.Error()})
-			return
-		}
-	}
-	id, err := s.d.RequestBackup(r.Context(), r.PathValue("plan"), events.TriggerAPI, body.RequestedBy, body.Reason)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"runId": id})
+// TriggerRequest is the body of POST /v1/plans/{plan}/trigger (optional).
+type TriggerRequest struct {
+	Reason string `json:"reason,omitempty"`
+	// RequestedBy is accepted for older clients and ignored: the run's
+	// requestedBy is always the authenticated identity.
+	RequestedBy string `json:"requestedBy,omitempty"`
 }
 
-func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
-	var req events.RestoreRequestedData
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: " + err.Error()})
+func (s *Server) trigger(w http.ResponseWriter, r *http.Request) {
+	var body TriggerRequest
+	if !decode(w, r, &body, true) {
 		return
 	}
-	id, err := s.d.RequestRestore(r.Context(), r.PathValue("plan"), req)
+	id, _ := IdentityFrom(r.Context())
+	runID, err := s.d.RequestBackup(r.Context(), r.PathValue("plan"), events.TriggerAPI, id.RequestedBy(), body.Reason)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"runId": id})
+	s.log.Info("api backup requested", "plan", r.PathValue("plan"), "run", runID, "by", id.RequestedBy())
+	writeJSON(w, http.StatusAccepted, map[string]string{"runId": runID})
+}
+
+// RestoreRequest is the body of POST /v1/plans/{plan}/restore.
+type RestoreRequest struct {
+	// BackupID names the backup (its run id); "latest" picks the newest verified.
+	BackupID    string `json:"backupId"`
+	Destination string `json:"destination"`
+	// Target overrides where the plan's source restores to; empty restores
+	// into the plan's own source, replacing its data.
+	Target string `json:"target,omitempty"`
+	Create bool   `json:"create,omitempty"`
+	// Clean removes what is in the target's way first.
+	Clean bool `json:"clean,omitempty"`
+	// Confirm must name the plan when the restore replaces data (Clean, or
+	// no Target): a restore that overwrites is never an accident.
+	Confirm string `json:"confirm,omitempty"`
+	// RequestedBy is accepted for older clients and ignored: the run's
+	// requestedBy is always the authenticated identity.
+	RequestedBy string `json:"requestedBy,omitempty"`
+}
+
+// replaces reports whether the restore overwrites data: it cleans the
+// target first, or restores into the plan's own source.
+func (q RestoreRequest) replaces() bool { return q.Clean || q.Target == "" }
+
+func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
+	var req RestoreRequest
+	if !decode(w, r, &req, false) {
+		return
+	}
+	planName := r.PathValue("plan")
+	if _, err := s.d.Plans.Get(r.Context(), planName); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if req.replaces() && req.Confirm != planName {
+		why := "restores into the plan's own source (no target)"
+		if req.Clean {
+			why = "cleans its target first (clean: true)"
+		}
+		got := "is missing"
+		if req.Confirm != "" {
+			got = fmt.Sprintf("is %q, not the plan's name", req.Confirm)
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf(
+			"confirm: this restore replaces data: it %s; confirm %s: send \"confirm\": %q to proceed", why, got, planName)})
+		return
+	}
+	id, _ := IdentityFrom(r.Context())
+	runID, err := s.d.RequestRestore(r.Context(), planName, events.RestoreRequestedData{
+		BackupID:    req.BackupID,
+		Destination: req.Destination,
+		Target:      req.Target,
+		RequestedBy: id.RequestedBy(),
+		Create:      req.Create,
+		Clean:       req.Clean,
+	})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.log.Info("api restore requested", "plan", planName, "run", runID, "by", id.RequestedBy(),
+		"backup", req.BackupID, "destination", req.Destination, "target", req.Target, "clean", req.Clean)
+	writeJSON(w, http.StatusAccepted, map[string]string{"runId": runID})
+}
+
+// decode reads r's JSON body into v, refusing unknown fields (a misspelt
+// "clean" or "confirm" must not pass unnoticed) and more than one value.
+// An empty body is an error unless optional. It answers the request itself
+// when it returns false.
+func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) {
+		if optional {
+			return true
+		}
+		err = errors.New("empty; want a JSON object")
+	}
+	if err == nil && dec.More() {
+		err = errors.New("more than one JSON value")
+	}
+	if err == nil {
+		return true
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": fmt.Sprintf("body: larger than %d bytes", tooBig.Limit)})
+		return false
+	}
+	writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: " + err.Error()})
+	return false
 }
 
 func (s *Server) runs(w http.ResponseWriter, r *http.Request) {

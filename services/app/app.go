@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -59,6 +58,8 @@ type Config struct {
 	Services []string
 	// Listen is the API's address; empty disables it.
 	Listen string
+	// API says who may use the API and whether it serves HTTPS.
+	API api.Config
 	// IdentityFile and PassphraseEnv give verify and restore their keys.
 	IdentityFile  string
 	PassphraseEnv string
@@ -136,6 +137,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// The API's settings are checked before anything starts, so that an
+	// API that may not listen (plain HTTP beyond loopback) stops serve.
+	apiCfg := cfg.API
+	if cfg.Listen != "" && slices.Contains(services, "api") {
+		if apiCfg, err = api.Prepare(cfg.API, cfg.Listen, cfg.DataDir, log); err != nil {
+			return err
+		}
+	}
 
 	url := cfg.NATS
 	var embedded *bus.Server
@@ -189,15 +198,17 @@ func Run(ctx context.Context, cfg Config) error {
 			if cfg.Listen == "" {
 				continue
 			}
-			ln, err := net.Listen("tcp", cfg.Listen)
+			a, err := api.New(deps, apiCfg)
 			if err != nil {
-				return fmt.Errorf("api: listen %s: %w", cfg.Listen, err)
+				return err
+			}
+			a.Handle("GET /metrics", api.RoleRead, promHandler)
+			ln, err := a.Listen(cfg.Listen)
+			if err != nil {
+				return err
 			}
 			apiAddr = ln.Addr().String()
-			mux := http.NewServeMux()
-			mux.Handle("GET /metrics", promHandler)
-			mux.Handle("/", api.New(deps).Handler())
-			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			srv := api.HTTPServer(a.Handler(), log)
 			g.Go(func() error {
 				if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 					return fmt.Errorf("api: %w", err)

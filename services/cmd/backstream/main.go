@@ -31,6 +31,7 @@ usage:
   backstream retention simulate --policy FILE --backups FILE
   backstream retention PLAN --dry-run [--destination NAME]
   backstream retention export-lifecycle PLAN [--format json|xml]
+  backstream api-token create --name NAME --role read|trigger|restore|admin [--file FILE]
 
 Every command that talks to NATS uses --nats, else $BACKSTREAM_NATS, else nats://127.0.0.1:4250.
 `
@@ -89,6 +90,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return backupsCmd(ctx, rest, stdout)
 	case "schedule":
 		return scheduleCmd(ctx, rest, stdout)
+	case "api-token":
+		return apiTokenCmd(rest, stdout, stderr)
 	case "retention":
 		return retentionCmd(ctx, rest, stdout)
 	case "help", "-h", "--help":

@@ -39,6 +39,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	influxTokenEnv := fs.String("influx-token-env", "", "environment variable holding the InfluxDB token (user:password when 1.8 has auth on)")
 	replicas := fs.Int("replicas", 1, "replicas of every stream and bucket (3 on a NATS cluster)")
 	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
+	apiCfg := apiFlags(fs)
 	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("serve: %v", err)
@@ -80,6 +81,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		EmbeddedPort:  port,
 		Services:      list,
 		Listen:        *listen,
+		API:           *apiCfg,
 		IdentityFile:  *identity,
 		PassphraseEnv: *passEnv,
 		Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
