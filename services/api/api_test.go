@@ -214,6 +214,16 @@ func TestAnonymousRequestsAreRefusedButHealth(t *testing.T) {
 			}
 		})
 	}
+	req, _ := http.NewRequest("GET", e.base+"/v1/runs", nil)
+	req.Header.Set("Authorization", "Basic "+e.tokens["admin"])
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a Basic authorization header: %d, want 401", resp.StatusCode)
+	}
 	r := e.do("GET", "/healthz", "", "")
 	if r.status != http.StatusOK || len(r.body) != 1 || r.body["status"] != "ok" {
 		t.Errorf("healthz: %d %s, want 200 with only a status", r.status, r.raw)
@@ -258,6 +268,7 @@ func TestRolesAndConfirmation(t *testing.T) {
 		{"restore without a body", "restore", "POST", "/v1/plans/files/restore", "", 400, "body: empty"},
 		{"restore without a backup", "restore", "POST", "/v1/plans/files/restore", `{"destination": "local", "target": "/t"}`, 400, "backupId: required"},
 		{"a token no file holds", "bogus", "GET", "/v1/runs", "", 401, "invalid bearer token"},
+		{"a path no route knows, authenticated", "read", "GET", "/v1/nothing", "", 404, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/services/api"
 )
 
@@ -280,5 +281,33 @@ func TestConfigValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestClientCAAloneTakesNoTokens: a deployment that chose mTLS gets no
+// bearer token it did not ask for, neither accepted nor made.
+func TestClientCAAloneTakesNoTokens(t *testing.T) {
+	dir := t.TempDir()
+	root := newCA(t, "test CA")
+	srvCert, srvKey := root.issue(t, "backstream", nil, true)
+	cfg := api.Config{
+		TLSCert:  write(t, dir, "server.crt", srvCert),
+		TLSKey:   write(t, dir, "server.key", srvKey),
+		ClientCA: write(t, dir, "ca.crt", root.pem),
+	}
+	data := filepath.Join(dir, "data")
+	got, err := api.Prepare(cfg, "0.0.0.0:4251", data, bustest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.TokensFile != "" {
+		t.Errorf("tokens file %q, want none", got.TokensFile)
+	}
+	if _, err := os.Stat(filepath.Join(data, "auth")); !os.IsNotExist(err) {
+		t.Errorf("%s/auth exists (%v): a local admin token was made", data, err)
+	}
+	e := start(t, cfg)
+	if r := e.doWith(clientFor(t, root, nil, nil), "GET", "/v1/runs", "some-token", ""); r.status != http.StatusUnauthorized {
+		t.Errorf("a bearer token with no tokens file: %d %s, want 401", r.status, r.raw)
 	}
 }
