@@ -51,7 +51,13 @@ func opEnv(planName, runID, step string, inverse bool) []string {
 // here, so a refused serve never starts a process for a hook.
 func (s *Service) runOp(ctx context.Context, p *plan.Plan, h *plan.Hook, op *plan.Op, timeout time.Duration, env []string) (Outcome, error) {
 	if s.RefuseExec && (h.Type == plan.HookExec || h.Type == plan.HookKubernetes) {
-		return Outcome{}, fmt.Errorf("%w: %s hook %s", stage.ErrExecRefused, h.Type, h.Name)
+		where := fmt.Sprintf("%s hook %s", h.Type, h.Name)
+		for i := range p.Spec.Hooks {
+			if p.Spec.Hooks[i].Name == h.Name {
+				where = fmt.Sprintf("spec.hooks[%d] (%s)", i, where)
+			}
+		}
+		return Outcome{}, fmt.Errorf("%w: %s", stage.ErrExecRefused, where)
 	}
 	return runOp(ctx, p, h, op, timeout, env)
 }
