@@ -151,27 +151,87 @@ func ext(e Event, name string) string {
 	return s
 }
 
+// MaxEventSize is the largest message (the CloudEvent's JSON and its NATS
+// headers) the events stream stores; the server refuses a larger publish.
+// Events carry names, sizes, digests and references, a few KiB at most, and
+// 1 MiB is also a stock nats-server's max_payload, so an event that fits
+// here fits every deployment. The bound is what keeps a flood of large
+// messages from multiplying in every consumer's memory.
+const MaxEventSize = 1 << 20
+
+// SpecVersion is the one CloudEvents version backstream speaks.
+const SpecVersion = "1.0"
+
+// MaxClockSkew is how far in the future an event's time may lie: the clocks
+// of publishers and consumers drift apart by seconds, not minutes. An event
+// from further ahead is refused, so a forged (or badly clocked) event cannot
+// push a timestamp that alerts depend on into the future.
+const MaxClockSkew = 5 * time.Minute
+
+var runIDPattern = regexp.MustCompile(`^[0-7][0-9A-HJKMNP-TV-Z]{25}$`)
+
+// ValidRunID reports whether s can be a run id: a ULID in its canonical form,
+// 26 characters of upper-case Crockford base32, as NewID makes. A run id is a
+// KV key, a NATS subject token and an object key segment, so nothing else is
+// accepted: no dots, wildcards, slashes, spaces, or a second spelling of the
+// same ULID in lower case.
+func ValidRunID(s string) bool { return runIDPattern.MatchString(s) }
+
 // CheckEnvelope validates the CloudEvent attributes backstream relies on.
 func CheckEnvelope(e Event) error {
 	var problems []string
+	if v := e.SpecVersion(); v != SpecVersion {
+		problems = append(problems, fmt.Sprintf("specversion %q: must be %q", v, SpecVersion))
+	}
 	if err := e.Validate(); err != nil {
 		problems = append(problems, err.Error())
 	}
+	switch t := e.Time(); {
+	case t.IsZero():
+		problems = append(problems, "time: required")
+	case t.After(time.Now().Add(MaxClockSkew)):
+		problems = append(problems, fmt.Sprintf("time %s: more than %s in the future", t.UTC().Format(time.RFC3339), MaxClockSkew))
+	}
 	if !strings.HasPrefix(e.Type(), TypePrefix) {
-		problems = append(problems, fmt.Sprintf("type %q: must start with %q", e.Type(), TypePrefix))
+		problems = append(problems, fmt.Sprintf("type %q: must start with %q", truncate(e.Type(), 128), TypePrefix))
 	} else if _, ok := registry[e.Type()]; !ok {
-		problems = append(problems, fmt.Sprintf("type %q: unknown event type", e.Type()))
+		problems = append(problems, fmt.Sprintf("type %q: unknown event type", truncate(e.Type(), 128)))
 	}
 	if !ValidName(e.Subject()) {
-		problems = append(problems, fmt.Sprintf("subject %q: must be a plan name (lowercase DNS label)", e.Subject()))
+		problems = append(problems, fmt.Sprintf("subject %q: must be a plan name (lowercase DNS label)", truncate(e.Subject(), 64)))
 	}
-	if RunID(e) == "" {
+	switch id := RunID(e); {
+	case id == "":
 		problems = append(problems, "runid: missing extension attribute")
+	case !ValidRunID(id):
+		problems = append(problems, fmt.Sprintf("runid %q: must be a ULID (26 characters of upper-case Crockford base32)", truncate(id, 64)))
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("%w: event %q: %s", ErrInvalid, e.ID(), strings.Join(problems, "; "))
+		return fmt.Errorf("%w: event %q: %s", ErrInvalid, truncate(e.ID(), 128), strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// CheckSubject checks that an event arrived on the NATS subject of its type
+// and plan: a message on bs.events.backup.requested.orders must be a
+// backup.requested about plan orders, so that a consumer's subject filter
+// (and a NATS permission on subjects) means what it says. Call it after
+// CheckEnvelope.
+func CheckSubject(subject string, e Event) error {
+	if want := Subject(e.Type(), e.Subject()); subject != want {
+		return fmt.Errorf("%w: event %q: arrived on subject %q, but a %s about plan %q travels on %q",
+			ErrInvalid, truncate(e.ID(), 128), truncate(subject, 256), truncate(e.Type(), 128), truncate(e.Subject(), 64), truncate(want, 256))
+	}
+	return nil
+}
+
+// truncate keeps an attribute quoted in an error short: a reason is logged
+// and stored in a dead letter's header, and input is not to choose its size.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // Decode checks e's envelope, decodes its data into the payload type its
@@ -182,10 +242,10 @@ func Decode(e Event) (Payload, error) {
 	}
 	p := registry[e.Type()]()
 	if err := json.Unmarshal(e.Data(), p); err != nil {
-		return nil, fmt.Errorf("%w: event %q (%s): data: %w", ErrInvalid, e.ID(), e.Type(), err)
+		return nil, fmt.Errorf("%w: event %q (%s): data: %w", ErrInvalid, truncate(e.ID(), 128), e.Type(), err)
 	}
 	if err := p.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: event %q (%s): %w", ErrInvalid, e.ID(), e.Type(), err)
+		return nil, fmt.Errorf("%w: event %q (%s): %w", ErrInvalid, truncate(e.ID(), 128), e.Type(), err)
 	}
 	return p, nil
 }

@@ -184,17 +184,18 @@ func setData(e *events.Event, s string) {
 // another language would write them.
 func TestDecodeWireJSON(t *testing.T) {
 	const envelope = `"specversion":"1.0","id":"orders-db.2026-03-01T02:00:00Z","source":"myorg/cron",` +
-		`"type":"io.backstream.backup.requested","subject":"orders-db","datacontenttype":"application/json"`
+		`"type":"io.backstream.backup.requested","subject":"orders-db","datacontenttype":"application/json",` +
+		`"time":"2026-03-01T02:00:00Z"`
 	tests := []struct {
 		name    string
 		give    string
 		wantErr string
 	}{
-		{"valid", `{` + envelope + `,"runid":"r1","data":{"trigger":"schedule","slot":"2026-03-01T02:00:00Z"}}`, ""},
-		{"unknown data fields are ignored", `{` + envelope + `,"runid":"r1","data":{"trigger":"cli","priority":"high"}}`, ""},
+		{"valid", `{` + envelope + `,"runid":"01JNR4S7T0000000000000000A","data":{"trigger":"schedule","slot":"2026-03-01T02:00:00Z"}}`, ""},
+		{"unknown data fields are ignored", `{` + envelope + `,"runid":"01JNR4S7T0000000000000000A","data":{"trigger":"cli","priority":"high"}}`, ""},
 		{"no runid", `{` + envelope + `,"data":{"trigger":"cli"}}`, "runid: missing"},
-		{"no data", `{` + envelope + `,"runid":"r1"}`, "data:"},
-		{"bad slot", `{` + envelope + `,"runid":"r1","data":{"trigger":"schedule","slot":"tonight"}}`, "data:"},
+		{"no data", `{` + envelope + `,"runid":"01JNR4S7T0000000000000000A"}`, "data:"},
+		{"bad slot", `{` + envelope + `,"runid":"01JNR4S7T0000000000000000A","data":{"trigger":"schedule","slot":"tonight"}}`, "data:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -213,6 +214,130 @@ func TestDecodeWireJSON(t *testing.T) {
 				t.Errorf("Decode: got %v, want ErrInvalid naming %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestEdgeRules covers the envelope rules a consumer refuses at once:
+// CloudEvents 1.0 only, a time not beyond MaxClockSkew in the future, and a
+// run id that is a ULID (a KV key, a subject token and an object key
+// segment). Each refusal names the attribute.
+func TestEdgeRules(t *testing.T) {
+	const base = `"id":"x1","source":"myorg/cron","type":"io.backstream.backup.requested","subject":"orders-db",` +
+		`"datacontenttype":"application/json","data":{"trigger":"cli"}`
+	ulid := events.NewID()
+	soon := time.Now().Add(events.MaxClockSkew - time.Minute).UTC().Format(time.RFC3339)
+	later := time.Now().Add(events.MaxClockSkew + time.Minute).UTC().Format(time.RFC3339)
+	event := func(specversion, tm, runid string) string {
+		s := `{"specversion":"` + specversion + `",` + base
+		if tm != "" {
+			s += `,"time":"` + tm + `"`
+		}
+		if runid != "" {
+			s += `,"runid":"` + runid + `"`
+		}
+		return s + `}`
+	}
+	tests := []struct {
+		name    string
+		give    string
+		wantErr string
+	}{
+		{"valid", event("1.0", "2026-03-01T02:00:00Z", ulid), ""},
+		{"time within the allowed skew", event("1.0", soon, ulid), ""},
+		{"specversion 0.3", event("0.3", "2026-03-01T02:00:00Z", ulid), `specversion "0.3": must be "1.0"`},
+		{"time in 2099", event("1.0", "2099-01-01T00:00:00Z", ulid), "time 2099-01-01T00:00:00Z: more than 5m0s in the future"},
+		{"time just beyond the skew", event("1.0", later, ulid), "in the future"},
+		{"no time", event("1.0", "", ulid), "time: required"},
+		{"runid with a dot", event("1.0", "2026-03-01T02:00:00Z", "a.b"), `runid "a.b": must be a ULID`},
+		{"runid with a wildcard", event("1.0", "2026-03-01T02:00:00Z", "01JNR4S7T000000000000000*>"), "runid"},
+		{"runid with a space", event("1.0", "2026-03-01T02:00:00Z", "run 1"), "runid"},
+		{"runid with a slash", event("1.0", "2026-03-01T02:00:00Z", "../../etc"), "runid"},
+		{"runid in lower case", event("1.0", "2026-03-01T02:00:00Z", strings.ToLower(ulid)), "runid"},
+		{"runid too long", event("1.0", "2026-03-01T02:00:00Z", ulid+"0"), "runid"},
+		{"runid that overflows a ULID", event("1.0", "2026-03-01T02:00:00Z", "8"+ulid[1:]), "runid"},
+		{"runid of an index key", event("1.0", "2026-03-01T02:00:00Z", "_idx.active.x"), "runid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var e events.Event
+			if err := json.Unmarshal([]byte(tt.give), &e); err != nil {
+				t.Fatalf("unmarshal: %v", err)
+			}
+			err := events.CheckEnvelope(e)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("CheckEnvelope: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, events.ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("CheckEnvelope: got %v, want ErrInvalid naming %q", err, tt.wantErr)
+			}
+			if _, derr := events.Decode(e); derr == nil {
+				t.Error("Decode accepted what CheckEnvelope refused")
+			}
+		})
+	}
+}
+
+// TestNewRefusesAFutureTime keeps publishers that import the module from
+// sending what every consumer would refuse.
+func TestNewRefusesAFutureTime(t *testing.T) {
+	m := exampleMeta
+	m.Time = time.Now().Add(time.Hour)
+	if _, err := events.New(m, examples[events.BackupRequested]); !errors.Is(err, events.ErrInvalid) || !strings.Contains(err.Error(), "in the future") {
+		t.Errorf("New with a time an hour ahead: got %v, want ErrInvalid naming the time", err)
+	}
+}
+
+func TestCheckSubject(t *testing.T) {
+	e := events.MustNew(exampleMeta, examples[events.BackupRequested])
+	tests := []struct {
+		name    string
+		subject string
+		wantErr string
+	}{
+		{"its own subject", "bs.events.backup.requested.orders-db", ""},
+		{"another type", "bs.events.backup.succeeded.orders-db", `arrived on subject "bs.events.backup.succeeded.orders-db"`},
+		{"another plan", "bs.events.backup.requested.payroll", "about plan \"orders-db\" travels on \"bs.events.backup.requested.orders-db\""},
+		{"an extra token", "bs.events.backup.requested.orders-db.x", "arrived on subject"},
+		{"outside the events root", "bs.dlq.backup.requested.orders-db", "arrived on subject"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := events.CheckSubject(tt.subject, e)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("CheckSubject: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, events.ErrInvalid) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("CheckSubject: got %v, want ErrInvalid naming %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestValidRunID(t *testing.T) {
+	tests := []struct {
+		give string
+		want bool
+	}{
+		{events.NewID(), true},
+		{"01JNR4S7T0000000000000000A", true},
+		{"7ZZZZZZZZZZZZZZZZZZZZZZZZZ", true},
+		{"", false},
+		{"8ZZZZZZZZZZZZZZZZZZZZZZZZZ", false},
+		{"01JNR4S7T0000000000000000I", false}, // I, L, O, U are not Crockford digits
+		{"01jnr4s7t0000000000000000a", false},
+		{"01JNR4S7T0000000000000000", false},
+		{"missed-orders-1700000000", false},
+	}
+	for _, tt := range tests {
+		if got := events.ValidRunID(tt.give); got != tt.want {
+			t.Errorf("ValidRunID(%q) = %v, want %v", tt.give, got, tt.want)
+		}
 	}
 }
 

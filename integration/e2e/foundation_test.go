@@ -334,7 +334,8 @@ func TestTriggerWaitShowsProgressAndFailsWithTheRun(t *testing.T) {
 
 	// On a terminal (script(1) gives it a pty): one line rewritten in place.
 	bin := harness.Binary(t)
-	tty, code := harness.RunCommand(t, dir, "script", "-qec", bin+" trigger slow --wait --nats "+env.URL, "/dev/null")
+	admin, _ := bustest.AuthFor(env.URL, bus.RoleAdmin)
+	tty, code := harness.RunCommand(t, dir, "script", "-qec", bin+" trigger slow --wait --nats "+env.URL+" --nats-nkey "+admin.NKeyFile, "/dev/null")
 	if code != 0 || !strings.Contains(tty, "\r\033[K") || !strings.Contains(tty, "backup succeeded") {
 		t.Errorf("trigger --wait on a terminal exit %d, want progress rewritten in place:\n%q", code, tty)
 	}

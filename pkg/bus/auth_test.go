@@ -137,3 +137,35 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	denied("viewer requests a backup", viewer.Publish(c, events.MustNew(viewer.Meta("demo", events.NewID(), ""), events.BackupRequestedData{Trigger: events.TriggerCLI})))
 	cc()
 }
+
+// TestEmbeddedServerBeyondLoopbackSpeaksTLSOnly binds every address: the
+// server then generates a CA and certificate under its auth directory,
+// refuses plain connections, and LocalAuth hands clients the CA.
+func TestEmbeddedServerBeyondLoopbackSpeaksTLSOnly(t *testing.T) {
+	data := t.TempDir()
+	srv, err := bus.StartServer(bus.ServerConfig{Host: "0.0.0.0", Port: -1, StoreDir: filepath.Join(data, "nats"), AuthDir: filepath.Join(data, bus.AuthDirName)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	url := strings.Replace(srv.URL(), "0.0.0.0", "127.0.0.1", 1)
+	a, err := bus.LocalAuth(data, bus.RoleAdmin)
+	if err != nil || a.TLSCA == "" {
+		t.Fatalf("LocalAuth: %+v, %v; want the generated CA", a, err)
+	}
+	plain, _ := nats.NkeyOptionFromSeed(a.NKeyFile)
+	if nc, err := nats.Connect(url, plain); err == nil {
+		nc.Close()
+		t.Fatal("plain connection beyond loopback: accepted, want TLS required")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := bus.Connect(ctx, url, "cli", bus.Config{Auth: a}, bustest.Logger(t))
+	if err != nil {
+		t.Fatalf("connect with the generated CA: %v", err)
+	}
+	if !b.NC.TLSRequired() {
+		t.Error("connection is not TLS")
+	}
+	b.NC.Close()
+}

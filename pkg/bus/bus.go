@@ -188,6 +188,9 @@ func (b *Bus) setup(ctx context.Context) error {
 			Duplicates:  c.DuplicateWindow,
 			Storage:     jetstream.FileStorage,
 			Replicas:    c.Replicas,
+			// The server refuses a larger publish: events are small, and a
+			// large one would be held by every consumer that pulls it.
+			MaxMsgSize: events.MaxEventSize,
 		},
 		{
 			Name:        DeadLetterStream,
@@ -198,6 +201,8 @@ func (b *Bus) setup(ctx context.Context) error {
 			Duplicates:  c.DuplicateWindow,
 			Storage:     jetstream.FileStorage,
 			Replicas:    c.Replicas,
+			// A copy that would be larger is cut (see DeadLetterMsg).
+			MaxMsgSize: events.MaxEventSize,
 		},
 		{
 			Name:        DataStream,

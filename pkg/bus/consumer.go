@@ -2,12 +2,16 @@ package bus
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -76,9 +80,11 @@ type ConsumerSpec struct {
 	// the beginning of the stream.
 	DeliverNew bool
 	// OnDead, when set, is told about an event that was dead-lettered after
-	// it was decoded (a permanent error or exhausted deliveries), once its
-	// copy is stored, so the owner of the work can settle it (fail the run).
-	// Its events are published; its error is logged.
+	// its handler saw it (a permanent error or exhausted deliveries), once
+	// its copy is stored, so the owner of the work can settle it (fail the
+	// run). Its events are published; its error is logged. An event refused
+	// at the edge never reaches it: its runid does not name a run anyone
+	// vouched for, and a forged message must not be able to fail a run.
 	OnDead func(ctx context.Context, e events.Event, reason string) ([]events.Event, error)
 }
 
@@ -215,20 +221,17 @@ func (b *Bus) handle(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg) 
 	if err == nil {
 		deliveries = int(md.NumDelivered)
 	}
-	log := b.Log.With("consumer", spec.Name, "subject", msg.Subject(), "delivery", deliveries)
+	log := b.Log.With("consumer", spec.Name, "subject", truncate(msg.Subject(), 256), "delivery", deliveries)
 
-	if deliveries > spec.MaxDeliver {
-		// Only reached when the previous delivery died without settling.
-		b.deadLetter(ctx, spec, msg, deliveries, "delivered "+strconv.Itoa(deliveries-1)+" times without success", log)
+	e, err := Accept(msg.Subject(), msg.Data())
+	if err != nil {
+		// Refused at the edge: no retry can make it valid.
+		b.deadLetter(ctx, spec, msg, nil, deliveries, err.Error(), log)
 		return
 	}
-
-	e, err := Decode(msg.Data())
-	if err == nil {
-		_, err = events.Decode(e)
-	}
-	if err != nil {
-		b.deadLetter(ctx, spec, msg, deliveries, err.Error(), log)
+	if deliveries > spec.MaxDeliver {
+		// Only reached when the previous delivery died without settling.
+		b.deadLetter(ctx, spec, msg, &e, deliveries, "delivered "+strconv.Itoa(deliveries-1)+" times without success", log)
 		return
 	}
 	log = log.With("type", e.Type(), "id", e.ID(), "plan", e.Subject(), "runid", events.RunID(e), "step", events.Step(e))
@@ -259,13 +262,13 @@ func (b *Bus) handle(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg) 
 			log.Warn("ack failed; the event will be redelivered", "err", err)
 		}
 	case IsPermanent(herr):
-		b.deadLetter(ctx, spec, msg, deliveries, herr.Error(), log)
+		b.deadLetter(ctx, spec, msg, &e, deliveries, herr.Error(), log)
 	case ctx.Err() != nil:
 		// Shutting down: hand the event to another replica now.
 		_ = msg.Nak()
 		log.Info("handler interrupted by shutdown; event released for redelivery", "err", herr)
 	case deliveries >= spec.MaxDeliver:
-		b.deadLetter(ctx, spec, msg, deliveries, "gave up after "+strconv.Itoa(deliveries)+" deliveries: "+herr.Error(), log)
+		b.deadLetter(ctx, spec, msg, &e, deliveries, "gave up after "+strconv.Itoa(deliveries)+" deliveries: "+herr.Error(), log)
 	default:
 		delay := spec.Backoff[min(deliveries-1, len(spec.Backoff)-1)]
 		log.Warn("handler failed; retrying with backoff", "err", herr, "backoff", delay)
@@ -290,53 +293,189 @@ func safeCall(ctx context.Context, h Handler, e events.Event) (out []events.Even
 	return h(ctx, e)
 }
 
-// deadLetter copies msg to bs.dlq.<consumer> with the reason and terminates it.
-// If the copy cannot be stored the message is nak'ed instead, so it is never
-// lost.
-func (b *Bus) deadLetter(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg, deliveries int, reason string, log *slog.Logger) {
+// Headers a dead letter carries besides those in bus.go: where the original
+// is, and how to recognise it when the copy had to be cut.
+const (
+	HeaderDeadSequence = "Backstream-Dead-Sequence"
+	HeaderDeadSize     = "Backstream-Dead-Size"
+	HeaderDeadSHA256   = "Backstream-Dead-Sha256"
+	HeaderDeadCut      = "Backstream-Dead-Cut"
+)
+
+// Accept is the edge every consumed message passes before a handler sees
+// it: a message no larger than events.MaxEventSize, a structured-mode
+// CloudEvent that meets the contract (events.Decode: specversion 1.0, a
+// known type, a plan name, a ULID runid, a time not in the future, a valid
+// payload) and that arrived on the subject of its type and plan. Every
+// refusal wraps events.ErrInvalid and names what is wrong.
+func Accept(subject string, data []byte) (events.Event, error) {
+	if len(data) > events.MaxEventSize {
+		// Checked before decoding: a stream created with a larger limit
+		// must not make every consumer parse megabytes of JSON.
+		return events.Event{}, fmt.Errorf("%w: message of %d bytes: larger than an event may be (%d)", events.ErrInvalid, len(data), events.MaxEventSize)
+	}
+	e, err := Decode(data)
+	if err != nil {
+		return events.Event{}, err
+	}
+	// The envelope and the subject first: a message on the wrong subject is
+	// refused for that, whatever its payload.
+	if err := events.CheckEnvelope(e); err != nil {
+		return events.Event{}, err
+	}
+	if err := events.CheckSubject(subject, e); err != nil {
+		return events.Event{}, err
+	}
+	if _, err := events.Decode(e); err != nil {
+		return events.Event{}, err
+	}
+	return e, nil
+}
+
+// Limits of a dead letter's reason: in full in the copy's header, shorter
+// in the termination and the log line.
+const (
+	maxReasonHeader = 2048
+	maxReasonLog    = 512
+)
+
+// deadLetter copies msg to bs.dlq.<consumer> with the reason and terminates
+// it. e is the decoded event when the handler saw it (OnDead settles it),
+// nil when the message was refused at the edge. If the copy cannot be
+// stored the message is nak'ed instead, so it is never lost, and the log
+// says so.
+func (b *Bus) deadLetter(ctx context.Context, spec ConsumerSpec, msg jetstream.Msg, e *events.Event, deliveries int, reason string, log *slog.Logger) {
 	reason = secret.Redact(reason) // a handler's error may quote a secret; dead letters are kept
-	dl := &nats.Msg{
-		Subject: events.DeadLetterRoot + "." + spec.Name,
-		Data:    msg.Data(),
-		Header:  nats.Header{},
-	}
-	for k, v := range msg.Headers() {
-		dl.Header[k] = v
-	}
-	id := msg.Subject()
+	var seq uint64
 	if md, err := msg.Metadata(); err == nil {
-		id = spec.Name + "." + strconv.FormatUint(md.Sequence.Stream, 10)
+		seq = md.Sequence.Stream
 	}
-	dl.Header.Set(HeaderMsgID, "dlq."+id)
-	dl.Header.Set(HeaderDeadReason, truncate(reason, 2048))
-	dl.Header.Set(HeaderDeadFrom, spec.Name)
-	dl.Header.Set(HeaderDeadSubject, msg.Subject())
-	dl.Header.Set(HeaderDeadTries, strconv.Itoa(deliveries))
+	dl := DeadLetterMsg(spec.Name, msg.Subject(), msg.Headers(), msg.Data(), seq, deliveries, reason, b.deadLetterLimit())
+	logReason := truncate(reason, maxReasonLog)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if _, err := b.JS.PublishMsg(pctx, dl); err != nil {
-		log.Error("dead-letter copy failed; event kept for redelivery", "err", err, "reason", reason)
-		_ = msg.NakWithDelay(5 * time.Second)
+		// The server delivers a message at most spec.MaxDeliver+1 times
+		// (see EnsureConsumer); past that it stays in the events stream
+		// but this consumer never sees it again.
+		if deliveries > spec.MaxDeliver {
+			log.Error("dead-letter copy failed on the last delivery; the event stays in the events stream, not redelivered to this consumer",
+				"err", err, "reason", logReason, "stream", EventsStream, "sequence", seq, "deliveries", deliveries)
+		} else {
+			log.Error("dead-letter copy failed; event nak'ed for redelivery in 5s",
+				"err", err, "reason", logReason, "sequence", seq, "deliveries", deliveries, "maxDeliveries", spec.MaxDeliver+1)
+		}
+		if nerr := msg.NakWithDelay(5 * time.Second); nerr != nil {
+			log.Error("nak failed; the event is redelivered after the ack wait", "err", nerr, "ackWait", spec.AckWait)
+		}
 		return
 	}
-	log.Error("event dead-lettered", "reason", reason)
-	if spec.OnDead != nil {
-		if e, err := Decode(msg.Data()); err == nil && events.CheckEnvelope(e) == nil {
-			out, err := spec.OnDead(pctx, e, reason)
-			if err == nil {
-				err = b.Publish(pctx, out...)
-			}
-			if err != nil {
-				log.Error("settling a dead-lettered event failed", "err", err)
-			}
+	log.Error("event dead-lettered", "reason", logReason, "sequence", seq, "cut", dl.Header.Get(HeaderDeadCut) != "")
+	if e != nil && spec.OnDead != nil {
+		out, err := spec.OnDead(pctx, *e, reason)
+		if err == nil {
+			err = b.Publish(pctx, out...)
+		}
+		if err != nil {
+			log.Error("settling a dead-lettered event failed", "err", err)
 		}
 	}
-	_ = msg.TermWithReason(truncate(reason, 256))
+	if err := msg.TermWithReason(headerValue(reason, 256)); err != nil {
+		// Its copy is stored, so a redelivery only makes a second copy
+		// with the same Nats-Msg-Id, which the dead-letter stream drops.
+		log.Warn("terminate failed; the event will be redelivered and dead-lettered again", "err", err)
+	}
 }
 
+// deadLetterLimit is the largest dead letter that can be stored: the
+// connection's max_payload, and the dead-letter stream's own limit.
+func (b *Bus) deadLetterLimit() int {
+	limit := int(b.NC.MaxPayload())
+	if limit <= 0 || limit > events.MaxEventSize {
+		limit = events.MaxEventSize
+	}
+	return limit
+}
+
+// headerRoom is what a dead letter leaves for encoding differences between
+// the header size computed here and the server's count.
+const headerRoom = 256
+
+// DeadLetterMsg builds the dead-letter copy of a message consumer refused:
+// on bs.dlq.<consumer>, with the reason, the consumer, the original
+// subject, stream sequence, size and SHA-256, and the number of
+// deliveries. When the original with its headers and these would exceed
+// limit bytes, the copy keeps only a prefix of the data (and none of the
+// original headers) and says so in Backstream-Dead-Cut; the original stays
+// in the events stream at its sequence. A dead letter always fits.
+func DeadLetterMsg(consumer, subject string, orig nats.Header, data []byte, seq uint64, deliveries int, reason string, limit int) *nats.Msg {
+	sum := sha256.Sum256(data)
+	id := consumer + "." + strconv.FormatUint(seq, 10)
+	if seq == 0 {
+		// No metadata: the subject and digest still make the copy once.
+		id = consumer + "." + hex.EncodeToString(sum[:8])
+	}
+	ours := nats.Header{}
+	ours.Set(HeaderMsgID, "dlq."+id)
+	ours.Set(HeaderDeadReason, headerValue(reason, maxReasonHeader))
+	ours.Set(HeaderDeadFrom, consumer)
+	ours.Set(HeaderDeadSubject, truncate(subject, 1024))
+	ours.Set(HeaderDeadTries, strconv.Itoa(deliveries))
+	ours.Set(HeaderDeadSequence, strconv.FormatUint(seq, 10))
+	ours.Set(HeaderDeadSize, strconv.Itoa(len(data)))
+	ours.Set(HeaderDeadSHA256, hex.EncodeToString(sum[:]))
+
+	dl := &nats.Msg{Subject: events.DeadLetterRoot + "." + consumer, Data: data, Header: nats.Header{}}
+	for k, v := range orig {
+		if _, set := ours[k]; !set {
+			dl.Header[k] = v
+		}
+	}
+	for k, v := range ours {
+		dl.Header[k] = v
+	}
+	if headerSize(dl.Header)+len(data)+headerRoom <= limit {
+		return dl
+	}
+	ours.Set(HeaderDeadCut, "true")
+	if ct := orig.Get(HeaderContentType); ct != "" && len(ct) < 128 {
+		ours.Set(HeaderContentType, ct)
+	}
+	keep := max(0, min(len(data), limit-headerSize(ours)-headerRoom))
+	return &nats.Msg{Subject: dl.Subject, Data: data[:keep], Header: ours}
+}
+
+// headerSize is the length of h as NATS encodes it: "NATS/1.0\r\n", one
+// "Key: value\r\n" per value, and a closing "\r\n".
+func headerSize(h nats.Header) int {
+	n := len("NATS/1.0\r\n") + 2
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n
+}
+
+// truncate cuts s to at most n bytes (and an ellipsis) at a rune boundary.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
 	return s[:n] + "…"
+}
+
+// headerValue makes s safe as one NATS header value: at most n bytes, and
+// no CR or LF, which would end the header early (an error message may
+// quote a child's output).
+func headerValue(s string, n int) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, truncate(s, n))
 }

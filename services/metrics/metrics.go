@@ -14,6 +14,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
 	"github.com/backstream/backstream/services/stage"
@@ -115,7 +117,13 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // handle writes one event's points and acks it only once they are written.
+// An event about a plan that does not exist is refused (dead-lettered, and
+// counted without its plan name): figures and points are made only for
+// plans in the plan store, so a publisher cannot create series at will.
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
+	if err := s.planExists(ctx, e.Subject()); err != nil {
+		return nil, err
+	}
 	var r *runs.Run
 	if e.Type() == events.BackupFailed {
 		var err error
@@ -143,4 +151,21 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	}
 	s.prom.pointsWritten.Add(float64(len(pts)))
 	return nil, nil
+}
+
+// planExists is nil when planName is in the plan store (a stored plan that
+// fails validation exists too: its failures belong on its dashboard), a
+// permanent error when it is not, and a retryable one when the store
+// cannot say.
+func (s *Service) planExists(ctx context.Context, planName string) error {
+	_, err := s.Plans.Get(ctx, planName)
+	switch {
+	case err == nil, errors.Is(err, planstore.ErrInvalidPlan):
+		return nil
+	case errors.Is(err, planstore.ErrNotFound):
+		s.prom.refused.WithLabelValues(refusedUnknownPlan).Inc()
+		return bus.Permanent(fmt.Errorf("plan %q does not exist: no metrics are made for it", planName))
+	default:
+		return fmt.Errorf("look up plan %q: %w", planName, err)
+	}
 }

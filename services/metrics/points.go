@@ -43,7 +43,11 @@ var Types = []string{
 // The timestamp is the event's time, except where the payload carries a
 // time fixed by the run record or the slot (backup.succeeded: started +
 // durationMs; backup.missed: expectedBy), so that even an event re-announced
-// after JetStream's duplicate window lands on the same point.
+// after JetStream's duplicate window lands on the same point. A payload time
+// is never later than the event's own: a run cannot have finished after the
+// event announcing it was made, so a forged or garbled payload cannot put a
+// point (or the last-success gauge) in the future. The bus refuses events
+// whose time is beyond events.MaxClockSkew ahead.
 func Points(e events.Event, r *runs.Run) ([]Point, error) {
 	p, err := events.Decode(e)
 	if err != nil {
@@ -53,7 +57,7 @@ func Points(e events.Event, r *runs.Run) ([]Point, error) {
 	at := e.Time().UTC()
 	switch d := p.(type) {
 	case *events.BackupSucceededData:
-		at = d.Started.Add(time.Duration(d.DurationMs) * time.Millisecond).UTC()
+		at = notAfter(d.Started.Add(time.Duration(d.DurationMs)*time.Millisecond), at)
 		var out []Point
 		for _, o := range d.Objects {
 			out = append(out, Point{MeasureSuccess, map[string]string{"plan": plan, "source": d.Source, "destination": o.Destination},
@@ -92,7 +96,7 @@ func Points(e events.Event, r *runs.Run) ([]Point, error) {
 		if d.LastSuccess != nil {
 			f["last_success"] = d.LastSuccess.Unix()
 		}
-		return []Point{{MeasureMissed, map[string]string{"plan": plan}, f, d.ExpectedBy.UTC()}}, nil
+		return []Point{{MeasureMissed, map[string]string{"plan": plan}, f, notAfter(d.ExpectedBy, at)}}, nil
 	case *events.HookCompletedData:
 		if d.Inverse {
 			return nil, nil
@@ -117,6 +121,14 @@ func Points(e events.Event, r *runs.Run) ([]Point, error) {
 			map[string]any{"error": d.Error, "failed_stage": d.Stage}, at}}, nil
 	}
 	return nil, nil
+}
+
+// notAfter is t, or limit where t is later, in UTC.
+func notAfter(t, limit time.Time) time.Time {
+	if t.After(limit) {
+		return limit.UTC()
+	}
+	return t.UTC()
 }
 
 func stagePoint(plan, stage string, ms int64, at time.Time) Point {

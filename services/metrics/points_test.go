@@ -14,7 +14,7 @@ import (
 
 func TestPoints(t *testing.T) {
 	t0 := at("2026-01-01T10:00:00Z")
-	meta := events.Meta{ID: "e1", Source: "backstream/test/x", Plan: "orders", RunID: "run1", Time: t0.Add(time.Minute)}
+	meta := events.Meta{ID: "e1", Source: "backstream/test/x", Plan: "orders", RunID: "01JNR4S7T0000000000000000A", Time: t0.Add(time.Minute)}
 	sha := strings.Repeat("a", 64)
 	last := t0.Add(-time.Hour)
 	tests := []struct {
@@ -42,8 +42,22 @@ func TestPoints(t *testing.T) {
 		},
 		{
 			name: "backup.missed lands on expectedBy",
+			give: events.BackupMissedData{Slot: t0, ExpectedBy: t0.Add(30 * time.Second), LastSuccess: &last},
+			want: []string{"backup_missed{plan=orders} last_success,slot,value @10:00:30"},
+		},
+		{
+			name: "backup.missed expected after the event was made lands on the event's time",
 			give: events.BackupMissedData{Slot: t0, ExpectedBy: t0.Add(10 * time.Minute), LastSuccess: &last},
-			want: []string{"backup_missed{plan=orders} last_success,slot,value @10:10:00"},
+			want: []string{"backup_missed{plan=orders} last_success,slot,value @10:01:00"},
+		},
+		{
+			name: "backup.succeeded finished after the event was made lands on the event's time",
+			give: events.BackupSucceededData{BackupID: "run1", PlaintextSHA256: sha, Source: "command", Started: t0.AddDate(73, 0, 0), DurationMs: 1000,
+				Objects: []events.BackupObject{{Destination: "a", Key: "k", ManifestKey: "m", SHA256: sha}}},
+			want: []string{
+				"backup_run{plan=orders,status=succeeded,trigger=unknown} bytes_in,bytes_out,chunks,duration_s,throughput_bps @10:01:00",
+				"backup_success{destination=a,plan=orders,source=command} value @10:01:00",
+			},
 		},
 		{
 			name: "backup.succeeded lands on started + duration",

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -27,6 +28,11 @@ type prom struct {
 	retentionCount *prometheus.GaugeVec
 	writeFailures  prometheus.Counter
 	pointsWritten  prometheus.Counter
+	// refused counts events the stage refused, by reason only: a label
+	// with the plan name would let anyone who can publish make series.
+	refused *prometheus.CounterVec
+	// now bounds the last-success gauge: it never moves into the future.
+	now func() time.Time
 
 	mu   sync.Mutex
 	seen map[string]struct{}
@@ -36,6 +42,9 @@ type prom struct {
 }
 
 const seenSize = 8192
+
+// Reasons of backstream_events_refused_total.
+const refusedUnknownPlan = "unknown_plan"
 
 func newProm() *prom {
 	p := &prom{
@@ -64,12 +73,17 @@ func newProm() *prom {
 			Help: "Failed InfluxDB writes (each is retried by redelivery)."}),
 		pointsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_points_total",
 			Help: "Points handed to InfluxDB and acknowledged by it (redeliveries included)."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_events_refused_total",
+			Help: "Events the metrics stage refused and dead-lettered, by reason (unknown_plan: no plan of that name exists). No figure or point is made for them."}, []string{"reason"}),
+		now:  time.Now,
 		seen: map[string]struct{}{},
 		last: map[string]int64{},
 		ring: make([]string, seenSize),
 	}
+	// Known reasons start at zero, so a rate() over them works from the start.
+	p.refused.WithLabelValues(refusedUnknownPlan)
 	p.reg.MustRegister(p.runsTotal, p.lastSuccess, p.lastDuration, p.lastBytes, p.lastRatio, p.stageDuration,
-		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.writeFailures, p.pointsWritten,
+		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.writeFailures, p.pointsWritten, p.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }
@@ -126,9 +140,12 @@ func (p *prom) observe(e events.Event, pts []Point) {
 	}
 }
 
-// setLastSuccess moves the plan's last-success gauge forward, never back:
-// events arrive out of order and the watchdog reports from run records too.
+// setLastSuccess moves the plan's last-success gauge forward, never back,
+// and never past now: events arrive out of order and the watchdog reports
+// from run records too, and a success "in the future" would silence the
+// missing-success alert until it came true.
 func (p *prom) setLastSuccess(plan string, unix int64) {
+	unix = min(unix, p.now().Unix())
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.last[plan] >= unix {

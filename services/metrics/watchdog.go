@@ -189,7 +189,9 @@ func (s *Service) watchPlan(ctx context.Context, p *plan.Plan, successes []time.
 	sort.Slice(missed, func(i, j int) bool { return missed[i].Slot.Before(missed[j].Slot) })
 	for _, m := range missed {
 		id := MissedID(p.Name(), m.Slot)
-		meta := s.Bus.Meta(p.Name(), id, "")
+		// The runid is the run the slot started or would have started
+		// (a ULID, as every runid must be); the event id stays MissedID.
+		meta := s.Bus.Meta(p.Name(), schedule.SlotRunID(p.Name(), m.Slot), "")
 		meta.ID = id
 		e, err := events.New(meta, events.BackupMissedData{ExpectedBy: m.ExpectedBy, Slot: m.Slot, LastSuccess: lastSuccess})
 		if err != nil {
@@ -198,7 +200,7 @@ func (s *Service) watchPlan(ctx context.Context, p *plan.Plan, successes []time.
 		if err := s.Bus.Publish(ctx, e); err != nil {
 			return err
 		}
-		s.Log.Warn("expected backup success missing", "plan", p.Name(), "runid", id, "slot", m.Slot, "expectedBy", m.ExpectedBy)
+		s.Log.Warn("expected backup success missing", "plan", p.Name(), "runid", events.RunID(e), "id", id, "slot", m.Slot, "expectedBy", m.ExpectedBy)
 	}
 	st.LastSlot = newest.UTC()
 	data, _ := json.Marshal(st)
