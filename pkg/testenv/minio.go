@@ -37,6 +37,14 @@ type MinIOServer struct {
 // server gets its own ports and directory.
 func MinIO(t testing.TB) *MinIOServer {
 	t.Helper()
+	return MinIOWithCredentials(t, "backstream", "")
+}
+
+// MinIOWithCredentials is MinIO with the root user accessKey and secretKey
+// (at least 3 and 8 bytes), for a test that plants the credentials as
+// canaries; an empty secretKey gets one unique to the server's port.
+func MinIOWithCredentials(t testing.TB, accessKey, secretKey string) *MinIOServer {
+	t.Helper()
 	bin := Bin(t, "minio")
 	if bin == "" {
 		Missing(t, "bin/minio (run scripts/install-tools.sh)")
@@ -49,10 +57,13 @@ func MinIO(t testing.TB) *MinIOServer {
 		port, console := FreePort(t), FreePort(t)
 		s := &MinIOServer{
 			Endpoint:  Addr(port),
-			AccessKey: "backstream",
-			SecretKey: "backstream-secret-" + strconv.Itoa(port),
+			AccessKey: accessKey,
+			SecretKey: secretKey,
 			Dir:       data,
 			t:         t,
+		}
+		if s.SecretKey == "" {
+			s.SecretKey = "backstream-secret-" + strconv.Itoa(port)
 		}
 		s.p = &managedProc{
 			name: "minio",
