@@ -279,9 +279,24 @@ func (w *Writer) emit(final bool) {
 	if !final {
 		safe = max(0, len(w.pending)-snap.maxLen+1)
 	}
+	// next[k] is where pattern k next occurs at or after i (-1: nowhere),
+	// searched again only once i passes it: a stream full of values costs
+	// one scan per pattern, not one per value.
+	next := make([]int, len(snap.patterns))
+	for k, p := range snap.patterns {
+		next[k] = index(w.pending, 0, p)
+	}
 	i := 0
 	for i < safe {
-		at, n := snap.next(w.pending, i)
+		at, n := -1, 0
+		for k, p := range snap.patterns {
+			if next[k] >= 0 && next[k] < i {
+				next[k] = index(w.pending, i, p)
+			}
+			if j := next[k]; j >= 0 && (at < 0 || j < at || (j == at && len(p) > n)) {
+				at, n = j, len(p)
+			}
+		}
 		if at < 0 || at >= safe {
 			break
 		}
@@ -303,21 +318,13 @@ func (w *Writer) write(p []byte) {
 	_, w.err = w.w.Write(p)
 }
 
-// next finds the earliest match in b at or after from, the longest at that
-// position: its start and length, or -1.
-func (s *snapshot) next(b []byte, from int) (at, n int) {
-	at = -1
-	for _, p := range s.patterns {
-		j := bytes.Index(b[from:], p)
-		if j < 0 {
-			continue
-		}
-		j += from
-		if at < 0 || j < at || (j == at && len(p) > n) {
-			at, n = j, len(p)
-		}
+// index is bytes.Index of p in b from position from on, as a position in b.
+func index(b []byte, from int, p []byte) int {
+	j := bytes.Index(b[from:], p)
+	if j < 0 {
+		return -1
 	}
-	return at, n
+	return from + j
 }
 
 // Head returns at most n bytes from the start of r, redacted, reading no more

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	mathrand "math/rand/v2"
 	"net/url"
 	"strconv"
 	"strings"
@@ -190,5 +191,47 @@ func TestResolveRegisters(t *testing.T) {
 	}
 	if Redact("x"+v) != "x"+Mask {
 		t.Fatalf("a resolved value is not redacted")
+	}
+}
+
+// TestWriterAgreesWithRedact feeds streams built from values, their
+// prefixes and noise to a Writer in random pieces: the result is always
+// what Redact makes of the whole text.
+func TestWriterAgreesWithRedact(t *testing.T) {
+	a, b := fresh(t, "agree-a-"), fresh(t, "agree-b-")
+	Register(a)
+	Register(b)
+	Register(a + b[:5]) // a value with another as its prefix
+	pieces := []string{a, b, a[:7], b[3:], "x", "\n", a + b[:5], b[:len(b)-1]}
+	rng := mathrand.New(mathrand.NewPCG(1, 2))
+	for round := range 500 {
+		var text strings.Builder
+		for range rng.IntN(12) {
+			text.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		s := text.String()
+		var buf bytes.Buffer
+		w := NewWriter(&buf)
+		for rest := s; rest != ""; {
+			n := min(len(rest), 1+rng.IntN(20))
+			_, _ = w.Write([]byte(rest[:n]))
+			rest = rest[n:]
+		}
+		_ = w.Close()
+		if want := Redact(s); buf.String() != want {
+			t.Fatalf("round %d: %q\nWriter: %q\nRedact: %q", round, s, buf.String(), want)
+		}
+	}
+}
+
+func TestWriterManyValuesInOneWrite(t *testing.T) {
+	v := fresh(t, "many-")
+	Register(v)
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	_, _ = w.Write([]byte(strings.Repeat(v+" ", 20000)))
+	_ = w.Close()
+	if got := strings.Count(buf.String(), Mask); got != 20000 || strings.Contains(buf.String(), v) {
+		t.Fatalf("%d masks, want 20000", got)
 	}
 }
