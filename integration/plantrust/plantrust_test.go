@@ -194,6 +194,22 @@ func TestAllowExecFalseRefusesCommandsAtUse(t *testing.T) {
 			noMarkers(t, marker)
 		})
 	}
+
+	t.Run("restore", func(t *testing.T) {
+		runID := events.NewID()
+		e, err := events.New(env.Bus.Meta("cmd", runID, ""), events.RestoreRequestedData{BackupID: "latest", Destination: "local", Target: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Bus.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		r := env.Wait(runID, 20*time.Second)
+		if r.Phase != runs.Failed || r.FailedStage != "restore" || !strings.HasPrefix(r.Error, "exec refused: this serve runs with --allow-exec=false: spec.source.command.argv") {
+			t.Fatalf("run %s in %s: %q", r.Phase, r.FailedStage, r.Error)
+		}
+		noMarkers(t, marker)
+	})
 }
 
 func TestPlanListShowsAnInvalidPlanBesideTheOthers(t *testing.T) {
