@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 // DataRoot is the subject root of chunk streams: DataRoot.<runid>.<kind>.<reader>.
@@ -209,7 +211,7 @@ func (w *ChunkWriter) Close(ctx context.Context, data []byte, trailer map[string
 func (w *ChunkWriter) Fail(ctx context.Context, reason string) error {
 	h := nats.Header{}
 	h.Set(HeaderFinal, "1")
-	h.Set(HeaderFailed, truncate(reason, 2048))
+	h.Set(HeaderFailed, truncate(secret.Redact(reason), 2048)) // a driver's error may quote a secret
 	if err := w.publish(ctx, nil, h, false); err != nil {
 		return err
 	}
