@@ -234,4 +234,28 @@ spec:
 			t.Errorf("plan list output lacks %q:\n%s", want, out)
 		}
 	}
+
+	// get says why; apply over it replaces it; delete removes it.
+	if out, code := harness.Run(t, dir, nil, "plan", "get", "evil", "--nats", env.URL); code != 1 || !strings.Contains(out, `unknown field "runAs"`) {
+		t.Errorf("plan get: exit %d:\n%s", code, out)
+	}
+	fixed := filepath.Join(dir, "evil.yaml")
+	if err := os.WriteFile(fixed, []byte(fmt.Sprintf("apiVersion: backstream.io/v1alpha1\nkind: Plan\nmetadata: {name: evil}\nspec:\n  source: {type: files, files: {path: %[1]s}}\n  destinations: [{name: local, type: filesystem, filesystem: {path: %[1]s}}]\n", dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := harness.Run(t, dir, nil, "plan", "apply", "-f", fixed, "--nats", env.URL); code != 0 || !strings.Contains(out, "plan evil applied") {
+		t.Errorf("plan apply over it: exit %d:\n%s", code, out)
+	}
+	if out, code := harness.Run(t, dir, nil, "plan", "list", "--nats", env.URL); code != 0 || strings.Contains(out, "INVALID") {
+		t.Errorf("plan list after apply: exit %d:\n%s", code, out)
+	}
+	if _, err := env.Bus.Plans.Put(context.Background(), "evil", []byte("#!/bin/sh\nid")); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := harness.Run(t, dir, nil, "plan", "delete", "evil", "--nats", env.URL); code != 0 || !strings.Contains(out, "plan evil deleted") {
+		t.Errorf("plan delete: exit %d:\n%s", code, out)
+	}
+	if out, code := harness.Run(t, dir, nil, "plan", "list", "--nats", env.URL); code != 0 || strings.Contains(out, "evil") {
+		t.Errorf("plan list after delete: exit %d:\n%s", code, out)
+	}
 }
