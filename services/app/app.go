@@ -54,6 +54,13 @@ type Config struct {
 	NATS         string
 	EmbeddedHost string
 	EmbeddedPort int
+	// NATSAuth authenticates to an existing NATS. The embedded server's own
+	// credentials are generated under DataDir/auth.
+	NATSAuth bus.Auth
+	// EmbeddedTLSCert and EmbeddedTLSKey are the embedded server's TLS
+	// certificate; beyond loopback it generates one when they are empty.
+	EmbeddedTLSCert string
+	EmbeddedTLSKey  string
 	// Services to run; empty means all.
 	Services []string
 	// Listen is the API's address; empty disables it.
@@ -156,16 +163,18 @@ func Run(ctx context.Context, cfg Config) error {
 		if port == 0 {
 			port = 4250
 		}
-		srv, err := bus.StartServer(bus.ServerConfig{Host: cfg.EmbeddedHost, Port: port, StoreDir: filepath.Join(cfg.DataDir, "nats")})
+		authDir := filepath.Join(cfg.DataDir, bus.AuthDirName)
+		srv, err := bus.StartServer(bus.ServerConfig{Host: cfg.EmbeddedHost, Port: port, StoreDir: filepath.Join(cfg.DataDir, "nats"),
+			AuthDir: authDir, TLSCert: cfg.EmbeddedTLSCert, TLSKey: cfg.EmbeddedTLSKey})
 		if err != nil {
 			return err
 		}
 		defer srv.Shutdown()
 		url, embedded = srv.URL(), srv
-		log.Info("embedded nats server started", "url", url, "store", filepath.Join(cfg.DataDir, "nats"))
+		log.Info("embedded nats server started", "url", url, "store", filepath.Join(cfg.DataDir, "nats"), "credentials", authDir)
 	}
 
-	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas, InProcess: embedded}, log)
+	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas, InProcess: embedded, Auth: cfg.NATSAuth}, log)
 	if err != nil {
 		return err
 	}

@@ -25,8 +25,10 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	data := fs.String("data", "./data", "directory of the embedded NATS server's store")
 	services := fs.String("services", "all", "comma-separated services to run: "+fmt.Sprint(app.Names))
-	natsFlag := fs.String("nats", "", "URL of an existing NATS cluster (default: start the embedded server)")
-	embedded := fs.String("embedded", "127.0.0.1:4250", "address of the embedded NATS server")
+	natsFlag := addNATSFlags(fs, "URL of an existing NATS cluster (default: start the embedded server)")
+	embedded := fs.String("embedded", "127.0.0.1:4250", "address of the embedded NATS server (beyond loopback it serves TLS only)")
+	embeddedCert := fs.String("embedded-tls-cert", "", "certificate FILE of the embedded NATS server (default beyond loopback: one it generates under --data/auth)")
+	embeddedKey := fs.String("embedded-tls-key", "", "key FILE of --embedded-tls-cert")
 	listen := fs.String("listen", "127.0.0.1:4251", "address of the HTTP API (empty: no API)")
 	apply := fs.String("apply", "", "plan FILE or DIR to apply at start")
 	trigger := fs.String("trigger", "", "plan to trigger once at start")
@@ -38,8 +40,8 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	influxDB := fs.String("influx-db", "backstream", "InfluxDB database the points go to")
 	influxTokenEnv := fs.String("influx-token-env", "", "environment variable holding the InfluxDB token (user:password when 1.8 has auth on)")
 	replicas := fs.Int("replicas", 1, "replicas of every stream and bucket (3 on a NATS cluster)")
-	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
 	apiCfg := apiFlags(fs)
+	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
 	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("serve: %v", err)
@@ -76,7 +78,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := app.Config{
 		DataDir:       *data,
-		NATS:          *natsFlag,
+		NATS:          *natsFlag.url,
 		EmbeddedHost:  host,
 		EmbeddedPort:  port,
 		Services:      list,
@@ -90,16 +92,39 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		RefuseExec:    !*allowExec,
 		Log:           log,
 	}
+	if (*embeddedCert == "") != (*embeddedKey == "") {
+		return usageError("serve: --embedded-tls-cert and --embedded-tls-key: give both or neither")
+	}
+	cfg.EmbeddedTLSCert, cfg.EmbeddedTLSKey = *embeddedCert, *embeddedKey
+	if *natsFlag.url != "" {
+		t, err := natsFlag.target()
+		if err != nil {
+			return err
+		}
+		cfg.NATSAuth = t.Auth
+	}
 	cfg.Ready = func(url, apiAddr string) {
+		// The plans to apply and the run to follow go through NATS like
+		// any CLI: as admin of the embedded server, or with serve's own
+		// credentials on a cluster.
+		to := natsTarget{URL: url, Auth: cfg.NATSAuth}
+		if cfg.NATS == "" {
+			a, err := bus.LocalAuth(*data, bus.RoleAdmin)
+			if err != nil {
+				log.Error("local credentials", "err", err)
+				return
+			}
+			to.Auth = a
+		}
 		go func() {
 			if *apply != "" {
-				if err := applyPlans(ctx, url, *apply, stdout); err != nil {
+				if err := applyPlans(ctx, to, *apply, stdout); err != nil {
 					log.Error("apply plans at start", "err", err)
 					return
 				}
 			}
 			if *trigger != "" {
-				if err := follow(ctx, url, *trigger, "triggered by serve --trigger", true, stdout); err != nil {
+				if err := follow(ctx, to, *trigger, "triggered by serve --trigger", true, stdout); err != nil {
 					log.Error("trigger at start", "plan", *trigger, "err", err)
 				}
 			}
