@@ -180,6 +180,14 @@ func Redact(s string) string {
 // and the result stays valid JSON (a value that happens to be part of the
 // document's structure is never cut out of it). Numbers keep their text.
 // A b that is not JSON is redacted as text.
+//
+// Strings under the keys in names are left alone: they are the names, ids,
+// times and targets the stages route, look up and parse by (a CloudEvent's
+// envelope, a run's plan and steps, an object key). They are chosen by a
+// plan's author or generated and are public by construction (subjects and
+// KV keys carry them); masking a weak password that happens to occur in one
+// ("prod" in plan prod-db, "2026" in a timestamp) would hide nothing and
+// break the run.
 func RedactJSON(b []byte) []byte {
 	snap := std.snap.Load()
 	if snap == nil {
@@ -200,26 +208,54 @@ func RedactJSON(b []byte) []byte {
 		// More than one document: keep them all, as text.
 		return []byte(snap.repl.Replace(string(b)))
 	}
-	out, err := json.Marshal(redactValue(snap, v))
+	out, err := json.Marshal(redactValue(snap, v, false))
 	if err != nil {
 		return []byte(snap.repl.Replace(string(b)))
 	}
 	return out
 }
 
-func redactValue(snap *snapshot, v any) any {
+// names are the JSON keys whose strings RedactJSON keeps: CloudEvent
+// envelope attributes, and the identifier fields of event payloads and run
+// records.
+var names = map[string]bool{
+	// CloudEvents envelope and backstream's extensions
+	"specversion": true, "id": true, "source": true, "type": true, "subject": true, "time": true,
+	"datacontenttype": true, "dataschema": true, "runid": true, "step": true, "traceparent": true,
+	// names from the plan, ids, object keys, restore targets
+	"plan": true, "name": true, "hook": true, "op": true, "ops": true, "destination": true,
+	"key": true, "manifestKey": true, "backupId": true, "dataSubject": true, "target": true,
+	"owner": true, "requestedBy": true, "trigger": true, "chain": true, "onError": true,
+	"stage": true, "failedStage": true, "failedStep": true, "phase": true, "kind": true,
+	"mode": true, "verifyMode": true, "sha": true, "plaintextSha": true,
+	// times, parsed back
+	"slot": true, "created": true, "updated": true, "started": true, "finished": true,
+	"deadline": true, "expectedBy": true, "lastSuccess": true,
+}
+
+// redactValue redacts the strings of v; keep is set for the value of a key
+// in names (its strings, and those of an array of them, are kept; an
+// object below it is walked as usual).
+func redactValue(snap *snapshot, v any, keep bool) any {
 	switch t := v.(type) {
 	case string:
+		if keep {
+			return t
+		}
 		return snap.repl.Replace(t)
 	case []any:
 		for i := range t {
-			t[i] = redactValue(snap, t[i])
+			t[i] = redactValue(snap, t[i], keep)
 		}
 		return t
 	case map[string]any:
 		out := make(map[string]any, len(t))
 		for k, x := range t {
-			out[snap.repl.Replace(k)] = redactValue(snap, x)
+			rk := k
+			if !names[k] {
+				rk = snap.repl.Replace(k)
+			}
+			out[rk] = redactValue(snap, x, names[k])
 		}
 		return out
 	}

@@ -100,6 +100,35 @@ func TestRedactJSON(t *testing.T) {
 	}
 }
 
+// TestRedactJSONKeepsNames: a weak value that occurs in a name or a time is
+// left there (the name is public anyway, and masking it would break lookups),
+// and still masked in free text beside it.
+func TestRedactJSONKeepsNames(t *testing.T) {
+	weak := fresh(t, "weak")[:8] // "weak" and 4 hex digits
+	Register(weak)
+	doc, _ := json.Marshal(map[string]any{
+		"subject": weak + "-db",
+		"data": map[string]any{
+			"plan":  weak + "-db",
+			"ops":   []string{"sh/" + weak},
+			"steps": []any{map[string]any{"name": "hook:" + weak + "/x", "error": "denied for " + weak}},
+			"error": "dial " + weak,
+		},
+	})
+	var got map[string]any
+	if err := json.Unmarshal(RedactJSON(doc), &got); err != nil {
+		t.Fatal(err)
+	}
+	data := got["data"].(map[string]any)
+	step := data["steps"].([]any)[0].(map[string]any)
+	if got["subject"] != weak+"-db" || data["plan"] != weak+"-db" || data["ops"].([]any)[0] != "sh/"+weak || step["name"] != "hook:"+weak+"/x" {
+		t.Fatalf("a name was masked: %v", got)
+	}
+	if data["error"] != "dial "+Mask || step["error"] != "denied for "+Mask {
+		t.Fatalf("free text was not masked: %v", got)
+	}
+}
+
 func TestWriterSplits(t *testing.T) {
 	v := fresh(t, "stream-secret-")
 	Register(v)
