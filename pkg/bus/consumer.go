@@ -397,6 +397,15 @@ func (b *Bus) deadLetterLimit() int {
 	return limit
 }
 
+// DeadLetterMaxData is the most of a message's data its dead letter keeps.
+// Every event backstream makes is far smaller, so those are kept whole; a
+// larger message is kept as a prefix, its original staying in the events
+// stream at Backstream-Dead-Sequence. A flood of large messages is then not
+// copied again by every consumer that refuses it: that copying, on top of
+// the events stream's own write, is what the embedded server's block cache
+// and the garbage collector paid for.
+const DeadLetterMaxData = 64 << 10
+
 // headerRoom is what a dead letter leaves for encoding differences between
 // the header size computed here and the server's count.
 const headerRoom = 256
@@ -404,10 +413,11 @@ const headerRoom = 256
 // DeadLetterMsg builds the dead-letter copy of a message consumer refused:
 // on bs.dlq.<consumer>, with the reason, the consumer, the original
 // subject, stream sequence, size and SHA-256, and the number of
-// deliveries. When the original with its headers and these would exceed
-// limit bytes, the copy keeps only a prefix of the data (and none of the
-// original headers) and says so in Backstream-Dead-Cut; the original stays
-// in the events stream at its sequence. A dead letter always fits.
+// deliveries. When the data is larger than DeadLetterMaxData, or the
+// original with its headers and these would exceed limit bytes, the copy
+// keeps only a prefix of the data (and none of the original headers) and
+// says so in Backstream-Dead-Cut; the original stays in the events stream
+// at its sequence. A dead letter always fits.
 func DeadLetterMsg(consumer, subject string, orig nats.Header, data []byte, seq uint64, deliveries int, reason string, limit int) *nats.Msg {
 	sum := sha256.Sum256(data)
 	id := consumer + "." + strconv.FormatUint(seq, 10)
@@ -434,14 +444,14 @@ func DeadLetterMsg(consumer, subject string, orig nats.Header, data []byte, seq 
 	for k, v := range ours {
 		dl.Header[k] = v
 	}
-	if headerSize(dl.Header)+len(data)+headerRoom <= limit {
+	if len(data) <= DeadLetterMaxData && headerSize(dl.Header)+len(data)+headerRoom <= limit {
 		return dl
 	}
 	ours.Set(HeaderDeadCut, "true")
 	if ct := orig.Get(HeaderContentType); ct != "" && len(ct) < 128 {
 		ours.Set(HeaderContentType, ct)
 	}
-	keep := max(0, min(len(data), limit-headerSize(ours)-headerRoom))
+	keep := max(0, min(len(data), DeadLetterMaxData, limit-headerSize(ours)-headerRoom))
 	return &nats.Msg{Subject: dl.Subject, Data: data[:keep], Header: ours}
 }
 

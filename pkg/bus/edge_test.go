@@ -167,6 +167,8 @@ func TestDeadLetterMsgAlwaysFits(t *testing.T) {
 		wantCut bool
 	}{
 		{"small message, large limit", 100, 1 << 20, false},
+		{"message of DeadLetterMaxData", bus.DeadLetterMaxData, 1 << 20, false},
+		{"message above DeadLetterMaxData", bus.DeadLetterMaxData + 1, 1 << 20, true},
 		{"message near the limit", 1<<20 - 100, 1 << 20, true},
 		{"message at the limit", 1 << 20, 1 << 20, true},
 		{"tiny limit", 10000, 4096, true},
@@ -195,6 +197,9 @@ func TestDeadLetterMsgAlwaysFits(t *testing.T) {
 			if cut != tt.wantCut || !bytes.HasPrefix(data, dl.Data) || (!cut && len(dl.Data) != tt.size) {
 				t.Errorf("cut %v with %d of %d bytes kept, want cut %v and a prefix", cut, len(dl.Data), tt.size, tt.wantCut)
 			}
+			if cut && len(dl.Data) > bus.DeadLetterMaxData {
+				t.Errorf("a cut copy kept %d bytes, more than DeadLetterMaxData", len(dl.Data))
+			}
 			if cut && dl.Header.Get("X-Big") != "" {
 				t.Error("a cut copy kept the original's headers")
 			}
@@ -215,8 +220,8 @@ func encodedHeaderSize(h nats.Header) int {
 
 // TestADeadLetterNearTheSizeLimitIsStoredCut is the message that used to be
 // lost: an event just below the events stream's limit, whose copy with the
-// dead-letter headers does not fit. It is stored cut, with the headers that
-// find the original, and terminated.
+// dead-letter headers would not fit. It is stored cut to DeadLetterMaxData,
+// with the headers that find the original, and terminated.
 func TestADeadLetterNearTheSizeLimitIsStoredCut(t *testing.T) {
 	_, b := bustest.Start(t)
 	ctx := context.Background()
@@ -233,7 +238,7 @@ func TestADeadLetterNearTheSizeLimitIsStoredCut(t *testing.T) {
 	}
 	dl := deadLetters(t, b, "near", 1)[0]
 	sum := sha256.Sum256(data)
-	if dl.Header.Get(bus.HeaderDeadCut) != "true" || !bytes.HasPrefix(data, dl.Data) || len(dl.Data) < events.MaxEventSize/2 ||
+	if dl.Header.Get(bus.HeaderDeadCut) != "true" || !bytes.HasPrefix(data, dl.Data) || len(dl.Data) != bus.DeadLetterMaxData ||
 		dl.Header.Get(bus.HeaderDeadSize) != strconv.Itoa(len(data)) || dl.Header.Get(bus.HeaderDeadSHA256) != hex.EncodeToString(sum[:]) ||
 		dl.Header.Get(bus.HeaderDeadSequence) != strconv.FormatUint(ack.Sequence, 10) || !strings.Contains(dl.Header.Get(bus.HeaderDeadReason), `specversion "0.3"`) {
 		t.Errorf("dead letter: %d bytes, headers %v; want a cut prefix with the original's size, SHA-256, sequence %d and the reason", len(dl.Data), dl.Header, ack.Sequence)
