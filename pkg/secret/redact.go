@@ -365,7 +365,8 @@ func index(b []byte, from int, p []byte) int {
 
 // Head returns at most n bytes from the start of r, redacted, reading no more
 // than n plus the longest value. A value cut by the limit is never shown in
-// part.
+// part. When reading fails, Head returns what it could read before, with the
+// error.
 func Head(r io.Reader, n int) (string, error) {
 	extra := 0
 	if snap := std.snap.Load(); snap != nil {
@@ -375,21 +376,16 @@ func Head(r io.Reader, n int) (string, error) {
 	w := NewWriter(&buf)
 	limit := int64(n + extra)
 	got, err := io.Copy(w, io.LimitReader(r, limit+1))
-	if err != nil {
-		return "", err
-	}
-	if got <= limit {
+	if err == nil && got <= limit {
 		// The whole input is here: nothing held back is the start of a
-		// value that goes on.
-		if err := w.Close(); err != nil {
-			return "", err
-		}
+		// value that goes on. (A bytes.Buffer never fails a Write.)
+		_ = w.Close()
 	}
 	out := buf.Bytes()
 	if len(out) > n {
 		out = out[:n]
 	}
-	return string(out), nil
+	return string(out), err
 }
 
 // LineWriter redacts each Write as a whole, with nothing held back: for
