@@ -3,8 +3,10 @@ package plan_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/backstream/backstream/pkg/plan"
@@ -28,6 +30,13 @@ func fuzzYAMLSeeds(f *testing.F) [][]byte {
 		seeds = append(seeds, b)
 	}
 	seeds = append(seeds, []byte(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: dated}
+spec:
+  source: {type: files, files: {path: /srv/2024-01-02}}
+  destinations: [{name: a, type: filesystem, filesystem: {path: 2024-01-02}}]
+  alert: {expectEvery: 1d}
+`), []byte(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: full, labels: {team: payments}}
 spec:
@@ -70,16 +79,49 @@ spec:
 	return seeds
 }
 
+// seeing checks plugin blocks as plugins.Registry does and keeps the config
+// structs the plugins decoded: what a plugin sees of a plan must not change
+// between apply (from YAML) and use (from the KV bucket's JSON).
+type seeing struct {
+	reg *plugins.Registry
+	got []any
+}
+
+func newSeeing() *seeing { return &seeing{reg: plugins.Default()} }
+
+func (s *seeing) decode(p plan.Plugin) func(any) error {
+	return func(into any) error {
+		err := p.Decode(into)
+		s.got = append(s.got, into)
+		return err
+	}
+}
+
+func (s *seeing) CheckSource(p plan.Plugin) error {
+	sp, err := s.reg.Sources.Lookup(p.Type)
+	if err != nil {
+		return fmt.Errorf("%w: %v", plan.ErrUnknownType, err)
+	}
+	return sp.Check(s.decode(p))
+}
+
+func (s *seeing) CheckDestination(p plan.Plugin) error {
+	if _, err := s.reg.Storages.Lookup(p.Type); err != nil {
+		return fmt.Errorf("%w: %v", plan.ErrUnknownType, err)
+	}
+	return s.reg.Storages.Check(p.Type, s.decode(p))
+}
+
 // checkDecoded is what both fuzz targets require of a plan that decoded:
 // Validate gives the same verdict before and after Defaults (its contract),
 // and a plan that validates is stored by Marshal and read back by FromJSON
 // unchanged, validates again, and its encoding is a fixed point.
 func checkDecoded(t *testing.T, p, twin *plan.Plan) {
 	t.Helper()
-	checker := plugins.Default()
-	early := twin.Validate(checker)
+	early := twin.Validate(newSeeing())
 	p.Defaults()
-	err := p.Validate(checker)
+	seen := newSeeing()
+	err := p.Validate(seen)
 	if (early == nil) != (err == nil) {
 		t.Fatalf("Validate before Defaults says %v, after says %v", early, err)
 	}
@@ -98,8 +140,12 @@ func checkDecoded(t *testing.T, p, twin *plan.Plan) {
 	if err != nil {
 		t.Fatalf("FromJSON refuses what Marshal wrote: %v\n%s", err, b)
 	}
-	if err := back.Validate(checker); err != nil {
+	seenBack := newSeeing()
+	if err := back.Validate(seenBack); err != nil {
 		t.Fatalf("a valid plan is invalid after the KV round trip: %v\n%s", err, b)
+	}
+	if !reflect.DeepEqual(seen.got, seenBack.got) {
+		t.Fatalf("plugins see another config after the KV round trip:\n%#v\n%#v\n%s", seen.got, seenBack.got, b)
 	}
 	back.Defaults()
 	b2, err := back.Marshal()

@@ -161,6 +161,7 @@ func unmarshalPlugin(n *yaml.Node, p *Plugin, extra ...string) (map[string]*yaml
 				errs = append(errs, fmt.Sprintf("line %d: %s: want a mapping", v.Line, k.Value))
 				continue
 			}
+			textScalars(v, map[*yaml.Node]bool{})
 			var cfg map[string]any
 			if err := v.Decode(&cfg); err != nil {
 				errs = append(errs, fmt.Sprintf("line %d: %s: %v", v.Line, k.Value, err))
@@ -182,6 +183,47 @@ func unmarshalPlugin(n *yaml.Node, p *Plugin, extra ...string) (map[string]*yaml
 		return out, &yaml.TypeError{Errors: errs}
 	}
 	return out, nil
+}
+
+// textScalars re-tags as strings, in place, the scalars of a plugin block
+// that JSON, the plans bucket's format, cannot carry as written: timestamps
+// (2024-01-02 would come back as 2024-01-02T00:00:00Z), binary and custom
+// tags, and numbers or booleans not written the one way JSON and YAML both
+// write them (0x10, 1_000, 1.0, 1e3, .nan, True). The plugin then sees the
+// text that was written both when the plan is applied and after the bucket,
+// so a plan cannot pass validation with one value and run with another; a
+// port written 0x10 is refused as a string instead.
+func textScalars(n *yaml.Node, seen map[*yaml.Node]bool) {
+	if n == nil || seen[n] {
+		return
+	}
+	seen[n] = true
+	textScalars(n.Alias, seen)
+	for _, c := range n.Content {
+		textScalars(c, seen)
+	}
+	if n.Kind != yaml.ScalarNode {
+		return
+	}
+	switch n.ShortTag() {
+	case "!!str", "!!null":
+		return
+	case "!!bool":
+		if n.Value == "true" || n.Value == "false" {
+			return
+		}
+	case "!!int":
+		if i, err := strconv.ParseInt(n.Value, 10, 64); err == nil && strconv.FormatInt(i, 10) == n.Value {
+			return
+		}
+	case "!!float":
+		if f, err := strconv.ParseFloat(n.Value, 64); err == nil && strconv.FormatFloat(f, 'g', -1, 64) == n.Value {
+			if j, err := json.Marshal(f); err == nil && string(j) == n.Value {
+				return
+			}
+		}
+	}
+	n.Tag = "!!str"
 }
 
 func contains(list []string, s string) bool {
