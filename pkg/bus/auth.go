@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/backstream/backstream/pkg/secret"
 )
 
 // Auth is how a client proves who it is to NATS and how it checks the server.
@@ -72,6 +74,7 @@ func AuthFromEnv(a Auth) Auth {
 	if a.User != "" && a.Password == "" {
 		a.Password = os.Getenv(EnvPassword)
 	}
+	secret.Register(a.Password) // redacted like a plan's secrets
 	return a
 }
 
