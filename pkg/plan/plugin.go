@@ -269,7 +269,12 @@ func normalize(v any) any {
 		if i, err := t.Int64(); err == nil {
 			return i
 		}
-		f, _ := t.Float64()
+		f, err := t.Float64()
+		if err != nil {
+			// Beyond float64 (1e400): ±Inf could not be stored again, and
+			// no plugin wants such a number; keep the text, as for YAML.
+			return t.String()
+		}
 		return f
 	}
 	return v
