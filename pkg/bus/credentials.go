@@ -42,13 +42,7 @@ func ensureUsers(dir string) ([]*server.NkeyUser, error) {
 			return nil, fmt.Errorf("role %s: %w", r.Name, err)
 		}
 		p := r.ForUser(pub)
-		users = append(users, &server.NkeyUser{
-			Nkey: pub,
-			Permissions: &server.Permissions{
-				Publish:   &server.SubjectPermission{Allow: p.Publish},
-				Subscribe: &server.SubjectPermission{Allow: p.Subscribe},
-			},
-		})
+		users = append(users, &server.NkeyUser{Nkey: pub, Permissions: p.server()})
 	}
 	return users, nil
 }

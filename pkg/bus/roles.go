@@ -4,24 +4,31 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/backstream/backstream/events"
 )
 
 // Roles of NATS users. Each service of a split deployment connects as the
 // role of its name; RoleAdmin sets up streams and buckets and manages plans
-// (the CLI, and a serve that runs every service); RoleTrigger is for outside
-// publishers of backup requests; RoleViewer for read-only tools.
+// (the CLI, `backstream setup`, and a serve that runs every service);
+// RoleTrigger is for outside publishers of backup requests; RoleViewer for
+// read-only tools.
 const (
 	RoleAdmin   = "admin"
 	RoleTrigger = "trigger"
 	RoleViewer  = "viewer"
 )
 
-// Permissions is what one role may publish and subscribe to. Everything else
-// is denied by the server.
+// Permissions is what one role may publish and subscribe to: the allow
+// lists, everything else denied by the server, minus DenyPublish, which
+// the server checks after the allow list (deny wins). DenyPublish only
+// carves the stages' durable consumers out of the wildcards a reader of
+// the events stream needs for its own, randomly named consumers.
 type Permissions struct {
-	Publish   []string
-	Subscribe []string
+	Publish     []string
+	Subscribe   []string
+	DenyPublish []string
 }
 
 // Role is a NATS user role and what it may do.
@@ -40,18 +47,20 @@ func join(gs ...grant) Permissions {
 	for _, g := range gs {
 		p.Publish = append(p.Publish, g.Publish...)
 		p.Subscribe = append(p.Subscribe, g.Subscribe...)
+		p.DenyPublish = append(p.DenyPublish, g.DenyPublish...)
 	}
-	slices.Sort(p.Publish)
-	p.Publish = slices.Compact(p.Publish)
-	slices.Sort(p.Subscribe)
-	p.Subscribe = slices.Compact(p.Subscribe)
+	for _, l := range []*[]string{&p.Publish, &p.Subscribe, &p.DenyPublish} {
+		slices.Sort(*l)
+		*l = slices.Compact(*l)
+	}
 	return p
 }
 
 const jsAPI = "$JS.API."
 
 // base is what every role needs: to look up the streams and buckets it
-// binds to. Its inbox is granted per user (ForUser).
+// binds to (bus.Connect checks that they are current). Its inbox is
+// granted per user (ForUser).
 func base() grant {
 	return grant{
 		Publish: []string{
@@ -67,7 +76,8 @@ func base() grant {
 }
 
 // consume is a stage's durable consumer of the events stream, and the dead
-// letters it may copy events to.
+// letters it copies events to. Its name is a subject token of the
+// JetStream API, so nobody else's grant matches it (see follow).
 func consume(durable string) grant {
 	return grant{Publish: []string{
 		jsAPI + "CONSUMER.CREATE." + EventsStream + "." + durable,
@@ -79,9 +89,12 @@ func consume(durable string) grant {
 	}}
 }
 
-// follow reads the events stream through ordered consumers (trigger --wait,
-// `runs`, metrics catching up). Such consumers have generated names, which a
-// permission cannot pin down; they are read-only (no acks).
+// follow reads a stream through ordered consumers (trigger --wait, `runs`,
+// KV gets, lists and watches). Such consumers have generated names, which a
+// permission cannot pin down, so the grant is a wildcard; they are
+// read-only (no acks). On the events stream, the stages' durable consumers
+// are carved out (Roles adds the deny list): a reader must not update,
+// delete or pull from them, which would take events from a stage.
 func follow(stream string) grant {
 	return grant{Publish: []string{
 		jsAPI + "CONSUMER.CREATE." + stream + ".>",
@@ -107,72 +120,138 @@ func publish(types ...string) grant {
 // readKV reads (get, list, watch) a bucket.
 func readKV(bucket string) grant { return follow("KV_" + bucket) }
 
-// writeKV puts, updates and deletes keys of a bucket.
+// writeKV puts, updates and deletes every key of a bucket.
 func writeKV(bucket string) grant {
 	return join(readKV(bucket), grant{Publish: []string{"$KV." + bucket + ".>"}})
 }
 
-// chunks reads and writes chunk streams: the data plane.
-func chunks() grant {
+// lease reads and writes the keys of the leases bucket under prefix (one
+// prefix per owner: schedule., retention., watchdog., sweep.); the rest of
+// the bucket it cannot even read.
+func lease(prefix string) grant {
+	subj := "$KV." + LeasesBucket + "." + prefix + ".>"
+	stream := "KV_" + LeasesBucket
 	return grant{Publish: []string{
-		DataRoot + ".>",
-		jsAPI + "CONSUMER.CREATE." + DataStream + ".>",
-		jsAPI + "CONSUMER.DURABLE.CREATE." + DataStream + ".>",
-		jsAPI + "CONSUMER.DELETE." + DataStream + ".>",
-		jsAPI + "CONSUMER.INFO." + DataStream + ".>",
-		jsAPI + "CONSUMER.MSG.NEXT." + DataStream + ".>",
+		subj,
+		jsAPI + "DIRECT.GET." + stream + "." + subj,
+		jsAPI + "CONSUMER.CREATE." + stream + ".*." + subj,
+		jsAPI + "CONSUMER.DELETE." + stream + ".*",
+		jsAPI + "CONSUMER.INFO." + stream + ".*",
+		"$JS.FC." + stream + ".>",
+	}}
+}
+
+// writeChunks writes chunk streams of kind: publishes chunks on the
+// readers' subjects, creates the readers' consumers (pinned to kind by
+// their filter subject) and watches their ack floors (consumer names are
+// one token, which a permission cannot pin to a kind).
+func writeChunks(kind string) grant {
+	return grant{Publish: []string{
+		DataRoot + ".*." + kind + ".*",
+		jsAPI + "CONSUMER.CREATE." + DataStream + ".*." + DataRoot + ".*." + kind + ".*",
+		jsAPI + "CONSUMER.INFO." + DataStream + ".*",
+	}}
+}
+
+// readChunks reads chunk streams of kind through the reader's durable
+// consumer, deletes it and purges what is left of the reader's copy.
+func readChunks(kind string) grant {
+	return grant{Publish: []string{
+		jsAPI + "CONSUMER.CREATE." + DataStream + ".*." + DataRoot + ".*." + kind + ".*",
+		jsAPI + "CONSUMER.INFO." + DataStream + ".*",
+		jsAPI + "CONSUMER.MSG.NEXT." + DataStream + ".*",
+		jsAPI + "CONSUMER.DELETE." + DataStream + ".*",
 		jsAPI + "STREAM.PURGE." + DataStream,
 		"$JS.ACK." + DataStream + ".>",
 	}}
 }
 
-// runOutcomes are the events any stage that fails a run emits.
-var runOutcomes = []string{events.StepCompleted, events.StepFailed, events.BackupFailed, events.RestoreFailed}
+// failRuns is what a role that fails runs needs until run state has one
+// owner (issue #13): every stage claims its step in the run record and
+// fails the run itself (stage.Claim, stage.FailRun), so it writes the runs
+// bucket and announces the failure.
+func failRuns() grant {
+	return join(writeKV(RunsBucket), publish(events.BackupFailed, events.RestoreFailed))
+}
 
 // Roles is every role, in a fixed order: the single source of the embedded
-// server's users and of deploy/nats-server.conf.
+// server's users and of deploy/nats-server.conf (RenderServerConf).
 func Roles() []Role {
-	svc := func(name, doc string, gs ...grant) Role {
-		return Role{Name: name, Doc: doc, Permissions: join(append([]grant{base()}, gs...)...)}
+	type def struct {
+		name, doc string
+		grants    []grant
 	}
-	return []Role{
-		{Name: RoleAdmin, Doc: "sets up streams and buckets, manages plans, runs every service in one process", Permissions: Permissions{Publish: []string{">"}, Subscribe: []string{">"}}},
-		svc(RoleTrigger, "outside publishers: request a backup and follow it",
+	defs := []def{
+		{RoleTrigger, "outside publishers: request a backup and follow it (trigger --wait)", []grant{
 			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream),
-			publish(events.BackupRequested)),
-		svc(RoleViewer, "read-only tools: plans, runs, events, dead letters",
-			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream), follow(DeadLetterStream)),
-		svc("schedule", "publishes scheduled backup requests",
-			readKV(PlansBucket), readKV(RunsBucket), writeKV(LeasesBucket),
-			publish(events.BackupRequested)),
-		svc("hook", "runs hook steps and compensation",
-			consume("hook"), readKV(PlansBucket), writeKV(RunsBucket),
-			publish(append(runOutcomes, events.HookCompleted, events.HookFailed, events.CompensationCompleted, events.CompensationFailed, events.BackupSucceeded, events.RestoreSucceeded)...)),
-		svc("snapshot", "dumps sources into raw chunk streams",
-			consume("snapshot"), readKV(PlansBucket), writeKV(RunsBucket), chunks(),
-			publish(append(runOutcomes, events.SnapshotStarted, events.SnapshotProgressed, events.SnapshotCompleted, events.SnapshotFailed, events.BackupSucceeded)...)),
-		svc("filter", "compresses and seals raw chunks",
-			consume("filter"), readKV(PlansBucket), writeKV(RunsBucket), chunks(),
-			publish(append(runOutcomes, events.FilterCompleted, events.FilterFailed)...)),
-		svc("upload", "writes sealed chunks into destinations",
-			consume("upload"), readKV(PlansBucket), writeKV(RunsBucket), chunks(),
-			publish(append(runOutcomes, events.UploadProgressed, events.UploadCompleted, events.UploadFailed)...)),
-		svc("verify", "reads backups back and settles runs",
-			consume("verify"), readKV(PlansBucket), writeKV(RunsBucket),
-			publish(append(runOutcomes, events.VerifyCompleted, events.VerifyFailed, events.BackupSucceeded)...)),
-		svc("retention", "applies retention after a verified backup",
-			consume("retention"), readKV(PlansBucket), readKV(RunsBucket),
-			publish(events.RetentionCompleted, events.RetentionFailed)),
-		svc("restore", "restores backups into their targets",
-			consume("restore"), readKV(PlansBucket), writeKV(RunsBucket), chunks(),
-			publish(append(runOutcomes, events.RestoreStarted, events.RestoreProgressed, events.RestoreSucceeded)...)),
-		svc("metrics", "writes points, watches for missing successes, fails stuck runs",
-			consume("metrics"), readKV(PlansBucket), writeKV(RunsBucket), follow(EventsStream),
-			publish(append(runOutcomes, events.BackupMissed)...)),
-		svc("api", "the HTTP API: reads plans and runs, requests backups and restores",
-			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream),
-			publish(events.BackupRequested, events.RestoreRequested)),
+			publish(events.BackupRequested)}},
+		{RoleViewer, "read-only tools: plans, runs, events, dead letters", []grant{
+			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream), follow(DeadLetterStream)}},
+		{"schedule", "publishes scheduled backup requests; concurrencyPolicy replace fails the run it replaces", []grant{
+			readKV(PlansBucket), failRuns(), lease("schedule"),
+			publish(events.BackupRequested)}},
+		{"hook", "runs hook steps and their compensation; settles a run whose last step is a hook", []grant{
+			consume("hook"), consume("compensate"), readKV(PlansBucket), failRuns(),
+			publish(events.StepCompleted, events.HookCompleted, events.HookFailed,
+				events.CompensationCompleted, events.CompensationFailed,
+				events.BackupSucceeded, events.RestoreSucceeded)}},
+		{"snapshot", "dumps sources into raw chunk streams", []grant{
+			consume("snapshot"), readKV(PlansBucket), failRuns(), writeChunks(KindRaw),
+			publish(events.StepCompleted, events.SnapshotStarted, events.SnapshotProgressed,
+				events.SnapshotCompleted, events.SnapshotFailed)}},
+		{"filter", "compresses and seals raw chunks", []grant{
+			consume("filter"), readKV(PlansBucket), failRuns(), readChunks(KindRaw), writeChunks(KindSealed),
+			publish(events.FilterCompleted, events.FilterFailed)}},
+		{"upload", "writes sealed chunks into destinations", []grant{
+			consume("upload"), readKV(PlansBucket), failRuns(), readChunks(KindSealed), lease("sweep"),
+			publish(events.UploadProgressed, events.UploadCompleted, events.UploadFailed)}},
+		{"verify", "reads backups back and settles backup runs", []grant{
+			consume("verify"), consume("verify-failed"), readKV(PlansBucket), failRuns(),
+			publish(events.VerifyCompleted, events.VerifyFailed, events.BackupSucceeded)}},
+		{"retention", "applies retention after a verified backup", []grant{
+			consume("retention"), readKV(PlansBucket), readKV(RunsBucket), lease("retention"),
+			publish(events.RetentionCompleted, events.RetentionFailed)}},
+		{"restore", "restores backups into their targets and settles restore runs", []grant{
+			consume("restore"), readKV(PlansBucket), failRuns(),
+			publish(events.StepCompleted, events.RestoreStarted, events.RestoreProgressed, events.RestoreSucceeded)}},
+		{"metrics", "writes points, watches for missing successes, fails stuck runs", []grant{
+			consume("metrics"), readKV(PlansBucket), failRuns(), follow(EventsStream), lease("watchdog"),
+			publish(events.StepFailed, events.BackupMissed)}},
+		{"api", "the HTTP API: reads plans and runs, requests backups and restores", []grant{
+			readKV(PlansBucket), readKV(RunsBucket),
+			publish(events.BackupRequested, events.RestoreRequested)}},
 	}
+	// Every durable consumer of the events stream belongs to one role; the
+	// others may not touch it, also not through follow's wildcards.
+	var durables []string
+	for _, d := range defs {
+		for _, g := range d.grants {
+			for _, s := range g.Publish {
+				if name, ok := strings.CutPrefix(s, "$JS.ACK."+EventsStream+"."); ok {
+					durables = append(durables, strings.TrimSuffix(name, ".>"))
+				}
+			}
+		}
+	}
+	out := []Role{{Name: RoleAdmin, Doc: "sets up streams and buckets (backstream setup), manages plans, runs every service in one process",
+		Permissions: Permissions{Publish: []string{">"}, Subscribe: []string{">"}}}}
+	for _, d := range defs {
+		p := join(append([]grant{base()}, d.grants...)...)
+		if slices.Contains(p.Publish, jsAPI+"CONSUMER.CREATE."+EventsStream+".>") {
+			var deny []string
+			for _, name := range durables {
+				if slices.Contains(p.Publish, "$JS.ACK."+EventsStream+"."+name+".>") {
+					continue // its own
+				}
+				c := EventsStream + "." + name
+				deny = append(deny, jsAPI+"CONSUMER.CREATE."+c, jsAPI+"CONSUMER.CREATE."+c+".>",
+					jsAPI+"CONSUMER.DELETE."+c, jsAPI+"CONSUMER.MSG.NEXT."+c)
+			}
+			p = join(p, grant{DenyPublish: deny})
+		}
+		out = append(out, Role{Name: d.name, Doc: d.doc, Permissions: p})
+	}
+	return out
 }
 
 // ForUser is what a user of the role may do: the role's permissions and
@@ -183,6 +262,18 @@ func (r Role) ForUser(identity string) Permissions {
 		return r.Permissions
 	}
 	return join(r.Permissions, grant{Subscribe: []string{InboxPrefix(identity) + ".>"}})
+}
+
+// server is p as the embedded server's user permissions.
+func (p Permissions) server() *server.Permissions {
+	sp := &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: p.Publish},
+		Subscribe: &server.SubjectPermission{Allow: p.Subscribe},
+	}
+	if len(p.DenyPublish) > 0 {
+		sp.Publish.Deny = p.DenyPublish
+	}
+	return sp
 }
 
 // RoleNamed returns the role of that name.
@@ -206,5 +297,9 @@ func RoleNames() []string {
 
 // String renders permissions for logs and docs.
 func (p Permissions) String() string {
-	return "publish [" + strings.Join(p.Publish, " ") + "] subscribe [" + strings.Join(p.Subscribe, " ") + "]"
+	s := "publish [" + strings.Join(p.Publish, " ") + "] subscribe [" + strings.Join(p.Subscribe, " ") + "]"
+	if len(p.DenyPublish) > 0 {
+		s += " deny publish [" + strings.Join(p.DenyPublish, " ") + "]"
+	}
+	return s
 }
