@@ -21,6 +21,7 @@ const usage = `backstream — event-driven backup and restore on NATS JetStream
 
 usage:
   backstream serve [--data DIR] [--services LIST] [--nats URL] [--listen ADDR] [--apply FILE|DIR] [--trigger PLAN]
+  backstream setup [--replicas N]
   backstream plan apply -f FILE|DIR | plan list | plan get NAME | plan delete NAME
   backstream trigger PLAN [--wait] [--reason TEXT]
   backstream runs [--plan PLAN] [-o table|json]
@@ -76,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 		return serveCmd(ctx, rest, stdout, stderr)
+	case "setup":
+		return setupCmd(ctx, rest, stdout, stderr)
 	case "plan":
 		return planCmd(ctx, rest, stdout, stderr)
 	case "trigger":
