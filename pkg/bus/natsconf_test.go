@@ -127,3 +127,16 @@ func TestRolesEachPinTheirOwnConsumers(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityDocNamesEveryRole keeps docs/security.md's role table whole.
+func TestSecurityDocNamesEveryRole(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/security.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range Roles() {
+		if !strings.Contains(string(doc), "\n| "+r.Name+" |") {
+			t.Errorf("docs/security.md has no row for role %s", r.Name)
+		}
+	}
+}
