@@ -88,7 +88,7 @@ func TestNatscliAgainstServe(t *testing.T) {
 	if err := os.WriteFile(source, []byte(strings.Repeat("natscli\n", 1000)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(plan, []byte(rolesPlan("cli", source, filepath.Join(dir, "backups"), filepath.Join(dir, "restored"))), 0o600); err != nil {
+	if err := os.WriteFile(plan, []byte(rolesPlan("cli", source, filepath.Join(dir, "backups"), filepath.Join(dir, "restored"), "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, code := harness.Run(t, dir, nil, "plan", "apply", "-f", plan, "--nats", url); code != 0 {

@@ -30,8 +30,8 @@ import (
 // with an exec hook step before the snapshot, a schedule (far off, so the
 // scheduler keeps its state but never fires), a watchdog, retention and
 // verification — so every service has its part — and restores by writing
-// the backup to restored.
-func rolesPlan(name, source, dest, restored string) string {
+// the backup to restored. extraDest is YAML of more destinations.
+func rolesPlan(name, source, dest, restored, extraDest string) string {
 	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: %[1]s}
@@ -54,11 +54,11 @@ spec:
     - name: local
       type: filesystem
       filesystem: {path: %[3]q}
-  schedule: {cron: "0 0 1 1 *"}
+%[5]s  schedule: {cron: "0 0 1 1 *"}
   retention: {keepLast: 3}
   verify: {enabled: true}
   alert: {expectEvery: 24h, grace: 1h}
-`, name, source, dest, restored)
+`, name, source, dest, restored, extraDest)
 }
 
 // TestEveryServiceRunsWithOnlyItsRole runs a split deployment the way
@@ -91,7 +91,15 @@ func TestEveryServiceRunsWithOnlyItsRole(t *testing.T) {
 	}
 	restored := filepath.Join(dir, "restored.bin")
 	planFile := filepath.Join(dir, "plan.yaml")
-	if err := os.WriteFile(planFile, []byte(rolesPlan("roles", source, filepath.Join(dir, "backups"), restored)), 0o600); err != nil {
+	// A second destination on MinIO: upload keeps its sweep records in the
+	// leases bucket for S3.
+	minio := testenv.MinIO(t)
+	s3 := fmt.Sprintf(`    - name: s3
+      type: s3
+      s3: {endpoint: %s, bucket: %s, insecure: true, accessKey: {env: ROLES_S3_ACCESS}, secretKey: {env: ROLES_S3_SECRET}}
+`, minio.Endpoint, minio.NewBucket(t, "roles"))
+	s3env := []string{"ROLES_S3_ACCESS=" + minio.AccessKey, "ROLES_S3_SECRET=" + minio.SecretKey}
+	if err := os.WriteFile(planFile, []byte(rolesPlan("roles", source, filepath.Join(dir, "backups"), restored, s3)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	admin("plan", "apply", "-f", planFile)
@@ -103,7 +111,7 @@ func TestEveryServiceRunsWithOnlyItsRole(t *testing.T) {
 		if svc == "api" {
 			args[6] = testenv.Addr(apiPort)
 		}
-		procs[svc] = harness.StartProcess(t, dir, srv.env(svc), args...)
+		procs[svc] = harness.StartProcess(t, dir, append(srv.env(svc), s3env...), args...)
 	}
 	// A permission a role lacks shows up as a permissions violation in its
 	// log; checked also when a wait below fails.
