@@ -153,11 +153,13 @@ func ext(e Event, name string) string {
 
 // MaxEventSize is the largest message (the CloudEvent's JSON and its NATS
 // headers) the events stream stores; the server refuses a larger publish.
-// Events carry names, sizes, digests and references, a few KiB at most, and
-// 1 MiB is also a stock nats-server's max_payload, so an event that fits
-// here fits every deployment. The bound is what keeps a flood of large
-// messages from multiplying in every consumer's memory.
-const MaxEventSize = 1 << 20
+// Events carry names, sizes, digests and references, a few KiB at most (the
+// largest, retention.completed, about 100 bytes per backup of a
+// destination). Every byte an event may have is paid several times over
+// while it is in flight (the server's block cache, a copy per consumer that
+// reads it), so the bound is what keeps a flood of large messages from
+// filling memory.
+const MaxEventSize = 256 << 10
 
 // SpecVersion is the one CloudEvents version backstream speaks.
 const SpecVersion = "1.0"

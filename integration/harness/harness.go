@@ -396,6 +396,9 @@ func (p *Process) Terminate(timeout time.Duration) int {
 	}
 }
 
+// PID is the process id of the current start (to read /proc/PID/status).
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
 // Output is everything the process printed so far.
 func (p *Process) Output() string { return p.out.String() }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/secret"
@@ -79,6 +80,11 @@ type ConsumerSpec struct {
 	// DeliverNew starts a newly created consumer at new events only, not at
 	// the beginning of the stream.
 	DeliverNew bool
+	// MaxBytesInFlight bounds the bytes of the events one replica handles
+	// at once (default DefaultMaxBytesInFlight): a consumer with a large
+	// Concurrency (metrics) must not hold Concurrency large events. An
+	// event larger than the bound is handled alone.
+	MaxBytesInFlight int
 	// OnDead, when set, is told about an event that was dead-lettered after
 	// its handler saw it (a permanent error or exhausted deliveries), once
 	// its copy is stored, so the owner of the work can settle it (fail the
@@ -104,8 +110,19 @@ func (s ConsumerSpec) withDefaults() ConsumerSpec {
 	if s.Grace <= 0 {
 		s.Grace = 10 * time.Second
 	}
+	if s.MaxBytesInFlight <= 0 {
+		s.MaxBytesInFlight = DefaultMaxBytesInFlight
+	}
 	return s
 }
+
+// DefaultMaxBytesInFlight is ConsumerSpec.MaxBytesInFlight's default: a few
+// events of the largest size, thousands of the usual one.
+const DefaultMaxBytesInFlight = 4 * events.MaxEventSize
+
+// pullSlack is what a pull request's byte limit allows beyond a message's
+// payload: its subject, reply subject and the server's own headers.
+const pullSlack = 64 << 10
 
 // EnsureConsumer creates or updates the durable consumer of spec.
 func (b *Bus) EnsureConsumer(ctx context.Context, spec ConsumerSpec) (jetstream.Consumer, error) {
@@ -150,10 +167,18 @@ func (b *Bus) Run(ctx context.Context, spec ConsumerSpec) error {
 	if err != nil {
 		return err
 	}
-	iter, err := c.Messages(jetstream.PullMaxMessages(spec.Concurrency))
+	// A pull asks for at most Concurrency messages and at most one
+	// max_payload of bytes, so what waits in the client is bounded in bytes
+	// too. The limit is the server's max_payload, not MaxEventSize: a
+	// message stored before the events stream had its limit must not stall
+	// the consumer (the server never hands out a message larger than a
+	// pull's limit).
+	pullBytes := int(b.NC.MaxPayload()) + pullSlack
+	iter, err := c.Messages(jetstream.PullMaxMessagesWithBytesLimit(spec.Concurrency, pullBytes))
 	if err != nil {
 		return fmt.Errorf("consumer %s: messages: %w", spec.Name, err)
 	}
+	budget := semaphore.NewWeighted(int64(spec.MaxBytesInFlight))
 
 	// Handlers run under work, which outlives ctx by the grace period.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -194,10 +219,18 @@ func (b *Bus) Run(ctx context.Context, spec ConsumerSpec) error {
 			loopErr = fmt.Errorf("consumer %s: next: %w", spec.Name, err)
 			break
 		}
+		size := int64(min(len(msg.Data()), spec.MaxBytesInFlight))
+		if err := budget.Acquire(ctx, size); err != nil {
+			// Shutting down: release the event for redelivery now.
+			<-sem
+			_ = msg.Nak()
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer budget.Release(size)
 			b.handle(work, spec, msg)
 		}()
 	}

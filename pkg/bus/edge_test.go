@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -315,5 +316,82 @@ func TestAnUnstorableDeadLetterIsNakedAndSaysSo(t *testing.T) {
 	dl := deadLetters(t, b, "nodlq", 1)[0]
 	if !bytes.Equal(dl.Data, []byte("{not json")) || dl.Header.Get(bus.HeaderDeadTries) != "2" {
 		t.Errorf("dead letter after the stream returned: %q, deliveries %s", dl.Data, dl.Header.Get(bus.HeaderDeadTries))
+	}
+}
+
+// TestBytesInFlightAreBounded: a consumer that may run many handlers at once
+// holds no more event bytes than its MaxBytesInFlight, however large the
+// events, and still handles every one.
+func TestBytesInFlightAreBounded(t *testing.T) {
+	_, b := bustest.Start(t)
+	ctx := context.Background()
+	const (
+		n      = 24
+		size   = 100 << 10
+		budget = 3 * size
+	)
+	var inFlight, most, handled atomic.Int64
+	collect(t, b, bus.ConsumerSpec{
+		Name:             "wide",
+		Types:            []string{events.BackupRequested},
+		Concurrency:      64,
+		MaxBytesInFlight: budget,
+		Handler: func(ctx context.Context, e events.Event) ([]events.Event, error) {
+			now := inFlight.Add(int64(len(e.Data()) + 512))
+			for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
+			}
+			time.Sleep(30 * time.Millisecond)
+			inFlight.Add(-int64(len(e.Data()) + 512))
+			handled.Add(1)
+			return nil, nil
+		},
+	})
+	for range n {
+		e, err := events.New(events.Meta{Source: "test/cli", Plan: "demo", RunID: events.NewID()},
+			events.BackupRequestedData{Trigger: events.TriggerCLI, Reason: strings.Repeat("r", size)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every large event handled", func() bool { return handled.Load() == n })
+	if m := most.Load(); m > budget {
+		t.Errorf("%d bytes of events in flight at once, more than the bound %d", m, budget)
+	}
+	if m := most.Load(); m < 2*size {
+		t.Errorf("at most %d bytes in flight: the consumer ran one event at a time", m)
+	}
+}
+
+// TestAnUnstorableDeadLetterOnTheLastDeliverySaysWhereItStays: when the
+// server will not deliver the event again, the log says so and where the
+// event is, instead of promising a redelivery.
+func TestAnUnstorableDeadLetterOnTheLastDeliverySaysWhereItStays(t *testing.T) {
+	_, b := bustest.Start(t)
+	ctx := context.Background()
+	var logs syncLog
+	b.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	if err := b.JS.DeleteStream(ctx, bus.DeadLetterStream); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, b, bus.ConsumerSpec{
+		Name:       "lastcall",
+		Types:      []string{events.BackupRequested},
+		MaxDeliver: 1,
+		Handler:    func(ctx context.Context, e events.Event) ([]events.Event, error) { return nil, nil },
+	})
+	if _, err := b.JS.Publish(ctx, events.Subject(events.BackupRequested, "demo"), []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the last delivery's log line", func() bool {
+		return strings.Contains(logs.String(), "dead-letter copy failed on the last delivery; the event stays in the events stream, not redelivered to this consumer")
+	})
+	out := logs.String()
+	for _, want := range []string{"deliveries=1", "nak'ed for redelivery in 5s", "deliveries=2", "stream=" + bus.EventsStream, "sequence=1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
 	}
 }
