@@ -21,9 +21,16 @@ import (
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/integration/harness"
 	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/planstore"
+	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	sched "github.com/backstream/backstream/pkg/schedule"
 	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/backstream/backstream/services/app"
+	"github.com/backstream/backstream/services/schedule"
+	"github.com/backstream/backstream/services/stage"
 )
 
 // rolesPlan backs up a file through a command source into a directory,
@@ -719,4 +726,59 @@ func TestDeployRunsEachServiceAsItsOwnRole(t *testing.T) {
 		}
 	}
 	want("kubernetes", seen)
+}
+
+// TestScheduleRoleReplacesARun covers the schedule role's one write beyond
+// its own leases, which the split deployment's backup does not reach:
+// concurrencyPolicy replace creates and fails the run it replaces and
+// announces backup.failed. A scheduler connected as the schedule role on
+// the shipped configuration does so (a refused write would fail the pass).
+func TestScheduleRoleReplacesARun(t *testing.T) {
+	srv := startNATSServer(t)
+	admin := srv.bus(t, bus.RoleAdmin)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a refused write waits it out
+	defer cancel()
+	reg := plugins.Default()
+	p, err := plan.Parse("busy.yaml", []byte(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: busy}
+spec:
+  source:
+    type: command
+    command: {argv: ["true"]}
+  destinations:
+    - {name: local, type: filesystem, filesystem: {path: /tmp/backstream-roles-schedule}}
+  schedule: {cron: "@hourly", concurrencyPolicy: replace}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := planstore.New(admin.Plans, reg).Put(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	first := time.Date(2025, 3, 3, 10, 0, 0, 0, time.UTC)
+	clock := sched.NewFakeClock(first.Add(-time.Minute))
+	b := srv.bus(t, "schedule")
+	s := schedule.New(&stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "schedule-roles", Now: clock.Now})
+	s.Clock = clock
+	for _, at := range []time.Time{first.Add(-time.Minute), first.Add(time.Minute)} {
+		clock.Set(at)
+		if err := s.Once(ctx); err != nil {
+			t.Fatalf("pass at %s as the schedule role: %v", at, err)
+		}
+	}
+	runID := schedule.SlotRunID("busy", first)
+	if _, err := runs.NewStore(admin.Runs).Ensure(ctx, runs.Run{ID: runID, Plan: "busy", Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(first.Add(time.Hour + time.Minute))
+	if err := s.Once(ctx); err != nil {
+		t.Fatalf("replacing slot as the schedule role: %v", err)
+	}
+	r, err := runs.NewStore(admin.Runs).Get(ctx, runID)
+	if err != nil || r.Phase != runs.Failed || r.FailedStage != "schedule" {
+		t.Fatalf("replaced run: %+v, %v; want failed by schedule", r, err)
+	}
+	waitEvent(t, admin, runID, events.BackupFailed)
 }
