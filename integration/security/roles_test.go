@@ -155,6 +155,38 @@ func TestEveryServiceRunsWithOnlyItsRole(t *testing.T) {
 	store := runs.NewStore(b.Runs)
 	waitEvent(t, b, backupID, events.RetentionCompleted)
 
+	// A failing run: snapshot fails it, hook compensates its hook op,
+	// verify's failure consumer and metrics see the failure.
+	failing := filepath.Join(dir, "failing.yaml")
+	if err := os.WriteFile(failing, []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: failing}
+spec:
+  source:
+    type: command
+    command: {argv: ["sh", "-c", "exit 3"]}
+  hooks:
+    - name: pre
+      type: exec
+      ops:
+        - {name: ok, command: ["true"], inverseOp: undo}
+        - {name: undo, command: ["true"]}
+  workflows:
+    - name: backup
+      sequence: [{hook: pre/ok}, snapshot]
+  destinations:
+    - {name: local, type: filesystem, filesystem: {path: %q}}
+`, filepath.Join(dir, "backups"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin("plan", "apply", "-f", failing)
+	out, code = harness.Run(t, dir, srv.env(bus.RoleTrigger), append([]string{"trigger", "failing", "--wait"}, srv.flags(bus.RoleTrigger)...)...)
+	m = regexp.MustCompile(`run (\S+) of plan failing requested`).FindStringSubmatch(out)
+	if code == 0 || m == nil {
+		t.Fatalf("trigger --wait of a failing plan: exit %d\n%s", code, out)
+	}
+	waitEvent(t, b, m[1], events.CompensationCompleted)
+
 	// The API, connected as the api role, requests a restore into the
 	// plan's own source.
 	token, err := os.ReadFile(filepath.Join(dir, "api", "auth", "api-admin.token"))
