@@ -403,7 +403,7 @@ func TestValidateFailures(t *testing.T) {
 			Removed:     []events.RetentionDecision{{}},
 		}, []string{"kept[0].backupId: required", "kept[0].reasons: a kept backup needs a reason", "removed[0].backupId: required"}},
 		{"retention failed", events.RetentionFailedData{}, []string{"destination: required", "error: required"}},
-		{"compensation failed", events.CompensationFailedData{}, []string{"op: required", "error: required"}},
+		{"compensation failed", events.CompensationFailedData{}, []string{"op: required", "error: required", "attempts: must be >= 1, got 0"}},
 		{"restore requested", events.RestoreRequestedData{}, []string{"backupId: required", "destination: required"}},
 		{"restore started", events.RestoreStartedData{Size: -1}, []string{"backupId: required", "destination: required", "key: required", "size:"}},
 		{"restore succeeded", events.RestoreSucceededData{}, []string{"backupId: required", "sha256:"}},

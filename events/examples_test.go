@@ -77,7 +77,7 @@ var examples = map[string]events.Payload{
 	},
 	events.RetentionFailed:       events.RetentionFailedData{Destination: "s3-main", Error: "list objects: access denied"},
 	events.CompensationCompleted: events.CompensationCompletedData{Ops: []string{"db/unlock"}},
-	events.CompensationFailed:    events.CompensationFailedData{Op: "db/unlock", Error: "exit status 1"},
+	events.CompensationFailed:    events.CompensationFailedData{Op: "db/unlock", Undoes: "db/lock", Error: "exit status 1", Attempts: 4},
 	events.RestoreRequested: events.RestoreRequestedData{
 		BackupID: "latest", Destination: "s3-main", Target: "orders_restore", RequestedBy: "alice",
 	},

@@ -558,7 +558,9 @@ func (d RetentionFailedData) Validate() error {
 	return p.err()
 }
 
-// CompensationCompletedData says every inverseOp due for a failed run ran.
+// CompensationCompletedData says a failed run owes no inverse op any more:
+// every inverse op due completed, in compensation's first pass or in a
+// later retry. It comes once per run.
 type CompensationCompletedData struct {
 	// Ops are the inverse ops run, newest first, as "hook/op".
 	Ops []string `json:"ops"`
@@ -568,10 +570,21 @@ func (CompensationCompletedData) EventType() string { return CompensationComplet
 
 func (d CompensationCompletedData) Validate() error { return nil }
 
-// CompensationFailedData says an inverseOp failed; the operator must act.
+// CompensationFailedData says an inverse op still failed after its retries:
+// the op it undoes may still hold (a lock, a quiesce) until a later retry
+// completes it (then compensation.completed) or an operator acts.
 type CompensationFailedData struct {
-	Op    string `json:"op"`
+	// Op is the inverse op still owed, as "hook/op".
+	Op string `json:"op"`
+	// Undoes is the op whose effect may still hold, as "hook/op".
+	Undoes string `json:"undoes,omitempty"`
+	// Error is the last attempt's error.
 	Error string `json:"error"`
+	// Attempts counts the runs of Op for this debt so far, retries included.
+	Attempts int `json:"attempts"`
+	// NextRetry is when Op is tried again automatically; absent once no
+	// automatic retry follows (the hook's compensationDeadline passed).
+	NextRetry *time.Time `json:"nextRetry,omitempty"`
 }
 
 func (CompensationFailedData) EventType() string { return CompensationFailed }
@@ -580,6 +593,9 @@ func (d CompensationFailedData) Validate() error {
 	var p problems
 	p.required("op", d.Op)
 	p.required("error", d.Error)
+	if d.Attempts < 1 {
+		p.addf("attempts: must be >= 1, got %d", d.Attempts)
+	}
 	return p.err()
 }
 

@@ -11,7 +11,8 @@ const (
 
 // Defaults fills every documented default the plan leaves unset. It is
 // idempotent. Op timeouts and onError stay unset: they inherit from their
-// hook at run time (Hook.EffectiveTimeout, Hook.EffectiveOnError).
+// hook at run time (Hook.EffectiveTimeout, Hook.EffectiveOnError); so do op
+// retries (Hook.EffectiveRetries).
 func (p *Plan) Defaults() {
 	s := &p.Spec
 	for i := range s.Hooks {
@@ -21,6 +22,9 @@ func (p *Plan) Defaults() {
 		}
 		if h.OnError == "" {
 			h.OnError = OnErrorFail
+		}
+		if h.CompensationDeadline == 0 {
+			h.CompensationDeadline = DefaultCompensationDeadline
 		}
 	}
 	for _, name := range []string{WorkflowBackup, WorkflowRestore} {

@@ -79,6 +79,19 @@ const (
 // DefaultHookTimeout is the timeout of a hook's ops when none is set.
 const DefaultHookTimeout = Timeout(time.Minute)
 
+// DefaultRetries is how many times an inverse op is tried again in
+// compensation when its op sets no retries.
+const DefaultRetries = 3
+
+// MaxRetries bounds an op's retries: with backoff between tries, more
+// would keep one compensation busy for hours; the owed-inverse loop goes
+// on retrying after them anyway.
+const MaxRetries = 20
+
+// DefaultCompensationDeadline is how long an owed inverse op is retried
+// automatically when its hook sets no compensationDeadline.
+const DefaultCompensationDeadline = Duration(time.Hour)
+
 // Hook is a named group of ops of one type, in the shape of an IBM Fusion
 // Recipe hook.
 type Hook struct {
@@ -89,7 +102,12 @@ type Hook struct {
 	Exec       *ExecHook       `yaml:"exec,omitempty" json:"exec,omitempty"`
 	Kubernetes *KubernetesHook `yaml:"kubernetes,omitempty" json:"kubernetes,omitempty"`
 	HTTP       *HTTPHook       `yaml:"http,omitempty" json:"http,omitempty"`
-	Ops        []Op            `yaml:"ops" json:"ops"`
+	// CompensationDeadline is how long after its first failure in
+	// compensation an inverse op of this hook that is still owed is retried
+	// automatically (default DefaultCompensationDeadline). Past it the
+	// inverse stays owed, and reported, until an operator acts.
+	CompensationDeadline Duration `yaml:"compensationDeadline,omitempty" json:"compensationDeadline,omitempty"`
+	Ops                  []Op     `yaml:"ops" json:"ops"`
 }
 
 // ExecHook configures exec hooks.
@@ -135,8 +153,13 @@ type Op struct {
 	Timeout   Timeout `yaml:"timeout,omitempty" json:"timeout,omitempty"`
 	OnError   OnError `yaml:"onError,omitempty" json:"onError,omitempty"`
 	// InverseOp names the op of the same hook that undoes this one; it runs
-	// in compensation when the run fails after this op completed.
+	// in compensation when the run fails after this op started, unless it
+	// already completed successfully after it.
 	InverseOp string `yaml:"inverseOp,omitempty" json:"inverseOp,omitempty"`
+	// Retries is how many more times this op is tried, with backoff, when
+	// it fails as an inverse op in compensation (nil: DefaultRetries). A
+	// forward run of the op is never retried: its failure decides the run.
+	Retries *int `yaml:"retries,omitempty" json:"retries,omitempty"`
 }
 
 // HTTPRequest is an http op. URL is relative to the hook's baseURL when set.

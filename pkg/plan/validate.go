@@ -201,6 +201,9 @@ func (p *Plan) validateHooks(ps *problems) {
 		if h.Timeout < 0 {
 			ps.add(path+".timeout", "must be > 0")
 		}
+		if h.CompensationDeadline < 0 {
+			ps.add(path+".compensationDeadline", "must be > 0")
+		}
 		checkOnError(ps, path+".onError", h.OnError)
 		p.validateHookBlocks(ps, path, h)
 		if len(h.Ops) == 0 {
@@ -273,6 +276,9 @@ func validateOp(ps *problems, path string, h *Hook, j int, ops map[string]int, k
 	}
 	if op.Timeout < 0 {
 		ps.add(path+".timeout", "must be > 0")
+	}
+	if op.Retries != nil && (*op.Retries < 0 || *op.Retries > MaxRetries) {
+		ps.add(path+".retries", "must be between 0 and %d", MaxRetries)
 	}
 	checkOnError(ps, path+".onError", op.OnError)
 	switch {

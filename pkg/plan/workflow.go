@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -233,35 +234,90 @@ func (p *Plan) InverseOf(hook, op string) (Step, bool) {
 	return HookStep(hook, o.InverseOp), true
 }
 
-// Compensation returns what to run after a failure: the inverse ops of the
-// completed hook steps, newest first. done lists the completed steps in the
-// order they completed. An op whose inverse already completed after it (lock
-// then unlock) is not undone again, and an inverse is listed once.
-func (p *Plan) Compensation(done []Step) []Step {
-	var out []Step
-	listed := map[Step]bool{}
-	for i := len(done) - 1; i >= 0; i-- {
-		s := done[i]
-		if s.Kind != StepHook {
-			continue
+// OpRun is one run of a hook op within a backup or restore run: a workflow
+// step, or an inverse op run by compensation. Compensation decides from a
+// run's OpRuns, never from the sequence alone.
+type OpRun struct {
+	Step Step
+	// Inverse marks a run made by compensation: it pays debts, and owes
+	// none of its own (an inverse is not undone).
+	Inverse bool
+	// Started is when the op was claimed to run. Times of one run record
+	// are ordered: a claim made after another op's end is later than it.
+	Started time.Time
+	// Finished is when its end was recorded; zero while it runs or when the
+	// process that ran it died before recording it.
+	Finished time.Time
+	// OK is set only when the op completed successfully. An op that
+	// failed, timed out, failed with onError continue or was interrupted
+	// is not OK.
+	OK bool
+}
+
+// Debt is an inverse op still owed: Inverse undoes Op.
+type Debt struct {
+	Op      Step
+	Inverse Step
+}
+
+// Compensation applies the one rule of compensation to a run's op runs
+// (in any order): every forward hook op that started owes its inverseOp
+// until a successful run of that inverse (forward or in compensation)
+// started after the op ended — or after it started, when its end was never
+// recorded. A forward inverse that failed, timed out or was interrupted
+// does not pay. The debts come newest first (by the owing op's start), each
+// inverse once, named after the newest op that owes it.
+func (p *Plan) Compensation(ran []OpRun) []Debt {
+	fwd := make([]OpRun, 0, len(ran))
+	for _, r := range ran {
+		if r.Step.Kind == StepHook && !r.Inverse && !r.Started.IsZero() {
+			fwd = append(fwd, r)
 		}
-		inv, ok := p.InverseOf(s.Hook, s.Op)
-		if !ok || listed[inv] || containsStep(done[i+1:], inv) {
+	}
+	sort.SliceStable(fwd, func(i, j int) bool { return fwd[i].Started.After(fwd[j].Started) })
+	var out []Debt
+	listed := map[Step]bool{}
+	for _, o := range fwd {
+		inv, ok := p.InverseOf(o.Step.Hook, o.Step.Op)
+		if !ok || listed[inv] || paid(ran, o, inv) {
 			continue
 		}
 		listed[inv] = true
-		out = append(out, inv)
+		out = append(out, Debt{Op: o.Step, Inverse: inv})
 	}
 	return out
 }
 
-func containsStep(steps []Step, s Step) bool {
-	for _, e := range steps {
-		if e == s {
+// paid reports whether a successful run of inv started after op o ended.
+func paid(ran []OpRun, o OpRun, inv Step) bool {
+	after := o.Finished
+	if after.IsZero() {
+		after = o.Started
+	}
+	for _, r := range ran {
+		if r.Step == inv && r.OK && !r.Started.Before(after) {
 			return true
 		}
 	}
 	return false
+}
+
+// EffectiveRetries is how many times op is tried again when it fails as an
+// inverse op in compensation: its own retries, else DefaultRetries.
+func (h *Hook) EffectiveRetries(op *Op) int {
+	if op != nil && op.Retries != nil {
+		return *op.Retries
+	}
+	return DefaultRetries
+}
+
+// EffectiveCompensationDeadline is how long an owed inverse op of h is
+// retried automatically: its compensationDeadline, else the default.
+func (h *Hook) EffectiveCompensationDeadline() time.Duration {
+	if h.CompensationDeadline > 0 {
+		return h.CompensationDeadline.Std()
+	}
+	return DefaultCompensationDeadline.Std()
 }
 
 // EffectiveTimeout is the timeout of op: its own, else the hook's, else

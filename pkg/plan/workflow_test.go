@@ -100,25 +100,111 @@ func TestHooksAfterAndInverse(t *testing.T) {
 	}
 }
 
+// quiesced is a recipe of lock → quiesce → snapshot → resume → unlock,
+// with an analyze op (no inverse) that may fail with onError continue.
+const quiesced = `spec:
+  hooks:
+    - name: db
+      type: sql
+      ops:
+        - {name: lock, sql: "SET GLOBAL read_only = ON", inverseOp: unlock}
+        - {name: unlock, sql: "SET GLOBAL read_only = OFF"}
+        - {name: quiesce, sql: "FLUSH TABLES", inverseOp: resume}
+        - {name: resume, sql: "DO 1"}
+        - {name: analyze, sql: "ANALYZE TABLE t", onError: continue}
+  workflows:
+    - name: backup
+      sequence: [{hook: db/lock}, {hook: db/quiesce}, snapshot, {hook: db/resume}, {hook: db/unlock}, {hook: db/analyze}]
+`
+
 func TestCompensation(t *testing.T) {
-	p := mustParse(t, base)
-	lock, unlock, snap := HookStep("db", "lock"), HookStep("db", "unlock"), Step{Kind: StepSnapshot}
+	p := mustParse(t, quiesced)
+	lock, unlock := HookStep("db", "lock"), HookStep("db", "unlock")
+	quiesce, resume := HookStep("db", "quiesce"), HookStep("db", "resume")
+	analyze, snap := HookStep("db", "analyze"), Step{Kind: StepSnapshot}
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	// ok, failed and running are op runs from second a to b (b < 0: no
+	// end recorded).
+	run := func(s Step, a, b int, ok, inverse bool) OpRun {
+		r := OpRun{Step: s, Started: at(a), OK: ok, Inverse: inverse}
+		if b >= 0 {
+			r.Finished = at(b)
+		}
+		return r
+	}
+	ok := func(s Step, a, b int) OpRun { return run(s, a, b, true, false) }
+	failed := func(s Step, a, b int) OpRun { return run(s, a, b, false, false) }
+	inverse := func(s Step, a, b int, good bool) OpRun { return run(s, a, b, good, true) }
+	debt := func(op, inv Step) Debt { return Debt{Op: op, Inverse: inv} }
 	tests := []struct {
 		name string
-		done []Step
-		want []Step
+		ran  []OpRun
+		want []Debt
 	}{
-		{"nothing done", nil, nil},
-		{"failed in snapshot", []Step{lock}, []Step{unlock}},
-		{"failed after snapshot", []Step{lock, snap}, []Step{unlock}},
-		{"already unlocked", []Step{lock, snap, unlock}, nil},
+		{"nothing ran", nil, nil},
+		{"failed in snapshot", []OpRun{ok(lock, 1, 2), ok(snap, 3, 4)}, []Debt{debt(lock, unlock)}},
+		{"lock then unlock ok", []OpRun{ok(lock, 1, 2), ok(snap, 3, 4), ok(unlock, 5, 6)}, nil},
+		{"lock then unlock failed", []OpRun{ok(lock, 1, 2), failed(unlock, 5, 6)}, []Debt{debt(lock, unlock)}},
+		{"lock then unlock timed out with onError continue", []OpRun{ok(lock, 1, 2), failed(unlock, 5, 6), failed(analyze, 7, 8)}, []Debt{debt(lock, unlock)}},
+		{"lock itself failed: it may have taken effect", []OpRun{failed(lock, 1, 2)}, []Debt{debt(lock, unlock)}},
+		{"lock interrupted: no end recorded", []OpRun{run(lock, 1, -1, false, false)}, []Debt{debt(lock, unlock)}},
+		{"resume failed, unlock never ran: both, newest first",
+			[]OpRun{ok(lock, 1, 2), ok(quiesce, 3, 4), ok(snap, 5, 6), failed(resume, 7, 8)},
+			[]Debt{debt(quiesce, resume), debt(lock, unlock)}},
+		{"resume ok, unlock failed",
+			[]OpRun{ok(lock, 1, 2), ok(quiesce, 3, 4), ok(resume, 7, 8), failed(unlock, 9, 10)},
+			[]Debt{debt(lock, unlock)}},
+		{"order of the input does not matter",
+			[]OpRun{failed(resume, 7, 8), ok(quiesce, 3, 4), ok(lock, 1, 2)},
+			[]Debt{debt(quiesce, resume), debt(lock, unlock)}},
+		{"inverse interrupted in compensation", []OpRun{ok(lock, 1, 2), inverse(unlock, 5, -1, false)}, []Debt{debt(lock, unlock)}},
+		{"inverse failed in compensation", []OpRun{ok(lock, 1, 2), inverse(unlock, 5, 6, false)}, []Debt{debt(lock, unlock)}},
+		{"inverse completed in compensation", []OpRun{ok(lock, 1, 2), inverse(unlock, 5, 6, true)}, nil},
+		{"inverse failed, then a retry completed", []OpRun{ok(lock, 1, 2), failed(unlock, 5, 6), inverse(unlock, 7, 8, true)}, nil},
+		{"an inverse run owes nothing itself", []OpRun{inverse(resume, 1, 2, true)}, nil},
+		{"an unlock that started before the lock ended does not pay",
+			[]OpRun{ok(lock, 1, 5), ok(unlock, 3, 4)}, []Debt{debt(lock, unlock)}},
+		{"an op run twice: the second lock is owed again",
+			[]OpRun{ok(lock, 1, 2), ok(unlock, 3, 4), ok(lock, 5, 6)}, []Debt{debt(lock, unlock)}},
+		{"an op run twice: both undone by the last unlock",
+			[]OpRun{ok(lock, 1, 2), ok(lock, 5, 6), ok(unlock, 7, 8)}, nil},
+		{"an inverse owed by two runs of its op is listed once",
+			[]OpRun{ok(lock, 1, 2), failed(lock, 5, 6)}, []Debt{debt(lock, unlock)}},
+		{"onError continue on an op without inverse", []OpRun{ok(lock, 1, 2), ok(unlock, 3, 4), failed(analyze, 5, 6)}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := p.Compensation(tt.done); !reflect.DeepEqual(got, tt.want) {
+			if got := p.Compensation(tt.ran); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestRetriesAndDeadline(t *testing.T) {
+	p := mustParse(t, `spec:
+  hooks:
+    - name: db
+      type: sql
+      compensationDeadline: 2h
+      ops:
+        - {name: lock, sql: "x", inverseOp: unlock}
+        - {name: unlock, sql: "y", retries: 0}
+        - {name: other, sql: "z"}
+`)
+	h := &p.Spec.Hooks[0]
+	if got := h.EffectiveRetries(&h.Ops[1]); got != 0 {
+		t.Errorf("retries: 0 gives %d", got)
+	}
+	if got := h.EffectiveRetries(&h.Ops[2]); got != DefaultRetries {
+		t.Errorf("unset retries give %d, want %d", got, DefaultRetries)
+	}
+	if got := h.EffectiveCompensationDeadline(); got != 2*time.Hour {
+		t.Errorf("deadline %s", got)
+	}
+	if got := (&Hook{}).EffectiveCompensationDeadline(); got != time.Hour {
+		t.Errorf("default deadline %s", got)
 	}
 }
 

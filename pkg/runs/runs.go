@@ -67,6 +67,32 @@ type Step struct {
 	Owner string `json:"owner,omitempty"`
 	// Deadline is when a Running step is overdue (the watchdog fails it).
 	Deadline time.Time `json:"deadline,omitzero"`
+	// Proc says where the step's op runs, recorded before the op can take
+	// effect (hook ops), so whoever finds the owner dead can make sure the
+	// op is dead too before undoing it.
+	Proc *Proc `json:"proc,omitempty"`
+}
+
+// Proc is where a running op runs: a process group on a machine (exec and
+// kubernetes ops), or a session on a database server (sql ops).
+type Proc struct {
+	// Host names the machine for people; Machine tells machines apart
+	// exactly (boot id and pid namespace: equal only within one running
+	// system).
+	Host    string `json:"host,omitempty"`
+	Machine string `json:"machine,omitempty"`
+	// PGID is the op's process group (its supervisor's pid) on Machine;
+	// PGIDStart is the group leader's start time in clock ticks since boot,
+	// which tells a reused pid apart.
+	PGID      int    `json:"pgid,omitempty"`
+	PGIDStart uint64 `json:"pgidStart,omitempty"`
+	// Server is an sql op's server ("mariadb 127.0.0.1:3306"), ConnID its
+	// session there (MariaDB connection id, PostgreSQL backend pid), and
+	// ConnStart when that session (PostgreSQL) or server (MariaDB) started,
+	// which tells a reused id apart.
+	Server    string    `json:"server,omitempty"`
+	ConnID    int64     `json:"connId,omitempty"`
+	ConnStart time.Time `json:"connStart,omitzero"`
 }
 
 // Duration of the step, or of its progress so far.
@@ -93,14 +119,38 @@ type Destination struct {
 	Error      string `json:"error,omitempty"`
 }
 
-// Compensation is one inverse op run for a failed run.
+// Compensation is one inverse op a run owes or owed: run by compensation
+// after the run failed, retried while it fails, or still owed because a
+// forward run of it failed with onError continue. There is one entry per
+// inverse op.
 type Compensation struct {
-	Step     string    `json:"step"`
+	Step string `json:"step"`
+	// Undoes is the op whose effect the inverse undoes (the newest that
+	// owes it), as a step name.
+	Undoes string `json:"undoes,omitempty"`
+	// Phase is Running while a delivery or the owed-inverse loop runs it,
+	// Succeeded once it completed (the debt is paid), Failed while it is
+	// owed.
 	Phase    Phase     `json:"phase"`
 	Owner    string    `json:"owner,omitempty"`
 	Started  time.Time `json:"started,omitzero"`
 	Finished time.Time `json:"finished,omitzero"`
 	Error    string    `json:"error,omitempty"`
+	// Attempts counts the times the op ran to pay this debt, retries
+	// included.
+	Attempts int `json:"attempts,omitempty"`
+	// RetryAt is when the owed-inverse loop tries a Failed entry again.
+	RetryAt time.Time `json:"retryAt,omitzero"`
+	// Until is the deadline of automatic retries (the hook's
+	// compensationDeadline after the first failure): past it the entry
+	// stays Failed, owed, until an operator acts.
+	Until time.Time `json:"until,omitzero"`
+	// Lease is when a Running entry claimed by the owed-inverse loop is
+	// taken to belong to a process that died: another replica may claim it.
+	Lease time.Time `json:"lease,omitzero"`
+	// GaveUp is set once the final compensation.failed (deadline passed)
+	// was announced.
+	GaveUp bool `json:"gaveUp,omitempty"`
 }
 
 // Run is the record of one run.
@@ -136,7 +186,9 @@ type Run struct {
 	FailedStage  string         `json:"failedStage,omitempty"`
 	Error        string         `json:"error,omitempty"`
 	Compensation []Compensation `json:"compensation,omitempty"`
-	// CompensationDone is set once every due inverse op ran (or failed).
+	// CompensationDone is set once compensation's first pass over a failed
+	// run ended: every inverse op due ran, with its retries, and either
+	// completed or is owed (a Failed entry the owed-inverse loop retries).
 	CompensationDone bool `json:"compensationDone,omitempty"`
 	// Announced records which final events were emitted, so a redelivered
 	// event re-emits them with the same ids instead of deciding again.
@@ -162,6 +214,60 @@ func (r *Run) FindStep(name string) *Step {
 		}
 	}
 	return nil
+}
+
+// FindCompensation returns the compensation entry of inverse step name, or
+// nil.
+func (r *Run) FindCompensation(name string) *Compensation {
+	for i := range r.Compensation {
+		if r.Compensation[i].Step == name {
+			return &r.Compensation[i]
+		}
+	}
+	return nil
+}
+
+// Owed returns the inverse ops the run still owes once compensation's
+// first pass is over (or the run succeeded with a debt): its compensation
+// entries that did not complete. While the first pass runs, nothing is
+// reported owed yet.
+func (r *Run) Owed() []Compensation {
+	if !r.CompensationDone && r.Phase != Succeeded {
+		return nil
+	}
+	var out []Compensation
+	for _, c := range r.Compensation {
+		if c.Phase != Succeeded {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Stamp returns now, or a moment just after the latest time the record
+// holds when now is not later than it. Step and inverse times of one run
+// are compared to decide which inverse paid which op; stamping every claim
+// and end this way keeps them in the order the record saw them, even when
+// replicas' clocks disagree.
+func (r *Run) Stamp(now time.Time) time.Time {
+	latest := time.Time{}
+	see := func(t time.Time) {
+		if t.After(latest) {
+			latest = t
+		}
+	}
+	for _, s := range r.Steps {
+		see(s.Started)
+		see(s.Finished)
+	}
+	for _, c := range r.Compensation {
+		see(c.Started)
+		see(c.Finished)
+	}
+	if now.After(latest) {
+		return now
+	}
+	return latest.Add(time.Microsecond)
 }
 
 // Dest returns the destination named name, adding it as Pending when absent.
@@ -311,6 +417,7 @@ const (
 )
 
 func activeKey(id string) string        { return indexPrefix + "active." + id }
+func owedKey(id string) string          { return indexPrefix + "owed." + id }
 func successKey(planName string) string { return indexPrefix + "success." + planName }
 
 // index keeps the indexes in step with a run whose phase went from prev to
@@ -393,6 +500,52 @@ func (s *Store) Active(ctx context.Context) ([]*Run, error) {
 		}
 		if err != nil || r.Phase.Done() {
 			_ = s.kv.Delete(ctx, key) // a crash between the record and its index
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// AnnouncedCompensation is the Announced flag of a run's one
+// compensation.completed: set once nothing is owed and the event is (about
+// to be) published.
+const AnnouncedCompensation = "compensation.completed"
+
+// MarkOwing indexes run id as one that may owe inverse ops, for the
+// owed-inverse loop and the metrics stage. Callers mark before they record
+// a debt, so the index holds at least every run that owes one; Owing drops
+// the runs that owe nothing.
+func (s *Store) MarkOwing(ctx context.Context, id string) error {
+	if _, err := s.kv.Put(ctx, owedKey(id), nil); err != nil {
+		return fmt.Errorf("index owing run %s: %w", id, err)
+	}
+	return nil
+}
+
+// Owing returns the indexed runs that owe inverse ops (Run.Owed), and also
+// those whose compensation has not ended yet or whose
+// compensation.completed is not announced yet. Runs done with compensation
+// leave the index.
+func (s *Store) Owing(ctx context.Context) ([]*Run, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, owedKey("*"))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list owing runs: %w", err)
+	}
+	var out []*Run
+	for key := range lister.Keys() {
+		id := key[len(owedKey("")):]
+		r, err := s.Get(ctx, id)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		if err != nil || (len(r.Owed()) == 0 && r.Announced[AnnouncedCompensation]) || (r.Phase == Succeeded && len(r.Compensation) == 0) {
+			if err := s.kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil, fmt.Errorf("unindex owing run %s: %w", id, err)
+			}
 			continue
 		}
 		out = append(out, r)

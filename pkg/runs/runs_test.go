@@ -91,3 +91,67 @@ func TestIndexesFollowTheRunPhases(t *testing.T) {
 		t.Fatalf("a stale active entry was kept")
 	}
 }
+
+func TestStampKeepsTheRecordsOrder(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	r := &runs.Run{Steps: []runs.Step{{Name: "hook:db/lock", Started: t0, Finished: t0.Add(time.Second)}},
+		Compensation: []runs.Compensation{{Step: "hook:db/unlock", Started: t0.Add(2 * time.Second)}}}
+	tests := []struct {
+		name string
+		now  time.Time
+		want time.Time
+	}{
+		{"a later clock is taken as is", t0.Add(time.Minute), t0.Add(time.Minute)},
+		{"a clock behind the record", t0, t0.Add(2*time.Second + time.Microsecond)},
+		{"a clock equal to the latest time", t0.Add(2 * time.Second), t0.Add(2*time.Second + time.Microsecond)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := r.Stamp(tt.now); !got.Equal(tt.want) {
+				t.Errorf("got %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOwingIndex(t *testing.T) {
+	_, b := bustest.Start(t)
+	store := runs.NewStore(b.Runs)
+	ctx := context.Background()
+	owing, paid, pending := events.NewID(), events.NewID(), events.NewID()
+	for _, tc := range []struct {
+		id  string
+		run runs.Run
+	}{
+		{owing, runs.Run{Phase: runs.Failed, CompensationDone: true, Compensation: []runs.Compensation{{Step: "hook:db/unlock", Phase: runs.Failed}}}},
+		{paid, runs.Run{Phase: runs.Failed, CompensationDone: true, Compensation: []runs.Compensation{{Step: "hook:db/unlock", Phase: runs.Succeeded}},
+			Announced: map[string]bool{runs.AnnouncedCompensation: true}}},
+		// The first pass still runs: kept, though it owes nothing yet.
+		{pending, runs.Run{Phase: runs.Failed, Compensation: []runs.Compensation{{Step: "hook:db/unlock", Phase: runs.Running}}}},
+	} {
+		seed := tc.run
+		seed.ID, seed.Plan, seed.Kind = tc.id, "p", runs.KindBackup
+		if _, err := store.Ensure(ctx, seed); err != nil {
+			t.Fatal(err)
+		}
+		if err := store.MarkOwing(ctx, tc.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for pass := range 2 {
+		got, err := store.Owing(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[string]int{}
+		for _, r := range got {
+			ids[r.ID] = len(r.Owed())
+		}
+		if len(ids) != 2 || ids[owing] != 1 || ids[pending] != 0 {
+			t.Fatalf("pass %d: owing %v, want %s (1 owed) and %s (first pass running)", pass, ids, owing, pending)
+		}
+	}
+	if l, err := store.List(ctx, ""); err != nil || len(l) != 3 {
+		t.Errorf("List sees %d runs (%v): the index must not show as runs", len(l), err)
+	}
+}

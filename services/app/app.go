@@ -28,6 +28,7 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/services/api"
+	"github.com/backstream/backstream/services/hook"
 	"github.com/backstream/backstream/services/metrics"
 	"github.com/backstream/backstream/services/schedule"
 	"github.com/backstream/backstream/services/stage"
@@ -84,6 +85,9 @@ type Config struct {
 	RefuseExec bool
 	// ScheduleTick is how often the scheduler looks for due slots.
 	ScheduleTick time.Duration
+	// Compensation tunes the hook service's retries of inverse ops; zero
+	// fields keep the hook package's defaults.
+	Compensation hook.Tuning
 	Log          *slog.Logger
 	// Ready, when set, is called once everything is listening.
 	Ready func(natsURL, apiAddr string)
@@ -242,6 +246,9 @@ func Run(ctx context.Context, cfg Config) error {
 			if m, ok := svc.(*metrics.Service); ok {
 				m.SetInflux(cfg.Influx)
 				promHandler = m.Handler()
+			}
+			if h, ok := svc.(*hook.Service); ok {
+				h.Tune(cfg.Compensation)
 			}
 			for _, spec := range svc.Consumers() {
 				if cfg.Wrap != nil {

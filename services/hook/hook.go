@@ -1,16 +1,20 @@
 // Package hook is the hook stage: it runs the hook ops of a run's workflow
 // when they are due (exec, sql, http, kubernetes), and when a run fails it
-// runs the inverseOps of the ops that started, newest first, once each —
+// runs the inverse ops the run owes, newest first, once each with retries —
 // also after a crash of this service in the middle of compensation, and with
-// several replicas seeing the failure. It must never leave a lock behind.
+// several replicas seeing the failure. An inverse op still failing after its
+// retries stays owed and is retried by the owed-inverse loop until its
+// deadline. It must never leave a lock behind without saying so.
 //
-// Every decision is read from the run record, never from events: an op is
-// claimed in the record before it runs and recorded there before its
-// completion is announced; an inverse op is claimed in the record's
-// compensation list before it runs. The one window left is a crash after an
-// op or inverse op took effect and before it was recorded: the op is then
-// treated as started (its inverse runs) and an inverse op runs again, which
-// is why inverse ops must be idempotent.
+// The one rule (plan.Compensation): an op that started owes its inverse op
+// until a successful run of that inverse started after it. Every decision
+// is read from the run record, never from events: an op is claimed in the
+// record before it runs and recorded there before its completion is
+// announced; an inverse op is claimed in the record's compensation list
+// before it runs and each try is recorded. The one window left is a crash
+// after an op or inverse op took effect and before it was recorded: the op
+// is then treated as started (its inverse runs) and an inverse op runs
+// again, which is why inverse ops must be idempotent.
 package hook
 
 import (
@@ -19,8 +23,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
-	"sort"
 	"strings"
 	"time"
 
@@ -49,13 +51,31 @@ type Service struct {
 	// Poll is how often compensation looks again at a run whose hook op is
 	// still running somewhere (default 250ms).
 	Poll time.Duration
+	// Backoff is the wait before an inverse op's first retry in
+	// compensation; it doubles with every retry, up to MaxBackoff.
+	Backoff, MaxBackoff time.Duration
+	// RetryEvery is how long an inverse op still owed after its retries
+	// waits before the owed-inverse loop tries it again.
+	RetryEvery time.Duration
+	// Tick is how often the owed-inverse loop looks for due retries (at
+	// most RetryEvery).
+	Tick time.Duration
 }
+
+// Defaults of the compensation tuning.
+const (
+	DefaultBackoff    = time.Second
+	DefaultMaxBackoff = 30 * time.Second
+	DefaultRetryEvery = 5 * time.Minute
+	DefaultTick       = 30 * time.Second
+)
 
 // New builds the hook stage.
 func New(d *stage.Deps) *Service {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return &Service{Deps: d, id: d.Instance + "#" + hex.EncodeToString(b[:]), Poll: 250 * time.Millisecond}
+	return &Service{Deps: d, id: d.Instance + "#" + hex.EncodeToString(b[:]), Poll: 250 * time.Millisecond,
+		Backoff: DefaultBackoff, MaxBackoff: DefaultMaxBackoff, RetryEvery: DefaultRetryEvery, Tick: DefaultTick}
 }
 
 // Name implements stage.Service.
@@ -150,6 +170,12 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 	if err != nil {
 		return nil, err
 	}
+	if phase == runs.Skipped {
+		// A failed inverse op the run goes on without is owed all the same.
+		if r, err = s.noteDebt(ctx, p, r, step); err != nil {
+			return nil, err
+		}
+	}
 	out, err := s.stepResult(ctx, p, r, step, h, op)
 	if err != nil {
 		return nil, err
@@ -186,7 +212,7 @@ func (s *Service) skipped(ctx context.Context, p *plan.Plan, r *runs.Run, step p
 			if st == nil || st.Phase != runs.Running {
 				return runs.ErrNoChange
 			}
-			st.Phase, st.Error, st.Finished = runs.Failed, interruptedText(st.Owner), s.Now().UTC()
+			st.Phase, st.Error, st.Finished = runs.Failed, interruptedText(st.Owner), r.Stamp(s.Now().UTC())
 			return nil
 		})
 		return nil, err
@@ -228,36 +254,6 @@ func (s *Service) resultEvent(p *plan.Plan, r *runs.Run, step plan.Step, h *plan
 	})
 }
 
-// started lists the hook steps of r that may have taken effect, in the
-// order they started: every op that was started, whether it completed,
-// failed (a failed or timed-out op may have done part of its work),
-// failed with onError continue, was interrupted by a crash, or is still
-// recorded Running. Inverse ops are idempotent, so undoing an op that did
-// nothing is harmless; not undoing one that did is the failure to avoid.
-func started(r *runs.Run) []plan.Step {
-	type st struct {
-		step plan.Step
-		at   time.Time
-	}
-	var list []st
-	for _, s := range r.Steps {
-		if !strings.HasPrefix(s.Name, "hook:") || s.Started.IsZero() {
-			continue
-		}
-		ps, err := plan.ParseStep(s.Name)
-		if err != nil {
-			continue
-		}
-		list = append(list, st{ps, s.Started})
-	}
-	sort.SliceStable(list, func(i, j int) bool { return list[i].at.Before(list[j].at) })
-	out := make([]plan.Step, len(list))
-	for i, f := range list {
-		out[i] = f.step
-	}
-	return out
-}
-
 // inFlight returns the first hook step of r that is Running and not yet
 // past its deadline: an op a live replica may still complete.
 func inFlight(r *runs.Run, now time.Time) *runs.Step {
@@ -293,130 +289,4 @@ func (s *Service) settled(ctx context.Context, runID string) (*runs.Run, error) 
 		case <-time.After(s.Poll):
 		}
 	}
-}
-
-// handleFailure compensates a failed run: each due inverse op is claimed in
-// the run record before it runs and recorded when it ends, so a redelivery
-// skips what already ran and resumes where a crash stopped. It ends every
-// failed run with compensation.completed (listing the inverse ops that
-// ran, possibly none) and CompensationDone in the record.
-func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	runID := events.RunID(e)
-	r, err := s.settled(ctx, runID)
-	if err != nil {
-		return nil, err
-	}
-	log := s.Log.With("plan", p.Name(), "runid", runID)
-	var ran []string
-	var out []events.Event
-	for _, inv := range p.Compensation(started(r)) {
-		name := inv.String()
-		h, op, ok := p.Op(inv.Hook, inv.Op)
-		if !ok {
-			continue
-		}
-		start, prior, err := s.claimInverse(ctx, runID, name)
-		if err != nil {
-			return out, err
-		}
-		if !start {
-			if prior.Phase == runs.Succeeded {
-				ran = append(ran, inv.Hook+"/"+inv.Op)
-			}
-			continue
-		}
-		ev, ok, err := s.runInverse(ctx, p, runID, inv, h, op, log.With("step", "compensate:"+name))
-		if err != nil {
-			return out, err
-		}
-		out = append(out, ev)
-		if ok {
-			ran = append(ran, inv.Hook+"/"+inv.Op)
-		}
-	}
-	if _, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		if r.CompensationDone {
-			return runs.ErrNoChange
-		}
-		r.CompensationDone = true
-		return nil
-	}); err != nil {
-		return out, err
-	}
-	ev, err := s.Emit(p.Name(), runID, "compensation", events.CompensationCompletedData{Ops: ran})
-	if err != nil {
-		return out, err
-	}
-	return append(out, ev), nil
-}
-
-// claimInverse claims inverse step name in the run's compensation list.
-// start is true when this delivery must run it: it was never claimed, or a
-// delivery that claimed it died before recording its end (the failure
-// event came back, so that delivery is gone: only one delivery of an event
-// is in flight at a time). prior is the entry as found.
-func (s *Service) claimInverse(ctx context.Context, runID, name string) (start bool, prior runs.Compensation, err error) {
-	_, err = s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		start, prior = false, runs.Compensation{}
-		now := s.Now().UTC()
-		for i := range r.Compensation {
-			c := &r.Compensation[i]
-			if c.Step != name {
-				continue
-			}
-			prior = *c
-			if c.Phase != runs.Running {
-				return runs.ErrNoChange
-			}
-			c.Owner, c.Started = s.id, now
-			start = true
-			return nil
-		}
-		r.Compensation = append(r.Compensation, runs.Compensation{Step: name, Phase: runs.Running, Owner: s.id, Started: now})
-		start = true
-		return nil
-	})
-	return start, prior, err
-}
-
-// runInverse runs one claimed inverse op, records its end, and returns its
-// event (hook.completed with inverse set, or compensation.failed).
-func (s *Service) runInverse(ctx context.Context, p *plan.Plan, runID string, inv plan.Step, h *plan.Hook, op *plan.Op, log *slog.Logger) (ev events.Event, ok bool, err error) {
-	name := inv.String()
-	begin := s.Now()
-	outcome, runErr := s.runOp(ctx, p, h, op, h.EffectiveTimeout(op), opEnv(p.Name(), runID, name, true))
-	if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
-		// Shutting down: the entry stays Running and the redelivery runs
-		// the op again.
-		return ev, false, ctx.Err()
-	}
-	phase, errText := runs.Succeeded, ""
-	if runErr != nil {
-		phase, errText = runs.Failed, runErr.Error()
-	}
-	// Recorded even when ctx ends now: an inverse op that ran and is not
-	// recorded runs a second time.
-	if _, err := s.Runs.Update(context.WithoutCancel(ctx), runID, func(r *runs.Run) error {
-		for i := range r.Compensation {
-			if c := &r.Compensation[i]; c.Step == name {
-				c.Phase, c.Error, c.Finished = phase, errText, s.Now().UTC()
-			}
-		}
-		return nil
-	}); err != nil {
-		return ev, false, err
-	}
-	step := "compensate:" + name
-	if runErr != nil {
-		log.Error("inverse op failed: the data service may need an operator", "op", name, "err", runErr)
-		ev, err = s.Emit(p.Name(), runID, step, events.CompensationFailedData{Op: inv.Hook + "/" + inv.Op, Error: errText})
-		return ev, false, err
-	}
-	log.Info("inverse op completed", "op", name)
-	ev, err = s.Emit(p.Name(), runID, step, events.HookCompletedData{Hook: inv.Hook, Op: inv.Op, Inverse: true, DurationMs: s.Now().Sub(begin).Milliseconds(), OutputTail: outcome.Output})
-	return ev, err == nil, err
 }

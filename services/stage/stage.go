@@ -333,7 +333,8 @@ func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Dura
 			c.Owner = st.Owner
 			return runs.ErrNoChange
 		}
-		now := d.Now().UTC()
+		// Stamped: compensation compares the times of one record.
+		now := r.Stamp(d.Now().UTC())
 		st.Phase, st.Owner, st.Started = runs.Running, d.Instance, now
 		if deadline > 0 {
 			st.Deadline = now.Add(deadline)
@@ -362,7 +363,7 @@ func (d *Deps) FinishStep(ctx context.Context, runID, name string, phase runs.Ph
 	return d.Runs.Update(ctx, runID, func(r *runs.Run) error {
 		st := r.Step(name)
 		st.Phase = phase
-		st.Finished = d.Now().UTC()
+		st.Finished = r.Stamp(d.Now().UTC())
 		if bytes > 0 {
 			st.Bytes = bytes
 		}

@@ -170,8 +170,9 @@ var rules = map[string]map[string]string{
 	},
 	events.CompensationCompleted: {},
 	events.CompensationFailed: {
-		"op":    "required",
-		"error": "required",
+		"op":       "required",
+		"error":    "required",
+		"attempts": "min1",
 	},
 	events.RestoreRequested: {
 		"backupId":    "required",
@@ -491,6 +492,9 @@ func applyRules(prop map[string]any, r string) (required bool, err error) {
 			prop["pattern"] = sha256Pattern
 		case "min0":
 			prop["minimum"] = 0
+		case "min1":
+			required = true
+			prop["minimum"] = 1
 		case "gt0":
 			required = true
 			prop["exclusiveMinimum"] = 0

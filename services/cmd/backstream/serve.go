@@ -17,6 +17,7 @@ import (
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/services/app"
+	"github.com/backstream/backstream/services/hook"
 	"github.com/backstream/backstream/services/metrics"
 )
 
@@ -43,6 +44,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	apiCfg := apiFlags(fs)
 	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
 	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
+	compRetry := fs.Duration("compensation-retry-every", hook.DefaultRetryEvery, "how often an inverse op still owed after its retries is tried again, until its hook's compensationDeadline (docs/hooks.md)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("serve: %v", err)
 	}
@@ -92,6 +94,10 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		RefuseExec:    !*allowExec,
 		Log:           log,
 	}
+	if *compRetry <= 0 {
+		return usageError("serve: --compensation-retry-every: must be > 0")
+	}
+	cfg.Compensation.RetryEvery = *compRetry
 	if (*embeddedCert == "") != (*embeddedKey == "") {
 		return usageError("serve: --embedded-tls-cert and --embedded-tls-key: give both or neither")
 	}

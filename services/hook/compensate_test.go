@@ -1,0 +1,508 @@
+package hook
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/planstore"
+	"github.com/backstream/backstream/pkg/plugins"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/stage"
+)
+
+// opScript is a real exec op: each call appends "<name> <forward|inverse>
+// <ok|fail>" to ops.log in dir and fails while the op's counter file says
+// it has run fewer than its fails times (the counter survives across runs
+// of the op, as a flaky database connection would).
+const opScript = `#!/bin/sh
+name=$1 fails=$2
+n=$(cat "$DIR/$name.count" 2>/dev/null || echo 0)
+n=$((n+1))
+echo $n > "$DIR/$name.count"
+kind=forward
+[ "$BACKSTREAM_INVERSE" = 1 ] && kind=inverse
+if [ $n -le $fails ]; then
+	echo "$name $kind fail" >> "$DIR/ops.log"
+	echo "$name failed (try $n of a flaky service)" >&2
+	exit 1
+fi
+echo "$name $kind ok" >> "$DIR/ops.log"
+`
+
+// fixture is a hook service on a real NATS with a plan whose ops are
+// opScript, and a clock the test moves.
+type fixture struct {
+	t      *testing.T
+	dir    string
+	b      *bus.Bus
+	d      *stage.Deps
+	s      *Service
+	p      *plan.Plan
+	offset atomic.Int64
+}
+
+// newFixture applies a plan with hook db: lock→unlock, quiesce→resume,
+// each op failing its first fails[op] runs; sequence is the backup
+// workflow's, onError the unlock op's.
+func newFixture(t *testing.T, fails map[string]int, sequence, unlockOnError string, retries int) *fixture {
+	t.Helper()
+	f := &fixture{t: t, dir: t.TempDir()}
+	_, f.b = bustest.Start(t)
+	script := filepath.Join(f.dir, "op.sh")
+	if err := os.WriteFile(script, []byte(opScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DIR", f.dir)
+	reg := plugins.Default()
+	f.d = &stage.Deps{Bus: f.b, Runs: runs.NewStore(f.b.Runs), Plans: planstore.New(f.b.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "test", Now: func() time.Time { return time.Now().Add(time.Duration(f.offset.Load())) }}
+	cmd := func(op string) string { return fmt.Sprintf(`[%q, %q, "%d"]`, script, op, fails[op]) }
+	src := fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: owed}
+spec:
+  source: {type: files, files: {path: /srv}}
+  hooks:
+    - name: db
+      type: exec
+      timeout: 10s
+      compensationDeadline: 1h
+      ops:
+        - {name: lock, command: %s, inverseOp: unlock}
+        - {name: unlock, command: %s, onError: %s, retries: %d}
+        - {name: quiesce, command: %s, inverseOp: resume}
+        - {name: resume, command: %s, retries: %d}
+  workflows:
+    - {name: backup, sequence: %s}
+    - {name: restore, sequence: [{hook: db/lock}, restore, {hook: db/unlock}]}
+  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
+`, cmd("lock"), cmd("unlock"), unlockOnError, retries, cmd("quiesce"), cmd("resume"), retries, sequence, filepath.Join(f.dir, "backups"))
+	p, err := plan.Parse("owed.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.Plans.Put(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	f.p = p
+	f.s = f.service()
+	return f
+}
+
+// service is one hook replica with short backoff.
+func (f *fixture) service() *Service {
+	s := New(f.d)
+	s.Tune(Tuning{Backoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, RetryEvery: time.Minute})
+	return s
+}
+
+func (f *fixture) log() []string {
+	b, err := os.ReadFile(filepath.Join(f.dir, "ops.log"))
+	if err != nil && !os.IsNotExist(err) {
+		f.t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+func (f *fixture) run(id string) *runs.Run {
+	f.t.Helper()
+	r, err := f.d.Runs.Get(context.Background(), id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return r
+}
+
+// drive runs a backup of the plan through the hook handler as the bus
+// would: backup.requested, then each step.completed it returns; the data
+// step is marked completed by hand. It stops at the first failure event
+// and returns it (nil when the workflow ended), with every event made.
+func (f *fixture) drive(kind string) (runID string, failure *events.Event, all []events.Event) {
+	f.t.Helper()
+	ctx := context.Background()
+	runID = events.NewID()
+	var start events.Event
+	var err error
+	if kind == runs.KindRestore {
+		start, err = events.New(f.b.Meta("owed", runID, ""), events.RestoreRequestedData{BackupID: "latest", Destination: "local"})
+	} else {
+		start, err = events.New(f.b.Meta("owed", runID, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	queue := []events.Event{start}
+	for len(queue) > 0 {
+		e := queue[0]
+		queue = queue[1:]
+		out, err := f.s.handleStep(ctx, e)
+		if err != nil {
+			f.t.Fatalf("handleStep %s: %v", e.Type(), err)
+		}
+		all = append(all, out...)
+		for _, o := range out {
+			switch o.Type() {
+			case events.BackupFailed, events.RestoreFailed:
+				return runID, &o, all
+			case events.StepCompleted:
+				queue = append(queue, o)
+			}
+		}
+		// A data step due next is completed by hand, as its stage would.
+		r := f.run(runID)
+		next, ok, err := f.p.NextStep(stage.Workflow(r.Kind), lastStep(e))
+		if err != nil || !ok || !next.IsData() {
+			continue
+		}
+		if _, _, err := f.d.Claim(ctx, runID, next.String(), 0); err != nil {
+			f.t.Fatal(err)
+		}
+		if _, err := f.d.FinishStep(ctx, runID, next.String(), runs.Succeeded, 0, "", nil); err != nil {
+			f.t.Fatal(err)
+		}
+		done, err := f.d.StepCompleted("owed", runID, next.String(), 0)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		queue = append(queue, done)
+	}
+	return runID, nil, all
+}
+
+func lastStep(e events.Event) string {
+	var d events.StepCompletedData
+	if e.Type() == events.StepCompleted && e.DataAs(&d) == nil {
+		return d.Step
+	}
+	return ""
+}
+
+func types(evs []events.Event) []string {
+	var out []string
+	for _, e := range evs {
+		out = append(out, strings.TrimPrefix(e.Type(), events.TypePrefix))
+	}
+	return out
+}
+
+func compensationFailed(t *testing.T, evs []events.Event) []events.CompensationFailedData {
+	t.Helper()
+	var out []events.CompensationFailedData
+	for _, e := range evs {
+		if e.Type() == events.CompensationFailed {
+			var d events.CompensationFailedData
+			if err := e.DataAs(&d); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// TestCompensationPaysWhatForwardOpsLeftOwed runs real exec ops through
+// the hook handler and checks the one rule on each path: which ops run,
+// in which order, and what the run record and the events say.
+func TestCompensationPaysWhatForwardOpsLeftOwed(t *testing.T) {
+	tests := []struct {
+		name      string
+		fails     map[string]int
+		sequence  string
+		kind      string
+		retries   int
+		wantLog   []string
+		wantTypes []string
+		wantOwed  []string
+	}{
+		{
+			name:      "a failing forward unlock is retried by compensation until it completes",
+			fails:     map[string]int{"unlock": 2},
+			sequence:  "[{hook: db/lock}, snapshot, {hook: db/unlock}]",
+			retries:   3,
+			wantLog:   []string{"lock forward ok", "unlock forward fail", "unlock inverse fail", "unlock inverse ok"},
+			wantTypes: []string{"hook.completed", "compensation.completed"},
+		},
+		{
+			name:      "a failing forward resume: resume and unlock both run, newest first",
+			fails:     map[string]int{"resume": 1},
+			sequence:  "[{hook: db/lock}, {hook: db/quiesce}, snapshot, {hook: db/resume}, {hook: db/unlock}]",
+			retries:   3,
+			wantLog:   []string{"lock forward ok", "quiesce forward ok", "resume forward fail", "resume inverse ok", "unlock inverse ok"},
+			wantTypes: []string{"hook.completed", "hook.completed", "compensation.completed"},
+		},
+		{
+			name:      "an inverse failing after its retries stays owed",
+			fails:     map[string]int{"unlock": 10},
+			sequence:  "[{hook: db/lock}, snapshot, {hook: db/unlock}]",
+			retries:   2,
+			wantLog:   []string{"lock forward ok", "unlock forward fail", "unlock inverse fail", "unlock inverse fail", "unlock inverse fail"},
+			wantTypes: []string{"compensation.failed"},
+			wantOwed:  []string{"hook:db/unlock"},
+		},
+		{
+			name:      "retries: 0 tries an inverse once",
+			fails:     map[string]int{"unlock": 10},
+			sequence:  "[{hook: db/lock}, snapshot, {hook: db/unlock}]",
+			retries:   0,
+			wantLog:   []string{"lock forward ok", "unlock forward fail", "unlock inverse fail"},
+			wantTypes: []string{"compensation.failed"},
+			wantOwed:  []string{"hook:db/unlock"},
+		},
+		{
+			name:      "a restore workflow follows the same rule",
+			fails:     map[string]int{"unlock": 1},
+			sequence:  "[{hook: db/lock}, snapshot, {hook: db/unlock}]",
+			kind:      runs.KindRestore,
+			retries:   3,
+			wantLog:   []string{"lock forward ok", "unlock forward fail", "unlock inverse ok"},
+			wantTypes: []string{"hook.completed", "compensation.completed"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, tt.fails, tt.sequence, "fail", tt.retries)
+			id, failure, _ := f.drive(tt.kind)
+			if failure == nil {
+				t.Fatal("the run did not fail")
+			}
+			out, err := f.s.handleFailure(context.Background(), *failure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := f.log(); !slices.Equal(got, tt.wantLog) {
+				t.Errorf("ops ran\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.wantLog, "\n"))
+			}
+			if got := types(out); !slices.Equal(got, tt.wantTypes) {
+				t.Errorf("events %v, want %v", got, tt.wantTypes)
+			}
+			r := f.run(id)
+			var owed []string
+			for _, c := range r.Owed() {
+				owed = append(owed, c.Step)
+			}
+			if !slices.Equal(owed, tt.wantOwed) || !r.CompensationDone {
+				t.Errorf("owed %v (done %v), want %v", owed, r.CompensationDone, tt.wantOwed)
+			}
+			for _, cf := range compensationFailed(t, out) {
+				// The failed forward unlock was the debt's first attempt.
+				if cf.Op != "db/unlock" || cf.Undoes != "db/lock" || cf.Attempts != tt.retries+2 || cf.NextRetry == nil ||
+					!strings.Contains(cf.Error, "unlock failed (try") {
+					t.Errorf("compensation.failed %+v", cf)
+				}
+			}
+			// A redelivery of the failure runs nothing more.
+			before := len(f.log())
+			if _, err := f.s.handleFailure(context.Background(), *failure); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(f.log()); n != before {
+				t.Errorf("the redelivery ran %d more ops", n-before)
+			}
+		})
+	}
+}
+
+// TestOwedInverseIsRetriedByTheLoopOnce: an inverse op still failing after
+// its retries is retried by the owed-inverse loop when its retry is due,
+// by exactly one of two replicas passing at once; once it completes the
+// run gets its one compensation.completed and leaves the owing index.
+func TestOwedInverseIsRetriedByTheLoopOnce(t *testing.T) {
+	f := newFixture(t, map[string]int{"unlock": 4}, "[{hook: db/lock}, snapshot, {hook: db/unlock}]", "fail", 1)
+	ctx := context.Background()
+	id, failure, _ := f.drive(runs.KindBackup)
+	if _, err := f.s.handleFailure(ctx, *failure); err != nil {
+		t.Fatal(err)
+	}
+	owing, err := f.d.Runs.Owing(ctx)
+	if err != nil || len(owing) != 1 || owing[0].ID != id {
+		t.Fatalf("owing %v %v", owing, err)
+	}
+	replicas := []*Service{f.s, f.service()}
+	pass := func() {
+		var wg sync.WaitGroup
+		for _, s := range replicas {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.RetryOwed(ctx); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	pass() // not due yet
+	if n := len(f.log()); n != 4 {
+		t.Fatalf("a retry ran before it was due: %v", f.log())
+	}
+	f.offset.Store(int64(2 * time.Minute))
+	pass() // due: one replica runs it, it fails a third time
+	c := f.run(id).Owed()
+	if n := len(f.log()); n != 5 || len(c) != 1 || c[0].Attempts != 4 {
+		t.Fatalf("after one due pass: log %v, owed %+v", f.log(), c)
+	}
+	f.offset.Store(int64(4 * time.Minute))
+	pass() // it completes
+	r := f.run(id)
+	if got := f.log(); !slices.Equal(got[4:], []string{"unlock inverse fail", "unlock inverse ok"}) || len(r.Owed()) != 0 {
+		t.Fatalf("log %v, owed %+v", got, r.Owed())
+	}
+	completed := 0
+	for _, e := range runEvents(t, f.b, id) {
+		if e.Type() == events.CompensationCompleted {
+			completed++
+		}
+	}
+	if completed != 1 {
+		t.Errorf("%d compensation.completed, want 1", completed)
+	}
+	pass()
+	if owing, err := f.d.Runs.Owing(ctx); err != nil || len(owing) != 0 {
+		t.Errorf("still indexed as owing: %v %v", owing, err)
+	}
+}
+
+// TestOwedInversePastItsDeadline: the loop stops retrying at the hook's
+// compensationDeadline; the debt stays owed and the last
+// compensation.failed has no nextRetry.
+func TestOwedInversePastItsDeadline(t *testing.T) {
+	f := newFixture(t, map[string]int{"unlock": 100}, "[{hook: db/lock}, snapshot, {hook: db/unlock}]", "fail", 0)
+	f.s.RetryEvery = 25 * time.Minute // deadline 1h: retries at +25m and +50m, then none
+	ctx := context.Background()
+	id, failure, _ := f.drive(runs.KindBackup)
+	if _, err := f.s.handleFailure(ctx, *failure); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 6; i++ {
+		f.offset.Store(int64(time.Duration(i) * 13 * time.Minute))
+		if err := f.s.RetryOwed(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owed := f.run(id).Owed()
+	if len(owed) != 1 || owed[0].Attempts != 4 || !owed[0].GaveUp || !owed[0].RetryAt.IsZero() {
+		t.Fatalf("owed %+v, want 4 attempts (forward, compensation, +25m, +50m) and no retry after", owed)
+	}
+	var last *events.CompensationFailedData
+	for _, e := range runEvents(t, f.b, id) {
+		if e.Type() == events.CompensationFailed {
+			var d events.CompensationFailedData
+			_ = e.DataAs(&d)
+			last = &d
+		}
+	}
+	if last == nil || last.NextRetry != nil || last.Attempts != 4 {
+		t.Errorf("last compensation.failed %+v", last)
+	}
+}
+
+// TestContinuedFailingUnlockIsOwedByASucceededRun: an unlock with onError
+// continue that fails lets the run go on, but the lock is still owed: the
+// loop retries it after the run succeeded.
+func TestContinuedFailingUnlockIsOwedByASucceededRun(t *testing.T) {
+	f := newFixture(t, map[string]int{"unlock": 1}, "[{hook: db/lock}, snapshot, {hook: db/unlock}]", "continue", 3)
+	ctx := context.Background()
+	id, failure, _ := f.drive(runs.KindBackup)
+	if failure != nil {
+		t.Fatal("the run failed")
+	}
+	if _, err := f.d.Runs.Update(ctx, id, func(r *runs.Run) error { r.Phase = runs.Succeeded; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if owed := f.run(id).Owed(); len(owed) != 1 || owed[0].Step != "hook:db/unlock" {
+		t.Fatalf("owed %+v", owed)
+	}
+	if err := f.s.RetryOwed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.log(); !slices.Equal(got, []string{"lock forward ok", "unlock forward fail", "unlock inverse ok"}) {
+		t.Errorf("ops ran %v", got)
+	}
+	if owed := f.run(id).Owed(); len(owed) != 0 {
+		t.Errorf("still owed %+v", owed)
+	}
+}
+
+// TestInterruptedInverseRunsAgain: compensation stopped mid-inverse (its
+// process shutting down) leaves the entry Running; the redelivery runs the
+// inverse again — the at-least-once window of inverse ops.
+func TestInterruptedInverseRunsAgain(t *testing.T) {
+	f := newFixture(t, nil, "[{hook: db/lock}, snapshot]", "fail", 3)
+	ctx := context.Background()
+	// The plan's unlock blocks until a file appears: the test stops it.
+	id, _, _ := f.drive(runs.KindBackup)
+	start, _ := events.New(f.b.Meta("owed", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	failed, err := f.d.FailRun(ctx, "owed", id, "snapshot", "snapshot", "boom", start)
+	if err != nil || len(failed) != 1 {
+		t.Fatalf("fail run: %v %v", failed, err)
+	}
+	slow := *f.p
+	slow.Spec.Hooks = slices.Clone(f.p.Spec.Hooks)
+	slow.Spec.Hooks[0].Ops = slices.Clone(f.p.Spec.Hooks[0].Ops)
+	slow.Spec.Hooks[0].Ops[1].Command = plan.Command{"sh", "-c", "echo 'unlock inverse started' >> \"$DIR/ops.log\"; sleep 30"}
+	if _, err := f.d.Plans.Put(ctx, &slow); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		for !slices.Contains(f.log(), "unlock inverse started") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := f.s.handleFailure(cctx, failed[0]); err == nil {
+		t.Fatal("an interrupted compensation returned no error")
+	}
+	if c := f.run(id).FindCompensation("hook:db/unlock"); c == nil || c.Phase != runs.Running {
+		t.Fatalf("entry %+v, want Running", c)
+	}
+	if _, err := f.d.Plans.Put(ctx, f.p); err != nil {
+		t.Fatal(err)
+	}
+	out, err := f.s.handleFailure(ctx, failed[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.log(); !slices.Equal(got, []string{"lock forward ok", "unlock inverse started", "unlock inverse ok"}) {
+		t.Errorf("ops ran %v", got)
+	}
+	if got := types(out); !slices.Equal(got, []string{"hook.completed", "compensation.completed"}) {
+		t.Errorf("events %v", got)
+	}
+}
+
+func runEvents(t *testing.T, b *bus.Bus, runID string) []events.Event {
+	t.Helper()
+	ctx := context.Background()
+	s, err := b.JS.Stream(ctx, bus.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []events.Event
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		if ev, err := bus.Decode(m.Data); err == nil && events.RunID(ev) == runID {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
