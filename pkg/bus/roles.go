@@ -215,7 +215,7 @@ func Roles() []Role {
 			consume("restore"), readKV(PlansBucket), failRuns(),
 			publish(events.StepCompleted, events.RestoreStarted, events.RestoreProgressed, events.RestoreSucceeded)}},
 		{"metrics", "writes points, watches for missing successes, fails stuck runs", []grant{
-			consume("metrics"), readKV(PlansBucket), failRuns(), follow(EventsStream), lease("watchdog"),
+			consume("metrics"), readKV(PlansBucket), failRuns(), lease("watchdog"),
 			publish(events.StepFailed, events.BackupMissed)}},
 		{"api", "the HTTP API: reads plans and runs, requests backups and restores", []grant{
 			readKV(PlansBucket), readKV(RunsBucket),
