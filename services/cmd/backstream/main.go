@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/backstream/backstream/pkg/secret"
+	"github.com/backstream/backstream/pkg/supervise"
 )
 
 const usage = `backstream — event-driven backup and restore on NATS JetStream
@@ -52,6 +53,9 @@ func usageError(format string, args ...any) error {
 }
 
 func main() {
+	// Returns at once unless this process is an op's supervisor (hidden
+	// command __supervise, started by the hook service; pkg/supervise).
+	supervise.Main()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
