@@ -76,6 +76,11 @@ func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.E
 	if r.CompensationDone {
 		return s.closing(p, r)
 	}
+	// Supervision (reap.go): an op whose owner died is made sure dead
+	// before any inverse runs, so it cannot take effect after its inverse.
+	if err := s.reapInterrupted(ctx, p, r); err != nil {
+		return nil, err
+	}
 	log := s.Log.With("plan", p.Name(), "runid", runID)
 	debts := p.Compensation(opRuns(r))
 	if len(debts) > 0 {

@@ -147,7 +147,8 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 
 	log := s.Log.With("plan", p.Name(), "runid", r.ID, "step", name)
 	begin := s.Now()
-	outcome, runErr := s.runOp(ctx, p, h, op, timeout, opEnv(p.Name(), r.ID, name, false))
+	// Records where the op runs in its step first (supervision, reap.go).
+	outcome, runErr := s.runStepOp(ctx, p, r.ID, name, h, op, timeout, opEnv(p.Name(), r.ID, name, false))
 	if runErr != nil && ctx.Err() != nil && !outcome.TimedOut {
 		// Shutting down mid-op: the step stays Running, and the redelivery
 		// fails the run and compensates.

@@ -1,0 +1,296 @@
+package hook
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/supervise"
+	"github.com/backstream/backstream/pkg/testenv"
+	"github.com/backstream/backstream/services/stage"
+)
+
+// reaper is a hook service with only what ensureDead needs.
+func reaper(t *testing.T) *Service {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return New(&stage.Deps{Log: log, Instance: "reaper", Now: time.Now})
+}
+
+// reapPlan has hook a with one op of each kind (exec, http) and, when
+// source is set, an sql hook db on that source block.
+func reapPlan(t *testing.T, source string) *plan.Plan {
+	t.Helper()
+	if source == "" {
+		source = "{type: files, files: {path: /srv}}"
+	}
+	p, err := plan.Parse("reap.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: reap}
+spec:
+  source: %s
+  hooks:
+    - name: a
+      type: exec
+      timeout: 10s
+      ops:
+        - {name: lock, command: ["true"]}
+    - name: web
+      type: http
+      timeout: 10s
+      ops:
+        - {name: lock, http: {url: "http://127.0.0.1:1/lock"}}
+%s
+  destinations: [{name: local, type: filesystem, filesystem: {path: /tmp/reap}}]
+`, source, sqlHookIfAny(source))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func sqlHookIfAny(source string) string {
+	if !strings.Contains(source, "mariadb") && !strings.Contains(source, "postgres") {
+		return ""
+	}
+	return `    - name: db
+      type: sql
+      timeout: 30s
+      ops:
+        - {name: lock, sql: "SELECT 1"}`
+}
+
+// orphan starts what a supervisor killed mid-way leaves: a process group
+// whose leader and children run on, and returns its record.
+func orphan(t *testing.T) *runs.Proc {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", "sleep 30 & sleep 30 & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-done })
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	var start uint64
+	if _, err := fmt.Sscan(f[19], &start); err != nil {
+		t.Fatal(err)
+	}
+	proc := &runs.Proc{Host: "here", Machine: supervise.Machine(), PGID: cmd.Process.Pid, PGIDStart: start}
+	g := group(proc)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if pids, _ := supervise.Members(g); len(pids) == 3 {
+			return proc
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the orphan group did not start")
+		}
+	}
+}
+
+func group(p *runs.Proc) supervise.Group {
+	return supervise.Group{Machine: p.Machine, PGID: p.PGID, Start: p.PGIDStart}
+}
+
+// TestEnsureDeadKillsOrWaits: an interrupted exec op whose group is on this
+// machine is killed at once; one ensureDead cannot see (another machine,
+// nothing recorded, an http op) is waited for until its timeout (10s) plus
+// reapSlack passed since it started. The steps started so that this wait
+// has 300ms left.
+func TestEnsureDeadKillsOrWaits(t *testing.T) {
+	s := reaper(t)
+	p := reapPlan(t, "")
+	const left = 300 * time.Millisecond
+	tests := []struct {
+		name     string
+		step     string
+		proc     func(t *testing.T) *runs.Proc
+		wantWait bool
+		wantGone bool
+	}{
+		{"exec group left on this machine", "hook:a/lock", orphan, false, true},
+		{"exec group already gone", "hook:a/lock", func(t *testing.T) *runs.Proc {
+			return &runs.Proc{Machine: supervise.Machine(), PGID: os.Getpid() + 1<<21, PGIDStart: 1}
+		}, false, false},
+		{"exec group on another machine", "hook:a/lock", func(t *testing.T) *runs.Proc {
+			p := orphan(t)
+			p.Machine = "another-boot/pid:[1]"
+			return p
+		}, true, false},
+		{"exec op that recorded nothing", "hook:a/lock", func(*testing.T) *runs.Proc { return nil }, true, false},
+		{"http op", "hook:web/lock", func(*testing.T) *runs.Proc { return nil }, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			proc := tt.proc(t)
+			started := time.Now().Add(-10*time.Second - reapSlack + left)
+			st := runs.Step{Name: tt.step, Phase: runs.Failed, Error: interruptedText("dead"), Started: started,
+				Deadline: started.Add(10*time.Second + deadlineSlack), Proc: proc}
+			begin := time.Now()
+			if err := s.ensureDead(context.Background(), p, st); err != nil {
+				t.Fatal(err)
+			}
+			took := time.Since(begin)
+			if waited := took >= left-50*time.Millisecond; waited != tt.wantWait {
+				t.Errorf("ensureDead took %s: waited for the timeout %v, want %v", took, waited, tt.wantWait)
+			}
+			if proc == nil || proc.PGID == 0 {
+				return
+			}
+			g := group(proc)
+			g.Machine = supervise.Machine()
+			pids, _ := supervise.Members(g)
+			if tt.wantGone && len(pids) > 0 {
+				t.Errorf("processes %v of the group are left", pids)
+			}
+			if !tt.wantGone && tt.name == "exec group on another machine" && len(pids) != 3 {
+				t.Errorf("a group of another machine was touched: %v left", pids)
+			}
+		})
+	}
+}
+
+// TestOwnerDiedSteps: which steps compensation makes sure are dead.
+func TestOwnerDiedSteps(t *testing.T) {
+	now := time.Now()
+	tests := []struct {
+		name string
+		step runs.Step
+		want bool
+	}{
+		{"interrupted", runs.Step{Name: "hook:a/lock", Phase: runs.Failed, Error: interruptedText("x"), Started: now}, true},
+		{"abandoned", runs.Step{Name: "hook:a/lock", Phase: runs.Failed, Error: "abandoned: hook:a/lock ran past its deadline", Started: now}, true},
+		{"still running past its deadline", runs.Step{Name: "hook:a/lock", Phase: runs.Running, Started: now}, true},
+		{"failed by its own owner", runs.Step{Name: "hook:a/lock", Phase: runs.Failed, Error: "exit status 1", Started: now}, false},
+		{"completed", runs.Step{Name: "hook:a/lock", Phase: runs.Succeeded, Started: now}, false},
+		{"never started", runs.Step{Name: "hook:a/lock", Phase: runs.Skipped}, false},
+		{"a data step", runs.Step{Name: "snapshot", Phase: runs.Running, Started: now}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ownerDied(tt.step); got != tt.want {
+				t.Fatalf("ownerDied = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// sqlServer is a private database server for the sql op tests.
+type sqlServer struct {
+	name   string
+	start  func(t *testing.T) (source string, admin *sql.DB)
+	sleep  string
+	alive  string // counts sessions by id
+	driver string
+}
+
+var sqlServers = []sqlServer{
+	{
+		name: "mariadb", sleep: "SELECT SLEEP(30)",
+		alive: "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+		start: func(t *testing.T) (string, *sql.DB) {
+			srv := testenv.PrivateMariaDB(t)
+			return fmt.Sprintf("{type: mariadb, mariadb: {host: 127.0.0.1, port: %d, user: root, databases: [mysql]}}", srv.Port), srv.Open(t, "")
+		},
+	},
+	{
+		name: "postgres", sleep: "SELECT pg_sleep(30)",
+		alive: "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1",
+		start: func(t *testing.T) (string, *sql.DB) {
+			const pw = "reap-pw-5150"
+			srv := testenv.PrivatePostgres(t, pw)
+			t.Setenv("REAP_PG_PW", pw)
+			return fmt.Sprintf("{type: postgres, postgres: {host: 127.0.0.1, port: %d, user: postgres, password: {env: REAP_PG_PW}, databases: [postgres]}}", srv.Port), srv.Open(t, "postgres")
+		},
+	},
+}
+
+func sessionAlive(t *testing.T, admin *sql.DB, query string, id int64) bool {
+	t.Helper()
+	var n int
+	if err := admin.QueryRow(query, id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n > 0
+}
+
+// TestSQLOpNeverOutlivesItsOp on private servers: an sql op's statement
+// whose op timed out is gone from the server when the op returns, and
+// ensureDead ends the session of an op whose owner is gone (here: a
+// statement left running, as a dead process leaves it).
+func TestSQLOpNeverOutlivesItsOp(t *testing.T) {
+	for _, srv := range sqlServers {
+		t.Run(srv.name, func(t *testing.T) {
+			source, admin := srv.start(t)
+			p := reapPlan(t, source)
+			h, _, _ := p.Op("db", "lock")
+			op := &plan.Op{Name: "sleep", SQL: srv.sleep}
+
+			t.Run("timeout", func(t *testing.T) {
+				var proc runs.Proc
+				begin := time.Now()
+				out, err := runOpRecorded(context.Background(), p, h, op, time.Second, nil, func(_ context.Context, got runs.Proc) error { proc = got; return nil })
+				if err == nil || !out.TimedOut || !errors.Is(err, ErrTimeout) {
+					t.Fatalf("err = %v, timedOut %v", err, out.TimedOut)
+				}
+				if proc.ConnID == 0 || proc.Server == "" || proc.ConnStart.IsZero() {
+					t.Fatalf("recorded %+v", proc)
+				}
+				if sessionAlive(t, admin, srv.alive, proc.ConnID) {
+					t.Fatalf("session %d still on the server after the op timed out", proc.ConnID)
+				}
+				t.Logf("timed out and session %d gone after %s", proc.ConnID, time.Since(begin).Round(time.Millisecond))
+			})
+
+			t.Run("owner gone", func(t *testing.T) {
+				recorded := make(chan runs.Proc, 1)
+				ended := make(chan error, 1)
+				go func() {
+					_, err := runOpRecorded(context.Background(), p, h, op, time.Minute, nil, func(_ context.Context, got runs.Proc) error { recorded <- got; return nil })
+					ended <- err
+				}()
+				proc := <-recorded
+				for !sessionAlive(t, admin, srv.alive, proc.ConnID) {
+					time.Sleep(10 * time.Millisecond)
+				}
+				time.Sleep(200 * time.Millisecond) // the statement runs
+				st := runs.Step{Name: "hook:db/lock", Phase: runs.Failed, Error: interruptedText("dead"), Started: time.Now(),
+					Deadline: time.Now().Add(30*time.Second + deadlineSlack), Proc: &proc}
+				begin := time.Now()
+				if err := reaper(t).ensureDead(context.Background(), p, st); err != nil {
+					t.Fatal(err)
+				}
+				took := time.Since(begin)
+				if sessionAlive(t, admin, srv.alive, proc.ConnID) {
+					t.Fatalf("session %d still on the server after ensureDead", proc.ConnID)
+				}
+				if took > 5*time.Second {
+					t.Errorf("ensureDead took %s: it waited instead of killing", took)
+				}
+				select {
+				case err := <-ended:
+					if err == nil {
+						t.Error("the killed statement completed")
+					}
+				case <-time.After(5 * time.Second):
+					t.Error("the op did not end with its session")
+				}
+				t.Logf("session %d killed by ensureDead in %s", proc.ConnID, took.Round(time.Millisecond))
+			})
+		})
+	}
+}
