@@ -169,3 +169,17 @@ func TestEmbeddedServerBeyondLoopbackSpeaksTLSOnly(t *testing.T) {
 	}
 	b.NC.Close()
 }
+
+// TestARoleThatMayNotSetUpSaysSo: a least-privileged role connecting before
+// the streams exist is told the server refused to create them, at the first
+// refusal instead of after every retry.
+func TestARoleThatMayNotSetUpSaysSo(t *testing.T) {
+	srv := bustest.Server(t)
+	a, _ := bustest.AuthFor(srv.URL(), "filter")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := bus.Connect(ctx, srv.URL(), "filter", bus.Config{Auth: a}, bustest.Logger(t))
+	if err == nil || !strings.Contains(err.Error(), "refused by the server") || !strings.Contains(err.Error(), "backstream setup") {
+		t.Fatalf("connect as filter before setup: %v; want the server's refusal and the hint to run setup", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -99,6 +100,11 @@ type Bus struct {
 	Plans  jetstream.KeyValue
 	Runs   jetstream.KeyValue
 	Leases jetstream.KeyValue
+
+	// denied is the newest permissions violation the server reported. The
+	// server refuses a request asynchronously, so the request itself only
+	// times out; setup looks here to fail at once, saying why.
+	denied *atomic.Pointer[error]
 }
 
 // Connect dials url and sets up (idempotently) every stream and bucket.
@@ -107,6 +113,7 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 	if log == nil {
 		log = slog.Default()
 	}
+	denied := &atomic.Pointer[error]{}
 	opts := []nats.Option{
 		nats.Name("backstream-" + service),
 		nats.MaxReconnects(-1),
@@ -114,6 +121,9 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 		// A permission the server refused is a deployment mistake an
 		// operator must see, not a request that quietly times out.
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				denied.Store(&err)
+			}
 			if sub != nil {
 				log.Error("nats", "subject", sub.Subject, "err", err)
 				return
@@ -147,7 +157,7 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	b := &Bus{NC: nc, JS: js, Source: SourceName(service), Log: log, cfg: cfg.withDefaults()}
+	b := &Bus{NC: nc, JS: js, Source: SourceName(service), Log: log, cfg: cfg.withDefaults(), denied: denied}
 	if err := b.setup(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -232,8 +242,10 @@ func (b *Bus) setup(ctx context.Context) error {
 			continue
 		}
 		err := retryConflict(ctx, func() error {
-			_, err := b.JS.CreateOrUpdateStream(ctx, sc)
-			return err
+			rctx, cancel := b.untilRefused(ctx)
+			defer cancel()
+			_, err := b.JS.CreateOrUpdateStream(rctx, sc)
+			return b.refused(err)
 		})
 		var apiErr *jetstream.APIError
 		if err != nil && sc.Name == DataStream && errors.As(err, &apiErr) {
@@ -274,14 +286,52 @@ func (b *Bus) setup(ctx context.Context) error {
 		var kv jetstream.KeyValue
 		if err := retryConflict(ctx, func() error {
 			var err error
-			kv, err = b.JS.CreateOrUpdateKeyValue(ctx, bk.cfg)
-			return err
+			rctx, cancel := b.untilRefused(ctx)
+			defer cancel()
+			kv, err = b.JS.CreateOrUpdateKeyValue(rctx, bk.cfg)
+			return b.refused(err)
 		}); err != nil {
 			return fmt.Errorf("set up bucket %s (missing or outdated; setting it up needs the %s role: `backstream setup`): %w", bk.cfg.Bucket, RoleAdmin, err)
 		}
 		*bk.dst = kv
 	}
 	return nil
+}
+
+// untilRefused is ctx, cancelled as soon as the server reports a
+// permissions violation that was not there when it began (a refused request
+// is never answered, it would wait out ctx).
+func (b *Bus) untilRefused(ctx context.Context) (context.Context, context.CancelFunc) {
+	rctx, cancel := context.WithCancel(ctx)
+	before := b.denied.Load()
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+				if d := b.denied.Load(); d != nil && d != before {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return rctx, cancel
+}
+
+// refused turns a request that timed out because the server refused its
+// subject into that refusal, which no retry can change.
+func (b *Bus) refused(err error) error {
+	if err == nil || b.denied == nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout)) {
+		return err
+	}
+	if d := b.denied.Load(); d != nil {
+		return fmt.Errorf("refused by the server: %w", *d)
+	}
+	return err
 }
 
 // streamCurrent reports whether stream want exists with every setting
