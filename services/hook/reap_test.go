@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/supervise"
@@ -189,14 +190,17 @@ func TestOwnerDiedSteps(t *testing.T) {
 	}
 }
 
-// sqlServer is a private database server for the sql op tests.
+// sqlServer is a private database server for the sql op tests. The ops
+// connect as a user without any privilege: one may end its own sessions.
 type sqlServer struct {
-	name   string
-	start  func(t *testing.T) (source string, admin *sql.DB)
-	sleep  string
-	alive  string // counts sessions by id
-	driver string
+	name  string
+	start func(t *testing.T) (source string, admin *sql.DB)
+	sleep string
+	alive string // counts sessions by id
 }
+
+// opUserPassword is the password of the ops' user on the private servers.
+const opUserPassword = "reap-op-pw-5150"
 
 var sqlServers = []sqlServer{
 	{
@@ -204,17 +208,25 @@ var sqlServers = []sqlServer{
 		alive: "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
 		start: func(t *testing.T) (string, *sql.DB) {
 			srv := testenv.PrivateMariaDB(t)
-			return fmt.Sprintf("{type: mariadb, mariadb: {host: 127.0.0.1, port: %d, user: root, databases: [mysql]}}", srv.Port), srv.Open(t, "")
+			admin := srv.Open(t, "")
+			if _, err := admin.Exec("CREATE USER 'hookop'@'%' IDENTIFIED BY '" + opUserPassword + "'"); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("REAP_OP_PW", opUserPassword)
+			return fmt.Sprintf("{type: mariadb, mariadb: {host: 127.0.0.1, port: %d, user: hookop, password: {env: REAP_OP_PW}, databases: [mysql]}}", srv.Port), admin
 		},
 	},
 	{
 		name: "postgres", sleep: "SELECT pg_sleep(30)",
 		alive: "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1",
 		start: func(t *testing.T) (string, *sql.DB) {
-			const pw = "reap-pw-5150"
-			srv := testenv.PrivatePostgres(t, pw)
-			t.Setenv("REAP_PG_PW", pw)
-			return fmt.Sprintf("{type: postgres, postgres: {host: 127.0.0.1, port: %d, user: postgres, password: {env: REAP_PG_PW}, databases: [postgres]}}", srv.Port), srv.Open(t, "postgres")
+			srv := testenv.PrivatePostgres(t, "reap-admin-pw-5150")
+			admin := srv.Open(t, "postgres")
+			if _, err := admin.Exec("CREATE ROLE hookop LOGIN PASSWORD '" + opUserPassword + "'"); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv("REAP_OP_PW", opUserPassword)
+			return fmt.Sprintf("{type: postgres, postgres: {host: 127.0.0.1, port: %d, user: hookop, password: {env: REAP_OP_PW}, databases: [postgres]}}", srv.Port), admin
 		},
 	},
 }
@@ -228,10 +240,12 @@ func sessionAlive(t *testing.T, admin *sql.DB, query string, id int64) bool {
 	return n > 0
 }
 
-// TestSQLOpNeverOutlivesItsOp on private servers: an sql op's statement
-// whose op timed out is gone from the server when the op returns, and
-// ensureDead ends the session of an op whose owner is gone (here: a
-// statement left running, as a dead process leaves it).
+// TestSQLOpNeverOutlivesItsOp on private servers, the op connecting as a
+// user without privileges: an sql op's statement whose op timed out is gone
+// from the server when the op returns; the server ends a statement at the
+// session's limit by itself, whoever is left to ask; and ensureDead ends
+// the session of an op whose owner is gone (here: a statement left
+// running, as a dead process leaves it).
 func TestSQLOpNeverOutlivesItsOp(t *testing.T) {
 	for _, srv := range sqlServers {
 		t.Run(srv.name, func(t *testing.T) {
@@ -254,6 +268,36 @@ func TestSQLOpNeverOutlivesItsOp(t *testing.T) {
 					t.Fatalf("session %d still on the server after the op timed out", proc.ConnID)
 				}
 				t.Logf("timed out and session %d gone after %s", proc.ConnID, time.Since(begin).Round(time.Millisecond))
+			})
+
+			t.Run("server limit", func(t *testing.T) {
+				target, err := sqlDSN(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				db, err := sql.Open(target.driver, target.dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				conn, err := db.Conn(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if _, err := target.session(context.Background(), conn, time.Second); err != nil {
+					t.Fatal(err)
+				}
+				begin := time.Now()
+				var ignored any
+				err = conn.QueryRowContext(context.Background(), srv.sleep).Scan(&ignored)
+				took := time.Since(begin)
+				// MariaDB's SLEEP ends early without an error (it returns
+				// 1): the time is what counts.
+				if took > 5*time.Second {
+					t.Fatalf("the statement ran %s past a 1s limit (err %v)", took, err)
+				}
+				t.Logf("the server ended the statement after %s: %v", took.Round(time.Millisecond), err)
 			})
 
 			t.Run("owner gone", func(t *testing.T) {
@@ -291,6 +335,64 @@ func TestSQLOpNeverOutlivesItsOp(t *testing.T) {
 				}
 				t.Logf("session %d killed by ensureDead in %s", proc.ConnID, took.Round(time.Millisecond))
 			})
+		})
+	}
+}
+
+// TestOpNeverStartsOnAStepNoLongerOurs: an exec op whose step another
+// replica already marked interrupted is not run: the record of its group
+// is refused and the supervisor never starts it.
+func TestOpNeverStartsOnAStepNoLongerOurs(t *testing.T) {
+	_, b := bustest.Start(t)
+	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Log: bustest.Logger(t), Instance: "replica-a", Now: time.Now}
+	s := New(d)
+	ctx := context.Background()
+	marker := t.TempDir() + "/marker"
+	h := &plan.Hook{Name: "a", Type: plan.HookExec}
+	op := &plan.Op{Name: "lock", Command: plan.Command{"touch", marker}}
+	tests := []struct {
+		name    string
+		mark    func(id string)
+		wantRan bool
+	}{
+		{"our running step", func(string) {}, true},
+		{"marked interrupted by another replica", func(id string) {
+			if _, err := d.Runs.Update(ctx, id, func(r *runs.Run) error {
+				st := r.FindStep("hook:a/lock")
+				st.Phase, st.Error = runs.Failed, interruptedText("replica-a")
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_ = os.Remove(marker)
+			id := testenv.Unique("run")
+			if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: "p", Kind: runs.KindBackup}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := d.Claim(ctx, id, "hook:a/lock", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			tt.mark(id)
+			_, err := s.runStepOp(ctx, &plan.Plan{}, id, "hook:a/lock", h, op, 10*time.Second, nil)
+			_, statErr := os.Stat(marker)
+			if ran := statErr == nil; ran != tt.wantRan {
+				t.Fatalf("op ran: %v, want %v (err %v)", ran, tt.wantRan, err)
+			}
+			r, gerr := d.Runs.Get(ctx, id)
+			if gerr != nil {
+				t.Fatal(gerr)
+			}
+			proc := r.FindStep("hook:a/lock").Proc
+			if tt.wantRan && (err != nil || proc == nil || proc.PGID == 0 || proc.Machine != supervise.Machine()) {
+				t.Fatalf("err %v, recorded %+v", err, proc)
+			}
+			if !tt.wantRan && (!errors.Is(err, supervise.ErrNotStarted) || !errors.Is(err, errNotOurs) || proc != nil) {
+				t.Fatalf("err %v, recorded %+v: want the record refused", err, proc)
+			}
 		})
 	}
 }
