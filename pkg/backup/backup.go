@@ -17,8 +17,23 @@ import (
 	"github.com/backstream/backstream/pkg/storage"
 )
 
-// ErrNotFound means no backup matches a reference.
-var ErrNotFound = errors.New("backup not found")
+// Sentinel errors of Find.
+var (
+	// ErrNotFound means no backup matches a reference.
+	ErrNotFound = errors.New("backup not found")
+	// ErrFailed means the manifest of the backup a reference names says
+	// it is not a good backup: its run failed after the object was stored
+	// (a hook after the snapshot, verify), or its verification failed.
+	ErrFailed = errors.New("backup failed")
+)
+
+// Failed reports whether m is the manifest of a failed backup, which no
+// reader takes for a good one: `backstream backups` does not list it,
+// "latest" never picks it, Find refuses it by id, and retention never
+// keeps it for a rule (it removes it once a newer backup is verified).
+// Its object stays until then, for a replay of the run or an operator
+// (FindFailed).
+func Failed(m format.Manifest) bool { return m.Verify.Status == format.VerifyFailed }
 
 // LoadManifest reads and validates the manifest at key.
 func LoadManifest(ctx context.Context, st storage.Storage, key string) (format.Manifest, error) {
@@ -91,8 +106,19 @@ func List(ctx context.Context, st storage.Storage, plan string) (good []format.M
 }
 
 // Find resolves a backup reference: "PLAN/BACKUPID", a bare BACKUPID (any
-// plan), or "PLAN/latest" for the newest verified backup of PLAN.
+// plan), or "PLAN/latest" for the newest verified backup of PLAN. A
+// reference to a failed backup (Failed) is an error wrapping ErrFailed.
 func Find(ctx context.Context, st storage.Storage, ref string) (format.Manifest, error) {
+	m, err := FindFailed(ctx, st, ref)
+	if err == nil && Failed(m) {
+		return format.Manifest{}, fmt.Errorf("%w: backup %s of plan %s: %s", ErrFailed, m.BackupID, m.Plan, m.Verify.Error)
+	}
+	return m, err
+}
+
+// FindFailed is Find that also returns a failed backup named by id (never
+// for "latest"), for an operator who wants what a failed run stored.
+func FindFailed(ctx context.Context, st storage.Storage, ref string) (format.Manifest, error) {
 	plan, id, hasPlan := strings.Cut(ref, "/")
 	if !hasPlan {
 		plan, id = "", ref

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -54,13 +55,17 @@ type Service struct {
 	influx InfluxConfig
 	w      *writer
 	prom   *prom
+
+	// owedLast is the owed count of each plan as last exported.
+	owedMu   sync.Mutex
+	owedLast map[string]int
 }
 
 var _ stage.Service = (*Service)(nil)
 
 // New builds the metrics stage without an InfluxDB writer; SetInflux adds one.
 func New(d *stage.Deps) *Service {
-	return &Service{Deps: d, Clock: sched.SystemClock{}, Tick: 30 * time.Second, Backoff: DefaultBackoff, prom: newProm()}
+	return &Service{Deps: d, Clock: sched.SystemClock{}, Tick: 30 * time.Second, Backoff: DefaultBackoff, prom: newProm(), owedLast: map[string]int{}}
 }
 
 // SetInflux configures the InfluxDB writer; a config without URL leaves the

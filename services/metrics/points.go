@@ -15,6 +15,7 @@ const (
 	MeasureRestore   = "restore_run"
 	MeasureRetention = "retention"
 	MeasureMissed    = "backup_missed"
+	MeasureOwed      = "compensation_owed"
 )
 
 // Point is one InfluxDB point. Measurement, Tags and Time identify it: a

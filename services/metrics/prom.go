@@ -26,8 +26,10 @@ type prom struct {
 	missed         *prometheus.CounterVec
 	restoresTotal  *prometheus.CounterVec
 	retentionCount *prometheus.GaugeVec
-	writeFailures  prometheus.Counter
-	pointsWritten  prometheus.Counter
+	// owed is set by the watchdog from the runs that owe inverse ops.
+	owed          *prometheus.GaugeVec
+	writeFailures prometheus.Counter
+	pointsWritten prometheus.Counter
 	// refused counts events the stage refused, by reason only: a label
 	// with the plan name would let anyone who can publish make series.
 	refused *prometheus.CounterVec
@@ -69,6 +71,8 @@ func newProm() *prom {
 			Help: "Finished restore runs by plan and status."}, []string{"plan", "status"}),
 		retentionCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_retention_backups",
 			Help: "Backups kept and removed by the newest retention pass of a destination."}, []string{"plan", "destination", "decision"}),
+		owed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_compensation_owed",
+			Help: "Inverse ops that runs of the plan still owe after compensation's retries: the op each undoes (a lock) may still hold."}, []string{"plan"}),
 		writeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_write_failures_total",
 			Help: "Failed InfluxDB writes (each is retried by redelivery)."}),
 		pointsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_points_total",
@@ -83,7 +87,7 @@ func newProm() *prom {
 	// Known reasons start at zero, so a rate() over them works from the start.
 	p.refused.WithLabelValues(refusedUnknownPlan)
 	p.reg.MustRegister(p.runsTotal, p.lastSuccess, p.lastDuration, p.lastBytes, p.lastRatio, p.stageDuration,
-		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.writeFailures, p.pointsWritten, p.refused,
+		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.owed, p.writeFailures, p.pointsWritten, p.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }

@@ -120,7 +120,8 @@ func MissedID(planName string, slot time.Time) string {
 func watchKey(planName string) string { return "watchdog." + planName }
 
 // Watch is one watchdog pass at the clock's now: backup.missed for every
-// newly missed slot of every plan, then stuck runs failed.
+// newly missed slot of every plan, then stuck runs failed, then the owed
+// inverse ops counted per plan.
 func (s *Service) Watch(ctx context.Context) error {
 	now := s.Clock.Now().UTC()
 	plans, bad, err := s.Plans.List(ctx)
@@ -155,6 +156,9 @@ func (s *Service) Watch(ctx context.Context) error {
 		}
 	}
 	if err := s.failStuck(ctx, now); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.watchOwed(ctx, plans, now); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

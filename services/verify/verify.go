@@ -163,6 +163,15 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	if verr != nil {
 		return s.failed(ctx, p, r.ID, dest, ds.Key, verr.Error(), cause)
 	}
+	// The run may have failed while this verified (a hook after the
+	// snapshot): verify-failed may have marked the manifest before the save
+	// above wrote "verified" over it. Looking again after the save closes
+	// the window: whichever writes last, the manifest ends marked failed.
+	if now, err := s.Runs.Get(ctx, r.ID); err != nil {
+		return nil, err
+	} else if now.Phase == runs.Failed {
+		return nil, s.markFailed(ctx, p, dest, ds.ManifestKey, now)
+	}
 	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, res.StoredBytes, "", func(r *runs.Run) {
 		d := r.Dest(dest)
 		d.Verified, d.VerifyMode = true, res.Mode

@@ -26,9 +26,9 @@ usage:
   backstream plan apply -f FILE|DIR | plan list | plan get NAME | plan delete NAME
   backstream trigger PLAN [--wait] [--reason TEXT]
   backstream runs [--plan PLAN] [-o table|json]
-  backstream run ID [-o table|json]
-  backstream restore BACKUP --to FILE|- (--plan-file FILE --destination NAME | storage flags) [--identity FILE | --passphrase-env VAR]
-  backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN]
+  backstream run ID [-o table|json] [--compensate]
+  backstream restore BACKUP --to FILE|- (--plan-file FILE --destination NAME | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed]
+  backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN] [--all]
   backstream schedule PLAN [--count N]
   backstream retention simulate --policy FILE --backups FILE
   backstream retention PLAN --dry-run [--destination NAME]

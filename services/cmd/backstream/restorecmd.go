@@ -90,6 +90,7 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	clean := fs.Bool("clean", false, "with --into-source: drop or empty what is in the target's way first")
 	identity := fs.String("identity", "", "age identity file")
 	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase")
+	allowFailed := fs.Bool("allow-failed", false, "also restore a backup whose run failed after it was stored (never picked by latest)")
 	ref, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
 		return usageError("restore: %v", err)
@@ -112,7 +113,14 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer st.Close()
-	m, err := backup.Find(ctx, st, ref)
+	find := backup.Find
+	if *allowFailed {
+		find = backup.FindFailed
+	}
+	m, err := find(ctx, st, ref)
+	if errors.Is(err, backup.ErrFailed) {
+		return fmt.Errorf("%w (--allow-failed restores it anyway)", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -222,6 +230,7 @@ func backupsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	var sf storageFlags
 	sf.register(fs)
 	planName := fs.String("plan", "", "only backups of this plan")
+	all := fs.Bool("all", false, "also list the backups of failed runs")
 	if err := fs.Parse(args); err != nil {
 		return usageError("backups: %v", err)
 	}
@@ -239,14 +248,27 @@ func backupsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PLAN\tBACKUP\tCREATED\tBYTES\tSTORED\tVERIFY\tCHAIN")
+	hidden := 0
 	for _, m := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", m.Plan, m.BackupID, m.Created.Local().Format(time.RFC3339), human(m.Bytes), human(m.StoredBytes), m.Verify.Status, m.Chain)
+		// A failed backup is not one: only --all shows it, with why.
+		status := m.Verify.Status
+		if backup.Failed(m) {
+			if !*all {
+				hidden++
+				continue
+			}
+			status += ": " + truncate(m.Verify.Error, 60)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", m.Plan, m.BackupID, m.Created.Local().Format(time.RFC3339), human(m.Bytes), human(m.StoredBytes), status, m.Chain)
 	}
 	for k, err := range bad {
 		fmt.Fprintf(tw, "?\t%s\t-\t-\t-\tunreadable\t%v\n", k, err)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if hidden > 0 {
+		fmt.Fprintf(stdout, "(%d backups of failed runs not listed: backups --all lists them)\n", hidden)
 	}
 	if len(bad) > 0 {
 		return errors.New("some manifests could not be read")

@@ -137,6 +137,18 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 		case *events.CompensationCompletedData:
 			p.line(line)
 			return &exitError{code: 1, err: fmt.Errorf("run %s failed in %s: %s", runID, failed.Stage, failed.Reason)}
+		case *events.CompensationFailedData:
+			p.line(line)
+			// The first pass is recorded done before its events go out:
+			// when it owes an inverse op, no compensation.completed comes
+			// until a later retry pays it.
+			if r, err := runs.NewStore(b.Runs).Get(ctx, runID); err == nil && r.CompensationDone && len(r.Owed()) > 0 && failed != nil {
+				for _, l := range owedLines(r, time.Now()) {
+					p.line(strings.TrimPrefix(l, "\n"))
+				}
+				return &exitError{code: 1, err: fmt.Errorf("run %s failed in %s: %s; an inverse op is still owed", runID, failed.Stage, failed.Reason)}
+			}
+			continue
 		}
 		if line != "" {
 			p.line(line)
@@ -198,7 +210,7 @@ func describe(e events.Event, p events.Payload) string {
 	case *events.CompensationCompletedData:
 		return fmt.Sprintf("%s  compensation completed: %s", s, strings.Join(d.Ops, ", "))
 	case *events.CompensationFailedData:
-		return fmt.Sprintf("%s  compensation %s FAILED: %s", s, d.Op, d.Error)
+		return fmt.Sprintf("%s  compensation %s FAILED after %d attempts (%s may still hold): %s", s, d.Op, d.Attempts, d.Undoes, d.Error)
 	case *events.StepCompletedData:
 		return ""
 	}
@@ -316,6 +328,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	natsFlag := addNATSFlags(fs, "NATS URL")
 	output := fs.String("o", "table", "table or json")
+	compensate := fs.Bool("compensate", false, "retry the inverse ops the run still owes now, also past their deadline (the hook service's owed-inverse loop runs them)")
 	id, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
 		return usageError("run: %v", err)
@@ -331,9 +344,15 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer b.Close()
-	r, err := runs.NewStore(b.Runs).Get(ctx, id)
+	store := runs.NewStore(b.Runs)
+	r, err := store.Get(ctx, id)
 	if err != nil {
 		return err
+	}
+	if *compensate {
+		if r, err = retryOwedNow(ctx, store, id); err != nil {
+			return err
+		}
 	}
 	if *output == "json" {
 		return writeJSON(stdout, r)
@@ -353,7 +372,84 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if !c.Finished.IsZero() {
 			d = c.Finished.Sub(c.Started)
 		}
-		fmt.Fprintf(tw, "compensate %s\t%s\t%s\t-\t%s\n", c.Step, c.Phase, d.Round(time.Millisecond), truncate(c.Error, 80))
+		phase := string(c.Phase)
+		if c.Attempts > 1 {
+			phase += fmt.Sprintf(" (%d attempts)", c.Attempts)
+		}
+		fmt.Fprintf(tw, "compensate %s\t%s\t%s\t-\t%s\n", c.Step, phase, d.Round(time.Millisecond), truncate(c.Error, 80))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range owedLines(r, time.Now()) {
+		fmt.Fprintln(stdout, line)
+	}
+	return nil
+}
+
+// owedLines say, for every inverse op the run still owes, which op may
+// still hold, why, and what happens next.
+func owedLines(r *runs.Run, now time.Time) []string {
+	var out []string
+	for _, c := range r.Owed() {
+		undoes, inv := strings.TrimPrefix(c.Undoes, "hook:"), strings.TrimPrefix(c.Step, "hook:")
+		if undoes == "" {
+			undoes = "an op"
+		}
+		_, op, _ := strings.Cut(inv, "/")
+		line := fmt.Sprintf("\nhook %s not undone: %s", undoes, op)
+		switch {
+		case c.Phase == runs.Running:
+			line += fmt.Sprintf(" is being retried (attempt %d)", c.Attempts+1)
+		default:
+			line += fmt.Sprintf(" failed after %d attempts: %s", c.Attempts, c.Error)
+		}
+		out = append(out, line)
+		switch {
+		case c.Phase == runs.Running:
+		case !c.RetryAt.IsZero():
+			out = append(out, fmt.Sprintf("  retried automatically at %s (every few minutes until %s)",
+				c.RetryAt.Local().Format(time.RFC3339), c.Until.Local().Format(time.RFC3339)))
+		default:
+			out = append(out, fmt.Sprintf("  no automatic retry left (deadline %s passed): check the data service, then `backstream run %s --compensate`",
+				c.Until.Local().Format(time.RFC3339), r.ID))
+		}
+	}
+	return out
+}
+
+// retryOwedNow makes every inverse op the run owes due now, with a fresh
+// deadline of an hour, so the hook service's owed-inverse loop retries it
+// on its next pass (within --compensation-retry-every's tick).
+func retryOwedNow(ctx context.Context, store *runs.Store, id string) (*runs.Run, error) {
+	n := 0
+	r, err := store.Update(ctx, id, func(r *runs.Run) error {
+		n = 0
+		now := time.Now().UTC()
+		for i := range r.Compensation {
+			c := &r.Compensation[i]
+			if c.Phase != runs.Failed {
+				continue
+			}
+			c.RetryAt, c.GaveUp = now, false
+			if c.Until.Before(now.Add(time.Hour)) {
+				c.Until = now.Add(time.Hour)
+			}
+			n++
+		}
+		if n == 0 {
+			return runs.ErrNoChange
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("run %s owes no inverse op that failed: nothing to retry", id)
+	}
+	if err := store.MarkOwing(ctx, id); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
