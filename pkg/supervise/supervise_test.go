@@ -284,3 +284,31 @@ func TestWithoutMainTheOpStillRuns(t *testing.T) {
 		t.Fatalf("group %+v, op pid %s: the op should lead its group", g, out.String())
 	}
 }
+
+// TestSupervisorSignalledKillsTheGroup: SIGTERM to the supervisor alone —
+// the parent-death signal it gets when its owner's thread dies — ends the
+// op's whole group, as the owner pipe's end does.
+func TestSupervisorSignalledKillsTheGroup(t *testing.T) {
+	groups := make(chan Group, 1)
+	ended := make(chan error, 1)
+	go func() {
+		_, err := Run(context.Background(), Spec{Argv: []string{"sh", "-c", "sleep 30 & sh -c 'sleep 30 & wait' & wait"}, WaitDelay: time.Second},
+			func(g Group) error { groups <- g; return nil })
+		ended <- err
+	}()
+	g := <-groups
+	waitMembers(t, g, 5)
+	if err := syscall.Kill(g.PGID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	took := goneWithin(t, g, time.Second)
+	select {
+	case err := <-ended:
+		if err == nil || !strings.Contains(err.Error(), "signal: killed") {
+			t.Errorf("Run returned %v, want the op killed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the group died")
+	}
+	t.Logf("group gone %s after its supervisor got SIGTERM", took.Round(time.Millisecond))
+}
