@@ -18,7 +18,8 @@ import (
 
 // knownData writes the fixture every dashboard and alert query is judged
 // against: plan a succeeded an hour ago, plan b 30 hours ago, plan c never
-// (it only failed, and the watchdog reported it missing, as it did b).
+// (it only failed, and the watchdog reported it missing, as it did b); b
+// and c owe inverse ops, a owed one and paid it.
 func knownData(t *testing.T, influxURL string, now time.Time) {
 	t.Helper()
 	c := influxdb2.NewClient(influxURL, "")
@@ -45,6 +46,13 @@ func knownData(t *testing.T, influxURL string, now time.Time) {
 		p("backup_run", tags("plan", "c", "status", "failed", "trigger", "cli"), map[string]any{"duration_s": 1.0, "error": "snapshot: exit status 2", "failed_stage": "snapshot"}, now.Add(-2*time.Hour)),
 		p("backup_stage", tags("plan", "c", "stage", "snapshot", "status", "failed"), map[string]any{"error": "snapshot: exit status 2"}, now.Add(-2*time.Hour)),
 		p("backup_missed", tags("plan", "c"), map[string]any{"value": int64(1), "slot": now.Add(-80 * time.Minute).Unix()}, now.Add(-20*time.Minute)),
+		// Owed inverse ops: a's was paid, b's is owed now, c's since the
+		// watchdog last wrote (6 hours ago).
+		p("compensation_owed", tags("plan", "a"), map[string]any{"owed": int64(1)}, now.Add(-3*time.Hour)),
+		p("compensation_owed", tags("plan", "a"), map[string]any{"owed": int64(0)}, now.Add(-2*time.Hour)),
+		p("compensation_owed", tags("plan", "b"), map[string]any{"owed": int64(0)}, now.Add(-5*time.Hour)),
+		p("compensation_owed", tags("plan", "b"), map[string]any{"owed": int64(1)}, now.Add(-10*time.Minute)),
+		p("compensation_owed", tags("plan", "c"), map[string]any{"owed": int64(2)}, now.Add(-6*time.Hour)),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -300,11 +308,9 @@ type alertFile struct {
 	} `yaml:"groups"`
 }
 
-// TestAlertRules runs every alert rule's query against the known data and
-// evaluates its reduce and threshold steps: each fires for plans b and c.
-func TestAlertRules(t *testing.T) {
-	influx := startInflux(t)
-	knownData(t, influx.URL(), time.Now())
+// readAlerts reads the provisioned alert rules.
+func readAlerts(t *testing.T) alertFile {
+	t.Helper()
 	b, err := os.ReadFile("../../dashboards/provisioning/alerting/backstream.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -313,6 +319,15 @@ func TestAlertRules(t *testing.T) {
 	if err := yaml.Unmarshal(b, &f); err != nil {
 		t.Fatalf("alert rules: %v", err)
 	}
+	return f
+}
+
+// TestAlertRules runs every alert rule's query against the known data and
+// evaluates its reduce and threshold steps: each fires for plans b and c.
+func TestAlertRules(t *testing.T) {
+	influx := startInflux(t)
+	knownData(t, influx.URL(), time.Now())
+	f := readAlerts(t)
 	n := 0
 	for _, g := range f.Groups {
 		for _, r := range g.Rules {
@@ -325,6 +340,7 @@ func TestAlertRules(t *testing.T) {
 					switch {
 					case d.DatasourceUID == "backstream-influxdb":
 						from := fmt.Sprintf("-%ds", d.RelativeTimeRange.From)
+						var err error
 						rows, err = flux(t, influx, grafanaFlux(d.Model.Query, nil, from))
 						if err != nil {
 							t.Fatalf("query %s: %v", d.RefID, err)
@@ -352,7 +368,7 @@ func TestAlertRules(t *testing.T) {
 			})
 		}
 	}
-	if n != 2 {
-		t.Errorf("%d rules, want 2", n)
+	if n != 3 {
+		t.Errorf("%d rules, want 3", n)
 	}
 }
