@@ -106,6 +106,13 @@ spec:
 	if _, err := backup.Find(ctx, st, "racy/latest"); err == nil {
 		t.Error("latest found the failed run's backup")
 	}
+	r, err := d.Runs.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if step := r.FindStep(StepName("local")); step == nil || step.Phase == runs.Running {
+		t.Errorf("verify step left %+v in a failed run", step)
+	}
 }
 
 var zeros = hex.EncodeToString(make([]byte, 32))

@@ -170,7 +170,11 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	if now, err := s.Runs.Get(ctx, r.ID); err != nil {
 		return nil, err
 	} else if now.Phase == runs.Failed {
-		return nil, s.markFailed(ctx, p, dest, ds.ManifestKey, now)
+		if err := s.markFailed(ctx, p, dest, ds.ManifestKey, now); err != nil {
+			return nil, err
+		}
+		_, err := s.FinishStep(ctx, r.ID, name, runs.Skipped, 0, "the run failed while verifying: manifest marked failed", nil)
+		return nil, err
 	}
 	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, res.StoredBytes, "", func(r *runs.Run) {
 		d := r.Dest(dest)
