@@ -46,7 +46,7 @@ func globalReadOnly(t *testing.T, db *sql.DB) int {
 // plan's source; every op records itself in shop.effects first, and the
 // unlock fails (after recording itself) until it has run more than
 // unlockFails times.
-func readOnlyPlan(name string, port, unlockFails, retries int, dir string) string {
+func readOnlyPlan(name string, port, unlockFails, retries int, deadline, dir string) string {
 	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: %[1]s}
@@ -58,6 +58,7 @@ spec:
     - name: db
       type: sql
       timeout: 10s
+      compensationDeadline: %[6]s
       ops:
         - name: lock
           sql: "INSERT INTO shop.effects (op) VALUES ('lock'); SET GLOBAL read_only = ON"
@@ -72,7 +73,7 @@ spec:
     - name: local
       type: filesystem
       filesystem: {path: %[5]s}
-`, name, port, unlockFails, retries, filepath.Join(dir, "backups"))
+`, name, port, unlockFails, retries, filepath.Join(dir, "backups"), deadline)
 }
 
 func privateShop(t *testing.T) (*testenv.PrivateServer, *sql.DB) {
@@ -109,7 +110,7 @@ func effectOps(t *testing.T, db *sql.DB) []string {
 func TestFailingForwardUnlockIsRetriedByCompensation(t *testing.T) {
 	srv, db := privateShop(t)
 	env := harness.Start(t, harness.Options{Config: quick(time.Minute)})
-	env.Apply(readOnlyPlan("unlock-retried", srv.Port, 2, 3, t.TempDir()))
+	env.Apply(readOnlyPlan("unlock-retried", srv.Port, 2, 3, "1h", t.TempDir()))
 	begin := time.Now()
 	id := env.Trigger("unlock-retried")
 	r := env.Wait(id, time.Minute)
@@ -134,19 +135,27 @@ func TestFailingForwardUnlockIsRetriedByCompensation(t *testing.T) {
 }
 
 // TestOwedUnlockIsReportedAndRetriedUntilItCompletes: the unlock still
-// fails after compensation's retries; the run says which op may still hold
-// (backstream run ID, compensation.failed), and the owed-inverse loop
-// retries it until it completes: read_only back to 0, compensation.completed.
+// fails after compensation's retries; trigger --wait and backstream run ID
+// say which op may still hold, the owed-inverse loop retries it until the
+// hook's compensationDeadline, and then backstream run ID --compensate
+// retries it once more: it completes, read_only is back to 0 and the run
+// gets its compensation.completed.
 func TestOwedUnlockIsReportedAndRetriedUntilItCompletes(t *testing.T) {
 	srv, db := privateShop(t)
 	harness.Binary(t) // built before the clock of the retries runs
-	env := harness.Start(t, harness.Options{Config: quick(3 * time.Second)})
-	env.Apply(readOnlyPlan("unlock-owed", srv.Port, 4, 1, t.TempDir()))
-	id := env.Trigger("unlock-owed")
-	r := harness.WaitRun(t, env.Runs, id, time.Minute)
-	owed := r.Owed()
-	if r.Phase != runs.Failed || len(owed) != 1 || owed[0].Attempts != 3 {
-		t.Fatalf("run %s: %s, owed %+v: want the unlock owed after 3 attempts", id, r.Phase, owed)
+	env := harness.Start(t, harness.Options{Config: quick(2 * time.Second)})
+	// Attempts: the forward unlock and compensation's 2 tries fail, the
+	// loop's retry 2 s later fails and is the last before the 3 s deadline;
+	// the operator's retry is the fifth and completes.
+	env.Apply(readOnlyPlan("unlock-owed", srv.Port, 4, 1, "3s", t.TempDir()))
+	out, code := harness.Run(t, t.TempDir(), nil, "trigger", "unlock-owed", "--wait", "--nats", env.URL)
+	if code != 1 || !strings.Contains(out, "hook db/lock not undone: unlock failed after 3 attempts:") ||
+		!strings.Contains(out, "not-yet") || !strings.Contains(out, "retried automatically at") {
+		t.Fatalf("trigger --wait (exit %d):\n%s", code, out)
+	}
+	var id string
+	if _, err := fmt.Sscanf(out, "run %s of plan", &id); err != nil {
+		t.Fatalf("no run id in %q: %v", out, err)
 	}
 	if v := globalReadOnly(t, db); v != 1 {
 		t.Fatalf("read_only = %d while the unlock is owed", v)
@@ -160,14 +169,23 @@ func TestOwedUnlockIsReportedAndRetriedUntilItCompletes(t *testing.T) {
 	if len(cf) == 0 || cf[0].Op != "db/unlock" || cf[0].Undoes != "db/lock" || cf[0].Attempts != 3 || cf[0].NextRetry == nil {
 		t.Errorf("compensation.failed %+v", cf)
 	}
-	out := runOutput(t, env.URL, id)
-	if !strings.Contains(out, "hook db/lock not undone: unlock failed after 3 attempts:") || !strings.Contains(out, "not-yet") ||
-		!strings.Contains(out, "retried automatically at") {
-		t.Errorf("backstream run %s says:\n%s", id, out)
-	}
 
-	// The loop: attempt 4 fails, 5 completes.
-	waitFor(t, "the owed unlock to complete", 30*time.Second, func() bool { return globalReadOnly(t, db) == 0 })
+	// The loop's retry fails and is the last one before the deadline.
+	waitFor(t, "the loop's last retry", 30*time.Second, func() bool {
+		r, err := env.Runs.Get(context.Background(), id)
+		return err == nil && len(r.Owed()) == 1 && r.Owed()[0].GaveUp
+	})
+	if out := runOutput(t, env.URL, id); !strings.Contains(out, "hook db/lock not undone: unlock failed after 4 attempts:") ||
+		!strings.Contains(out, "no automatic retry left") {
+		t.Errorf("backstream run %s past the deadline says:\n%s", id, out)
+	}
+	if v := globalReadOnly(t, db); v != 1 {
+		t.Fatalf("read_only = %d while the unlock is owed", v)
+	}
+	if out, code := harness.Run(t, t.TempDir(), nil, "run", id, "--compensate", "--nats", env.URL); code != 0 {
+		t.Fatalf("run --compensate (exit %d):\n%s", code, out)
+	}
+	waitFor(t, "the operator's retry to complete the unlock", 30*time.Second, func() bool { return globalReadOnly(t, db) == 0 })
 	final := env.Wait(id, 30*time.Second)
 	if c := final.FindCompensation("hook:db/unlock"); c == nil || c.Phase != runs.Succeeded || c.Attempts != 5 {
 		t.Errorf("compensation entry %+v, want Succeeded after 5 attempts", c)

@@ -506,3 +506,39 @@ func runEvents(t *testing.T, b *bus.Bus, runID string) []events.Event {
 	}
 	return out
 }
+
+// TestOwedRetryOfADeadReplicaIsTakenOverAfterItsLease: a replica that died
+// while the loop ran an owed inverse left the entry Running; another
+// replica takes it over once the lease has run out, not before.
+func TestOwedRetryOfADeadReplicaIsTakenOverAfterItsLease(t *testing.T) {
+	f := newFixture(t, map[string]int{"unlock": 2}, "[{hook: db/lock}, snapshot, {hook: db/unlock}]", "fail", 0)
+	ctx := context.Background()
+	id, failure, _ := f.drive(runs.KindBackup)
+	if _, err := f.s.handleFailure(ctx, *failure); err != nil {
+		t.Fatal(err)
+	}
+	// The dead replica's claim, as claimOwed leaves it.
+	lease := time.Now().Add(time.Minute)
+	if _, err := f.d.Runs.Update(ctx, id, func(r *runs.Run) error {
+		c := r.FindCompensation("hook:db/unlock")
+		c.Phase, c.Owner, c.Lease = runs.Running, "dead#0", lease
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	other := f.service()
+	if err := other.RetryOwed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.log()); n != 3 {
+		t.Fatalf("retried within the dead replica's lease: %v", f.log())
+	}
+	f.offset.Store(int64(2 * time.Minute))
+	if err := other.RetryOwed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := f.run(id).FindCompensation("hook:db/unlock")
+	if got := f.log(); got[len(got)-1] != "unlock inverse ok" || c.Phase != runs.Succeeded || c.Owner == "dead#0" {
+		t.Errorf("log %v, entry %+v", got, c)
+	}
+}
