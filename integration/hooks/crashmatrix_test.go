@@ -183,10 +183,13 @@ var crashKillPoints = []crashKillPoint{
 
 // crashTrial is one row of the matrix.
 type crashTrial struct {
-	n          int
-	mode       string
-	point      crashKillPoint
-	delay      time.Duration
+	n     int
+	mode  string
+	point crashKillPoint
+	delay time.Duration
+	// landed says where in the aimed op the kill landed: before or
+	// after its effect, or after the op had ended.
+	landed     string
 	phase      runs.Phase
 	forward    []string
 	inverse    []string
@@ -253,7 +256,7 @@ func TestCrashMatrix(t *testing.T) {
 
 	var b2 strings.Builder
 	fmt.Fprintf(&b2, "crash matrix, seed %d, %d trials in %s\n", seed, trials, time.Since(start).Round(time.Second))
-	fmt.Fprintf(&b2, "%-5s %-6s %-12s %-6s %-9s %-27s %-21s %-5s %-6s %s\n", "trial", "mode", "kill point", "delay", "phase", "ops run", "inverses run", "lock", "again", "violations")
+	fmt.Fprintf(&b2, "%-5s %-6s %-12s %-6s %-11s %-9s %-27s %-21s %-5s %-6s %s\n", "trial", "mode", "kill point", "delay", "landed", "phase", "ops run", "inverses run", "lock", "again", "violations")
 	bad, reruns, dupEffects := 0, 0, 0
 	for _, r := range rows {
 		released := "held"
@@ -267,7 +270,7 @@ func TestCrashMatrix(t *testing.T) {
 		}
 		reruns += r.reruns
 		dupEffects += r.dupEffects
-		fmt.Fprintf(&b2, "%-5d %-6s %-12s %-6s %-9s %-27s %-21s %-5s %-6s %s\n", r.n, r.mode, r.point.name, r.delay,
+		fmt.Fprintf(&b2, "%-5d %-6s %-12s %-6s %-11s %-9s %-27s %-21s %-5s %-6s %s\n", r.n, r.mode, r.point.name, r.delay, r.landed,
 			r.phase, strings.Join(r.forward, ","), strings.Join(r.inverse, ","), released, fmt.Sprintf("%d(%d)", r.reruns, r.dupEffects), v)
 	}
 	fmt.Fprintf(&b2, "%d of %d trials with violations; inverse ops run again in the at-least-once window: %d, of them after an earlier run took effect: %d\n", bad, trials, reruns, dupEffects)
@@ -316,6 +319,7 @@ func crashRun(t *testing.T, side *crashSide, tr *crashTrial) {
 	})
 	time.Sleep(tr.delay)
 	side.proc.Kill()
+	tr.landed = crashLanded(t, dir, tr.point)
 	side.proc.Restart()
 	side.proc.WaitOutput("backstream serving", time.Minute)
 
@@ -348,6 +352,34 @@ func crashRun(t *testing.T, side *crashSide, tr *crashTrial) {
 	// An op that outlived its owner would take effect within its sleeps.
 	time.Sleep(700 * time.Millisecond)
 	crashCheck(t, dir, r, tr)
+}
+
+// crashLanded says where the kill landed in the newest run of the aimed
+// op, by its last line in the log.
+func crashLanded(t *testing.T, dir string, k crashKillPoint) string {
+	t.Helper()
+	pid, last := 0, ""
+	for _, l := range crashLog(t, dir) {
+		if l.op != k.op || l.inverse != k.inverse {
+			continue
+		}
+		if l.what == "start" {
+			pid = l.pid
+		}
+		if l.pid == pid {
+			last = l.what
+		}
+	}
+	switch {
+	case last == "start" && k.op == "dump":
+		return "in dump"
+	case last == "start":
+		return "pre-effect"
+	case last == "effect":
+		return "post-effect"
+	default:
+		return "after op"
+	}
 }
 
 // crashCheck judges a trial by its op log and state files.
@@ -443,4 +475,51 @@ func crashStartedAfter(log []crashLine, pid int, op string, i int) bool {
 		}
 	}
 	return false
+}
+
+// TestCrashCheckFindsViolations: the matrix's judge, on logs written by
+// hand, finds each broken promise (a matrix that finds nothing must be
+// able to find something).
+func TestCrashCheckFindsViolations(t *testing.T) {
+	paid := "start lock 0 1\neffect lock 0 1\nend lock 0 1\nstart unlock 1 2\neffect unlock 1 2\nend unlock 1 2\n"
+	tests := []struct {
+		name  string
+		log   string
+		held  string
+		point crashKillPoint
+		phase runs.Phase
+		want  string // "" means no violation
+	}{
+		{name: "lock paid by its inverse", log: paid, phase: runs.Failed},
+		{name: "lock never undone", log: "start lock 0 1\neffect lock 0 1\nend lock 0 1\n", held: "lock.state", phase: runs.Failed, want: "lock still held"},
+		{name: "undo failed", log: "start lock 0 1\nend lock 0 1\nstart unlock 1 2\nfail unlock 1 2\n", phase: runs.Failed, want: "lock started but no unlock completed after it"},
+		{name: "lock took effect after its inverse", log: "start lock 0 1\nstart unlock 1 2\neffect unlock 1 2\nend unlock 1 2\neffect lock 0 1\n", held: "lock.state", phase: runs.Failed, want: "lock effect after unlock started"},
+		{name: "forward op twice", log: "start lock 0 1\nend lock 0 1\nstart lock 0 3\nend lock 0 3\nstart unlock 1 2\nend unlock 1 2\n", phase: runs.Failed, want: "forward lock ran 2 times"},
+		{name: "inverse twice without a kill in compensation", log: paid + "start unlock 1 4\nend unlock 1 4\n", point: crashKillPoint{op: "lock"}, phase: runs.Failed, want: "inverse unlock ran 2 times"},
+		{name: "inverse twice in the window", log: paid + "start unlock 1 4\nend unlock 1 4\n", point: crashKillPoint{op: "unlock", inverse: true}, phase: runs.Failed},
+		{name: "run left running", log: paid, phase: runs.Running, want: "phase Running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var log strings.Builder
+			for i, l := range strings.Split(strings.TrimSpace(tt.log), "\n") {
+				fmt.Fprintf(&log, "%s %d\n", l, i)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "ops.log"), []byte(log.String()), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if tt.held != "" {
+				if err := os.WriteFile(filepath.Join(dir, tt.held), []byte("held"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tr := &crashTrial{point: tt.point}
+			crashCheck(t, dir, &runs.Run{Phase: tt.phase}, tr)
+			got := strings.Join(tr.violations, "; ")
+			if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+				t.Errorf("violations %q, want %q", got, tt.want)
+			}
+		})
+	}
 }
