@@ -378,8 +378,10 @@ const legacyDataStream = "BACKSTREAM_DATA"
 // errCodeSubjectsOverlap is the server's JSStreamSubjectOverlapErr.
 const errCodeSubjectsOverlap jetstream.ErrorCode = 10065
 
-// The server's JSInsufficientResourcesErr and JSMemoryResourcesExceededErr.
+// The server's JSInsufficientResourcesErr and JSMemoryResourcesExceededErr,
+// and JSClusterNoPeersErr.
 const (
+	errCodeNoPeers               jetstream.ErrorCode = 10005
 	errCodeInsufficientResources jetstream.ErrorCode = 10023
 	errCodeMemoryExceeded        jetstream.ErrorCode = 10028
 )
@@ -410,7 +412,9 @@ func retryConflict(ctx context.Context, f func() error) error {
 		// Replicas that create the in-memory chunk stream at once each
 		// reserve its memory; the losers see "insufficient resources" until
 		// the winner's stream exists and theirs becomes an update.
-		insufficient := errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeInsufficientResources || apiErr.ErrorCode == errCodeMemoryExceeded)
+		// A cluster whose nodes are still finding each other has too few
+		// peers for a replicated stream for a moment, too.
+		insufficient := errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeInsufficientResources || apiErr.ErrorCode == errCodeMemoryExceeded || apiErr.ErrorCode == errCodeNoPeers)
 		if !insufficient && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
 			return err
 		}
