@@ -29,7 +29,7 @@ import (
 // by default and printed, so a failing trial can be replayed.
 var (
 	crashTrialsFlag = flag.Int("crashmatrix.trials", 0, "trials of TestCrashMatrix (default 10, or $BACKSTREAM_CRASH_TRIALS)")
-	crashSeedFlag   = flag.Uint64("crashmatrix.seed", 0, "seed of TestCrashMatrix's random delays and, after 16 trials, kill points (default 11, or $BACKSTREAM_CRASH_SEED)")
+	crashSeedFlag   = flag.Uint64("crashmatrix.seed", 0, "seed of TestCrashMatrix's random delays and, after the first two rounds (18 trials), kill points and modes (default 11, or $BACKSTREAM_CRASH_SEED)")
 )
 
 // crashSetting is a flag's value, else the environment variable's, else def.
@@ -167,7 +167,8 @@ type crashKillPoint struct {
 
 // crashKillPoints: during the dump, inside each op of the forward sequence,
 // and inside each inverse op of compensation — after the dump failed, or
-// after the forward resume failed (which then does not undo quiesce). In
+// after the forward resume or unlock failed (a failed forward inverse does
+// not pay its op's debt, even when it took effect before failing). In
 // this order, with the modes alternating and flipped in the next round,
 // the short form (10 trials) kills in every op at least once and in the
 // dump in both modes.
@@ -180,6 +181,7 @@ var crashKillPoints = []crashKillPoint{
 	{name: "comp:resume", op: "resume", fail: "dump", inverse: true},
 	{name: "comp:unlock", op: "unlock", fail: "dump", inverse: true},
 	{name: "rfail:unlock", op: "unlock", fail: "resume", inverse: true},
+	{name: "ufail:unlock", op: "unlock", fail: "unlock", inverse: true},
 }
 
 // crashTrial is one row of the matrix.
@@ -277,7 +279,7 @@ func TestCrashMatrix(t *testing.T) {
 			r.phase, strings.Join(r.forward, ","), strings.Join(r.inverse, ","), released, fmt.Sprintf("%d(%d)", r.reruns, r.dupEffects), v)
 	}
 	fmt.Fprintf(&b2, "%d of %d trials with violations; inverse ops run again in the at-least-once window: %d, of them after an earlier run took effect: %d\n", bad, trials, reruns, dupEffects)
-	b2.WriteString("kill points: comp:OP kills inside inverse OP after the dump failed, rfail:unlock inside the inverse unlock after the forward resume failed; again: inverse runs again (after an earlier run's effect)")
+	b2.WriteString("kill points: comp:OP kills inside inverse OP after the dump failed, rfail:unlock (ufail:unlock) inside the inverse unlock after the forward resume (unlock) failed; again: inverse runs again (after an earlier run's effect)")
 	t.Log("\n" + b2.String())
 	for _, r := range rows {
 		for _, v := range r.violations {
@@ -391,6 +393,12 @@ func crashCheck(t *testing.T, dir string, r *runs.Run, tr *crashTrial) {
 	if r.Phase != runs.Succeeded && r.Phase != runs.Failed {
 		tr.violations = append(tr.violations, "phase "+string(r.Phase))
 	}
+	// The record agrees: nothing owed once compensation is done.
+	for _, c := range r.Compensation {
+		if c.Phase != runs.Succeeded {
+			tr.violations = append(tr.violations, fmt.Sprintf("record: %s %s (%s)", c.Step, c.Phase, c.Error))
+		}
+	}
 	log := crashLog(t, dir)
 	fwd, inv := map[string]int{}, map[string]int{}
 	for _, l := range log {
@@ -491,6 +499,7 @@ func TestCrashCheckFindsViolations(t *testing.T) {
 		held  string
 		point crashKillPoint
 		phase runs.Phase
+		owed  string // a compensation entry of the record left Failed
 		want  string // "" means no violation
 	}{
 		{name: "lock paid by its inverse", log: paid, phase: runs.Failed},
@@ -501,6 +510,7 @@ func TestCrashCheckFindsViolations(t *testing.T) {
 		{name: "inverse twice without a kill in compensation", log: paid + "start unlock 1 4\nend unlock 1 4\n", point: crashKillPoint{op: "lock"}, phase: runs.Failed, want: "inverse unlock ran 2 times"},
 		{name: "inverse twice in the window", log: paid + "start unlock 1 4\nend unlock 1 4\n", point: crashKillPoint{op: "unlock", inverse: true}, phase: runs.Failed},
 		{name: "run left running", log: paid, phase: runs.Running, want: "phase Running"},
+		{name: "record owes an inverse", log: paid, phase: runs.Failed, owed: "hook:h/unlock", want: "record: hook:h/unlock Failed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -518,7 +528,11 @@ func TestCrashCheckFindsViolations(t *testing.T) {
 				}
 			}
 			tr := &crashTrial{point: tt.point}
-			crashCheck(t, dir, &runs.Run{Phase: tt.phase}, tr)
+			r := &runs.Run{Phase: tt.phase}
+			if tt.owed != "" {
+				r.Compensation = []runs.Compensation{{Step: tt.owed, Phase: runs.Failed}}
+			}
+			crashCheck(t, dir, r, tr)
 			got := strings.Join(tr.violations, "; ")
 			if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
 				t.Errorf("violations %q, want %q", got, tt.want)
