@@ -330,6 +330,7 @@ func crashRun(t *testing.T, side *crashSide, tr *crashTrial) {
 
 	r := harness.WaitRun(t, side.runs, id, 2*time.Minute)
 	tr.phase = r.Phase
+	t.Logf("trial %d: run %s %s %s", tr.n, id, r.Phase, r.Error)
 	if r.Phase == runs.Failed {
 		// The closing events follow the record: one backup.failed and one
 		// compensation.completed.
