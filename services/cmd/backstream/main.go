@@ -35,7 +35,10 @@ usage:
   backstream retention export-lifecycle PLAN [--format json|xml]
   backstream api-token create --name NAME --role read|trigger|restore|admin [--file FILE]
 
-Every command that talks to NATS uses --nats, else $BACKSTREAM_NATS, else nats://127.0.0.1:4250.
+Every command that talks to NATS uses --nats, else $BACKSTREAM_NATS, else nats://127.0.0.1:4250,
+and authenticates with --nats-nkey FILE, --nats-creds FILE or --nats-user NAME (password from
+$BACKSTREAM_NATS_PASSWORD), with --nats-tls-ca/-cert/-key for TLS; without them it uses the admin
+key of a local serve under $BACKSTREAM_DATA or ./data (docs/security.md).
 `
 
 // exitError carries the exit code a command wants.
