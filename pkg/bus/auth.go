@@ -37,8 +37,6 @@ type Auth struct {
 	// the chunk deliveries) meant for another. Empty derives it from the
 	// user name or the nkey's public key (InboxPrefix).
 	Inbox string
-	// Role names the role of credentials found by LocalAuth.
-	Role string
 }
 
 // Environment variables every backstream command reads its NATS credentials
@@ -197,7 +195,7 @@ func authFromDir(dir, role string) (Auth, error) {
 		}
 		return Auth{}, fmt.Errorf("local nats credentials: %w", err)
 	}
-	a := Auth{NKeyFile: f, Role: role}
+	a := Auth{NKeyFile: f}
 	if _, err := os.Stat(caFile(dir)); err == nil {
 		a.TLSCA = caFile(dir)
 	}
@@ -223,18 +221,11 @@ func ResolveAuth(a Auth, natsURL string) (Auth, error) {
 		// Nothing local: connect as given; the server says what it lacks.
 		return a, a.Validate()
 	}
-	local.TLSCA = firstNonEmpty(a.TLSCA, local.TLSCA)
+	if a.TLSCA != "" {
+		local.TLSCA = a.TLSCA
+	}
 	local.TLSCert, local.TLSKey, local.Inbox = a.TLSCert, a.TLSKey, a.Inbox
 	return local, local.Validate()
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // Loopback reports whether every server of a NATS URL list is on this

@@ -105,6 +105,8 @@ type Bus struct {
 	// server refuses a request asynchronously, so the request itself only
 	// times out; setup looks here to fail at once, saying why.
 	denied *atomic.Pointer[error]
+	// refusal is signalled (never blocking) on every such report.
+	refusal chan struct{}
 }
 
 // Connect dials url and sets up (idempotently) every stream and bucket.
@@ -113,7 +115,7 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	denied := &atomic.Pointer[error]{}
+	denied, refusal := &atomic.Pointer[error]{}, make(chan struct{}, 1)
 	opts := []nats.Option{
 		nats.Name("backstream-" + service),
 		nats.MaxReconnects(-1),
@@ -123,6 +125,10 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				denied.Store(&err)
+				select {
+				case refusal <- struct{}{}:
+				default:
+				}
 			}
 			if sub != nil {
 				log.Error("nats", "subject", sub.Subject, "err", err)
@@ -157,7 +163,7 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	b := &Bus{NC: nc, JS: js, Source: SourceName(service), Log: log, cfg: cfg.withDefaults(), denied: denied}
+	b := &Bus{NC: nc, JS: js, Source: SourceName(service), Log: log, cfg: cfg.withDefaults(), denied: denied, refusal: refusal}
 	if err := b.setup(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -299,24 +305,19 @@ func (b *Bus) setup(ctx context.Context) error {
 }
 
 // untilRefused is ctx, cancelled as soon as the server reports a
-// permissions violation that was not there when it began (a refused request
-// is never answered, it would wait out ctx).
+// permissions violation after it began (a refused request is never
+// answered, it would wait out ctx).
 func (b *Bus) untilRefused(ctx context.Context) (context.Context, context.CancelFunc) {
+	select {
+	case <-b.refusal: // an earlier refusal is not this request's
+	default:
+	}
 	rctx, cancel := context.WithCancel(ctx)
-	before := b.denied.Load()
 	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-rctx.Done():
-				return
-			case <-t.C:
-				if d := b.denied.Load(); d != nil && d != before {
-					cancel()
-					return
-				}
-			}
+		select {
+		case <-rctx.Done():
+		case <-b.refusal:
+			cancel()
 		}
 	}()
 	return rctx, cancel

@@ -47,15 +47,24 @@ func ensureUsers(dir string) ([]*server.NkeyUser, error) {
 	return users, nil
 }
 
-// publicKeyOf returns the public key of the nkey seed in file.
-func publicKeyOf(file string) (string, error) {
+// readSeed reads the nkey user seed in file.
+func readSeed(file string) (nkeys.KeyPair, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(b))))
 	if err != nil {
-		return "", fmt.Errorf("%s: not an nkey seed: %w", file, err)
+		return nil, fmt.Errorf("%s: not an nkey seed: %w", file, err)
+	}
+	return kp, nil
+}
+
+// publicKeyOf returns the public key of the nkey seed in file.
+func publicKeyOf(file string) (string, error) {
+	kp, err := readSeed(file)
+	if err != nil {
+		return "", err
 	}
 	return kp.PublicKey()
 }
@@ -63,19 +72,11 @@ func publicKeyOf(file string) (string, error) {
 // loadOrCreateSeed reads a user nkey seed file, or creates one that only its
 // owner can read.
 func loadOrCreateSeed(file string) (nkeys.KeyPair, error) {
-	b, err := os.ReadFile(file)
-	if err == nil {
-		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(b))))
-		if err != nil {
-			return nil, fmt.Errorf("%s: not an nkey seed: %w", file, err)
-		}
-		return kp, nil
-	}
+	kp, err := readSeed(file)
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return kp, err
 	}
-	kp, err := nkeys.CreateUser()
-	if err != nil {
+	if kp, err = nkeys.CreateUser(); err != nil {
 		return nil, err
 	}
 	seed, err := kp.Seed()

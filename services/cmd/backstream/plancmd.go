@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -26,8 +25,7 @@ func connect(ctx context.Context, to targeter) (*bus.Bus, *planstore.Store, erro
 		return nil, nil, err
 	}
 	// Errors only: a permission the server refused is said as it happens.
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	b, err := bus.Connect(ctx, t.URL, "cli", bus.Config{Auth: t.Auth}, log)
+	b, err := bus.Connect(ctx, t.URL, "cli", bus.Config{Auth: t.Auth}, newLogger(os.Stderr, "error"))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 
 	"github.com/backstream/backstream/pkg/bus"
@@ -33,8 +32,7 @@ func setupCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	b, err := bus.Connect(ctx, t.URL, "setup", bus.Config{Auth: t.Auth, Replicas: *replicas}, log)
+	b, err := bus.Connect(ctx, t.URL, "setup", bus.Config{Auth: t.Auth, Replicas: *replicas}, newLogger(os.Stderr, "error"))
 	if err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
