@@ -345,11 +345,16 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			row{role, js("STREAM.UPDATE." + bus.EventsStream), refused},
 			row{role, js("STREAM.PURGE." + bus.EventsStream), refused},
 			row{role, js("STREAM.PURGE." + bus.DeadLetterStream), refused},
+			row{role, js("STREAM.MSG.DELETE." + bus.EventsStream), refused},
 			row{role, js("CONSUMER.DELETE." + bus.EventsStream + ".hook"), refused},
 			row{role, sub(events.SubjectWildcard), refused},
 			row{role, sub(bus.InboxPrefix("admin") + ".>"), refused},
 			row{role, sub("_INBOX.>"), refused},
 		)
+		if role != "api" {
+			// Only the API deletes single dead letters (DELETE /v1/dlq/{seq}).
+			tests = append(tests, row{role, js("STREAM.MSG.DELETE." + bus.DeadLetterStream), refused})
+		}
 		if role != "hook" {
 			tests = append(tests,
 				row{role, js("CONSUMER.CREATE." + bus.EventsStream + ".hook"), refused},
@@ -422,6 +427,13 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 		row{"metrics", pub(ev(events.BackupRequested)), refused},
 		row{"metrics", pub("$KV." + bus.LeasesBucket + ".schedule.demo"), refused},
 		row{"api", pub(ev(events.BackupRequested)), allowed},
+		// The API reads and deletes dead letters, but replays only the
+		// requests it may make anyway: any other event would be a forged
+		// outcome (docs/security.md).
+		row{"api", js("STREAM.MSG.GET." + bus.DeadLetterStream), allowed},
+		row{"api", js("STREAM.MSG.DELETE." + bus.DeadLetterStream), allowed},
+		row{"api", pub(ev(events.StepCompleted)), refused},
+		row{"api", pub(ev(events.BackupFailed)), refused},
 		row{"api", runsPut, refused},
 		row{"api", pub(ev(events.BackupSucceeded)), refused},
 		row{"api", pub(ev(events.RestoreSucceeded)), refused},

@@ -166,6 +166,12 @@ func readChunks(kind string) grant {
 	}}
 }
 
+// deleteDeadLetters deletes single dead letters by sequence (`dlq purge`);
+// purging the stream as a whole stays the admin's.
+func deleteDeadLetters() grant {
+	return grant{Publish: []string{jsAPI + "STREAM.MSG.DELETE." + DeadLetterStream}}
+}
+
 // failRuns is what a role that fails runs needs until run state has one
 // owner (issue #13): every stage claims its step in the run record and
 // fails the run itself (stage.Claim, stage.FailRun), so it writes the runs
@@ -217,8 +223,12 @@ func Roles() []Role {
 		{"metrics", "writes points, watches for missing successes, fails stuck runs", []grant{
 			consume("metrics"), readKV(PlansBucket), failRuns(), lease("watchdog"),
 			publish(events.StepFailed, events.BackupMissed)}},
-		{"api", "the HTTP API: reads plans and runs, requests backups and restores", []grant{
-			readKV(PlansBucket), readKV(RunsBucket),
+		// Replaying a dead letter publishes an event of any type, which
+		// would let the API forge run outcomes: the api role keeps to the
+		// requests it makes anyway, and other replays are the admin's
+		// (`backstream dlq replay`; docs/security.md).
+		{"api", "the HTTP API: reads plans and runs, requests backups and restores, reads and deletes dead letters", []grant{
+			readKV(PlansBucket), readKV(RunsBucket), follow(DeadLetterStream), deleteDeadLetters(),
 			publish(events.BackupRequested, events.RestoreRequested)}},
 	}
 	// Every durable consumer of the events stream belongs to one role; the
