@@ -1,6 +1,7 @@
-// Package api is backstream's HTTP API: health, plans, runs, and triggers
-// for backups and restores. It only reads KV and publishes trigger events;
-// it never runs a stage itself. It never answers anyone it has not
+// Package api is backstream's HTTP API: health, plans, runs, triggers for
+// backups and restores, and dead letters. It only reads KV, publishes
+// trigger events, and replays or deletes dead letters; it never runs a
+// stage itself. It never answers anyone it has not
 // authenticated (bearer token or client certificate) beyond GET /healthz,
 // never lets a role do more than it may, and never takes requestedBy from
 // a request body.
@@ -61,6 +62,7 @@ func New(d *stage.Deps, cfg Config) (*Server, error) {
 	s.Handle("GET /v1/runs/{id}", RoleRead, http.HandlerFunc(s.run))
 	s.Handle("POST /v1/plans/{plan}/trigger", RoleTrigger, http.HandlerFunc(s.trigger))
 	s.Handle("POST /v1/plans/{plan}/restore", RoleRestore, http.HandlerFunc(s.restore))
+	s.routeDeadLetters() // dlq.go
 	return s, nil
 }
 
