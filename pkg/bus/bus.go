@@ -46,6 +46,12 @@ const (
 	ContentTypeCloudEvents = "application/cloudevents+json"
 )
 
+// PlansHistory is how many revisions of each plan the plans bucket keeps
+// (a delete counts as one), the most a KV bucket can keep. A run reads the
+// plan revision it started with until it ends, so it loses that revision
+// only when its plan is changed or deleted this many times while it runs.
+const PlansHistory = jetstream.KeyValueMaxHistory
+
 // Config sizes the streams and buckets. The zero value is completed by defaults.
 type Config struct {
 	// Replicas of every stream and bucket: 1 on one server, 3 in a cluster.
@@ -279,7 +285,7 @@ func (b *Bus) setup(ctx context.Context) error {
 		dst *jetstream.KeyValue
 		cfg jetstream.KeyValueConfig
 	}{
-		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: 10, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: PlansHistory, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: 90 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 	}

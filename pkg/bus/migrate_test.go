@@ -48,3 +48,46 @@ func TestChunkStreamUnderItsEarlierNameIsReplaced(t *testing.T) {
 		t.Fatal("the earlier chunk stream is still there")
 	}
 }
+
+// A plans bucket set up by an earlier version kept 10 revisions per plan;
+// runs now read the revision they started with, so setup raises it to
+// PlansHistory in place and keeps what the bucket holds.
+func TestPlansBucketWithShortHistoryIsRaised(t *testing.T) {
+	srv := bustest.Server(t)
+	old := bustest.Connect(t, srv.URL(), "old")
+	ctx := context.Background()
+	if _, err := old.JS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bus.PlansBucket, Description: "backstream plans", History: 10, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := old.Plans.Status(ctx); err != nil || st.History() != 10 {
+		t.Fatalf("old bucket: %v %v", st, err)
+	}
+	first, err := old.Plans.Put(ctx, "p", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Plans.Put(ctx, "p", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+
+	b := bustest.Connect(t, srv.URL(), "new")
+	st, err := b.Plans.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.History() != bus.PlansHistory {
+		t.Fatalf("plans bucket history %d after setup, want %d", st.History(), bus.PlansHistory)
+	}
+	e, err := b.Plans.GetRevision(ctx, "p", first)
+	if err != nil || string(e.Value()) != "v1" {
+		t.Fatalf("revision %d after setup: %v", first, err)
+	}
+	for i := range bus.PlansHistory {
+		if _, err := b.Plans.Put(ctx, "p", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Plans.GetRevision(ctx, "p", first+1); err == nil {
+		t.Fatalf("revision %d still stored after %d later ones", first+1, bus.PlansHistory)
+	}
+}
