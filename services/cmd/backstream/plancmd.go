@@ -186,7 +186,7 @@ func applyPlans(ctx context.Context, to targeter, path string, stdout io.Writer)
 	}
 	defer b.Close()
 	for _, p := range plans {
-		changed, err := store.Put(ctx, p)
+		st, err := store.Put(ctx, p)
 		if err != nil {
 			var ve *plan.ValidationError
 			if errors.As(err, &ve) {
@@ -195,10 +195,11 @@ func applyPlans(ctx context.Context, to targeter, path string, stdout io.Writer)
 			return err
 		}
 		state := "unchanged"
-		if changed {
+		if st.Changed {
 			state = "applied"
 		}
-		fmt.Fprintf(stdout, "plan %s %s\n", p.Name(), state)
+		// The revision is what a run records as the plan it runs.
+		fmt.Fprintf(stdout, "plan %s %s (revision %d)\n", p.Name(), state, st.Revision)
 	}
 	return nil
 }
