@@ -12,7 +12,8 @@ const (
 // Defaults fills every documented default the plan leaves unset. It is
 // idempotent. Op timeouts and onError stay unset: they inherit from their
 // hook at run time (Hook.EffectiveTimeout, Hook.EffectiveOnError); so do op
-// retries (Hook.EffectiveRetries).
+// retries (Hook.EffectiveRetries). spec.runTimeout stays unset too
+// (Spec.EffectiveRunTimeout): filling it would change every stored plan.
 func (p *Plan) Defaults() {
 	s := &p.Spec
 	for i := range s.Hooks {

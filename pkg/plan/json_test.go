@@ -60,6 +60,7 @@ spec:
   retention: {keepLast: 3, keepQuarterly: -1, keepWithin: 1y2m, keepWithinDaily: 30d, keepTags: [pinned, "a,b"]}
   verify: {enabled: false}
   alert: {expectEvery: 36h, grace: 90s}
+  runTimeout: 90m
 `
 	p := mustParse(t, full)
 	if err := p.Validate(nil); err != nil {
@@ -83,6 +84,9 @@ spec:
 	}
 	if back.Spec.Source.Config["big"] != int64(9007199254740993) || back.Spec.Source.Config["ratio"] != 1.5 {
 		t.Errorf("numbers: %#v", back.Spec.Source.Config)
+	}
+	if !strings.Contains(string(b), `"runTimeout":"1h30m"`) || back.Spec.EffectiveRunTimeout() != 90*time.Minute {
+		t.Errorf("runTimeout %v in %s", back.Spec.RunTimeout, b)
 	}
 	if back.Spec.Hooks[0].Timeout.Std() != 30*time.Second || back.Spec.Verify.IsEnabled() {
 		t.Errorf("timeout %v verify %v", back.Spec.Hooks[0].Timeout, back.Spec.Verify.IsEnabled())

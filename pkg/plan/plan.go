@@ -54,6 +54,35 @@ type Spec struct {
 	Retention    *Retention    `yaml:"retention,omitempty" json:"retention,omitempty"`
 	Verify       Verify        `yaml:"verify,omitempty" json:"verify"`
 	Alert        *Alert        `yaml:"alert,omitempty" json:"alert,omitempty"`
+	// RunTimeout is how long a run of the plan (backup or restore) may take
+	// from its start to its end before it fails; unset means
+	// DefaultRunTimeout (see EffectiveRunTimeout).
+	RunTimeout Duration `yaml:"runTimeout,omitempty" json:"runTimeout,omitempty"`
+}
+
+// DefaultRunTimeout is a run's deadline when the plan sets no runTimeout.
+// Six hours moves about 2.5 TB at the pipeline's measured ~120 MB/s and
+// leaves room for slow sources and hooks, so a healthy run of an ordinary
+// database does not meet it; a run still going after that is almost surely
+// stuck (a dump that hangs, an event lost), and under the schedule's
+// default concurrencyPolicy forbid it would block every later slot until
+// it fails. Larger or slower sources set runTimeout.
+const DefaultRunTimeout = Duration(6 * time.Hour)
+
+// MaxRunTimeout bounds runTimeout: a week is longer than any one dump
+// should take, and a larger value is more likely a typo (6000h for 600h)
+// that would keep a stuck run, and its forbid-blocked schedule, alive.
+const MaxRunTimeout = Duration(7 * Day)
+
+// EffectiveRunTimeout is the run deadline's distance from the run's start:
+// runTimeout, else DefaultRunTimeout. Defaults leaves runTimeout unset, so
+// the stored plan does not change (a new revision of every plan, and a
+// field older readers refuse) unless the plan sets it.
+func (s *Spec) EffectiveRunTimeout() time.Duration {
+	if s.RunTimeout > 0 {
+		return s.RunTimeout.Std()
+	}
+	return DefaultRunTimeout.Std()
 }
 
 // HookType says how a hook's ops run.

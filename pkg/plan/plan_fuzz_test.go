@@ -72,6 +72,7 @@ spec:
   retention: {keepLast: 3, keepQuarterly: -1, keepWithin: 1y2m, keepWithinDaily: 30d, keepTags: [pinned]}
   verify: {enabled: false}
   alert: {expectEvery: 36h, grace: 90s}
+  runTimeout: 90m
 `),
 		[]byte("kind: Plan\n---\nkind: Plan\n"),
 		[]byte("a: &a [*a]\n"),

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -226,6 +227,8 @@ func TestValidateRules(t *testing.T) {
 		{"alert expectEvery needed", func(p *Plan) { p.Spec.Alert = &Alert{} }, "spec.alert.expectEvery: required when the plan has no schedule"},
 		{"alert expectEvery negative", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: neg(time.Hour)} }, "spec.alert.expectEvery: must be > 0"},
 		{"alert grace", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: Duration(time.Hour), Grace: neg(time.Hour)} }, "spec.alert.grace: must be > 0"},
+		{"runTimeout negative", func(p *Plan) { p.Spec.RunTimeout = neg(time.Hour) }, "spec.runTimeout: must be > 0"},
+		{"runTimeout too long", func(p *Plan) { p.Spec.RunTimeout = Duration(8 * Day) }, "spec.runTimeout: 8d is longer than the maximum 7d"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -300,5 +303,47 @@ func TestCheckerJoinedErrorsAreSeparateProblems(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+func TestRunTimeout(t *testing.T) {
+	tests := []struct {
+		name string
+		give string
+		want time.Duration
+	}{
+		{"unset is the default", "", 6 * time.Hour},
+		{"minutes", "  runTimeout: 45m\n", 45 * time.Minute},
+		{"days", "  runTimeout: 2d\n", 2 * Day},
+		{"the maximum", "  runTimeout: 1w\n", 7 * Day},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustParse(t, base+tt.give)
+			p.Defaults()
+			if err := p.Validate(realChecker{}); err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Spec.EffectiveRunTimeout(); got != tt.want {
+				t.Errorf("run timeout %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// Defaults leaves it unset: a stored plan changes only when it sets it.
+	p := mustParse(t, base)
+	p.Defaults()
+	if b, _ := p.Marshal(); strings.Contains(string(b), "runTimeout") {
+		t.Errorf("defaulted plan stores runTimeout: %s", b)
+	}
+}
+
+func TestRunTimeoutIsADurationString(t *testing.T) {
+	for _, give := range []string{"  runTimeout: 3600\n", "  runTimeout: [1h]\n", "  runTimeout: 6hours\n"} {
+		_, err := Parse("plans/orders.yaml", []byte(base+give))
+		var de *DecodeError
+		line := fmt.Sprintf("plans/orders.yaml:%d:", strings.Count(base, "\n")+1)
+		if !errors.As(err, &de) || !strings.Contains(err.Error(), line) {
+			t.Errorf("%q: %v, want a decode error at its line", give, err)
+		}
 	}
 }

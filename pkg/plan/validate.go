@@ -68,6 +68,7 @@ func (p *Plan) Validate(c Checker) error {
 	p.validateSchedule(&ps)
 	p.validateRetention(&ps)
 	p.validateAlert(&ps)
+	p.validateRunTimeout(&ps)
 	if len(ps) == 0 {
 		return nil
 	}
@@ -537,6 +538,15 @@ func (p *Plan) validateAlert(ps *problems) {
 	}
 	if a.Grace < 0 {
 		ps.add("spec.alert.grace", "must be > 0")
+	}
+}
+
+func (p *Plan) validateRunTimeout(ps *problems) {
+	switch t := p.Spec.RunTimeout; {
+	case t < 0:
+		ps.add("spec.runTimeout", "must be > 0")
+	case t > MaxRunTimeout:
+		ps.add("spec.runTimeout", "%s is longer than the maximum %s", t, MaxRunTimeout)
 	}
 }
 
