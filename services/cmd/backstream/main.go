@@ -34,6 +34,8 @@ usage:
   backstream retention PLAN --dry-run [--destination NAME]
   backstream retention export-lifecycle PLAN [--format json|xml]
   backstream api-token create --name NAME --role read|trigger|restore|admin [--file FILE]
+  backstream dlq list [-o table|json] [--consumer C] [--plan P] | dlq show SEQ [-o text|json]
+  backstream dlq replay SEQ... | dlq purge SEQ...
 
 Every command that talks to NATS uses --nats, else $BACKSTREAM_NATS, else nats://127.0.0.1:4250,
 and authenticates with --nats-nkey FILE, --nats-creds FILE or --nats-user NAME (password from
@@ -104,6 +106,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return apiTokenCmd(rest, stdout, stderr)
 	case "retention":
 		return retentionCmd(ctx, rest, stdout)
+	case "dlq":
+		return dlqCmd(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
