@@ -63,10 +63,16 @@ func Start(t testing.TB, o Options) *Env {
 		url = bustest.Server(t).URL()
 	}
 	auth, _ := bustest.AuthFor(url, bus.RoleAdmin)
+	services := o.Services
+	if len(services) > 0 && !slices.Contains(services, "control") {
+		// Every deployment runs the owner of run state somewhere; each Env
+		// brings a replica.
+		services = append([]string{"control"}, services...)
+	}
 	cfg := app.Config{
 		NATS:     url,
 		NATSAuth: auth,
-		Services: o.Services,
+		Services: services,
 		Log:      bustest.Logger(t),
 		Consumer: bus.ConsumerSpec{AckWait: 5 * time.Second, Backoff: []time.Duration{100 * time.Millisecond, 300 * time.Millisecond, time.Second}, Grace: 5 * time.Second},
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/integration/harness"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -131,35 +132,34 @@ func TestHookOutlivingItsTimeoutIsKilledWithItsChildren(t *testing.T) {
 
 // TestAbandonedRunIsFailedAndCompensated: a run whose hook op is recorded
 // Running past its deadline (its process died and nothing redelivered) is
-// failed by stage.FailStuck — what the metrics watchdog calls — and the
-// hook service compensates the ops it started.
+// failed by the owner of run state (control.FailOverdue, which its loop
+// calls), and the hook service compensates the ops it started.
 func TestAbandonedRunIsFailedAndCompensated(t *testing.T) {
 	env := harness.Start(t, harness.Options{Services: []string{"hook"}})
 	dir := t.TempDir()
 	env.Apply(markerPlan("abandoned", dir, "fail", "[{hook: a/lock}, {hook: a/slow}, snapshot]"))
 
-	// The record a dead replica leaves: lock done, slow claimed an hour ago.
+	// The record a dead replica leaves: lock done, slow claimed an hour
+	// ago with a two-minute deadline.
 	past := time.Now().Add(-time.Hour)
-	dead := &stage.Deps{Bus: env.Bus, Runs: env.Runs, Log: env.Bus.Log, Instance: "dead", Now: func() time.Time { return past }}
 	id := events.NewID()
 	if _, err := env.Runs.Ensure(bg, runs.Run{ID: id, Plan: "abandoned", Kind: runs.KindBackup}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := dead.Claim(bg, id, "hook:a/lock", 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dead.FinishStep(bg, id, "hook:a/lock", runs.Succeeded, 0, "", nil); err != nil {
-		t.Fatal(err)
-	}
-	dead.Now = func() time.Time { return past.Add(time.Second) }
-	if _, _, err := dead.Claim(bg, id, "hook:a/slow", 2*time.Minute); err != nil {
+	if _, err := env.Runs.Update(bg, id, func(r *runs.Run) error {
+		r.Phase = runs.Running
+		lock := r.Step("hook:a/lock")
+		lock.Phase, lock.Owner, lock.Started, lock.Finished = runs.Succeeded, "dead", past, past.Add(time.Second)
+		slow := r.Step("hook:a/slow")
+		slow.Phase, slow.Owner, slow.Started, slow.Deadline = runs.Running, "dead", past.Add(2*time.Second), past.Add(2*time.Minute)
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 
-	watchdog := &stage.Deps{Bus: env.Bus, Runs: env.Runs, Log: env.Bus.Log, Instance: "watchdog", Now: time.Now}
-	failed, err := stage.FailStuck(bg, watchdog, time.Now())
-	if err != nil || !slices.Equal(failed, []string{id}) {
-		t.Fatalf("FailStuck: %v %v, want [%s]", failed, err, id)
+	owner := control.New(&stage.Deps{Bus: env.Bus, Runs: env.Runs, Plans: env.Plans, Log: env.Bus.Log, Instance: "watchdog", Now: time.Now})
+	if _, err := owner.FailOverdue(bg); err != nil {
+		t.Fatalf("FailOverdue: %v", err)
 	}
 	r := env.Wait(id, time.Minute)
 	if r.Phase != runs.Failed || !strings.Contains(r.Error, "abandoned") {

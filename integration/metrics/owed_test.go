@@ -14,6 +14,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/metrics"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -30,6 +31,7 @@ func TestOwedInversePointsDriveTheAlert(t *testing.T) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d.Owner = control.New(d)
 	for _, name := range []string{"locked", "fine"} {
 		p, err := plan.Parse(name+".yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan

@@ -20,6 +20,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/schedule"
 	"github.com/backstream/backstream/services/stage"
 )
@@ -51,6 +52,7 @@ func (w *world) replica(name string) *schedule.Service {
 		Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(w.t), Instance: "schedule-" + name, Now: w.clock.Now,
 	}
+	d.Owner = control.New(d) // replace fails runs through the owner of run state
 	s := schedule.New(d)
 	s.Clock = w.clock
 	return s

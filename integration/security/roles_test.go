@@ -299,10 +299,8 @@ func (a attempt) String() string {
 // refuses each (and lets through a few things the role needs, so that a
 // refusal is not a broken probe). Then nothing it was refused changed.
 //
-// Known gap, not covered here because the table cannot give it yet: every
-// stage but retention writes the runs bucket and may publish
-// backup.failed/restore.failed, since each claims its step in the run
-// record and fails the run itself (issue #13); docs/security.md says so.
+// No role but control writes the runs bucket or announces a run's outcome;
+// stages ask control, each on its own subject only.
 func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	srv := startNATSServer(t)
 	admin := srv.bus(t, bus.RoleAdmin)
@@ -351,6 +349,25 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			row{role, sub(bus.InboxPrefix("admin") + ".>"), refused},
 			row{role, sub("_INBOX.>"), refused},
 		)
+		if role != "control" {
+			// Only the owner of run state writes run records and
+			// announces outcomes; the stages ask it.
+			tests = append(tests,
+				row{role, runsPut, refused},
+				row{role, pub("$KV." + bus.RunsBucket + ".>"), refused},
+				row{role, pub(ev(events.BackupFailed)), refused},
+				row{role, pub(ev(events.RestoreFailed)), refused},
+				row{role, pub(ev(events.BackupSucceeded)), refused},
+				row{role, pub(ev(events.RestoreSucceeded)), refused},
+				row{role, sub(runs.ControlRoot + ".>"), refused},
+				row{role, sub(runs.ControlSubject("filter")), refused},
+			)
+		}
+		for _, other := range []string{"hook", "filter", "verify"} {
+			if role != other {
+				tests = append(tests, row{role, pub(runs.ControlSubject(other)), refused})
+			}
+		}
 		if role != "api" {
 			// Only the API deletes single dead letters (DELETE /v1/dlq/{seq}).
 			tests = append(tests, row{role, js("STREAM.MSG.DELETE." + bus.DeadLetterStream), refused})
@@ -365,6 +382,21 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 		}
 	}
 	tests = append(tests,
+		// The owner of run state writes runs, answers the stages and
+		// announces outcomes; it touches no data and requests nothing.
+		row{"control", runsPut, allowed},
+		row{"control", sub(runs.ControlRoot + ".*"), allowed},
+		row{"control", pub(ev(events.BackupSucceeded)), allowed},
+		row{"control", pub(ev(events.BackupRequested)), refused},
+		row{"control", pub(ev(events.StepCompleted)), refused},
+		row{"control", pub(runs.ControlSubject("hook")), refused},
+		row{"control", chunks, refused},
+		row{"control", rawChunk, refused},
+		// Each stage asks on its own subject.
+		row{"filter", pub(runs.ControlSubject("filter")), allowed},
+		row{"hook", pub(runs.ControlSubject("hook")), allowed},
+		row{"verify", pub(runs.ControlSubject("verify")), allowed},
+		row{"schedule", pub(runs.ControlSubject("schedule")), allowed},
 		// Outside publishers request backups; nothing else that matters.
 		row{bus.RoleTrigger, pub(ev(events.BackupRequested)), allowed},
 		row{bus.RoleTrigger, js("STREAM.INFO." + bus.EventsStream), allowed},

@@ -135,6 +135,9 @@ func RenderServerConf(c ServerConf) []byte {
 		w("        subscribe: {\n")
 		list("          allow", p.Subscribe, &b)
 		w("        }\n")
+		if p.Responses {
+			w("        allow_responses: {max: 1, expires: \"2m\"}\n")
+		}
 		w("      }\n    }\n")
 	}
 	w("  ]\n}\n")

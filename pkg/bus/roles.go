@@ -3,6 +3,7 @@ package bus
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
@@ -29,6 +30,10 @@ type Permissions struct {
 	Publish     []string
 	Subscribe   []string
 	DenyPublish []string
+	// Responses lets the role answer requests it received: publish one
+	// reply to a request's reply subject, within two minutes, whatever
+	// inbox the asker uses (the owner of run state answering stages).
+	Responses bool
 }
 
 // Role is a NATS user role and what it may do.
@@ -48,6 +53,7 @@ func join(gs ...grant) Permissions {
 		p.Publish = append(p.Publish, g.Publish...)
 		p.Subscribe = append(p.Subscribe, g.Subscribe...)
 		p.DenyPublish = append(p.DenyPublish, g.DenyPublish...)
+		p.Responses = p.Responses || g.Responses
 	}
 	for _, l := range []*[]string{&p.Publish, &p.Subscribe, &p.DenyPublish} {
 		slices.Sort(*l)
@@ -172,12 +178,21 @@ func deleteDeadLetters() grant {
 	return grant{Publish: []string{jsAPI + "STREAM.MSG.DELETE." + DeadLetterStream}}
 }
 
-// failRuns is what a role that fails runs needs until run state has one
-// owner (issue #13): every stage claims its step in the run record and
-// fails the run itself (stage.Claim, stage.FailRun), so it writes the runs
-// bucket and announces the failure.
-func failRuns() grant {
-	return join(writeKV(RunsBucket), publish(events.BackupFailed, events.RestoreFailed))
+// ask lets a stage ask the owner of run state for transitions of runs
+// (runs.Owner) on its own subject only, which tells the owner who asks: a
+// stage records only its own steps, and no stage writes the runs bucket or
+// announces a run's outcome.
+func ask(stage string) grant {
+	return grant{Publish: []string{"bs.control." + stage}}
+}
+
+// owner is the owner of run state (the control service): the one writer
+// of the runs bucket, answering the stages' requests, and the one
+// publisher of run outcomes.
+func owner() grant {
+	return join(writeKV(RunsBucket), readKV(PlansBucket),
+		grant{Subscribe: []string{"bs.control.*"}, Responses: true},
+		publish(events.BackupFailed, events.RestoreFailed, events.BackupSucceeded, events.RestoreSucceeded, events.StepFailed))
 }
 
 // Roles is every role, in a fixed order: the single source of the embedded
@@ -193,36 +208,37 @@ func Roles() []Role {
 			publish(events.BackupRequested)}},
 		{RoleViewer, "read-only tools: plans, runs, events, dead letters", []grant{
 			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream), follow(DeadLetterStream)}},
+		{"control", "owns run state: applies the stages' transitions, announces run outcomes, fails overdue runs", []grant{
+			owner()}},
 		{"schedule", "publishes scheduled backup requests; concurrencyPolicy replace fails the run it replaces", []grant{
-			readKV(PlansBucket), failRuns(), lease("schedule"),
+			readKV(PlansBucket), readKV(RunsBucket), ask("schedule"), lease("schedule"),
 			publish(events.BackupRequested)}},
-		{"hook", "runs hook steps and their compensation; settles a run whose last step is a hook", []grant{
-			consume("hook"), consume("compensate"), readKV(PlansBucket), failRuns(),
+		{"hook", "runs hook steps and their compensation", []grant{
+			consume("hook"), consume("compensate"), readKV(PlansBucket), readKV(RunsBucket), ask("hook"),
 			publish(events.StepCompleted, events.HookCompleted, events.HookFailed,
-				events.CompensationCompleted, events.CompensationFailed,
-				events.BackupSucceeded, events.RestoreSucceeded)}},
+				events.CompensationCompleted, events.CompensationFailed)}},
 		{"snapshot", "dumps sources into raw chunk streams", []grant{
-			consume("snapshot"), readKV(PlansBucket), failRuns(), writeChunks(KindRaw),
+			consume("snapshot"), readKV(PlansBucket), readKV(RunsBucket), ask("snapshot"), writeChunks(KindRaw),
 			publish(events.StepCompleted, events.SnapshotStarted, events.SnapshotProgressed,
 				events.SnapshotCompleted, events.SnapshotFailed)}},
 		{"filter", "compresses and seals raw chunks", []grant{
-			consume("filter"), readKV(PlansBucket), failRuns(), readChunks(KindRaw), writeChunks(KindSealed),
+			consume("filter"), readKV(PlansBucket), readKV(RunsBucket), ask("filter"), readChunks(KindRaw), writeChunks(KindSealed),
 			publish(events.FilterCompleted, events.FilterFailed)}},
 		{"upload", "writes sealed chunks into destinations", []grant{
-			consume("upload"), readKV(PlansBucket), failRuns(), readChunks(KindSealed), lease("sweep"),
+			consume("upload"), readKV(PlansBucket), readKV(RunsBucket), ask("upload"), readChunks(KindSealed), lease("sweep"),
 			publish(events.UploadProgressed, events.UploadCompleted, events.UploadFailed)}},
-		{"verify", "reads backups back and settles backup runs", []grant{
-			consume("verify"), consume("verify-failed"), readKV(PlansBucket), failRuns(),
-			publish(events.VerifyCompleted, events.VerifyFailed, events.BackupSucceeded)}},
+		{"verify", "reads backups back", []grant{
+			consume("verify"), consume("verify-failed"), readKV(PlansBucket), readKV(RunsBucket), ask("verify"),
+			publish(events.VerifyCompleted, events.VerifyFailed)}},
 		{"retention", "applies retention after a verified backup", []grant{
-			consume("retention"), readKV(PlansBucket), readKV(RunsBucket), lease("retention"),
+			consume("retention"), readKV(PlansBucket), readKV(RunsBucket), ask("retention"), lease("retention"),
 			publish(events.RetentionCompleted, events.RetentionFailed)}},
-		{"restore", "restores backups into their targets and settles restore runs", []grant{
-			consume("restore"), readKV(PlansBucket), failRuns(),
-			publish(events.StepCompleted, events.RestoreStarted, events.RestoreProgressed, events.RestoreSucceeded)}},
-		{"metrics", "writes points, watches for missing successes, fails stuck runs", []grant{
-			consume("metrics"), readKV(PlansBucket), failRuns(), lease("watchdog"),
-			publish(events.StepFailed, events.BackupMissed)}},
+		{"restore", "restores backups into their targets", []grant{
+			consume("restore"), readKV(PlansBucket), readKV(RunsBucket), ask("restore"),
+			publish(events.StepCompleted, events.RestoreStarted, events.RestoreProgressed)}},
+		{"metrics", "writes points, watches for missing successes", []grant{
+			consume("metrics"), readKV(PlansBucket), readKV(RunsBucket), ask("metrics"), lease("watchdog"),
+			publish(events.BackupMissed)}},
 		// Replaying a dead letter publishes an event of any type, which
 		// would let the API forge run outcomes: the api role keeps to the
 		// requests it makes anyway, and other replays are the admin's
@@ -282,6 +298,9 @@ func (p Permissions) server() *server.Permissions {
 	}
 	if len(p.DenyPublish) > 0 {
 		sp.Publish.Deny = p.DenyPublish
+	}
+	if p.Responses {
+		sp.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: 2 * time.Minute}
 	}
 	return sp
 }

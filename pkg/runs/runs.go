@@ -155,15 +155,22 @@ type Compensation struct {
 
 // Run is the record of one run.
 type Run struct {
-	ID          string    `json:"id"`
-	Plan        string    `json:"plan"`
-	Kind        string    `json:"kind"`
-	Trigger     string    `json:"trigger,omitempty"`
-	RequestedBy string    `json:"requestedBy,omitempty"`
-	Phase       Phase     `json:"phase"`
-	Created     time.Time `json:"created"`
-	Updated     time.Time `json:"updated"`
-	Finished    time.Time `json:"finished,omitzero"`
+	ID   string `json:"id"`
+	Plan string `json:"plan"`
+	// PlanRevision is the revision of the plan the run started with
+	// (its key's revision in the plans bucket): every stage reads that
+	// one, so editing or deleting the plan does not change a running run.
+	PlanRevision uint64    `json:"planRevision,omitempty"`
+	Kind         string    `json:"kind"`
+	Trigger      string    `json:"trigger,omitempty"`
+	RequestedBy  string    `json:"requestedBy,omitempty"`
+	Phase        Phase     `json:"phase"`
+	Created      time.Time `json:"created"`
+	Updated      time.Time `json:"updated"`
+	Finished     time.Time `json:"finished,omitzero"`
+	// Deadline is when a run not yet final fails as timed out
+	// (spec.runTimeout after it was created).
+	Deadline time.Time `json:"deadline,omitzero"`
 	// Steps holds workflow steps ("hook:db/lock", "snapshot") and data
 	// stages ("filter", "upload:<dest>", "verify:<dest>") as they start.
 	Steps        []Step                  `json:"steps"`
@@ -299,6 +306,31 @@ func (r *Run) Fail(stage, reason string, now time.Time) bool {
 		}
 	}
 	return true
+}
+
+// Apply applies req to its run's record with a compare-and-set (retried on
+// conflict) and returns the record after it and the transition's outcome.
+// now is the owner's clock. Only the owner of run state calls it; stages
+// ask the owner (Owner).
+func (s *Store) Apply(ctx context.Context, req Request, now time.Time) (*Run, Outcome, error) {
+	switch req.Op {
+	case OpCreate:
+		r, err := s.Ensure(ctx, *req.Seed)
+		return r, Outcome{}, err
+	case OpInverseClaim, OpDebt:
+		// Indexed before any debt is recorded: the index holds at least
+		// every run that owes an inverse op.
+		if err := s.MarkOwing(ctx, req.Run); err != nil {
+			return nil, Outcome{}, err
+		}
+	}
+	var o Outcome
+	r, err := s.Update(ctx, req.Run, func(r *Run) error {
+		var err error
+		o, err = Apply(r, req, now)
+		return err
+	})
+	return r, o, err
 }
 
 // Store reads and writes run records.

@@ -24,6 +24,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/api"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -96,6 +97,7 @@ spec:
 	}
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: plans, Plugins: reg,
 		Log: slog.New(slog.NewTextHandler(io.MultiWriter(e.log, os.Stderr), nil)), Now: time.Now}
+	d.Owner = control.New(d)
 	a, err := api.New(d, cfg)
 	if err != nil {
 		t.Fatal(err)

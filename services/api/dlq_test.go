@@ -23,6 +23,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/api"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -78,6 +79,7 @@ func asAPIRole(t *testing.T, e *env) (base, token string) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: slog.New(slog.NewTextHandler(io.MultiWriter(e.log, os.Stderr), nil)), Now: time.Now}
+	d.Owner = control.New(d)
 	tokens := filepath.Join(t.TempDir(), "api-tokens")
 	token, err := api.AddToken(tokens, "ops", api.RoleRestore)
 	if err != nil {

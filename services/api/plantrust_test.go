@@ -15,6 +15,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/api"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -43,6 +44,7 @@ func TestUntrustedPlansThroughTheAPI(t *testing.T) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Now: time.Now, RefuseExec: true}
+	d.Owner = control.New(d)
 	a, err := api.New(d, api.Config{TokensFile: tokens})
 	if err != nil {
 		t.Fatal(err)

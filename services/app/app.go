@@ -28,6 +28,7 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/services/api"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/hook"
 	"github.com/backstream/backstream/services/metrics"
 	"github.com/backstream/backstream/services/schedule"
@@ -36,7 +37,7 @@ import (
 
 // Names of the services `--services` accepts, in start order.
 var Names = func() []string {
-	out := []string{"schedule"}
+	out := []string{"control", "schedule"}
 	out = append(out, stageOrder...)
 	return append(out, "api")
 }()
@@ -190,6 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 		Runs:     runs.NewStore(b.Runs),
 		Plans:    planstore.New(b.Plans, reg),
 		Plugins:  reg,
+		Owner:    runs.Remote{NC: b.NC},
 		Log:      log,
 		Instance: bus.SourceName("serve"),
 		Keys:     keys,
@@ -235,6 +237,9 @@ func Run(ctx context.Context, cfg Config) error {
 				return srv.Shutdown(sctx)
 			})
 			log.Info("api listening", "addr", apiAddr)
+		case "control":
+			ctl := control.New(deps)
+			g.Go(func() error { return ctl.Run(gctx) })
 		case "schedule":
 			sch := schedule.New(deps)
 			if cfg.ScheduleTick > 0 {

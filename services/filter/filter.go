@@ -121,11 +121,11 @@ func Options(p *plan.Plan) (format.Options, error) {
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
+	p, r, err := s.RunPlan(ctx, "filter", e)
 	if err != nil {
 		return nil, err
 	}
-	runID := events.RunID(e)
+	runID := r.ID
 	r, c, err := s.Claim(ctx, runID, StepName, 0)
 	if err != nil {
 		return nil, err
@@ -143,7 +143,9 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, nil
 	case c.Interrupted:
 		s.abandon(ctx, p, runID, "filter interrupted: "+c.Owner+" stopped while sealing; the data key died with it")
-		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, "interrupted", nil)
+		if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, "interrupted", nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.fail(ctx, p, runID, fmt.Sprintf("filter interrupted: %s stopped while sealing the stream", c.Owner), e)
 	}
 	return s.run(ctx, p, runID, e)
@@ -180,13 +182,17 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	opts, err := Options(p)
 	if err != nil {
 		s.abandon(ctx, p, runID, err.Error())
-		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil)
+		if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.fail(ctx, p, runID, err.Error(), cause)
 	}
 	sealer, err := format.NewSealer(runID, opts)
 	if err != nil {
 		s.abandon(ctx, p, runID, err.Error())
-		_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil)
+		if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.fail(ctx, p, runID, "seal: "+err.Error(), cause)
 	}
 	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindRaw, snapshot.Reader, s.DataFor(p))
@@ -283,8 +289,8 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		if errors.Is(err, bus.ErrProducerFailed) {
 			// Snapshot reported its own failure; pass it on to upload.
 			_ = out.Fail(context.WithoutCancel(ctx), err.Error())
-			_, _ = s.FinishStep(ctx, runID, StepName, runs.Skipped, 0, err.Error(), nil)
-			return nil, nil
+			_, ferr := s.FinishStep(ctx, runID, StepName, runs.Skipped, 0, err.Error(), nil)
+			return nil, ferr
 		}
 		return s.sealFailed(ctx, p, runID, out, err, cause)
 	}
@@ -310,7 +316,9 @@ func (s *Service) sealFailed(ctx context.Context, p *plan.Plan, runID string, ou
 	}
 	_ = out.Fail(context.WithoutCancel(ctx), reason)
 	_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindRaw, snapshot.Reader)
-	_, _ = s.FinishStep(ctx, runID, StepName, runs.Failed, 0, reason, nil)
+	if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, reason, nil); ferr != nil {
+		return nil, ferr
+	}
 	return s.fail(ctx, p, runID, reason, cause)
 }
 

@@ -64,12 +64,13 @@ func opName(step string) string { return strings.TrimPrefix(step, "hook:") }
 // left Running by a dead delivery is (inverse ops are idempotent). A
 // redelivery after the pass ended only re-emits its closing events.
 func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
+	runID := events.RunID(e)
+	r, err := s.settled(ctx, runID)
 	if err != nil {
 		return nil, err
 	}
-	runID := events.RunID(e)
-	r, err := s.settled(ctx, runID)
+	// The revision the run ran with: the ops that ran are its ops.
+	p, err := s.PlanOf(ctx, r)
 	if err != nil {
 		return nil, err
 	}
@@ -83,13 +84,6 @@ func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.E
 	}
 	log := s.Log.With("plan", p.Name(), "runid", runID)
 	debts := p.Compensation(opRuns(r))
-	if len(debts) > 0 {
-		// Indexed before any debt is recorded: the index holds at least
-		// every run that owes an inverse op.
-		if err := s.Runs.MarkOwing(ctx, runID); err != nil {
-			return nil, err
-		}
-	}
 	var out []events.Event
 	for _, d := range debts {
 		h, op, ok := p.Op(d.Inverse.Hook, d.Inverse.Op)
@@ -105,16 +99,7 @@ func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.E
 			return out, err
 		}
 	}
-	r, err = s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		if r.CompensationDone {
-			return runs.ErrNoChange
-		}
-		r.CompensationDone = true
-		if len(r.Owed()) == 0 {
-			r.Announced = setFlag(r.Announced, runs.AnnouncedCompensation)
-		}
-		return nil
-	})
+	r, _, err = s.Ask(ctx, "hook", runs.Request{Op: runs.OpCompensationEnd, Run: runID})
 	if err != nil {
 		return out, err
 	}
@@ -191,24 +176,7 @@ func (s *Service) failedEvent(planName, runID string, c runs.Compensation) (even
 // delivery that died (only one delivery of the failure event is in flight
 // at a time), and a Failed one is owed.
 func (s *Service) claimInverse(ctx context.Context, runID string, d plan.Debt) error {
-	name := d.Inverse.String()
-	_, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		now := r.Stamp(s.Now().UTC())
-		c := r.FindCompensation(name)
-		if c == nil {
-			// A forward run of the inverse that failed was the debt's
-			// first attempt.
-			tried := 0
-			if st := r.FindStep(name); st != nil && !st.Started.IsZero() && st.Phase != runs.Succeeded {
-				tried = 1
-			}
-			r.Compensation = append(r.Compensation, runs.Compensation{Step: name, Attempts: tried})
-			c = &r.Compensation[len(r.Compensation)-1]
-		}
-		c.Undoes = d.Op.String()
-		c.Phase, c.Owner, c.Started, c.Finished, c.Lease = runs.Running, s.id, now, time.Time{}, time.Time{}
-		return nil
-	})
+	_, _, err := s.Ask(ctx, "hook", runs.Request{Op: runs.OpInverseClaim, Run: runID, Step: d.Inverse.String(), Undoes: d.Op.String(), Owner: s.id})
 	return err
 }
 
@@ -280,34 +248,20 @@ func (s *Service) payDebt(ctx context.Context, p *plan.Plan, runID string, inv p
 // unless that is past its deadline (the hook's compensationDeadline after
 // its first failure), in which case no automatic retry follows (GaveUp).
 func (s *Service) recordTry(ctx context.Context, runID, name string, h *plan.Hook, runErr error, last bool) (runs.Compensation, error) {
-	var got runs.Compensation
-	_, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		c := r.FindCompensation(name)
-		if c == nil {
-			return fmt.Errorf("run %s: no compensation entry %s", runID, name)
-		}
-		now := r.Stamp(s.Now().UTC())
-		c.Attempts++
-		c.Finished = now
-		switch {
-		case runErr == nil:
-			c.Phase, c.Error, c.RetryAt, c.Lease = runs.Succeeded, "", time.Time{}, time.Time{}
-		case last:
-			c.Phase, c.Error, c.Lease = runs.Failed, runErr.Error(), time.Time{}
-			if c.Until.IsZero() {
-				c.Until = now.Add(h.EffectiveCompensationDeadline())
-			}
-			c.RetryAt = now.Add(s.RetryEvery)
-			if c.RetryAt.After(c.Until) {
-				c.RetryAt, c.GaveUp = time.Time{}, true
-			}
-		default:
-			c.Error = runErr.Error()
-		}
-		got = *c
-		return nil
-	})
-	return got, err
+	req := runs.Request{Op: runs.OpInverseTried, Run: runID, Step: name, Last: last,
+		Deadline: h.EffectiveCompensationDeadline(), RetryEvery: s.RetryEvery}
+	if runErr != nil {
+		req.Error = runErr.Error()
+	}
+	r, _, err := s.Ask(ctx, "hook", req)
+	if err != nil {
+		return runs.Compensation{}, err
+	}
+	c := r.FindCompensation(name)
+	if c == nil {
+		return runs.Compensation{}, fmt.Errorf("run %s: no compensation entry %s", runID, name)
+	}
+	return *c, nil
 }
 
 // noteDebt records the debt an inverse op leaves when it fails as a
@@ -326,30 +280,7 @@ func (s *Service) noteDebt(ctx context.Context, p *plan.Plan, r *runs.Run, step 
 		return r, nil
 	}
 	h, _, _ := p.Op(step.Hook, step.Op)
-	if err := s.Runs.MarkOwing(ctx, r.ID); err != nil {
-		return nil, err
-	}
-	name := step.String()
-	return s.Runs.Update(ctx, r.ID, func(r *runs.Run) error {
-		if r.FindCompensation(name) != nil {
-			return runs.ErrNoChange
-		}
-		now := r.Stamp(s.Now().UTC())
-		st := r.FindStep(name)
-		errText := ""
-		if st != nil {
-			errText = st.Error
-		}
-		r.Compensation = append(r.Compensation, runs.Compensation{Step: name, Undoes: debt.Op.String(), Phase: runs.Failed,
-			Error: errText, Attempts: 1, RetryAt: now, Until: now.Add(h.EffectiveCompensationDeadline())})
-		return nil
-	})
-}
-
-func setFlag(m map[string]bool, k string) map[string]bool {
-	if m == nil {
-		m = map[string]bool{}
-	}
-	m[k] = true
-	return m
+	r, _, err := s.Ask(ctx, "hook", runs.Request{Op: runs.OpDebt, Run: r.ID, Step: step.String(), Undoes: debt.Op.String(),
+		Deadline: h.EffectiveCompensationDeadline()})
+	return r, err
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -68,6 +69,7 @@ func newFixture(t *testing.T, fails map[string]int, sequence, unlockOnError stri
 	reg := plugins.Default()
 	f.d = &stage.Deps{Bus: f.b, Runs: runs.NewStore(f.b.Runs), Plans: planstore.New(f.b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: func() time.Time { return time.Now().Add(time.Duration(f.offset.Load())) }}
+	f.d.Owner = control.New(f.d)
 	cmd := func(op string) string { return fmt.Sprintf(`[%q, %q, "%d"]`, script, op, fails[op]) }
 	src := fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
@@ -153,15 +155,27 @@ func (f *fixture) drive(kind string) (runID string, failure *events.Event, all [
 		}
 		all = append(all, out...)
 		for _, o := range out {
-			switch o.Type() {
-			case events.BackupFailed, events.RestoreFailed:
-				return runID, &o, all
-			case events.StepCompleted:
+			if o.Type() == events.StepCompleted {
 				queue = append(queue, o)
 			}
 		}
-		// A data step due next is completed by hand, as its stage would.
+		// The owner of run state announces a failure on the bus; the
+		// compensate consumer gets it as this.
 		r := f.run(runID)
+		if r.Phase == runs.Failed {
+			var failure events.Event
+			if r.Kind == runs.KindRestore {
+				failure, err = f.d.Emit("owed", runID, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
+			} else {
+				failure, err = f.d.Emit("owed", runID, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error})
+			}
+			if err != nil {
+				f.t.Fatal(err)
+			}
+			all = append(all, failure)
+			return runID, &failure, all
+		}
+		// A data step due next is completed by hand, as its stage would.
 		next, ok, err := f.p.NextStep(stage.Workflow(r.Kind), lastStep(e))
 		if err != nil || !ok || !next.IsData() {
 			continue
@@ -179,6 +193,40 @@ func (f *fixture) drive(kind string) (runID string, failure *events.Event, all [
 		queue = append(queue, done)
 	}
 	return runID, nil, all
+}
+
+// fail fails run id as stage would, and returns the failure event the
+// owner of run state announced.
+func (f *fixture) fail(id, stageName, reason string, cause events.Event) events.Event {
+	f.t.Helper()
+	return failRun(f.t, f.d, id, stageName, reason, cause)
+}
+
+// failRun asks d's owner to fail run id in the name of stageName and
+// returns the backup.failed (restore.failed) it announced, as the
+// compensate consumer receives it.
+func failRun(t *testing.T, d *stage.Deps, id, stageName, reason string, cause events.Event) events.Event {
+	t.Helper()
+	r, err := d.Runs.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.FailRun(context.Background(), r.Plan, id, stageName, stageName, reason, cause); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = d.Runs.Get(context.Background(), id); err != nil || r.Phase != runs.Failed {
+		t.Fatalf("fail run %s: %v %v", id, r, err)
+	}
+	var e events.Event
+	if r.Kind == runs.KindRestore {
+		e, err = d.Emit(r.Plan, id, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
+	} else {
+		e, err = d.Emit(r.Plan, id, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error, Cause: cause.ID()})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
 
 func lastStep(e events.Event) string {
@@ -442,19 +490,19 @@ func TestInterruptedInverseRunsAgain(t *testing.T) {
 	f := newFixture(t, nil, "[{hook: db/lock}, snapshot]", "fail", 3)
 	ctx := context.Background()
 	// The plan's unlock blocks until a file appears: the test stops it.
-	id, _, _ := f.drive(runs.KindBackup)
-	start, _ := events.New(f.b.Meta("owed", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
-	failed, err := f.d.FailRun(ctx, "owed", id, "snapshot", "snapshot", "boom", start)
-	if err != nil || len(failed) != 1 {
-		t.Fatalf("fail run: %v %v", failed, err)
-	}
+	// A run keeps the plan revision it started with: the slow unlock is
+	// applied before the run starts.
 	slow := *f.p
 	slow.Spec.Hooks = slices.Clone(f.p.Spec.Hooks)
 	slow.Spec.Hooks[0].Ops = slices.Clone(f.p.Spec.Hooks[0].Ops)
-	slow.Spec.Hooks[0].Ops[1].Command = plan.Command{"sh", "-c", "echo 'unlock inverse started' >> \"$DIR/ops.log\"; sleep 30"}
+	slow.Spec.Hooks[0].Ops[1].Command = plan.Command{"sh", "-c", "echo 'unlock inverse started' >> \"$DIR/ops.log\"; " +
+		"while [ ! -f \"$DIR/go\" ]; do sleep 0.05; done; echo 'unlock inverse ok' >> \"$DIR/ops.log\""}
 	if _, err := f.d.Plans.Put(ctx, &slow); err != nil {
 		t.Fatal(err)
 	}
+	id, _, _ := f.drive(runs.KindBackup)
+	start, _ := events.New(f.b.Meta("owed", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	failed := []events.Event{f.fail(id, "snapshot", "boom", start)}
 	cctx, cancel := context.WithCancel(ctx)
 	go func() {
 		for !slices.Contains(f.log(), "unlock inverse started") {
@@ -468,14 +516,14 @@ func TestInterruptedInverseRunsAgain(t *testing.T) {
 	if c := f.run(id).FindCompensation("hook:db/unlock"); c == nil || c.Phase != runs.Running {
 		t.Fatalf("entry %+v, want Running", c)
 	}
-	if _, err := f.d.Plans.Put(ctx, f.p); err != nil {
+	if err := os.WriteFile(filepath.Join(f.dir, "go"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, err := f.s.handleFailure(ctx, failed[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := f.log(); !slices.Equal(got, []string{"lock forward ok", "unlock inverse started", "unlock inverse ok"}) {
+	if got := f.log(); !slices.Equal(got, []string{"lock forward ok", "unlock inverse started", "unlock inverse started", "unlock inverse ok"}) {
 		t.Errorf("ops ran %v", got)
 	}
 	if got := types(out); !slices.Equal(got, []string{"hook.completed", "compensation.completed"}) {

@@ -91,25 +91,15 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 }
 
 func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	r, err := s.EnsureRun(ctx, e)
+	p, r, err := s.RunPlan(ctx, "hook", e)
 	if err != nil {
 		return nil, err
 	}
 	step, ok, err := stage.DueStep(p, r, e)
-	if err != nil {
+	if err != nil || !ok {
+		// Past the workflow's last step the owner of run state settles
+		// the run, when the last step's end is recorded.
 		return nil, err
-	}
-	if !ok {
-		// The workflow ended with the step just completed: the run may be
-		// done if its data already is.
-		if e.Type() == events.StepCompleted {
-			return s.Settle(ctx, p, r.ID)
-		}
-		return nil, nil
 	}
 	if step.Kind != plan.StepHook {
 		return nil, nil
@@ -208,14 +198,7 @@ func (s *Service) skipped(ctx context.Context, p *plan.Plan, r *runs.Run, step p
 	case st.Phase == runs.Failed:
 		return s.stepResult(ctx, p, r, step, h, op)
 	case st.Phase == runs.Running && r.Phase.Done():
-		_, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error {
-			st := r.FindStep(name)
-			if st == nil || st.Phase != runs.Running {
-				return runs.ErrNoChange
-			}
-			st.Phase, st.Error, st.Finished = runs.Failed, interruptedText(st.Owner), r.Stamp(s.Now().UTC())
-			return nil
-		})
+		_, err := s.Interrupt(ctx, r.ID, name, interruptedText(st.Owner))
 		return nil, err
 	}
 	return nil, nil

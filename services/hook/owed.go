@@ -81,36 +81,28 @@ func (s *Service) RetryOwed(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// due reports whether the loop may claim entry c at now.
-func due(c runs.Compensation, now time.Time) bool {
-	switch c.Phase {
-	case runs.Failed:
-		return !c.RetryAt.IsZero() && !now.Before(c.RetryAt)
-	case runs.Running:
-		return !c.Lease.IsZero() && now.After(c.Lease)
-	}
-	return false
-}
-
 func (s *Service) retryRun(ctx context.Context, r *runs.Run) error {
 	// A failed run's debts are the first pass's until it ended; a run
 	// still going has none the loop may take.
 	if !r.CompensationDone && r.Phase != runs.Succeeded {
 		return nil
 	}
-	p, err := s.Plans.Get(ctx, r.Plan)
+	// The revision the run ran with, unless the plan changed since and
+	// still has the op (debtPlan).
+	own, err := s.PlanOf(ctx, r)
 	if err != nil {
-		return fmt.Errorf("plan %s: %w", r.Plan, err)
+		return err
 	}
 	log := s.Log.With("plan", r.Plan, "runid", r.ID)
 	for _, c := range r.Owed() {
-		if !due(c, s.Now()) {
+		if !runs.Due(c, s.Now()) {
 			continue
 		}
 		inv, err := plan.ParseStep(c.Step)
 		if err != nil {
 			return err
 		}
+		p := s.debtPlan(ctx, own, inv)
 		h, op, ok := p.Op(inv.Hook, inv.Op)
 		if !ok {
 			return fmt.Errorf("owed inverse op %s is not in plan %s any more", c.Step, r.Plan)
@@ -128,25 +120,31 @@ func (s *Service) retryRun(ctx context.Context, r *runs.Run) error {
 			return err
 		}
 	}
-	return s.announceCompleted(ctx, p, r.ID)
+	return s.announceCompleted(ctx, own, r.ID)
+}
+
+// debtPlan is the plan an owed inverse op is retried with once its run
+// ended: the newest revision of the plan when it still has the op, so an
+// operator fixes a broken unlock by applying the fixed plan; otherwise
+// (the plan deleted, or the op gone) the revision the run ran with.
+// Everything a run does while it runs reads the run's own revision.
+func (s *Service) debtPlan(ctx context.Context, own *plan.Plan, inv plan.Step) *plan.Plan {
+	cur, err := s.Plans.Get(ctx, own.Name())
+	if err != nil {
+		return own
+	}
+	if _, _, ok := cur.Op(inv.Hook, inv.Op); !ok {
+		return own
+	}
+	return cur
 }
 
 // claimOwed claims a due owed entry for this replica, with a lease of
 // lease. claimed is false when another replica took it first or it is
 // not due any more.
 func (s *Service) claimOwed(ctx context.Context, runID, name string, lease time.Duration) (claimed bool, err error) {
-	_, err = s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		claimed = false
-		c := r.FindCompensation(name)
-		if c == nil || !due(*c, s.Now()) {
-			return runs.ErrNoChange
-		}
-		now := r.Stamp(s.Now().UTC())
-		c.Phase, c.Owner, c.Started, c.Finished, c.Lease = runs.Running, s.id, now, time.Time{}, now.Add(lease)
-		claimed = true
-		return nil
-	})
-	return claimed, err
+	_, o, err := s.Ask(ctx, "hook", runs.Request{Op: runs.OpInverseClaim, Run: runID, Step: name, Owner: s.id, Within: lease})
+	return o.Announce, err
 }
 
 // announceCompleted publishes the run's compensation.completed once it owes
@@ -170,13 +168,7 @@ func (s *Service) announceCompleted(ctx context.Context, p *plan.Plan, runID str
 		return err
 	}
 	s.Log.Info("owed inverse ops completed: the run owes nothing any more", "plan", p.Name(), "runid", runID)
-	_, err = s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		if r.Announced[runs.AnnouncedCompensation] {
-			return runs.ErrNoChange
-		}
-		r.Announced = setFlag(r.Announced, runs.AnnouncedCompensation)
-		return nil
-	})
+	_, _, err = s.Ask(ctx, "hook", runs.Request{Op: runs.OpAnnounce, Run: runID, Flag: runs.AnnouncedCompensation})
 	return err
 }
 

@@ -28,7 +28,8 @@ const reapSlack = 5 * time.Second
 // effect before it falls back on waiting for the op's timeout.
 const reapWait = 10 * time.Second
 
-// abandoned begins the step error stage.FailStuck records.
+// abandoned begins the step error the control service records for a step
+// past its deadline (runs.OpExpire).
 const abandoned = "abandoned"
 
 // ownerDied reports whether hook step st is an op whose owner died while

@@ -18,6 +18,7 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/supervise"
 	"github.com/backstream/backstream/pkg/testenv"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -345,6 +346,7 @@ func TestSQLOpNeverOutlivesItsOp(t *testing.T) {
 func TestOpNeverStartsOnAStepNoLongerOurs(t *testing.T) {
 	_, b := bustest.Start(t)
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Log: bustest.Logger(t), Instance: "replica-a", Now: time.Now}
+	d.Owner = control.New(d)
 	s := New(d)
 	ctx := context.Background()
 	marker := t.TempDir() + "/marker"

@@ -16,6 +16,7 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -65,6 +66,7 @@ func TestCompensationOnARefusingServeRunsNoInverseOp(t *testing.T) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: time.Now, RefuseExec: true}
+	d.Owner = control.New(d)
 	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: locked}
@@ -100,10 +102,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	failed, err := d.FailRun(ctx, "locked", r.ID, "snapshot", "snapshot", "boom", start)
-	if err != nil || len(failed) != 1 {
-		t.Fatalf("fail run: %v %v", failed, err)
-	}
+	failed := []events.Event{failRun(t, d, r.ID, "snapshot", "boom", start)}
 
 	out, err := New(d).handleFailure(ctx, failed[0])
 	if err != nil {

@@ -76,18 +76,11 @@ func (s *Service) runStepOp(ctx context.Context, p *plan.Plan, runID, name strin
 
 // errNotOurs refuses to record an op's process in a step this process no
 // longer runs (another replica declared it interrupted meanwhile).
-var errNotOurs = errors.New("the step is no longer this process's running step")
+var errNotOurs = runs.ErrNotOwner
 
 func (s *Service) recordProc(runID, name string) recordFunc {
 	return func(ctx context.Context, proc runs.Proc) error {
-		_, err := s.Runs.Update(ctx, runID, func(r *runs.Run) error {
-			st := r.FindStep(name)
-			if st == nil || st.Phase != runs.Running || st.Owner != s.Instance {
-				return errNotOurs
-			}
-			st.Proc = &proc
-			return nil
-		})
+		_, _, err := s.Ask(ctx, "hook", runs.Request{Op: runs.OpProc, Run: runID, Step: name, Proc: &proc})
 		if err != nil {
 			return fmt.Errorf("record the op's process in %s: %w", name, err)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -25,6 +26,7 @@ func TestOwedGaugeFollowsTheRunsThatOweInverseOps(t *testing.T) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d.Owner = control.New(d)
 	if _, err := d.Plans.Put(ctx, testPlan(t, "")); err != nil {
 		t.Fatal(err)
 	}

@@ -155,9 +155,6 @@ func (s *Service) Watch(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("watchdog plan %s: %w", p.Name(), err))
 		}
 	}
-	if err := s.failStuck(ctx, now); err != nil {
-		errs = append(errs, err)
-	}
 	if err := s.watchOwed(ctx, plans, now); err != nil {
 		errs = append(errs, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -111,6 +112,7 @@ func TestWatchdogHourlyPlan(t *testing.T) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d.Owner = control.New(d)
 	p := testPlan(t, "  schedule: {cron: '@hourly'}\n  alert: {grace: 10m}\n")
 	if _, err := d.Plans.Put(ctx, p); err != nil {
 		t.Fatal(err)
@@ -192,51 +194,4 @@ func missedEvents(t *testing.T, b *bus.Bus, planName string) []events.BackupMiss
 		out = append(out, d)
 	}
 	return out
-}
-
-// TestWatchdogFailsStuckRuns: a run whose step is Running past its deadline
-// at the watchdog's (fake) time is failed with that reason.
-func TestWatchdogFailsStuckRuns(t *testing.T) {
-	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	clock := sched.NewFakeClock(at("2026-01-01T10:00:00Z"))
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: clock.Now}
-	if _, err := d.Plans.Put(ctx, testPlan(t, "")); err != nil {
-		t.Fatal(err)
-	}
-	id := events.NewID()
-	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: "hourly", Kind: runs.KindBackup, Created: clock.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Runs.Update(ctx, id, func(r *runs.Run) error {
-		r.Phase = runs.Running
-		st := r.Step("snapshot")
-		st.Phase, st.Owner, st.Started, st.Deadline = runs.Running, "dead-process", clock.Now(), clock.Now().Add(10*time.Minute)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	s := New(d)
-	s.Clock = clock
-	clock.Advance(9 * time.Minute)
-	if err := s.Watch(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if r, _ := d.Runs.Get(ctx, id); r.Phase != runs.Running {
-		t.Fatalf("before the deadline the run is %s, want Running", r.Phase)
-	}
-	clock.Advance(2 * time.Minute)
-	if err := s.Watch(ctx); err != nil {
-		t.Fatal(err)
-	}
-	r, err := d.Runs.Get(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Phase != runs.Failed || r.Error == "" {
-		t.Fatalf("after the deadline the run is %s (%q), want Failed with the reason", r.Phase, r.Error)
-	}
-	t.Logf("stuck run failed: stage %s: %s", r.FailedStage, r.Error)
 }

@@ -51,12 +51,16 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Done:
 		return s.completed(ctx, p, r, name)
 	case c.Interrupted:
-		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil)
+		if _, ferr := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, fmt.Sprintf("restore interrupted: %s stopped mid-restore; the target may hold a partial restore", c.Owner), e)
 	}
 	out, err := s.restore(ctx, p, r, name)
 	if err != nil {
-		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, err.Error(), nil)
+		if _, ferr := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, err.Error(), e)
 	}
 	return out, nil
@@ -82,7 +86,7 @@ func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name s
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error { r.BackupID = m.BackupID; return nil }); err != nil {
+	if _, _, err := s.Ask(ctx, "restore", runs.Request{Op: runs.OpRecord, Run: r.ID, Result: &runs.Result{BackupID: m.BackupID}}); err != nil {
 		return nil, err
 	}
 	started, err := s.Emit(p.Name(), r.ID, name, events.RestoreStartedData{BackupID: m.BackupID, Destination: dest, Key: m.ObjectKey, Size: m.StoredBytes})
@@ -103,9 +107,7 @@ func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name s
 	if err != nil {
 		return nil, err
 	}
-	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, stats.Bytes, "", func(r *runs.Run) {
-		r.Bytes, r.SHA256 = stats.Bytes, stats.PlaintextSHA256
-	})
+	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, stats.Bytes, "", &runs.Result{Bytes: stats.Bytes, SHA256: stats.PlaintextSHA256})
 	if err != nil {
 		return nil, err
 	}
@@ -119,8 +121,8 @@ func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, name
 	if err != nil {
 		return nil, err
 	}
-	settled, err := s.Settle(ctx, p, r.ID)
-	return append([]events.Event{next}, settled...), err
+	// The owner of run state settled the run if this was its last step.
+	return []events.Event{next}, nil
 }
 
 // ErrDigestMismatch means the restored plaintext does not hash to the

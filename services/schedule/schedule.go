@@ -257,14 +257,12 @@ func ReplacedReason(slot time.Time) string {
 func (s *Service) replace(ctx context.Context, p *plan.Plan, l *Lease, slot time.Time, cause events.Event) error {
 	// A trigger no stage has picked up yet has no record: create it, so
 	// that the stages see it failed when they do.
-	if _, err := s.Runs.Ensure(ctx, runs.Run{ID: l.RunID, Plan: p.Name(), Kind: runs.KindBackup, Trigger: events.TriggerSchedule, RequestedBy: "schedule", Created: l.Since}); err != nil {
+	seed := runs.Run{ID: l.RunID, Plan: p.Name(), Kind: runs.KindBackup, Trigger: events.TriggerSchedule, RequestedBy: "schedule", Created: l.Since}
+	if _, _, err := s.Ask(ctx, "schedule", runs.Request{Op: runs.OpCreate, Run: l.RunID, Seed: &seed}); err != nil {
 		return fmt.Errorf("replace run %s: %w", l.RunID, err)
 	}
-	failed, err := s.FailRun(ctx, p.Name(), l.RunID, "schedule", "", ReplacedReason(slot), cause)
-	if err != nil {
-		return fmt.Errorf("replace run %s: %w", l.RunID, err)
-	}
-	if err := s.Bus.Publish(ctx, failed...); err != nil {
+	// The owner of run state announces the failure.
+	if _, err := s.FailRun(ctx, p.Name(), l.RunID, "schedule", "", ReplacedReason(slot), cause); err != nil {
 		return fmt.Errorf("replace run %s: %w", l.RunID, err)
 	}
 	s.Log.Warn("scheduled run replaced (concurrencyPolicy replace)", "plan", p.Name(), "runid", l.RunID, "slot", slot)

@@ -76,7 +76,9 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.DataFor(p)); err == nil {
 			_ = w.Fail(ctx, "snapshot interrupted: the snapshot service running it stopped mid-stream")
 		}
-		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil)
+		if _, err := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil); err != nil {
+			return nil, err
+		}
 		return s.FailRun(ctx, p.Name(), r.ID, "snapshot", name,
 			fmt.Sprintf("snapshot interrupted: %s stopped while streaming the dump", c.Owner), e)
 	}
@@ -104,7 +106,9 @@ func (s *Service) completed(p *plan.Plan, r *runs.Run, name string, desc map[str
 func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name string, cause events.Event) ([]events.Event, error) {
 	log := s.Log.With("plan", p.Name(), "runid", r.ID, "step", name)
 	fail := func(reason string, failed events.SnapshotFailedData) ([]events.Event, error) {
-		_, _ = s.FinishStep(ctx, r.ID, name, runs.Failed, failed.Bytes, reason, nil)
+		if _, err := s.FinishStep(ctx, r.ID, name, runs.Failed, failed.Bytes, reason, nil); err != nil {
+			return nil, err
+		}
 		failed.Source, failed.Error = p.Spec.Source.Type, reason
 		fe, err := s.Emit(p.Name(), r.ID, name, failed)
 		if err != nil {
@@ -174,9 +178,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		return fail("end chunk stream: "+err.Error(), events.SnapshotFailedData{Bytes: cw.n})
 	}
 	chunks := w.Seq()
-	r, err = s.FinishStep(ctx, r.ID, name, runs.Succeeded, cw.n, "", func(r *runs.Run) {
-		r.Bytes, r.SHA256, r.Chunks = cw.n, digest, chunks
-	})
+	r, err = s.FinishStep(ctx, r.ID, name, runs.Succeeded, cw.n, "", &runs.Result{Bytes: cw.n, SHA256: digest, Chunks: chunks})
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -28,6 +29,7 @@ func plantrustDeps(t *testing.T) *stage.Deps {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d.Owner = control.New(d)
 	ctx := context.Background()
 	for name, source := range map[string]string{
 		"files":   `{"type":"files","files":{"path":"/srv"}}`,

@@ -30,7 +30,10 @@ type Deps struct {
 	Runs    *runs.Store
 	Plans   *planstore.Store
 	Plugins *plugins.Registry
-	Log     *slog.Logger
+	// Owner is the owner of run state, whom stages ask for every change
+	// of a run record (control.Service, or runs.Remote to reach it).
+	Owner runs.Owner
+	Log   *slog.Logger
 	// Instance names this process in step owners.
 	Instance string
 	// Keys open backups for full verification and restore; empty keys make
@@ -86,6 +89,18 @@ func (d *Deps) Spec(name string, h bus.Handler, types ...string) bus.ConsumerSpe
 	return s
 }
 
+// consumerStage is the stage a durable consumer belongs to, which asks
+// the owner of run state in its name.
+func consumerStage(consumer string) string {
+	switch consumer {
+	case "compensate":
+		return "hook"
+	case "verify-failed":
+		return "verify"
+	}
+	return consumer
+}
+
 // failDead fails the run of a dead-lettered event, if it has a record that
 // is not final yet. Failure events themselves only end there.
 func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, reason string) ([]events.Event, error) {
@@ -100,7 +115,7 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 	if err != nil || r.Phase.Done() {
 		return nil, err
 	}
-	return d.FailRun(ctx, e.Subject(), r.ID, consumer, events.Step(e),
+	return d.FailRun(ctx, e.Subject(), r.ID, consumerStage(consumer), events.Step(e),
 		fmt.Sprintf("%s gave up on %s: %s", consumer, e.Type(), reason), e)
 }
 
@@ -112,23 +127,70 @@ func (d *Deps) Emit(planName, runID, step string, p events.Payload) (events.Even
 	return events.New(m, p)
 }
 
-// Plan loads the plan an event is about. A missing plan is permanent, and
-// so is a stored plan that fails validation (planstore.ErrInvalidPlan): the
-// event is dead-lettered with the plan's problems, the run (if it has a
-// record) fails with them, and nothing of the plan runs.
+// Plan loads the current plan an event is about, for events before a run
+// exists (a trigger). A missing plan is permanent, and so is a stored plan
+// that fails validation (planstore.ErrInvalidPlan): the event is
+// dead-lettered with the plan's problems, the run (if it has a record)
+// fails with them, and nothing of the plan runs. Stages handling a run's
+// events read the run's own revision (PlanOf).
 func (d *Deps) Plan(ctx context.Context, e events.Event) (*plan.Plan, error) {
 	p, err := d.Plans.Get(ctx, e.Subject())
-	switch {
-	case errors.Is(err, planstore.ErrNotFound):
-		return nil, bus.Permanent(fmt.Errorf("event %s for plan %q: %w", e.Type(), e.Subject(), err))
-	case errors.Is(err, planstore.ErrInvalidPlan):
-		return nil, bus.Permanent(fmt.Errorf("event %s: %w", e.Type(), err))
-	}
-	return p, err
+	return p, planErr(e.Type(), e.Subject(), err)
 }
 
-// EnsureRun creates the run record of a backup.requested or restore.requested.
-func (d *Deps) EnsureRun(ctx context.Context, e events.Event) (*runs.Run, error) {
+func planErr(what, name string, err error) error {
+	switch {
+	case errors.Is(err, planstore.ErrNotFound), errors.Is(err, planstore.ErrRevisionGone):
+		return bus.Permanent(fmt.Errorf("%s for plan %q: %w", what, name, err))
+	case errors.Is(err, planstore.ErrInvalidPlan):
+		return bus.Permanent(fmt.Errorf("%s: %w", what, err))
+	}
+	return err
+}
+
+// PlanOf loads the plan revision run r started with: editing or deleting
+// the plan does not change a running run. Errors are those of Plan.
+func (d *Deps) PlanOf(ctx context.Context, r *runs.Run) (*plan.Plan, error) {
+	if r.PlanRevision == 0 {
+		// A record from before runs kept their revision.
+		p, err := d.Plans.Get(ctx, r.Plan)
+		return p, planErr("run "+r.ID, r.Plan, err)
+	}
+	p, err := d.Plans.GetRevision(ctx, r.Plan, r.PlanRevision)
+	return p, planErr("run "+r.ID, r.Plan, err)
+}
+
+// RunPlan loads the run of event e (creating its record on a
+// backup.requested or restore.requested, as stage) and the plan revision
+// it keeps.
+func (d *Deps) RunPlan(ctx context.Context, stageName string, e events.Event) (*plan.Plan, *runs.Run, error) {
+	r, err := d.EnsureRun(ctx, stageName, e)
+	if errors.Is(err, runs.ErrNotFound) {
+		return nil, nil, bus.Permanent(fmt.Errorf("event %s: %w", e.Type(), err))
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := d.PlanOf(ctx, r)
+	return p, r, err
+}
+
+// ask asks the owner of run state for a transition in the name of stage.
+// A refused or malformed request is permanent: asking again cannot help.
+func (d *Deps) ask(ctx context.Context, stageName string, req runs.Request) (*runs.Run, runs.Outcome, error) {
+	if req.Owner == "" {
+		req.Owner = d.Instance
+	}
+	r, o, err := d.Owner.Ask(ctx, stageName, req)
+	if errors.Is(err, runs.ErrRefused) || errors.Is(err, runs.ErrBadRequest) {
+		err = bus.Permanent(err)
+	}
+	return r, o, err
+}
+
+// EnsureRun creates the run record of a backup.requested or
+// restore.requested (asked as stage) and returns the run of any event.
+func (d *Deps) EnsureRun(ctx context.Context, stageName string, e events.Event) (*runs.Run, error) {
 	seed := runs.Run{ID: events.RunID(e), Plan: e.Subject(), Created: e.Time()}
 	switch e.Type() {
 	case events.BackupRequested:
@@ -143,52 +205,26 @@ func (d *Deps) EnsureRun(ctx context.Context, e events.Event) (*runs.Run, error)
 	default:
 		return d.Runs.Get(ctx, events.RunID(e))
 	}
-	return d.Runs.Ensure(ctx, seed)
+	if r, err := d.Runs.Get(ctx, seed.ID); err == nil {
+		return r, nil
+	}
+	// A plan that is missing or invalid is refused here, permanently;
+	// the owner reads it again to record the revision the run keeps.
+	if _, err := d.Plan(ctx, e); err != nil {
+		return nil, err
+	}
+	r, _, err := d.ask(ctx, stageName, runs.Request{Op: runs.OpCreate, Run: seed.ID, Seed: &seed})
+	return r, err
 }
 
-// FailRun marks the run failed by stage (the first failure wins) and returns
-// the backup.failed (or restore.failed) event to publish. A redelivery of the
-// event that caused the failure gets the same event again, with the same id;
-// a later failure of another stage gets none.
+// FailRun asks the owner to fail the run in the name of stage (the first
+// failure wins); the owner announces it (backup.failed or restore.failed).
+// A redelivery of the event that caused the failure announces it again,
+// with the same id; a later failure of another stage announces nothing.
+// It returns no events: they are the owner's to publish.
 func (d *Deps) FailRun(ctx context.Context, planName, runID, stageName, step, reason string, cause events.Event) ([]events.Event, error) {
-	var announce bool
-	r, err := d.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		announce = false
-		if r.Fail(stageName, reason, d.Now().UTC()) {
-			r.Announced = setFlag(r.Announced, "failed:"+cause.ID())
-			announce = true
-			return nil
-		}
-		if r.Announced["failed:"+cause.ID()] {
-			announce = true
-		}
-		return runs.ErrNoChange
-	})
-	if err != nil {
-		return nil, err
-	}
-	if !announce {
-		return nil, nil
-	}
-	d.Log.Warn("run failed", "plan", planName, "runid", runID, "stage", r.FailedStage, "step", step, "reason", r.Error)
-	var ev events.Event
-	if r.Kind == runs.KindRestore {
-		ev, err = d.Emit(planName, runID, "", events.RestoreFailedData{BackupID: r.BackupID, Stage: r.FailedStage, Error: r.Error})
-	} else {
-		ev, err = d.Emit(planName, runID, "", events.BackupFailedData{Stage: r.FailedStage, FailedStep: step, Reason: r.Error, Cause: cause.ID()})
-	}
-	if err != nil {
-		return nil, err
-	}
-	return []events.Event{ev}, nil
-}
-
-func setFlag(m map[string]bool, k string) map[string]bool {
-	if m == nil {
-		m = map[string]bool{}
-	}
-	m[k] = true
-	return m
+	_, _, err := d.ask(ctx, stageName, runs.Request{Op: runs.OpFail, Run: runID, Step: step, Error: reason, Cause: cause.ID()})
+	return nil, err
 }
 
 // Workflow is the workflow of a run kind.
@@ -227,152 +263,35 @@ func (d *Deps) StepCompleted(planName, runID, step string, dur time.Duration) (e
 	return d.Emit(planName, runID, step, events.StepCompletedData{Step: step, DurationMs: dur.Milliseconds()})
 }
 
-// workflowDone reports whether every step of the run's workflow finished
-// without failing the run.
-func workflowDone(p *plan.Plan, r *runs.Run) bool {
-	for _, s := range p.Sequence(Workflow(r.Kind)) {
-		st := r.FindStep(s.String())
-		if st == nil || (st.Phase != runs.Succeeded && st.Phase != runs.Skipped) {
-			return false
-		}
-	}
-	return true
-}
-
-// Settle marks a backup run Succeeded once its workflow is done and every
-// destination holds a verified backup (an uploaded one when the plan does
-// not verify), and returns backup.succeeded. Whoever finishes the last piece
-// calls it; the compare-and-set lets exactly one caller announce, and a
-// redelivery re-announces with the same id.
-func (d *Deps) Settle(ctx context.Context, p *plan.Plan, runID string) ([]events.Event, error) {
-	verify := p.Spec.Verify.IsEnabled()
-	r, err := d.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		if r.Phase == runs.Succeeded || r.Phase == runs.Failed || !workflowDone(p, r) {
-			return runs.ErrNoChange
-		}
-		if r.Kind == runs.KindRestore {
-			r.Phase = runs.Succeeded
-			r.Finished = d.Now().UTC()
-			return nil
-		}
-		for _, dest := range p.Spec.Destinations {
-			ds := r.Destinations[dest.Name]
-			if ds == nil || ds.Phase != runs.Succeeded || (verify && !ds.Verified) {
-				return runs.ErrNoChange
-			}
-		}
-		r.Phase = runs.Succeeded
-		r.Finished = d.Now().UTC()
-		r.BackupID = r.ID
-		return nil
-	})
-	if err != nil || r.Phase != runs.Succeeded {
-		return nil, err
-	}
-	if r.Kind == runs.KindRestore {
-		ev, err := d.Emit(p.Name(), runID, "", events.RestoreSucceededData{
-			BackupID: r.BackupID, Bytes: r.Bytes, SHA256: r.SHA256, DurationMs: r.Finished.Sub(r.Created).Milliseconds(),
-		})
-		if err != nil {
-			return nil, err
-		}
-		d.Log.Info("restore succeeded", "plan", p.Name(), "runid", runID, "backup", r.BackupID, "bytes", r.Bytes)
-		return []events.Event{ev}, nil
-	}
-	data := events.BackupSucceededData{
-		BackupID:        r.ID,
-		Bytes:           r.Bytes,
-		StoredBytes:     r.StoredBytes,
-		PlaintextSHA256: r.SHA256,
-		Chunks:          r.Chunks,
-		Started:         r.Created,
-		DurationMs:      r.Finished.Sub(r.Created).Milliseconds(),
-		Source:          p.Spec.Source.Type,
-		Trigger:         r.Trigger,
-	}
-	for _, dest := range p.Spec.Destinations {
-		ds := r.Destinations[dest.Name]
-		data.Objects = append(data.Objects, events.BackupObject{
-			Destination: dest.Name, Key: ds.Key, ManifestKey: ds.ManifestKey, Size: ds.Size, SHA256: ds.SHA256,
-		})
-	}
-	ev, err := d.Emit(p.Name(), runID, "", data)
-	if err != nil {
-		return nil, err
-	}
-	d.Log.Info("backup succeeded", "plan", p.Name(), "runid", runID, "bytes", r.Bytes, "stored", r.StoredBytes)
-	return []events.Event{ev}, nil
-}
-
-// Claim starts step name of a run for this instance. It returns:
-//   - start=true when the step was pending: run it;
-//   - done=true when the step already finished: re-emit its results;
-//   - interrupted=true when another delivery started it and never finished:
-//     the process that ran it died mid-step;
-//   - skip=true when the run already failed or succeeded, or the step failed
-//     (then failed=true too, and the caller fails the run if it is not yet).
-func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Duration) (r *runs.Run, c Claimed, err error) {
-	r, err = d.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		c = Claimed{}
-		if r.Phase == runs.Failed || r.Phase == runs.Succeeded {
-			c.Skip = true
-			return runs.ErrNoChange
-		}
-		st := r.Step(name)
-		switch st.Phase {
-		case runs.Succeeded, runs.Skipped:
-			c.Done = true
-			return runs.ErrNoChange
-		case runs.Failed:
-			// Recorded failed; if the run is not failed yet, the process
-			// died between the two writes and the run must still fail.
-			c.Skip, c.Failed, c.Error = true, true, st.Error
-			return runs.ErrNoChange
-		case runs.Running:
-			c.Interrupted = true
-			c.Owner = st.Owner
-			return runs.ErrNoChange
-		}
-		// Stamped: compensation compares the times of one record.
-		now := r.Stamp(d.Now().UTC())
-		st.Phase, st.Owner, st.Started = runs.Running, d.Instance, now
-		if deadline > 0 {
-			st.Deadline = now.Add(deadline)
-		}
-		if r.Phase == runs.Pending || r.Phase == runs.Initializing {
-			r.Phase = runs.Running
-		}
-		c.Start = true
-		return nil
-	})
-	return r, c, err
+// Claim asks the owner to start step name of a run for this instance
+// (runs.OpClaim; Claimed says what to do), with a deadline when deadline
+// is set.
+func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Duration) (*runs.Run, Claimed, error) {
+	r, o, err := d.ask(ctx, runs.StageOf(name), runs.Request{Op: runs.OpClaim, Run: runID, Step: name, Within: deadline})
+	return r, o.Claimed, err
 }
 
 // Claimed is the outcome of Claim.
-type Claimed struct {
-	Start, Done, Interrupted, Skip bool
-	Owner                          string
-	// Failed is set (with Skip) when the step is recorded failed while the
-	// run is not: a data stage fails the run with Error.
-	Failed bool
-	Error  string
+type Claimed = runs.Claimed
+
+// FinishStep asks the owner to record a step's end and what it produced;
+// the owner settles the run when this was the last piece.
+func (d *Deps) FinishStep(ctx context.Context, runID, name string, phase runs.Phase, bytes int64, errText string, res *runs.Result) (*runs.Run, error) {
+	r, _, err := d.ask(ctx, runs.StageOf(name), runs.Request{Op: runs.OpFinish, Run: runID, Step: name, Phase: phase, Bytes: bytes, Error: errText, Result: res})
+	return r, err
 }
 
-// FinishStep records a step's end.
-func (d *Deps) FinishStep(ctx context.Context, runID, name string, phase runs.Phase, bytes int64, errText string, also func(*runs.Run)) (*runs.Run, error) {
-	return d.Runs.Update(ctx, runID, func(r *runs.Run) error {
-		st := r.Step(name)
-		st.Phase = phase
-		st.Finished = r.Stamp(d.Now().UTC())
-		if bytes > 0 {
-			st.Bytes = bytes
-		}
-		st.Error = errText
-		if also != nil {
-			also(r)
-		}
-		return nil
-	})
+// Interrupt asks the owner to mark step name Failed as interrupted (with
+// errText) if it is still Running: its owner died mid-step.
+func (d *Deps) Interrupt(ctx context.Context, runID, name, errText string) (*runs.Run, error) {
+	r, _, err := d.ask(ctx, runs.StageOf(name), runs.Request{Op: runs.OpInterrupt, Run: runID, Step: name, Error: errText})
+	return r, err
+}
+
+// Ask asks the owner for any other transition in the name of stage (hook's
+// compensation bookkeeping).
+func (d *Deps) Ask(ctx context.Context, stageName string, req runs.Request) (*runs.Run, runs.Outcome, error) {
+	return d.ask(ctx, stageName, req)
 }
 
 // DataStep is a workflow data step (snapshot or restore) that an event made
@@ -384,18 +303,14 @@ type DataStep struct {
 	Claimed
 }
 
-// ClaimDataStep loads the plan and the run of e and, when e makes the data
-// step of kind due in a run of runKind, claims it. ok is false when e means
-// nothing to this data stage. When this process refuses exec and the plan
-// would run a program (CheckExec), the step is not claimed: ds comes back
-// Skip and Failed with the refusal as Error, and the caller fails the run
-// as it does for a step recorded failed.
+// ClaimDataStep loads the run of e and the plan revision it keeps and,
+// when e makes the data step of kind due in a run of runKind, claims it.
+// ok is false when e means nothing to this data stage. When this process
+// refuses exec and the plan would run a program (CheckExec), the step is
+// not claimed: ds comes back Skip and Failed with the refusal as Error,
+// and the caller fails the run as it does for a step recorded failed.
 func (d *Deps) ClaimDataStep(ctx context.Context, e events.Event, runKind string, kind plan.StepKind) (ds DataStep, ok bool, err error) {
-	p, err := d.Plan(ctx, e)
-	if err != nil {
-		return ds, false, err
-	}
-	r, err := d.EnsureRun(ctx, e)
+	p, r, err := d.RunPlan(ctx, string(kind), e)
 	if err != nil || r.Kind != runKind {
 		return ds, false, err
 	}

@@ -47,11 +47,11 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
+	p, r, err := s.RunPlan(ctx, "upload", e)
 	if err != nil {
 		return nil, err
 	}
-	runID := events.RunID(e)
+	runID := r.ID
 	g, gctx := errgroup.WithContext(ctx)
 	results := make([][]events.Event, len(p.Spec.Destinations))
 	for i, d := range p.Spec.Destinations {
@@ -89,7 +89,9 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 			s.sweepNow(ctx, st, p.Name(), dest, runID)
 			st.Close()
 		}
-		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, "interrupted", nil)
+		if _, err := s.FinishStep(ctx, runID, name, runs.Failed, 0, "interrupted", nil); err != nil {
+			return nil, err
+		}
 		return s.fail(ctx, p, runID, dest, fmt.Sprintf("upload interrupted: %s stopped while uploading", c.Owner), cause)
 	}
 
@@ -97,7 +99,9 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	st, err := s.Plugins.Storage(ctx, p, dest)
 	if err != nil {
 		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindSealed, dest)
-		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil)
+		if _, ferr := s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.fail(ctx, p, runID, dest, err.Error(), cause)
 	}
 	defer st.Close()
@@ -120,17 +124,16 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 		s.sweepNow(ctx, st, p.Name(), dest, runID)
 		if errors.Is(err, bus.ErrProducerFailed) {
 			// An earlier stage failed and said so; nothing to add.
-			_, _ = s.FinishStep(ctx, runID, name, runs.Skipped, 0, err.Error(), nil)
-			return nil, nil
+			_, ferr := s.FinishStep(ctx, runID, name, runs.Skipped, 0, err.Error(), nil)
+			return nil, ferr
 		}
-		_, _ = s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil)
+		if _, ferr := s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
+			return nil, ferr
+		}
 		return s.fail(ctx, p, runID, dest, err.Error(), cause)
 	}
-	r, err = s.FinishStep(ctx, runID, name, runs.Succeeded, info.Size, "", func(r *runs.Run) {
-		d := r.Dest(dest)
-		d.Phase, d.Key, d.ManifestKey, d.Size, d.SHA256 = runs.Succeeded, key, manifestKey, info.Size, digest
-		r.StoredBytes = info.Size
-	})
+	r, err = s.FinishStep(ctx, runID, name, runs.Succeeded, info.Size, "", &runs.Result{Dest: dest, Destination: &runs.Destination{
+		Phase: runs.Succeeded, Key: key, ManifestKey: manifestKey, Size: info.Size, SHA256: digest}})
 	if err != nil {
 		return nil, err
 	}

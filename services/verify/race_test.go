@@ -20,6 +20,7 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -35,6 +36,9 @@ func TestRunFailingWhileVerifyReadsLeavesTheManifestFailed(t *testing.T) {
 	reg := plugins.Default()
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test"}
+	owner := *d // the owner's clock is not the one this test hooks
+	owner.Now = time.Now
+	d.Owner = control.New(&owner)
 	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: racy}
@@ -76,12 +80,16 @@ spec:
 		if calls == 2 {
 			once.Do(func() {
 				cause, _ := events.New(b.Meta("racy", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
-				failed, err := d.FailRun(ctx, "racy", id, "hook", "hook:db/unlock", "unlock failed", cause)
-				if err != nil || len(failed) != 1 {
-					t.Errorf("fail run: %v %v", failed, err)
+				if _, err := d.FailRun(ctx, "racy", id, "hook", "hook:db/unlock", "unlock failed", cause); err != nil {
+					t.Errorf("fail run: %v", err)
 					return
 				}
-				if _, err := s.handleFailed(ctx, failed[0]); err != nil {
+				failed, err := events.New(b.Meta("racy", id, ""), events.BackupFailedData{Stage: "hook", Reason: "unlock failed"})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := s.handleFailed(ctx, failed); err != nil {
 					t.Errorf("verify-failed: %v", err)
 				}
 			})

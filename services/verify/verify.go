@@ -46,11 +46,7 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 // upload that finishes after this runs is caught by handle, which does the
 // same for a failed run's upload.completed.
 func (s *Service) handleFailed(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	r, err := s.Runs.Get(ctx, events.RunID(e))
+	p, r, err := s.RunPlan(ctx, "verify", e)
 	if err != nil {
 		return nil, err
 	}
@@ -92,12 +88,7 @@ func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKe
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
-	p, err := s.Plan(ctx, e)
-	if err != nil {
-		return nil, err
-	}
-	runID := events.RunID(e)
-	r, err := s.Runs.Get(ctx, runID)
+	p, r, err := s.RunPlan(ctx, "verify", e)
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +105,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		}
 	}
 	if !p.Spec.Verify.IsEnabled() {
-		return s.Settle(ctx, p, runID)
+		return nil, nil // the owner of run state settled it on the last upload
 	}
 	var out []events.Event
 	for _, d := range p.Spec.Destinations {
@@ -124,8 +115,8 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 			return out, err
 		}
 	}
-	settled, err := s.Settle(ctx, p, runID)
-	return append(out, settled...), err
+	// The last verify's end settles the run (the owner of run state does).
+	return out, nil
 }
 
 func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest string, cause events.Event) ([]events.Event, error) {
@@ -136,12 +127,18 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 		return s.completed(p, r, dest, ds, st)
 	}
 	begin := s.Now()
-	if _, err := s.Runs.Update(ctx, r.ID, func(r *runs.Run) error {
-		st := r.Step(name)
-		st.Phase, st.Owner, st.Started = runs.Running, s.Instance, begin.UTC()
-		return nil
-	}); err != nil {
+	// Verifying only reads: a verify interrupted by a process that died is
+	// simply done again.
+	rr, c, err := s.Claim(ctx, r.ID, name, 0)
+	switch {
+	case err != nil:
 		return nil, err
+	case c.Done:
+		return s.completed(p, rr, dest, rr.Dest(dest), rr.FindStep(name))
+	case c.Failed:
+		return s.FailRun(ctx, p.Name(), r.ID, "verify", name, "verify "+dest+": "+c.Error, cause)
+	case c.Skip:
+		return nil, nil
 	}
 	st, err := s.Plugins.Storage(ctx, p, dest)
 	if err != nil {
@@ -176,10 +173,8 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 		_, err := s.FinishStep(ctx, r.ID, name, runs.Skipped, 0, "the run failed while verifying: manifest marked failed", nil)
 		return nil, err
 	}
-	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, res.StoredBytes, "", func(r *runs.Run) {
-		d := r.Dest(dest)
-		d.Verified, d.VerifyMode = true, res.Mode
-	})
+	rr, err = s.FinishStep(ctx, r.ID, name, runs.Succeeded, res.StoredBytes, "", &runs.Result{Dest: dest,
+		Destination: &runs.Destination{Verified: true, VerifyMode: res.Mode}})
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +203,9 @@ func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string, ds *runs.Des
 }
 
 func (s *Service) failed(ctx context.Context, p *plan.Plan, runID, dest, key, reason string, cause events.Event) ([]events.Event, error) {
-	_, _ = s.FinishStep(ctx, runID, StepName(dest), runs.Failed, 0, reason, nil)
+	if _, ferr := s.FinishStep(ctx, runID, StepName(dest), runs.Failed, 0, reason, nil); ferr != nil {
+		return nil, ferr
+	}
 	fe, err := s.Emit(p.Name(), runID, StepName(dest), events.VerifyFailedData{Destination: dest, Key: key, Error: reason})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,596 @@
+package runs
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// The run's state machine. Every change of a run record is one of these
+// transitions, applied by one owner (the control service) with a
+// compare-and-set on the record; stages ask for them (Owner) and never
+// write the runs bucket themselves. Apply is pure: a transition depends
+// only on the record, the request and the owner's clock, so a transition
+// retried after a conflict or a lost reply decides the same way again.
+
+// Op names a transition.
+type Op string
+
+// Transitions a stage may ask for (Permit says which stage may ask which).
+const (
+	// OpCreate records a requested run (Request.Seed) unless it exists.
+	OpCreate Op = "create"
+	// OpClaim starts Step for Owner, with a deadline Within after the start
+	// when Within is set. Its outcome is Claimed.
+	OpClaim Op = "claim"
+	// OpFinish records Step's end (Phase, Bytes, Error) and what it produced
+	// (Result). The owner settles the run after it when it can.
+	OpFinish Op = "finish"
+	// OpRecord records Result without ending a step (a restore's backup id
+	// once resolved).
+	OpRecord Op = "record"
+	// OpInterrupt marks Step Failed as interrupted (Error) if it is still
+	// Running: its owner died mid-step.
+	OpInterrupt Op = "interrupt"
+	// OpFail fails the run with Error, caused by the event Cause; the first
+	// failure wins. The outcome's Announce says whether this request (or an
+	// earlier one with the same Cause) failed it and so announces it.
+	OpFail Op = "fail"
+	// OpProc records where Step's op runs (Proc), only while Step is
+	// Running for Owner (ErrNotOwner otherwise).
+	OpProc Op = "proc"
+	// OpInverseClaim marks the compensation entry of inverse op Step
+	// Running for Owner, adding it as the debt of Undoes when new. With
+	// Within (a lease, the owed-inverse loop) it claims only an entry that
+	// is due (Failed, RetryAt passed, or Running with its lease expired);
+	// without it (compensation's first pass) it claims whatever the entry
+	// says. The outcome's Announce says whether it claimed.
+	OpInverseClaim Op = "inverse.claim"
+	// OpInverseTried records one try of inverse Step: completed (Error
+	// empty), failed with tries left, or failed for the Last time (owed:
+	// due again after RetryEvery, automatically until Deadline after its
+	// first failure).
+	OpInverseTried Op = "inverse.tried"
+	// OpDebt records that inverse Step, run forward with onError continue,
+	// failed: the op Undoes still holds until it is paid.
+	OpDebt Op = "debt"
+	// OpCompensationEnd records that compensation's first pass ended;
+	// Announce says whether compensation.completed is due (nothing owed).
+	OpCompensationEnd Op = "compensation.end"
+	// OpAnnounce records that the final event Flag was published.
+	OpAnnounce Op = "announce"
+)
+
+// Transitions only the owner itself applies.
+const (
+	// OpSettle marks the run Succeeded once Requirement is met.
+	OpSettle Op = "settle"
+	// OpExpire fails the run whose Step ran past its deadline, or (Step
+	// empty) the run past its own deadline.
+	OpExpire Op = "expire"
+)
+
+// Request asks the owner for one transition of run Run. Which fields count
+// depends on Op (see the Op constants).
+type Request struct {
+	Op    Op     `json:"op"`
+	Run   string `json:"run"`
+	Step  string `json:"step,omitempty"`
+	Owner string `json:"owner,omitempty"`
+	// Within is a claimed step's time limit, or an owed inverse's lease.
+	Within time.Duration `json:"within,omitempty"`
+	Phase  Phase         `json:"phase,omitempty"`
+	Bytes  int64         `json:"bytes,omitempty"`
+	Error  string        `json:"error,omitempty"`
+	Result *Result       `json:"result,omitempty"`
+	Seed   *Run          `json:"seed,omitempty"`
+	Proc   *Proc         `json:"proc,omitempty"`
+	Cause  string        `json:"cause,omitempty"`
+	Undoes string        `json:"undoes,omitempty"`
+	Last   bool          `json:"last,omitempty"`
+	// Deadline is a debt's compensationDeadline; RetryEvery how often the
+	// owed-inverse loop retries it.
+	Deadline   time.Duration `json:"deadline,omitempty"`
+	RetryEvery time.Duration `json:"retryEvery,omitempty"`
+	Flag       string        `json:"flag,omitempty"`
+
+	// Stage is who asks (the transport fills it in from the subject the
+	// request came on, which the stage's NATS user is confined to).
+	Stage string `json:"-"`
+	// Require is what a settle needs; the owner fills it in from the
+	// run's plan.
+	Require *Requirement `json:"-"`
+}
+
+// Result is what a finished step produced.
+type Result struct {
+	// Bytes, SHA256 and Chunks are a snapshot's (or restore's) plaintext
+	// figures.
+	Bytes  int64  `json:"bytes,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	Chunks int64  `json:"chunks,omitempty"`
+	// Destination is what an upload or verify step found of Dest.
+	Dest        string       `json:"dest,omitempty"`
+	Destination *Destination `json:"destination,omitempty"`
+	// BackupID is the backup a restore reads.
+	BackupID string `json:"backupId,omitempty"`
+}
+
+// Requirement is what a run needs to succeed: its workflow's steps done,
+// and each destination uploaded (and verified, when the plan verifies).
+type Requirement struct {
+	Steps        []string
+	Destinations []string
+	Verify       bool
+}
+
+// Outcome is what a transition decided, beyond the record itself.
+type Outcome struct {
+	// Claimed is the outcome of OpClaim.
+	Claimed Claimed `json:"claimed,omitzero"`
+	// Announce: OpFail failed the run (the caller announces it);
+	// OpInverseClaim claimed; OpCompensationEnd: nothing is owed;
+	// OpSettle and OpExpire: the run ended now.
+	Announce bool `json:"announce,omitempty"`
+	// Reason is why OpExpire failed the run.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Claimed is the outcome of a claim:
+//   - Start: the step was pending and is now the caller's: run it;
+//   - Done: the step already finished: re-emit its results;
+//   - Interrupted: another delivery started it and never finished (Owner):
+//     the process that ran it died mid-step;
+//   - Skip: the run already ended, or the step failed (then Failed and
+//     Error too: the caller fails the run if it is not failed yet).
+type Claimed struct {
+	Start       bool   `json:"start,omitempty"`
+	Done        bool   `json:"done,omitempty"`
+	Interrupted bool   `json:"interrupted,omitempty"`
+	Skip        bool   `json:"skip,omitempty"`
+	Owner       string `json:"owner,omitempty"`
+	Failed      bool   `json:"failed,omitempty"`
+	Error       string `json:"error,omitempty"`
+}
+
+// Sentinel errors of transitions.
+var (
+	// ErrRefused: the asking stage may not ask for this transition.
+	ErrRefused = errors.New("transition refused")
+	// ErrNotOwner: the step is not Running for the asking owner any more.
+	ErrNotOwner = errors.New("the step is no longer this process's running step")
+	// ErrBadRequest: the request is malformed (names the field).
+	ErrBadRequest = errors.New("bad transition request")
+)
+
+// StageOf is the stage a step belongs to: "hook" for "hook:db/lock",
+// "upload" for "upload:s3", "snapshot" for "snapshot".
+func StageOf(step string) string {
+	s, _, _ := strings.Cut(step, ":")
+	return s
+}
+
+// Permit reports whether stage may ask for req. A stage claims, finishes
+// and records only steps of its own (StageOf); hook alone keeps the
+// compensation entries; the stages that start runs (they consume the
+// requests) create records; every consuming stage may fail a run, since
+// an event it gave up on fails its run wherever it came from. Settling
+// and expiring are the owner's own; a stage cannot declare a run
+// succeeded.
+func Permit(stage string, req Request) error {
+	refuse := func(why string) error {
+		return fmt.Errorf("%w: %s may not %s run %s: %s", ErrRefused, stage, req.Op, req.Run, why)
+	}
+	own := func() error {
+		if StageOf(req.Step) != stage {
+			return refuse(fmt.Sprintf("step %q is not a %s step", req.Step, stage))
+		}
+		return nil
+	}
+	switch req.Op {
+	case OpCreate:
+		switch stage {
+		case "hook", "snapshot", "restore", "schedule":
+			return nil
+		}
+		return refuse("only the stages that start runs create them")
+	case OpClaim, OpFinish, OpInterrupt:
+		if err := own(); err != nil {
+			return err
+		}
+		if req.Result != nil && req.Result.Dest != "" && req.Step != stage+":"+req.Result.Dest {
+			return refuse(fmt.Sprintf("step %q does not write destination %q", req.Step, req.Result.Dest))
+		}
+		return nil
+	case OpRecord:
+		if stage != "restore" || req.Result == nil || req.Result.Destination != nil || req.Result.Dest != "" {
+			return refuse("only restore records a resolved backup id")
+		}
+		return nil
+	case OpFail:
+		switch stage {
+		case "hook", "snapshot", "filter", "upload", "verify", "retention", "restore", "metrics", "schedule":
+			return nil
+		}
+		return refuse("only stages fail runs")
+	case OpProc:
+		if stage != "hook" {
+			return refuse("only hook ops record processes")
+		}
+		return own()
+	case OpInverseClaim, OpInverseTried, OpDebt, OpCompensationEnd, OpAnnounce:
+		if stage != "hook" {
+			return refuse("only hook keeps compensation")
+		}
+		return nil
+	case OpSettle, OpExpire:
+		return refuse("only the owner of run state settles and expires runs")
+	}
+	return fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
+}
+
+// Check reports a request malformed for its op, naming the field.
+func (req Request) Check() error {
+	bad := func(field, why string) error {
+		return fmt.Errorf("%w: %s %s: %s", ErrBadRequest, req.Op, field, why)
+	}
+	if req.Run == "" {
+		return bad("run", "missing")
+	}
+	switch req.Op {
+	case OpCreate:
+		switch {
+		case req.Seed == nil:
+			return bad("seed", "missing")
+		case req.Seed.ID != req.Run:
+			return bad("seed.id", fmt.Sprintf("%q is not the run %q", req.Seed.ID, req.Run))
+		case req.Seed.Kind != KindBackup && req.Seed.Kind != KindRestore:
+			return bad("seed.kind", fmt.Sprintf("%q is neither %s nor %s", req.Seed.Kind, KindBackup, KindRestore))
+		case req.Seed.Phase != "" && req.Seed.Phase != Pending && req.Seed.Phase != Initializing:
+			return bad("seed.phase", fmt.Sprintf("a new run cannot start %s", req.Seed.Phase))
+		case len(req.Seed.Steps) > 0 || len(req.Seed.Compensation) > 0 || len(req.Seed.Destinations) > 0:
+			return bad("seed", "a new run has no steps, destinations or compensation yet")
+		}
+	case OpClaim, OpInterrupt, OpProc, OpInverseClaim, OpInverseTried, OpDebt:
+		if req.Step == "" {
+			return bad("step", "missing")
+		}
+	case OpFinish:
+		if req.Step == "" {
+			return bad("step", "missing")
+		}
+		switch req.Phase {
+		case Succeeded, Failed, Skipped:
+		default:
+			return bad("phase", fmt.Sprintf("%q is not a final phase", req.Phase))
+		}
+	case OpRecord:
+		if req.Result == nil {
+			return bad("result", "missing")
+		}
+	case OpFail:
+		if req.Error == "" {
+			return bad("error", "a failure needs its reason")
+		}
+	case OpAnnounce:
+		if req.Flag == "" {
+			return bad("flag", "missing")
+		}
+	}
+	if req.Proc == nil && req.Op == OpProc {
+		return bad("proc", "missing")
+	}
+	return nil
+}
+
+// Apply applies req to r at now (the owner's clock). ErrNoChange means the
+// record stays as it is while the outcome holds (a repeat, or nothing to
+// do); any other error refuses the request. OpCreate is not applied here
+// (Store.Ensure creates records).
+func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
+	var o Outcome
+	switch req.Op {
+	case OpClaim:
+		o.Claimed = claim(r, req, now)
+		if !o.Claimed.Start {
+			return o, ErrNoChange
+		}
+		return o, nil
+	case OpFinish:
+		st := r.Step(req.Step)
+		if st.Phase.Done() && st.Phase == req.Phase && req.Phase != Failed {
+			// A repeat (redelivery): the first end stands. A Failed end is
+			// rewritten, so the newest reason is kept.
+			return o, ErrNoChange
+		}
+		st.Phase = req.Phase
+		st.Finished = r.Stamp(now)
+		if req.Bytes > 0 {
+			st.Bytes = req.Bytes
+		}
+		st.Error = req.Error
+		if req.Phase == Succeeded {
+			record(r, req.Result)
+		}
+		return o, nil
+	case OpRecord:
+		record(r, req.Result)
+		return o, nil
+	case OpInterrupt:
+		st := r.FindStep(req.Step)
+		if st == nil || st.Phase != Running {
+			return o, ErrNoChange
+		}
+		st.Phase, st.Error, st.Finished = Failed, req.Error, r.Stamp(now)
+		return o, nil
+	case OpFail:
+		if r.Fail(req.Stage, req.Error, now) {
+			r.Announced = setFlag(r.Announced, "failed:"+req.Cause)
+			o.Announce = true
+			return o, nil
+		}
+		o.Announce = r.Announced["failed:"+req.Cause]
+		return o, ErrNoChange
+	case OpProc:
+		st := r.FindStep(req.Step)
+		if st == nil || st.Phase != Running || st.Owner != req.Owner {
+			return o, ErrNotOwner
+		}
+		p := *req.Proc
+		st.Proc = &p
+		return o, nil
+	case OpInverseClaim:
+		return inverseClaim(r, req, now)
+	case OpInverseTried:
+		return o, inverseTried(r, req, now)
+	case OpDebt:
+		if r.FindCompensation(req.Step) != nil {
+			return o, ErrNoChange
+		}
+		at := r.Stamp(now)
+		errText := ""
+		if st := r.FindStep(req.Step); st != nil {
+			errText = st.Error
+		}
+		r.Compensation = append(r.Compensation, Compensation{Step: req.Step, Undoes: req.Undoes, Phase: Failed,
+			Error: errText, Attempts: 1, RetryAt: at, Until: at.Add(req.Deadline)})
+		return o, nil
+	case OpCompensationEnd:
+		if r.CompensationDone {
+			o.Announce = len(r.Owed()) == 0 && r.Announced[AnnouncedCompensation]
+			return o, ErrNoChange
+		}
+		r.CompensationDone = true
+		if len(r.Owed()) == 0 {
+			r.Announced = setFlag(r.Announced, AnnouncedCompensation)
+			o.Announce = true
+		}
+		return o, nil
+	case OpAnnounce:
+		if r.Announced[req.Flag] {
+			return o, ErrNoChange
+		}
+		r.Announced = setFlag(r.Announced, req.Flag)
+		return o, nil
+	case OpSettle:
+		return settle(r, req.Require, now)
+	case OpExpire:
+		return expire(r, req.Step, now)
+	}
+	return o, fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
+}
+
+func claim(r *Run, req Request, now time.Time) Claimed {
+	if r.Phase.Done() {
+		return Claimed{Skip: true}
+	}
+	st := r.Step(req.Step)
+	switch st.Phase {
+	case Succeeded, Skipped:
+		return Claimed{Done: true}
+	case Failed:
+		// Recorded failed while the run is not: the process died between
+		// the two writes, and the run must still fail.
+		return Claimed{Skip: true, Failed: true, Error: st.Error}
+	case Running:
+		return Claimed{Interrupted: true, Owner: st.Owner}
+	}
+	// Stamped: compensation compares the times of one record.
+	at := r.Stamp(now)
+	st.Phase, st.Owner, st.Started, st.Finished, st.Error = Running, req.Owner, at, time.Time{}, ""
+	st.Deadline = time.Time{}
+	if req.Within > 0 {
+		st.Deadline = at.Add(req.Within)
+	}
+	if r.Phase == Pending || r.Phase == Initializing {
+		r.Phase = Running
+	}
+	return Claimed{Start: true}
+}
+
+// record copies what a step produced into the run.
+func record(r *Run, res *Result) {
+	if res == nil {
+		return
+	}
+	if res.Bytes > 0 {
+		r.Bytes = res.Bytes
+	}
+	if res.SHA256 != "" {
+		r.SHA256 = res.SHA256
+	}
+	if res.Chunks > 0 {
+		r.Chunks = res.Chunks
+	}
+	if res.BackupID != "" {
+		r.BackupID = res.BackupID
+	}
+	if res.Dest != "" && res.Destination != nil {
+		d := r.Dest(res.Dest)
+		in := res.Destination
+		if in.Phase != "" {
+			d.Phase = in.Phase
+		}
+		if in.Key != "" {
+			d.Key, d.ManifestKey, d.Size, d.SHA256 = in.Key, in.ManifestKey, in.Size, in.SHA256
+			r.StoredBytes = in.Size
+		}
+		if in.Verified {
+			d.Verified, d.VerifyMode = true, in.VerifyMode
+		}
+	}
+}
+
+func inverseClaim(r *Run, req Request, now time.Time) (Outcome, error) {
+	var o Outcome
+	at := r.Stamp(now)
+	c := r.FindCompensation(req.Step)
+	if req.Within > 0 {
+		// The owed-inverse loop: only a due entry, and with a lease.
+		if c == nil || !Due(*c, now) {
+			return o, ErrNoChange
+		}
+		c.Phase, c.Owner, c.Started, c.Finished, c.Lease = Running, req.Owner, at, time.Time{}, at.Add(req.Within)
+		o.Announce = true
+		return o, nil
+	}
+	if c == nil {
+		// A forward run of the inverse that failed was the debt's first
+		// attempt.
+		tried := 0
+		if st := r.FindStep(req.Step); st != nil && !st.Started.IsZero() && st.Phase != Succeeded {
+			tried = 1
+		}
+		r.Compensation = append(r.Compensation, Compensation{Step: req.Step, Attempts: tried})
+		c = &r.Compensation[len(r.Compensation)-1]
+	}
+	c.Undoes = req.Undoes
+	c.Phase, c.Owner, c.Started, c.Finished, c.Lease = Running, req.Owner, at, time.Time{}, time.Time{}
+	o.Announce = true
+	return o, nil
+}
+
+// Due reports whether the owed-inverse loop may take entry c at now: owed
+// and due for its retry, or claimed by a process whose lease ran out.
+func Due(c Compensation, now time.Time) bool {
+	switch c.Phase {
+	case Failed:
+		return !c.RetryAt.IsZero() && !now.Before(c.RetryAt)
+	case Running:
+		return !c.Lease.IsZero() && now.After(c.Lease)
+	}
+	return false
+}
+
+func inverseTried(r *Run, req Request, now time.Time) error {
+	c := r.FindCompensation(req.Step)
+	if c == nil {
+		return fmt.Errorf("%w: run %s has no compensation entry %s", ErrBadRequest, r.ID, req.Step)
+	}
+	at := r.Stamp(now)
+	c.Attempts++
+	c.Finished = at
+	switch {
+	case req.Error == "":
+		c.Phase, c.Error, c.RetryAt, c.Lease = Succeeded, "", time.Time{}, time.Time{}
+	case req.Last:
+		c.Phase, c.Error, c.Lease = Failed, req.Error, time.Time{}
+		if c.Until.IsZero() {
+			c.Until = at.Add(req.Deadline)
+		}
+		c.RetryAt = at.Add(req.RetryEvery)
+		if c.RetryAt.After(c.Until) {
+			c.RetryAt, c.GaveUp = time.Time{}, true
+		}
+	default:
+		c.Error = req.Error
+	}
+	return nil
+}
+
+func settle(r *Run, need *Requirement, now time.Time) (Outcome, error) {
+	var o Outcome
+	if need == nil || r.Phase.Done() {
+		return o, ErrNoChange
+	}
+	for _, name := range need.Steps {
+		st := r.FindStep(name)
+		if st == nil || (st.Phase != Succeeded && st.Phase != Skipped) {
+			return o, ErrNoChange
+		}
+	}
+	if r.Kind == KindBackup {
+		for _, name := range need.Destinations {
+			d := r.Destinations[name]
+			if d == nil || d.Phase != Succeeded || (need.Verify && !d.Verified) {
+				return o, ErrNoChange
+			}
+		}
+		r.BackupID = r.ID
+	}
+	r.Phase = Succeeded
+	r.Finished = now
+	o.Announce = true
+	return o, nil
+}
+
+// AnnouncedSucceeded is the Announced flag of a run's backup.succeeded or
+// restore.succeeded, set once it is published.
+const AnnouncedSucceeded = "succeeded"
+
+// abandoned begins the error of a step or run that ran past its deadline.
+const abandoned = "abandoned"
+
+// Overdue names the first step of r Running past its deadline at now, or
+// "" (and run=true) when the run itself is past its deadline, or "" and
+// false when nothing is overdue.
+func Overdue(r *Run, now time.Time) (step string, run bool) {
+	if r.Phase.Done() {
+		return "", false
+	}
+	for _, st := range r.Steps {
+		if st.Phase == Running && !st.Deadline.IsZero() && now.After(st.Deadline) {
+			return st.Name, false
+		}
+	}
+	return "", !r.Deadline.IsZero() && now.After(r.Deadline)
+}
+
+func expire(r *Run, step string, now time.Time) (Outcome, error) {
+	var o Outcome
+	if r.Phase.Done() {
+		return o, ErrNoChange
+	}
+	if step == "" {
+		if r.Deadline.IsZero() || !now.After(r.Deadline) {
+			return o, ErrNoChange // it moved on meanwhile
+		}
+		o.Reason = fmt.Sprintf("run timed out: still %s at its deadline %s (spec.runTimeout)", r.Phase, r.Deadline.Format(time.RFC3339))
+		for i := range r.Steps {
+			if st := &r.Steps[i]; st.Phase == Running {
+				st.Phase, st.Error, st.Finished = Failed, "run timed out while running", r.Stamp(now)
+			}
+		}
+		r.Fail("control", o.Reason, now)
+		o.Announce = true
+		return o, nil
+	}
+	st := r.FindStep(step)
+	if st == nil || st.Phase != Running || !now.After(st.Deadline) {
+		return o, ErrNoChange
+	}
+	o.Reason = fmt.Sprintf("%s: %s ran past its deadline %s (owner %s)", abandoned, step, st.Deadline.Format(time.RFC3339), st.Owner)
+	st.Phase, st.Error, st.Finished = Failed, o.Reason, r.Stamp(now)
+	r.Fail(StageOf(step), o.Reason, now)
+	o.Announce = true
+	return o, nil
+}
+
+func setFlag(m map[string]bool, k string) map[string]bool {
+	if m == nil {
+		m = map[string]bool{}
+	}
+	m[k] = true
+	return m
+}

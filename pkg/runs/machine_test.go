@@ -1,0 +1,281 @@
+package runs_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/pkg/runs"
+)
+
+var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// rec builds a run record: phase, then steps as "name=Phase[@owner]".
+func rec(phase runs.Phase, steps ...string) *runs.Run {
+	r := &runs.Run{ID: "r", Plan: "p", Kind: runs.KindBackup, Phase: phase}
+	for _, s := range steps {
+		name, rest, _ := strings.Cut(s, "=")
+		ph, owner, _ := strings.Cut(rest, "@")
+		st := runs.Step{Name: name, Phase: runs.Phase(ph), Owner: owner}
+		if st.Phase != runs.Pending {
+			st.Started = t0.Add(-time.Minute)
+		}
+		if st.Phase == runs.Running {
+			st.Deadline = t0.Add(-time.Second) // overdue at t0
+		}
+		r.Steps = append(r.Steps, st)
+	}
+	return r
+}
+
+func phaseOf(r *runs.Run, step string) runs.Phase {
+	if st := r.FindStep(step); st != nil {
+		return st.Phase
+	}
+	return ""
+}
+
+// TestApply covers every transition from the states it meets: what it
+// decides (outcome, ErrNoChange, refusal) and the record after it.
+func TestApply(t *testing.T) {
+	tests := []struct {
+		name        string
+		give        *runs.Run
+		req         runs.Request
+		wantErr     error
+		wantOutcome runs.Outcome
+		wantRun     runs.Phase
+		wantStep    runs.Phase // of req.Step ("" skips the check)
+	}{
+		{"claim a pending step starts it and the run", rec(runs.Pending),
+			runs.Request{Op: runs.OpClaim, Step: "snapshot", Owner: "a"}, nil,
+			runs.Outcome{Claimed: runs.Claimed{Start: true}}, runs.Running, runs.Running},
+		{"claim a finished step: done", rec(runs.Running, "snapshot=Succeeded"),
+			runs.Request{Op: runs.OpClaim, Step: "snapshot", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Done: true}}, runs.Running, runs.Succeeded},
+		{"claim a skipped step: done", rec(runs.Running, "hook:h/a=Skipped"),
+			runs.Request{Op: runs.OpClaim, Step: "hook:h/a", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Done: true}}, runs.Running, runs.Skipped},
+		{"claim a running step: interrupted, with its owner", rec(runs.Running, "filter=Running@dead"),
+			runs.Request{Op: runs.OpClaim, Step: "filter", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Interrupted: true, Owner: "dead"}}, runs.Running, runs.Running},
+		{"claim a failed step of a live run: fail the run", rec(runs.Running, "filter=Failed"),
+			runs.Request{Op: runs.OpClaim, Step: "filter", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Skip: true, Failed: true}}, runs.Running, runs.Failed},
+		{"claim in a failed run: skip", rec(runs.Failed),
+			runs.Request{Op: runs.OpClaim, Step: "filter", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Skip: true}}, runs.Failed, ""},
+		{"claim in a succeeded run: skip", rec(runs.Succeeded),
+			runs.Request{Op: runs.OpClaim, Step: "filter", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Skip: true}}, runs.Succeeded, ""},
+		{"finish a running step", rec(runs.Running, "filter=Running@a"),
+			runs.Request{Op: runs.OpFinish, Step: "filter", Phase: runs.Succeeded}, nil,
+			runs.Outcome{}, runs.Running, runs.Succeeded},
+		{"finish again: the first end stands", rec(runs.Running, "filter=Succeeded"),
+			runs.Request{Op: runs.OpFinish, Step: "filter", Phase: runs.Succeeded}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Running, runs.Succeeded},
+		{"finish failed", rec(runs.Running, "filter=Running@a"),
+			runs.Request{Op: runs.OpFinish, Step: "filter", Phase: runs.Failed, Error: "boom"}, nil,
+			runs.Outcome{}, runs.Running, runs.Failed},
+		{"interrupt a running step", rec(runs.Failed, "hook:h/a=Running@dead"),
+			runs.Request{Op: runs.OpInterrupt, Step: "hook:h/a", Error: "interrupted"}, nil,
+			runs.Outcome{}, runs.Failed, runs.Failed},
+		{"interrupt a finished step: nothing", rec(runs.Running, "hook:h/a=Succeeded"),
+			runs.Request{Op: runs.OpInterrupt, Step: "hook:h/a", Error: "interrupted"}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Running, runs.Succeeded},
+		{"fail a live run: announce", rec(runs.Running, "filter=Running@a", "upload:s3=Pending"),
+			runs.Request{Op: runs.OpFail, Stage: "filter", Error: "boom", Cause: "e1"}, nil,
+			runs.Outcome{Announce: true}, runs.Failed, ""},
+		{"fail a failed run for another cause: nothing", rec(runs.Failed),
+			runs.Request{Op: runs.OpFail, Stage: "upload", Error: "later", Cause: "e2"}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Failed, ""},
+		{"fail a succeeded run: nothing", rec(runs.Succeeded),
+			runs.Request{Op: runs.OpFail, Stage: "metrics", Error: "late", Cause: "e3"}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Succeeded, ""},
+		{"record a process of the owner's running step", rec(runs.Running, "hook:h/a=Running@a"),
+			runs.Request{Op: runs.OpProc, Step: "hook:h/a", Owner: "a", Proc: &runs.Proc{PGID: 7}}, nil,
+			runs.Outcome{}, runs.Running, runs.Running},
+		{"record a process of another owner's step: refused", rec(runs.Running, "hook:h/a=Running@b"),
+			runs.Request{Op: runs.OpProc, Step: "hook:h/a", Owner: "a", Proc: &runs.Proc{PGID: 7}}, runs.ErrNotOwner,
+			runs.Outcome{}, runs.Running, runs.Running},
+		{"settle when every piece is done", rec(runs.Running, "snapshot=Succeeded", "hook:h/a=Skipped"),
+			runs.Request{Op: runs.OpSettle, Require: &runs.Requirement{Steps: []string{"snapshot", "hook:h/a"}}}, nil,
+			runs.Outcome{Announce: true}, runs.Succeeded, ""},
+		{"settle with a step still running: nothing", rec(runs.Running, "snapshot=Succeeded", "hook:h/a=Running@a"),
+			runs.Request{Op: runs.OpSettle, Require: &runs.Requirement{Steps: []string{"snapshot", "hook:h/a"}}}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Running, ""},
+		{"settle with a destination missing: nothing", rec(runs.Running, "snapshot=Succeeded"),
+			runs.Request{Op: runs.OpSettle, Require: &runs.Requirement{Steps: []string{"snapshot"}, Destinations: []string{"s3"}}}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Running, ""},
+		{"settle a failed run: nothing", rec(runs.Failed, "snapshot=Succeeded"),
+			runs.Request{Op: runs.OpSettle, Require: &runs.Requirement{Steps: []string{"snapshot"}}}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Failed, ""},
+		{"expire an overdue step fails the run", rec(runs.Running, "hook:h/a=Running@dead"),
+			runs.Request{Op: runs.OpExpire, Step: "hook:h/a"}, nil,
+			runs.Outcome{Announce: true}, runs.Failed, runs.Failed},
+		{"expire a finished run: nothing", rec(runs.Succeeded, "hook:h/a=Succeeded"),
+			runs.Request{Op: runs.OpExpire, Step: "hook:h/a"}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Succeeded, runs.Succeeded},
+		{"expire a run before its deadline: nothing", rec(runs.Running),
+			runs.Request{Op: runs.OpExpire}, runs.ErrNoChange,
+			runs.Outcome{}, runs.Running, ""},
+		{"announce a flag once", rec(runs.Succeeded),
+			runs.Request{Op: runs.OpAnnounce, Flag: runs.AnnouncedSucceeded}, nil,
+			runs.Outcome{}, runs.Succeeded, ""},
+		{"end compensation owing nothing: announce", rec(runs.Failed),
+			runs.Request{Op: runs.OpCompensationEnd}, nil,
+			runs.Outcome{Announce: true}, runs.Failed, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.req.Run = "r"
+			o, err := runs.Apply(tt.give, tt.req, t0)
+			if !errors.Is(err, tt.wantErr) || (err != nil && tt.wantErr == nil) {
+				t.Fatalf("err %v, want %v", err, tt.wantErr)
+			}
+			o.Reason, o.Claimed.Error = "", ""
+			if o != tt.wantOutcome {
+				t.Errorf("outcome %+v, want %+v", o, tt.wantOutcome)
+			}
+			if tt.give.Phase != tt.wantRun {
+				t.Errorf("run %s, want %s", tt.give.Phase, tt.wantRun)
+			}
+			if tt.wantStep != "" && phaseOf(tt.give, tt.req.Step) != tt.wantStep {
+				t.Errorf("step %s, want %s", phaseOf(tt.give, tt.req.Step), tt.wantStep)
+			}
+		})
+	}
+}
+
+// TestApplyRecordsWhatAStepProduced: a finished upload writes its
+// destination, a verify marks it verified, a snapshot its figures.
+func TestApplyRecordsWhatAStepProduced(t *testing.T) {
+	r := rec(runs.Running, "snapshot=Running@a", "upload:s3=Running@a", "verify:s3=Running@a")
+	steps := []runs.Request{
+		{Op: runs.OpFinish, Step: "snapshot", Phase: runs.Succeeded, Result: &runs.Result{Bytes: 10, SHA256: "aa", Chunks: 2}},
+		{Op: runs.OpFinish, Step: "upload:s3", Phase: runs.Succeeded, Result: &runs.Result{Dest: "s3",
+			Destination: &runs.Destination{Phase: runs.Succeeded, Key: "k", ManifestKey: "m", Size: 6, SHA256: "bb"}}},
+		{Op: runs.OpFinish, Step: "verify:s3", Phase: runs.Succeeded, Result: &runs.Result{Dest: "s3",
+			Destination: &runs.Destination{Verified: true, VerifyMode: "full"}}},
+	}
+	for _, req := range steps {
+		req.Run = "r"
+		if _, err := runs.Apply(r, req, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := r.Destinations["s3"]
+	if r.Bytes != 10 || r.SHA256 != "aa" || r.Chunks != 2 || r.StoredBytes != 6 ||
+		d.Key != "k" || d.ManifestKey != "m" || d.SHA256 != "bb" || !d.Verified || d.VerifyMode != "full" || d.Phase != runs.Succeeded {
+		t.Fatalf("run %+v destination %+v", r, d)
+	}
+}
+
+// TestApplyCompensationEntries follows one debt: claimed by the first
+// pass, tried and failed for the last time (owed, due later), claimed by
+// the loop only once due, then paid.
+func TestApplyCompensationEntries(t *testing.T) {
+	r := rec(runs.Failed, "hook:h/lock=Succeeded", "hook:h/unlock=Failed")
+	apply := func(req runs.Request, at time.Time) runs.Outcome {
+		t.Helper()
+		req.Run = "r"
+		o, err := runs.Apply(r, req, at)
+		if err != nil && !errors.Is(err, runs.ErrNoChange) {
+			t.Fatalf("%s: %v", req.Op, err)
+		}
+		return o
+	}
+	apply(runs.Request{Op: runs.OpInverseClaim, Step: "hook:h/unlock", Undoes: "h/lock", Owner: "a"}, t0)
+	c := r.FindCompensation("hook:h/unlock")
+	if c == nil || c.Phase != runs.Running || c.Attempts != 1 || c.Undoes != "h/lock" {
+		t.Fatalf("claimed entry %+v, want Running with the failed forward run as attempt 1", c)
+	}
+	apply(runs.Request{Op: runs.OpInverseTried, Step: "hook:h/unlock", Error: "refused", Last: true,
+		Deadline: time.Hour, RetryEvery: 5 * time.Minute}, t0)
+	c = r.FindCompensation("hook:h/unlock")
+	if c.Phase != runs.Failed || c.Attempts != 2 || !c.RetryAt.After(t0) || c.Until.IsZero() {
+		t.Fatalf("entry after the last try %+v, want Failed (owed) with a retry", c)
+	}
+	if o := apply(runs.Request{Op: runs.OpCompensationEnd}, t0); o.Announce {
+		t.Error("compensation.completed announced while an inverse is owed")
+	}
+	if got := len(r.Owed()); got != 1 {
+		t.Fatalf("owed %d, want 1", got)
+	}
+	lease := runs.Request{Op: runs.OpInverseClaim, Step: "hook:h/unlock", Owner: "b", Within: time.Minute}
+	if o := apply(lease, t0.Add(time.Minute)); o.Announce {
+		t.Error("the loop claimed an entry before its retry was due")
+	}
+	if o := apply(lease, t0.Add(6*time.Minute)); !o.Announce {
+		t.Error("the loop did not claim a due entry")
+	}
+	if o := apply(lease, t0.Add(6*time.Minute)); o.Announce {
+		t.Error("a second replica claimed an entry under lease")
+	}
+	apply(runs.Request{Op: runs.OpInverseTried, Step: "hook:h/unlock"}, t0.Add(7*time.Minute))
+	if c = r.FindCompensation("hook:h/unlock"); c.Phase != runs.Succeeded || len(r.Owed()) != 0 {
+		t.Fatalf("entry after a completed try %+v, owed %v", c, r.Owed())
+	}
+}
+
+// TestPermit: each stage asks only for what is its own.
+func TestPermit(t *testing.T) {
+	seed := &runs.Run{ID: "r", Plan: "p", Kind: runs.KindBackup}
+	tests := []struct {
+		stage string
+		req   runs.Request
+		ok    bool
+	}{
+		{"filter", runs.Request{Op: runs.OpClaim, Step: "filter"}, true},
+		{"filter", runs.Request{Op: runs.OpClaim, Step: "upload:s3"}, false},
+		{"filter", runs.Request{Op: runs.OpFinish, Step: "verify:s3"}, false},
+		{"upload", runs.Request{Op: runs.OpFinish, Step: "upload:s3", Result: &runs.Result{Dest: "s3", Destination: &runs.Destination{}}}, true},
+		{"upload", runs.Request{Op: runs.OpFinish, Step: "upload:s3", Result: &runs.Result{Dest: "gcs", Destination: &runs.Destination{}}}, false},
+		{"verify", runs.Request{Op: runs.OpFinish, Step: "verify:s3", Result: &runs.Result{Dest: "s3", Destination: &runs.Destination{Verified: true}}}, true},
+		{"verify", runs.Request{Op: runs.OpSettle}, false},
+		{"verify", runs.Request{Op: runs.OpExpire}, false},
+		{"hook", runs.Request{Op: runs.OpCreate, Seed: seed}, true},
+		{"snapshot", runs.Request{Op: runs.OpCreate, Seed: seed}, true},
+		{"filter", runs.Request{Op: runs.OpCreate, Seed: seed}, false},
+		{"api", runs.Request{Op: runs.OpCreate, Seed: seed}, false},
+		{"filter", runs.Request{Op: runs.OpFail}, true},
+		{"api", runs.Request{Op: runs.OpFail}, false},
+		{"hook", runs.Request{Op: runs.OpProc, Step: "hook:h/a"}, true},
+		{"snapshot", runs.Request{Op: runs.OpProc, Step: "snapshot"}, false},
+		{"hook", runs.Request{Op: runs.OpInverseClaim, Step: "hook:h/a"}, true},
+		{"verify", runs.Request{Op: runs.OpInverseTried, Step: "hook:h/a"}, false},
+		{"restore", runs.Request{Op: runs.OpRecord, Result: &runs.Result{BackupID: "b"}}, true},
+		{"restore", runs.Request{Op: runs.OpRecord, Result: &runs.Result{Dest: "s3", Destination: &runs.Destination{Verified: true}}}, false},
+		{"upload", runs.Request{Op: runs.OpRecord, Result: &runs.Result{BackupID: "b"}}, false},
+	}
+	for _, tt := range tests {
+		tt.req.Run = "r"
+		err := runs.Permit(tt.stage, tt.req)
+		if (err == nil) != tt.ok || (err != nil && !errors.Is(err, runs.ErrRefused)) {
+			t.Errorf("%s %s %s: %v, want allowed=%v", tt.stage, tt.req.Op, tt.req.Step, err, tt.ok)
+		}
+	}
+}
+
+// TestCheckNamesTheField: a malformed request is refused naming its field.
+func TestCheckNamesTheField(t *testing.T) {
+	tests := []struct {
+		req  runs.Request
+		want string
+	}{
+		{runs.Request{Op: runs.OpClaim}, "run"},
+		{runs.Request{Op: runs.OpClaim, Run: "r"}, "claim step"},
+		{runs.Request{Op: runs.OpFinish, Run: "r", Step: "filter", Phase: runs.Running}, "finish phase"},
+		{runs.Request{Op: runs.OpFail, Run: "r"}, "fail error"},
+		{runs.Request{Op: runs.OpCreate, Run: "r", Seed: &runs.Run{ID: "x", Kind: runs.KindBackup}}, "create seed.id"},
+		{runs.Request{Op: runs.OpCreate, Run: "r", Seed: &runs.Run{ID: "r", Kind: runs.KindBackup, Phase: runs.Succeeded}}, "create seed.phase"},
+		{runs.Request{Op: runs.OpProc, Run: "r", Step: "hook:h/a"}, "proc proc"},
+	}
+	for _, tt := range tests {
+		err := tt.req.Check()
+		if !errors.Is(err, runs.ErrBadRequest) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: %v, want an error naming %q", tt.req, err, tt.want)
+		}
+	}
+}

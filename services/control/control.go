@@ -1,0 +1,290 @@
+// Package control is the owner of run state: the one writer of the runs
+// bucket. Stages ask it for transitions of their runs (runs.Request on
+// bs.control.<stage>); it checks that the asking stage may ask for that
+// transition (runs.Permit), applies it with a compare-and-set, and
+// announces what only the owner decides: a run failed (backup.failed,
+// restore.failed), succeeded (backup.succeeded, restore.succeeded), or ran
+// past its deadline. It also fails runs stuck past a step's or their own
+// deadline.
+//
+// It must never run a step itself: it only records what stages report.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/stage"
+)
+
+// Service is the control service.
+type Service struct {
+	*stage.Deps
+	// Workers bounds the requests handled at once (default 16).
+	Workers int
+	// Tick is how often overdue runs are looked for (default 15s).
+	Tick time.Duration
+}
+
+// New builds the control service.
+func New(d *stage.Deps) *Service { return &Service{Deps: d, Workers: 16, Tick: 15 * time.Second} }
+
+// Name is the service's name.
+func (s *Service) Name() string { return "control" }
+
+var _ runs.Owner = (*Service)(nil)
+
+// Run answers transition requests until ctx ends, and fails overdue runs
+// every Tick. Replicas share the requests (a queue group); the
+// compare-and-set on each record makes them agree.
+func (s *Service) Run(ctx context.Context) error {
+	msgs := make(chan *nats.Msg, 64)
+	sub, err := s.Bus.NC.ChanQueueSubscribe(runs.ControlRoot+".*", "control", msgs)
+	if err != nil {
+		return fmt.Errorf("control: subscribe: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range max(1, s.Workers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m := <-msgs:
+					s.serve(ctx, m)
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(max(s.Tick, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			if _, err := s.FailOverdue(ctx); err != nil && ctx.Err() == nil {
+				s.Log.Error("control: fail overdue runs", "err", err)
+			}
+		}
+	}
+}
+
+// serve answers one request. The stage is the subject's last token: the
+// server confines each stage's user to its own subject.
+func (s *Service) serve(ctx context.Context, m *nats.Msg) {
+	stageName := strings.TrimPrefix(m.Subject, runs.ControlRoot+".")
+	var req runs.Request
+	var rep runs.Reply
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		rep = runs.ReplyOf(nil, runs.Outcome{}, fmt.Errorf("%w: decode: %v", runs.ErrBadRequest, err))
+	} else {
+		rep = runs.ReplyOf(s.Ask(ctx, stageName, req))
+	}
+	data, err := json.Marshal(rep)
+	if err == nil {
+		err = m.Respond(data)
+	}
+	if err != nil && ctx.Err() == nil {
+		s.Log.Error("control: reply", "stage", stageName, "op", req.Op, "runid", req.Run, "err", err)
+	}
+}
+
+// Ask implements runs.Owner: the transition applied here, in this process.
+func (s *Service) Ask(ctx context.Context, stageName string, req runs.Request) (*runs.Run, runs.Outcome, error) {
+	req.Stage = stageName
+	if err := req.Check(); err != nil {
+		return nil, runs.Outcome{}, err
+	}
+	if err := runs.Permit(stageName, req); err != nil {
+		s.Log.Warn("control: transition refused", "stage", stageName, "op", req.Op, "runid", req.Run, "step", req.Step, "err", err)
+		return nil, runs.Outcome{}, err
+	}
+	if req.Op == runs.OpCreate {
+		if err := s.seed(ctx, req.Seed); err != nil {
+			return nil, runs.Outcome{}, err
+		}
+	}
+	r, o, err := s.Runs.Apply(ctx, req, s.Now().UTC())
+	if err != nil {
+		return r, o, err
+	}
+	switch req.Op {
+	case runs.OpFail:
+		if o.Announce {
+			if err := s.announceFailed(ctx, r, req.Step, req.Cause); err != nil {
+				return nil, o, err
+			}
+		}
+	case runs.OpFinish:
+		if r, err = s.settle(ctx, r); err != nil {
+			return nil, o, err
+		}
+	}
+	return r, o, nil
+}
+
+// seed completes a new run's record: the plan revision it keeps and its
+// deadline. The first create wins; a later one finds the record.
+func (s *Service) seed(ctx context.Context, seed *runs.Run) error {
+	if seed.Created.IsZero() {
+		seed.Created = s.Now().UTC()
+	}
+	p, rev, err := s.Plans.GetCurrent(ctx, seed.Plan)
+	if err != nil {
+		return fmt.Errorf("run %s: %w", seed.ID, err)
+	}
+	seed.PlanRevision = rev
+	seed.Deadline = seed.Created.Add(p.Spec.EffectiveRunTimeout())
+	return nil
+}
+
+// announceFailed publishes the failure of run r, caused by event cause in
+// step.
+func (s *Service) announceFailed(ctx context.Context, r *runs.Run, step, cause string) error {
+	s.Log.Warn("run failed", "plan", r.Plan, "runid", r.ID, "stage", r.FailedStage, "step", step, "reason", r.Error)
+	var ev events.Event
+	var err error
+	if r.Kind == runs.KindRestore {
+		ev, err = s.Emit(r.Plan, r.ID, "", events.RestoreFailedData{BackupID: r.BackupID, Stage: r.FailedStage, Error: r.Error})
+	} else {
+		ev, err = s.Emit(r.Plan, r.ID, "", events.BackupFailedData{Stage: r.FailedStage, FailedStep: step, Reason: r.Error, Cause: cause})
+	}
+	if err != nil {
+		return err
+	}
+	return s.Bus.Publish(ctx, ev)
+}
+
+// settle marks r Succeeded once its plan's requirement is met and
+// announces it. A run found Succeeded but not yet announced (the owner
+// stopped in between) is announced now, with the same event id.
+func (s *Service) settle(ctx context.Context, r *runs.Run) (*runs.Run, error) {
+	if r.Phase.Done() && (r.Phase != runs.Succeeded || r.Announced[runs.AnnouncedSucceeded]) {
+		return r, nil
+	}
+	p, err := s.PlanOf(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if r.Phase != runs.Succeeded {
+		need := &runs.Requirement{Verify: p.Spec.Verify.IsEnabled()}
+		for _, st := range p.Sequence(stage.Workflow(r.Kind)) {
+			need.Steps = append(need.Steps, st.String())
+		}
+		for _, d := range p.Spec.Destinations {
+			need.Destinations = append(need.Destinations, d.Name)
+		}
+		if r, _, err = s.Runs.Apply(ctx, runs.Request{Op: runs.OpSettle, Run: r.ID, Require: need}, s.Now().UTC()); err != nil {
+			return nil, err
+		}
+		if r.Phase != runs.Succeeded {
+			return r, nil
+		}
+	}
+	ev, err := s.succeeded(p, r)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Bus.Publish(ctx, ev); err != nil {
+		return nil, err
+	}
+	r, _, err = s.Runs.Apply(ctx, runs.Request{Op: runs.OpAnnounce, Run: r.ID, Flag: runs.AnnouncedSucceeded}, s.Now().UTC())
+	return r, err
+}
+
+// succeeded is the backup.succeeded or restore.succeeded of r.
+func (s *Service) succeeded(p *plan.Plan, r *runs.Run) (events.Event, error) {
+	if r.Kind == runs.KindRestore {
+		s.Log.Info("restore succeeded", "plan", r.Plan, "runid", r.ID, "backup", r.BackupID, "bytes", r.Bytes)
+		return s.Emit(r.Plan, r.ID, "", events.RestoreSucceededData{
+			BackupID: r.BackupID, Bytes: r.Bytes, SHA256: r.SHA256, DurationMs: r.Finished.Sub(r.Created).Milliseconds(),
+		})
+	}
+	data := events.BackupSucceededData{
+		BackupID:        r.ID,
+		Bytes:           r.Bytes,
+		StoredBytes:     r.StoredBytes,
+		PlaintextSHA256: r.SHA256,
+		Chunks:          r.Chunks,
+		Started:         r.Created,
+		DurationMs:      r.Finished.Sub(r.Created).Milliseconds(),
+		Source:          p.Spec.Source.Type,
+		Trigger:         r.Trigger,
+	}
+	for _, dest := range p.Spec.Destinations {
+		ds := r.Destinations[dest.Name]
+		if ds == nil {
+			continue
+		}
+		data.Objects = append(data.Objects, events.BackupObject{
+			Destination: dest.Name, Key: ds.Key, ManifestKey: ds.ManifestKey, Size: ds.Size, SHA256: ds.SHA256,
+		})
+	}
+	s.Log.Info("backup succeeded", "plan", r.Plan, "runid", r.ID, "bytes", r.Bytes, "stored", r.StoredBytes)
+	return s.Emit(r.Plan, r.ID, "", data)
+}
+
+// FailOverdue fails the runs not yet final that are past a deadline: a step
+// Running past its own (a process died mid-step and no redelivery took the
+// step over: its step.failed is published too), or the run past the
+// plan's runTimeout. Each gets backup.failed (or restore.failed), so its
+// compensation runs. Several replicas may do so at once: the
+// compare-and-set lets one decide, and the events' ids are deterministic.
+// It returns the ids of the runs it failed.
+func (s *Service) FailOverdue(ctx context.Context) ([]string, error) {
+	list, err := s.Runs.Active(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("fail overdue runs: %w", err)
+	}
+	now := s.Now().UTC()
+	var failed []string
+	for _, r := range list {
+		step, whole := runs.Overdue(r, now)
+		if step == "" && !whole {
+			continue
+		}
+		ok, err := s.expire(ctx, r.ID, step, now)
+		if err != nil {
+			return failed, fmt.Errorf("fail overdue run %s: %w", r.ID, err)
+		}
+		if ok {
+			failed = append(failed, r.ID)
+		}
+	}
+	return failed, nil
+}
+
+// expire fails run runID if it is still overdue, and reports whether this
+// call did.
+func (s *Service) expire(ctx context.Context, runID, step string, now time.Time) (bool, error) {
+	r, o, err := s.Runs.Apply(ctx, runs.Request{Op: runs.OpExpire, Run: runID, Step: step}, now)
+	if err != nil || !o.Announce {
+		return false, err
+	}
+	cause, err := s.Emit(r.Plan, r.ID, step, events.StepFailedData{Step: step, Reason: o.Reason, TimedOut: true})
+	if step == "" {
+		cause, err = s.Emit(r.Plan, r.ID, "", events.StepFailedData{Step: "run", Reason: o.Reason, TimedOut: true})
+	}
+	if err != nil {
+		return true, err
+	}
+	if err := s.Bus.Publish(ctx, cause); err != nil {
+		return true, err
+	}
+	s.Log.Warn("run failed past its deadline", "plan", r.Plan, "runid", r.ID, "step", step, "reason", o.Reason)
+	return true, s.announceFailed(ctx, r, step, cause.ID())
+}
