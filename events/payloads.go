@@ -12,6 +12,7 @@ const (
 	BackupSucceeded = TypePrefix + "backup.succeeded"
 	BackupFailed    = TypePrefix + "backup.failed"
 	BackupMissed    = TypePrefix + "backup.missed"
+	BackupCancelled = TypePrefix + "backup.cancelled"
 
 	StepCompleted = TypePrefix + "step.completed"
 	StepFailed    = TypePrefix + "step.failed"
@@ -45,6 +46,7 @@ const (
 	RestoreProgressed = TypePrefix + "restore.progressed"
 	RestoreSucceeded  = TypePrefix + "restore.succeeded"
 	RestoreFailed     = TypePrefix + "restore.failed"
+	RestoreCancelled  = TypePrefix + "restore.cancelled"
 )
 
 // Trigger kinds of a backup.requested.
@@ -66,6 +68,7 @@ var registry = map[string]func() Payload{
 	BackupSucceeded:       func() Payload { return new(BackupSucceededData) },
 	BackupFailed:          func() Payload { return new(BackupFailedData) },
 	BackupMissed:          func() Payload { return new(BackupMissedData) },
+	BackupCancelled:       func() Payload { return new(BackupCancelledData) },
 	StepCompleted:         func() Payload { return new(StepCompletedData) },
 	StepFailed:            func() Payload { return new(StepFailedData) },
 	HookCompleted:         func() Payload { return new(HookCompletedData) },
@@ -90,6 +93,7 @@ var registry = map[string]func() Payload{
 	RestoreProgressed:     func() Payload { return &ProgressData{typ: RestoreProgressed} },
 	RestoreSucceeded:      func() Payload { return new(RestoreSucceededData) },
 	RestoreFailed:         func() Payload { return new(RestoreFailedData) },
+	RestoreCancelled:      func() Payload { return new(RestoreCancelledData) },
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
@@ -188,6 +192,26 @@ func (d BackupFailedData) Validate() error {
 	var p problems
 	p.required("stage", d.Stage)
 	p.required("reason", d.Reason)
+	return p.err()
+}
+
+// BackupCancelledData ends a backup run an operator cancelled: its dump
+// was stopped, its uploads aborted, and compensation undoes what its ops
+// did. Cancelled is a phase of its own, neither success nor failure.
+type BackupCancelledData struct {
+	// By is who cancelled it (the CLI's user, the API's token name).
+	By string `json:"by"`
+	// Reason is what they said, if anything.
+	Reason string `json:"reason,omitempty"`
+	// Steps are the steps that were running when it was cancelled.
+	Steps []string `json:"steps,omitempty"`
+}
+
+func (BackupCancelledData) EventType() string { return BackupCancelled }
+
+func (d BackupCancelledData) Validate() error {
+	var p problems
+	p.required("by", d.By)
 	return p.err()
 }
 
@@ -675,6 +699,23 @@ func (d RestoreFailedData) Validate() error {
 	var p problems
 	p.required("stage", d.Stage)
 	p.required("error", d.Error)
+	return p.err()
+}
+
+// RestoreCancelledData ends a restore run an operator cancelled; the
+// target may hold a partial restore.
+type RestoreCancelledData struct {
+	BackupID string   `json:"backupId,omitempty"`
+	By       string   `json:"by"`
+	Reason   string   `json:"reason,omitempty"`
+	Steps    []string `json:"steps,omitempty"`
+}
+
+func (RestoreCancelledData) EventType() string { return RestoreCancelled }
+
+func (d RestoreCancelledData) Validate() error {
+	var p problems
+	p.required("by", d.By)
 	return p.err()
 }
 

@@ -80,6 +80,9 @@ var rules = map[string]map[string]string{
 		"stage":  "required",
 		"reason": "required",
 	},
+	events.BackupCancelled: {
+		"by": "required",
+	},
 	events.BackupMissed: {
 		"expectedBy": "required,zeroless",
 		"slot":       "required,zeroless",
@@ -193,6 +196,9 @@ var rules = map[string]map[string]string{
 	events.RestoreFailed: {
 		"stage": "required",
 		"error": "required",
+	},
+	events.RestoreCancelled: {
+		"by": "required",
 	},
 }
 
