@@ -60,6 +60,11 @@ const (
 	OpCompensationEnd Op = "compensation.end"
 	// OpAnnounce records that the final event Flag was published.
 	OpAnnounce Op = "announce"
+	// OpCancel ends the run Cancelled, asked by an operator (Owner names
+	// who, Error says why). Steps still running stay Running until their
+	// stages notice and stop; Announce says whether the cancellation is
+	// this request's (or a repeat of it) to announce.
+	OpCancel Op = "cancel"
 )
 
 // Transitions only the owner itself applies.
@@ -224,6 +229,12 @@ func Permit(stage string, req Request) error {
 			return refuse("only hook keeps compensation")
 		}
 		return nil
+	case OpCancel:
+		switch stage {
+		case "admin", "api":
+			return nil
+		}
+		return refuse("only operators cancel runs (the CLI as admin, the API)")
 	case OpSettle, OpExpire:
 		return refuse("only the owner of run state settles and expires runs")
 	}
@@ -276,6 +287,10 @@ func (req Request) Check() error {
 	case OpAnnounce:
 		if req.Flag == "" {
 			return bad("flag", "missing")
+		}
+	case OpCancel:
+		if req.Owner == "" {
+			return bad("owner", "who cancels is missing")
 		}
 	}
 	if req.Proc == nil && req.Op == OpProc {
@@ -372,6 +387,25 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 			return o, ErrNoChange
 		}
 		r.Announced = setFlag(r.Announced, req.Flag)
+		return o, nil
+	case OpCancel:
+		if r.Phase.Done() {
+			o.Announce = r.Phase == Cancelled
+			return o, ErrNoChange
+		}
+		r.Phase = Cancelled
+		r.FailedStage = "cancel"
+		r.Error = "cancelled by " + req.Owner
+		if req.Error != "" {
+			r.Error += ": " + req.Error
+		}
+		r.Finished = now
+		for i := range r.Steps {
+			if r.Steps[i].Phase == Pending {
+				r.Steps[i].Phase = Skipped
+			}
+		}
+		o.Announce = true
 		return o, nil
 	case OpSettle:
 		return settle(r, req.Require, now)

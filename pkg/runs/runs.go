@@ -42,10 +42,17 @@ const (
 	// Skipped is a step whose failure was tolerated (onError: continue) or
 	// that never ran because the run failed first.
 	Skipped Phase = "Skipped"
+	// Cancelled is a run an operator cancelled: neither a success nor a
+	// failure, compensated like a failure.
+	Cancelled Phase = "Cancelled"
 )
 
 // Done reports whether p is final.
-func (p Phase) Done() bool { return p == Succeeded || p == Failed || p == Skipped }
+func (p Phase) Done() bool { return p == Succeeded || p == Failed || p == Skipped || p == Cancelled }
+
+// Unsuccessful reports whether a final run ended without a backup or
+// restore: failed or cancelled.
+func (p Phase) Unsuccessful() bool { return p == Failed || p == Cancelled }
 
 // Sentinel errors.
 var (
@@ -293,7 +300,7 @@ func (r *Run) Dest(name string) *Destination {
 // Fail marks the run Failed with its first cause; a later failure does not
 // overwrite the first. It reports whether this call failed the run.
 func (r *Run) Fail(stage, reason string, now time.Time) bool {
-	if r.Phase == Failed || r.Phase == Succeeded {
+	if r.Phase.Done() {
 		return false
 	}
 	r.Phase = Failed

@@ -133,7 +133,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	switch {
 	case c.Failed:
 		return s.fail(ctx, p, runID, c.Error, e)
-	case c.Skip && r.Phase == runs.Failed && r.FindStep(StepName) == nil:
+	case c.Skip && r.Phase.Unsuccessful() && r.FindStep(StepName) == nil:
 		// The run failed before this filter started, and never will: an
 		// upload that claimed its step earlier is waiting on the sealed
 		// stream, so end that stream with the failure.

@@ -233,7 +233,7 @@ func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan
 	if err != nil {
 		return err
 	}
-	if r.Phase == runs.Failed {
+	if r.Phase.Unsuccessful() {
 		return fmt.Errorf("run failed meanwhile (%s): the object is removed", r.Error)
 	}
 	trigger := r.Trigger

@@ -92,7 +92,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	if err != nil {
 		return nil, err
 	}
-	if r.Phase == runs.Failed {
+	if r.Phase.Unsuccessful() {
 		var d events.UploadCompletedData
 		if err := e.DataAs(&d); err != nil {
 			return nil, bus.Permanent(err)
@@ -166,7 +166,7 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	// the window: whichever writes last, the manifest ends marked failed.
 	if now, err := s.Runs.Get(ctx, r.ID); err != nil {
 		return nil, err
-	} else if now.Phase == runs.Failed {
+	} else if now.Phase.Unsuccessful() {
 		if err := s.markFailed(ctx, p, dest, ds.ManifestKey, now); err != nil {
 			return nil, err
 		}
