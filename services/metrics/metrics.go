@@ -1,7 +1,8 @@
 // Package metrics is the metrics stage: it turns events into InfluxDB points
 // and Prometheus figures, and runs the watchdog that reports a plan whose
-// expected success did not arrive (backup.missed) and fails runs stuck in a
-// step past its deadline.
+// expected success did not arrive (backup.missed) and counts the inverse
+// ops runs still owe. (Runs past their deadlines are failed by the control
+// service, which owns run state.)
 //
 // It must never slow the pipeline: it consumes the events stream through a
 // durable consumer of its own, so a slow or absent InfluxDB only delays its
@@ -130,7 +131,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, err
 	}
 	var r *runs.Run
-	if e.Type() == events.BackupFailed {
+	if needsRecord(e.Type()) {
 		var err error
 		r, err = s.Runs.Get(ctx, events.RunID(e))
 		if errors.Is(err, runs.ErrNotFound) {
@@ -156,6 +157,17 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	}
 	s.prom.pointsWritten.Add(float64(len(pts)))
 	return nil, nil
+}
+
+// needsRecord reports whether Points uses the run record of an event of
+// type typ: only runs that ended without a success (their events carry no
+// duration or trigger); other events are handled without a KV read.
+func needsRecord(typ string) bool {
+	switch typ {
+	case events.BackupFailed, events.BackupCancelled, events.RestoreCancelled:
+		return true
+	}
+	return false
 }
 
 // planExists is nil when planName is in the plan store (a stored plan that

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"strings"
 	"time"
 
 	"github.com/backstream/backstream/events"
@@ -29,22 +30,34 @@ type Point struct {
 
 // Types are the event types the metrics service consumes.
 var Types = []string{
-	events.BackupSucceeded, events.BackupFailed, events.BackupMissed,
+	events.BackupSucceeded, events.BackupFailed, events.BackupCancelled, events.BackupMissed,
 	events.HookCompleted, events.SnapshotCompleted, events.UploadCompleted, events.VerifyCompleted,
 	events.RetentionCompleted, events.RetentionFailed,
-	events.RestoreSucceeded, events.RestoreFailed,
+	events.RestoreSucceeded, events.RestoreFailed, events.RestoreCancelled,
 }
+
+// Statuses of backup_run and restore_run (the status tag and the status
+// label of the run counters). Cancelled is an outcome of its own: an
+// operator stopped the run, so it is neither a success (it covers no slot
+// and sets no last-success time) nor a failure (it makes no failed stage).
+const (
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusCancelled = "cancelled"
+)
 
 // Points maps one event to its points. It is pure: the same event (and run
 // record) always gives the same points with the same timestamps, which is
 // what makes a redelivered event overwrite its points rather than add to
 // them. r is the event's run record, or nil when it is unknown; only
-// backup.failed uses it (duration and trigger).
+// backup.failed, backup.cancelled and restore.cancelled use it (duration,
+// trigger, and the time a cancellation took effect).
 //
-// The timestamp is the event's time, except where the payload carries a
-// time fixed by the run record or the slot (backup.succeeded: started +
-// durationMs; backup.missed: expectedBy), so that even an event re-announced
-// after JetStream's duplicate window lands on the same point. A payload time
+// The timestamp is the event's time, except where the payload or the run
+// record fixes a time (backup.succeeded: started + durationMs;
+// backup.missed: expectedBy; backup.cancelled and restore.cancelled: the
+// record's finish when it says Cancelled), so that even an event
+// re-announced after JetStream's duplicate window lands on the same point. A payload time
 // is never later than the event's own: a run cannot have finished after the
 // event announcing it was made, so a forged or garbled payload cannot put a
 // point (or the last-success gauge) in the future. The bus refuses events
@@ -76,22 +89,21 @@ func Points(e events.Event, r *runs.Run) ([]Point, error) {
 		if secs > 0 {
 			f["throughput_bps"] = float64(d.Bytes) / secs
 		}
-		return append(out, Point{MeasureRun, map[string]string{"plan": plan, "status": "succeeded", "trigger": trigger}, f, at}), nil
+		return append(out, Point{MeasureRun, map[string]string{"plan": plan, "status": StatusSucceeded, "trigger": trigger}, f, at}), nil
 	case *events.BackupFailedData:
-		trigger := "unknown"
 		f := map[string]any{"error": d.Reason, "failed_stage": d.Stage}
-		if r != nil {
-			if r.Trigger != "" {
-				trigger = r.Trigger
-			}
-			if !r.Created.IsZero() && at.After(r.Created) {
-				f["duration_s"] = at.Sub(r.Created).Seconds()
-			}
-		}
+		trigger := fromRecord(r, at, f)
 		return []Point{
-			{MeasureRun, map[string]string{"plan": plan, "status": "failed", "trigger": trigger}, f, at},
-			{MeasureStage, map[string]string{"plan": plan, "stage": d.Stage, "status": "failed"}, map[string]any{"error": d.Reason}, at},
+			{MeasureRun, map[string]string{"plan": plan, "status": StatusFailed, "trigger": trigger}, f, at},
+			{MeasureStage, map[string]string{"plan": plan, "stage": d.Stage, "status": StatusFailed}, map[string]any{"error": d.Reason}, at},
 		}, nil
+	case *events.BackupCancelledData:
+		// No backup_stage point: no stage failed, and "failures by stage"
+		// must not count an operator's decision.
+		at = cancelledAt(r, at)
+		f := cancelFields(d.By, d.Reason, d.Steps)
+		trigger := fromRecord(r, at, f)
+		return []Point{{MeasureRun, map[string]string{"plan": plan, "status": StatusCancelled, "trigger": trigger}, f, at}}, nil
 	case *events.BackupMissedData:
 		f := map[string]any{"value": 1, "slot": d.Slot.Unix()}
 		if d.LastSuccess != nil {
@@ -113,15 +125,61 @@ func Points(e events.Event, r *runs.Run) ([]Point, error) {
 		return []Point{{MeasureRetention, map[string]string{"plan": plan, "destination": d.Destination},
 			map[string]any{"kept": int64(len(d.Kept)), "removed": int64(len(d.Removed))}, at}}, nil
 	case *events.RetentionFailedData:
-		return []Point{{MeasureStage, map[string]string{"plan": plan, "stage": "retention", "status": "failed"}, map[string]any{"error": d.Error}, at}}, nil
+		return []Point{{MeasureStage, map[string]string{"plan": plan, "stage": "retention", "status": StatusFailed}, map[string]any{"error": d.Error}, at}}, nil
 	case *events.RestoreSucceededData:
-		return []Point{{MeasureRestore, map[string]string{"plan": plan, "status": "succeeded"},
+		return []Point{{MeasureRestore, map[string]string{"plan": plan, "status": StatusSucceeded},
 			map[string]any{"duration_s": float64(d.DurationMs) / 1000, "bytes": d.Bytes}, at}}, nil
 	case *events.RestoreFailedData:
-		return []Point{{MeasureRestore, map[string]string{"plan": plan, "status": "failed"},
+		return []Point{{MeasureRestore, map[string]string{"plan": plan, "status": StatusFailed},
 			map[string]any{"error": d.Error, "failed_stage": d.Stage}, at}}, nil
+	case *events.RestoreCancelledData:
+		at = cancelledAt(r, at)
+		f := cancelFields(d.By, d.Reason, d.Steps)
+		fromRecord(r, at, f)
+		return []Point{{MeasureRestore, map[string]string{"plan": plan, "status": StatusCancelled}, f, at}}, nil
 	}
 	return nil, nil
+}
+
+// fromRecord adds what the run record r knows of a run that ended at at
+// without a success (duration_s: creation to end) to f and returns the
+// run's trigger, "unknown" without a record.
+func fromRecord(r *runs.Run, at time.Time, f map[string]any) string {
+	if r == nil {
+		return "unknown"
+	}
+	if !r.Created.IsZero() && at.After(r.Created) {
+		f["duration_s"] = at.Sub(r.Created).Seconds()
+	}
+	if r.Trigger == "" {
+		return "unknown"
+	}
+	return r.Trigger
+}
+
+// cancelledAt is when a cancelled run ended: its record's finish, which a
+// cancellation announced again (control does on a repeated cancel, maybe
+// after the duplicate window) shares with the first announcement; at, the
+// event's time, without a record that says Cancelled.
+func cancelledAt(r *runs.Run, at time.Time) time.Time {
+	if r == nil || r.Phase != runs.Cancelled || r.Finished.IsZero() {
+		return at
+	}
+	return notAfter(r.Finished, at)
+}
+
+// cancelFields are the fields of a cancelled run: who cancelled it, and
+// the reason and the running steps (comma-separated) when there are any.
+// Empty ones are left out rather than written as empty strings.
+func cancelFields(by, reason string, steps []string) map[string]any {
+	f := map[string]any{"by": by}
+	if reason != "" {
+		f["reason"] = reason
+	}
+	if len(steps) > 0 {
+		f["steps"] = strings.Join(steps, ",")
+	}
+	return f
 }
 
 // notAfter is t, or limit where t is later, in UTC.
@@ -133,6 +191,6 @@ func notAfter(t, limit time.Time) time.Time {
 }
 
 func stagePoint(plan, stage string, ms int64, at time.Time) Point {
-	return Point{MeasureStage, map[string]string{"plan": plan, "stage": stage, "status": "succeeded"},
+	return Point{MeasureStage, map[string]string{"plan": plan, "stage": stage, "status": StatusSucceeded},
 		map[string]any{"duration_s": float64(ms) / 1000}, at}
 }

@@ -41,6 +41,29 @@ func TestPoints(t *testing.T) {
 			},
 		},
 		{
+			name: "backup.cancelled lands on its record's finish, with its trigger and duration",
+			give: events.BackupCancelledData{By: "cli:alice", Reason: "wrong plan", Steps: []string{events.StepSnapshot, "filter"}},
+			run:  &runs.Run{Trigger: "cli", Created: t0, Finished: t0.Add(50 * time.Second), Phase: runs.Cancelled},
+			want: []string{"backup_run{plan=orders,status=cancelled,trigger=cli} by,duration_s,reason,steps @10:00:50"},
+		},
+		{
+			name: "backup.cancelled without a run record: no empty fields, no failed stage",
+			give: events.BackupCancelledData{By: "api:ops"},
+			want: []string{"backup_run{plan=orders,status=cancelled,trigger=unknown} by @10:01:00"},
+		},
+		{
+			name: "backup.cancelled whose record does not say Cancelled lands on the event's time",
+			give: events.BackupCancelledData{By: "api:ops", Steps: []string{events.StepSnapshot}},
+			run:  &runs.Run{Trigger: "schedule", Created: t0, Finished: t0.Add(10 * time.Second), Phase: runs.Failed},
+			want: []string{"backup_run{plan=orders,status=cancelled,trigger=schedule} by,duration_s,steps @10:01:00"},
+		},
+		{
+			name: "backup.cancelled finished after the event was made lands on the event's time",
+			give: events.BackupCancelledData{By: "api:ops"},
+			run:  &runs.Run{Created: t0, Finished: t0.AddDate(73, 0, 0), Phase: runs.Cancelled},
+			want: []string{"backup_run{plan=orders,status=cancelled,trigger=unknown} by,duration_s @10:01:00"},
+		},
+		{
 			name: "backup.missed lands on expectedBy",
 			give: events.BackupMissedData{Slot: t0, ExpectedBy: t0.Add(30 * time.Second), LastSuccess: &last},
 			want: []string{"backup_missed{plan=orders} last_success,slot,value @10:00:30"},
@@ -78,6 +101,17 @@ func TestPoints(t *testing.T) {
 			name: "restore.failed",
 			give: events.RestoreFailedData{Stage: "restore", Error: "bad key"},
 			want: []string{"restore_run{plan=orders,status=failed} error,failed_stage @10:01:00"},
+		},
+		{
+			name: "restore.cancelled with its run record",
+			give: events.RestoreCancelledData{BackupID: "01JNR4S7T0000000000000000A", By: "api:ops", Reason: "wrong target", Steps: []string{events.StepRestore}},
+			run:  &runs.Run{Kind: runs.KindRestore, Created: t0, Finished: t0.Add(20 * time.Second), Phase: runs.Cancelled},
+			want: []string{"restore_run{plan=orders,status=cancelled} by,duration_s,reason,steps @10:00:20"},
+		},
+		{
+			name: "restore.cancelled without a run record",
+			give: events.RestoreCancelledData{By: "cli:bob"},
+			want: []string{"restore_run{plan=orders,status=cancelled} by @10:01:00"},
 		},
 		{
 			name: "an inverse hook op is compensation, not a stage of the run",
@@ -118,4 +152,20 @@ func describe(p Point) string {
 	sort.Strings(tags)
 	sort.Strings(fields)
 	return fmt.Sprintf("%s{%s} %s @%s", p.Measurement, strings.Join(tags, ","), strings.Join(fields, ","), p.Time.Format("15:04:05"))
+}
+
+// TestCancelledFields checks the values a cancellation's point carries,
+// which TestPoints only names.
+func TestCancelledFields(t *testing.T) {
+	t0 := at("2026-01-01T10:00:00Z")
+	meta := events.Meta{ID: "e1", Source: "backstream/test/x", Plan: "orders", RunID: "01JNR4S7T0000000000000000A", Time: t0.Add(time.Minute)}
+	e := events.MustNew(meta, events.BackupCancelledData{By: "cli:alice", Reason: "wrong plan", Steps: []string{events.StepSnapshot, "filter"}})
+	pts, err := Points(e, &runs.Run{Trigger: "cli", Created: t0, Finished: t0.Add(50 * time.Second), Phase: runs.Cancelled})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"by": "cli:alice", "reason": "wrong plan", "steps": events.StepSnapshot + ",filter", "duration_s": 50.0}
+	if len(pts) != 1 || !reflect.DeepEqual(pts[0].Fields, want) {
+		t.Errorf("points %+v, want one with fields %v", pts, want)
+	}
 }

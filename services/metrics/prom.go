@@ -52,7 +52,7 @@ func newProm() *prom {
 	p := &prom{
 		reg: prometheus.NewRegistry(),
 		runsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_backup_runs_total",
-			Help: "Finished backup runs by plan and status (succeeded, failed)."}, []string{"plan", "status"}),
+			Help: "Finished backup runs by plan and status (succeeded, failed, cancelled)."}, []string{"plan", "status"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_backup_last_success_timestamp_seconds",
 			Help: "Unix time of the plan's newest successful backup."}, []string{"plan"}),
 		lastDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_backup_last_duration_seconds",
@@ -68,7 +68,7 @@ func newProm() *prom {
 		missed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_backup_missed_total",
 			Help: "Expected successes that did not arrive (backup.missed)."}, []string{"plan"}),
 		restoresTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_restore_runs_total",
-			Help: "Finished restore runs by plan and status."}, []string{"plan", "status"}),
+			Help: "Finished restore runs by plan and status (succeeded, failed, cancelled)."}, []string{"plan", "status"}),
 		retentionCount: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_retention_backups",
 			Help: "Backups kept and removed by the newest retention pass of a destination."}, []string{"plan", "destination", "decision"}),
 		owed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_compensation_owed",
@@ -119,7 +119,9 @@ func (p *prom) observe(e events.Event, pts []Point) {
 		switch pt.Measurement {
 		case MeasureRun:
 			p.runsTotal.WithLabelValues(plan, pt.Tags["status"]).Inc()
-			if pt.Tags["status"] == "failed" {
+			// Only a success moves the last-success figures: a cancelled
+			// run is no more a backup than a failed one.
+			if pt.Tags["status"] != StatusSucceeded {
 				continue
 			}
 			p.setLastSuccess(plan, pt.Time.Unix())
@@ -128,7 +130,7 @@ func (p *prom) observe(e events.Event, pts []Point) {
 			p.lastBytes.WithLabelValues(plan, "out").Set(num(pt.Fields["bytes_out"]))
 			p.lastRatio.WithLabelValues(plan).Set(num(pt.Fields["ratio"]))
 		case MeasureStage:
-			if pt.Tags["status"] == "failed" {
+			if pt.Tags["status"] == StatusFailed {
 				p.stageFailures.WithLabelValues(plan, pt.Tags["stage"]).Inc()
 			} else {
 				p.stageDuration.WithLabelValues(plan, pt.Tags["stage"]).Observe(num(pt.Fields["duration_s"]))

@@ -120,8 +120,10 @@ func MissedID(planName string, slot time.Time) string {
 func watchKey(planName string) string { return "watchdog." + planName }
 
 // Watch is one watchdog pass at the clock's now: backup.missed for every
-// newly missed slot of every plan, then stuck runs failed, then the owed
-// inverse ops counted per plan.
+// newly missed slot of every plan, then the owed inverse ops counted per
+// plan. Only a Succeeded run covers a slot: the run store's success index
+// holds nothing else, so a slot whose run failed or was cancelled is
+// reported missed like one that never ran.
 func (s *Service) Watch(ctx context.Context) error {
 	now := s.Clock.Now().UTC()
 	plans, bad, err := s.Plans.List(ctx)
