@@ -397,6 +397,8 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 		row{"hook", pub(runs.ControlSubject("hook")), allowed},
 		row{"verify", pub(runs.ControlSubject("verify")), allowed},
 		row{"schedule", pub(runs.ControlSubject("schedule")), allowed},
+		row{"api", pub(runs.ControlSubject("api")), allowed},
+		row{"api", pub(runs.ControlSubject("admin")), refused},
 		// Outside publishers request backups; nothing else that matters.
 		row{bus.RoleTrigger, pub(ev(events.BackupRequested)), allowed},
 		row{bus.RoleTrigger, js("STREAM.INFO." + bus.EventsStream), allowed},

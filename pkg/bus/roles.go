@@ -243,8 +243,8 @@ func Roles() []Role {
 		// would let the API forge run outcomes: the api role keeps to the
 		// requests it makes anyway, and other replays are the admin's
 		// (`backstream dlq replay`; docs/security.md).
-		{"api", "the HTTP API: reads plans and runs, requests backups and restores, reads and deletes dead letters", []grant{
-			readKV(PlansBucket), readKV(RunsBucket), follow(DeadLetterStream), deleteDeadLetters(),
+		{"api", "the HTTP API: reads plans and runs, requests backups and restores, cancels runs, reads and deletes dead letters", []grant{
+			readKV(PlansBucket), readKV(RunsBucket), ask("api"), follow(DeadLetterStream), deleteDeadLetters(),
 			publish(events.BackupRequested, events.RestoreRequested)}},
 	}
 	// Every durable consumer of the events stream belongs to one role; the

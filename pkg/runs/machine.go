@@ -65,6 +65,11 @@ const (
 	// stages notice and stop; Announce says whether the cancellation is
 	// this request's (or a repeat of it) to announce.
 	OpCancel Op = "cancel"
+	// OpRetryOwed makes every inverse op the run still owes (Failed
+	// compensation entries) due now, with at least an hour of automatic
+	// retries left, for an operator who fixed the cause
+	// (`backstream run ID --compensate`). ErrNothingOwed when none is.
+	OpRetryOwed Op = "retry-owed"
 )
 
 // Transitions only the owner itself applies.
@@ -167,6 +172,8 @@ var (
 	ErrNotOwner = errors.New("the step is no longer this process's running step")
 	// ErrBadRequest: the request is malformed (names the field).
 	ErrBadRequest = errors.New("bad transition request")
+	// ErrNothingOwed: OpRetryOwed found no inverse op owed.
+	ErrNothingOwed = errors.New("owes no inverse op that failed: nothing to retry")
 )
 
 // StageOf is the stage a step belongs to: "hook" for "hook:db/lock",
@@ -229,12 +236,12 @@ func Permit(stage string, req Request) error {
 			return refuse("only hook keeps compensation")
 		}
 		return nil
-	case OpCancel:
+	case OpCancel, OpRetryOwed:
 		switch stage {
 		case "admin", "api":
 			return nil
 		}
-		return refuse("only operators cancel runs (the CLI as admin, the API)")
+		return refuse("only operators (the CLI as admin, the API) may")
 	case OpSettle, OpExpire:
 		return refuse("only the owner of run state settles and expires runs")
 	}
@@ -406,6 +413,23 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 			}
 		}
 		o.Announce = true
+		return o, nil
+	case OpRetryOwed:
+		n := 0
+		for i := range r.Compensation {
+			c := &r.Compensation[i]
+			if c.Phase != Failed {
+				continue
+			}
+			c.RetryAt, c.GaveUp = now, false
+			if c.Until.Before(now.Add(time.Hour)) {
+				c.Until = now.Add(time.Hour)
+			}
+			n++
+		}
+		if n == 0 {
+			return o, fmt.Errorf("run %s %w", r.ID, ErrNothingOwed)
+		}
 		return o, nil
 	case OpSettle:
 		return settle(r, req.Require, now)

@@ -266,6 +266,8 @@ func TestPermit(t *testing.T) {
 		{"admin", runs.Request{Op: runs.OpCancel, Owner: "cli:root"}, true},
 		{"api", runs.Request{Op: runs.OpCancel, Owner: "api:ops"}, true},
 		{"hook", runs.Request{Op: runs.OpCancel, Owner: "hook"}, false},
+		{"admin", runs.Request{Op: runs.OpRetryOwed}, true},
+		{"hook", runs.Request{Op: runs.OpRetryOwed}, false},
 	}
 	for _, tt := range tests {
 		tt.req.Run = "r"

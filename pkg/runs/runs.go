@@ -324,7 +324,7 @@ func (s *Store) Apply(ctx context.Context, req Request, now time.Time) (*Run, Ou
 	case OpCreate:
 		r, err := s.Ensure(ctx, *req.Seed)
 		return r, Outcome{}, err
-	case OpInverseClaim, OpDebt:
+	case OpInverseClaim, OpDebt, OpRetryOwed:
 		// Indexed before any debt is recorded: the index holds at least
 		// every run that owes an inverse op.
 		if err := s.MarkOwing(ctx, req.Run); err != nil {

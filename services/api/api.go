@@ -62,6 +62,7 @@ func New(d *stage.Deps, cfg Config) (*Server, error) {
 	s.Handle("GET /v1/runs/{id}", RoleRead, http.HandlerFunc(s.run))
 	s.Handle("POST /v1/plans/{plan}/trigger", RoleTrigger, http.HandlerFunc(s.trigger))
 	s.Handle("POST /v1/plans/{plan}/restore", RoleRestore, http.HandlerFunc(s.restore))
+	s.Handle("POST /v1/runs/{id}/cancel", RoleTrigger, http.HandlerFunc(s.cancel))
 	s.routeDeadLetters() // dlq.go
 	return s, nil
 }
@@ -276,4 +277,47 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, run)
+}
+
+// CancelRequest is the body of POST /v1/runs/{id}/cancel (optional).
+type CancelRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// cancel ends a running run Cancelled. A backup run needs the trigger role
+// (who may start a backup may stop one); a restore run the restore role,
+// since a restore stopped midway leaves its target partly written.
+func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
+	var req CancelRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	id, _ := IdentityFrom(r.Context())
+	runID := r.PathValue("id")
+	run, err := s.d.Runs.Get(r.Context(), runID)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if run.Kind == runs.KindRestore && id.Role < RoleRestore {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf(
+			"cancelling restore run %s needs the restore role (it leaves the target partly written); %s has %s", runID, id.Name, id.Role)})
+		return
+	}
+	if run.Phase.Done() {
+		writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf("run %s is %s already: only a running run can be cancelled", runID, run.Phase)})
+		return
+	}
+	who := "api:" + id.Name
+	after, _, err := s.d.Ask(r.Context(), "api", runs.Request{Op: runs.OpCancel, Run: runID, Owner: who, Error: req.Reason})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if after.Phase != runs.Cancelled {
+		writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf("run %s ended %s before it could be cancelled", runID, after.Phase)})
+		return
+	}
+	s.log.Info("api run cancelled", "run", runID, "plan", after.Plan, "by", who, "reason", req.Reason)
+	writeJSON(w, http.StatusOK, after)
 }

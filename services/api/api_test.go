@@ -413,3 +413,48 @@ func TestNewRefusesAnAPINoOneCouldUse(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCancel: a trigger token cancels a running backup run (200, the
+// record Cancelled, the event announced); a restore run needs the restore
+// role; a run already over is 409; an unknown run 404.
+func TestCancel(t *testing.T) {
+	e := start(t, api.Config{})
+	ctx := context.Background()
+	store := runs.NewStore(e.bus.Runs)
+	newRun := func(kind string) string {
+		t.Helper()
+		id := events.NewID()
+		if _, err := store.Ensure(ctx, runs.Run{ID: id, Plan: planName, Kind: kind, Phase: runs.Pending}); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	backupRun, restoreRun := newRun(runs.KindBackup), newRun(runs.KindRestore)
+	tests := []struct {
+		name, run, token, body string
+		want                   int
+	}{
+		{"read may not cancel", backupRun, "read", "", http.StatusForbidden},
+		{"trigger may not cancel a restore", restoreRun, "trigger", "", http.StatusForbidden},
+		{"trigger cancels a backup", backupRun, "trigger", `{"reason": "wrong window"}`, http.StatusOK},
+		{"a cancelled run is over", backupRun, "trigger", "", http.StatusConflict},
+		{"restore cancels a restore", restoreRun, "restore", "", http.StatusOK},
+		{"an unknown run", events.NewID(), "admin", "", http.StatusNotFound},
+		{"an unknown field", newRun(runs.KindBackup), "admin", `{"reson": "typo"}`, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := e.do("POST", "/v1/runs/"+tt.run+"/cancel", e.tokens[tt.token], tt.body)
+			if res.status != tt.want {
+				t.Fatalf("status %d, want %d: %s", res.status, tt.want, res.raw)
+			}
+		})
+	}
+	r, err := store.Get(ctx, backupRun)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Phase != runs.Cancelled || r.Error != "cancelled by api:ci-trigger: wrong window" {
+		t.Fatalf("run %s (%q), want Cancelled by the token's name with the reason", r.Phase, r.Error)
+	}
+}

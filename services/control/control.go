@@ -133,8 +133,37 @@ func (s *Service) Ask(ctx context.Context, stageName string, req runs.Request) (
 		if r, err = s.settle(ctx, r); err != nil {
 			return nil, o, err
 		}
+	case runs.OpCancel:
+		if o.Announce {
+			if err := s.announceCancelled(ctx, r, req.Owner, req.Error); err != nil {
+				return nil, o, err
+			}
+		}
 	}
 	return r, o, nil
+}
+
+// announceCancelled publishes that r was cancelled by who: the stages
+// running its steps stop (they watch the record), and compensation runs.
+func (s *Service) announceCancelled(ctx context.Context, r *runs.Run, who, reason string) error {
+	var running []string
+	for _, st := range r.Steps {
+		if st.Phase == runs.Running {
+			running = append(running, st.Name)
+		}
+	}
+	s.Log.Warn("run cancelled", "plan", r.Plan, "runid", r.ID, "by", who, "reason", reason, "running", running)
+	var ev events.Event
+	var err error
+	if r.Kind == runs.KindRestore {
+		ev, err = s.Emit(r.Plan, r.ID, "", events.RestoreCancelledData{BackupID: r.BackupID, By: who, Reason: reason, Steps: running})
+	} else {
+		ev, err = s.Emit(r.Plan, r.ID, "", events.BackupCancelledData{By: who, Reason: reason, Steps: running})
+	}
+	if err != nil {
+		return err
+	}
+	return s.Bus.Publish(ctx, ev)
 }
 
 // seed completes a new run's record: the plan revision it keeps and its

@@ -86,7 +86,7 @@ func (s *Service) Name() string { return "hook" }
 func (s *Service) Consumers() []bus.ConsumerSpec {
 	return []bus.ConsumerSpec{
 		s.Spec("hook", s.handleStep, events.BackupRequested, events.RestoreRequested, events.StepCompleted),
-		s.Spec("compensate", s.handleFailure, events.BackupFailed, events.RestoreFailed),
+		s.Spec("compensate", s.handleFailure, events.BackupFailed, events.RestoreFailed, events.BackupCancelled, events.RestoreCancelled),
 	}
 }
 

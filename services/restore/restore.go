@@ -56,7 +56,13 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		}
 		return s.FailRun(ctx, p.Name(), r.ID, "restore", name, fmt.Sprintf("restore interrupted: %s stopped mid-restore; the target may hold a partial restore", c.Owner), e)
 	}
-	out, err := s.restore(ctx, p, r, name)
+	// The restore stops when the run ends elsewhere (cancelled).
+	rctx, stopWatch := s.WatchRun(ctx, r.ID)
+	out, err := s.restore(rctx, p, r, name)
+	if cause := context.Cause(rctx); err != nil && errors.Is(cause, stage.ErrRunEnded) {
+		err = fmt.Errorf("stopped: %w; the target may hold a partial restore", cause)
+	}
+	stopWatch()
 	if err != nil {
 		if _, ferr := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
 			return nil, ferr

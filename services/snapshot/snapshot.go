@@ -138,9 +138,11 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	}
 
 	begin := time.Now()
-	cw := &chunker{ctx: ctx, w: w, size: chunkSize, buf: w.Buffer(chunkSize), sum: sha256.New()}
-	dumpCtx, cancelDump := context.WithCancel(ctx)
+	// The dump, and its chunks' publishing, stop when the run ends
+	// elsewhere (cancelled, failed).
+	dumpCtx, cancelDump := s.WatchRun(ctx, r.ID)
 	defer cancelDump()
+	cw := &chunker{ctx: dumpCtx, w: w, size: chunkSize, buf: w.Buffer(chunkSize), sum: sha256.New()}
 	stopProgress := s.Progress(dumpCtx, p.Name(), r.ID, name, events.SnapshotProgressed, "", s.ProgressEvery,
 		func() (int64, int64) { return cw.written.Load(), cw.chunks.Load() })
 	desc, berr := src.Backup(dumpCtx, cw)
@@ -150,6 +152,9 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	}
 	if berr == nil && cw.n == 0 && !(plugin.CanBeEmpty || p.Spec.Source.AllowEmpty) {
 		berr = errors.New("the dump is empty, and the plan says an empty dump is impossible for this source (set spec.source.allowEmpty to accept it)")
+	}
+	if cause := context.Cause(dumpCtx); berr != nil && errors.Is(cause, stage.ErrRunEnded) {
+		berr = fmt.Errorf("stopped: %w", cause)
 	}
 	if berr != nil {
 		failed := events.SnapshotFailedData{Bytes: cw.n}

@@ -9,11 +9,14 @@ package stage
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
@@ -105,7 +108,7 @@ func consumerStage(consumer string) string {
 // is not final yet. Failure events themselves only end there.
 func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, reason string) ([]events.Event, error) {
 	switch e.Type() {
-	case events.BackupFailed, events.RestoreFailed, events.BackupMissed:
+	case events.BackupFailed, events.RestoreFailed, events.BackupMissed, events.BackupCancelled, events.RestoreCancelled:
 		return nil, nil
 	}
 	r, err := d.Runs.Get(ctx, events.RunID(e))
@@ -341,4 +344,46 @@ func (d *Deps) DataFor(p *plan.Plan) bus.DataOptions {
 		o.Window = min(64, max(4, DataWindowBytes/int(p.Spec.ChunkSize)))
 	}
 	return o
+}
+
+// ErrRunEnded is the cause of a context WatchRun ended: the run became
+// final elsewhere (cancelled, or failed by another stage or its deadline).
+var ErrRunEnded = errors.New("the run ended")
+
+// WatchRun returns a context that ends, with a cause wrapping ErrRunEnded,
+// once run runID's record is final without success (cancelled or failed),
+// so a stage stops streaming for a run nobody waits for any more: the dump
+// is killed, an upload aborted. stop releases the watch; call it when the
+// work is done. Should the watch fail to start, the context is ctx's own:
+// the stage then finds out at its next step, as before.
+func (d *Deps) WatchRun(ctx context.Context, runID string) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	stop := func() { cancel(nil) }
+	w, err := d.Bus.Runs.Watch(wctx, runID)
+	if err != nil {
+		d.Log.Warn("cannot watch the run for its end", "runid", runID, "err", err)
+		return wctx, stop
+	}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil || e.Operation() != jetstream.KeyValuePut {
+					continue
+				}
+				var r runs.Run
+				if json.Unmarshal(e.Value(), &r) == nil && r.Phase.Unsuccessful() {
+					cancel(fmt.Errorf("%w: %s (%s)", ErrRunEnded, r.Phase, r.Error))
+					return
+				}
+			}
+		}
+	}()
+	return wctx, stop
 }

@@ -112,7 +112,14 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	var sent, chunks atomic.Int64
 	stopProgress := s.Progress(ctx, p.Name(), runID, name, events.UploadProgressed, dest, 0,
 		func() (int64, int64) { return sent.Load(), chunks.Load() })
-	meta, info, digest, err := s.stream(ctx, st, s.DataFor(p), runID, dest, key, &sent, &chunks)
+	// The upload is aborted when the run ends elsewhere (cancelled,
+	// failed): nothing that looks like a backup is left.
+	streamCtx, stopWatch := s.WatchRun(ctx, runID)
+	meta, info, digest, err := s.stream(streamCtx, st, s.DataFor(p), runID, dest, key, &sent, &chunks)
+	if cause := context.Cause(streamCtx); err != nil && errors.Is(cause, stage.ErrRunEnded) {
+		err = fmt.Errorf("stopped: %w", cause)
+	}
+	stopWatch()
 	stopProgress()
 	if err == nil {
 		err = s.writeManifest(ctx, st, p, runID, key, manifestKey, meta, info, digest)

@@ -37,7 +37,7 @@ func (s *Service) Name() string { return "verify" }
 func (s *Service) Consumers() []bus.ConsumerSpec {
 	return []bus.ConsumerSpec{
 		s.Spec("verify", s.handle, events.UploadCompleted),
-		s.Spec("verify-failed", s.handleFailed, events.BackupFailed),
+		s.Spec("verify-failed", s.handleFailed, events.BackupFailed, events.BackupCancelled),
 	}
 }
 

@@ -27,6 +27,7 @@ usage:
   backstream trigger PLAN [--wait] [--reason TEXT]
   backstream runs [--plan PLAN] [-o table|json]
   backstream run ID [-o table|json] [--compensate]
+  backstream cancel ID [--reason TEXT] [--wait DURATION]
   backstream restore BACKUP --to FILE|- (--plan-file FILE --destination NAME | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed]
   backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN] [--all]
   backstream schedule PLAN [--count N]
@@ -96,6 +97,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runsCmd(ctx, rest, stdout)
 	case "run":
 		return runCmd(ctx, rest, stdout)
+	case "cancel":
+		return cancelCmd(ctx, rest, stdout, stderr)
 	case "restore":
 		return restoreCmd(ctx, rest, stdout, stderr)
 	case "backups":

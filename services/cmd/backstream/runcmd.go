@@ -350,7 +350,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if *compensate {
-		if r, err = retryOwedNow(ctx, store, id); err != nil {
+		if r, err = retryOwedNow(ctx, b, id); err != nil {
 			return err
 		}
 	}
@@ -421,35 +421,7 @@ func owedLines(r *runs.Run, now time.Time) []string {
 // retryOwedNow makes every inverse op the run owes due now, with a fresh
 // deadline of an hour, so the hook service's owed-inverse loop retries it
 // on its next pass (within --compensation-retry-every's tick).
-func retryOwedNow(ctx context.Context, store *runs.Store, id string) (*runs.Run, error) {
-	n := 0
-	r, err := store.Update(ctx, id, func(r *runs.Run) error {
-		n = 0
-		now := time.Now().UTC()
-		for i := range r.Compensation {
-			c := &r.Compensation[i]
-			if c.Phase != runs.Failed {
-				continue
-			}
-			c.RetryAt, c.GaveUp = now, false
-			if c.Until.Before(now.Add(time.Hour)) {
-				c.Until = now.Add(time.Hour)
-			}
-			n++
-		}
-		if n == 0 {
-			return runs.ErrNoChange
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if n == 0 {
-		return nil, fmt.Errorf("run %s owes no inverse op that failed: nothing to retry", id)
-	}
-	if err := store.MarkOwing(ctx, id); err != nil {
-		return nil, err
-	}
-	return r, nil
+func retryOwedNow(ctx context.Context, b *bus.Bus, id string) (*runs.Run, error) {
+	r, _, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpRetryOwed, Run: id})
+	return r, err
 }

@@ -1,0 +1,190 @@
+// Package control holds the end-to-end tests of what the owner of run state
+// does for operators: cancelling runs (and, later, replaying them).
+package control
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/storage/filesystem"
+)
+
+// slowPlan dumps about 40 MiB over 30 s (64 KiB every 50 ms), writing the
+// iteration it is at into dir/tick; its hook a has lock (inverse unlock) and
+// slow (3 s); each op appends its name to dir/ops.log.
+func slowPlan(name, dir, sequence string) string {
+	log := filepath.Join(dir, "ops.log")
+	rec := func(op string) string { return fmt.Sprintf(`["sh", "-c", "echo %s >> %s"]`, op, log) }
+	dump := fmt.Sprintf(`i=0; while [ $i -lt 600 ]; do head -c 65536 /dev/urandom; echo $i > %s; i=$((i+1)); sleep 0.05; done`, filepath.Join(dir, "tick"))
+	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: %[1]s}
+spec:
+  source:
+    type: command
+    command: {argv: ["sh", "-c", %[2]q]}
+  hooks:
+    - name: a
+      type: exec
+      ops:
+        - {name: lock, command: %[3]s, inverseOp: unlock}
+        - {name: unlock, command: %[4]s}
+        - {name: slow, command: ["sh", "-c", "echo slow >> %[5]s; sleep 3"]}
+  workflows:
+    - name: backup
+      sequence: %[6]s
+  destinations:
+    - name: local
+      type: filesystem
+      filesystem: {path: %[7]s}
+`, name, dump, rec("lock"), rec("unlock"), log, sequence, filepath.Join(dir, "backups"))
+}
+
+func opLog(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "ops.log"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+// waitStep waits until run id's step is Running.
+func waitStep(t *testing.T, env *harness.Env, id, step string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r, err := env.Runs.Get(context.Background(), id)
+		if err == nil {
+			if st := r.FindStep(step); st != nil && st.Phase == runs.Running {
+				return
+			}
+			if r.Phase.Done() {
+				t.Fatalf("run %s ended %s (%s) before %s ran", id, r.Phase, r.Error, step)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("step %s of run %s never ran", step, id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitCompensated waits until the cancelled run's compensation ended and
+// compensation.completed is in the events stream.
+func waitCompensated(t *testing.T, env *harness.Env, id string) *runs.Run {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r, err := env.Runs.Get(context.Background(), id)
+		if err == nil && r.CompensationDone && slices.Contains(harness.Types(env.Events(id)), "compensation.completed") {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run %s: compensation did not end: %+v %v", id, r, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// noBackup checks that nothing in dir/backups passes for a backup of run id:
+// no object, or one whose manifest says its run failed.
+func noBackup(t *testing.T, dir, planName, id string) {
+	t.Helper()
+	st, err := filesystem.New(context.Background(), filesystem.Config{Path: filepath.Join(dir, "backups")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if m, err := backup.Find(context.Background(), st, planName+"/"+id); err == nil {
+		t.Errorf("run %s left a backup that passes for a good one: %+v", id, m.Verify)
+	}
+	if _, err := backup.Find(context.Background(), st, planName+"/latest"); err == nil {
+		t.Errorf("latest found a backup of the cancelled run")
+	}
+}
+
+// TestCancelDuringTheDump cancels a backup with `backstream cancel` while
+// its dump streams: the run ends Cancelled, the dump is killed (its ticks
+// stop), nothing that looks like a backup is left, and compensation
+// releases the lock the run took.
+func TestCancelDuringTheDump(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	env.Apply(slowPlan("dump", dir, "[{hook: a/lock}, snapshot, {hook: a/unlock}]"))
+	id := env.Trigger("dump")
+	waitStep(t, env, id, "snapshot")
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "tick")); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	out, code := harness.Run(t, dir, nil, "cancel", id, "--reason", "wrong window", "--wait", "1m", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, "cancelled") || !strings.Contains(out, "compensation completed") {
+		t.Fatalf("backstream cancel: exit %d\n%s", code, out)
+	}
+	r := waitCompensated(t, env, id)
+	if r.Phase != runs.Cancelled || !strings.Contains(r.Error, "wrong window") {
+		t.Fatalf("run %s: %s (%s), want Cancelled with the reason", id, r.Phase, r.Error)
+	}
+	tick := func() string { b, _ := os.ReadFile(filepath.Join(dir, "tick")); return string(b) }
+	before := tick()
+	time.Sleep(time.Second)
+	if after := tick(); after != before {
+		t.Errorf("the dump still runs after the cancel: tick %q -> %q", strings.TrimSpace(before), strings.TrimSpace(after))
+	}
+	if got := opLog(t, dir); !slices.Equal(got, []string{"lock", "unlock"}) {
+		t.Errorf("ops ran %v, want [lock unlock] (the lock released by compensation)", got)
+	}
+	types := harness.Types(env.Events(id))
+	if !slices.Contains(types, "backup.cancelled") || slices.Contains(types, "backup.succeeded") || slices.Contains(types, "backup.failed") {
+		t.Errorf("events %v, want backup.cancelled and neither a success nor a failure", types)
+	}
+	noBackup(t, dir, "dump", id)
+	// A second cancel is refused: the run is over.
+	if out, code := harness.Run(t, dir, nil, "cancel", id, "--nats", env.URL); code == 0 || !strings.Contains(out, "Cancelled already") {
+		t.Errorf("second cancel: exit %d\n%s", code, out)
+	}
+}
+
+// TestCancelDuringAHook cancels a run while a hook op runs: the op ends,
+// the steps after it never run, and compensation undoes the lock taken
+// before it.
+func TestCancelDuringAHook(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	env.Apply(slowPlan("hooked", dir, "[{hook: a/lock}, {hook: a/slow}, snapshot, {hook: a/unlock}]"))
+	id := env.Trigger("hooked")
+	waitStep(t, env, id, "hook:a/slow")
+	r, _, err := runs.Remote{NC: env.Bus.NC}.Ask(context.Background(), "admin",
+		runs.Request{Op: runs.OpCancel, Run: id, Owner: "test"})
+	if err != nil || r.Phase != runs.Cancelled {
+		t.Fatalf("cancel: %v %v", r, err)
+	}
+	r = waitCompensated(t, env, id)
+	if got := opLog(t, dir); !slices.Equal(got, []string{"lock", "slow", "unlock"}) {
+		t.Errorf("ops ran %v, want [lock slow unlock]", got)
+	}
+	if st := r.FindStep("snapshot"); st != nil && st.Phase != runs.Skipped {
+		t.Errorf("the snapshot after the cancelled hook is %s, want never run", st.Phase)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tick")); err == nil {
+		t.Error("the dump ran after the run was cancelled")
+	}
+	if got := harness.Types(env.Events(id)); !slices.Contains(got, events.BackupCancelled[len(events.TypePrefix):]) {
+		t.Errorf("events %v lack backup.cancelled", got)
+	}
+	noBackup(t, dir, "hooked", id)
+}
