@@ -22,10 +22,13 @@ import (
 // slowPlan dumps about 40 MiB over 30 s (64 KiB every 50 ms), writing the
 // iteration it is at into dir/tick; its hook a has lock (inverse unlock) and
 // slow (3 s); each op appends its name to dir/ops.log.
-func slowPlan(name, dir, sequence string) string {
+func slowPlan(name, dir, sequence string) string { return slowPlanOf(name, dir, sequence, 600) }
+
+// slowPlanOf is slowPlan with a dump of iters × 64 KiB, one every 50 ms.
+func slowPlanOf(name, dir, sequence string, iters int) string {
 	log := filepath.Join(dir, "ops.log")
 	rec := func(op string) string { return fmt.Sprintf(`["sh", "-c", "echo %s >> %s"]`, op, log) }
-	dump := fmt.Sprintf(`i=0; while [ $i -lt 600 ]; do head -c 65536 /dev/urandom; echo $i > %s; i=$((i+1)); sleep 0.05; done`, filepath.Join(dir, "tick"))
+	dump := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do head -c 65536 /dev/urandom; echo $i > %s; i=$((i+1)); sleep 0.05; done`, iters, filepath.Join(dir, "tick"))
 	return fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: %[1]s}
@@ -187,4 +190,35 @@ func TestCancelDuringAHook(t *testing.T) {
 		t.Errorf("events %v lack backup.cancelled", got)
 	}
 	noBackup(t, dir, "hooked", id)
+}
+
+// TestStopFollowingLeavesTheRunAndFollowReattaches: Ctrl-C (here SIGTERM,
+// handled the same) on `trigger --wait` stops following, not the run, and
+// says how to follow or cancel it; `run ID --follow` re-attaches, prints
+// the run's events from its start and exits 0 when it succeeds.
+func TestStopFollowingLeavesTheRunAndFollowReattaches(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	env.Apply(slowPlanOf("tail", dir, "[snapshot]", 80))
+	p := harness.StartProcess(t, dir, nil, "trigger", "tail", "--wait", "--nats", env.URL)
+	p.WaitOutput("snapshot started", time.Minute)
+	if code := p.Terminate(10 * time.Second); code != 130 {
+		t.Fatalf("trigger --wait stopped with exit %d, want 130\n%s", code, p.Output())
+	}
+	out := p.Output()
+	var id string
+	if _, err := fmt.Sscanf(out[strings.Index(out, "run "):], "run %s of plan tail requested", &id); err != nil {
+		t.Fatalf("no run id in:\n%s", out)
+	}
+	if !strings.Contains(out, "run "+id+" goes on") || !strings.Contains(out, "backstream run "+id+" --follow") ||
+		!strings.Contains(out, "backstream cancel "+id) {
+		t.Errorf("output does not say the run goes on and how to follow or cancel it:\n%s", out)
+	}
+	if r, err := env.Runs.Get(context.Background(), id); err != nil || r.Phase.Done() {
+		t.Fatalf("the run stopped with its follower: %+v %v", r, err)
+	}
+	out, code := harness.Run(t, dir, nil, "run", id, "--follow", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, "snapshot started") || !strings.Contains(out, "backup succeeded") {
+		t.Fatalf("run --follow: exit %d\n%s", code, out)
+	}
 }

@@ -26,7 +26,7 @@ usage:
   backstream plan apply -f FILE|DIR | plan list | plan get NAME | plan delete NAME
   backstream trigger PLAN [--wait] [--reason TEXT]
   backstream runs [--plan PLAN] [-o table|json]
-  backstream run ID [-o table|json] [--compensate]
+  backstream run ID [-o table|json] [--compensate] [--follow]
   backstream cancel ID [--reason TEXT] [--wait DURATION]
   backstream restore BACKUP --to FILE|- (--plan-file FILE --destination NAME | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed]
   backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN] [--all]

@@ -86,11 +86,20 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 	if !wait {
 		return nil
 	}
-	c, err := b.JS.OrderedConsumer(ctx, bus.EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.SubjectRoot + ".*.*." + planName},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    startSeq,
-	})
+	return followRun(ctx, b, planName, runID, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   startSeq,
+	}, out)
+}
+
+// followRun prints run runID's events as they happen, from where from
+// starts in the events stream, until the run succeeds (nil), fails or is
+// cancelled (exit code 1, after its compensation), or ctx ends: stopping
+// to follow does not stop the run, and the error says how to follow it
+// again or cancel it (exit code 130).
+func followRun(ctx context.Context, b *bus.Bus, planName, runID string, from jetstream.OrderedConsumerConfig, out io.Writer) error {
+	from.FilterSubjects = []string{events.SubjectRoot + ".*.*." + planName}
+	c, err := b.JS.OrderedConsumer(ctx, bus.EventsStream, from)
 	if err != nil {
 		return err
 	}
@@ -107,7 +116,7 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 		msg, err := iter.Next()
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return &exitError{code: 130, err: fmt.Errorf("stopped following; run %s goes on: follow it again with `backstream run %s --follow`, cancel it with `backstream cancel %s`", runID, runID, runID)}
 			}
 			return err
 		}
@@ -134,8 +143,18 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 				return &exitError{code: 1, err: fmt.Errorf("run %s failed in %s: %s", runID, d.Stage, d.Reason)}
 			}
 			continue
+		case *events.BackupCancelledData:
+			failed = &events.BackupFailedData{Stage: "cancel", Reason: "cancelled by " + d.By}
+			p.line(fmt.Sprintf("%s  run CANCELLED by %s %s", stamp(e), d.By, d.Reason))
+			if !hasCompensation(ctx, b, runID) {
+				return &exitError{code: 1, err: fmt.Errorf("run %s cancelled by %s", runID, d.By)}
+			}
+			continue
 		case *events.CompensationCompletedData:
 			p.line(line)
+			if failed == nil {
+				continue // an owed inverse paid after a success
+			}
 			return &exitError{code: 1, err: fmt.Errorf("run %s failed in %s: %s", runID, failed.Stage, failed.Reason)}
 		case *events.CompensationFailedData:
 			p.line(line)
@@ -329,6 +348,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	natsFlag := addNATSFlags(fs, "NATS URL")
 	output := fs.String("o", "table", "table or json")
 	compensate := fs.Bool("compensate", false, "retry the inverse ops the run still owes now, also past their deadline (the hook service's owed-inverse loop runs them)")
+	followFlag := fs.Bool("follow", false, "print the run's events (from its start) as they happen until it ends; Ctrl-C stops following, not the run")
 	id, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
 		return usageError("run: %v", err)
@@ -353,6 +373,14 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		if r, err = retryOwedNow(ctx, b, id); err != nil {
 			return err
 		}
+	}
+	if *followFlag && !r.Phase.Done() {
+		// From a little before the run was requested: its events so far,
+		// then the rest as they come.
+		return followRun(ctx, b, r.Plan, r.ID, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartTimePolicy,
+			OptStartTime:  ptr(r.Created.Add(-events.MaxClockSkew)),
+		}, stdout)
 	}
 	if *output == "json" {
 		return writeJSON(stdout, r)
@@ -425,3 +453,5 @@ func retryOwedNow(ctx context.Context, b *bus.Bus, id string) (*runs.Run, error)
 	r, _, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpRetryOwed, Run: id})
 	return r, err
 }
+
+func ptr[T any](v T) *T { return &v }
