@@ -29,6 +29,7 @@ import (
 	sched "github.com/backstream/backstream/pkg/schedule"
 	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/backstream/backstream/services/app"
+	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/schedule"
 	"github.com/backstream/backstream/services/stage"
 )
@@ -384,9 +385,11 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	tests = append(tests,
 		// The owner of run state writes runs, answers the stages and
 		// announces outcomes; it touches no data and requests nothing.
-		row{"control", runsPut, allowed},
+		// (allowed probes on another key and plan than the ones checked
+		// untouched below)
+		row{"control", pub("$KV." + bus.RunsBucket + ".01ARZ3NDEKTSV4RRFFQ69G5FAW"), allowed},
 		row{"control", sub(runs.ControlRoot + ".*"), allowed},
-		row{"control", pub(ev(events.BackupSucceeded)), allowed},
+		row{"control", pub(events.Subject(events.BackupSucceeded, "probe")), allowed},
 		row{"control", pub(ev(events.BackupRequested)), refused},
 		row{"control", pub(ev(events.StepCompleted)), refused},
 		row{"control", pub(runs.ControlSubject("hook")), refused},
@@ -836,9 +839,17 @@ spec:
 	}
 	first := time.Date(2025, 3, 3, 10, 0, 0, 0, time.UTC)
 	clock := sched.NewFakeClock(first.Add(-time.Minute))
+	// The owner of run state, as its own role: schedule asks it to create
+	// and fail the run it replaces.
+	cb := srv.bus(t, "control")
+	ctl := control.New(&stage.Deps{Bus: cb, Runs: runs.NewStore(cb.Runs), Plans: planstore.New(cb.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "control-roles", Now: time.Now})
+	cctx, stopControl := context.WithCancel(ctx)
+	defer stopControl()
+	go func() { _ = ctl.Run(cctx) }()
 	b := srv.bus(t, "schedule")
 	s := schedule.New(&stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "schedule-roles", Now: clock.Now})
+		Owner: runs.Remote{NC: b.NC}, Log: bustest.Logger(t), Instance: "schedule-roles", Now: clock.Now})
 	s.Clock = clock
 	for _, at := range []time.Time{first.Add(-time.Minute), first.Add(time.Minute)} {
 		clock.Set(at)
