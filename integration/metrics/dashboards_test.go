@@ -19,7 +19,10 @@ import (
 // knownData writes the fixture every dashboard and alert query is judged
 // against: plan a succeeded an hour ago, plan b 30 hours ago, plan c never
 // (it only failed, and the watchdog reported it missing, as it did b); b
-// and c owe inverse ops, a owed one and paid it.
+// and c owe inverse ops, a owed one and paid it. Cancelled runs, with the
+// points the metrics stage makes for backup.cancelled (a backup_run with
+// status cancelled, no backup_stage): a's after its success, c's before
+// its failure, and plan e's, the only run e ever had.
 func knownData(t *testing.T, influxURL string, now time.Time) {
 	t.Helper()
 	c := influxdb2.NewClient(influxURL, "")
@@ -46,6 +49,9 @@ func knownData(t *testing.T, influxURL string, now time.Time) {
 		p("backup_run", tags("plan", "c", "status", "failed", "trigger", "cli"), map[string]any{"duration_s": 1.0, "error": "snapshot: exit status 2", "failed_stage": "snapshot"}, now.Add(-2*time.Hour)),
 		p("backup_stage", tags("plan", "c", "stage", "snapshot", "status", "failed"), map[string]any{"error": "snapshot: exit status 2"}, now.Add(-2*time.Hour)),
 		p("backup_missed", tags("plan", "c"), map[string]any{"value": int64(1), "slot": now.Add(-80 * time.Minute).Unix()}, now.Add(-20*time.Minute)),
+		p("backup_run", tags("plan", "a", "status", "cancelled", "trigger", "cli"), map[string]any{"duration_s": 40.0, "by": "cli:alice", "reason": "wrong window", "steps": "snapshot,filter"}, now.Add(-30*time.Minute)),
+		p("backup_run", tags("plan", "c", "status", "cancelled", "trigger", "schedule"), map[string]any{"duration_s": 5.0, "by": "api:ops"}, now.Add(-4*time.Hour)),
+		p("backup_run", tags("plan", "e", "status", "cancelled", "trigger", "api"), map[string]any{"duration_s": 8.0, "by": "api:ops", "reason": "maintenance", "steps": "db/lock"}, now.Add(-3*time.Hour)),
 		// Owed inverse ops: a's was paid, b's is owed now, c's since the
 		// watchdog last wrote (6 hours ago).
 		p("compensation_owed", tags("plan", "a"), map[string]any{"owed": int64(1)}, now.Add(-3*time.Hour)),
@@ -202,17 +208,19 @@ func TestDashboardQueries(t *testing.T) {
 	from := "-" + strings.TrimPrefix(d.Time.From, "now-")
 
 	checks := map[string]func(t *testing.T, p panel, rows []map[string]any){
+		// a's cancellation after its success leaves it OK; e's only run was
+		// cancelled: its own colour; c was cancelled before it failed: red.
 		"Plan status": func(t *testing.T, p panel, rows []map[string]any) {
 			got := byPlan(rows, "plan")
-			want := map[string]string{"a": "green", "b": "red", "c": "red"}
-			for plan, color := range want {
+			want := map[string]string{"a": "green OK", "b": "red NO SUCCESS", "c": "red NO SUCCESS", "e": "blue CANCELLED"}
+			for plan, cell := range want {
 				v, ok := got[plan]
-				if !ok || p.color(v) != color {
-					t.Errorf("plan %s: value %v (present %v) is %s, want %s", plan, v, ok, p.color(v), color)
+				if shown := p.color(v) + " " + p.text(v); !ok || shown != cell {
+					t.Errorf("plan %s: value %v (present %v) shows %q, want %q", plan, v, ok, shown, cell)
 				}
 			}
 			if len(got) != len(want) {
-				t.Errorf("cells %v, want one per plan a, b, c", got)
+				t.Errorf("cells %v, want one per plan a, b, c, e", got)
 			}
 		},
 		"Time since last success": func(t *testing.T, p panel, rows []map[string]any) {
@@ -223,8 +231,10 @@ func TestDashboardQueries(t *testing.T) {
 			if b := got["b"]; math.Abs(b-30*3600) > 300 || p.color(b) != "red" {
 				t.Errorf("plan b: %v s (%s), want about 108000 s, red", b, p.color(b))
 			}
-			if c, ok := got["c"]; !ok || p.text(c) != "never" || p.color(c) != "red" {
-				t.Errorf("plan c: %v (present %v) shows %q in %s, want never in red", c, ok, p.text(c), p.color(c))
+			for _, plan := range []string{"c", "e"} {
+				if v, ok := got[plan]; !ok || p.text(v) != "never" || p.color(v) != "red" {
+					t.Errorf("plan %s: %v (present %v) shows %q in %s, want never in red", plan, v, ok, p.text(v), p.color(v))
+				}
 			}
 		},
 		"Run duration":      plansAre("a", "b"),
@@ -248,6 +258,20 @@ func TestDashboardQueries(t *testing.T) {
 			}
 		},
 		"Missed successes (watchdog)": plansAre("b", "c"),
+		"Cancelled runs": func(t *testing.T, p panel, rows []map[string]any) {
+			want := []string{
+				"a cli cli:alice wrong window snapshot,filter",
+				"e api api:ops maintenance db/lock",
+				"c schedule api:ops <nil> <nil>",
+			}
+			var got []string
+			for _, r := range rows {
+				got = append(got, fmt.Sprint(r["plan"], " ", r["trigger"], " ", r["by"], " ", r["reason"], " ", r["steps"]))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("cancelled runs, newest first:\n got %q\nwant %q", got, want)
+			}
+		},
 	}
 	for _, p := range d.Panels {
 		t.Run(p.Title, func(t *testing.T) {
@@ -324,10 +348,18 @@ func readAlerts(t *testing.T) alertFile {
 
 // TestAlertRules runs every alert rule's query against the known data and
 // evaluates its reduce and threshold steps: each fires for plans b and c.
+// No rule fires for a cancellation as such (a's, after its success); the
+// success-missing rule fires for e, whose only run was cancelled, because
+// e has no backup: a cancelled run is no success.
 func TestAlertRules(t *testing.T) {
 	influx := startInflux(t)
 	knownData(t, influx.URL(), time.Now())
 	f := readAlerts(t)
+	want := map[string]string{
+		"backstream-success-missing":   "[b c e]",
+		"backstream-backup-missed":     "[b c]",
+		"backstream-compensation-owed": "[b c]",
+	}
 	n := 0
 	for _, g := range f.Groups {
 		for _, r := range g.Rules {
@@ -362,8 +394,8 @@ func TestAlertRules(t *testing.T) {
 					}
 				}
 				sort.Strings(firing)
-				if fmt.Sprint(firing) != "[b c]" {
-					t.Errorf("fires for %v, want [b c] (rows %v)", firing, rows)
+				if w, ok := want[r.UID]; !ok || fmt.Sprint(firing) != w {
+					t.Errorf("rule %s fires for %v, want %s (rows %v)", r.UID, firing, w, rows)
 				}
 			})
 		}
