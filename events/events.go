@@ -8,6 +8,7 @@
 package events
 
 import (
+	"strconv"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -340,6 +341,18 @@ func RunEventID(runID, typ, step string) string {
 	id := runID + "." + strings.TrimPrefix(typ, TypePrefix)
 	if step != "" {
 		id += "." + step
+	}
+	return id
+}
+
+// AttemptEventID is RunEventID for attempt n of a run (a replay is attempt
+// 2 and up): "<RunEventID>.a<n>", the first attempt's id unchanged. So the
+// duplicate window never swallows a replay's events, while a redelivered
+// input of one attempt still makes the same id.
+func AttemptEventID(runID, typ, step string, attempt int) string {
+	id := RunEventID(runID, typ, step)
+	if attempt > 1 {
+		id += ".a" + strconv.Itoa(attempt)
 	}
 	return id
 }

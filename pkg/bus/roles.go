@@ -192,7 +192,10 @@ func ask(stage string) grant {
 func owner() grant {
 	return join(writeKV(RunsBucket), readKV(PlansBucket),
 		grant{Subscribe: []string{"bs.control.*"}, Responses: true},
-		publish(events.BackupFailed, events.RestoreFailed, events.BackupSucceeded, events.RestoreSucceeded, events.StepFailed))
+		publish(events.BackupFailed, events.RestoreFailed, events.BackupSucceeded, events.RestoreSucceeded, events.StepFailed,
+			events.BackupCancelled, events.RestoreCancelled),
+		// A replay's attempt starts from what drove it the first time.
+		publish(events.BackupRequested, events.RestoreRequested, events.StepCompleted, events.UploadCompleted))
 }
 
 // Roles is every role, in a fixed order: the single source of the embedded

@@ -70,6 +70,23 @@ const (
 	// retries left, for an operator who fixed the cause
 	// (`backstream run ID --compensate`). ErrNothingOwed when none is.
 	OpRetryOwed Op = "retry-owed"
+	// OpReplay starts the next attempt of a failed or cancelled run (or,
+	// with Step "retention", of a succeeded one's retention), asked by an
+	// operator (Owner). Step says where it starts: "start" (the whole
+	// workflow again), "verify", a hook step ("hook:db/unlock"), or ""
+	// for where the run failed (ReplayStage). Within is the new attempt's
+	// time limit (the plan's runTimeout). Everything that succeeded is
+	// kept and reused; the outcome says where it starts (Stage) and what
+	// it reuses (Reused). ErrNotReplayable says why a run cannot be
+	// replayed from there.
+	OpReplay Op = "replay"
+)
+
+// Replay stages besides a hook step.
+const (
+	ReplayStart     = "start"
+	ReplayVerify    = "verify"
+	ReplayRetention = "retention"
 )
 
 // Transitions only the owner itself applies.
@@ -145,6 +162,10 @@ type Outcome struct {
 	Announce bool `json:"announce,omitempty"`
 	// Reason is why OpExpire failed the run.
 	Reason string `json:"reason,omitempty"`
+	// Stage and Reused say where OpReplay's attempt starts and which
+	// steps it reuses.
+	Stage  string   `json:"stage,omitempty"`
+	Reused []string `json:"reused,omitempty"`
 }
 
 // Claimed is the outcome of a claim:
@@ -172,6 +193,9 @@ var (
 	ErrNotOwner = errors.New("the step is no longer this process's running step")
 	// ErrBadRequest: the request is malformed (names the field).
 	ErrBadRequest = errors.New("bad transition request")
+	// ErrNotReplayable: the run cannot be replayed from there (the error
+	// says why and what can be).
+	ErrNotReplayable = errors.New("not replayable")
 	// ErrNothingOwed: OpRetryOwed found no inverse op owed.
 	ErrNothingOwed = errors.New("owes no inverse op that failed: nothing to retry")
 )
@@ -236,7 +260,7 @@ func Permit(stage string, req Request) error {
 			return refuse("only hook keeps compensation")
 		}
 		return nil
-	case OpCancel, OpRetryOwed:
+	case OpCancel, OpRetryOwed, OpReplay:
 		switch stage {
 		case "admin", "api":
 			return nil
@@ -295,9 +319,9 @@ func (req Request) Check() error {
 		if req.Flag == "" {
 			return bad("flag", "missing")
 		}
-	case OpCancel:
+	case OpCancel, OpReplay:
 		if req.Owner == "" {
-			return bad("owner", "who cancels is missing")
+			return bad("owner", "who asks is missing")
 		}
 	}
 	if req.Proc == nil && req.Op == OpProc {
@@ -414,6 +438,8 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 		}
 		o.Announce = true
 		return o, nil
+	case OpReplay:
+		return replay(r, req, now)
 	case OpRetryOwed:
 		n := 0
 		for i := range r.Compensation {
@@ -651,4 +677,170 @@ func setFlag(m map[string]bool, k string) map[string]bool {
 	}
 	m[k] = true
 	return m
+}
+
+// ReplayStage is where a replay of r starts when the operator names no
+// stage: the step that failed it, as a replay stage. ok is false when
+// nothing names a step (the run failed past a deadline, or was cancelled
+// between steps): then only ReplayStart is possible.
+func ReplayStage(r *Run) (stage string, ok bool) {
+	for _, st := range r.Steps {
+		if st.Phase != Failed {
+			continue
+		}
+		switch StageOf(st.Name) {
+		case "verify":
+			return ReplayVerify, true
+		case "hook":
+			return st.Name, true
+		default:
+			return st.Name, true // a data step: refused by replay, with why
+		}
+	}
+	// No step recorded failed: the stage that failed the run (an event it
+	// gave up on) says where.
+	switch r.FailedStage {
+	case "verify":
+		return ReplayVerify, true
+	case "hook":
+		for _, st := range r.Steps {
+			if StageOf(st.Name) == "hook" && (st.Phase == Running || st.Phase == Failed) {
+				return st.Name, true
+			}
+		}
+	}
+	return "", false
+}
+
+func replay(r *Run, req Request, now time.Time) (Outcome, error) {
+	var o Outcome
+	stage := req.Step
+	notReplayable := func(why string) (Outcome, error) {
+		return o, fmt.Errorf("%w: run %s: %s", ErrNotReplayable, r.ID, why)
+	}
+	if stage == ReplayRetention {
+		if r.Phase != Succeeded || r.Kind != KindBackup {
+			return notReplayable(fmt.Sprintf("it is a %s run %s; retention runs only after a succeeded backup", r.Kind, r.Phase))
+		}
+		for _, st := range r.Steps {
+			o.Reused = append(o.Reused, st.Name)
+		}
+		o.Stage = stage
+		nextAttempt(r, stage, o.Reused, req.Owner, now)
+		// The run stays Succeeded: retention is reported on its own.
+		r.Attempts[len(r.Attempts)-1].Phase = Succeeded
+		return o, nil
+	}
+	if !r.Phase.Unsuccessful() {
+		return notReplayable(fmt.Sprintf("it is %s; only a failed or cancelled run is replayed (a succeeded one's retention with --stage retention)", r.Phase))
+	}
+	for _, c := range r.Compensation {
+		if c.Phase != Succeeded {
+			return notReplayable(fmt.Sprintf("it still owes inverse op %s (undoing %s); pay it first: backstream run %s --compensate", c.Step, c.Undoes, r.ID))
+		}
+	}
+	if stage == "" {
+		var ok bool
+		if stage, ok = ReplayStage(r); !ok {
+			return notReplayable(fmt.Sprintf("it ended %s with no step failed (%s); replay it from the start (--from-start)", r.Phase, r.Error))
+		}
+	}
+	stored := len(r.Destinations) > 0
+	for _, d := range r.Destinations {
+		stored = stored && d.Phase == Succeeded
+	}
+	dataRan := false
+	for _, st := range r.Steps {
+		if k := StageOf(st.Name); (k == "snapshot" || k == "filter" || k == "upload" || k == "restore") && !st.Started.IsZero() {
+			dataRan = true
+		}
+	}
+	switch {
+	case stage == ReplayStart:
+		r.Steps, r.Destinations, r.Compensation = nil, nil, nil
+		r.Bytes, r.StoredBytes, r.SHA256, r.Chunks = 0, 0, "", 0
+		if r.Kind == KindBackup {
+			r.BackupID = ""
+		}
+	case stage == ReplayVerify:
+		if r.Kind != KindBackup || !stored {
+			return notReplayable("not every destination holds the uploaded backup, so there is nothing to verify again; replay it from the start (--from-start)")
+		}
+		for i := range r.Steps {
+			if st := &r.Steps[i]; StageOf(st.Name) == "verify" && st.Phase != Succeeded {
+				resetStep(st)
+			}
+		}
+	case StageOf(stage) == "hook":
+		st := r.FindStep(stage)
+		if st == nil || (st.Phase != Failed && st.Phase != Running && !(st.Phase == Skipped && st.Started.IsZero())) {
+			return notReplayable(fmt.Sprintf("step %s did not fail", stage))
+		}
+		if dataRan && !stored && r.Kind == KindBackup {
+			return notReplayable(fmt.Sprintf("its data step ran but not every destination holds the backup (the bytes are gone); replay it from the start (--from-start)"))
+		}
+		if dataRan && r.Kind == KindRestore {
+			if rs := r.FindStep("restore"); rs == nil || rs.Phase != Succeeded {
+				return notReplayable("its restore step did not complete; replay it from the start (--from-start)")
+			}
+		}
+		resetStep(st)
+		// The manifests were marked failed with the run: verify again.
+		for i := range r.Steps {
+			if st := &r.Steps[i]; StageOf(st.Name) == "verify" {
+				resetStep(st)
+			}
+		}
+		for _, d := range r.Destinations {
+			d.Verified, d.VerifyMode = false, ""
+		}
+	default:
+		return notReplayable(fmt.Sprintf("step %s failed mid-stream and a dump cannot resume (the bytes are gone); replay it from the start (--from-start)", stage))
+	}
+	// Steps the failure skipped before they ran are due again.
+	for i := range r.Steps {
+		if st := &r.Steps[i]; st.Phase == Skipped && st.Started.IsZero() {
+			st.Phase = Pending
+		}
+		if st := r.Steps[i]; st.Phase == Succeeded || (st.Phase == Skipped && !st.Started.IsZero()) {
+			o.Reused = append(o.Reused, st.Name)
+		}
+	}
+	o.Stage = stage
+	nextAttempt(r, stage, o.Reused, req.Owner, now)
+	r.Phase = Running
+	if r.Kind == KindRestore && len(o.Reused) == 0 {
+		r.Phase = Initializing
+	}
+	r.FailedStage, r.Error, r.Finished = "", "", time.Time{}
+	r.CompensationDone = false
+	for k := range r.Announced {
+		if strings.HasPrefix(k, "failed:") || k == AnnouncedSucceeded || k == AnnouncedCompensation || k == AnnouncedCancelled {
+			delete(r.Announced, k)
+		}
+	}
+	if req.Within > 0 {
+		r.Deadline = now.Add(req.Within)
+	}
+	return o, nil
+}
+
+// AnnouncedCancelled is the Announced flag of a run's cancellation.
+const AnnouncedCancelled = "cancelled"
+
+// resetStep makes st due again.
+func resetStep(st *Step) {
+	*st = Step{Name: st.Name, Phase: Pending}
+}
+
+// nextAttempt closes the run's current attempt with its outcome and
+// starts the next at stage.
+func nextAttempt(r *Run, stage string, reused []string, by string, now time.Time) {
+	if len(r.Attempts) == 0 {
+		r.Attempts = []Attempt{{Number: 1, Stage: ReplayStart, By: r.RequestedBy, Started: r.Created}}
+	}
+	last := &r.Attempts[len(r.Attempts)-1]
+	last.Phase, last.Finished, last.Error = r.Phase, r.Finished, r.Error
+	r.Attempt = r.CurrentAttempt() + 1
+	r.Attempts = append(r.Attempts, Attempt{Number: r.Attempt, Stage: stage, Reused: reused, By: by, Started: now})
 }

@@ -2,6 +2,7 @@ package runs_test
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -18,8 +19,8 @@ func rec(phase runs.Phase, steps ...string) *runs.Run {
 		name, rest, _ := strings.Cut(s, "=")
 		ph, owner, _ := strings.Cut(rest, "@")
 		st := runs.Step{Name: name, Phase: runs.Phase(ph), Owner: owner}
-		if st.Phase != runs.Pending {
-			st.Started = t0.Add(-time.Minute)
+		if st.Phase != runs.Pending && st.Phase != runs.Skipped {
+			st.Started = t0.Add(-time.Minute) // skipped: never ran
 		}
 		if st.Phase == runs.Running {
 			st.Deadline = t0.Add(-time.Second) // overdue at t0
@@ -150,7 +151,7 @@ func TestApply(t *testing.T) {
 				t.Fatalf("err %v, want %v", err, tt.wantErr)
 			}
 			o.Reason, o.Claimed.Error = "", ""
-			if o != tt.wantOutcome {
+			if !reflect.DeepEqual(o, tt.wantOutcome) {
 				t.Errorf("outcome %+v, want %+v", o, tt.wantOutcome)
 			}
 			if tt.give.Phase != tt.wantRun {
@@ -297,5 +298,88 @@ func TestCheckNamesTheField(t *testing.T) {
 		if !errors.Is(err, runs.ErrBadRequest) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%+v: %v, want an error naming %q", tt.req, err, tt.want)
 		}
+	}
+}
+
+// TestReplay: where a replay may start, what it resets and reuses, and why
+// it refuses.
+func TestReplay(t *testing.T) {
+	stored := func(r *runs.Run) *runs.Run {
+		r.Destinations = map[string]*runs.Destination{"s3": {Phase: runs.Succeeded, Key: "k", Verified: true}}
+		return r
+	}
+	tests := []struct {
+		name       string
+		give       *runs.Run
+		stage      string
+		wantErr    error
+		wantStage  string
+		wantReused []string
+		wantPhase  runs.Phase
+		wantSteps  map[string]runs.Phase
+	}{
+		{"verify failed: verify again, reusing the rest",
+			stored(rec(runs.Failed, "snapshot=Succeeded", "filter=Succeeded", "upload:s3=Succeeded", "verify:s3=Failed")), "",
+			nil, runs.ReplayVerify, []string{"snapshot", "filter", "upload:s3"}, runs.Running,
+			map[string]runs.Phase{"verify:s3": runs.Pending}},
+		{"verify with a destination not stored: refused",
+			rec(runs.Failed, "snapshot=Succeeded", "upload:s3=Failed", "verify:s3=Failed"), runs.ReplayVerify,
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
+		{"an unlock after the snapshot failed: that op again, and verify again",
+			stored(rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Succeeded", "upload:s3=Succeeded", "verify:s3=Succeeded", "hook:db/unlock=Failed")), "",
+			nil, "hook:db/unlock", []string{"hook:db/lock", "snapshot", "upload:s3"}, runs.Running,
+			map[string]runs.Phase{"hook:db/unlock": runs.Pending, "verify:s3": runs.Pending}},
+		{"a lock before the snapshot failed: that op again, the rest as new",
+			rec(runs.Failed, "hook:db/lock=Failed", "snapshot=Skipped"), "",
+			nil, "hook:db/lock", nil, runs.Running,
+			map[string]runs.Phase{"hook:db/lock": runs.Pending, "snapshot": runs.Pending}},
+		{"a hook after a dump whose bytes are gone: refused",
+			rec(runs.Failed, "snapshot=Succeeded", "upload:s3=Failed", "hook:db/unlock=Failed"), "",
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
+		{"the snapshot failed: refused (the bytes are gone)",
+			rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed"), "",
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
+		{"from the start: everything again",
+			rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed"), runs.ReplayStart,
+			nil, runs.ReplayStart, nil, runs.Running, map[string]runs.Phase{"snapshot": ""}},
+		{"cancelled between steps: only from the start",
+			rec(runs.Cancelled, "hook:db/lock=Succeeded", "snapshot=Skipped"), "",
+			runs.ErrNotReplayable, "", nil, runs.Cancelled, nil},
+		{"a running run: refused", rec(runs.Running, "snapshot=Running@a"), runs.ReplayStart,
+			runs.ErrNotReplayable, "", nil, runs.Running, nil},
+		{"a succeeded run: retention again, still succeeded",
+			stored(rec(runs.Succeeded, "snapshot=Succeeded", "verify:s3=Succeeded")), runs.ReplayRetention,
+			nil, runs.ReplayRetention, []string{"snapshot", "verify:s3"}, runs.Succeeded, nil},
+		{"a succeeded run: nothing else", stored(rec(runs.Succeeded, "snapshot=Succeeded")), runs.ReplayVerify,
+			runs.ErrNotReplayable, "", nil, runs.Succeeded, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := runs.Apply(tt.give, runs.Request{Op: runs.OpReplay, Run: "r", Step: tt.stage, Owner: "cli:root", Within: time.Hour}, t0)
+			if !errors.Is(err, tt.wantErr) || (err != nil && tt.wantErr == nil) {
+				t.Fatalf("err %v, want %v", err, tt.wantErr)
+			}
+			if err != nil {
+				if tt.give.Phase != tt.wantPhase {
+					t.Errorf("a refused replay changed the run to %s", tt.give.Phase)
+				}
+				return
+			}
+			if o.Stage != tt.wantStage || !reflect.DeepEqual(o.Reused, tt.wantReused) {
+				t.Errorf("stage %q reused %v, want %q %v", o.Stage, o.Reused, tt.wantStage, tt.wantReused)
+			}
+			r := tt.give
+			if r.Phase != tt.wantPhase || r.CurrentAttempt() != 2 || len(r.Attempts) != 2 || r.Attempts[1].By != "cli:root" {
+				t.Errorf("run %s attempt %d attempts %+v", r.Phase, r.CurrentAttempt(), r.Attempts)
+			}
+			if r.Phase == runs.Running && (r.Error != "" || !r.Finished.IsZero() || !r.Deadline.Equal(t0.Add(time.Hour))) {
+				t.Errorf("replayed run keeps its end: %q %s deadline %s", r.Error, r.Finished, r.Deadline)
+			}
+			for step, want := range tt.wantSteps {
+				if got := phaseOf(r, step); got != want {
+					t.Errorf("step %s %s, want %s", step, got, want)
+				}
+			}
+		})
 	}
 }

@@ -38,16 +38,17 @@ type Reply struct {
 	Outcome Outcome `json:"outcome,omitzero"`
 	Error   string  `json:"error,omitempty"`
 	// Code names the sentinel Error wraps: refused, badRequest, notOwner,
-	// notFound, nothingOwed; empty for a transient error.
+	// notFound, nothingOwed, notReplayable; empty for a transient error.
 	Code string `json:"code,omitempty"`
 }
 
 var codes = map[string]error{
-	"refused":     ErrRefused,
-	"badRequest":  ErrBadRequest,
-	"notOwner":    ErrNotOwner,
-	"notFound":    ErrNotFound,
-	"nothingOwed": ErrNothingOwed,
+	"refused":       ErrRefused,
+	"badRequest":    ErrBadRequest,
+	"notOwner":      ErrNotOwner,
+	"notFound":      ErrNotFound,
+	"nothingOwed":   ErrNothingOwed,
+	"notReplayable": ErrNotReplayable,
 }
 
 // ReplyOf is the wire form of an owner's answer.

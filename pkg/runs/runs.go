@@ -207,7 +207,36 @@ type Run struct {
 	// Announced records which final events were emitted, so a redelivered
 	// event re-emits them with the same ids instead of deciding again.
 	Announced map[string]bool `json:"announced,omitempty"`
+	// Attempt is the current attempt's number (0 and 1 both mean the
+	// first); a replay starts the next. Events of attempt n > 1 carry it
+	// in their ids (events.AttemptEventID).
+	Attempt int `json:"attempt,omitempty"`
+	// Attempts are the attempts so far, oldest first, once there was a
+	// replay: what each started at, what it reused, how it ended.
+	Attempts []Attempt `json:"attempts,omitempty"`
 }
+
+// Attempt is one attempt of a run: the first, or a replay.
+type Attempt struct {
+	Number int `json:"number"`
+	// Stage is where it started: "start" for the first and for a replay
+	// from the start, else the replayed step ("verify", "hook:db/unlock",
+	// "retention").
+	Stage string `json:"stage"`
+	// Reused are the steps it did not run again because an earlier
+	// attempt did them.
+	Reused  []string  `json:"reused,omitempty"`
+	By      string    `json:"by,omitempty"`
+	Started time.Time `json:"started"`
+	// Phase, Finished and Error are its outcome once it ended.
+	Phase    Phase     `json:"phase,omitempty"`
+	Finished time.Time `json:"finished,omitzero"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// CurrentAttempt is the number of the run's current attempt (1 for a run
+// never replayed).
+func (r *Run) CurrentAttempt() int { return max(1, r.Attempt) }
 
 // Step returns the step named name, adding it as Pending when absent.
 func (r *Run) Step(name string) *Step {
@@ -462,6 +491,13 @@ func successKey(planName string) string { return indexPrefix + "success." + plan
 // index keeps the indexes in step with a run whose phase went from prev to
 // r.Phase.
 func (s *Store) index(ctx context.Context, prev Phase, r *Run) error {
+	if prev.Done() && !r.Phase.Done() {
+		// A replay: the run is active again.
+		if _, err := s.kv.Put(ctx, activeKey(r.ID), nil); err != nil {
+			return fmt.Errorf("index run %s: %w", r.ID, err)
+		}
+		return nil
+	}
 	if prev.Done() || !r.Phase.Done() {
 		return nil
 	}

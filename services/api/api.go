@@ -63,6 +63,7 @@ func New(d *stage.Deps, cfg Config) (*Server, error) {
 	s.Handle("POST /v1/plans/{plan}/trigger", RoleTrigger, http.HandlerFunc(s.trigger))
 	s.Handle("POST /v1/plans/{plan}/restore", RoleRestore, http.HandlerFunc(s.restore))
 	s.Handle("POST /v1/runs/{id}/cancel", RoleTrigger, http.HandlerFunc(s.cancel))
+	s.Handle("POST /v1/runs/{id}/replay", RoleTrigger, http.HandlerFunc(s.replay))
 	s.routeDeadLetters() // dlq.go
 	return s, nil
 }
@@ -320,4 +321,55 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("api run cancelled", "run", runID, "plan", after.Plan, "by", who, "reason", req.Reason)
 	writeJSON(w, http.StatusOK, after)
+}
+
+// ReplayRequest is the body of POST /v1/runs/{id}/replay (optional).
+type ReplayRequest struct {
+	// Stage is where the attempt starts (verify, a hook step, retention);
+	// empty: where the run failed.
+	Stage string `json:"stage,omitempty"`
+	// FromStart runs the whole workflow again.
+	FromStart bool `json:"fromStart,omitempty"`
+}
+
+// replay starts the next attempt of a failed or cancelled run. A backup
+// run needs the trigger role; a restore run the restore role, since its
+// replay writes into the target again.
+func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
+	var req ReplayRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	stageName := req.Stage
+	if req.FromStart {
+		if stageName != "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: stage and fromStart exclude each other"})
+			return
+		}
+		stageName = runs.ReplayStart
+	}
+	id, _ := IdentityFrom(r.Context())
+	runID := r.PathValue("id")
+	run, err := s.d.Runs.Get(r.Context(), runID)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if run.Kind == runs.KindRestore && id.Role < RoleRestore {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf(
+			"replaying restore run %s needs the restore role (it writes into the target again); %s has %s", runID, id.Name, id.Role)})
+		return
+	}
+	who := "api:" + id.Name
+	after, o, err := s.d.Ask(r.Context(), "api", runs.Request{Op: runs.OpReplay, Run: runID, Step: stageName, Owner: who})
+	if errors.Is(err, runs.ErrNotReplayable) {
+		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+		return
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.log.Info("api run replayed", "run", runID, "plan", after.Plan, "attempt", after.CurrentAttempt(), "stage", o.Stage, "by", who)
+	writeJSON(w, http.StatusAccepted, map[string]any{"runId": runID, "attempt": after.CurrentAttempt(), "stage": o.Stage, "reused": o.Reused})
 }

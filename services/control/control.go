@@ -113,12 +113,16 @@ func (s *Service) Ask(ctx context.Context, stageName string, req runs.Request) (
 		s.Log.Warn("control: transition refused", "stage", stageName, "op", req.Op, "runid", req.Run, "step", req.Step, "err", err)
 		return nil, runs.Outcome{}, err
 	}
-	if req.Op == runs.OpCreate {
+	switch req.Op {
+	case runs.OpCreate:
 		if err := s.seed(ctx, req.Seed); err != nil {
 			return nil, runs.Outcome{}, err
 		}
+	case runs.OpReplay:
+		return s.replay(ctx, req)
 	}
 	r, o, err := s.Runs.Apply(ctx, req, s.Now().UTC())
+	stage.NoteRun(r)
 	if err != nil {
 		return r, o, err
 	}
@@ -141,6 +145,98 @@ func (s *Service) Ask(ctx context.Context, stageName string, req runs.Request) (
 		}
 	}
 	return r, o, nil
+}
+
+// replay starts the next attempt of a run (runs.OpReplay) and publishes
+// what drives it from where it starts, with the new attempt's event ids:
+// the request again (from the start), upload.completed of every stored
+// copy (verify again), the step.completed before a replayed hook op (or
+// the request, when the op is the first step), or backup.succeeded again
+// (retention). The new attempt keeps the run's plan revision and gets the
+// plan's runTimeout anew.
+func (s *Service) replay(ctx context.Context, req runs.Request) (*runs.Run, runs.Outcome, error) {
+	r, err := s.Runs.Get(ctx, req.Run)
+	if err != nil {
+		return nil, runs.Outcome{}, err
+	}
+	p, err := s.PlanOf(ctx, r)
+	if err != nil {
+		return nil, runs.Outcome{}, fmt.Errorf("%w: run %s: %v", runs.ErrNotReplayable, r.ID, err)
+	}
+	req.Within = p.Spec.EffectiveRunTimeout()
+	r, o, err := s.Runs.Apply(ctx, req, s.Now().UTC())
+	stage.NoteRun(r)
+	if err != nil {
+		return nil, o, err
+	}
+	s.Log.Warn("run replayed", "plan", r.Plan, "runid", r.ID, "attempt", r.CurrentAttempt(), "stage", o.Stage, "reused", o.Reused, "by", req.Owner)
+	evs, err := s.redrive(p, r, o.Stage)
+	if err != nil {
+		return nil, o, err
+	}
+	if err := s.Bus.Publish(ctx, evs...); err != nil {
+		return nil, o, err
+	}
+	return r, o, nil
+}
+
+// redrive builds the events that start attempt r.Attempt at stage.
+func (s *Service) redrive(p *plan.Plan, r *runs.Run, from string) ([]events.Event, error) {
+	var out []events.Event
+	add := func(step string, payload events.Payload) error {
+		ev, err := s.Emit(r.Plan, r.ID, step, payload)
+		out = append(out, ev)
+		return err
+	}
+	request := func() error {
+		if r.Kind == runs.KindRestore {
+			return add("", events.RestoreRequestedData{BackupID: r.BackupID, Destination: r.Destination, Target: r.Target,
+				RequestedBy: r.RequestedBy, Create: r.Create, Clean: r.Clean})
+		}
+		return add("", events.BackupRequestedData{Trigger: r.Trigger, RequestedBy: r.RequestedBy, Reason: fmt.Sprintf("replay, attempt %d", r.CurrentAttempt())})
+	}
+	uploaded := func() error {
+		for _, d := range p.Spec.Destinations {
+			ds := r.Destinations[d.Name]
+			if ds == nil || ds.Phase != runs.Succeeded {
+				continue
+			}
+			if err := add("upload:"+d.Name, events.UploadCompletedData{Destination: d.Name, Key: ds.Key, ManifestKey: ds.ManifestKey,
+				Size: ds.Size, SHA256: ds.SHA256}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var err error
+	switch {
+	case from == runs.ReplayStart:
+		err = request()
+	case from == runs.ReplayVerify:
+		err = uploaded()
+	case from == runs.ReplayRetention:
+		var ev events.Event
+		if ev, err = s.succeeded(p, r); err == nil {
+			out = append(out, ev)
+		}
+	default: // a hook step
+		prev := ""
+		for _, st := range p.Sequence(stage.Workflow(r.Kind)) {
+			if st.String() == from {
+				break
+			}
+			prev = st.String()
+		}
+		if prev == "" {
+			err = request()
+		} else {
+			err = add(prev, events.StepCompletedData{Step: prev})
+		}
+		if err == nil {
+			err = uploaded()
+		}
+	}
+	return out, err
 }
 
 // announceCancelled publishes that r was cancelled by who: the stages

@@ -155,10 +155,10 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 // so upload aborts and snapshot stops.
 func (s *Service) abandon(ctx context.Context, p *plan.Plan, runID, reason string) {
 	ctx = context.WithoutCancel(ctx)
-	if w, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.DataFor(p)); err == nil {
+	if w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(runID), bus.KindSealed, Readers(p), s.DataFor(p)); err == nil {
 		_ = w.Fail(ctx, reason)
 	}
-	_ = s.Bus.DeleteDataConsumer(ctx, runID, bus.KindRaw, snapshot.Reader)
+	_ = s.Bus.DeleteDataConsumer(ctx, stage.DataKey(runID), bus.KindRaw, snapshot.Reader)
 }
 
 func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, reason string, cause events.Event) ([]events.Event, error) {
@@ -195,12 +195,12 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		}
 		return s.fail(ctx, p, runID, "seal: "+err.Error(), cause)
 	}
-	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindRaw, snapshot.Reader, s.DataFor(p))
+	in, err := s.Bus.NewChunkReader(ctx, stage.DataKey(runID), bus.KindRaw, snapshot.Reader, s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}
 	defer in.Close(ctx)
-	out, err := s.Bus.NewChunkWriter(ctx, runID, bus.KindSealed, Readers(p), s.DataFor(p))
+	out, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(runID), bus.KindSealed, Readers(p), s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}
@@ -315,7 +315,7 @@ func (s *Service) sealFailed(ctx context.Context, p *plan.Plan, runID string, ou
 		reason = "filter: upload stopped reading (" + err.Error() + ")"
 	}
 	_ = out.Fail(context.WithoutCancel(ctx), reason)
-	_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindRaw, snapshot.Reader)
+	_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), stage.DataKey(runID), bus.KindRaw, snapshot.Reader)
 	if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, reason, nil); ferr != nil {
 		return nil, ferr
 	}

@@ -158,7 +158,7 @@ func (s *Service) completedEvent(p *plan.Plan, r *runs.Run) (events.Event, error
 func (s *Service) failedEvent(planName, runID string, c runs.Compensation) (events.Event, error) {
 	step := compensationStep(c.Step)
 	m := s.Bus.Meta(planName, runID, step)
-	m.ID = events.RunEventID(runID, events.CompensationFailed, step) + "." + strconv.Itoa(c.Attempts)
+	m.ID = events.AttemptEventID(runID, events.CompensationFailed, step, stage.AttemptOf(runID)) + "." + strconv.Itoa(c.Attempts)
 	d := events.CompensationFailedData{Op: opName(c.Step), Undoes: opName(c.Undoes), Error: c.Error, Attempts: c.Attempts}
 	if !c.RetryAt.IsZero() {
 		t := c.RetryAt

@@ -73,7 +73,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Interrupted:
 		// The process streaming this dump died; its chunks cannot be
 		// continued, so the readers are told and the run fails.
-		if w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.DataFor(p)); err == nil {
+		if w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(r.ID), bus.KindRaw, []string{Reader}, s.DataFor(p)); err == nil {
 			_ = w.Fail(ctx, "snapshot interrupted: the snapshot service running it stopped mid-stream")
 		}
 		if _, err := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil); err != nil {
@@ -122,13 +122,13 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	if err != nil {
 		return fail(err.Error(), events.SnapshotFailedData{})
 	}
-	w, err := s.Bus.NewChunkWriter(ctx, r.ID, bus.KindRaw, []string{Reader}, s.DataFor(p))
+	w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(r.ID), bus.KindRaw, []string{Reader}, s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}
 	chunkSize := int(p.Spec.ChunkSize)
 	started, err := s.Emit(p.Name(), r.ID, name, events.SnapshotStartedData{
-		Source: p.Spec.Source.Type, DataSubject: bus.DataSubject(r.ID, bus.KindRaw), ChunkSize: int64(chunkSize),
+		Source: p.Spec.Source.Type, DataSubject: bus.DataSubject(stage.DataKey(r.ID), bus.KindRaw), ChunkSize: int64(chunkSize),
 	})
 	if err != nil {
 		return nil, err

@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -124,10 +126,48 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 
 // Emit builds the event of payload p for a run's step with the deterministic
 // id of (run, type, step).
+// In a replayed run (attempt 2 and up) the id carries the attempt
+// (events.AttemptEventID), as this process last saw it in the run's record.
 func (d *Deps) Emit(planName, runID, step string, p events.Payload) (events.Event, error) {
 	m := d.Bus.Meta(planName, runID, step)
-	m.ID = events.RunEventID(runID, p.EventType(), step)
+	m.ID = events.AttemptEventID(runID, p.EventType(), step, AttemptOf(runID))
 	return events.New(m, p)
+}
+
+// attempts holds the current attempt of the runs this process saw that were
+// replayed (attempt 2 and up); runs never replayed are not kept.
+var attempts sync.Map
+
+// NoteRun remembers r's current attempt for the ids of the events emitted
+// for it. Every record a stage gets from the owner or the store passes here
+// before the stage emits anything for the run.
+func NoteRun(r *runs.Run) {
+	if r == nil {
+		return
+	}
+	if n := r.CurrentAttempt(); n > 1 {
+		attempts.Store(r.ID, n)
+	} else {
+		attempts.Delete(r.ID)
+	}
+}
+
+// DataKey names run id's chunk streams in its current attempt: the run id,
+// followed by the attempt in a replay, whose dump must not meet what an
+// earlier attempt left in the stream (chunks, readers' positions).
+func DataKey(id string) string {
+	if n := AttemptOf(id); n > 1 {
+		return id + "a" + strconv.Itoa(n)
+	}
+	return id
+}
+
+// AttemptOf is the attempt of run id as last noted (1 when never replayed).
+func AttemptOf(id string) int {
+	if n, ok := attempts.Load(id); ok {
+		return n.(int)
+	}
+	return 1
 }
 
 // Plan loads the current plan an event is about, for events before a run
@@ -188,6 +228,7 @@ func (d *Deps) ask(ctx context.Context, stageName string, req runs.Request) (*ru
 	if errors.Is(err, runs.ErrRefused) || errors.Is(err, runs.ErrBadRequest) {
 		err = bus.Permanent(err)
 	}
+	NoteRun(r)
 	return r, o, err
 }
 
@@ -206,9 +247,12 @@ func (d *Deps) EnsureRun(ctx context.Context, stageName string, e events.Event) 
 		seed.Kind, seed.RequestedBy, seed.BackupID, seed.Phase = runs.KindRestore, req.RequestedBy, req.BackupID, runs.Initializing
 		seed.Destination, seed.Target, seed.Create, seed.Clean = req.Destination, req.Target, req.Create, req.Clean
 	default:
-		return d.Runs.Get(ctx, events.RunID(e))
+		r, err := d.Runs.Get(ctx, events.RunID(e))
+		NoteRun(r)
+		return r, err
 	}
 	if r, err := d.Runs.Get(ctx, seed.ID); err == nil {
+		NoteRun(r)
 		return r, nil
 	}
 	// A plan that is missing or invalid is refused here, permanently;
@@ -357,12 +401,23 @@ var ErrRunEnded = errors.New("the run ended")
 // work is done. Should the watch fail to start, the context is ctx's own:
 // the stage then finds out at its next step, as before.
 func (d *Deps) WatchRun(ctx context.Context, runID string) (context.Context, context.CancelFunc) {
+	return d.watch(ctx, runID, runs.Phase.Unsuccessful)
+}
+
+// WatchCancel is WatchRun for a cancellation only: a stage that should
+// finish its work for a failed run (upload keeps a whole object for a
+// replay) stops only when the run is cancelled.
+func (d *Deps) WatchCancel(ctx context.Context, runID string) (context.Context, context.CancelFunc) {
+	return d.watch(ctx, runID, func(p runs.Phase) bool { return p == runs.Cancelled })
+}
+
+func (d *Deps) watch(ctx context.Context, runID string, stop func(runs.Phase) bool) (context.Context, context.CancelFunc) {
 	wctx, cancel := context.WithCancelCause(ctx)
-	stop := func() { cancel(nil) }
+	release := func() { cancel(nil) }
 	w, err := d.Bus.Runs.Watch(wctx, runID)
 	if err != nil {
 		d.Log.Warn("cannot watch the run for its end", "runid", runID, "err", err)
-		return wctx, stop
+		return wctx, release
 	}
 	go func() {
 		defer func() { _ = w.Stop() }()
@@ -378,12 +433,12 @@ func (d *Deps) WatchRun(ctx context.Context, runID string) (context.Context, con
 					continue
 				}
 				var r runs.Run
-				if json.Unmarshal(e.Value(), &r) == nil && r.Phase.Unsuccessful() {
+				if json.Unmarshal(e.Value(), &r) == nil && stop(r.Phase) {
 					cancel(fmt.Errorf("%w: %s (%s)", ErrRunEnded, r.Phase, r.Error))
 					return
 				}
 			}
 		}
 	}()
-	return wctx, stop
+	return wctx, release
 }

@@ -83,7 +83,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	case c.Done:
 		return s.completed(p, r, dest)
 	case c.Interrupted:
-		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindSealed, dest)
+		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), stage.DataKey(runID), bus.KindSealed, dest)
 		if st, err := s.Plugins.Storage(ctx, p, dest); err == nil {
 			// The dead process's multipart upload was never aborted.
 			s.sweepNow(ctx, st, p.Name(), dest, runID)
@@ -98,7 +98,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	begin := time.Now()
 	st, err := s.Plugins.Storage(ctx, p, dest)
 	if err != nil {
-		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), runID, bus.KindSealed, dest)
+		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), stage.DataKey(runID), bus.KindSealed, dest)
 		if _, ferr := s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
 			return nil, ferr
 		}
@@ -112,9 +112,11 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	var sent, chunks atomic.Int64
 	stopProgress := s.Progress(ctx, p.Name(), runID, name, events.UploadProgressed, dest, 0,
 		func() (int64, int64) { return sent.Load(), chunks.Load() })
-	// The upload is aborted when the run ends elsewhere (cancelled,
-	// failed): nothing that looks like a backup is left.
-	streamCtx, stopWatch := s.WatchRun(ctx, runID)
+	// The upload is aborted when the run is cancelled: nothing that looks
+	// like a backup is left. A run failed elsewhere (a hook after the
+	// snapshot) still gets its object, marked failed, for a replay; a
+	// failed dump or filter ends the stream itself.
+	streamCtx, stopWatch := s.WatchCancel(ctx, runID)
 	meta, info, digest, err := s.stream(streamCtx, st, s.DataFor(p), runID, dest, key, &sent, &chunks)
 	if cause := context.Cause(streamCtx); err != nil && errors.Is(cause, stage.ErrRunEnded) {
 		err = fmt.Errorf("stopped: %w", cause)
@@ -175,7 +177,7 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason st
 // deleted, which stops the filter and, through it, the snapshot.
 func (s *Service) stream(ctx context.Context, st storage.Storage, opts bus.DataOptions, runID, dest, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
 	var meta filter.Meta
-	in, err := s.Bus.NewChunkReader(ctx, runID, bus.KindSealed, dest, opts)
+	in, err := s.Bus.NewChunkReader(ctx, stage.DataKey(runID), bus.KindSealed, dest, opts)
 	if err != nil {
 		return meta, storage.Info{}, "", err
 	}
@@ -240,8 +242,8 @@ func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan
 	if err != nil {
 		return err
 	}
-	if r.Phase.Unsuccessful() {
-		return fmt.Errorf("run failed meanwhile (%s): the object is removed", r.Error)
+	if r.Phase == runs.Cancelled {
+		return fmt.Errorf("run cancelled meanwhile (%s): the object is removed", r.Error)
 	}
 	trigger := r.Trigger
 	if trigger == "" {
@@ -268,6 +270,13 @@ func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan
 		ObjectKey:       key,
 		Verify:          format.VerifyResult{Status: format.VerifyPending},
 		Tags:            p.Metadata.Labels,
+	}
+	if r.Phase == runs.Failed {
+		// The run failed after its dump was whole (a hook after the
+		// snapshot): the object is kept for a replay, marked failed so
+		// that nothing takes it for a good backup.
+		m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: format.VerifyModeCiphertext, At: s.Now().UTC(),
+			Error: fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error)}
 	}
 	if m.Chain == nil {
 		m.Chain = []string{}

@@ -314,9 +314,9 @@ func runsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return writeJSON(stdout, list)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RUN\tPLAN\tKIND\tPHASE\tSTARTED\tDURATION\tBYTES\tERROR")
+	fmt.Fprintln(tw, "RUN\tPLAN\tKIND\tPHASE\tATTEMPT\tSTARTED\tDURATION\tBYTES\tERROR")
 	for _, r := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Plan, r.Kind, r.Phase,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Plan, r.Kind, r.Phase, r.CurrentAttempt(),
 			r.Created.Local().Format("2006-01-02 15:04:05"), runDuration(r), human(r.Bytes), truncate(r.Error, 60))
 	}
 	return tw.Flush()
@@ -389,6 +389,25 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "started %s  duration %s  bytes %s  stored %s\n", r.Created.Local().Format(time.RFC3339), runDuration(r), human(r.Bytes), human(r.StoredBytes))
 	if r.Error != "" {
 		fmt.Fprintf(stdout, "failed in %s: %s\n", r.FailedStage, r.Error)
+	}
+	fmt.Fprintf(stdout, "plan revision %d  deadline %s\n", r.PlanRevision, r.Deadline.Local().Format(time.RFC3339))
+	if len(r.Attempts) > 0 {
+		aw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(aw, "\nATTEMPT\tSTARTS AT\tBY\tSTARTED\tPHASE\tREUSED\tERROR")
+		for i, a := range r.Attempts {
+			phase, errText := a.Phase, a.Error
+			if i == len(r.Attempts)-1 {
+				phase, errText = r.Phase, r.Error
+			}
+			reused := strings.Join(a.Reused, ",")
+			if reused == "" {
+				reused = "-"
+			}
+			fmt.Fprintf(aw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Number, a.Stage, a.By, a.Started.Local().Format(time.RFC3339), phase, reused, truncate(errText, 60))
+		}
+		if err := aw.Flush(); err != nil {
+			return err
+		}
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSTEP\tPHASE\tDURATION\tBYTES\tERROR")
