@@ -222,3 +222,44 @@ func TestStopFollowingLeavesTheRunAndFollowReattaches(t *testing.T) {
 		t.Fatalf("run --follow: exit %d\n%s", code, out)
 	}
 }
+
+// TestAPlanChangedMidRunLeavesTheRunAlone: a destination added and the
+// filters changed while a run dumps do not reach it: it keeps the plan
+// revision it started with, writes only the destination it started with,
+// and verify does not wait for a copy nobody writes.
+func TestAPlanChangedMidRunLeavesTheRunAlone(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	yamlText := slowPlanOf("mid", dir, "[snapshot]", 60)
+	env.Apply(yamlText)
+	id := env.Trigger("mid")
+	waitStep(t, env, id, "snapshot")
+	env.Apply(yamlText + fmt.Sprintf(`    - name: second
+      type: filesystem
+      filesystem: {path: %s}
+  filters: {compression: snappy}
+`, filepath.Join(dir, "second")))
+	r := env.Wait(id, 2*time.Minute)
+	if r.Phase != runs.Succeeded {
+		t.Fatalf("run %s (%s)", r.Phase, r.Error)
+	}
+	if len(r.Destinations) != 1 || r.Destinations["local"] == nil {
+		t.Errorf("the run wrote %v, want only the destination it started with", r.Destinations)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "second")); err == nil {
+		t.Error("the destination added mid-run was written")
+	}
+	_, rev, err := env.Plans.GetCurrent(context.Background(), "mid")
+	if err != nil || r.PlanRevision == 0 || r.PlanRevision == rev {
+		t.Errorf("run revision %d, plan now at %d (%v): want the run to keep the older one", r.PlanRevision, rev, err)
+	}
+	st, err := filesystem.New(context.Background(), filesystem.Config{Path: filepath.Join(dir, "backups")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m, err := backup.Find(context.Background(), st, "mid/"+id)
+	if err != nil || slices.Contains(m.Chain, "snappy") {
+		t.Errorf("backup chain %v (%v): want the filters the run started with, not snappy", m.Chain, err)
+	}
+}
