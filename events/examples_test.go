@@ -62,6 +62,10 @@ var examples = map[string]events.Payload{
 	},
 	events.FilterFailed:     events.FilterFailedData{Error: "wrap data key: no recipients"},
 	events.UploadProgressed: events.ProgressData{Destination: "s3-main", Bytes: 1 << 19, Chunks: 2, ElapsedMs: 400}.ForType(events.UploadProgressed),
+	events.UploadRequested: events.UploadRequestedData{
+		Destination: "s3-dr", From: "s3-main", Key: "orders-db/01JNR4S7.bsf", ManifestKey: "orders-db/01JNR4S7.manifest.json",
+		Size: 1 << 19, SHA256: digestB,
+	},
 	events.UploadCompleted: events.UploadCompletedData{
 		Destination: "s3-main", Key: "orders-db/01JNR4S7.bsf", ManifestKey: "orders-db/01JNR4S7.manifest.json",
 		Size: 1 << 19, SHA256: digestB, DurationMs: 1100,

@@ -28,6 +28,7 @@ const (
 	FilterCompleted = TypePrefix + "filter.completed"
 	FilterFailed    = TypePrefix + "filter.failed"
 
+	UploadRequested  = TypePrefix + "upload.requested"
 	UploadProgressed = TypePrefix + "upload.progressed"
 	UploadCompleted  = TypePrefix + "upload.completed"
 	UploadFailed     = TypePrefix + "upload.failed"
@@ -94,6 +95,7 @@ var registry = map[string]func() Payload{
 	RestoreSucceeded:      func() Payload { return new(RestoreSucceededData) },
 	RestoreFailed:         func() Payload { return new(RestoreFailedData) },
 	RestoreCancelled:      func() Payload { return new(RestoreCancelledData) },
+	UploadRequested:       func() Payload { return new(UploadRequestedData) },
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
@@ -467,6 +469,35 @@ func (d UploadCompletedData) Validate() error {
 	p.nonNegative("size", d.Size)
 	p.sha256("sha256", d.SHA256)
 	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// UploadRequestedData asks the upload stage to store a run's backup in
+// Destination by copying it from another destination that holds it (From):
+// a replay of a destination whose upload failed, with no new dump.
+type UploadRequestedData struct {
+	Destination string `json:"destination"`
+	From        string `json:"from"`
+	// Key, ManifestKey, Size and SHA256 are the copy in From.
+	Key         string `json:"key"`
+	ManifestKey string `json:"manifestKey"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`
+}
+
+func (UploadRequestedData) EventType() string { return UploadRequested }
+
+func (d UploadRequestedData) Validate() error {
+	var p problems
+	p.name("destination", d.Destination)
+	p.name("from", d.From)
+	p.required("key", d.Key)
+	p.required("manifestKey", d.ManifestKey)
+	p.nonNegative("size", d.Size)
+	p.sha256("sha256", d.SHA256)
+	if d.Destination != "" && d.Destination == d.From {
+		p.addf("from: must be another destination than %q", d.Destination)
+	}
 	return p.err()
 }
 

@@ -277,3 +277,63 @@ spec:
 		t.Fatalf("run %s attempt %d dumps %d, want Succeeded at attempt 2 after 2 dumps", r.Phase, r.CurrentAttempt(), dumps(t, dir))
 	}
 }
+
+// TestReplayADestinationFromAGoodCopy: of two destinations, one cannot be
+// written (its path is taken by a file) and fails the run; the other
+// still stores its whole copy. Once the path is free, `replay
+// --destination` copies the backup from the good copy — no new dump — and
+// the run succeeds with a verified backup in both.
+func TestReplayADestinationFromAGoodCopy(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	blocked := filepath.Join(dir, "second")
+	if err := os.WriteFile(blocked, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env.Apply(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: twice}
+spec:
+  source:
+    type: command
+    command: {argv: ["sh", "-c", "echo dump >> %[1]s; head -c 2000000 /dev/urandom"]}
+  destinations:
+    - {name: first, type: filesystem, filesystem: {path: %[2]s}}
+    - {name: second, type: filesystem, filesystem: {path: %[3]s}}
+  verify: {enabled: true}
+`, filepath.Join(dir, "dumps"), filepath.Join(dir, "first"), blocked))
+	id := env.Trigger("twice")
+	r := env.Wait(id, 2*time.Minute)
+	if r.Phase != runs.Failed || r.FailedStage != "upload" {
+		t.Fatalf("first attempt: %s in %q (%s), want failed in upload", r.Phase, r.FailedStage, r.Error)
+	}
+	waitFor(t, "the good copy", func() bool {
+		r, _ := env.Runs.Get(context.Background(), id)
+		d := r.Destinations["first"]
+		return d != nil && d.Phase == runs.Succeeded
+	})
+	if err := os.Remove(blocked); err != nil {
+		t.Fatal(err)
+	}
+	out, code := harness.Run(t, dir, nil, "replay", id, "--destination", "second", "--wait", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, "attempt 2 starts at upload:second") || !strings.Contains(out, "backup succeeded") {
+		t.Fatalf("backstream replay --destination: exit %d\n%s", code, out)
+	}
+	r = env.Wait(id, 2*time.Minute)
+	if r.Phase != runs.Succeeded || !r.Destinations["first"].Verified || !r.Destinations["second"].Verified {
+		t.Fatalf("run %s destinations %+v %+v", r.Phase, r.Destinations["first"], r.Destinations["second"])
+	}
+	if n := dumps(t, dir); n != 1 {
+		t.Errorf("the source command ran %d times, want 1", n)
+	}
+	for _, dest := range []string{"first", "second"} {
+		st, err := filesystem.New(context.Background(), filesystem.Config{Path: filepath.Join(dir, dest)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, err := backup.Find(context.Background(), st, "twice/latest"); err != nil || m.BackupID != id {
+			t.Errorf("%s: latest %q (%v), want the run's backup, verified", dest, m.BackupID, err)
+		}
+		st.Close()
+	}
+}

@@ -340,6 +340,60 @@ func TestChunkWriterStopsWhenReaderGone(t *testing.T) {
 	}
 }
 
+// TestIndependentReadersOutliveAGoneOne: with IndependentReaders a reader
+// that goes away stops only its copy; the other reads every chunk, and
+// only when both are gone does the writer stop.
+func TestIndependentReadersOutliveAGoneOne(t *testing.T) {
+	_, b := bustest.Start(t)
+	ctx := context.Background()
+	run := events.NewID()
+	opts := bus.DataOptions{Window: 4}
+	w, err := b.NewChunkWriter(ctx, run, bus.KindSealed, []string{"a", "b"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.IndependentReaders()
+	if err := b.DeleteDataConsumer(ctx, run, bus.KindSealed, "b"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.NewChunkReader(ctx, run, bus.KindSealed, "a", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	read := make(chan int, 1)
+	go func() {
+		got := 0
+		for got < n {
+			c, err := r.Next(ctx)
+			if err != nil {
+				break
+			}
+			_ = c.Ack()
+			got++
+		}
+		read <- got
+	}()
+	for i := range n {
+		if err := w.Write(ctx, []byte{byte(i)}); err != nil {
+			t.Fatalf("chunk %d: %v, want the writer to go on for reader a", i, err)
+		}
+	}
+	if got := <-read; got != n {
+		t.Fatalf("reader a read %d chunks, want %d", got, n)
+	}
+	if err := b.DeleteDataConsumer(ctx, run, bus.KindSealed, "a"); err != nil {
+		t.Fatal(err)
+	}
+	var werr error
+	for i := 0; i < 100 && werr == nil; i++ {
+		werr = w.Write(ctx, []byte("x"))
+	}
+	if !errors.Is(werr, bus.ErrDownstreamGone) {
+		t.Fatalf("with every reader gone: %v, want ErrDownstreamGone", werr)
+	}
+}
+
 func TestProducerFailureReachesReader(t *testing.T) {
 	_, b := bustest.Start(t)
 	ctx := context.Background()

@@ -140,6 +140,27 @@ type ChunkWriter struct {
 	// the NATS client may resend a chunk's slice until the server confirms
 	// it (a publish answered by "no responders" is retried), never after.
 	free chan []byte
+	// independent: a reader that goes away stops only its own copy
+	// (IndependentReaders); gone marks such readers.
+	independent bool
+	gone        []bool
+}
+
+// IndependentReaders makes each reader's copy independent of the others': a
+// reader whose consumer is deleted (its stage gave up on its copy) is
+// dropped and the others go on; only when every reader is gone does the
+// writer stop with ErrDownstreamGone. The filter writes the sealed stream
+// so, for destinations that are written independently.
+func (w *ChunkWriter) IndependentReaders() { w.independent = true }
+
+// lastLive is the index of the last reader not gone, or -1.
+func (w *ChunkWriter) lastLive() int {
+	for i := len(w.readers) - 1; i >= 0; i-- {
+		if !w.gone[i] {
+			return i
+		}
+	}
+	return -1
 }
 
 // freeBuffers is how many stored chunks' buffers a writer keeps for reuse.
@@ -151,7 +172,8 @@ func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []
 	if len(readers) == 0 {
 		return nil, fmt.Errorf("chunk stream %s of run %s: no readers", kind, runID)
 	}
-	w := &ChunkWriter{b: b, runID: runID, kind: kind, readers: readers, opts: o, stored: make([][]uint64, len(readers)), free: make(chan []byte, freeBuffers)}
+	w := &ChunkWriter{b: b, runID: runID, kind: kind, readers: readers, opts: o, stored: make([][]uint64, len(readers)),
+		free: make(chan []byte, freeBuffers), gone: make([]bool, len(readers))}
 	for _, r := range readers {
 		c, err := b.ensureDataConsumer(ctx, runID, kind, r, o)
 		if err != nil {
@@ -227,7 +249,11 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header, o
 	}
 	seq := strconv.FormatInt(w.seq, 10)
 	h.Set(HeaderSeq, seq)
+	last := w.lastLive()
 	for i, r := range w.readers {
+		if w.gone[i] {
+			continue
+		}
 		mh := nats.Header{}
 		for k, v := range h {
 			mh[k] = v
@@ -243,7 +269,7 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header, o
 			return fmt.Errorf("publish chunk %d: %w", w.seq, err)
 		}
 		p := pubFuture{f: f, reader: i}
-		if owned && i == len(w.readers)-1 {
+		if owned && i == last {
 			// Futures settle in publish order: when the last reader's copy
 			// is stored, every copy is.
 			p.buf = data
@@ -375,9 +401,19 @@ func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
 	}
 	most := 0
 	for i, c := range w.consumers {
+		if w.gone[i] {
+			continue
+		}
 		info, err := c.Info(ctx)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				if w.independent && w.lastLive() >= 0 {
+					w.gone[i], w.stored[i] = true, nil
+					w.b.Log.Warn("chunk stream reader gone; writing on for the others", "run", w.runID, "kind", w.kind, "reader", w.readers[i])
+					if w.lastLive() >= 0 {
+						continue
+					}
+				}
 				return 0, fmt.Errorf("%w: %s", ErrDownstreamGone, c.CachedInfo().Name)
 			}
 			return 0, fmt.Errorf("read consumer state: %w", err)

@@ -195,7 +195,7 @@ func owner() grant {
 		publish(events.BackupFailed, events.RestoreFailed, events.BackupSucceeded, events.RestoreSucceeded, events.StepFailed,
 			events.BackupCancelled, events.RestoreCancelled),
 		// A replay's attempt starts from what drove it the first time.
-		publish(events.BackupRequested, events.RestoreRequested, events.StepCompleted, events.UploadCompleted))
+		publish(events.BackupRequested, events.RestoreRequested, events.StepCompleted, events.UploadCompleted, events.UploadRequested))
 }
 
 // Roles is every role, in a fixed order: the single source of the embedded
@@ -228,7 +228,7 @@ func Roles() []Role {
 			consume("filter"), readKV(PlansBucket), readKV(RunsBucket), ask("filter"), readChunks(KindRaw), writeChunks(KindSealed),
 			publish(events.FilterCompleted, events.FilterFailed)}},
 		{"upload", "writes sealed chunks into destinations", []grant{
-			consume("upload"), readKV(PlansBucket), readKV(RunsBucket), ask("upload"), readChunks(KindSealed), lease("sweep"),
+			consume("upload"), consume("upload-copy"), readKV(PlansBucket), readKV(RunsBucket), ask("upload"), readChunks(KindSealed), lease("sweep"),
 			publish(events.UploadProgressed, events.UploadCompleted, events.UploadFailed)}},
 		{"verify", "reads backups back", []grant{
 			consume("verify"), consume("verify-failed"), readKV(PlansBucket), readKV(RunsBucket), ask("verify"),

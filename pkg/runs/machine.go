@@ -3,6 +3,7 @@ package runs
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 )
@@ -794,6 +795,30 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 		for _, d := range r.Destinations {
 			d.Verified, d.VerifyMode = false, ""
 		}
+	case StageOf(stage) == "upload" && r.Kind == KindBackup:
+		dest := strings.TrimPrefix(stage, "upload:")
+		if d := r.Destinations[dest]; d != nil && d.Phase == Succeeded {
+			return notReplayable(fmt.Sprintf("destination %s holds the backup already", dest))
+		}
+		if _, ok := GoodCopy(r, dest); !ok {
+			return notReplayable(fmt.Sprintf("no other destination holds the whole backup to copy into %s (the bytes are gone); replay it from the start (--from-start)", dest))
+		}
+		if st := r.FindStep(stage); st != nil {
+			resetStep(st)
+		}
+		if st := r.FindStep("verify:" + dest); st != nil {
+			resetStep(st)
+		}
+		delete(r.Destinations, dest)
+		// The copies kept were marked failed with the run: verify again.
+		for i := range r.Steps {
+			if st := &r.Steps[i]; StageOf(st.Name) == "verify" {
+				resetStep(st)
+			}
+		}
+		for _, d := range r.Destinations {
+			d.Verified, d.VerifyMode = false, ""
+		}
 	default:
 		return notReplayable(fmt.Sprintf("step %s failed mid-stream and a dump cannot resume (the bytes are gone); replay it from the start (--from-start)", stage))
 	}
@@ -823,6 +848,30 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 		r.Deadline = now.Add(req.Within)
 	}
 	return o, nil
+}
+
+// GoodCopy names a destination other than dest that holds r's whole
+// backup (uploaded), preferring a verified one, to copy into dest.
+func GoodCopy(r *Run, dest string) (string, bool) {
+	best, ok := "", false
+	names := make([]string, 0, len(r.Destinations))
+	for name := range r.Destinations {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		d := r.Destinations[name]
+		if name == dest || d.Phase != Succeeded || d.Key == "" {
+			continue
+		}
+		if d.Verified {
+			return name, true
+		}
+		if !ok {
+			best, ok = name, true
+		}
+	}
+	return best, ok
 }
 
 // AnnouncedCancelled is the Announced flag of a run's cancellation.

@@ -345,6 +345,21 @@ func TestReplay(t *testing.T) {
 		{"cancelled between steps: only from the start",
 			rec(runs.Cancelled, "hook:db/lock=Succeeded", "snapshot=Skipped"), "",
 			runs.ErrNotReplayable, "", nil, runs.Cancelled, nil},
+		{"one destination's upload failed, another holds a copy: copy it",
+			func() *runs.Run {
+				r := rec(runs.Failed, "snapshot=Succeeded", "upload:a=Succeeded", "upload:b=Failed", "verify:a=Succeeded")
+				r.Destinations = map[string]*runs.Destination{"a": {Phase: runs.Succeeded, Key: "k", Verified: true}, "b": {Phase: runs.Failed}}
+				return r
+			}(), "",
+			nil, "upload:b", []string{"snapshot", "upload:a"}, runs.Running,
+			map[string]runs.Phase{"upload:b": runs.Pending, "verify:a": runs.Pending}},
+		{"an upload failed and no other copy: refused",
+			func() *runs.Run {
+				r := rec(runs.Failed, "snapshot=Succeeded", "upload:a=Failed")
+				r.Destinations = map[string]*runs.Destination{"a": {Phase: runs.Failed}}
+				return r
+			}(), "",
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
 		{"a running run: refused", rec(runs.Running, "snapshot=Running@a"), runs.ReplayStart,
 			runs.ErrNotReplayable, "", nil, runs.Running, nil},
 		{"a succeeded run: retention again, still succeeded",

@@ -219,6 +219,19 @@ func (s *Service) redrive(p *plan.Plan, r *runs.Run, from string) ([]events.Even
 		if ev, err = s.succeeded(p, r); err == nil {
 			out = append(out, ev)
 		}
+	case runs.StageOf(from) == "upload":
+		dest := strings.TrimPrefix(from, "upload:")
+		good, ok := runs.GoodCopy(r, dest)
+		if !ok {
+			return nil, fmt.Errorf("%w: run %s: no copy to copy into %s", runs.ErrNotReplayable, r.ID, dest)
+		}
+		d := r.Destinations[good]
+		err = add(from, events.UploadRequestedData{Destination: dest, From: good, Key: d.Key, ManifestKey: d.ManifestKey, Size: d.Size, SHA256: d.SHA256})
+		if err == nil {
+			// Verify reads the copies kept again (their manifests were
+			// marked failed with the run) once the new one is there.
+			err = uploaded()
+		}
 	default: // a hook step
 		prev := ""
 		for _, st := range p.Sequence(stage.Workflow(r.Kind)) {

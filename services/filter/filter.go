@@ -204,6 +204,9 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	if err != nil {
 		return nil, err
 	}
+	// Each destination's copy on its own: an upload that gave up stops
+	// only its copy (the others keep theirs for a replay to copy from).
+	out.IndependentReaders()
 	if err := out.Write(ctx, sealer.Header()); err != nil {
 		return s.sealFailed(ctx, p, runID, out, fmt.Errorf("publish header: %w", err), cause)
 	}

@@ -102,6 +102,8 @@ func consumerStage(consumer string) string {
 		return "hook"
 	case "verify-failed":
 		return "verify"
+	case "upload-copy":
+		return "upload"
 	}
 	return consumer
 }

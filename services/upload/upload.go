@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/backup"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
@@ -43,7 +44,10 @@ func (s *Service) Name() string { return "upload" }
 
 // Consumers implements stage.Service.
 func (s *Service) Consumers() []bus.ConsumerSpec {
-	return []bus.ConsumerSpec{s.Spec("upload", s.handle, events.SnapshotStarted)}
+	return []bus.ConsumerSpec{
+		s.Spec("upload", s.handle, events.SnapshotStarted),
+		s.Spec("upload-copy", s.copyFrom, events.UploadRequested),
+	}
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
@@ -52,21 +56,99 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, err
 	}
 	runID := r.ID
-	g, gctx := errgroup.WithContext(ctx)
+	// Every destination on its own: one's failure does not stop another,
+	// which keeps its whole copy (marked failed with the run) for a
+	// replay to copy from.
+	var g errgroup.Group
 	results := make([][]events.Event, len(p.Spec.Destinations))
+	errs := make([]error, len(p.Spec.Destinations))
 	for i, d := range p.Spec.Destinations {
 		g.Go(func() error {
-			out, err := s.destination(gctx, p, runID, d.Name, e)
-			results[i] = out
-			return err
+			results[i], errs[i] = s.destination(ctx, p, runID, d.Name, e)
+			return nil
 		})
 	}
-	err = g.Wait()
+	_ = g.Wait()
 	var out []events.Event
 	for _, r := range results {
 		out = append(out, r...)
 	}
-	return out, err
+	return out, errors.Join(errs...)
+}
+
+// copyFrom stores a run's backup in a destination by copying it from
+// another that holds it (upload.requested, a replay): the object, checked
+// against its SHA-256 as it is written, then its manifest, pending verify.
+// Put overwrites, so a redelivery copies again.
+func (s *Service) copyFrom(ctx context.Context, e events.Event) ([]events.Event, error) {
+	var d events.UploadRequestedData
+	if err := e.DataAs(&d); err != nil {
+		return nil, bus.Permanent(err)
+	}
+	p, r, err := s.RunPlan(ctx, "upload", e)
+	if err != nil {
+		return nil, err
+	}
+	name := StepName(d.Destination)
+	r, c, err := s.Claim(ctx, r.ID, name, 0)
+	switch {
+	case err != nil:
+		return nil, err
+	case c.Done:
+		return s.completed(p, r, d.Destination)
+	case c.Failed:
+		return s.FailRun(ctx, p.Name(), r.ID, "upload", name, "copy to "+d.Destination+": "+c.Error, e)
+	case c.Skip:
+		return nil, nil
+	}
+	begin := time.Now()
+	from, err := s.Plugins.Storage(ctx, p, d.From)
+	if err != nil {
+		return nil, err // retried: the storage may come back
+	}
+	defer from.Close()
+	to, err := s.Plugins.Storage(ctx, p, d.Destination)
+	if err != nil {
+		return nil, err
+	}
+	defer to.Close()
+	fail := func(reason string) ([]events.Event, error) {
+		_ = to.Delete(context.WithoutCancel(ctx), d.Key)
+		if _, ferr := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, reason, nil); ferr != nil {
+			return nil, ferr
+		}
+		return s.fail(ctx, p, r.ID, d.Destination, reason, e)
+	}
+	rc, err := from.Open(ctx, d.Key)
+	if err != nil {
+		return fail(fmt.Sprintf("open the copy in %s: %v", d.From, err))
+	}
+	defer rc.Close()
+	sum := sha256.New()
+	info, err := to.Put(ctx, d.Key, io.TeeReader(rc, sum), storage.PutOptions{ContentType: "application/vnd.backstream.object"})
+	if err != nil {
+		return fail(fmt.Sprintf("copy from %s: %v", d.From, err))
+	}
+	digest := hex.EncodeToString(sum.Sum(nil))
+	if digest != d.SHA256 {
+		return fail(fmt.Sprintf("the copy in %s has SHA-256 %s, not %s: not copied", d.From, digest, d.SHA256))
+	}
+	m, err := backup.LoadManifest(ctx, from, d.ManifestKey)
+	if err != nil {
+		return fail(fmt.Sprintf("read the manifest in %s: %v", d.From, err))
+	}
+	m.Verify = format.VerifyResult{Status: format.VerifyPending}
+	if err := backup.SaveManifest(ctx, to, m); err != nil {
+		return fail(fmt.Sprintf("write the manifest: %v", err))
+	}
+	r, err = s.FinishStep(ctx, r.ID, name, runs.Succeeded, info.Size, "", &runs.Result{Dest: d.Destination, Destination: &runs.Destination{
+		Phase: runs.Succeeded, Key: d.Key, ManifestKey: d.ManifestKey, Size: info.Size, SHA256: digest}})
+	if err != nil {
+		return nil, err
+	}
+	s.Log.Info("backup copied", "plan", p.Name(), "runid", r.ID, "from", d.From, "destination", d.Destination, "bytes", info.Size,
+		"elapsed", time.Since(begin).Round(time.Millisecond))
+	return s.completed(p, r, d.Destination)
 }
 
 func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest string, cause events.Event) ([]events.Event, error) {

@@ -136,6 +136,14 @@ var rules = map[string]map[string]string{
 	events.FilterFailed: {
 		"error": "required",
 	},
+	events.UploadRequested: {
+		"destination": "name",
+		"from":        "name",
+		"key":         "required",
+		"manifestKey": "required",
+		"size":        "min0",
+		"sha256":      "sha256",
+	},
 	events.UploadCompleted: {
 		"destination": "name",
 		"key":         "required",

@@ -28,7 +28,7 @@ usage:
   backstream runs [--plan PLAN] [-o table|json]
   backstream run ID [-o table|json] [--compensate] [--follow]
   backstream cancel ID [--reason TEXT] [--wait DURATION]
-  backstream replay ID [--stage verify|hook:H/OP|retention|compensation | --from-start] [--wait]
+  backstream replay ID [--stage verify|hook:H/OP|retention|compensation | --destination NAME | --from-start] [--wait]
   backstream restore BACKUP --to FILE|- (--plan-file FILE --destination NAME | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed]
   backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN] [--all]
   backstream schedule PLAN [--count N]

@@ -22,6 +22,7 @@ func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.SetOutput(stderr)
 	natsFlag := addNATSFlags(fs, "NATS URL")
 	stageFlag := fs.String("stage", "", "where the attempt starts: verify, a hook step (hook:db/unlock), retention (of a succeeded run) or compensation (pay owed inverse ops now); default: where the run failed")
+	destination := fs.String("destination", "", "copy the backup into this destination, whose upload failed, from another that holds it (no new dump)")
 	fromStart := fs.Bool("from-start", false, "run the whole workflow again (the dump too) as a new attempt of the same run")
 	wait := fs.Bool("wait", false, "follow the new attempt until it ends; exit non-zero unless it succeeds")
 	id, rest := splitName(args)
@@ -35,6 +36,12 @@ func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return usageError("replay: want a run ID")
 	}
 	stageName := *stageFlag
+	if *destination != "" {
+		if stageName != "" || *fromStart {
+			return usageError("replay: --destination excludes --stage and --from-start")
+		}
+		stageName = "upload:" + *destination
+	}
 	if *fromStart {
 		if stageName != "" {
 			return usageError("replay: --from-start and --stage exclude each other")
