@@ -134,6 +134,8 @@ func TestCancelDuringTheDump(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	// The dump, the filter and the upload all stream now.
+	waitStep(t, env, id, "upload:local")
 	out, code := harness.Run(t, dir, nil, "cancel", id, "--reason", "wrong window", "--wait", "1m", "--nats", env.URL)
 	if code != 0 || !strings.Contains(out, "cancelled") || !strings.Contains(out, "compensation completed") {
 		t.Fatalf("backstream cancel: exit %d\n%s", code, out)
@@ -156,6 +158,19 @@ func TestCancelDuringTheDump(t *testing.T) {
 		t.Errorf("events %v, want backup.cancelled and neither a success nor a failure", types)
 	}
 	noBackup(t, dir, "dump", id)
+	// The upload was aborted, not finished.
+	waitFor(t, "the upload to stop", func() bool {
+		r, _ := env.Runs.Get(context.Background(), id)
+		st := r.FindStep("upload:local")
+		return st != nil && st.Phase.Done()
+	})
+	r, _ = env.Runs.Get(context.Background(), id)
+	if st := r.FindStep("upload:local"); st.Phase != runs.Failed || !strings.Contains(st.Error, "stopped") {
+		t.Errorf("upload step %s (%s), want Failed: stopped by the cancel", st.Phase, st.Error)
+	}
+	if d := r.Destinations["local"]; d != nil && d.Phase == runs.Succeeded {
+		t.Errorf("the cancelled run's destination is recorded stored: %+v", d)
+	}
 	// A second cancel is refused: the run is over.
 	if out, code := harness.Run(t, dir, nil, "cancel", id, "--nats", env.URL); code == 0 || !strings.Contains(out, "Cancelled already") {
 		t.Errorf("second cancel: exit %d\n%s", code, out)

@@ -204,6 +204,7 @@ spec:
   destinations:
     - {name: local, type: filesystem, filesystem: {path: %[4]s}}
   verify: {enabled: true}
+  retention: {keepLast: 5}
 `, filepath.Join(dir, "dumps"), log, once, filepath.Join(dir, "backups")))
 
 	id := env.Trigger("unlocked")
@@ -228,6 +229,9 @@ spec:
 	}
 	if n := dumps(t, dir); n != 1 {
 		t.Errorf("the source command ran %d times, want 1", n)
+	}
+	if n, m := count(env, id, events.BackupSucceeded), count(env, id, events.RetentionCompleted); n != 1 || m != 1 {
+		t.Errorf("%d backup.succeeded and %d retention.completed, want one each", n, m)
 	}
 	// lock; the forward unlock failing; compensation's unlock; the replay's unlock.
 	if got := opLog(t, dir); !slices.Equal(got, []string{"lock", "unlock-failed", "unlock", "unlock"}) {
