@@ -8,13 +8,13 @@
 package events
 
 import (
-	"strconv"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 

@@ -32,7 +32,7 @@ var examples = map[string]events.Payload{
 	events.BackupFailed: events.BackupFailedData{
 		Stage: "snapshot", FailedStep: events.StepSnapshot, Reason: "mariadb-dump exited 2", Cause: "01JNR4S7T0000000000000000B",
 	},
-	events.BackupCancelled: events.BackupCancelledData{By: "cli:alice", Reason: "wrong plan", Steps: []string{events.StepSnapshot, "filter"}},
+	events.BackupCancelled:  events.BackupCancelledData{By: "cli:alice", Reason: "wrong plan", Steps: []string{events.StepSnapshot, "filter"}},
 	events.RestoreCancelled: events.RestoreCancelledData{BackupID: "01JNR4S7T0000000000000000A", By: "api:ops", Steps: []string{events.StepRestore}},
 	events.BackupMissed: events.BackupMissedData{
 		ExpectedBy: exampleTime.Add(time.Hour), Slot: exampleTime, LastSuccess: &exampleTime,

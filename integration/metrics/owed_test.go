@@ -13,8 +13,8 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/metrics"
 	"github.com/backstream/backstream/services/control"
+	"github.com/backstream/backstream/services/metrics"
 	"github.com/backstream/backstream/services/stage"
 )
 
