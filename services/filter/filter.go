@@ -166,8 +166,7 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, reason string, 
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.FailRun(ctx, p.Name(), runID, "filter", StepName, reason, cause)
-	return append([]events.Event{fe}, out...), err
+	return s.FailRun(ctx, p.Name(), runID, "filter", StepName, reason, cause, fe)
 }
 
 type job struct {

@@ -123,7 +123,7 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 	case c.Skip:
 		return s.skipped(ctx, p, r, step, h, op)
 	case c.Done:
-		return s.stepResult(ctx, p, r, step, h, op)
+		return s.stepResult(ctx, p, r, step, h, op, Outcome{})
 	case c.Interrupted:
 		// Heartbeats keep a live handler's delivery; this redelivery means
 		// the process running the op died after starting it. The op may
@@ -132,7 +132,7 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 		if err != nil {
 			return nil, err
 		}
-		return s.stepResult(ctx, p, r, step, h, op)
+		return s.stepResult(ctx, p, r, step, h, op, Outcome{})
 	}
 
 	log := s.Log.With("plan", p.Name(), "runid", r.ID, "step", name)
@@ -167,17 +167,9 @@ func (s *Service) handleStep(ctx context.Context, e events.Event) ([]events.Even
 			return nil, err
 		}
 	}
-	out, err := s.stepResult(ctx, p, r, step, h, op)
-	if err != nil {
-		return nil, err
-	}
-	if outcome.Output != "" || outcome.ExitCode != nil || outcome.TimedOut {
-		// Re-emit with the op's output tail and exit code, same id.
-		if ev, err := s.resultEvent(p, r, step, h, op, outcome); err == nil {
-			out[0] = ev
-		}
-	}
-	return out, nil
+	// With the op's output tail and exit code; a redelivery rebuilds the
+	// event from the record without them, under the same id.
+	return s.stepResult(ctx, p, r, step, h, op, outcome)
 }
 
 func interruptedText(owner string) string {
@@ -196,7 +188,7 @@ func (s *Service) skipped(ctx context.Context, p *plan.Plan, r *runs.Run, step p
 	case st == nil:
 		return nil, nil
 	case st.Phase == runs.Failed:
-		return s.stepResult(ctx, p, r, step, h, op)
+		return s.stepResult(ctx, p, r, step, h, op, Outcome{})
 	case st.Phase == runs.Running && r.Phase.Done():
 		_, err := s.Interrupt(ctx, r.ID, name, interruptedText(st.Owner))
 		return nil, err
@@ -204,9 +196,10 @@ func (s *Service) skipped(ctx context.Context, p *plan.Plan, r *runs.Run, step p
 	return nil, nil
 }
 
-// stepResult rebuilds the events of a finished hook step from the record.
-func (s *Service) stepResult(ctx context.Context, p *plan.Plan, r *runs.Run, step plan.Step, h *plan.Hook, op *plan.Op) ([]events.Event, error) {
-	ev, err := s.resultEvent(p, r, step, h, op, Outcome{})
+// stepResult builds the events of a finished hook step from the record,
+// with what o adds (the op's output when it ran in this delivery).
+func (s *Service) stepResult(ctx context.Context, p *plan.Plan, r *runs.Run, step plan.Step, h *plan.Hook, op *plan.Op, o Outcome) ([]events.Event, error) {
+	ev, err := s.resultEvent(p, r, step, h, op, o)
 	if err != nil {
 		return nil, err
 	}
@@ -219,8 +212,7 @@ func (s *Service) stepResult(ctx context.Context, p *plan.Plan, r *runs.Run, ste
 		}
 		return []events.Event{ev, next}, nil
 	}
-	failed, err := s.FailRun(ctx, p.Name(), r.ID, "hook", step.String(), "hook "+step.String()+": "+st.Error, ev)
-	return append([]events.Event{ev}, failed...), err
+	return s.FailRun(ctx, p.Name(), r.ID, "hook", step.String(), "hook "+step.String()+": "+st.Error, ev, ev)
 }
 
 func (s *Service) resultEvent(p *plan.Plan, r *runs.Run, step plan.Step, h *plan.Hook, op *plan.Op, o Outcome) (events.Event, error) {

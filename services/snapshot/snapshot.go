@@ -114,8 +114,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		if err != nil {
 			return nil, err
 		}
-		out, err := s.FailRun(ctx, p.Name(), r.ID, "snapshot", name, reason, cause)
-		return append([]events.Event{fe}, out...), err
+		return s.FailRun(ctx, p.Name(), r.ID, "snapshot", name, reason, cause, fe)
 	}
 
 	src, plugin, err := s.Plugins.Source(p)

@@ -268,10 +268,16 @@ func (d *Deps) EnsureRun(ctx context.Context, stageName string, e events.Event) 
 
 // FailRun asks the owner to fail the run in the name of stage (the first
 // failure wins); the owner announces it (backup.failed or restore.failed).
-// A redelivery of the event that caused the failure announces it again,
-// with the same id; a later failure of another stage announces nothing.
-// It returns no events: they are the owner's to publish.
-func (d *Deps) FailRun(ctx context.Context, planName, runID, stageName, step, reason string, cause events.Event) ([]events.Event, error) {
+// The stage's own account of the failure (its step's failed event, first)
+// is published before, so that every reader sees why before it sees that
+// the run failed. A redelivery of the event that caused the failure
+// announces it again, with the same id; a later failure of another stage
+// announces nothing. It returns no events: they are published here and by
+// the owner.
+func (d *Deps) FailRun(ctx context.Context, planName, runID, stageName, step, reason string, cause events.Event, first ...events.Event) ([]events.Event, error) {
+	if err := d.Bus.Publish(ctx, first...); err != nil {
+		return nil, err
+	}
 	_, _, err := d.ask(ctx, stageName, runs.Request{Op: runs.OpFail, Run: runID, Step: step, Error: reason, Cause: cause.ID()})
 	return nil, err
 }

@@ -250,8 +250,7 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason st
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.FailRun(ctx, p.Name(), runID, "upload", StepName(dest), "upload to "+dest+": "+reason, cause)
-	return append([]events.Event{fe}, out...), err
+	return s.FailRun(ctx, p.Name(), runID, "upload", StepName(dest), "upload to "+dest+": "+reason, cause, fe)
 }
 
 // stream copies the sealed chunk stream into the object at key. On any error

@@ -210,6 +210,5 @@ func (s *Service) failed(ctx context.Context, p *plan.Plan, runID, dest, key, re
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.FailRun(ctx, p.Name(), runID, "verify", StepName(dest), "verify "+dest+": "+reason, cause)
-	return append([]events.Event{fe}, out...), err
+	return s.FailRun(ctx, p.Name(), runID, "verify", StepName(dest), "verify "+dest+": "+reason, cause, fe)
 }
