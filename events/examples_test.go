@@ -85,7 +85,7 @@ var examples = map[string]events.Payload{
 	events.CompensationCompleted: events.CompensationCompletedData{Ops: []string{"db/unlock"}},
 	events.CompensationFailed:    events.CompensationFailedData{Op: "db/unlock", Undoes: "db/lock", Error: "exit status 1", Attempts: 4},
 	events.RestoreRequested: events.RestoreRequestedData{
-		BackupID: "latest", Destination: "s3-main", Target: "orders_restore", RequestedBy: "alice",
+		BackupID: "latest", Destination: "s3-main", Target: "orders_restore", RequestedBy: "alice", FallbackOlder: true,
 	},
 	events.RestoreStarted: events.RestoreStartedData{
 		BackupID: "01JNR4S7T0000000000000000A", Destination: "s3-main", Key: "orders-db/01JNR4S7.bsf", Size: 1 << 19,

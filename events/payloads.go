@@ -656,8 +656,12 @@ func (d CompensationFailedData) Validate() error {
 
 // RestoreRequestedData starts a restore run of a backup of a plan.
 type RestoreRequestedData struct {
-	// BackupID names the backup (its run id); "latest" picks the newest verified.
-	BackupID    string `json:"backupId"`
+	// BackupID names the backup (its run id); "latest" picks the newest
+	// backup verified in at least one destination.
+	BackupID string `json:"backupId"`
+	// Destination is read first; when its copy fails its checks the
+	// restore starts again from the next destination (plan order) holding
+	// a copy of the same backup.
 	Destination string `json:"destination"`
 	// Target overrides where the plan's source restores to (a file path, a
 	// database name); empty restores to the plan's source.
@@ -668,6 +672,9 @@ type RestoreRequestedData struct {
 	// Clean removes what is in the target's way first (drops the database,
 	// empties the directory).
 	Clean bool `json:"clean,omitempty"`
+	// FallbackOlder lets the restore go on to the previous verified
+	// backups, newest first, once every copy of the chosen one failed.
+	FallbackOlder bool `json:"fallbackOlder,omitempty"`
 }
 
 func (RestoreRequestedData) EventType() string { return RestoreRequested }
