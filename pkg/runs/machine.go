@@ -141,8 +141,10 @@ type Result struct {
 	// Destination is what an upload or verify step found of Dest.
 	Dest        string       `json:"dest,omitempty"`
 	Destination *Destination `json:"destination,omitempty"`
-	// BackupID is the backup a restore reads.
-	BackupID string `json:"backupId,omitempty"`
+	// BackupID is the backup a restore reads, and RestoredFrom the
+	// destination of the copy it reads (it may fall back to another).
+	BackupID     string `json:"backupId,omitempty"`
+	RestoredFrom string `json:"restoredFrom,omitempty"`
 }
 
 // Requirement is what a run needs to succeed: its workflow's steps done,
@@ -510,6 +512,9 @@ func record(r *Run, res *Result) {
 	}
 	if res.BackupID != "" {
 		r.BackupID = res.BackupID
+	}
+	if res.RestoredFrom != "" {
+		r.RestoredFrom = res.RestoredFrom
 	}
 	if res.Dest != "" && res.Destination != nil {
 		d := r.Dest(res.Dest)

@@ -196,6 +196,12 @@ type Run struct {
 	// Create and Clean are a restore run's target options.
 	Create bool `json:"create,omitempty"`
 	Clean  bool `json:"clean,omitempty"`
+	// FallbackOlder lets a restore run go on to older verified backups
+	// once every copy of the one asked for failed its checks.
+	FallbackOlder bool `json:"fallbackOlder,omitempty"`
+	// RestoredFrom is the destination whose copy of BackupID a restore run
+	// read last: the copy it restored, once it succeeded.
+	RestoredFrom string `json:"restoredFrom,omitempty"`
 	// FailedStage and Error say why a run failed.
 	FailedStage  string         `json:"failedStage,omitempty"`
 	Error        string         `json:"error,omitempty"`
