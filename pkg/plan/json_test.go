@@ -54,7 +54,7 @@ spec:
     encryption: {type: aes-256-gcm, recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p], recipientsFile: /r}
   chunkSize: 1MiB
   destinations:
-    - {name: a, type: filesystem, filesystem: {path: /a}}
+    - {name: a, type: filesystem, filesystem: {path: /a}, retention: {keepLast: 2, keepWithinDaily: 2w}}
     - {name: b, type: s3}
   schedule: {cron: "@every 6h", timezone: Europe/Berlin, jitter: 10m, startingDeadline: 2h, missedRunPolicy: skip, concurrencyPolicy: replace, paused: true}
   retention: {keepLast: 3, keepQuarterly: -1, keepWithin: 1y2m, keepWithinDaily: 30d, keepTags: [pinned, "a,b"]}
@@ -88,6 +88,9 @@ spec:
 	if !strings.Contains(string(b), `"runTimeout":"1h30m"`) || back.Spec.EffectiveRunTimeout() != 90*time.Minute {
 		t.Errorf("runTimeout %v in %s", back.Spec.RunTimeout, b)
 	}
+	if r := back.Spec.RetentionFor("a"); r == nil || r.KeepLast != 2 || r.KeepWithinDaily.String() != "2w" || back.Spec.RetentionFor("b") != back.Spec.Retention {
+		t.Errorf("destination retention after the round trip: a %+v, b %+v", back.Spec.RetentionFor("a"), back.Spec.RetentionFor("b"))
+	}
 	if back.Spec.Hooks[0].Timeout.Std() != 30*time.Second || back.Spec.Verify.IsEnabled() {
 		t.Errorf("timeout %v verify %v", back.Spec.Hooks[0].Timeout, back.Spec.Verify.IsEnabled())
 	}
@@ -98,6 +101,7 @@ func TestFromJSONRefusesUnknownFields(t *testing.T) {
 		`{"apiVersion":"x","spec":{"nope":1}}`,
 		`{"spec":{"source":{"type":"a","b":{}}}}`,
 		`{"spec":{"destinations":[{"name":"a","type":"fs","extra":1}]}}`,
+		`{"spec":{"destinations":[{"name":"a","type":"fs","retention":{"keepLats":1}}]}}`,
 	} {
 		if _, err := FromJSON([]byte(give)); err == nil || !strings.Contains(err.Error(), "unknown field") {
 			t.Errorf("%s: %v", give, err)

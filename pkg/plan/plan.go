@@ -85,6 +85,21 @@ func (s *Spec) EffectiveRunTimeout() time.Duration {
 	return DefaultRunTimeout.Std()
 }
 
+// RetentionFor is the retention policy of destination dest: the
+// destination's own retention block when it has one, else the plan's
+// spec.retention; nil when neither is set (nothing is removed there). A
+// destination's block replaces the plan's as a whole: a field it leaves
+// unset is off for it, not inherited, so what a destination keeps can be
+// read from one block.
+func (s *Spec) RetentionFor(dest string) *Retention {
+	for i := range s.Destinations {
+		if d := &s.Destinations[i]; d.Name == dest && d.Retention != nil {
+			return d.Retention
+		}
+	}
+	return s.Retention
+}
+
 // HookType says how a hook's ops run.
 type HookType string
 

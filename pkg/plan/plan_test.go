@@ -224,6 +224,17 @@ func TestValidateRules(t *testing.T) {
 		}, "spec.retention.keepDaily: must be >= 0 (or -1: keep every bucket)"},
 		{"retention empty", func(p *Plan) { p.Spec.Retention = &Retention{} }, "spec.retention: keeps nothing, so it would delete every backup; set a keep rule or drop the block"},
 		{"retention tag", func(p *Plan) { p.Spec.Retention = &Retention{}; p.Spec.Retention.KeepTags = []string{"pinned", "a,"} }, `spec.retention.keepTags[1]: "a," has an empty tag`},
+		{"destination retention count", func(p *Plan) {
+			p.Spec.Destinations = append(p.Spec.Destinations, Destination{Name: "remote", Plugin: Plugin{Type: "filesystem", Config: map[string]any{"path": "/r"}}, Retention: &Retention{}})
+			p.Spec.Destinations[1].Retention.KeepLast = 5
+			p.Spec.Destinations[1].Retention.KeepDaily = -2
+		}, "spec.destinations[1].retention.keepDaily: must be >= 0 (or -1: keep every bucket)"},
+		{"destination retention empty", func(p *Plan) { p.Spec.Destinations[0].Retention = &Retention{} }, "spec.destinations[0].retention: keeps nothing, so it would delete every backup; set a keep rule or drop the block"},
+		{"destination retention tag", func(p *Plan) {
+			p.Spec.Destinations[0].Retention = &Retention{}
+			p.Spec.Destinations[0].Retention.KeepTags = []string{",b"}
+		}, `spec.destinations[0].retention.keepTags[0]: ",b" has an empty tag`},
+		{"retention inside the plugin's block", func(p *Plan) { p.Spec.Destinations[0].Config["retention"] = map[string]any{"keepLast": int64(2)} }, "spec.destinations[0].filesystem: filesystem config: yaml: unmarshal errors:\n  line 2: field retention not found in type filesystem.Config"},
 		{"alert expectEvery needed", func(p *Plan) { p.Spec.Alert = &Alert{} }, "spec.alert.expectEvery: required when the plan has no schedule"},
 		{"alert expectEvery negative", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: neg(time.Hour)} }, "spec.alert.expectEvery: must be > 0"},
 		{"alert grace", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: Duration(time.Hour), Grace: neg(time.Hour)} }, "spec.alert.grace: must be > 0"},
@@ -345,5 +356,64 @@ func TestRunTimeoutIsADurationString(t *testing.T) {
 		if !errors.As(err, &de) || !strings.Contains(err.Error(), line) {
 			t.Errorf("%q: %v, want a decode error at its line", give, err)
 		}
+	}
+}
+
+func TestRetentionFor(t *testing.T) {
+	plan := func(r *Retention, dests ...Destination) *Plan {
+		p := mustParse(t, base)
+		p.Spec.Retention = r
+		p.Spec.Destinations = dests
+		return p
+	}
+	keep := func(n int) *Retention {
+		r := &Retention{}
+		r.KeepLast = n
+		return r
+	}
+	planPolicy, short, long := keep(30), keep(2), keep(5)
+	tests := []struct {
+		name string
+		give *Plan
+		dest string
+		want *Retention
+	}{
+		{"plan policy", plan(planPolicy, Destination{Name: "local"}), "local", planPolicy},
+		{"own block wins", plan(planPolicy, Destination{Name: "local", Retention: short}, Destination{Name: "remote", Retention: long}), "remote", long},
+		{"own block without a plan block", plan(nil, Destination{Name: "local", Retention: short}, Destination{Name: "remote"}), "local", short},
+		{"no block anywhere", plan(nil, Destination{Name: "local", Retention: short}, Destination{Name: "remote"}), "remote", nil},
+		{"unknown destination gets the plan's", plan(planPolicy, Destination{Name: "local", Retention: short}), "gone", planPolicy},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.give.Spec.RetentionFor(tt.dest); got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDestinationRetentionParses(t *testing.T) {
+	src := strings.Replace(base, "      filesystem: {path: /tmp/x}\n", `      filesystem: {path: /tmp/x}
+      retention: {keepLast: 2}
+    - name: remote
+      type: filesystem
+      filesystem: {path: /tmp/y}
+      retention:
+        keepLast: 5
+        keepWithin: 30d
+`, 1)
+	p := mustParse(t, src)
+	if err := p.Validate(realChecker{}); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.Spec.RetentionFor("local"); r == nil || r.KeepLast != 2 || !r.KeepWithin.IsZero() {
+		t.Errorf("local: %+v", r)
+	}
+	if r := p.Spec.RetentionFor("remote"); r == nil || r.KeepLast != 5 || r.KeepWithin.String() != "30d" {
+		t.Errorf("remote: %+v", r)
+	}
+	if p.Spec.Destinations[0].Config["retention"] != nil || p.Spec.Destinations[0].Config["path"] != "/tmp/x" {
+		t.Errorf("the retention block leaked into the plugin's config: %+v", p.Spec.Destinations[0].Config)
 	}
 }

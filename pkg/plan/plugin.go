@@ -388,15 +388,29 @@ func (s *Source) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Destination is one named destination plugin block.
+// Destination is one named destination plugin block, with its own
+// retention policy beside the plugin's block (not inside it: the plugin
+// knows nothing of retention).
 type Destination struct {
 	Name string
 	Plugin
+	// Retention is the destination's own retention block. When set it
+	// replaces the plan's spec.retention for this destination as a whole
+	// (no field is merged), so a fast local destination can keep a few
+	// backups and a remote one many (Spec.RetentionFor).
+	Retention *Retention
 }
 
-// UnmarshalYAML reads name, type and the type's block.
-func (d *Destination) UnmarshalYAML(n *yaml.Node) error {
-	extra, err := unmarshalPlugin(n, &d.Plugin, "name")
+// UnmarshalYAML reads name, type, the type's block and retention. It is
+// the decoder's obsolete-style unmarshaler so that the retention block is
+// decoded by the plan's own decoder: strictly (an unknown field is an
+// error) and with the lines of the plan file.
+func (d *Destination) UnmarshalYAML(unmarshal func(any) error) error {
+	var c nodeCapture
+	if err := unmarshal(&c); err != nil {
+		return err
+	}
+	extra, err := unmarshalPlugin(c.node, &d.Plugin, "name", "retention")
 	var errs []string
 	if te, ok := err.(*yaml.TypeError); ok {
 		errs = te.Errors
@@ -410,6 +424,24 @@ func (d *Destination) UnmarshalYAML(n *yaml.Node) error {
 			d.Name = v.Value
 		}
 	}
+	if _, ok := extra["retention"]; ok {
+		// The other keys land in Rest, which takes anything: unmarshalPlugin
+		// has judged them already.
+		var r struct {
+			Retention *Retention     `yaml:"retention"`
+			Rest      map[string]any `yaml:",inline"`
+		}
+		err := unmarshal(&r)
+		var te *yaml.TypeError
+		switch {
+		case errors.As(err, &te):
+			errs = append(errs, te.Errors...)
+		case err != nil:
+			return err
+		default:
+			d.Retention = r.Retention
+		}
+	}
 	if len(errs) > 0 {
 		return &yaml.TypeError{Errors: errs}
 	}
@@ -418,19 +450,31 @@ func (d *Destination) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalJSON writes the YAML shape.
 func (d Destination) MarshalJSON() ([]byte, error) {
-	return pluginJSON(d.Plugin, map[string]any{"name": d.Name})
+	extra := map[string]any{"name": d.Name}
+	if d.Retention != nil {
+		extra["retention"] = d.Retention
+	}
+	return pluginJSON(d.Plugin, extra)
 }
 
-// UnmarshalJSON reads the YAML shape.
+// UnmarshalJSON reads the YAML shape; the retention block strictly, as
+// FromJSON reads the rest of a plan.
 func (d *Destination) UnmarshalJSON(b []byte) error {
 	*d = Destination{}
-	extra, err := pluginFromJSON(b, &d.Plugin, "name")
+	extra, err := pluginFromJSON(b, &d.Plugin, "name", "retention")
 	if err != nil {
 		return fmt.Errorf("destination: %w", err)
 	}
 	if v, ok := extra["name"]; ok {
 		if err := json.Unmarshal(v, &d.Name); err != nil {
 			return fmt.Errorf("destination: name: %w", err)
+		}
+	}
+	if v, ok := extra["retention"]; ok {
+		dec := json.NewDecoder(bytes.NewReader(v))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&d.Retention); err != nil {
+			return fmt.Errorf("destination %s: retention: %w", d.Name, err)
 		}
 	}
 	return nil

@@ -495,10 +495,17 @@ func (p *Plan) validateSchedule(ps *problems) {
 }
 
 func (p *Plan) validateRetention(ps *problems) {
-	r := p.Spec.Retention
-	if r == nil {
-		return
+	if r := p.Spec.Retention; r != nil {
+		validatePolicy(ps, "spec.retention", r)
 	}
+	for i, d := range p.Spec.Destinations {
+		if d.Retention != nil {
+			validatePolicy(ps, fmt.Sprintf("spec.destinations[%d].retention", i), d.Retention)
+		}
+	}
+}
+
+func validatePolicy(ps *problems, path string, r *Retention) {
 	for _, c := range []struct {
 		name string
 		v    int
@@ -508,20 +515,20 @@ func (p *Plan) validateRetention(ps *problems) {
 		{"keepQuarterly", r.KeepQuarterly}, {"keepYearly", r.KeepYearly},
 	} {
 		if c.v < retention.Unlimited {
-			ps.add("spec.retention."+c.name, "must be >= 0 (or -1: keep every bucket)")
+			ps.add(path+"."+c.name, "must be >= 0 (or -1: keep every bucket)")
 		}
 	}
 	for i, t := range r.KeepTags {
 		for _, part := range strings.Split(t, ",") {
 			if strings.TrimSpace(part) == "" {
-				ps.add(fmt.Sprintf("spec.retention.keepTags[%d]", i), "%q has an empty tag", t)
+				ps.add(fmt.Sprintf("%s.keepTags[%d]", path, i), "%q has an empty tag", t)
 				break
 			}
 		}
 	}
 	// The retention package owns what "keeps nothing" means.
 	if errors.Is(r.Policy.Validate(), retention.ErrEmptyPolicy) {
-		ps.add("spec.retention", "keeps nothing, so it would delete every backup; set a keep rule or drop the block")
+		ps.add(path, "keeps nothing, so it would delete every backup; set a keep rule or drop the block")
 	}
 }
 
