@@ -177,6 +177,9 @@ type RestoreRequest struct {
 	Create bool   `json:"create,omitempty"`
 	// Clean removes what is in the target's way first.
 	Clean bool `json:"clean,omitempty"`
+	// FallbackOlder lets the restore go on to the previous verified
+	// backups once every copy of the chosen one failed its checks.
+	FallbackOlder bool `json:"fallbackOlder,omitempty"`
 	// Confirm must name the plan when the restore replaces data (Clean, or
 	// no Target): a restore that overwrites is never an accident.
 	Confirm string `json:"confirm,omitempty"`
@@ -214,12 +217,13 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
 	}
 	id, _ := IdentityFrom(r.Context())
 	runID, err := s.d.RequestRestore(r.Context(), planName, events.RestoreRequestedData{
-		BackupID:    req.BackupID,
-		Destination: req.Destination,
-		Target:      req.Target,
-		RequestedBy: id.RequestedBy(),
-		Create:      req.Create,
-		Clean:       req.Clean,
+		BackupID:      req.BackupID,
+		Destination:   req.Destination,
+		Target:        req.Target,
+		RequestedBy:   id.RequestedBy(),
+		Create:        req.Create,
+		Clean:         req.Clean,
+		FallbackOlder: req.FallbackOlder,
 	})
 	if err != nil {
 		writeErr(w, err)

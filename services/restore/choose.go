@@ -161,6 +161,21 @@ func Gather(ctx context.Context, open Opener, destinations []string, plan string
 	return out
 }
 
+// Unlisted says which destinations could not be listed, for an error
+// saying that no copy was found ("" when every one was).
+func Unlisted(held []Held) string {
+	var s []string
+	for _, h := range held {
+		if h.Err != nil {
+			s = append(s, fmt.Sprintf("%s: %v", h.Destination, h.Err))
+		}
+	}
+	if len(s) == 0 {
+		return ""
+	}
+	return " (not listed: " + strings.Join(s, "; ") + ")"
+}
+
 // Order puts preferred first, then the other destinations in plan order.
 // An unknown preferred name is an error naming it.
 func Order(destinations []string, preferred string) ([]string, error) {
@@ -215,17 +230,24 @@ func Fallback(ctx context.Context, open Opener, copies []Copy, keys format.Keys,
 		}
 		failed = append(failed, Attempt{Copy: c, Err: err})
 		if !errors.Is(err, ErrCopyBad) || ctx.Err() != nil {
+			if len(failed) > 1 {
+				err = fmt.Errorf("%w (after %s)", err, attempts(failed[:len(failed)-1]))
+			}
 			return Copy{}, stats, failed, err
 		}
 	}
 	if len(failed) == 0 {
 		return Copy{}, format.ReadStats{}, nil, fmt.Errorf("%w: no copy to restore", backup.ErrNotFound)
 	}
+	return Copy{}, format.ReadStats{}, failed, fmt.Errorf("every copy failed: %s", attempts(failed))
+}
+
+func attempts(failed []Attempt) string {
 	var why []string
 	for _, a := range failed {
 		why = append(why, fmt.Sprintf("%s: %v", a.Copy, a.Err))
 	}
-	return Copy{}, format.ReadStats{}, failed, fmt.Errorf("every copy failed: %s", strings.Join(why, "; "))
+	return strings.Join(why, "; ")
 }
 
 // tryCopy streams one copy, telling a bad copy (ErrCopyBad) from a
@@ -285,31 +307,32 @@ func (r *recorder) Read(p []byte) (int, error) {
 
 // RetryOptions are the restore options of a later attempt into a plugin's
 // target, after an earlier attempt wrote part of a bad copy, and whether a
-// later attempt is safe at all (docs/operations.md, "Restore fallback"):
+// later attempt is safe at all. The rule: a later attempt never removes
+// more than the restore was allowed to (docs/operations.md, "Restore
+// fallback"; a restore without clean promises to leave what else is in
+// its target alone):
 //   - with Clean the operator already agreed that the target is replaced:
-//     every plugin runs again with the same options;
-//   - postgres runs again with Clean: the database it was restoring into
-//     is dropped (WITH (FORCE)) and made again;
-//   - mongodb runs again with Clean, which drops only the collections the
-//     backup holds (the ones the first attempt was writing);
-//   - mariadb runs again as it was: a logical dump drops and makes each
-//     table again (mariadb-dump's DROP TABLE IF EXISTS); a physical one
-//     refuses its target once it is not empty, which ends the fallback;
+//     every plugin runs again with the same options (postgres drops and
+//     makes the database again, mariadb drops it, mongodb drops the
+//     backup's collections, files empties the directory);
+//   - mariadb runs again as it was: a logical dump drops and makes each of
+//     its tables again (mariadb-dump's DROP TABLE IF EXISTS), which the
+//     first attempt did too; a physical one refuses its target once it is
+//     not empty, which ends the fallback;
 //   - redis runs again as it was: it renames its dump.rdb into place only
 //     after a whole stream, so a failed attempt left nothing;
 //   - command runs restoreArgv again on the new stream: it must replace
 //     what it writes (cat > file does, >> does not);
-//   - files without Clean is not restartable (the target may hold files
-//     that are not the backup's, and unpacking refuses to overwrite), nor
-//     is any plugin not named here.
+//   - postgres, mongodb and files without Clean are not restartable: the
+//     first attempt wrote into a database, collections or a directory
+//     that may hold what is not the backup's, and only Clean (which
+//     removes that too) would let pg_restore, the inserts or the unpacking
+//     run again; nor is a plugin not named here.
 func RetryOptions(sourceType string, o source.RestoreOptions) (source.RestoreOptions, bool) {
 	if o.Clean {
 		return o, true
 	}
 	switch sourceType {
-	case "postgres", "mongodb":
-		o.Clean = true
-		return o, true
 	case "mariadb", "redis", "command":
 		return o, true
 	}

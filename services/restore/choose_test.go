@@ -135,8 +135,10 @@ func TestRetryOptions(t *testing.T) {
 		want   source.RestoreOptions
 		wantOK bool
 	}{
-		{"postgres drops and makes the database again", "postgres", plain, cleaned, true},
-		{"mongodb drops the restored collections", "mongodb", plain, cleaned, true},
+		{"postgres with clean drops and makes the database again", "postgres", cleaned, cleaned, true},
+		{"postgres without clean is not restartable", "postgres", plain, plain, false},
+		{"mongodb without clean is not restartable", "mongodb", plain, plain, false},
+		{"mongodb with clean drops the restored collections", "mongodb", cleaned, cleaned, true},
 		{"mariadb dumps drop their tables themselves", "mariadb", plain, plain, true},
 		{"redis wrote nothing", "redis", plain, plain, true},
 		{"command runs restoreArgv again", "command", plain, plain, true},

@@ -1,8 +1,9 @@
-// Package restore is the restore stage: a restore run finds its backup in a
-// destination of the plan, streams it object → frames checked → decrypted →
-// decompressed into the plan's source plugin, and checks the plaintext
-// SHA-256 against the manifest at the end. The same reading path serves
-// `backstream restore`, which needs no NATS at all.
+// Package restore is the restore stage: a restore run finds its backup in
+// the destinations of the plan, streams a copy object → frames checked →
+// decrypted → decompressed into the plan's source plugin, and checks the
+// plaintext SHA-256 against the manifest at the end; a copy that fails a
+// check makes it start again from the next copy (choose.go). The same
+// reading path serves `backstream restore`, which needs no NATS at all.
 package restore
 
 import (
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/events"
-	"github.com/backstream/backstream/pkg/backup"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
@@ -73,51 +73,55 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 }
 
 func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name string) ([]events.Event, error) {
-	dest := r.Destination
-	if dest == "" {
-		dest = p.Spec.Destinations[0].Name
+	var dests []string
+	for _, d := range p.Spec.Destinations {
+		dests = append(dests, d.Name)
 	}
-	st, err := s.Plugins.Storage(ctx, p, dest)
+	order, err := Order(dests, r.Destination)
 	if err != nil {
 		return nil, err
 	}
-	defer st.Close()
-	ref := r.BackupID
-	if ref == "latest" || ref == "" {
-		ref = p.Name() + "/latest"
-	} else {
-		ref = p.Name() + "/" + ref
-	}
-	m, err := backup.Find(ctx, st, ref)
+	open := func(ctx context.Context, d string) (storage.Storage, error) { return s.Plugins.Storage(ctx, p, d) }
+	held := Gather(ctx, open, order, p.Name())
+	copies, err := Candidates(held, Choice{ID: r.BackupID, FallbackOlder: r.FallbackOlder})
 	if err != nil {
-		return nil, err
-	}
-	if _, _, err := s.Ask(ctx, "restore", runs.Request{Op: runs.OpRecord, Run: r.ID, Result: &runs.Result{BackupID: m.BackupID}}); err != nil {
-		return nil, err
-	}
-	started, err := s.Emit(p.Name(), r.ID, name, events.RestoreStartedData{BackupID: m.BackupID, Destination: dest, Key: m.ObjectKey, Size: m.StoredBytes})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Bus.Publish(ctx, started); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w%s", err, Unlisted(held))
 	}
 	src, _, err := s.Plugins.Source(p)
 	if err != nil {
 		return nil, err
 	}
+	into := IntoSource(p.Spec.Source.Type, src, source.RestoreOptions{Target: r.Target, Create: r.Create, Clean: r.Clean}, nil)
 	begin := time.Now()
-	stats, err := Stream(ctx, st, m, s.Keys, func(rd io.Reader) error {
-		return src.Restore(ctx, rd, source.RestoreOptions{Target: r.Target, Create: r.Create, Clean: r.Clean})
+	used, stats, failed, err := Fallback(ctx, open, copies, s.Keys, func(ctx context.Context, attempt int, c Copy, rd io.Reader) error {
+		// The record and restore.started name the copy being read, so a
+		// restore that fails or falls back says what it read.
+		m := c.Manifest
+		if _, _, err := s.Ask(ctx, "restore", runs.Request{Op: runs.OpRecord, Run: r.ID, Result: &runs.Result{BackupID: m.BackupID, RestoredFrom: c.Destination}}); err != nil {
+			return err
+		}
+		started, err := s.Emit(p.Name(), r.ID, name, events.RestoreStartedData{BackupID: m.BackupID, Destination: c.Destination, Key: m.ObjectKey, Size: m.StoredBytes})
+		if err != nil {
+			return err
+		}
+		if err := s.Bus.Publish(ctx, started); err != nil {
+			return err
+		}
+		return into(ctx, attempt, c, rd)
 	})
+	for _, a := range failed {
+		s.Log.Warn("restore: a copy failed", "plan", p.Name(), "runid", r.ID, "step", name,
+			"backup", a.Copy.Manifest.BackupID, "destination", a.Copy.Destination, "error", a.Err)
+	}
 	if err != nil {
 		return nil, err
 	}
-	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, stats.Bytes, "", &runs.Result{Bytes: stats.Bytes, SHA256: stats.PlaintextSHA256})
+	rr, err := s.FinishStep(ctx, r.ID, name, runs.Succeeded, stats.Bytes, "", &runs.Result{Bytes: stats.Bytes, SHA256: stats.PlaintextSHA256, BackupID: used.Manifest.BackupID, RestoredFrom: used.Destination})
 	if err != nil {
 		return nil, err
 	}
-	s.Log.Info("restore step completed", "plan", p.Name(), "runid", r.ID, "backup", m.BackupID, "bytes", stats.Bytes, "elapsed", time.Since(begin).Round(time.Millisecond))
+	s.Log.Info("restore step completed", "plan", p.Name(), "runid", r.ID, "step", name, "backup", used.Manifest.BackupID,
+		"destination", used.Destination, "fallbacks", len(failed), "bytes", stats.Bytes, "elapsed", time.Since(begin).Round(time.Millisecond))
 	return s.completed(ctx, p, rr, name)
 }
 

@@ -248,6 +248,7 @@ func (d *Deps) EnsureRun(ctx context.Context, stageName string, e events.Event) 
 		_ = e.DataAs(&req)
 		seed.Kind, seed.RequestedBy, seed.BackupID, seed.Phase = runs.KindRestore, req.RequestedBy, req.BackupID, runs.Initializing
 		seed.Destination, seed.Target, seed.Create, seed.Clean = req.Destination, req.Target, req.Create, req.Clean
+		seed.FallbackOlder = req.FallbackOlder
 	default:
 		r, err := d.Runs.Get(ctx, events.RunID(e))
 		NoteRun(r)
