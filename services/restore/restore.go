@@ -104,6 +104,11 @@ func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name s
 		if err != nil {
 			return err
 		}
+		if attempt > 0 {
+			// Its own id per copy, so the duplicate window keeps it
+			// (a redelivery repeats the same one).
+			started.SetID(fmt.Sprintf("%s.copy-%s-%s", started.ID(), c.Destination, m.BackupID))
+		}
 		if err := s.Bus.Publish(ctx, started); err != nil {
 			return err
 		}

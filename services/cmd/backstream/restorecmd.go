@@ -8,11 +8,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/backstream/backstream/pkg/backup"
-	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/secret"
@@ -28,16 +28,26 @@ import (
 // its destinations, or a storage given directly.
 type storageFlags struct {
 	planFile, destination        string
-	fsPath                       string
+	fsPaths                      pathList
 	s3Endpoint, s3Bucket, prefix string
 	s3AccessEnv, s3SecretEnv     string
 	s3Insecure                   bool
 }
 
+// pathList is a flag that may be given more than once.
+type pathList []string
+
+func (l *pathList) String() string { return strings.Join(*l, ",") }
+
+func (l *pathList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
 func (f *storageFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.planFile, "plan-file", "", "plan YAML whose destination holds the backup")
-	fs.StringVar(&f.destination, "destination", "", "destination of --plan-file (default: its first)")
-	fs.StringVar(&f.fsPath, "fs", "", "filesystem storage: directory holding the backups")
+	fs.StringVar(&f.destination, "destination", "", "destination of --plan-file to read (restore: read first; default: its first)")
+	fs.Var(&f.fsPaths, "fs", "filesystem storage: directory holding the backups (restore: may be repeated)")
 	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 storage: endpoint host:port")
 	fs.StringVar(&f.s3Bucket, "s3-bucket", "", "S3 storage: bucket")
 	fs.StringVar(&f.prefix, "s3-prefix", "", "S3 storage: key prefix")
@@ -46,36 +56,85 @@ func (f *storageFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.s3Insecure, "s3-insecure", false, "S3 storage: plain http")
 }
 
-// open returns the storage, and the plan when one was given.
+// open returns the storage, and the plan when one was given. It reads one
+// storage: with several --fs, or --fs and --s3-*, it refuses.
 func (f *storageFlags) open(ctx context.Context) (storage.Storage, *plan.Plan, error) {
+	if len(f.fsPaths) > 1 || (len(f.fsPaths) == 1 && f.s3Endpoint != "") {
+		return nil, nil, usageError("give one storage: one --fs DIR or the --s3-* flags")
+	}
+	dests, open, p, err := f.destinations()
+	if err != nil {
+		return nil, nil, err
+	}
+	preferred, err := f.preferred(dests)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := open(ctx, preferred)
+	return st, p, err
+}
+
+// destinations returns every storage the flags name, in order of
+// preference, with what opens each, and the plan when one was given: a
+// plan file's destinations in plan order, or each --fs (named fs:DIR, in
+// the order given) then the --s3-* storage (named s3:BUCKET).
+func (f *storageFlags) destinations() ([]string, restore.Opener, *plan.Plan, error) {
 	switch {
 	case f.planFile != "":
 		p, err := plan.ParseFile(f.planFile)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		p.Defaults()
 		reg := plugins.Default()
 		if err := p.Validate(reg); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		dest := f.destination
-		if dest == "" {
-			dest = p.Spec.Destinations[0].Name
+		var names []string
+		for _, d := range p.Spec.Destinations {
+			names = append(names, d.Name)
 		}
-		st, err := reg.Storage(ctx, p, dest)
-		return st, p, err
-	case f.fsPath != "":
-		st, err := filesystem.New(ctx, filesystem.Config{Path: f.fsPath})
-		return st, nil, err
-	case f.s3Endpoint != "":
-		st, err := s3.New(ctx, s3.Config{
-			Endpoint: f.s3Endpoint, Bucket: f.s3Bucket, Prefix: f.prefix, Insecure: f.s3Insecure,
-			AccessKey: secret.Ref{Env: f.s3AccessEnv}, SecretKey: secret.Ref{Env: f.s3SecretEnv},
-		})
-		return st, nil, err
+		return names, func(ctx context.Context, d string) (storage.Storage, error) { return reg.Storage(ctx, p, d) }, p, nil
+	case len(f.fsPaths) > 0 || f.s3Endpoint != "":
+		var names []string
+		byName := map[string]func(context.Context) (storage.Storage, error){}
+		for _, dir := range f.fsPaths {
+			name := "fs:" + dir
+			names = append(names, name)
+			byName[name] = func(ctx context.Context) (storage.Storage, error) {
+				return filesystem.New(ctx, filesystem.Config{Path: dir})
+			}
+		}
+		if f.s3Endpoint != "" {
+			name := "s3:" + f.s3Bucket
+			names = append(names, name)
+			byName[name] = func(ctx context.Context) (storage.Storage, error) {
+				return s3.New(ctx, s3.Config{
+					Endpoint: f.s3Endpoint, Bucket: f.s3Bucket, Prefix: f.prefix, Insecure: f.s3Insecure,
+					AccessKey: secret.Ref{Env: f.s3AccessEnv}, SecretKey: secret.Ref{Env: f.s3SecretEnv},
+				})
+			}
+		}
+		return names, func(ctx context.Context, d string) (storage.Storage, error) {
+			open, ok := byName[d]
+			if !ok {
+				return nil, fmt.Errorf("destination %q: not a storage given", d)
+			}
+			return open(ctx)
+		}, nil, nil
 	}
-	return nil, nil, usageError("say where the backups are: --plan-file FILE [--destination NAME], --fs DIR, or --s3-endpoint/--s3-bucket")
+	return nil, nil, nil, usageError("say where the backups are: --plan-file FILE [--destination NAME], --fs DIR, or --s3-endpoint/--s3-bucket")
+}
+
+// preferred is --destination, or the first of dests.
+func (f *storageFlags) preferred(dests []string) (string, error) {
+	if f.destination == "" {
+		return dests[0], nil
+	}
+	if _, err := restore.Order(dests, f.destination); err != nil {
+		return "", usageError("--destination: %v", err)
+	}
+	return f.destination, nil
 }
 
 func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -91,6 +150,7 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	identity := fs.String("identity", "", "age identity file")
 	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase")
 	allowFailed := fs.Bool("allow-failed", false, "also restore a backup whose run failed after it was stored (never picked by latest)")
+	fallbackOlder := fs.Bool("fallback-older", false, "when every copy of the backup fails its checks, restore the previous verified backup (and so on)")
 	ref, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
 		return usageError("restore: %v", err)
@@ -108,33 +168,47 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return usageError("restore: %v", err)
 	}
-	st, p, err := sf.open(ctx)
+	dests, open, p, err := sf.destinations()
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	find := backup.Find
-	if *allowFailed {
-		find = backup.FindFailed
+	preferred, err := sf.preferred(dests)
+	if err != nil {
+		return err
 	}
-	m, err := find(ctx, st, ref)
+	order, _ := restore.Order(dests, preferred)
+	planName, id, hasPlan := strings.Cut(ref, "/")
+	if !hasPlan {
+		planName, id = "", ref
+		if p != nil {
+			planName = p.Name()
+		}
+	}
+	if planName == "" && id == "latest" {
+		return usageError("restore: latest needs its plan: PLAN/latest")
+	}
+	held := restore.Gather(ctx, open, order, planName)
+	copies, err := restore.Candidates(held, restore.Choice{ID: id, FallbackOlder: *fallbackOlder, AllowFailed: *allowFailed})
 	if errors.Is(err, backup.ErrFailed) {
 		return fmt.Errorf("%w (--allow-failed restores it anyway)", err)
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("%w%s", err, restore.Unlisted(held))
 	}
-	if !backup.CanOpen(m, keys) {
+	if m := copies[0].Manifest; !backup.CanOpen(m, keys) {
 		return usageError("restore: backup %s is encrypted (%s): give --identity or --passphrase-env", m.BackupID, m.KeyWrap.Scheme)
 	}
 	begin := time.Now()
 	prog := newProgress(stderr)
-	counted := func(r io.Reader) io.Reader {
-		return &countingReader{r: r, every: 250 * time.Millisecond, report: func(n int64) {
-			prog.update(fmt.Sprintf("restore  %s of %s  %s", human(n), human(m.Bytes), rate(n, time.Since(begin))))
-		}}
+	counted := func(total int64) func(io.Reader) io.Reader {
+		return func(r io.Reader) io.Reader {
+			return &countingReader{r: r, every: 250 * time.Millisecond, report: func(n int64) {
+				prog.update(fmt.Sprintf("restore  %s of %s  %s", human(n), human(total), rate(n, time.Since(begin))))
+			}}
+		}
 	}
-	var stats struct{ bytes int64 }
+	var consume restore.Consume
+	var finish func() error
 	switch {
 	case *intoSource:
 		if p == nil {
@@ -144,67 +218,109 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		s, err := restore.Stream(ctx, st, m, keys, func(r io.Reader) error {
-			return src.Restore(ctx, counted(r), source.RestoreOptions{Target: *target, Create: *create, Clean: *clean})
-		})
-		if err != nil {
-			return err
+		into := restore.IntoSource(p.Spec.Source.Type, src, source.RestoreOptions{Target: *target, Create: *create, Clean: *clean}, nil)
+		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+			return into(ctx, attempt, c, counted(c.Manifest.Bytes)(r))
 		}
-		stats.bytes = s.Bytes
 	case *to == "-":
-		s, err := restore.Stream(ctx, st, m, keys, func(r io.Reader) error {
-			_, err := io.Copy(stdout, counted(r))
-			return err
-		})
-		if err != nil {
+		// What reached stdout cannot be taken back: a later copy is read
+		// only when the bad one failed before its first byte.
+		var written int64
+		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+			if written > 0 {
+				return fmt.Errorf("%w: %d bytes of an earlier copy already went to stdout; restore to a file (--to FILE) to let it fall back to %s", restore.ErrNotRestartable, written, c)
+			}
+			n, err := io.Copy(stdout, counted(c.Manifest.Bytes)(r))
+			written += n
 			return err
 		}
-		stats.bytes = s.Bytes
 	default:
-		n, err := restoreToFile(ctx, st, m, keys, *to, counted)
+		f, err := newPartialFile(*to)
 		if err != nil {
 			return err
 		}
-		stats.bytes = n
+		defer f.discard()
+		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+			return f.write(counted(c.Manifest.Bytes)(r))
+		}
+		finish = f.commit
 	}
-	prog.line(fmt.Sprintf("restored backup %s of plan %s: %s, sha256 %s verified, %s", m.BackupID, m.Plan, human(stats.bytes), m.PlaintextSHA256, rate(stats.bytes, time.Since(begin))))
+	prog.line(fmt.Sprintf("reading %s", copies[0]))
+	used, stats, failed, err := restore.Fallback(ctx, open, copies, keys, func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+		if attempt > 0 {
+			prog.line(fmt.Sprintf("the copy before failed its checks: falling back to %s", c))
+		}
+		return consume(ctx, attempt, c, r)
+	})
+	for _, a := range failed {
+		prog.line(fmt.Sprintf("copy failed: %s: %v", a.Copy, a.Err))
+	}
+	if err != nil {
+		return err
+	}
+	if finish != nil {
+		if err := finish(); err != nil {
+			return err
+		}
+	}
+	m := used.Manifest
+	prog.line(fmt.Sprintf("restored backup %s of plan %s from destination %s: %s, sha256 %s verified, %s", m.BackupID, m.Plan, used.Destination, human(stats.Bytes), m.PlaintextSHA256, rate(stats.Bytes, time.Since(begin))))
+	if len(failed) > 0 {
+		prog.line(fmt.Sprintf("used a fallback copy: %d copies before it failed their checks (above)", len(failed)))
+	}
 	return nil
 }
 
-// restoreToFile writes into a temporary file beside path and renames it
-// only once every frame opened and the digest matched: a failed restore
-// leaves no file that could pass for a good one.
-func restoreToFile(ctx context.Context, st storage.Storage, m format.Manifest, keys format.Keys, path string, wrap func(io.Reader) io.Reader) (int64, error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".partial-*")
+// partialFile is the temporary file beside path a restore writes into; it
+// is renamed to path only once a copy opened whole and its digest matched,
+// so a failed restore leaves no file that could pass for a good one, and
+// a fallback to another copy starts it again from empty.
+type partialFile struct {
+	path string
+	tmp  *os.File
+	done bool
+}
+
+func newPartialFile(path string) (*partialFile, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-*")
 	if err != nil {
-		return 0, fmt.Errorf("restore to %s: %w", path, err)
+		return nil, fmt.Errorf("restore to %s: %w", path, err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	s, err := restore.Stream(ctx, st, m, keys, func(r io.Reader) error {
-		_, err := io.Copy(tmp, wrap(r))
-		return err
-	})
-	if err != nil {
-		return 0, err
+	return &partialFile{path: path, tmp: tmp}, nil
+}
+
+// write empties the file and writes r into it.
+func (f *partialFile) write(r io.Reader) error {
+	if err := f.tmp.Truncate(0); err != nil {
+		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return 0, fmt.Errorf("restore to %s: %w", path, err)
+	if _, err := f.tmp.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return 0, fmt.Errorf("restore to %s: %w", path, err)
+	_, err := io.Copy(f.tmp, r)
+	return err
+}
+
+func (f *partialFile) commit() error {
+	if err := f.tmp.Sync(); err != nil {
+		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return 0, fmt.Errorf("restore to %s: %w", path, err)
+	if err := f.tmp.Close(); err != nil {
+		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	ok = true
-	return s.Bytes, nil
+	if err := os.Rename(f.tmp.Name(), f.path); err != nil {
+		return fmt.Errorf("restore to %s: %w", f.path, err)
+	}
+	f.done = true
+	return nil
+}
+
+// discard removes the file unless it was committed.
+func (f *partialFile) discard() {
+	if !f.done {
+		f.tmp.Close()
+		os.Remove(f.tmp.Name())
+	}
 }
 
 type countingReader struct {
