@@ -438,7 +438,7 @@ func TestNothingIsRemovedUnlessTheNewestBackupIsVerified(t *testing.T) {
 
 func TestLifecycleExportAppliesToMinIO(t *testing.T) {
 	r := newRig(t, `{keepDaily: 9, keepWeekly: 5, keepMonthly: 12, keepQuarterly: 8, keepYearly: 10}`)
-	want, err := retstage.Lifecycle(r.plan)
+	want, err := retstage.Lifecycle(r.plan, "s3")
 	if err != nil {
 		t.Fatal(err)
 	}

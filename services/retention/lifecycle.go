@@ -12,28 +12,31 @@ import (
 	"github.com/backstream/backstream/pkg/storage"
 )
 
-// ErrNoPolicy means a plan has no retention block.
-var ErrNoPolicy = errors.New("plan has no retention block")
+// ErrNoPolicy means a destination has no retention policy: neither a block
+// of its own nor the plan's.
+var ErrNoPolicy = errors.New("no retention policy (no block of its own, none in the plan)")
 
-// Lifecycle maps plan's policy to lifecycle rules inside a storage's key
-// space (retention.LifecycleRules): one rule per cycle, on the keys under
-// "<plan>/" tagged retention.CycleTag=<cycle>, which the retention stage
-// sets on every verified backup's object and manifest. Ids are
-// "backstream-<plan>-<cycle>".
-func Lifecycle(p *plan.Plan) (storage.Lifecycle, error) {
-	if p.Spec.Retention == nil {
-		return storage.Lifecycle{}, fmt.Errorf("lifecycle of %s: %w", p.Name(), ErrNoPolicy)
+// Lifecycle maps the effective policy of plan's destination dest (its own
+// retention block, else the plan's) to lifecycle rules inside that
+// destination's key space (retention.LifecycleRules): one rule per cycle,
+// on the keys under "<plan>/" tagged retention.CycleTag=<cycle>, which the
+// retention stage sets on every verified backup's object and manifest. Ids
+// are "backstream-<plan>-<cycle>".
+func Lifecycle(p *plan.Plan, dest string) (storage.Lifecycle, error) {
+	r := p.Spec.RetentionFor(dest)
+	if r == nil {
+		return storage.Lifecycle{}, fmt.Errorf("lifecycle of %s, destination %s: %w", p.Name(), dest, ErrNoPolicy)
 	}
-	if err := p.Spec.Retention.Validate(); err != nil {
-		return storage.Lifecycle{}, fmt.Errorf("lifecycle of %s: %w", p.Name(), err)
+	if err := r.Validate(); err != nil {
+		return storage.Lifecycle{}, fmt.Errorf("lifecycle of %s, destination %s: %w", p.Name(), dest, err)
 	}
 	var l storage.Lifecycle
-	for _, r := range retention.LifecycleRules(p.Spec.Retention.Policy) {
+	for _, rule := range retention.LifecycleRules(r.Policy) {
 		l.Rules = append(l.Rules, storage.LifecycleRule{
-			ID:              "backstream-" + p.Name() + "-" + r.Cycle,
+			ID:              "backstream-" + p.Name() + "-" + rule.Cycle,
 			Prefix:          p.Name() + "/",
-			Tags:            map[string]string{retention.CycleTag: r.Cycle},
-			ExpireAfterDays: r.ExpireAfterDays,
+			Tags:            map[string]string{retention.CycleTag: rule.Cycle},
+			ExpireAfterDays: rule.ExpireAfterDays,
 		})
 	}
 	return l, nil

@@ -1,13 +1,16 @@
 // Package retention is the retention stage: after a plan's backup succeeded
 // (which means it was verified), it lists every destination of the plan (the
 // storage is the truth, not the catalog), labels the new backup with its
-// policy cycles, applies the plan's retention policy with pkg/retention and
-// removes what the policy does not keep, object first, then manifest.
+// policy cycles, applies each destination's effective retention policy
+// (its own block, else the plan's) with pkg/retention and removes what the
+// policy does not keep, object first, then manifest.
 //
 // It must never delete the newest verified backup, never delete anything
 // while the newest backup of a destination is unverified or failed, never
-// touch a key that is not a listed backup's object or manifest, and never
-// undo a run's success: its own failure is reported as retention.failed.
+// delete a verified copy another destination's policy still wants but that
+// destination lacks (KeepLastCopies), never touch a key that is not a listed
+// backup's object or manifest, and never undo a run's success: its own
+// failure is reported as retention.failed.
 package retention
 
 import (
@@ -70,9 +73,11 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, bus.Permanent(fmt.Errorf("retention: %w", err))
 	}
 	runID := events.RunID(e)
+	v := NewView(s.Plugins, p)
+	defer v.Close()
 	var out []events.Event
 	for _, o := range d.Objects {
-		ev, err := s.destination(ctx, p, runID, d.BackupID, o.Destination)
+		ev, err := s.destination(ctx, v, p, runID, d.BackupID, o.Destination)
 		if err != nil {
 			return out, err
 		}
@@ -86,7 +91,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 // destination runs retention on one destination and returns its
 // retention.completed or retention.failed. Only an error building or
 // storing bookkeeping is returned, to be retried.
-func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, backupID, dest string) (*events.Event, error) {
+func (s *Service) destination(ctx context.Context, v *View, p *plan.Plan, runID, backupID, dest string) (*events.Event, error) {
 	log := s.Log.With("plan", p.Name(), "runid", runID, "step", StepName(dest))
 	key := recordKey(p.Name(), dest)
 	if entry, err := s.Bus.Leases.Get(ctx, key); err == nil {
@@ -104,13 +109,12 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, backupID
 		ev, eerr := s.Emit(p.Name(), runID, StepName(dest), events.RetentionFailedData{Destination: dest, Error: err.Error()})
 		return &ev, eerr
 	}
-	st, err := s.Plugins.Storage(ctx, p, dest)
+	st, err := v.Storage(ctx, dest)
 	if err != nil {
 		return failed(err)
 	}
-	defer st.Close()
 	now := s.Now()
-	o, err := Decide(ctx, st, p, dest, backupID, now)
+	o, err := v.Decide(ctx, dest, backupID, now)
 	if err != nil {
 		return failed(err)
 	}
@@ -120,7 +124,9 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, backupID
 	if o.Policy == nil {
 		return nil, nil // no retention block: cycles only
 	}
-	if err := o.Remove(ctx, st); err != nil {
+	err = o.Remove(ctx, st)
+	v.Forget(dest, o.Removed)
+	if err != nil {
 		return failed(err)
 	}
 	data := o.Event()
@@ -128,7 +134,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, backupID
 	if _, err := s.Bus.Leases.Put(ctx, key, rec); err != nil {
 		return nil, fmt.Errorf("retention record: %w", err)
 	}
-	log.Info("retention applied", "destination", dest, "kept", len(data.Kept), "removed", len(data.Removed), "held", o.Held)
+	log.Info("retention applied", "destination", dest, "kept", len(data.Kept), "removed", len(data.Removed), "held", o.Held, "lastCopies", o.LastCopies)
 	ev, err := s.Emit(p.Name(), runID, StepName(dest), data)
 	return &ev, err
 }
@@ -140,8 +146,8 @@ type Outcome struct {
 	// Location is the plan's time zone, which calendar buckets and cycles
 	// are computed in.
 	Location *time.Location
-	// Policy is the plan's retention policy; nil when the plan has none
-	// (nothing is removed).
+	// Policy is the destination's effective retention policy (its own
+	// block, else the plan's); nil when it has none (nothing is removed).
 	Policy *retention.Policy
 	// Manifests are the destination's backups of the plan, oldest first.
 	Manifests []format.Manifest
@@ -153,6 +159,10 @@ type Outcome struct {
 	Decisions []retention.Decision
 	// Held says why nothing is removed although the policy would.
 	Held string
+	// LastCopies counts the backups kept beyond the policy because another
+	// destination's policy wants them and that destination has no verified
+	// copy (KeepLastCopies; their reasons start with LastCopyPrefix).
+	LastCopies int
 	// Removed lists the backups Remove deleted.
 	Removed []string
 }
@@ -191,24 +201,48 @@ func Tags(m format.Manifest) []string {
 	return out
 }
 
-// Decide lists plan's backups in st and applies the plan's policy at now.
-// backupID, when not empty, is the backup whose success started this pass:
-// it must be listed and verified, or Decide fails and nothing is removed.
-// When the newest backup (not dated after now) is not verified, the outcome
-// is held: every backup is kept.
-func Decide(ctx context.Context, st storage.Storage, p *plan.Plan, dest, backupID string, now time.Time) (Outcome, error) {
+// Listing is what one destination holds of a plan, as its storage lists
+// it.
+type Listing struct {
+	Destination string
+	// Manifests are the plan's backups there, oldest first.
+	Manifests []format.Manifest
+	// Unreadable lists manifest keys that could not be read, with why.
+	Unreadable map[string]error
+	// Err is why the destination could not be opened or listed.
+	Err error
+}
+
+// List lists plan's backups in st, the storage of destination dest.
+func List(ctx context.Context, st storage.Storage, planName, dest string) Listing {
+	l := Listing{Destination: dest}
+	var err error
+	l.Manifests, l.Unreadable, err = backup.List(ctx, st, planName)
+	if err != nil {
+		l.Err = fmt.Errorf("destination %s: %w", dest, err)
+	}
+	return l
+}
+
+// Decide applies dest's effective policy (plan.Spec.RetentionFor) to its
+// listing l at now. backupID, when not empty, is the backup whose success
+// started this pass: it must be listed and verified, or Decide fails and
+// nothing is removed. When the newest backup (not dated after now) is not
+// verified, the outcome is held: every backup is kept. The last-copy rule
+// is not applied here: it needs the other destinations (View.Decide).
+func Decide(p *plan.Plan, l Listing, backupID string, now time.Time) (Outcome, error) {
+	dest := l.Destination
 	loc, err := Location(p)
 	if err != nil {
 		return Outcome{}, err
 	}
-	o := Outcome{Plan: p.Name(), Destination: dest, Location: loc}
-	if p.Spec.Retention != nil {
-		pol := p.Spec.Retention.Policy
+	o := Outcome{Plan: p.Name(), Destination: dest, Location: loc, Manifests: l.Manifests, Unreadable: l.Unreadable}
+	if r := p.Spec.RetentionFor(dest); r != nil {
+		pol := r.Policy
 		o.Policy = &pol
 	}
-	o.Manifests, o.Unreadable, err = backup.List(ctx, st, p.Name())
-	if err != nil {
-		return o, fmt.Errorf("destination %s: %w", dest, err)
+	if l.Err != nil {
+		return o, l.Err
 	}
 	if backupID != "" {
 		i := slices.IndexFunc(o.Manifests, func(m format.Manifest) bool { return m.BackupID == backupID })
@@ -222,11 +256,7 @@ func Decide(ctx context.Context, st storage.Storage, p *plan.Plan, dest, backupI
 	if o.Policy == nil {
 		return o, nil
 	}
-	in := make([]retention.Backup, len(o.Manifests))
-	for i, m := range o.Manifests {
-		in[i] = retention.Backup{ID: m.BackupID, Time: m.Created, Tags: Tags(m), Verified: m.Verify.Status == format.VerifyVerified}
-	}
-	o.Decisions, err = retention.Apply(*o.Policy, in, now, loc)
+	o.Decisions, err = retention.Apply(*o.Policy, engineBackups(o.Manifests), now, loc)
 	if err != nil {
 		return o, fmt.Errorf("destination %s: %w", dest, err)
 	}
@@ -253,6 +283,129 @@ func Decide(ctx context.Context, st storage.Storage, p *plan.Plan, dest, backupI
 		}
 	}
 	return o, nil
+}
+
+// engineBackups turns manifests into the engine's backups.
+func engineBackups(ms []format.Manifest) []retention.Backup {
+	in := make([]retention.Backup, len(ms))
+	for i, m := range ms {
+		in[i] = retention.Backup{ID: m.BackupID, Time: m.Created, Tags: Tags(m), Verified: m.Verify.Status == format.VerifyVerified}
+	}
+	return in
+}
+
+// OtherOf is what the last-copy rule needs of destination l of plan p.
+func OtherOf(p *plan.Plan, l Listing) Other {
+	o := Other{Destination: l.Destination, Err: l.Err, Backups: engineBackups(l.Manifests), Unreadable: map[string]bool{}}
+	if r := p.Spec.RetentionFor(l.Destination); r != nil {
+		pol := r.Policy
+		o.Policy = &pol
+	}
+	for k := range l.Unreadable {
+		if _, id, _, err := format.ParseKey(k); err == nil {
+			o.Unreadable[id] = true
+		}
+	}
+	return o
+}
+
+// removes reports whether any decision removes its backup.
+func (o *Outcome) removes() bool {
+	return slices.ContainsFunc(o.Decisions, func(d retention.Decision) bool { return !d.Keep })
+}
+
+// StorageOpener opens a destination's storage of a plan; *plugins.Registry
+// is one.
+type StorageOpener interface {
+	Storage(ctx context.Context, p *plan.Plan, dest string) (storage.Storage, error)
+}
+
+// View is one retention pass's view of every destination of a plan: each
+// storage is opened and listed at most once, when first needed, so the
+// last-copy rule of one destination sees the others. It is not safe for
+// concurrent use. Close closes the storages.
+type View struct {
+	opener   StorageOpener
+	plan     *plan.Plan
+	stores   map[string]storage.Storage
+	openErr  map[string]error
+	listings map[string]Listing
+}
+
+// NewView returns an empty view of plan p's destinations.
+func NewView(opener StorageOpener, p *plan.Plan) *View {
+	return &View{opener: opener, plan: p, stores: map[string]storage.Storage{}, openErr: map[string]error{}, listings: map[string]Listing{}}
+}
+
+// Storage opens dest's storage once; the view closes it.
+func (v *View) Storage(ctx context.Context, dest string) (storage.Storage, error) {
+	if st, ok := v.stores[dest]; ok {
+		return st, nil
+	}
+	if err, ok := v.openErr[dest]; ok {
+		return nil, err
+	}
+	st, err := v.opener.Storage(ctx, v.plan, dest)
+	if err != nil {
+		v.openErr[dest] = err
+		return nil, err
+	}
+	v.stores[dest] = st
+	return st, nil
+}
+
+// Listing lists dest once.
+func (v *View) Listing(ctx context.Context, dest string) Listing {
+	if l, ok := v.listings[dest]; ok {
+		return l
+	}
+	l := Listing{Destination: dest}
+	if st, err := v.Storage(ctx, dest); err != nil {
+		l.Err = err
+	} else {
+		l = List(ctx, st, v.plan.Name(), dest)
+	}
+	v.listings[dest] = l
+	return l
+}
+
+// Forget drops removed backups from dest's listing, so the destinations
+// decided after it in the same pass do not count those copies.
+func (v *View) Forget(dest string, removed []string) {
+	l, ok := v.listings[dest]
+	if !ok || len(removed) == 0 {
+		return
+	}
+	l.Manifests = slices.DeleteFunc(slices.Clone(l.Manifests), func(m format.Manifest) bool { return slices.Contains(removed, m.BackupID) })
+	v.listings[dest] = l
+}
+
+// Decide decides for dest at now (see the function Decide) and then
+// applies the last-copy rule against every other destination of the plan,
+// which it lists only when something would be removed.
+func (v *View) Decide(ctx context.Context, dest, backupID string, now time.Time) (Outcome, error) {
+	o, err := Decide(v.plan, v.Listing(ctx, dest), backupID, now)
+	if err != nil || !o.removes() {
+		return o, err
+	}
+	var others []Other
+	for _, d := range v.plan.Spec.Destinations {
+		if d.Name != dest {
+			others = append(others, OtherOf(v.plan, v.Listing(ctx, d.Name)))
+		}
+	}
+	o.LastCopies, err = KeepLastCopies(o.Decisions, others, now, o.Location)
+	if err != nil {
+		return o, fmt.Errorf("destination %s: last copies: %w", dest, err)
+	}
+	return o, nil
+}
+
+// Close closes every storage the view opened.
+func (v *View) Close() {
+	for _, st := range v.stores {
+		_ = st.Close()
+	}
 }
 
 func (o *Outcome) manifest(id string) format.Manifest {
@@ -352,6 +505,9 @@ func (o *Outcome) Table() string {
 	fmt.Fprintf(&b, "destination %s: %d backups", o.Destination, len(o.Manifests))
 	if o.Held != "" {
 		fmt.Fprintf(&b, ", HELD (%s): nothing would be removed", o.Held)
+	}
+	if o.LastCopies > 0 {
+		fmt.Fprintf(&b, ", %d kept as the last verified copy another destination wants", o.LastCopies)
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "%-26s  %-25s  %-8s  %-6s  %s\n", "BACKUP", "TIME", "VERIFY", "ACTION", "REASONS")

@@ -34,7 +34,7 @@ usage:
   backstream schedule PLAN [--count N]
   backstream retention simulate --policy FILE --backups FILE
   backstream retention PLAN --dry-run [--destination NAME]
-  backstream retention export-lifecycle PLAN [--format json|xml]
+  backstream retention export-lifecycle PLAN [--format json|xml] [--destination NAME]
   backstream api-token create --name NAME --role read|trigger|restore|admin [--file FILE]
   backstream dlq list [-o table|json] [--consumer C] [--plan P] | dlq show SEQ [-o text|json]
   backstream dlq replay SEQ... | dlq purge SEQ...

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/retention"
 	sched "github.com/backstream/backstream/pkg/schedule"
@@ -98,22 +99,22 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 		return err
 	}
 	defer b.Close()
-	if p.Spec.Retention == nil {
-		return fmt.Errorf("retention %s: %w", planName, retstage.ErrNoPolicy)
-	}
-	reg := plugins.Default()
-	found := false
+	// One view of every destination, so each table shows the last-copy
+	// rule as the stage would apply it.
+	v := retstage.NewView(plugins.Default(), p)
+	defer v.Close()
+	found, policies := false, 0
 	for _, d := range p.Spec.Destinations {
 		if *dest != "" && d.Name != *dest {
 			continue
 		}
 		found = true
-		st, err := reg.Storage(ctx, p, d.Name)
-		if err != nil {
-			return err
+		if p.Spec.RetentionFor(d.Name) == nil {
+			fmt.Fprintf(stdout, "destination %s: no retention policy, nothing is removed\n", d.Name)
+			continue
 		}
-		o, err := retstage.Decide(ctx, st, p, d.Name, "", now)
-		_ = st.Close()
+		policies++
+		o, err := v.Decide(ctx, d.Name, "", now)
 		if err != nil {
 			return err
 		}
@@ -121,6 +122,9 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 	}
 	if !found {
 		return usageError("retention %s: no destination %q", planName, *dest)
+	}
+	if policies == 0 {
+		return fmt.Errorf("retention %s: %w", planName, retstage.ErrNoPolicy)
 	}
 	return nil
 }
@@ -131,7 +135,7 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 	fs := flag.NewFlagSet("retention export-lifecycle", flag.ContinueOnError)
 	natsFlag := addNATSFlags(fs, "NATS URL")
 	formatFlag := fs.String("format", "json", "json (aws s3api, mc ilm import) or xml (S3 API)")
-	dest := fs.String("destination", "", "S3 destination whose prefix the rules get (default: the plan's first s3 destination)")
+	dest := fs.String("destination", "", "destination whose policy and S3 prefix the rules get (default: the plan's first s3 destination)")
 	planName, rest := splitName(args)
 	if err := fs.Parse(rest); err != nil {
 		return usageError("retention export-lifecycle: %v", err)
@@ -147,22 +151,37 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 		return err
 	}
 	defer b.Close()
-	l, err := retstage.Lifecycle(p)
+	// The rules are the chosen destination's: its own retention block, else
+	// the plan's.
+	var target *plan.Destination
+	for i, d := range p.Spec.Destinations {
+		if (*dest == "" && d.Type == "s3") || d.Name == *dest {
+			target = &p.Spec.Destinations[i]
+			break
+		}
+	}
+	switch {
+	case target == nil && *dest != "":
+		return usageError("retention export-lifecycle %s: no destination %q", planName, *dest)
+	case target == nil && len(p.Spec.Destinations) > 0:
+		// No s3 destination: the rules of the first, without a prefix.
+		target = &p.Spec.Destinations[0]
+	case target == nil:
+		return fmt.Errorf("retention export-lifecycle %s: the plan has no destination", planName)
+	}
+	l, err := retstage.Lifecycle(p, target.Name)
 	if err != nil {
 		return err
 	}
 	prefix := ""
-	for _, d := range p.Spec.Destinations {
-		if (*dest == "" && d.Type == "s3") || d.Name == *dest {
-			var c s3.Config
-			if err := d.Decode(&c); err != nil {
-				return fmt.Errorf("destination %s: %w", d.Name, err)
-			}
-			prefix = c.Prefix
-			if prefix != "" && !strings.HasSuffix(prefix, "/") {
-				prefix += "/"
-			}
-			break
+	if target.Type == "s3" {
+		var c s3.Config
+		if err := target.Decode(&c); err != nil {
+			return fmt.Errorf("destination %s: %w", target.Name, err)
+		}
+		prefix = c.Prefix
+		if prefix != "" && !strings.HasSuffix(prefix, "/") {
+			prefix += "/"
 		}
 	}
 	cfg := retstage.ToS3(l, prefix)
