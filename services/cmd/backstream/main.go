@@ -29,7 +29,7 @@ usage:
   backstream run ID [-o table|json] [--compensate] [--follow]
   backstream cancel ID [--reason TEXT] [--wait DURATION]
   backstream replay ID [--stage verify|hook:H/OP|retention|compensation | --destination NAME | --from-start] [--wait]
-  backstream restore BACKUP --to FILE|- (--plan-file FILE --destination NAME | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed]
+  backstream restore BACKUP --to FILE|- (--plan-file FILE [--destination NAME] | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed] [--fallback-older]
   backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN] [--all]
   backstream schedule PLAN [--count N]
   backstream retention simulate --policy FILE --backups FILE
