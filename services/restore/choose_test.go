@@ -282,3 +282,5 @@ func TestFallback(t *testing.T) {
 		t.Errorf("files retry without clean: %v", err)
 	}
 }
+
+func formatKeys() format.Keys { return format.Keys{} }
