@@ -133,7 +133,7 @@ func (s *Service) Ask(ctx context.Context, stageName string, req runs.Request) (
 				return nil, o, err
 			}
 		}
-	case runs.OpFinish:
+	case runs.OpSettle:
 		if r, err = s.settle(ctx, r); err != nil {
 			return nil, o, err
 		}

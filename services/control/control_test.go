@@ -174,6 +174,11 @@ func TestOnlyTheOwnerSettlesAndStagesAskForTheirOwnSteps(t *testing.T) {
 		if _, err := f.d.FinishStep(ctx, id, name, runs.Succeeded, 1, "", res); err != nil {
 			t.Fatalf("finish %s: %v", name, err)
 		}
+		if stageName := runs.StageOf(name); stageName != "snapshot" && stageName != "filter" {
+			if _, err := f.d.Settle(ctx, stageName, id); err != nil {
+				t.Fatalf("settle after %s: %v", name, err)
+			}
+		}
 	}
 	step("hook:db/lock", nil)
 	step("snapshot", &runs.Result{Bytes: 10, SHA256: strings.Repeat("ab", 32), Chunks: 1})
@@ -184,7 +189,8 @@ func TestOnlyTheOwnerSettlesAndStagesAskForTheirOwnSteps(t *testing.T) {
 		t.Fatalf("before verify the run is %s, want Running (the plan verifies)", r.Phase)
 	}
 
-	// A stage may not ask for another stage's step, settle or expire.
+	// A stage may not ask for another stage's step or expire a run; only
+	// the stages that finish a run's last pieces ask to settle it.
 	refused := []struct {
 		stage string
 		req   runs.Request
@@ -193,7 +199,8 @@ func TestOnlyTheOwnerSettlesAndStagesAskForTheirOwnSteps(t *testing.T) {
 			Result: &runs.Result{Dest: "local", Destination: &runs.Destination{Verified: true}}}},
 		{"upload", runs.Request{Op: runs.OpFinish, Run: id, Step: "upload:local", Phase: runs.Succeeded,
 			Result: &runs.Result{Dest: "other", Destination: &runs.Destination{Phase: runs.Succeeded}}}},
-		{"verify", runs.Request{Op: runs.OpSettle, Run: id}},
+		{"filter", runs.Request{Op: runs.OpSettle, Run: id}},
+		{"verify", runs.Request{Op: runs.OpExpire, Run: id}},
 		{"filter", runs.Request{Op: runs.OpInverseClaim, Run: id, Step: "hook:db/unlock"}},
 		{"filter", runs.Request{Op: runs.OpCreate, Run: id, Seed: &runs.Run{ID: id, Plan: "db", Kind: runs.KindBackup}}},
 		{"metrics", runs.Request{Op: runs.OpClaim, Run: id, Step: "verify:local"}},
@@ -215,8 +222,11 @@ func TestOnlyTheOwnerSettlesAndStagesAskForTheirOwnSteps(t *testing.T) {
 	if r.Phase != runs.Succeeded || r.BackupID != id || !r.Announced[runs.AnnouncedSucceeded] || r.StoredBytes != 5 {
 		t.Fatalf("run %s backup %q announced %v stored %d, want Succeeded and announced", r.Phase, r.BackupID, r.Announced, r.StoredBytes)
 	}
-	// A redelivered finish changes nothing and announces nothing new.
+	// A redelivered finish and settle change nothing and announce nothing new.
 	if _, err := f.d.FinishStep(ctx, id, "verify:local", runs.Succeeded, 1, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.Settle(ctx, "verify", id); err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Join(storedTypes(t, f.b, id), ","); got != "backup.succeeded" {

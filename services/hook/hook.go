@@ -210,7 +210,8 @@ func (s *Service) stepResult(ctx context.Context, p *plan.Plan, r *runs.Run, ste
 		if err != nil {
 			return nil, err
 		}
-		return []events.Event{ev, next}, nil
+		// A workflow's last step may be a hook: the run's last piece.
+		return s.Settle(ctx, "hook", r.ID, ev, next)
 	}
 	return s.FailRun(ctx, p.Name(), r.ID, "hook", step.String(), "hook "+step.String()+": "+st.Error, ev, ev)
 }

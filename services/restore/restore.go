@@ -136,8 +136,7 @@ func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, name
 	if err != nil {
 		return nil, err
 	}
-	// The owner of run state settled the run if this was its last step.
-	return []events.Event{next}, nil
+	return s.Settle(ctx, "restore", r.ID, next)
 }
 
 // ErrDigestMismatch means the restored plaintext does not hash to the

@@ -330,11 +330,26 @@ func (d *Deps) Claim(ctx context.Context, runID, name string, deadline time.Dura
 // Claimed is the outcome of Claim.
 type Claimed = runs.Claimed
 
-// FinishStep asks the owner to record a step's end and what it produced;
-// the owner settles the run when this was the last piece.
+// FinishStep asks the owner to record a step's end and what it produced.
+// A stage that finished a step which may be the run's last piece then
+// announces it and asks to settle (Settle).
 func (d *Deps) FinishStep(ctx context.Context, runID, name string, phase runs.Phase, bytes int64, errText string, res *runs.Result) (*runs.Run, error) {
 	r, _, err := d.ask(ctx, runs.StageOf(name), runs.Request{Op: runs.OpFinish, Run: runID, Step: name, Phase: phase, Bytes: bytes, Error: errText, Result: res})
 	return r, err
+}
+
+// Settle publishes a finished step's events (its completed event, the
+// step.completed of a workflow step), then asks the owner to settle the run:
+// the owner declares it succeeded when this was its last piece. Published
+// first, so that every reader sees the step's end before the run's.
+// Asking again is harmless (a redelivery settles a run whose first
+// delivery stopped in between). It returns no events: they are published.
+func (d *Deps) Settle(ctx context.Context, stageName, runID string, evs ...events.Event) ([]events.Event, error) {
+	if err := d.Bus.Publish(ctx, evs...); err != nil {
+		return nil, err
+	}
+	_, _, err := d.ask(ctx, stageName, runs.Request{Op: runs.OpSettle, Run: runID})
+	return nil, err
 }
 
 // Interrupt asks the owner to mark step name Failed as interrupted (with

@@ -95,7 +95,7 @@ func (s *Service) copyFrom(ctx context.Context, e events.Event) ([]events.Event,
 	case err != nil:
 		return nil, err
 	case c.Done:
-		return s.completed(p, r, d.Destination)
+		return s.completed(ctx, p, r, d.Destination)
 	case c.Failed:
 		return s.FailRun(ctx, p.Name(), r.ID, "upload", name, "copy to "+d.Destination+": "+c.Error, e)
 	case c.Skip:
@@ -148,7 +148,7 @@ func (s *Service) copyFrom(ctx context.Context, e events.Event) ([]events.Event,
 	}
 	s.Log.Info("backup copied", "plan", p.Name(), "runid", r.ID, "from", d.From, "destination", d.Destination, "bytes", info.Size,
 		"elapsed", time.Since(begin).Round(time.Millisecond))
-	return s.completed(p, r, d.Destination)
+	return s.completed(ctx, p, r, d.Destination)
 }
 
 func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest string, cause events.Event) ([]events.Event, error) {
@@ -163,7 +163,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	case c.Skip:
 		return nil, nil
 	case c.Done:
-		return s.completed(p, r, dest)
+		return s.completed(ctx, p, r, dest)
 	case c.Interrupted:
 		_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), stage.DataKey(runID), bus.KindSealed, dest)
 		if st, err := s.Plugins.Storage(ctx, p, dest); err == nil {
@@ -229,10 +229,10 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 		return nil, err
 	}
 	s.Log.Info("upload completed", "plan", p.Name(), "runid", runID, "destination", dest, "key", key, "bytes", info.Size, "elapsed", time.Since(begin).Round(time.Millisecond))
-	return s.completed(p, r, dest)
+	return s.completed(ctx, p, r, dest)
 }
 
-func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string) ([]events.Event, error) {
+func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, dest string) ([]events.Event, error) {
 	d := r.Dest(dest)
 	st := r.FindStep(StepName(dest))
 	ev, err := s.Emit(p.Name(), r.ID, StepName(dest), events.UploadCompletedData{
@@ -242,7 +242,8 @@ func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string) ([]events.Ev
 	if err != nil {
 		return nil, err
 	}
-	return []events.Event{ev}, nil
+	// Without verify, the last upload is the run's last piece.
+	return s.Settle(ctx, "upload", r.ID, ev)
 }
 
 func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason string, cause events.Event) ([]events.Event, error) {

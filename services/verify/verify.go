@@ -124,7 +124,7 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	ds := r.Dest(dest)
 	if ds.Verified {
 		st := r.FindStep(name)
-		return s.completed(p, r, dest, ds, st)
+		return s.completed(ctx, p, r, dest, ds, st)
 	}
 	begin := s.Now()
 	// Verifying only reads: a verify interrupted by a process that died is
@@ -134,7 +134,7 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	case err != nil:
 		return nil, err
 	case c.Done:
-		return s.completed(p, rr, dest, rr.Dest(dest), rr.FindStep(name))
+		return s.completed(ctx, p, rr, dest, rr.Dest(dest), rr.FindStep(name))
 	case c.Failed:
 		return s.FailRun(ctx, p.Name(), r.ID, "verify", name, "verify "+dest+": "+c.Error, cause)
 	case c.Skip:
@@ -179,11 +179,11 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 		return nil, err
 	}
 	s.Log.Info("backup verified", "plan", p.Name(), "runid", r.ID, "destination", dest, "mode", res.Mode, "elapsed", time.Since(begin).Round(time.Millisecond))
-	return s.completed(p, rr, dest, rr.Dest(dest), rr.FindStep(name))
+	return s.completed(ctx, p, rr, dest, rr.Dest(dest), rr.FindStep(name))
 }
 
 // completed is the verify.completed of dest, from the run record r.
-func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string, ds *runs.Destination, st *runs.Step) ([]events.Event, error) {
+func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, dest string, ds *runs.Destination, st *runs.Step) ([]events.Event, error) {
 	var dur time.Duration
 	if st != nil {
 		dur = st.Duration(st.Finished)
@@ -199,7 +199,7 @@ func (s *Service) completed(p *plan.Plan, r *runs.Run, dest string, ds *runs.Des
 	if err != nil {
 		return nil, err
 	}
-	return []events.Event{ev}, nil
+	return s.Settle(ctx, "verify", r.ID, ev)
 }
 
 func (s *Service) failed(ctx context.Context, p *plan.Plan, runID, dest, key, reason string, cause events.Event) ([]events.Event, error) {
