@@ -92,7 +92,7 @@ var examples = map[string]events.Payload{
 	},
 	events.RestoreProgressed: events.ProgressData{Destination: "s3-main", Bytes: 1 << 18, Chunks: 1, ElapsedMs: 100}.ForType(events.RestoreProgressed),
 	events.RestoreSucceeded: events.RestoreSucceededData{
-		BackupID: "01JNR4S7T0000000000000000A", Bytes: 1 << 20, SHA256: digestA, DurationMs: 2000,
+		BackupID: "01JNR4S7T0000000000000000A", Destination: "s3-main", Bytes: 1 << 20, SHA256: digestA, DurationMs: 2000,
 	},
 	events.RestoreFailed: events.RestoreFailedData{BackupID: "01JNR4S7T0000000000000000A", Stage: "restore", Error: "mariadb: exit status 1"},
 }

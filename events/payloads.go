@@ -707,10 +707,13 @@ func (d RestoreStartedData) Validate() error {
 
 // RestoreSucceededData says the restored plaintext matched the backup's digest.
 type RestoreSucceededData struct {
-	BackupID   string `json:"backupId"`
-	Bytes      int64  `json:"bytes"`
-	SHA256     string `json:"sha256"`
-	DurationMs int64  `json:"durationMs"`
+	BackupID string `json:"backupId"`
+	// Destination is the destination whose copy was restored (a restore
+	// that fell back names the copy it used).
+	Destination string `json:"destination,omitempty"`
+	Bytes       int64  `json:"bytes"`
+	SHA256      string `json:"sha256"`
+	DurationMs  int64  `json:"durationMs"`
 }
 
 func (RestoreSucceededData) EventType() string { return RestoreSucceeded }

@@ -349,7 +349,7 @@ func (s *Service) succeeded(p *plan.Plan, r *runs.Run) (events.Event, error) {
 	if r.Kind == runs.KindRestore {
 		s.Log.Info("restore succeeded", "plan", r.Plan, "runid", r.ID, "backup", r.BackupID, "bytes", r.Bytes)
 		return s.Emit(r.Plan, r.ID, "", events.RestoreSucceededData{
-			BackupID: r.BackupID, Bytes: r.Bytes, SHA256: r.SHA256, DurationMs: r.Finished.Sub(r.Created).Milliseconds(),
+			BackupID: r.BackupID, Destination: r.RestoredFrom, Bytes: r.Bytes, SHA256: r.SHA256, DurationMs: r.Finished.Sub(r.Created).Milliseconds(),
 		})
 	}
 	data := events.BackupSucceededData{
