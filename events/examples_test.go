@@ -28,6 +28,7 @@ var examples = map[string]events.Payload{
 			Destination: "s3-main", Key: "orders-db/01JNR4S7.bsf", ManifestKey: "orders-db/01JNR4S7.manifest.json",
 			Size: 1 << 19, SHA256: digestB,
 		}},
+		Degraded: true, Missing: []string{"s3-dr"},
 	},
 	events.BackupFailed: events.BackupFailedData{
 		Stage: "snapshot", FailedStep: events.StepSnapshot, Reason: "mariadb-dump exited 2", Cause: "01JNR4S7T0000000000000000B",

@@ -151,6 +151,10 @@ type BackupSucceededData struct {
 	Source          string         `json:"source"`
 	Trigger         string         `json:"trigger,omitempty"`
 	Objects         []BackupObject `json:"objects"`
+	// Degraded says the run held the copies spec.require asks for but not
+	// one in every destination; Missing names the destinations without one.
+	Degraded bool     `json:"degraded,omitempty"`
+	Missing  []string `json:"missing,omitempty"`
 }
 
 func (BackupSucceededData) EventType() string { return BackupSucceeded }

@@ -282,12 +282,12 @@ spec:
 	}
 }
 
-// TestReplayADestinationFromAGoodCopy: of two destinations, one cannot be
-// written (its path is taken by a file) and fails the run; the other
-// still stores its whole copy. Once the path is free, `replay
-// --destination` copies the backup from the good copy — no new dump — and
-// the run succeeds with a verified backup in both.
-func TestReplayADestinationFromAGoodCopy(t *testing.T) {
+// TestRequireAnySucceedsDegradedAndTheMissingCopyIsReplayed: with
+// `require: any`, a destination that cannot be written does not fail the
+// run: it succeeds degraded, its backup.succeeded names the missing copy,
+// and `replay --destination` later writes that copy from the good one (no
+// new dump, no second success) until the run is whole.
+func TestRequireAnySucceedsDegradedAndTheMissingCopyIsReplayed(t *testing.T) {
 	env := harness.Start(t, harness.Options{})
 	dir := t.TempDir()
 	blocked := filepath.Join(dir, "second")
@@ -296,7 +296,7 @@ func TestReplayADestinationFromAGoodCopy(t *testing.T) {
 	}
 	env.Apply(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
-metadata: {name: twice}
+metadata: {name: anyone}
 spec:
   source:
     type: command
@@ -305,39 +305,49 @@ spec:
     - {name: first, type: filesystem, filesystem: {path: %[2]s}}
     - {name: second, type: filesystem, filesystem: {path: %[3]s}}
   verify: {enabled: true}
+  require: any
 `, filepath.Join(dir, "dumps"), filepath.Join(dir, "first"), blocked))
-	id := env.Trigger("twice")
+	id := env.Trigger("anyone")
 	r := env.Wait(id, 2*time.Minute)
-	if r.Phase != runs.Failed || r.FailedStage != "upload" {
-		t.Fatalf("first attempt: %s in %q (%s), want failed in upload", r.Phase, r.FailedStage, r.Error)
+	if r.Phase != runs.Succeeded || !slices.Equal(r.Degraded, []string{"second"}) {
+		t.Fatalf("run %s degraded %v (%s), want Succeeded missing second", r.Phase, r.Degraded, r.Error)
 	}
-	waitFor(t, "the good copy", func() bool {
-		r, _ := env.Runs.Get(context.Background(), id)
-		d := r.Destinations["first"]
-		return d != nil && d.Phase == runs.Succeeded
-	})
+	var ok *events.BackupSucceededData
+	for _, e := range env.Events(id) {
+		if e.Type() == events.BackupSucceeded {
+			d, err := events.DecodeAs[events.BackupSucceededData](e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ok = &d
+		}
+	}
+	if ok == nil || !ok.Degraded || !slices.Equal(ok.Missing, []string{"second"}) || len(ok.Objects) != 1 || ok.Objects[0].Destination != "first" {
+		t.Fatalf("backup.succeeded %+v, want degraded, missing second, one object in first", ok)
+	}
 	if err := os.Remove(blocked); err != nil {
 		t.Fatal(err)
 	}
 	out, code := harness.Run(t, dir, nil, "replay", id, "--destination", "second", "--wait", "--nats", env.URL)
-	if code != 0 || !strings.Contains(out, "attempt 2 starts at upload:second") || !strings.Contains(out, "backup succeeded") {
+	if code != 0 || !strings.Contains(out, "attempt 2 starts at upload:second") || !strings.Contains(out, "whole again") {
 		t.Fatalf("backstream replay --destination: exit %d\n%s", code, out)
 	}
-	r = env.Wait(id, 2*time.Minute)
-	if r.Phase != runs.Succeeded || !r.Destinations["first"].Verified || !r.Destinations["second"].Verified {
-		t.Fatalf("run %s destinations %+v %+v", r.Phase, r.Destinations["first"], r.Destinations["second"])
+	r, err := env.Runs.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := dumps(t, dir); n != 1 {
-		t.Errorf("the source command ran %d times, want 1", n)
+	if r.Phase != runs.Succeeded || len(r.Degraded) != 0 || !r.Destinations["second"].Verified {
+		t.Fatalf("run %s degraded %v second %+v, want whole", r.Phase, r.Degraded, r.Destinations["second"])
 	}
-	for _, dest := range []string{"first", "second"} {
-		st, err := filesystem.New(context.Background(), filesystem.Config{Path: filepath.Join(dir, dest)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if m, err := backup.Find(context.Background(), st, "twice/latest"); err != nil || m.BackupID != id {
-			t.Errorf("%s: latest %q (%v), want the run's backup, verified", dest, m.BackupID, err)
-		}
-		st.Close()
+	if n, m := dumps(t, dir), count(env, id, events.BackupSucceeded); n != 1 || m != 1 {
+		t.Errorf("%d dumps and %d backup.succeeded, want one each", n, m)
+	}
+	st, err := filesystem.New(context.Background(), filesystem.Config{Path: blocked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if m, err := backup.Find(context.Background(), st, "anyone/latest"); err != nil || m.BackupID != id {
+		t.Errorf("second: latest %q (%v), want the run's backup, verified", m.BackupID, err)
 	}
 }

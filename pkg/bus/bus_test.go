@@ -352,7 +352,7 @@ func TestIndependentReadersOutliveAGoneOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.IndependentReaders()
+	w.IndependentReaders(nil)
 	if err := b.DeleteDataConsumer(ctx, run, bus.KindSealed, "b"); err != nil {
 		t.Fatal(err)
 	}
@@ -391,6 +391,49 @@ func TestIndependentReadersOutliveAGoneOne(t *testing.T) {
 	}
 	if !errors.Is(werr, bus.ErrDownstreamGone) {
 		t.Fatalf("with every reader gone: %v, want ErrDownstreamGone", werr)
+	}
+}
+
+// TestAnAbandonedReaderIsDropped: a reader that never reads (its stage gave
+// up before it came) holds the window up until abandoned reports it; then
+// the writer drops it and goes on for the other.
+func TestAnAbandonedReaderIsDropped(t *testing.T) {
+	_, b := bustest.Start(t)
+	ctx := context.Background()
+	run := events.NewID()
+	opts := bus.DataOptions{Window: 4}
+	w, err := b.NewChunkWriter(ctx, run, bus.KindSealed, []string{"a", "b"}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.IndependentReaders(func(_ context.Context, reader string) bool { return reader == "b" })
+	r, err := b.NewChunkReader(ctx, run, bus.KindSealed, "a", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	read := make(chan int, 1)
+	go func() {
+		got := 0
+		for got < n {
+			c, err := r.Next(ctx)
+			if err != nil {
+				break
+			}
+			_ = c.Ack()
+			got++
+		}
+		read <- got
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for i := range n {
+		if err := w.Write(wctx, []byte{byte(i)}); err != nil {
+			t.Fatalf("chunk %d: %v, want reader b dropped and the writer going on", i, err)
+		}
+	}
+	if got := <-read; got != n {
+		t.Fatalf("reader a read %d chunks, want %d", got, n)
 	}
 }
 

@@ -141,9 +141,12 @@ type ChunkWriter struct {
 	// it (a publish answered by "no responders" is retried), never after.
 	free chan []byte
 	// independent: a reader that goes away stops only its own copy
-	// (IndependentReaders); gone marks such readers.
+	// (IndependentReaders); gone marks such readers; abandoned, if set,
+	// says whether a reader that holds the window up gave up without ever
+	// reading.
 	independent bool
 	gone        []bool
+	abandoned   func(ctx context.Context, reader string) bool
 }
 
 // IndependentReaders makes each reader's copy independent of the others': a
@@ -151,7 +154,34 @@ type ChunkWriter struct {
 // dropped and the others go on; only when every reader is gone does the
 // writer stop with ErrDownstreamGone. The filter writes the sealed stream
 // so, for destinations that are written independently.
-func (w *ChunkWriter) IndependentReaders() { w.independent = true }
+//
+// abandoned (optional) is asked, while the window is full, about each
+// reader still counted: a reader that gave up before it ever read (its
+// stage failed before it created its consumer, which the writer then
+// created for it) is reported there, dropped, and its consumer deleted.
+func (w *ChunkWriter) IndependentReaders(abandoned func(ctx context.Context, reader string) bool) {
+	w.independent, w.abandoned = true, abandoned
+}
+
+// dropAbandoned drops the readers abandoned reports, and reports
+// ErrDownstreamGone when none is left.
+func (w *ChunkWriter) dropAbandoned(ctx context.Context) error {
+	if w.abandoned == nil {
+		return nil
+	}
+	for i, r := range w.readers {
+		if w.gone[i] || !w.abandoned(ctx, r) {
+			continue
+		}
+		w.gone[i], w.stored[i] = true, nil
+		w.b.Log.Warn("chunk stream reader gave up; writing on for the others", "run", w.runID, "kind", w.kind, "reader", r)
+		_ = w.b.DeleteDataConsumer(ctx, w.runID, w.kind, r)
+	}
+	if w.lastLive() < 0 {
+		return fmt.Errorf("%w: every reader of %s", ErrDownstreamGone, w.kind)
+	}
+	return nil
+}
 
 // lastLive is the index of the last reader not gone, or -1.
 func (w *ChunkWriter) lastLive() int {
@@ -351,6 +381,7 @@ func (w *ChunkWriter) waitWindow(ctx context.Context) error {
 	}
 	pause := time.Millisecond
 	var failingSince time.Time
+	lastAsked := time.Now()
 	for {
 		outstanding, err := w.outstanding(ctx)
 		if err != nil {
@@ -376,6 +407,12 @@ func (w *ChunkWriter) waitWindow(ctx context.Context) error {
 		if outstanding < w.opts.Window {
 			w.sinceChk = 0
 			return nil
+		}
+		if w.independent && time.Since(lastAsked) > abandonedEvery {
+			lastAsked = time.Now()
+			if err := w.dropAbandoned(ctx); err != nil {
+				return err
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -428,6 +465,10 @@ func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
 	}
 	return most, nil
 }
+
+// abandonedEvery is how often a writer whose window is full asks whether a
+// reader holding it up gave up (IndependentReaders).
+const abandonedEvery = 500 * time.Millisecond
 
 // consumerStateGrace is how long a writer keeps asking for its readers'
 // state while the requests fail.

@@ -3,6 +3,7 @@ package plan
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +59,33 @@ type Spec struct {
 	// from its start to its end before it fails; unset means
 	// DefaultRunTimeout (see EffectiveRunTimeout).
 	RunTimeout Duration `yaml:"runTimeout,omitempty" json:"runTimeout,omitempty"`
+	// Require is how many destinations must hold a verified copy for a
+	// run to succeed: "all" (the default), "any", or a number. A run that
+	// meets it while missing a copy succeeds degraded (RequiredCopies).
+	Require string `yaml:"require,omitempty" json:"require,omitempty"`
+}
+
+// Values of spec.require besides a number.
+const (
+	RequireAll = "all"
+	RequireAny = "any"
+)
+
+// RequiredCopies is how many destinations must hold a verified copy for a
+// run to succeed (spec.require): every destination unless the plan says
+// any (1) or a number.
+func (s *Spec) RequiredCopies() int {
+	switch s.Require {
+	case "", RequireAll:
+		return len(s.Destinations)
+	case RequireAny:
+		return 1
+	}
+	n, err := strconv.Atoi(s.Require)
+	if err != nil || n < 1 || n > len(s.Destinations) {
+		return len(s.Destinations) // Validate refuses it
+	}
+	return n
 }
 
 // DefaultRunTimeout is a run's deadline when the plan sets no runTimeout.

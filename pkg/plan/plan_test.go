@@ -240,6 +240,8 @@ func TestValidateRules(t *testing.T) {
 		{"alert grace", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: Duration(time.Hour), Grace: neg(time.Hour)} }, "spec.alert.grace: must be > 0"},
 		{"runTimeout negative", func(p *Plan) { p.Spec.RunTimeout = neg(time.Hour) }, "spec.runTimeout: must be > 0"},
 		{"runTimeout too long", func(p *Plan) { p.Spec.RunTimeout = Duration(8 * Day) }, "spec.runTimeout: 8d is longer than the maximum 7d"},
+		{"require a word", func(p *Plan) { p.Spec.Require = "most" }, `spec.require: "most" is not all, any or a number of destinations`},
+		{"require more copies than destinations", func(p *Plan) { p.Spec.Require = "5" }, "spec.require: 5 is not between 1 and the 1 destinations"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -415,5 +417,19 @@ func TestDestinationRetentionParses(t *testing.T) {
 	}
 	if p.Spec.Destinations[0].Config["retention"] != nil || p.Spec.Destinations[0].Config["path"] != "/tmp/x" {
 		t.Errorf("the retention block leaked into the plugin's config: %+v", p.Spec.Destinations[0].Config)
+	}
+}
+
+func TestRequiredCopies(t *testing.T) {
+	dests := []Destination{{Name: "a"}, {Name: "b"}, {Name: "c"}}
+	tests := []struct {
+		give string
+		want int
+	}{{"", 3}, {"all", 3}, {"any", 1}, {"2", 2}}
+	for _, tt := range tests {
+		s := Spec{Destinations: dests, Require: tt.give}
+		if got := s.RequiredCopies(); got != tt.want {
+			t.Errorf("require %q: %d copies, want %d", tt.give, got, tt.want)
+		}
 	}
 }

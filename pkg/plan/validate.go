@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,6 +70,7 @@ func (p *Plan) Validate(c Checker) error {
 	p.validateRetention(&ps)
 	p.validateAlert(&ps)
 	p.validateRunTimeout(&ps)
+	p.validateRequire(&ps)
 	if len(ps) == 0 {
 		return nil
 	}
@@ -554,6 +556,20 @@ func (p *Plan) validateRunTimeout(ps *problems) {
 		ps.add("spec.runTimeout", "must be > 0")
 	case t > MaxRunTimeout:
 		ps.add("spec.runTimeout", "%s is longer than the maximum %s", t, MaxRunTimeout)
+	}
+}
+
+func (p *Plan) validateRequire(ps *problems) {
+	switch r := p.Spec.Require; r {
+	case "", RequireAll, RequireAny:
+	default:
+		n, err := strconv.Atoi(r)
+		switch {
+		case err != nil:
+			ps.add("spec.require", "%q is not all, any or a number of destinations", r)
+		case n < 1 || n > len(p.Spec.Destinations):
+			ps.add("spec.require", "%d is not between 1 and the %d destinations", n, len(p.Spec.Destinations))
+		}
 	}
 }
 

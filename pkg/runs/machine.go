@@ -3,6 +3,7 @@ package runs
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -150,11 +151,13 @@ type Result struct {
 }
 
 // Requirement is what a run needs to succeed: its workflow's steps done,
-// and each destination uploaded (and verified, when the plan verifies).
+// and Need of its destinations holding the backup (uploaded, and verified
+// when the plan verifies; Need 0 means all), every other one done failing.
 type Requirement struct {
 	Steps        []string
 	Destinations []string
 	Verify       bool
+	Need         int
 }
 
 // Outcome is what a transition decided, beyond the record itself.
@@ -370,6 +373,18 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 		st.Error = req.Error
 		if req.Phase == Succeeded {
 			record(r, req.Result)
+			if repairing(r, req.Step) {
+				// The missing copy is whole again once it is verified (or
+				// stored, where the run has no verify steps).
+				_, dest, _ := strings.Cut(req.Step, ":")
+				verified := StageOf(req.Step) == "verify"
+				if !verified {
+					verified = !hasVerify(r)
+				}
+				if verified {
+					r.Degraded = slices.DeleteFunc(r.Degraded, func(d string) bool { return d == dest })
+				}
+			}
 		}
 		return o, nil
 	case OpRecord:
@@ -478,7 +493,7 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 }
 
 func claim(r *Run, req Request, now time.Time) Claimed {
-	if r.Phase.Done() {
+	if r.Phase.Done() && !repairing(r, req.Step) {
 		return Claimed{Skip: true}
 	}
 	st := r.Step(req.Step)
@@ -620,18 +635,85 @@ func settle(r *Run, need *Requirement, now time.Time) (Outcome, error) {
 		}
 	}
 	if r.Kind == KindBackup {
+		held, missing := 0, []string(nil)
 		for _, name := range need.Destinations {
-			d := r.Destinations[name]
-			if d == nil || d.Phase != Succeeded || (need.Verify && !d.Verified) {
-				return o, ErrNoChange
+			switch {
+			case holds(r, name, need.Verify):
+				held++
+			case DestinationFailed(r, name):
+				missing = append(missing, name)
+			default:
+				return o, ErrNoChange // still being written or verified
 			}
 		}
+		want := need.Need
+		if want <= 0 {
+			want = len(need.Destinations)
+		}
+		if held < want {
+			return o, ErrNoChange // a failure the owner fails the run for
+		}
 		r.BackupID = r.ID
+		r.Degraded = missing
 	}
 	r.Phase = Succeeded
 	r.Finished = now
 	o.Announce = true
 	return o, nil
+}
+
+// holds reports whether destination name holds r's backup: uploaded, and
+// verified when the plan verifies.
+func holds(r *Run, name string, verify bool) bool {
+	d := r.Destinations[name]
+	return d != nil && d.Phase == Succeeded && (!verify || d.Verified)
+}
+
+// DestinationFailed reports whether destination name's copy of r failed:
+// its upload or its verify step is recorded failed.
+func DestinationFailed(r *Run, name string) bool {
+	for _, step := range []string{"upload:" + name, "verify:" + name} {
+		if st := r.FindStep(step); st != nil && st.Phase == Failed {
+			return true
+		}
+	}
+	return false
+}
+
+// Reachable reports whether r can still hold the copies need asks for:
+// enough destinations whose copy has not failed.
+func Reachable(r *Run, need Requirement) bool {
+	want := need.Need
+	if want <= 0 {
+		want = len(need.Destinations)
+	}
+	left := 0
+	for _, name := range need.Destinations {
+		if !DestinationFailed(r, name) {
+			left++
+		}
+	}
+	return left >= want
+}
+
+// hasVerify reports whether r verifies its copies (has verify steps).
+func hasVerify(r *Run) bool {
+	for _, st := range r.Steps {
+		if StageOf(st.Name) == "verify" {
+			return true
+		}
+	}
+	return false
+}
+
+// repairing reports whether step belongs to a copy a succeeded, degraded
+// run is having written again (a replay of a missing destination).
+func repairing(r *Run, step string) bool {
+	if r.Phase != Succeeded {
+		return false
+	}
+	_, dest, ok := strings.Cut(step, ":")
+	return ok && (StageOf(step) == "upload" || StageOf(step) == "verify") && slices.Contains(r.Degraded, dest)
 }
 
 // AnnouncedSucceeded is the Announced flag of a run's backup.succeeded or
@@ -746,8 +828,11 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 		r.Attempts[len(r.Attempts)-1].Phase = Succeeded
 		return o, nil
 	}
+	if r.Phase == Succeeded && len(r.Degraded) > 0 && (stage == "" || StageOf(stage) == "upload") {
+		return repairCopy(r, stage, req, now)
+	}
 	if !r.Phase.Unsuccessful() {
-		return notReplayable(fmt.Sprintf("it is %s; only a failed or cancelled run is replayed (a succeeded one's retention with --stage retention)", r.Phase))
+		return notReplayable(fmt.Sprintf("it is %s; only a failed or cancelled run is replayed (a succeeded one's retention with --stage retention, a degraded one's missing copy with --destination)", r.Phase))
 	}
 	for _, c := range r.Compensation {
 		if c.Phase != Succeeded {
@@ -886,6 +971,38 @@ func GoodCopy(r *Run, dest string) (string, bool) {
 		}
 	}
 	return best, ok
+}
+
+// repairCopy starts an attempt of a succeeded, degraded run that writes a
+// missing copy again from a good one: the run stays Succeeded (it held the
+// copies it needed) and is no longer degraded once the copy is verified.
+func repairCopy(r *Run, stage string, req Request, now time.Time) (Outcome, error) {
+	var o Outcome
+	dest := strings.TrimPrefix(stage, "upload:")
+	if stage == "" {
+		dest = r.Degraded[0]
+	}
+	if !slices.Contains(r.Degraded, dest) {
+		return o, fmt.Errorf("%w: run %s: destination %s is not missing a copy (missing: %s)", ErrNotReplayable, r.ID, dest, strings.Join(r.Degraded, ", "))
+	}
+	if _, ok := GoodCopy(r, dest); !ok {
+		return o, fmt.Errorf("%w: run %s: no destination holds a copy to write into %s", ErrNotReplayable, r.ID, dest)
+	}
+	for _, name := range []string{"upload:" + dest, "verify:" + dest} {
+		if st := r.FindStep(name); st != nil {
+			resetStep(st)
+		}
+	}
+	delete(r.Destinations, dest)
+	for _, st := range r.Steps {
+		if st.Phase == Succeeded {
+			o.Reused = append(o.Reused, st.Name)
+		}
+	}
+	o.Stage = "upload:" + dest
+	nextAttempt(r, o.Stage, o.Reused, req.Owner, now)
+	r.Attempts[len(r.Attempts)-1].Phase = Succeeded
+	return o, nil
 }
 
 // AnnouncedCancelled is the Announced flag of a run's cancellation.

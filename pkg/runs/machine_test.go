@@ -399,3 +399,73 @@ func TestReplay(t *testing.T) {
 		})
 	}
 }
+
+// TestSettleWithRequire: a run settles once every destination is done and
+// enough hold the backup; missing copies make it degraded.
+func TestSettleWithRequire(t *testing.T) {
+	two := func(a, b string) *runs.Run {
+		r := rec(runs.Running, "snapshot=Succeeded", "upload:a="+a, "upload:b="+b)
+		r.Destinations = map[string]*runs.Destination{}
+		for name, ph := range map[string]string{"a": a, "b": b} {
+			if ph == "Succeeded" {
+				r.Destinations[name] = &runs.Destination{Phase: runs.Succeeded, Key: "k"}
+			}
+		}
+		return r
+	}
+	tests := []struct {
+		name         string
+		give         *runs.Run
+		need         int
+		wantPhase    runs.Phase
+		wantDegraded []string
+		reachable    bool
+	}{
+		{"all held", two("Succeeded", "Succeeded"), 2, runs.Succeeded, nil, true},
+		{"all wanted, one failed: not settled", two("Succeeded", "Failed"), 2, runs.Running, nil, false},
+		{"any wanted, one failed: degraded", two("Succeeded", "Failed"), 1, runs.Succeeded, []string{"b"}, true},
+		{"any wanted, one still uploading: wait", two("Succeeded", "Running"), 1, runs.Running, nil, true},
+		{"any wanted, both failed", two("Failed", "Failed"), 1, runs.Running, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			need := runs.Requirement{Steps: []string{"snapshot"}, Destinations: []string{"a", "b"}, Need: tt.need}
+			if got := runs.Reachable(tt.give, need); got != tt.reachable {
+				t.Errorf("reachable %v, want %v", got, tt.reachable)
+			}
+			_, _ = runs.Apply(tt.give, runs.Request{Op: runs.OpSettle, Run: "r", Require: &need}, t0)
+			if tt.give.Phase != tt.wantPhase || !reflect.DeepEqual(tt.give.Degraded, tt.wantDegraded) {
+				t.Errorf("run %s degraded %v, want %s %v", tt.give.Phase, tt.give.Degraded, tt.wantPhase, tt.wantDegraded)
+			}
+		})
+	}
+}
+
+// TestRepairADegradedRun: a degraded run's missing copy is written again
+// as a new attempt of the succeeded run, whose steps for that destination
+// may be claimed, and the run is whole once the copy is verified.
+func TestRepairADegradedRun(t *testing.T) {
+	r := rec(runs.Succeeded, "snapshot=Succeeded", "upload:a=Succeeded", "upload:b=Failed", "verify:a=Succeeded")
+	r.Destinations = map[string]*runs.Destination{"a": {Phase: runs.Succeeded, Key: "k", Verified: true}}
+	r.Degraded = []string{"b"}
+	o, err := runs.Apply(r, runs.Request{Op: runs.OpReplay, Run: "r", Owner: "cli:root"}, t0)
+	if err != nil || o.Stage != "upload:b" || r.Phase != runs.Succeeded || r.CurrentAttempt() != 2 {
+		t.Fatalf("replay: %v %+v, run %s attempt %d", err, o, r.Phase, r.CurrentAttempt())
+	}
+	for _, step := range []string{"upload:b", "verify:b"} {
+		c, _ := runs.Apply(r, runs.Request{Op: runs.OpClaim, Run: "r", Step: step, Owner: "x"}, t0)
+		if !c.Claimed.Start {
+			t.Fatalf("claim %s in the repaired run: %+v", step, c.Claimed)
+		}
+		res := &runs.Result{Dest: "b", Destination: &runs.Destination{Phase: runs.Succeeded, Key: "k", Verified: step == "verify:b"}}
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpFinish, Run: "r", Step: step, Phase: runs.Succeeded, Result: res}, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(r.Degraded) != 0 || !r.Destinations["b"].Verified {
+		t.Fatalf("degraded %v destination %+v, want whole again", r.Degraded, r.Destinations["b"])
+	}
+	if c, _ := runs.Apply(r, runs.Request{Op: runs.OpClaim, Run: "r", Step: "upload:a", Owner: "x"}, t0); !c.Claimed.Skip {
+		t.Errorf("a step of a copy that is not missing was claimable in a succeeded run: %+v", c.Claimed)
+	}
+}

@@ -213,6 +213,9 @@ type Run struct {
 	// Announced records which final events were emitted, so a redelivered
 	// event re-emits them with the same ids instead of deciding again.
 	Announced map[string]bool `json:"announced,omitempty"`
+	// Degraded names the destinations a succeeded run is missing a copy
+	// in: it held the copies spec.require asks for, not all.
+	Degraded []string `json:"degraded,omitempty"`
 	// Attempt is the current attempt's number (0 and 1 both mean the
 	// first); a replay starts the next. Events of attempt n > 1 carry it
 	// in their ids (events.AttemptEventID).

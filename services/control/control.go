@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -120,6 +121,10 @@ func (s *Service) Ask(ctx context.Context, stageName string, req runs.Request) (
 		}
 	case runs.OpReplay:
 		return s.replay(ctx, req)
+	case runs.OpFail:
+		if r, ok, err := s.copyLost(ctx, req); err != nil || ok {
+			return r, runs.Outcome{}, err
+		}
 	}
 	r, o, err := s.Runs.Apply(ctx, req, s.Now().UTC())
 	stage.NoteRun(r)
@@ -319,14 +324,8 @@ func (s *Service) settle(ctx context.Context, r *runs.Run) (*runs.Run, error) {
 		return nil, err
 	}
 	if r.Phase != runs.Succeeded {
-		need := &runs.Requirement{Verify: p.Spec.Verify.IsEnabled()}
-		for _, st := range p.Sequence(stage.Workflow(r.Kind)) {
-			need.Steps = append(need.Steps, st.String())
-		}
-		for _, d := range p.Spec.Destinations {
-			need.Destinations = append(need.Destinations, d.Name)
-		}
-		if r, _, err = s.Runs.Apply(ctx, runs.Request{Op: runs.OpSettle, Run: r.ID, Require: need}, s.Now().UTC()); err != nil {
+		need := requirement(p, r.Kind)
+		if r, _, err = s.Runs.Apply(ctx, runs.Request{Op: runs.OpSettle, Run: r.ID, Require: &need}, s.Now().UTC()); err != nil {
 			return nil, err
 		}
 		if r.Phase != runs.Succeeded {
@@ -342,6 +341,49 @@ func (s *Service) settle(ctx context.Context, r *runs.Run) (*runs.Run, error) {
 	}
 	r, _, err = s.Runs.Apply(ctx, runs.Request{Op: runs.OpAnnounce, Run: r.ID, Flag: runs.AnnouncedSucceeded}, s.Now().UTC())
 	return r, err
+}
+
+// requirement is what a run of kind needs of plan p to succeed.
+func requirement(p *plan.Plan, kind string) runs.Requirement {
+	need := runs.Requirement{Verify: p.Spec.Verify.IsEnabled(), Need: p.Spec.RequiredCopies()}
+	for _, st := range p.Sequence(stage.Workflow(kind)) {
+		need.Steps = append(need.Steps, st.String())
+	}
+	for _, d := range p.Spec.Destinations {
+		need.Destinations = append(need.Destinations, d.Name)
+	}
+	return need
+}
+
+// copyLost handles a stage's request to fail a backup run for one
+// destination's copy (its upload or verify step recorded failed): while
+// the run can still hold the copies spec.require asks for, the run goes on
+// — and settles, degraded, if that was its last piece — and ok is true.
+// Otherwise the request fails the run as usual (ok false).
+func (s *Service) copyLost(ctx context.Context, req runs.Request) (*runs.Run, bool, error) {
+	k := runs.StageOf(req.Step)
+	if k != "upload" && k != "verify" {
+		return nil, false, nil
+	}
+	r, err := s.Runs.Get(ctx, req.Run)
+	if err != nil || r.Kind != runs.KindBackup || r.Phase.Done() {
+		return nil, false, err
+	}
+	if st := r.FindStep(req.Step); st == nil || st.Phase != runs.Failed {
+		return nil, false, nil // not a recorded copy failure (an event given up on)
+	}
+	p, err := s.PlanOf(ctx, r)
+	if err != nil {
+		return nil, false, err
+	}
+	need := requirement(p, r.Kind)
+	if !runs.Reachable(r, need) {
+		return nil, false, nil
+	}
+	s.Log.Warn("a destination's copy failed; the run goes on for the copies it still needs", "plan", r.Plan, "runid", r.ID,
+		"step", req.Step, "reason", req.Error, "require", need.Need)
+	r, err = s.settle(ctx, r)
+	return r, true, err
 }
 
 // succeeded is the backup.succeeded or restore.succeeded of r.
@@ -365,12 +407,16 @@ func (s *Service) succeeded(p *plan.Plan, r *runs.Run) (events.Event, error) {
 	}
 	for _, dest := range p.Spec.Destinations {
 		ds := r.Destinations[dest.Name]
-		if ds == nil {
+		if ds == nil || ds.Phase != runs.Succeeded || slices.Contains(r.Degraded, dest.Name) {
 			continue
 		}
 		data.Objects = append(data.Objects, events.BackupObject{
 			Destination: dest.Name, Key: ds.Key, ManifestKey: ds.ManifestKey, Size: ds.Size, SHA256: ds.SHA256,
 		})
+	}
+	if len(r.Degraded) > 0 {
+		data.Degraded, data.Missing = true, r.Degraded
+		s.Log.Warn("backup succeeded degraded: a destination holds no copy", "plan", r.Plan, "runid", r.ID, "missing", r.Degraded)
 	}
 	s.Log.Info("backup succeeded", "plan", r.Plan, "runid", r.ID, "bytes", r.Bytes, "stored", r.StoredBytes)
 	return s.Emit(r.Plan, r.ID, "", data)

@@ -205,7 +205,15 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	}
 	// Each destination's copy on its own: an upload that gave up stops
 	// only its copy (the others keep theirs for a replay to copy from).
-	out.IndependentReaders()
+	out.IndependentReaders(func(ctx context.Context, dest string) bool {
+		// An upload that failed before it read never will.
+		r, err := s.Runs.Get(ctx, runID)
+		if err != nil {
+			return false
+		}
+		st := r.FindStep("upload:" + dest)
+		return st != nil && st.Phase == runs.Failed
+	})
 	if err := out.Write(ctx, sealer.Header()); err != nil {
 		return s.sealFailed(ctx, p, runID, out, fmt.Errorf("publish header: %w", err), cause)
 	}

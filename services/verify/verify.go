@@ -99,8 +99,15 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		}
 		return nil, s.markFailed(ctx, p, d.Destination, d.ManifestKey, r)
 	}
+	var held []string
 	for _, d := range p.Spec.Destinations {
-		if ds := r.Destinations[d.Name]; ds == nil || ds.Phase != runs.Succeeded {
+		switch ds := r.Destinations[d.Name]; {
+		case ds != nil && ds.Phase == runs.Succeeded:
+			held = append(held, d.Name)
+		case runs.DestinationFailed(r, d.Name):
+			// Its copy failed; the others are verified on their own
+			// (spec.require says how many the run needs).
+		default:
 			return nil, nil // another destination is still uploading
 		}
 	}
@@ -108,8 +115,8 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		return nil, nil // the owner of run state settled it on the last upload
 	}
 	var out []events.Event
-	for _, d := range p.Spec.Destinations {
-		evs, err := s.verify(ctx, p, r, d.Name, e)
+	for _, name := range held {
+		evs, err := s.verify(ctx, p, r, name, e)
 		out = append(out, evs...)
 		if err != nil {
 			return out, err

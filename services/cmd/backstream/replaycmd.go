@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -88,8 +90,37 @@ func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "retention runs on its own; see backstream runs and the retention events\n")
 		return nil
 	}
+	if r.Phase == runs.Succeeded {
+		return waitRepair(ctx, runs.NewStore(b.Runs), r.ID, strings.TrimPrefix(o.Stage, "upload:"), stdout)
+	}
 	return followRun(ctx, b, r.Plan, r.ID, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   startSeq,
 	}, stdout)
+}
+
+// waitRepair waits until the succeeded, degraded run id holds its copy in
+// dest again (verified: the run is no longer degraded there), or the copy
+// failed.
+func waitRepair(ctx context.Context, store *runs.Store, id, dest string, out io.Writer) error {
+	for {
+		r, err := store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(r.Degraded, dest) {
+			fmt.Fprintf(out, "run %s: the copy in %s is whole again\n", id, dest)
+			return nil
+		}
+		for _, name := range []string{"upload:" + dest, "verify:" + dest} {
+			if st := r.FindStep(name); st != nil && st.Phase == runs.Failed {
+				return &exitError{code: 1, err: fmt.Errorf("run %s: %s failed again: %s", id, name, st.Error)}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return &exitError{code: 130, err: fmt.Errorf("stopped waiting; the copy into %s goes on: see backstream run %s", dest, id)}
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
