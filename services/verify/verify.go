@@ -36,7 +36,10 @@ func (s *Service) Name() string { return "verify" }
 // workflow step finishes after their uploads (step.completed).
 func (s *Service) Consumers() []bus.ConsumerSpec {
 	return []bus.ConsumerSpec{
-		s.Spec("verify", s.handle, events.UploadCompleted),
+		// upload.failed too: with spec.require below all, a failed copy
+		// may be the last destination to end, and the held copies are
+		// verified then.
+		s.Spec("verify", s.handle, events.UploadCompleted, events.UploadFailed),
 		s.Spec("verify-failed", s.handleFailed, events.BackupFailed, events.BackupCancelled),
 	}
 }
@@ -91,6 +94,9 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	p, r, err := s.RunPlan(ctx, "verify", e)
 	if err != nil {
 		return nil, err
+	}
+	if r.Phase.Unsuccessful() && e.Type() == events.UploadFailed {
+		return nil, nil
 	}
 	if r.Phase.Unsuccessful() {
 		var d events.UploadCompletedData
