@@ -92,7 +92,7 @@ func TestRequireWithAMinIOKilledMidRun(t *testing.T) {
 		t.Helper()
 		waitStep(t, env, id, "upload:minio-b")
 		time.Sleep(500 * time.Millisecond) // a few parts in
-		m2.Stop() // each case starts it again once its run ended
+		m2.Stop()                          // each case starts it again once its run ended
 	}
 
 	t.Run("require all", func(t *testing.T) {
