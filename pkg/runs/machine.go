@@ -939,7 +939,7 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 	r.FailedStage, r.Error, r.Finished = "", "", time.Time{}
 	r.CompensationDone = false
 	for k := range r.Announced {
-		if strings.HasPrefix(k, "failed:") || k == AnnouncedSucceeded || k == AnnouncedCompensation || k == AnnouncedCancelled {
+		if strings.HasPrefix(k, "failed:") || k == AnnouncedSucceeded || k == AnnouncedCompensation {
 			delete(r.Announced, k)
 		}
 	}
@@ -1004,9 +1004,6 @@ func repairCopy(r *Run, stage string, req Request, now time.Time) (Outcome, erro
 	r.Attempts[len(r.Attempts)-1].Phase = Succeeded
 	return o, nil
 }
-
-// AnnouncedCancelled is the Announced flag of a run's cancellation.
-const AnnouncedCancelled = "cancelled"
 
 // resetStep makes st due again.
 func resetStep(st *Step) {

@@ -284,6 +284,26 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, run)
 }
 
+// operatedRun loads the run an operator acts on ({id}) and checks that the
+// caller may act on it: the route needs the trigger role, a restore run the
+// restore role too (doing, e.g. "cancelling", is refused because of why).
+// It answers the request itself when ok is false.
+func (s *Server) operatedRun(w http.ResponseWriter, r *http.Request, doing, why string) (run *runs.Run, id Identity, ok bool) {
+	id, _ = IdentityFrom(r.Context())
+	runID := r.PathValue("id")
+	run, err := s.d.Runs.Get(r.Context(), runID)
+	if err != nil {
+		writeErr(w, err)
+		return nil, id, false
+	}
+	if run.Kind == runs.KindRestore && id.Role < RoleRestore {
+		writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf(
+			"%s restore run %s needs the restore role (%s); %s has %s", doing, runID, why, id.Name, id.Role)})
+		return nil, id, false
+	}
+	return run, id, true
+}
+
 // CancelRequest is the body of POST /v1/runs/{id}/cancel (optional).
 type CancelRequest struct {
 	Reason string `json:"reason,omitempty"`
@@ -297,18 +317,11 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req, true) {
 		return
 	}
-	id, _ := IdentityFrom(r.Context())
-	runID := r.PathValue("id")
-	run, err := s.d.Runs.Get(r.Context(), runID)
-	if err != nil {
-		writeErr(w, err)
+	run, id, ok := s.operatedRun(w, r, "cancelling", "it leaves the target partly written")
+	if !ok {
 		return
 	}
-	if run.Kind == runs.KindRestore && id.Role < RoleRestore {
-		writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf(
-			"cancelling restore run %s needs the restore role (it leaves the target partly written); %s has %s", runID, id.Name, id.Role)})
-		return
-	}
+	runID := run.ID
 	if run.Phase.Done() {
 		writeJSON(w, http.StatusConflict, map[string]string{"error": fmt.Sprintf("run %s is %s already: only a running run can be cancelled", runID, run.Phase)})
 		return
@@ -352,18 +365,11 @@ func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
 		}
 		stageName = runs.ReplayStart
 	}
-	id, _ := IdentityFrom(r.Context())
-	runID := r.PathValue("id")
-	run, err := s.d.Runs.Get(r.Context(), runID)
-	if err != nil {
-		writeErr(w, err)
+	run, id, ok := s.operatedRun(w, r, "replaying", "it writes into the target again")
+	if !ok {
 		return
 	}
-	if run.Kind == runs.KindRestore && id.Role < RoleRestore {
-		writeJSON(w, http.StatusForbidden, map[string]string{"error": fmt.Sprintf(
-			"replaying restore run %s needs the restore role (it writes into the target again); %s has %s", runID, id.Name, id.Role)})
-		return
-	}
+	runID := run.ID
 	who := "api:" + id.Name
 	after, o, err := s.d.Ask(r.Context(), "api", runs.Request{Op: runs.OpReplay, Run: runID, Step: stageName, Owner: who})
 	if errors.Is(err, runs.ErrNotReplayable) {

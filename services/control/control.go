@@ -323,6 +323,12 @@ func (s *Service) settle(ctx context.Context, r *runs.Run) (*runs.Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.settleWith(ctx, r, p)
+}
+
+// settleWith is settle with the run's plan already read.
+func (s *Service) settleWith(ctx context.Context, r *runs.Run, p *plan.Plan) (*runs.Run, error) {
+	var err error
 	if r.Phase != runs.Succeeded {
 		need := requirement(p, r.Kind)
 		if r, _, err = s.Runs.Apply(ctx, runs.Request{Op: runs.OpSettle, Run: r.ID, Require: &need}, s.Now().UTC()); err != nil {
@@ -382,7 +388,7 @@ func (s *Service) copyLost(ctx context.Context, req runs.Request) (*runs.Run, bo
 	}
 	s.Log.Warn("a destination's copy failed; the run goes on for the copies it still needs", "plan", r.Plan, "runid", r.ID,
 		"step", req.Step, "reason", req.Error, "require", need.Need)
-	r, err = s.settle(ctx, r)
+	r, err = s.settleWith(ctx, r, p)
 	return r, true, err
 }
 
@@ -459,10 +465,11 @@ func (s *Service) expire(ctx context.Context, runID, step string, now time.Time)
 	if err != nil || !o.Announce {
 		return false, err
 	}
-	cause, err := s.Emit(r.Plan, r.ID, step, events.StepFailedData{Step: step, Reason: o.Reason, TimedOut: true})
-	if step == "" {
-		cause, err = s.Emit(r.Plan, r.ID, "", events.StepFailedData{Step: "run", Reason: o.Reason, TimedOut: true})
+	failed := step
+	if failed == "" {
+		failed = "run" // the run itself past its deadline
 	}
+	cause, err := s.Emit(r.Plan, r.ID, step, events.StepFailedData{Step: failed, Reason: o.Reason, TimedOut: true})
 	if err != nil {
 		return true, err
 	}

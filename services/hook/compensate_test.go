@@ -171,15 +171,7 @@ func (f *fixture) drive(kind string) (runID string, failure *events.Event, all [
 		// compensate consumer gets it as this.
 		r := f.run(runID)
 		if r.Phase == runs.Failed {
-			var failure events.Event
-			if r.Kind == runs.KindRestore {
-				failure, err = f.d.Emit("owed", runID, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
-			} else {
-				failure, err = f.d.Emit("owed", runID, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error})
-			}
-			if err != nil {
-				f.t.Fatal(err)
-			}
+			failure := failureEvent(f.t, f.d, r, "")
 			all = append(all, failure)
 			return runID, &failure, all
 		}
@@ -225,11 +217,19 @@ func failRun(t *testing.T, d *stage.Deps, id, stageName, reason string, cause ev
 	if r, err = d.Runs.Get(context.Background(), id); err != nil || r.Phase != runs.Failed {
 		t.Fatalf("fail run %s: %v %v", id, r, err)
 	}
+	return failureEvent(t, d, r, cause.ID())
+}
+
+// failureEvent is the backup.failed (restore.failed) the owner announced
+// for failed run r, caused by the event of id cause.
+func failureEvent(t *testing.T, d *stage.Deps, r *runs.Run, cause string) events.Event {
+	t.Helper()
 	var e events.Event
+	var err error
 	if r.Kind == runs.KindRestore {
-		e, err = d.Emit(r.Plan, id, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
+		e, err = d.Emit(r.Plan, r.ID, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
 	} else {
-		e, err = d.Emit(r.Plan, id, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error, Cause: cause.ID()})
+		e, err = d.Emit(r.Plan, r.ID, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error, Cause: cause})
 	}
 	if err != nil {
 		t.Fatal(err)

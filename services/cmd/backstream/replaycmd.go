@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/runs"
 )
 
@@ -64,15 +63,9 @@ func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	var startSeq uint64
 	if *wait {
-		s, err := b.JS.Stream(ctx, bus.EventsStream)
-		if err != nil {
+		if startSeq, err = nextEventSeq(ctx, b); err != nil {
 			return err
 		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return err
-		}
-		startSeq = info.State.LastSeq + 1
 	}
 	r, o, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: id, Step: stageName, Owner: "cli:" + os.Getenv("USER")})
 	if err != nil {

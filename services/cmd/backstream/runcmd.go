@@ -68,15 +68,9 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 	defer b.Close()
 	var startSeq uint64
 	if wait {
-		s, err := b.JS.Stream(ctx, bus.EventsStream)
-		if err != nil {
+		if startSeq, err = nextEventSeq(ctx, b); err != nil {
 			return err
 		}
-		info, err := s.Info(ctx)
-		if err != nil {
-			return err
-		}
-		startSeq = info.State.LastSeq + 1
 	}
 	runID, err := stage.RequestBackup(ctx, b, store, planName, events.TriggerCLI, os.Getenv("USER"), reason)
 	if err != nil {
@@ -90,6 +84,20 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   startSeq,
 	}, out)
+}
+
+// nextEventSeq is the sequence the events stream gives its next event:
+// where a follower of what a request is about to cause starts.
+func nextEventSeq(ctx context.Context, b *bus.Bus) (uint64, error) {
+	s, err := b.JS.Stream(ctx, bus.EventsStream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq + 1, nil
 }
 
 // followRun prints run runID's events as they happen, from where from
