@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
@@ -80,6 +82,19 @@ spec:
 			t.Error(err)
 		}
 	})
+	// Run subscribes in its own goroutine: wait until it answers (any
+	// answer, here "run not found"), as a stage would by retrying.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, _, err := runs.Remote{NC: b.NC, Timeout: time.Second}.Ask(context.Background(), "verify",
+			runs.Request{Op: runs.OpSettle, Run: events.NewID()})
+		if !errors.Is(err, nats.ErrNoResponders) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the control service never answered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return &fixture{b: b, d: d, ctl: ctl, clock: c}
 }
 
