@@ -96,4 +96,24 @@ var examples = map[string]events.Payload{
 		BackupID: "01JNR4S7T0000000000000000A", Destination: "s3-main", Bytes: 1 << 20, SHA256: digestA, DurationMs: 2000,
 	},
 	events.RestoreFailed: events.RestoreFailedData{BackupID: "01JNR4S7T0000000000000000A", Stage: "restore", Error: "mariadb: exit status 1"},
+	events.ScrubRequested: events.ScrubRequestedData{
+		Trigger: events.TriggerSchedule, Slot: &exampleTime, RequestedBy: "schedule", Reason: "weekly", Mode: "full", Destination: "s3-dr",
+	},
+	events.ScrubCompleted: events.ScrubCompletedData{
+		Mode: "full", Status: "repaired",
+		Destinations: []events.ScrubDestination{{Destination: "s3-main", Checked: 12, Verified: 11, Corrupt: 1, Repaired: 1, Bytes: 12 << 20},
+			{Destination: "s3-dr", Checked: 12, Verified: 12, Bytes: 12 << 20, Error: "list: slow down"}},
+		Damaged: []events.ScrubDamage{{Destination: "s3-main", BackupID: "01JNR4S7T0000000000000000A", Problem: "corrupt",
+			Error: "frame 2: crc mismatch", RepairedFrom: "s3-dr", RepairError: "none"}},
+		DurationMs: 5400,
+	},
+	events.ScrubFailed:    events.ScrubFailedData{Error: "mode full: no key opens this plan's backups here"},
+	events.DrillRequested: events.DrillRequestedData{Trigger: events.TriggerSchedule, Slot: &exampleTime, RequestedBy: "schedule", Reason: "monthly", BackupID: "latest"},
+	events.DrillSucceeded: events.DrillSucceededData{
+		BackupID: "01JNR4S7T0000000000000000A", Destination: "s3-main", Target: "bsdrill_orders_01jnr4s7", Bytes: 1 << 20,
+		Rows: 3, RestoreMs: 900, CheckMs: 20, DurationMs: 1100,
+	},
+	events.DrillFailed: events.DrillFailedData{Stage: "check", Error: "the check returned no rows", BackupID: "01JNR4S7T0000000000000000A",
+		Destination: "s3-main", Target: "bsdrill_orders_01jnr4s7", DurationMs: 1000},
+	events.DrillMissed: events.DrillMissedData{ExpectedBy: exampleTime.Add(time.Hour), Slot: exampleTime, LastSuccess: &exampleTime},
 }

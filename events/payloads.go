@@ -48,6 +48,15 @@ const (
 	RestoreSucceeded  = TypePrefix + "restore.succeeded"
 	RestoreFailed     = TypePrefix + "restore.failed"
 	RestoreCancelled  = TypePrefix + "restore.cancelled"
+
+	ScrubRequested = TypePrefix + "scrub.requested"
+	ScrubCompleted = TypePrefix + "scrub.completed"
+	ScrubFailed    = TypePrefix + "scrub.failed"
+
+	DrillRequested = TypePrefix + "drill.requested"
+	DrillSucceeded = TypePrefix + "drill.succeeded"
+	DrillFailed    = TypePrefix + "drill.failed"
+	DrillMissed    = TypePrefix + "drill.missed"
 )
 
 // Trigger kinds of a backup.requested.
@@ -96,6 +105,13 @@ var registry = map[string]func() Payload{
 	RestoreFailed:         func() Payload { return new(RestoreFailedData) },
 	RestoreCancelled:      func() Payload { return new(RestoreCancelledData) },
 	UploadRequested:       func() Payload { return new(UploadRequestedData) },
+	ScrubRequested:        func() Payload { return new(ScrubRequestedData) },
+	ScrubCompleted:        func() Payload { return new(ScrubCompletedData) },
+	ScrubFailed:           func() Payload { return new(ScrubFailedData) },
+	DrillRequested:        func() Payload { return new(DrillRequestedData) },
+	DrillSucceeded:        func() Payload { return new(DrillSucceededData) },
+	DrillFailed:           func() Payload { return new(DrillFailedData) },
+	DrillMissed:           func() Payload { return new(DrillMissedData) },
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
@@ -116,17 +132,7 @@ func (BackupRequestedData) EventType() string { return BackupRequested }
 
 func (d BackupRequestedData) Validate() error {
 	var p problems
-	switch d.Trigger {
-	case TriggerSchedule:
-		if d.Slot == nil {
-			p.addf("slot: required when trigger is %q", TriggerSchedule)
-		}
-	case TriggerCLI, TriggerAPI, TriggerEvent:
-	case "":
-		p.addf("trigger: required")
-	default:
-		p.addf("trigger: %q is not one of schedule, cli, api, event", d.Trigger)
-	}
+	p.trigger(d.Trigger, d.Slot)
 	return p.err()
 }
 
@@ -761,6 +767,309 @@ func (RestoreCancelledData) EventType() string { return RestoreCancelled }
 func (d RestoreCancelledData) Validate() error {
 	var p problems
 	p.required("by", d.By)
+	return p.err()
+}
+
+// trigger is the trigger rule of every request (backup, scrub,
+// drill): one of the trigger kinds, with a slot when scheduled.
+func (p *problems) trigger(trigger string, slot *time.Time) {
+	switch trigger {
+	case TriggerSchedule:
+		if slot == nil {
+			p.addf("slot: required when trigger is %q", TriggerSchedule)
+		}
+	case TriggerCLI, TriggerAPI, TriggerEvent:
+	case "":
+		p.addf("trigger: required")
+	default:
+		p.addf("trigger: %q is not one of schedule, cli, api, event", trigger)
+	}
+}
+
+// Scrub modes: what a scrub checks of every stored copy.
+const (
+	// ScrubCiphertext checks size, stored SHA-256 and every frame's CRC;
+	// it needs no key.
+	ScrubCiphertext = "ciphertext"
+	// ScrubFull also opens every frame and compares the plaintext
+	// SHA-256; it needs the key that opens the backups.
+	ScrubFull = "full"
+)
+
+// ScrubRequestedData asks for a scrub of a plan's stored backups: every
+// copy in every destination (or one) read back and checked again, and a
+// damaged or missing copy repaired from a verified one. The event's runid
+// is the scrub's id; a scrub is not a run of the runs bucket.
+type ScrubRequestedData struct {
+	// Trigger is schedule, cli, api or event.
+	Trigger string `json:"trigger"`
+	// Slot is the scheduled time this scrub stands for (schedule only).
+	Slot *time.Time `json:"slot,omitempty"`
+	// RequestedBy names the person or program.
+	RequestedBy string `json:"requestedBy,omitempty"`
+	// Reason is free text.
+	Reason string `json:"reason,omitempty"`
+	// Mode overrides the plan's scrub mode: full or ciphertext.
+	Mode string `json:"mode,omitempty"`
+	// Destination limits the scrub to one destination (the others are
+	// still read as sources of repairs).
+	Destination string `json:"destination,omitempty"`
+}
+
+func (ScrubRequestedData) EventType() string { return ScrubRequested }
+
+func (d ScrubRequestedData) Validate() error {
+	var p problems
+	p.trigger(d.Trigger, d.Slot)
+	if d.Mode != "" && d.Mode != ScrubFull && d.Mode != ScrubCiphertext {
+		p.addf("mode: %q is not one of full, ciphertext", d.Mode)
+	}
+	if d.Destination != "" {
+		p.name("destination", d.Destination)
+	}
+	return p.err()
+}
+
+// Scrub outcomes, worst first.
+const (
+	// ScrubDamaged: a damaged or missing copy could not be repaired.
+	ScrubDamaged = "damaged"
+	// ScrubIncomplete: a destination could not be scrubbed (unreachable,
+	// not listable); nothing found was left damaged.
+	ScrubIncomplete = "incomplete"
+	// ScrubRepaired: damage was found and every damaged copy repaired.
+	ScrubRepaired = "repaired"
+	// ScrubClean: every copy checked passed.
+	ScrubClean = "clean"
+)
+
+// Problems a scrub finds with a copy.
+const (
+	// CopyCorrupt: the copy fails a check (size, digest, CRC, frame
+	// authentication, plaintext digest) or its manifest cannot be read.
+	CopyCorrupt = "corrupt"
+	// CopyMissing: a backup verified elsewhere that the destination should
+	// hold under its own retention policy is not there (or only its
+	// manifest is).
+	CopyMissing = "missing"
+)
+
+// ScrubDestination is what a scrub found in one destination.
+type ScrubDestination struct {
+	Destination string `json:"destination"`
+	// Checked counts the copies read back; Verified those that passed.
+	Checked  int64 `json:"checked"`
+	Verified int64 `json:"verified"`
+	// Corrupt and Missing count the damaged copies; Repaired those of
+	// them repaired from a verified copy in another destination.
+	Corrupt  int64 `json:"corrupt"`
+	Missing  int64 `json:"missing"`
+	Repaired int64 `json:"repaired"`
+	// Bytes is what was read back.
+	Bytes int64 `json:"bytes"`
+	// Error says why the destination could not be scrubbed (or not fully).
+	Error string `json:"error,omitempty"`
+}
+
+// ScrubDamage is one damaged copy.
+type ScrubDamage struct {
+	Destination string `json:"destination"`
+	BackupID    string `json:"backupId"`
+	// Problem is corrupt or missing.
+	Problem string `json:"problem"`
+	// Error is what the check found.
+	Error string `json:"error,omitempty"`
+	// RepairedFrom names the destination whose verified copy replaced it;
+	// empty when it was not repaired.
+	RepairedFrom string `json:"repairedFrom,omitempty"`
+	// RepairError says why a repair failed or was not tried.
+	RepairError string `json:"repairError,omitempty"`
+}
+
+// MaxScrubDamage bounds ScrubCompletedData.Damaged; the counts per
+// destination stay exact.
+const MaxScrubDamage = 100
+
+// ScrubCompletedData is the result of a scrub.
+type ScrubCompletedData struct {
+	// Mode is full or ciphertext.
+	Mode string `json:"mode"`
+	// Status is damaged, incomplete, repaired or clean.
+	Status       string             `json:"status"`
+	Destinations []ScrubDestination `json:"destinations"`
+	// Damaged lists damaged copies (at most MaxScrubDamage).
+	Damaged    []ScrubDamage `json:"damaged,omitempty"`
+	DurationMs int64         `json:"durationMs"`
+}
+
+func (ScrubCompletedData) EventType() string { return ScrubCompleted }
+
+func (d ScrubCompletedData) Validate() error {
+	var p problems
+	if d.Mode != ScrubFull && d.Mode != ScrubCiphertext {
+		p.addf("mode: %q is not one of full, ciphertext", d.Mode)
+	}
+	switch d.Status {
+	case ScrubDamaged, ScrubIncomplete, ScrubRepaired, ScrubClean:
+	default:
+		p.addf("status: %q is not one of damaged, incomplete, repaired, clean", d.Status)
+	}
+	if len(d.Destinations) == 0 {
+		p.addf("destinations: at least one required")
+	}
+	for i, ds := range d.Destinations {
+		p.name(idx("destinations", i, "destination"), ds.Destination)
+		for f, v := range map[string]int64{"checked": ds.Checked, "verified": ds.Verified, "corrupt": ds.Corrupt,
+			"missing": ds.Missing, "repaired": ds.Repaired, "bytes": ds.Bytes} {
+			p.nonNegative(idx("destinations", i, f), v)
+		}
+	}
+	if len(d.Damaged) > MaxScrubDamage {
+		p.addf("damaged: at most %d entries, got %d", MaxScrubDamage, len(d.Damaged))
+	}
+	for i, c := range d.Damaged {
+		p.name(idx("damaged", i, "destination"), c.Destination)
+		p.required(idx("damaged", i, "backupId"), c.BackupID)
+		if c.Problem != CopyCorrupt && c.Problem != CopyMissing {
+			p.addf("%s: %q is not one of corrupt, missing", idx("damaged", i, "problem"), c.Problem)
+		}
+	}
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// ScrubFailedData says a scrub could not run at all (its plan is gone,
+// full mode without a key); a scrub that ran reports scrub.completed,
+// whatever it found.
+type ScrubFailedData struct {
+	Error string `json:"error"`
+}
+
+func (ScrubFailedData) EventType() string { return ScrubFailed }
+
+func (d ScrubFailedData) Validate() error {
+	var p problems
+	p.required("error", d.Error)
+	return p.err()
+}
+
+// DrillRequestedData asks for a fire drill of a plan: its backup restored
+// into a scratch target made for the drill, the plan's check run on it,
+// the target removed. The event's runid is the drill's id.
+type DrillRequestedData struct {
+	// Trigger is schedule, cli, api or event.
+	Trigger string `json:"trigger"`
+	// Slot is the scheduled time this drill stands for (schedule only).
+	Slot        *time.Time `json:"slot,omitempty"`
+	RequestedBy string     `json:"requestedBy,omitempty"`
+	Reason      string     `json:"reason,omitempty"`
+	// BackupID names the backup to drill; empty means latest.
+	BackupID string `json:"backupId,omitempty"`
+}
+
+func (DrillRequestedData) EventType() string { return DrillRequested }
+
+func (d DrillRequestedData) Validate() error {
+	var p problems
+	p.trigger(d.Trigger, d.Slot)
+	return p.err()
+}
+
+// DrillSucceededData says a drill restored a backup into its scratch
+// target, the check passed and the target was removed.
+type DrillSucceededData struct {
+	BackupID string `json:"backupId"`
+	// Destination is the destination whose copy was restored.
+	Destination string `json:"destination"`
+	// Target is the scratch target (database name, directory).
+	Target string `json:"target"`
+	// Bytes is the plaintext restored.
+	Bytes int64 `json:"bytes"`
+	// Rows is how many rows the check's SQL returned (0 for a command).
+	Rows int64 `json:"rows"`
+	// RestoreMs, CheckMs and DurationMs time the restore, the check and
+	// the whole drill.
+	RestoreMs  int64 `json:"restoreMs"`
+	CheckMs    int64 `json:"checkMs"`
+	DurationMs int64 `json:"durationMs"`
+}
+
+func (DrillSucceededData) EventType() string { return DrillSucceeded }
+
+func (d DrillSucceededData) Validate() error {
+	var p problems
+	p.required("backupId", d.BackupID)
+	p.name("destination", d.Destination)
+	p.required("target", d.Target)
+	p.nonNegative("bytes", d.Bytes)
+	p.nonNegative("rows", d.Rows)
+	p.nonNegative("restoreMs", d.RestoreMs)
+	p.nonNegative("checkMs", d.CheckMs)
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// Drill stages, where a drill failed.
+const (
+	DrillStagePrepare = "prepare" // choosing the backup, making the scratch target
+	DrillStageRestore = "restore"
+	DrillStageCheck   = "check"
+	DrillStageCleanup = "cleanup" // removing the scratch target
+)
+
+// DrillFailedData says a drill failed, and where.
+type DrillFailedData struct {
+	// Stage is prepare, restore, check or cleanup.
+	Stage       string `json:"stage"`
+	Error       string `json:"error"`
+	BackupID    string `json:"backupId,omitempty"`
+	Destination string `json:"destination,omitempty"`
+	// Target is the scratch target; after a failed cleanup it may still
+	// exist and is named here for an operator to remove.
+	Target     string `json:"target,omitempty"`
+	DurationMs int64  `json:"durationMs"`
+}
+
+func (DrillFailedData) EventType() string { return DrillFailed }
+
+func (d DrillFailedData) Validate() error {
+	var p problems
+	switch d.Stage {
+	case DrillStagePrepare, DrillStageRestore, DrillStageCheck, DrillStageCleanup:
+	case "":
+		p.addf("stage: required")
+	default:
+		p.addf("stage: %q is not one of prepare, restore, check, cleanup", d.Stage)
+	}
+	p.required("error", d.Error)
+	if d.Destination != "" {
+		p.name("destination", d.Destination)
+	}
+	p.nonNegative("durationMs", d.DurationMs)
+	return p.err()
+}
+
+// DrillMissedData says a plan's drill did not succeed in time: its drill
+// schedule's slot plus grace passed with no drill.succeeded.
+type DrillMissedData struct {
+	// ExpectedBy is the end of the window (slot plus grace) that held no success.
+	ExpectedBy time.Time `json:"expectedBy"`
+	// Slot is the drill slot that was missed.
+	Slot time.Time `json:"slot"`
+	// LastSuccess is the time of the plan's newest successful drill, if any.
+	LastSuccess *time.Time `json:"lastSuccess,omitempty"`
+}
+
+func (DrillMissedData) EventType() string { return DrillMissed }
+
+func (d DrillMissedData) Validate() error {
+	var p problems
+	if d.ExpectedBy.IsZero() {
+		p.addf("expectedBy: required")
+	}
+	if d.Slot.IsZero() {
+		p.addf("slot: required")
+	}
 	return p.err()
 }
 

@@ -208,14 +208,14 @@ func Roles() []Role {
 	defs := []def{
 		{RoleTrigger, "outside publishers: request a backup and follow it (trigger --wait)", []grant{
 			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream),
-			publish(events.BackupRequested)}},
+			publish(events.BackupRequested, events.ScrubRequested, events.DrillRequested)}},
 		{RoleViewer, "read-only tools: plans, runs, events, dead letters", []grant{
 			readKV(PlansBucket), readKV(RunsBucket), follow(EventsStream), follow(DeadLetterStream)}},
 		{"control", "owns run state: applies the stages' transitions, announces run outcomes, fails overdue runs", []grant{
 			owner()}},
-		{"schedule", "publishes scheduled backup requests; concurrencyPolicy replace fails the run it replaces", []grant{
+		{"schedule", "publishes scheduled backup, scrub and drill requests; concurrencyPolicy replace fails the run it replaces", []grant{
 			readKV(PlansBucket), readKV(RunsBucket), ask("schedule"), lease("schedule"),
-			publish(events.BackupRequested)}},
+			publish(events.BackupRequested, events.ScrubRequested, events.DrillRequested)}},
 		{"hook", "runs hook steps and their compensation", []grant{
 			consume("hook"), consume("compensate"), readKV(PlansBucket), readKV(RunsBucket), ask("hook"),
 			publish(events.StepCompleted, events.HookCompleted, events.HookFailed,
@@ -230,25 +230,25 @@ func Roles() []Role {
 		{"upload", "writes sealed chunks into destinations", []grant{
 			consume("upload"), consume("upload-copy"), readKV(PlansBucket), readKV(RunsBucket), ask("upload"), readChunks(KindSealed), lease("sweep"),
 			publish(events.UploadProgressed, events.UploadCompleted, events.UploadFailed)}},
-		{"verify", "reads backups back", []grant{
-			consume("verify"), consume("verify-failed"), readKV(PlansBucket), readKV(RunsBucket), ask("verify"),
-			publish(events.VerifyCompleted, events.VerifyFailed)}},
+		{"verify", "reads backups back; scrubs stored backups and repairs damaged copies", []grant{
+			consume("verify"), consume("verify-failed"), consume("scrub"), readKV(PlansBucket), readKV(RunsBucket), ask("verify"),
+			publish(events.VerifyCompleted, events.VerifyFailed, events.ScrubCompleted, events.ScrubFailed)}},
 		{"retention", "applies retention after a verified backup", []grant{
 			consume("retention"), readKV(PlansBucket), readKV(RunsBucket), ask("retention"), lease("retention"),
 			publish(events.RetentionCompleted, events.RetentionFailed)}},
-		{"restore", "restores backups into their targets", []grant{
-			consume("restore"), readKV(PlansBucket), readKV(RunsBucket), ask("restore"),
-			publish(events.StepCompleted, events.RestoreStarted, events.RestoreProgressed)}},
+		{"restore", "restores backups into their targets; runs fire drills into scratch targets", []grant{
+			consume("restore"), consume("drill"), readKV(PlansBucket), readKV(RunsBucket), ask("restore"),
+			publish(events.StepCompleted, events.RestoreStarted, events.RestoreProgressed, events.DrillSucceeded, events.DrillFailed)}},
 		{"metrics", "writes points, watches for missing successes", []grant{
 			consume("metrics"), readKV(PlansBucket), readKV(RunsBucket), ask("metrics"), lease("watchdog"),
-			publish(events.BackupMissed)}},
+			publish(events.BackupMissed, events.DrillMissed)}},
 		// Replaying a dead letter publishes an event of any type, which
 		// would let the API forge run outcomes: the api role keeps to the
 		// requests it makes anyway, and other replays are the admin's
 		// (`backstream dlq replay`; docs/security.md).
-		{"api", "the HTTP API: reads plans and runs, requests backups and restores, cancels runs, reads and deletes dead letters", []grant{
+		{"api", "the HTTP API: reads plans and runs, requests backups, restores, scrubs and drills, cancels runs, reads and deletes dead letters", []grant{
 			readKV(PlansBucket), readKV(RunsBucket), ask("api"), follow(DeadLetterStream), deleteDeadLetters(),
-			publish(events.BackupRequested, events.RestoreRequested)}},
+			publish(events.BackupRequested, events.RestoreRequested, events.ScrubRequested, events.DrillRequested)}},
 	}
 	// Every durable consumer of the events stream belongs to one role; the
 	// others may not touch it, also not through follow's wildcards.

@@ -50,21 +50,43 @@ func (p *Plan) Defaults() {
 		s.Verify.Enabled = &on
 	}
 	if sc := s.Schedule; sc != nil {
-		if sc.Timezone == "" {
-			sc.Timezone = DefaultTimezone
-		}
-		if sc.StartingDeadline == 0 {
-			sc.StartingDeadline = DefaultStartingDeadline
-		}
-		if sc.MissedRunPolicy == "" {
-			sc.MissedRunPolicy = MissedRunOnce
-		}
+		sc.defaults()
 		if sc.ConcurrencyPolicy == "" {
 			sc.ConcurrencyPolicy = ConcurrencyForbid
 		}
 	}
+	if sc := s.Scrub; sc != nil {
+		if sc.Schedule != nil {
+			sc.Schedule.defaults()
+		}
+		if sc.Mode == "" {
+			sc.Mode = ScrubCiphertext
+		}
+	}
+	if d := s.Drill; d != nil {
+		if d.Schedule != nil {
+			d.Schedule.defaults()
+		}
+		if d.Grace == 0 {
+			d.Grace = DefaultGrace
+		}
+	}
 	if a := s.Alert; a != nil && a.Grace == 0 {
 		a.Grace = DefaultGrace
+	}
+}
+
+// defaults fills a schedule's time zone, starting deadline and missed-run
+// policy; the concurrency policy is the backup schedule's alone.
+func (sc *Schedule) defaults() {
+	if sc.Timezone == "" {
+		sc.Timezone = DefaultTimezone
+	}
+	if sc.StartingDeadline == 0 {
+		sc.StartingDeadline = DefaultStartingDeadline
+	}
+	if sc.MissedRunPolicy == "" {
+		sc.MissedRunPolicy = MissedRunOnce
 	}
 }
 

@@ -63,6 +63,83 @@ type Spec struct {
 	// run to succeed: "all" (the default), "any", or a number. A run that
 	// meets it while missing a copy succeeds degraded (RequiredCopies).
 	Require string `yaml:"require,omitempty" json:"require,omitempty"`
+	// Scrub re-verifies the stored backups on a schedule (docs/scrub.md).
+	Scrub *Scrub `yaml:"scrub,omitempty" json:"scrub,omitempty"`
+	// Drill rehearses a restore on a schedule (docs/drills.md).
+	Drill *Drill `yaml:"drill,omitempty" json:"drill,omitempty"`
+}
+
+// Scrub modes (the values of events.ScrubFull and events.ScrubCiphertext).
+const (
+	ScrubCiphertext = "ciphertext"
+	ScrubFull       = "full"
+)
+
+// Scrub configures the scrubbing of a plan's stored backups: every copy in
+// every destination read back and checked again, and a damaged or missing
+// copy repaired from a verified one.
+type Scrub struct {
+	// Schedule says when scrubs run; without one a scrub runs only when
+	// asked (backstream scrub, the API). Its concurrencyPolicy is not
+	// used: scrubs only read, and a repair writes the same bytes twice.
+	Schedule *Schedule `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	// Mode is ciphertext (size, stored SHA-256, every frame's CRC; needs
+	// no key) or full (also every frame opened and the plaintext SHA-256;
+	// needs the key where the verify service runs). Default ciphertext.
+	Mode string `yaml:"mode,omitempty" json:"mode,omitempty"`
+	// Repair replaces a damaged or missing copy with a verified copy from
+	// another destination; default true.
+	Repair *bool `yaml:"repair,omitempty" json:"repair,omitempty"`
+}
+
+// EffectiveMode is the scrub's mode, ciphertext when unset.
+func (s *Scrub) EffectiveMode() string {
+	if s == nil || s.Mode == "" {
+		return ScrubCiphertext
+	}
+	return s.Mode
+}
+
+// Repairs reports whether the scrub repairs what it finds damaged.
+func (s *Scrub) Repairs() bool { return s == nil || s.Repair == nil || *s.Repair }
+
+// Drill configures fire drills: a backup restored into a scratch target
+// made for the drill (never the live source), a check run on it, the
+// target removed.
+type Drill struct {
+	// Schedule says when drills run; without one a drill runs only when
+	// asked. Its concurrencyPolicy is not used: every drill has a scratch
+	// target of its own.
+	Schedule *Schedule `yaml:"schedule,omitempty" json:"schedule,omitempty"`
+	// Check is what must hold of the restored data.
+	Check DrillCheck `yaml:"check" json:"check"`
+	// Timeout bounds the whole drill (restore, check, cleanup); default
+	// DefaultDrillTimeout.
+	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitempty"`
+	// Grace is how long after a drill slot a success may still arrive
+	// before the watchdog reports the drill missed; default DefaultGrace.
+	Grace Duration `yaml:"grace,omitempty" json:"grace,omitempty"`
+}
+
+// DefaultDrillTimeout bounds a drill when the plan sets no timeout.
+const DefaultDrillTimeout = Duration(time.Hour)
+
+// EffectiveTimeout is the drill's timeout, DefaultDrillTimeout when unset.
+func (d *Drill) EffectiveTimeout() time.Duration {
+	if d.Timeout > 0 {
+		return d.Timeout.Std()
+	}
+	return DefaultDrillTimeout.Std()
+}
+
+// DrillCheck is a drill's check: SQL run on the scratch database that must
+// return at least one row, or a command (run with BACKSTREAM_DRILL_TARGET
+// naming the scratch target) that must exit 0. Exactly one is set.
+type DrillCheck struct {
+	SQL     string  `yaml:"sql,omitempty" json:"sql,omitempty"`
+	Command Command `yaml:"command,omitempty" json:"command,omitempty"`
+	// Timeout bounds the check alone; default one minute (DefaultHookTimeout).
+	Timeout Timeout `yaml:"timeout,omitempty" json:"timeout,omitempty"`
 }
 
 // Values of spec.require besides a number.
@@ -490,6 +567,9 @@ var typeNames = strings.NewReplacer(
 	"retention.Policy", "retention",
 	"plan.Verify", "verify",
 	"plan.Alert", "alert",
+	"plan.Scrub", "scrub",
+	"plan.Drill", "drill",
+	"plan.DrillCheck", "a drill's check",
 	"secret.Ref", "a secret reference",
 )
 

@@ -71,6 +71,8 @@ func (p *Plan) Validate(c Checker) error {
 	p.validateAlert(&ps)
 	p.validateRunTimeout(&ps)
 	p.validateRequire(&ps)
+	p.validateScrub(&ps)
+	p.validateDrill(&ps)
 	if len(ps) == 0 {
 		return nil
 	}
@@ -463,11 +465,12 @@ func validateEncryption(ps *problems, path string, e *Encryption) {
 }
 
 func (p *Plan) validateSchedule(ps *problems) {
-	s := p.Spec.Schedule
-	if s == nil {
-		return
+	if s := p.Spec.Schedule; s != nil {
+		validateSchedule(ps, "spec.schedule", s)
 	}
-	const path = "spec.schedule"
+}
+
+func validateSchedule(ps *problems, path string, s *Schedule) {
 	if s.Cron == "" {
 		ps.add(path+".cron", "required")
 	} else if _, err := CronParser.Parse(s.Cron); err != nil {
@@ -570,6 +573,62 @@ func (p *Plan) validateRequire(ps *problems) {
 		case n < 1 || n > len(p.Spec.Destinations):
 			ps.add("spec.require", "%d is not between 1 and the %d destinations", n, len(p.Spec.Destinations))
 		}
+	}
+}
+
+// validateSideSchedule checks the schedule of a scrub or drill, which
+// has no run lease to keep: a concurrencyPolicy there would be ignored.
+func validateSideSchedule(ps *problems, path string, s *Schedule) {
+	if s == nil {
+		return
+	}
+	validateSchedule(ps, path, s)
+	if s.ConcurrencyPolicy != "" {
+		ps.add(path+".concurrencyPolicy", "not used here: every scrub and drill runs on its own")
+	}
+}
+
+func (p *Plan) validateScrub(ps *problems) {
+	s := p.Spec.Scrub
+	if s == nil {
+		return
+	}
+	validateSideSchedule(ps, "spec.scrub.schedule", s.Schedule)
+	switch s.Mode {
+	case "", ScrubCiphertext, ScrubFull:
+	default:
+		ps.add("spec.scrub.mode", "%q is not one of ciphertext, full", s.Mode)
+	}
+}
+
+func (p *Plan) validateDrill(ps *problems) {
+	d := p.Spec.Drill
+	if d == nil {
+		return
+	}
+	validateSideSchedule(ps, "spec.drill.schedule", d.Schedule)
+	switch c := d.Check; {
+	case c.SQL == "" && len(c.Command) == 0:
+		ps.add("spec.drill.check", "required: sql (must return rows) or command (must exit 0)")
+	case c.SQL != "" && len(c.Command) > 0:
+		ps.add("spec.drill.check", "set sql or command, not both")
+	case c.SQL != "":
+		switch p.Spec.Source.Type {
+		case "mariadb", "postgres":
+		default:
+			ps.add("spec.drill.check.sql", "the %s source has no SQL to run; use command", p.Spec.Source.Type)
+		}
+	case c.Command[0] == "":
+		ps.add("spec.drill.check.command[0]", "required: the program to run")
+	}
+	if d.Check.Timeout < 0 {
+		ps.add("spec.drill.check.timeout", "must be > 0")
+	}
+	if d.Timeout < 0 {
+		ps.add("spec.drill.timeout", "must be > 0")
+	}
+	if d.Grace < 0 {
+		ps.add("spec.drill.grace", "must be > 0")
 	}
 }
 

@@ -69,6 +69,9 @@ func (r *Registry) ExecUses(p *plan.Plan) []string {
 			uses = append(uses, fmt.Sprintf("spec.hooks[%d] (%s hook %s)", i, h.Type, h.Name))
 		}
 	}
+	if d := p.Spec.Drill; d != nil && len(d.Check.Command) > 0 {
+		uses = append(uses, "spec.drill.check.command")
+	}
 	return uses
 }
 

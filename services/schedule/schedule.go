@@ -1,5 +1,7 @@
 // Package schedule is the scheduler service: every tick it looks at each
-// plan's schedule and publishes backup.requested for the slot that is due.
+// plan's schedules and publishes backup.requested (spec.schedule),
+// scrub.requested (spec.scrub.schedule) and drill.requested
+// (spec.drill.schedule) for the slots that are due.
 //
 // Several replicas may run at once. Each slot's trigger has a deterministic
 // event id (and a deterministic run id), so JetStream's duplicate window keeps
@@ -126,11 +128,20 @@ func (s *Service) Once(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("schedule: %w", err))
 	}
 	for _, p := range plans {
-		if p.Spec.Schedule == nil {
-			continue
+		if p.Spec.Schedule != nil {
+			if err := s.plan(ctx, p); err != nil {
+				errs = append(errs, fmt.Errorf("schedule plan %s: %w", p.Name(), err))
+			}
 		}
-		if err := s.plan(ctx, p); err != nil {
-			errs = append(errs, fmt.Errorf("schedule plan %s: %w", p.Name(), err))
+		if sc := p.Spec.Scrub; sc != nil && sc.Schedule != nil {
+			if err := s.side(ctx, p, SideScrub, sc.Schedule); err != nil {
+				errs = append(errs, fmt.Errorf("schedule scrub of plan %s: %w", p.Name(), err))
+			}
+		}
+		if d := p.Spec.Drill; d != nil && d.Schedule != nil {
+			if err := s.side(ctx, p, SideDrill, d.Schedule); err != nil {
+				errs = append(errs, fmt.Errorf("schedule drill of plan %s: %w", p.Name(), err))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -143,37 +154,11 @@ func (s *Service) plan(ctx context.Context, p *plan.Plan) error {
 	}
 	now := s.Clock.Now()
 	key := StateKey(p.Name())
-	entry, err := s.Bus.Leases.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		// First sight: nothing before now is due.
-		data, _ := json.Marshal(State{LastFired: now.UTC()})
-		if _, err := s.Bus.Leases.Create(ctx, key, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("create state: %w", err)
-		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read state: %w", err)
-	}
-	var st State
-	if err := json.Unmarshal(entry.Value(), &st); err != nil {
-		return fmt.Errorf("decode state: %w", err)
-	}
-	fire, skipped := sched.Due(sc, p.Name(), st.LastFired, now)
-	if len(fire) == 0 && len(skipped) == 0 {
-		return nil
-	}
-	next := st
-	for _, t := range append(skipped, fire...) {
-		if t.After(next.LastFired) {
-			next.LastFired = t.UTC()
-		}
-	}
-	for _, slot := range skipped {
-		s.Log.Info("schedule slot skipped", "plan", p.Name(), "slot", slot, "paused", sc.Spec().Paused, "missedRunPolicy", sc.Spec().MissedRunPolicy)
+	entry, st, fire, next, err := s.due(ctx, p, key, sc, now)
+	if err != nil || entry == nil {
+		return err
 	}
 	for _, slot := range fire {
-		slot = slot.UTC()
 		runID := SlotRunID(p.Name(), slot)
 		trigger, err := s.trigger(p, slot, runID)
 		if err != nil {
@@ -205,12 +190,107 @@ func (s *Service) plan(ctx context.Context, p *plan.Plan) error {
 		next.Lease = &Lease{RunID: runID, Slot: slot, Since: now.UTC()}
 		s.Log.Info("scheduled backup triggered", "plan", p.Name(), "slot", slot, "runid", runID, "id", trigger.ID())
 	}
+	s.record(ctx, p, key, entry, next)
+	return nil
+}
+
+// due reads the schedule state at key and returns the slots of sc due at
+// now, and the state to record once they are fired. A nil entry means
+// there is nothing to do (first sight of the schedule: nothing before now
+// is due).
+func (s *Service) due(ctx context.Context, p *plan.Plan, key string, sc *sched.Schedule, now time.Time) (jetstream.KeyValueEntry, State, []time.Time, State, error) {
+	entry, err := s.Bus.Leases.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		data, _ := json.Marshal(State{LastFired: now.UTC()})
+		if _, err := s.Bus.Leases.Create(ctx, key, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, State{}, nil, State{}, fmt.Errorf("create state: %w", err)
+		}
+		return nil, State{}, nil, State{}, nil
+	}
+	if err != nil {
+		return nil, State{}, nil, State{}, fmt.Errorf("read state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(entry.Value(), &st); err != nil {
+		return nil, State{}, nil, State{}, fmt.Errorf("decode state: %w", err)
+	}
+	fire, skipped := sched.Due(sc, p.Name(), st.LastFired, now)
+	if len(fire) == 0 && len(skipped) == 0 {
+		return nil, State{}, nil, State{}, nil
+	}
+	next := st
+	for _, t := range append(skipped, fire...) {
+		if t.After(next.LastFired) {
+			next.LastFired = t.UTC()
+		}
+	}
+	for _, slot := range skipped {
+		s.Log.Info("schedule slot skipped", "plan", p.Name(), "key", key, "slot", slot, "paused", sc.Spec().Paused, "missedRunPolicy", sc.Spec().MissedRunPolicy)
+	}
+	for i := range fire {
+		fire[i] = fire[i].UTC()
+	}
+	return entry, st, fire, next, nil
+}
+
+// record writes the schedule state next over entry by compare-and-set.
+func (s *Service) record(ctx context.Context, p *plan.Plan, key string, entry jetstream.KeyValueEntry, next State) {
 	data, _ := json.Marshal(next)
 	if _, err := s.Bus.Leases.Update(ctx, key, data, entry.Revision()); err != nil {
 		// Another replica handled the slot first: it computed the same
-		// slot, run id and event id, and its record stands.
-		s.Log.Debug("schedule state changed meanwhile", "plan", p.Name(), "err", err)
+		// slots and event ids, and its record stands.
+		s.Log.Debug("schedule state changed meanwhile", "plan", p.Name(), "key", key, "err", err)
 	}
+}
+
+// Side work: scrubs and drills have schedules of their own. They are not
+// runs of the runs bucket and hold no lease: each slot publishes one
+// request with a deterministic id (the duplicate window keeps one), and
+// the stage that handles it is idempotent on it.
+const (
+	SideScrub = "scrub"
+	SideDrill = "drill"
+)
+
+// SideStateKey is the leases-bucket key of a plan's scrub or drill schedule.
+func SideStateKey(planName, side string) string { return StateKey(planName) + "." + side }
+
+// SideID is the id (event id and runid) of the scrub or drill of plan's
+// slot: a ULID whose time is the slot, like SlotRunID.
+func SideID(planName, side string, slot time.Time) string {
+	return SlotRunID(planName+"\x00"+side, slot)
+}
+
+// side fires the due slots of a plan's scrub or drill schedule.
+func (s *Service) side(ctx context.Context, p *plan.Plan, side string, ps *plan.Schedule) error {
+	sc, err := sched.Parse(Spec(ps))
+	if err != nil {
+		return err
+	}
+	key := SideStateKey(p.Name(), side)
+	entry, _, fire, next, err := s.due(ctx, p, key, sc, s.Clock.Now())
+	if err != nil || entry == nil {
+		return err
+	}
+	for _, slot := range fire {
+		id := SideID(p.Name(), side, slot)
+		m := s.Bus.Meta(p.Name(), id, "")
+		m.ID = id
+		var payload events.Payload = events.ScrubRequestedData{Trigger: events.TriggerSchedule, Slot: &slot, RequestedBy: "schedule"}
+		if side == SideDrill {
+			payload = events.DrillRequestedData{Trigger: events.TriggerSchedule, Slot: &slot, RequestedBy: "schedule"}
+		}
+		e, err := events.New(m, payload)
+		if err != nil {
+			return fmt.Errorf("%s slot %s: %w", side, slot.Format(time.RFC3339), err)
+		}
+		if err := s.Bus.Publish(ctx, e); err != nil {
+			return err
+		}
+		next.LastTrigger = e.ID()
+		s.Log.Info("scheduled "+side+" triggered", "plan", p.Name(), "slot", slot, "id", id)
+	}
+	s.record(ctx, p, key, entry, next)
 	return nil
 }
 

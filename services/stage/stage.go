@@ -100,8 +100,10 @@ func consumerStage(consumer string) string {
 	switch consumer {
 	case "compensate":
 		return "hook"
-	case "verify-failed":
+	case "verify-failed", "scrub":
 		return "verify"
+	case "drill":
+		return "restore"
 	case "upload-copy":
 		return "upload"
 	}

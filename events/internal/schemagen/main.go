@@ -41,6 +41,9 @@ const IDBase = "https://github.com/backstream/backstream/events/schema/"
 const (
 	namePattern   = `^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`
 	sha256Pattern = `^[0-9a-f]{64}$`
+	// optNamePattern is namePattern or the empty string (a name that is
+	// optional and, empty, means unset).
+	optNamePattern = `^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$`
 )
 
 // rules holds, per event type and JSON path, what Validate enforces beyond the
@@ -54,6 +57,8 @@ const (
 //	gt0        required, an integer > 0
 //	nonempty   required, a list with at least one item
 //	enum=a|b   required, one of the listed strings
+//	optname    optional; when set (non-empty), a lowercase DNS label
+//	optenum=a|b optional; when set (non-empty), one of the listed strings
 //	const=N    the integer N (absent means 0 in Go, which Validate accepts)
 //	zeroless   a date-time that must not be Go's zero time (Validate's IsZero)
 //
@@ -208,6 +213,53 @@ var rules = map[string]map[string]string{
 	events.RestoreCancelled: {
 		"by": "required",
 	},
+	events.ScrubRequested: {
+		"trigger":     "enum=schedule|cli|api|event",
+		"mode":        "optenum=full|ciphertext",
+		"destination": "optname",
+	},
+	events.ScrubCompleted: {
+		"mode":                       "enum=full|ciphertext",
+		"status":                     "enum=damaged|incomplete|repaired|clean",
+		"destinations":               "nonempty",
+		"destinations[].destination": "name",
+		"destinations[].checked":     "min0",
+		"destinations[].verified":    "min0",
+		"destinations[].corrupt":     "min0",
+		"destinations[].missing":     "min0",
+		"destinations[].repaired":    "min0",
+		"destinations[].bytes":       "min0",
+		"damaged[].destination":      "name",
+		"damaged[].backupId":         "required",
+		"damaged[].problem":          "enum=corrupt|missing",
+		"durationMs":                 "min0",
+	},
+	events.ScrubFailed: {
+		"error": "required",
+	},
+	events.DrillRequested: {
+		"trigger": "enum=schedule|cli|api|event",
+	},
+	events.DrillSucceeded: {
+		"backupId":    "required",
+		"destination": "name",
+		"target":      "required",
+		"bytes":       "min0",
+		"rows":        "min0",
+		"restoreMs":   "min0",
+		"checkMs":     "min0",
+		"durationMs":  "min0",
+	},
+	events.DrillFailed: {
+		"stage":       "enum=prepare|restore|check|cleanup",
+		"error":       "required",
+		"destination": "optname",
+		"durationMs":  "min0",
+	},
+	events.DrillMissed: {
+		"expectedBy": "required,zeroless",
+		"slot":       "required,zeroless",
+	},
 }
 
 var progressRules = map[string]string{
@@ -226,6 +278,8 @@ type conditional struct {
 
 var conditionals = map[string][]conditional{
 	events.BackupRequested: {{field: "trigger", value: events.TriggerSchedule, then: map[string]string{"slot": "required"}}},
+	events.ScrubRequested:  {{field: "trigger", value: events.TriggerSchedule, then: map[string]string{"slot": "required"}}},
+	events.DrillRequested:  {{field: "trigger", value: events.TriggerSchedule, then: map[string]string{"slot": "required"}}},
 	events.VerifyCompleted: {{field: "mode", value: "full", then: map[string]string{"plaintextSha256": "sha256"}}},
 }
 
@@ -519,6 +573,10 @@ func applyRules(prop map[string]any, r string) (required bool, err error) {
 		case "enum":
 			required = true
 			prop["enum"] = strings.Split(arg, "|")
+		case "optname":
+			prop["pattern"] = optNamePattern
+		case "optenum":
+			prop["enum"] = append([]string{""}, strings.Split(arg, "|")...)
 		case "const":
 			var n json.Number = json.Number(arg)
 			prop["const"] = n
