@@ -6,6 +6,8 @@ package backup
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -215,4 +217,38 @@ func Verify(ctx context.Context, st storage.Storage, m format.Manifest, keys for
 	}
 	res.Status = format.VerifyVerified
 	return res, nil
+}
+
+// ErrCopyMismatch means the bytes read from a copy's source do not hash to
+// the stored SHA-256 its manifest records: the source copy is damaged.
+var ErrCopyMismatch = errors.New("source copy does not match its manifest")
+
+// Copy copies backup m from one destination's storage to another's: the
+// object, hashed as it is written and checked against m.StoredSHA256, then
+// the manifest (m, verify pending: the new copy has not been read back). A
+// copy whose digest does not match is deleted again and no manifest is
+// written, so nothing that looks like a backup is left; the error wraps
+// ErrCopyMismatch. Put overwrites, so Copy may be called again for the same
+// backup (a redelivery, a repair of a damaged copy).
+func Copy(ctx context.Context, from, to storage.Storage, m format.Manifest) (storage.Info, format.Manifest, error) {
+	rc, err := from.Open(ctx, m.ObjectKey)
+	if err != nil {
+		return storage.Info{}, m, fmt.Errorf("open source copy %s: %w", m.ObjectKey, err)
+	}
+	defer rc.Close()
+	sum := sha256.New()
+	info, err := to.Put(ctx, m.ObjectKey, io.TeeReader(rc, sum), storage.PutOptions{ContentType: "application/vnd.backstream.object"})
+	if err != nil {
+		return storage.Info{}, m, fmt.Errorf("copy %s: %w", m.ObjectKey, err)
+	}
+	if digest := hex.EncodeToString(sum.Sum(nil)); digest != m.StoredSHA256 || info.Size != m.StoredBytes {
+		_ = to.Delete(context.WithoutCancel(ctx), m.ObjectKey)
+		return storage.Info{}, m, fmt.Errorf("%w: %s read %d bytes with SHA-256 %s, the manifest says %d bytes with %s: not copied",
+			ErrCopyMismatch, m.ObjectKey, info.Size, digest, m.StoredBytes, m.StoredSHA256)
+	}
+	m.Verify = format.VerifyResult{Status: format.VerifyPending}
+	if err := SaveManifest(ctx, to, m); err != nil {
+		return info, m, err
+	}
+	return info, m, nil
 }

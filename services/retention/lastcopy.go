@@ -61,7 +61,7 @@ func KeepLastCopies(ds []retention.Decision, others []Other, now time.Time, loc 
 		}
 		var why []string
 		for _, o := range others {
-			w, err := o.wants(d.Backup, now, loc)
+			w, err := o.Wants(d.Backup, now, loc)
 			if err != nil {
 				return kept, err
 			}
@@ -79,9 +79,10 @@ func KeepLastCopies(ds []retention.Decision, others []Other, now time.Time, loc 
 	return kept, nil
 }
 
-// wants says why o needs the copy of b kept elsewhere, or "" when it does
-// not.
-func (o Other) wants(b retention.Backup, now time.Time, loc *time.Location) (string, error) {
+// Wants says why o needs a copy of b it does not hold verified — kept
+// elsewhere by retention, or written to it by a scrub's repair — or ""
+// when it does not.
+func (o Other) Wants(b retention.Backup, now time.Time, loc *time.Location) (string, error) {
 	switch {
 	case o.Err != nil:
 		return fmt.Sprintf("destination %s could not be listed (%v)", o.Destination, o.Err), nil

@@ -119,28 +119,18 @@ func (s *Service) copyFrom(ctx context.Context, e events.Event) ([]events.Event,
 		}
 		return s.fail(ctx, p, r.ID, d.Destination, reason, e)
 	}
-	rc, err := from.Open(ctx, d.Key)
-	if err != nil {
-		return fail(fmt.Sprintf("open the copy in %s: %v", d.From, err))
-	}
-	defer rc.Close()
-	sum := sha256.New()
-	info, err := to.Put(ctx, d.Key, io.TeeReader(rc, sum), storage.PutOptions{ContentType: "application/vnd.backstream.object"})
-	if err != nil {
-		return fail(fmt.Sprintf("copy from %s: %v", d.From, err))
-	}
-	digest := hex.EncodeToString(sum.Sum(nil))
-	if digest != d.SHA256 {
-		return fail(fmt.Sprintf("the copy in %s has SHA-256 %s, not %s: not copied", d.From, digest, d.SHA256))
-	}
 	m, err := backup.LoadManifest(ctx, from, d.ManifestKey)
 	if err != nil {
 		return fail(fmt.Sprintf("read the manifest in %s: %v", d.From, err))
 	}
-	m.Verify = format.VerifyResult{Status: format.VerifyPending}
-	if err := backup.SaveManifest(ctx, to, m); err != nil {
-		return fail(fmt.Sprintf("write the manifest: %v", err))
+	if m.ObjectKey != d.Key || m.StoredSHA256 != d.SHA256 {
+		return fail(fmt.Sprintf("the manifest in %s names %s with SHA-256 %s, the request %s with %s: not copied", d.From, m.ObjectKey, m.StoredSHA256, d.Key, d.SHA256))
 	}
+	info, _, err := backup.Copy(ctx, from, to, m)
+	if err != nil {
+		return fail(fmt.Sprintf("copy from %s: %v", d.From, err))
+	}
+	digest := m.StoredSHA256
 	r, err = s.FinishStep(ctx, r.ID, name, runs.Succeeded, info.Size, "", &runs.Result{Dest: d.Destination, Destination: &runs.Destination{
 		Phase: runs.Succeeded, Key: d.Key, ManifestKey: d.ManifestKey, Size: info.Size, SHA256: digest}})
 	if err != nil {

@@ -2,7 +2,9 @@
 // reported upload.completed, it reads each object back and checks it against
 // its manifest (fully when it holds a key that opens it, ciphertext only
 // otherwise), records the result in the manifest, and settles the run: a
-// backup succeeds only once it is verified.
+// backup succeeds only once it is verified. It also scrubs stored backups
+// (scrub.go): reads every copy back again later, and repairs a damaged or
+// missing copy from a verified one.
 package verify
 
 import (
@@ -41,6 +43,7 @@ func (s *Service) Consumers() []bus.ConsumerSpec {
 		// verified then.
 		s.Spec("verify", s.handle, events.UploadCompleted, events.UploadFailed),
 		s.Spec("verify-failed", s.handleFailed, events.BackupFailed, events.BackupCancelled),
+		s.scrubSpec(),
 	}
 }
 
