@@ -23,8 +23,13 @@ import (
 	"github.com/backstream/backstream/services/stage"
 )
 
-// Service is the restore stage.
-type Service struct{ *stage.Deps }
+// Service is the restore stage, and runs fire drills (drill.go).
+type Service struct {
+	*stage.Deps
+	// DrillDir is where drills of directory sources (files, redis) make
+	// their scratch directories; os.TempDir() when empty.
+	DrillDir string
+}
 
 // New builds the restore stage.
 func New(d *stage.Deps) *Service { return &Service{Deps: d} }
@@ -34,7 +39,7 @@ func (s *Service) Name() string { return "restore" }
 
 // Consumers implements stage.Service.
 func (s *Service) Consumers() []bus.ConsumerSpec {
-	return []bus.ConsumerSpec{s.Spec("restore", s.handle, events.RestoreRequested, events.StepCompleted)}
+	return []bus.ConsumerSpec{s.Spec("restore", s.handle, events.RestoreRequested, events.StepCompleted), s.drillSpec()}
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {

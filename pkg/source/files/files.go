@@ -483,3 +483,13 @@ func removeNonDir(root *os.Root, name string) error {
 	}
 	return root.Remove(name)
 }
+
+var _ source.Drillable = (*Source)(nil)
+
+// ScratchKind implements source.Drillable: a drill unpacks the tree into a
+// private directory of its own.
+func (s *Source) ScratchKind() (source.ScratchKind, error) { return source.ScratchDirectory, nil }
+
+// Owns implements source.Drillable: target is the tree's root, inside it,
+// or holds it.
+func (s *Source) Owns(target string) bool { return source.PathOverlaps(target, s.cfg.Path) }

@@ -361,3 +361,59 @@ func (s *Source) restorePhysical(ctx context.Context, r io.Reader, o source.Rest
 	}
 	return source.Run(ctx, source.Cmd{Op: "mariabackup prepare", Argv: []string{"mariabackup", "--prepare", "--target-dir=" + dir}, BinDir: s.cfg.BinDir})
 }
+
+var _ source.Scratcher = (*Source)(nil)
+
+// ScratchKind implements source.Drillable: a logical backup is drilled in
+// a database of its own on the same server. A physical one is not: it
+// restores into a directory that only a stopped server can start from.
+func (s *Source) ScratchKind() (source.ScratchKind, error) {
+	if s.cfg.Mode == Physical {
+		return 0, fmt.Errorf("mariadb: a physical backup (mode: physical) is prepared into a directory a stopped server must start from, so a drill cannot check it; drill a plan with mode: logical and one database: %w", source.ErrUnsupported)
+	}
+	return source.ScratchDatabase, nil
+}
+
+// Owns implements source.Drillable: target is one of the databases the
+// plan dumps, or one of the server's own schemas.
+func (s *Source) Owns(target string) bool {
+	switch strings.ToLower(target) {
+	case "mysql", "sys", "information_schema", "performance_schema":
+		return true
+	}
+	for _, d := range s.cfg.Databases {
+		if d == target {
+			return true
+		}
+	}
+	return false
+}
+
+// DropScratch implements source.Scratcher: DROP DATABASE IF EXISTS.
+func (s *Source) DropScratch(ctx context.Context, target string) error {
+	if target == "" || s.Owns(target) {
+		return fmt.Errorf("mariadb drop scratch %q: a database the plan backs up: %w", target, source.ErrUnsupported)
+	}
+	if _, err := s.ScratchKind(); err != nil {
+		return err
+	}
+	_, err := s.query(ctx, "", "DROP DATABASE IF EXISTS "+quoteIdent(target))
+	return err
+}
+
+// QueryRows implements source.Scratcher. In batch mode the client ends
+// every row with a newline and escapes the newlines inside values, so the
+// rows are the newlines it printed (an empty value is still a row).
+func (s *Source) QueryRows(ctx context.Context, target, sql string) (int64, error) {
+	args, env, secrets, err := s.conn()
+	if err != nil {
+		return 0, fmt.Errorf("mariadb check: %w", err)
+	}
+	argv := append([]string{"mariadb"}, args...)
+	argv = append(argv, "--batch", "--skip-column-names", "--database="+target, "--execute="+sql)
+	var out bytes.Buffer
+	if err := source.Run(ctx, source.Cmd{Op: "mariadb check " + target, Argv: argv, BinDir: s.cfg.BinDir, Env: env, Stdout: &out, Secrets: secrets}); err != nil {
+		return 0, err
+	}
+	return int64(bytes.Count(out.Bytes(), []byte{'\n'})), nil
+}

@@ -336,3 +336,48 @@ func slicesDelete(s []string, v string) []string {
 	}
 	return out
 }
+
+var _ source.Scratcher = (*Source)(nil)
+
+// ScratchKind implements source.Drillable: a drill restores into a
+// database of its own on the same server.
+func (s *Source) ScratchKind() (source.ScratchKind, error) { return source.ScratchDatabase, nil }
+
+// Owns implements source.Drillable: target is one of the databases the
+// plan dumps, or the postgres maintenance database the plugin connects
+// to. With no databases listed (every database is dumped) only the
+// backup itself knows its names; Restore refuses a target for a backup of
+// more than one database, and a drill's scratch name is its own.
+func (s *Source) Owns(target string) bool {
+	if target == "postgres" || strings.HasPrefix(target, "template") {
+		return true
+	}
+	for _, d := range s.cfg.Databases {
+		if d == target {
+			return true
+		}
+	}
+	return false
+}
+
+// DropScratch implements source.Scratcher: DROP DATABASE IF EXISTS ...
+// WITH (FORCE), which ends the sessions still connected to it.
+func (s *Source) DropScratch(ctx context.Context, target string) error {
+	if target == "" || s.Owns(target) {
+		return fmt.Errorf("postgres drop scratch %q: a database the plan backs up: %w", target, source.ErrUnsupported)
+	}
+	return s.exec(ctx, "postgres", "DROP DATABASE IF EXISTS "+quoteIdent(target)+" WITH (FORCE)")
+}
+
+// QueryRows implements source.Scratcher. psql separates the rows with a
+// zero byte (--record-separator-zero), so a value holding a newline is
+// still one row; ON_ERROR_STOP makes a failing statement an error.
+func (s *Source) QueryRows(ctx context.Context, target, sql string) (int64, error) {
+	var out bytes.Buffer
+	err := s.run(ctx, "psql check "+target, "psql", []string{"-X", "--no-align", "--tuples-only", "--record-separator-zero",
+		"--set=ON_ERROR_STOP=1", "--dbname=" + target, "--command=" + sql}, nil, &out)
+	if err != nil {
+		return 0, err
+	}
+	return int64(bytes.Count(out.Bytes(), []byte{0})), nil
+}

@@ -282,3 +282,13 @@ func (c *rdbWriter) finish() error {
 	}
 	return c.emit(body)
 }
+
+var _ source.Drillable = (*Source)(nil)
+
+// ScratchKind implements source.Drillable: a drill writes the RDB file
+// into a private directory of its own (nothing reaches the server).
+func (s *Source) ScratchKind() (source.ScratchKind, error) { return source.ScratchDirectory, nil }
+
+// Owns implements source.Drillable: a restore never writes into the
+// server, so no directory is the source's own.
+func (s *Source) Owns(string) bool { return false }
