@@ -451,3 +451,68 @@ func TestUnclaimedTriggerHoldsThePlanForGraceOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestScrubAndDrillSlotsFireOnTheirOwnSchedules: a plan's scrub and drill
+// schedules fire scrub.requested and drill.requested once per slot with
+// deterministic ids, apart from its backup schedule, with two replicas,
+// and a slot missed during an outage is fired once (run-once).
+func TestScrubAndDrillSlotsFireOnTheirOwnSchedules(t *testing.T) {
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	w := newWorld(t, start)
+	y := `apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: side}
+spec:
+  source: {type: postgres, postgres: {host: 127.0.0.1, databases: [app]}}
+  destinations: [{name: local, type: filesystem, filesystem: {path: /tmp/backstream-schedule-test}}]
+  schedule: {cron: "0 * * * *"}
+  scrub: {schedule: {cron: "30 2 * * *"}, mode: full}
+  drill: {schedule: {cron: "0 4 * * 0"}, check: {sql: "SELECT 1"}}
+`
+	p, err := plan.Parse("side.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.plans.Put(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	reps := []*schedule.Service{w.replica("a"), w.replica("b")}
+	w.run(start.Add(8*24*time.Hour), 20*time.Minute, reps...)
+
+	check := func(typ, side string, want int) {
+		t.Helper()
+		got := w.stored(typ, "side")
+		if len(got) != want {
+			t.Fatalf("%d %s events, want %d", len(got), typ, want)
+		}
+		for _, e := range got {
+			var slot *time.Time
+			switch typ {
+			case events.ScrubRequested:
+				var d events.ScrubRequestedData
+				_ = e.DataAs(&d)
+				slot = d.Slot
+			default:
+				var d events.DrillRequestedData
+				_ = e.DataAs(&d)
+				slot = d.Slot
+			}
+			if slot == nil {
+				t.Fatalf("%s %s has no slot", typ, e.ID())
+			}
+			if id := schedule.SideID("side", side, *slot); e.ID() != id || events.RunID(e) != id {
+				t.Errorf("%s of slot %s: id %s runid %s, want %s", typ, slot, e.ID(), events.RunID(e), id)
+			}
+		}
+	}
+	check(events.ScrubRequested, schedule.SideScrub, 8) // 02:30 on Mar 1..8
+	check(events.DrillRequested, schedule.SideDrill, 2) // Sundays Mar 1 and 8
+	if n := len(w.stored(events.BackupRequested, "side")); n != 8*24 {
+		t.Errorf("%d backup triggers, want %d", n, 8*24)
+	}
+
+	// An outage over two scrub slots fires one catch-up scrub (run-once).
+	w.clock.Set(start.Add(10*24*time.Hour + 3*time.Hour))
+	w.once(reps...)
+	check(events.ScrubRequested, schedule.SideScrub, 9)
+}
