@@ -1,5 +1,5 @@
 // Package api is backstream's HTTP API: health, plans, runs, triggers for
-// backups and restores, and dead letters. It only reads KV, publishes
+// backups, restores, scrubs and drills, and dead letters. It only reads KV, publishes
 // trigger events, and replays or deletes dead letters; it never runs a
 // stage itself. It never answers anyone it has not
 // authenticated (bearer token or client certificate) beyond GET /healthz,
@@ -62,6 +62,8 @@ func New(d *stage.Deps, cfg Config) (*Server, error) {
 	s.Handle("GET /v1/runs/{id}", RoleRead, http.HandlerFunc(s.run))
 	s.Handle("POST /v1/plans/{plan}/trigger", RoleTrigger, http.HandlerFunc(s.trigger))
 	s.Handle("POST /v1/plans/{plan}/restore", RoleRestore, http.HandlerFunc(s.restore))
+	s.Handle("POST /v1/plans/{plan}/drill", RoleTrigger, http.HandlerFunc(s.drill))
+	s.Handle("POST /v1/plans/{plan}/scrub", RoleTrigger, http.HandlerFunc(s.scrub))
 	s.Handle("POST /v1/runs/{id}/cancel", RoleTrigger, http.HandlerFunc(s.cancel))
 	s.Handle("POST /v1/runs/{id}/replay", RoleTrigger, http.HandlerFunc(s.replay))
 	s.routeDeadLetters() // dlq.go
@@ -101,8 +103,10 @@ func writeErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, planstore.ErrNotFound), errors.Is(err, runs.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, events.ErrInvalid):
+	case errors.Is(err, events.ErrInvalid), errors.Is(err, stage.ErrUnknownDestination):
 		code = http.StatusBadRequest
+	case errors.Is(err, stage.ErrNoDrill):
+		code = http.StatusConflict
 	case errors.Is(err, planstore.ErrInvalidPlan):
 		// The stored plan, not the request, is wrong.
 		code = http.StatusConflict
@@ -232,6 +236,65 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("api restore requested", "plan", planName, "run", runID, "by", id.RequestedBy(),
 		"backup", req.BackupID, "destination", req.Destination, "target", req.Target, "clean", req.Clean)
 	writeJSON(w, http.StatusAccepted, map[string]string{"runId": runID})
+}
+
+// DrillRequest is the body of POST /v1/plans/{plan}/drill (optional).
+type DrillRequest struct {
+	// BackupID names the backup to drill; empty or "latest" drills the
+	// newest backup verified in any destination.
+	BackupID string `json:"backupId,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// drill asks for a fire drill: the plan's backup restored into a scratch
+// target made for it, never into the plan's source, so the trigger role
+// may ask for one. 409 when the plan has no spec.drill.
+func (s *Server) drill(w http.ResponseWriter, r *http.Request) {
+	var req DrillRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	if req.BackupID == "latest" {
+		req.BackupID = ""
+	}
+	id, _ := IdentityFrom(r.Context())
+	planName := r.PathValue("plan")
+	drillID, err := s.d.RequestDrill(r.Context(), planName, events.DrillRequestedData{
+		Trigger: events.TriggerAPI, RequestedBy: id.RequestedBy(), Reason: req.Reason, BackupID: req.BackupID})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.log.Info("api drill requested", "plan", planName, "drill", drillID, "by", id.RequestedBy(), "backup", req.BackupID)
+	writeJSON(w, http.StatusAccepted, map[string]string{"drillId": drillID})
+}
+
+// ScrubRequest is the body of POST /v1/plans/{plan}/scrub (optional).
+type ScrubRequest struct {
+	// Mode is full or ciphertext; empty: the plan's spec.scrub.mode.
+	Mode string `json:"mode,omitempty"`
+	// Destination limits the scrub to one destination of the plan.
+	Destination string `json:"destination,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+}
+
+// scrub asks for a scrub of the plan's stored backups. It only reads
+// them, and a repair writes a verified copy's own bytes again.
+func (s *Server) scrub(w http.ResponseWriter, r *http.Request) {
+	var req ScrubRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	id, _ := IdentityFrom(r.Context())
+	planName := r.PathValue("plan")
+	scrubID, err := s.d.RequestScrub(r.Context(), planName, events.ScrubRequestedData{
+		Trigger: events.TriggerAPI, RequestedBy: id.RequestedBy(), Reason: req.Reason, Mode: req.Mode, Destination: req.Destination})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.log.Info("api scrub requested", "plan", planName, "scrub", scrubID, "by", id.RequestedBy(), "mode", req.Mode, "destination", req.Destination)
+	writeJSON(w, http.StatusAccepted, map[string]string{"scrubId": scrubID})
 }
 
 // decode reads r's JSON body into v, refusing unknown fields (a misspelt
