@@ -1,6 +1,7 @@
 // Package metrics is the metrics stage: it turns events into InfluxDB points
 // and Prometheus figures, and runs the watchdog that reports a plan whose
-// expected success did not arrive (backup.missed) and counts the inverse
+// expected success did not arrive (backup.missed), or whose scheduled
+// drill did not succeed in time (drill.missed), and counts the inverse
 // ops runs still owe. (Runs past their deadlines are failed by the control
 // service, which owns run state.)
 //
@@ -143,6 +144,13 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	pts, err := Points(e, r)
 	if err != nil {
 		return nil, bus.Permanent(err)
+	}
+	// The watchdog judges drill slots from this record: it is written
+	// before the points, so it never waits for InfluxDB.
+	if e.Type() == events.DrillSucceeded {
+		if err := s.recordDrill(ctx, e); err != nil {
+			return nil, err
+		}
 	}
 	s.prom.observe(e, pts)
 	if s.w == nil || len(pts) == 0 {

@@ -17,6 +17,8 @@ const (
 	MeasureRetention = "retention"
 	MeasureMissed    = "backup_missed"
 	MeasureOwed      = "compensation_owed"
+	MeasureScrub     = "backup_scrub"
+	MeasureDrill     = "backup_drill"
 )
 
 // Point is one InfluxDB point. Measurement, Tags and Time identify it: a
@@ -34,6 +36,8 @@ var Types = []string{
 	events.HookCompleted, events.SnapshotCompleted, events.UploadCompleted, events.VerifyCompleted,
 	events.RetentionCompleted, events.RetentionFailed,
 	events.RestoreSucceeded, events.RestoreFailed, events.RestoreCancelled,
+	events.ScrubCompleted, events.ScrubFailed,
+	events.DrillSucceeded, events.DrillFailed, events.DrillMissed,
 }
 
 // Statuses of backup_run and restore_run (the status tag and the status
@@ -44,6 +48,10 @@ const (
 	StatusSucceeded = "succeeded"
 	StatusFailed    = "failed"
 	StatusCancelled = "cancelled"
+	// StatusMissed is a drill slot that passed its grace without a
+	// successful drill (backup_drill only; backup.missed has a measurement
+	// of its own).
+	StatusMissed = "missed"
 )
 
 // Points maps one event to its points. It is pure: the same event (and run
@@ -55,8 +63,8 @@ const (
 //
 // The timestamp is the event's time, except where the payload or the run
 // record fixes a time (backup.succeeded: started + durationMs;
-// backup.missed: expectedBy; backup.cancelled and restore.cancelled: the
-// record's finish when it says Cancelled), so that even an event
+// backup.missed and drill.missed: expectedBy; backup.cancelled and
+// restore.cancelled: the record's finish when it says Cancelled), so that even an event
 // re-announced after JetStream's duplicate window lands on the same point. A payload time
 // is never later than the event's own: a run cannot have finished after the
 // event announcing it was made, so a forged or garbled payload cannot put a
@@ -137,8 +145,53 @@ func Points(e events.Event, r *runs.Run) ([]Point, error) {
 		f := cancelFields(d.By, d.Reason, d.Steps)
 		fromRecord(r, at, f)
 		return []Point{{MeasureRestore, map[string]string{"plan": plan, "status": StatusCancelled}, f, at}}, nil
+	case *events.ScrubCompletedData:
+		return scrubPoints(plan, d, at), nil
+	case *events.ScrubFailedData:
+		// No destination and no mode: the scrub never got that far.
+		return []Point{{MeasureScrub, map[string]string{"plan": plan, "status": StatusFailed}, map[string]any{"error": d.Error}, at}}, nil
+	case *events.DrillSucceededData:
+		return []Point{{MeasureDrill, map[string]string{"plan": plan, "status": StatusSucceeded}, map[string]any{
+			"success": int64(1), "bytes": d.Bytes, "rows": d.Rows, "restore_ms": d.RestoreMs, "check_ms": d.CheckMs,
+			"duration_ms": d.DurationMs, "backup_id": d.BackupID, "destination": d.Destination}, at}}, nil
+	case *events.DrillFailedData:
+		f := map[string]any{"success": int64(0), "duration_ms": d.DurationMs, "error": d.Error}
+		if d.BackupID != "" {
+			f["backup_id"] = d.BackupID
+		}
+		if d.Destination != "" {
+			f["destination"] = d.Destination
+		}
+		return []Point{{MeasureDrill, map[string]string{"plan": plan, "status": StatusFailed, "stage": d.Stage}, f, at}}, nil
+	case *events.DrillMissedData:
+		f := map[string]any{"success": int64(0), "slot": d.Slot.Unix()}
+		if d.LastSuccess != nil {
+			f["last_success"] = d.LastSuccess.Unix()
+		}
+		return []Point{{MeasureDrill, map[string]string{"plan": plan, "status": StatusMissed}, f, notAfter(d.ExpectedBy, at)}}, nil
 	}
 	return nil, nil
+}
+
+// scrubPoints are a scrub's points, one per destination it reports on, all
+// at the event's time and tagged with the scrub's overall status. Each
+// carries that destination's own counts, so the newest point of a
+// destination says what the newest scrub of it found even when a later
+// scrub was limited to another destination.
+func scrubPoints(plan string, d *events.ScrubCompletedData, at time.Time) []Point {
+	out := make([]Point, 0, len(d.Destinations))
+	for _, ds := range d.Destinations {
+		f := map[string]any{
+			"checked": ds.Checked, "verified": ds.Verified, "corrupt": ds.Corrupt, "missing": ds.Missing,
+			"repaired": ds.Repaired, "unrepaired": max(ds.Corrupt+ds.Missing-ds.Repaired, 0), "bytes": ds.Bytes,
+			"duration_ms": d.DurationMs, "incomplete": int64(0),
+		}
+		if ds.Error != "" {
+			f["incomplete"], f["error"] = int64(1), ds.Error
+		}
+		out = append(out, Point{MeasureScrub, map[string]string{"plan": plan, "destination": ds.Destination, "mode": d.Mode, "status": d.Status}, f, at})
+	}
+	return out
 }
 
 // fromRecord adds what the run record r knows of a run that ended at at

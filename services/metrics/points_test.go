@@ -114,6 +114,49 @@ func TestPoints(t *testing.T) {
 			want: []string{"restore_run{plan=orders,status=cancelled} by @10:01:00"},
 		},
 		{
+			name: "scrub.completed: one point per destination, tagged with the scrub's status",
+			give: events.ScrubCompletedData{Mode: events.ScrubFull, Status: events.ScrubDamaged, DurationMs: 9000, Destinations: []events.ScrubDestination{
+				{Destination: "local", Checked: 3, Verified: 2, Corrupt: 1, Repaired: 1, Bytes: 300},
+				{Destination: "s3", Checked: 3, Verified: 1, Corrupt: 1, Missing: 1},
+				{Destination: "nas", Error: "list nas: connection refused"},
+			}},
+			want: []string{
+				"backup_scrub{destination=local,mode=full,plan=orders,status=damaged} bytes,checked,corrupt,duration_ms,incomplete,missing,repaired,unrepaired,verified @10:01:00",
+				"backup_scrub{destination=nas,mode=full,plan=orders,status=damaged} bytes,checked,corrupt,duration_ms,error,incomplete,missing,repaired,unrepaired,verified @10:01:00",
+				"backup_scrub{destination=s3,mode=full,plan=orders,status=damaged} bytes,checked,corrupt,duration_ms,incomplete,missing,repaired,unrepaired,verified @10:01:00",
+			},
+		},
+		{
+			name: "scrub.failed",
+			give: events.ScrubFailedData{Error: "full mode without a key"},
+			want: []string{"backup_scrub{plan=orders,status=failed} error @10:01:00"},
+		},
+		{
+			name: "drill.succeeded",
+			give: events.DrillSucceededData{BackupID: "b1", Destination: "local", Target: "drill_x", Bytes: 10, Rows: 1, RestoreMs: 5, CheckMs: 1, DurationMs: 7},
+			want: []string{"backup_drill{plan=orders,status=succeeded} backup_id,bytes,check_ms,destination,duration_ms,restore_ms,rows,success @10:01:00"},
+		},
+		{
+			name: "drill.failed is tagged with its stage",
+			give: events.DrillFailedData{Stage: events.DrillStageCheck, Error: "check: no rows", BackupID: "b1", Destination: "local", DurationMs: 7},
+			want: []string{"backup_drill{plan=orders,stage=check,status=failed} backup_id,destination,duration_ms,error,success @10:01:00"},
+		},
+		{
+			name: "drill.failed before a backup was chosen",
+			give: events.DrillFailedData{Stage: events.DrillStagePrepare, Error: "no verified backup"},
+			want: []string{"backup_drill{plan=orders,stage=prepare,status=failed} duration_ms,error,success @10:01:00"},
+		},
+		{
+			name: "drill.missed lands on expectedBy",
+			give: events.DrillMissedData{Slot: t0, ExpectedBy: t0.Add(30 * time.Second), LastSuccess: &last},
+			want: []string{"backup_drill{plan=orders,status=missed} last_success,slot,success @10:00:30"},
+		},
+		{
+			name: "drill.missed expected after the event was made lands on the event's time",
+			give: events.DrillMissedData{Slot: t0, ExpectedBy: t0.Add(10 * time.Minute)},
+			want: []string{"backup_drill{plan=orders,status=missed} slot,success @10:01:00"},
+		},
+		{
 			name: "an inverse hook op is compensation, not a stage of the run",
 			give: events.HookCompletedData{Hook: "db", Op: "unlock", Inverse: true},
 		},
@@ -167,5 +210,35 @@ func TestCancelledFields(t *testing.T) {
 	want := map[string]any{"by": "cli:alice", "reason": "wrong plan", "steps": events.StepSnapshot + ",filter", "duration_s": 50.0}
 	if len(pts) != 1 || !reflect.DeepEqual(pts[0].Fields, want) {
 		t.Errorf("points %+v, want one with fields %v", pts, want)
+	}
+}
+
+// TestScrubFields checks the counts a scrub's points carry, which
+// TestPoints only names: unrepaired is what a destination's damage left
+// after its repairs, and incomplete flags a destination that could not be
+// scrubbed.
+func TestScrubFields(t *testing.T) {
+	meta := events.Meta{ID: "e1", Source: "backstream/test/x", Plan: "orders", RunID: "01JNR4S7T0000000000000000A", Time: at("2026-01-01T10:00:00Z")}
+	e := events.MustNew(meta, events.ScrubCompletedData{Mode: events.ScrubCiphertext, Status: events.ScrubDamaged, DurationMs: 9000, Destinations: []events.ScrubDestination{
+		{Destination: "local", Checked: 4, Verified: 1, Corrupt: 2, Missing: 1, Repaired: 1, Bytes: 400},
+		{Destination: "nas", Error: "list nas: connection refused"},
+	}})
+	pts, err := Points(e, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]any{
+		{"checked": int64(4), "verified": int64(1), "corrupt": int64(2), "missing": int64(1), "repaired": int64(1), "unrepaired": int64(2),
+			"bytes": int64(400), "duration_ms": int64(9000), "incomplete": int64(0)},
+		{"checked": int64(0), "verified": int64(0), "corrupt": int64(0), "missing": int64(0), "repaired": int64(0), "unrepaired": int64(0),
+			"bytes": int64(0), "duration_ms": int64(9000), "incomplete": int64(1), "error": "list nas: connection refused"},
+	}
+	if len(pts) != len(want) {
+		t.Fatalf("%d points, want %d", len(pts), len(want))
+	}
+	for i := range want {
+		if !reflect.DeepEqual(pts[i].Fields, want[i]) {
+			t.Errorf("%s: fields %v, want %v", pts[i].Tags["destination"], pts[i].Fields, want[i])
+		}
 	}
 }

@@ -27,9 +27,14 @@ type prom struct {
 	restoresTotal  *prometheus.CounterVec
 	retentionCount *prometheus.GaugeVec
 	// owed is set by the watchdog from the runs that owe inverse ops.
-	owed          *prometheus.GaugeVec
-	writeFailures prometheus.Counter
-	pointsWritten prometheus.Counter
+	owed *prometheus.GaugeVec
+	// Scrubs and drills.
+	scrubsTotal     *prometheus.CounterVec
+	scrubUnrepaired *prometheus.GaugeVec
+	drillsTotal     *prometheus.CounterVec
+	drillLast       *prometheus.GaugeVec
+	writeFailures   prometheus.Counter
+	pointsWritten   prometheus.Counter
 	// refused counts events the stage refused, by reason only: a label
 	// with the plan name would let anyone who can publish make series.
 	refused *prometheus.CounterVec
@@ -39,8 +44,14 @@ type prom struct {
 	mu   sync.Mutex
 	seen map[string]struct{}
 	last map[string]int64 // newest success per plan, unix seconds
-	ring []string
-	next int
+	// drillLastAt is the newest drill success per plan, unix seconds.
+	drillLastAt map[string]int64
+	// scrubAt is the time of the point that set each scrub gauge (plan,
+	// destination): an older scrub's event arriving late does not
+	// overwrite what a newer scrub found.
+	scrubAt map[[2]string]time.Time
+	ring    []string
+	next    int
 }
 
 const seenSize = 8192
@@ -73,21 +84,32 @@ func newProm() *prom {
 			Help: "Backups kept and removed by the newest retention pass of a destination."}, []string{"plan", "destination", "decision"}),
 		owed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_compensation_owed",
 			Help: "Inverse ops that runs of the plan still owe after compensation's retries: the op each undoes (a lock) may still hold."}, []string{"plan"}),
+		scrubsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_scrubs_total",
+			Help: "Finished scrubs by plan and status (clean, repaired, incomplete, damaged, failed)."}, []string{"plan", "status"}),
+		scrubUnrepaired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_scrub_unrepaired_copies",
+			Help: "Damaged or missing copies the newest scrub of a destination found and could not repair."}, []string{"plan", "destination"}),
+		drillsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_drills_total",
+			Help: "Drills by plan and status (succeeded, failed, missed: a drill slot passed its grace without a success)."}, []string{"plan", "status"}),
+		drillLast: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "backstream_drill_last_success_timestamp_seconds",
+			Help: "Unix time of the plan's newest successful drill."}, []string{"plan"}),
 		writeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_write_failures_total",
 			Help: "Failed InfluxDB writes (each is retried by redelivery)."}),
 		pointsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "backstream_metrics_influx_points_total",
 			Help: "Points handed to InfluxDB and acknowledged by it (redeliveries included)."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "backstream_events_refused_total",
 			Help: "Events the metrics stage refused and dead-lettered, by reason (unknown_plan: no plan of that name exists). No figure or point is made for them."}, []string{"reason"}),
-		now:  time.Now,
-		seen: map[string]struct{}{},
-		last: map[string]int64{},
-		ring: make([]string, seenSize),
+		now:         time.Now,
+		seen:        map[string]struct{}{},
+		last:        map[string]int64{},
+		drillLastAt: map[string]int64{},
+		scrubAt:     map[[2]string]time.Time{},
+		ring:        make([]string, seenSize),
 	}
 	// Known reasons start at zero, so a rate() over them works from the start.
 	p.refused.WithLabelValues(refusedUnknownPlan)
 	p.reg.MustRegister(p.runsTotal, p.lastSuccess, p.lastDuration, p.lastBytes, p.lastRatio, p.stageDuration,
-		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.owed, p.writeFailures, p.pointsWritten, p.refused,
+		p.stageFailures, p.missed, p.restoresTotal, p.retentionCount, p.owed,
+		p.scrubsTotal, p.scrubUnrepaired, p.drillsTotal, p.drillLast, p.writeFailures, p.pointsWritten, p.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return p
 }
@@ -142,8 +164,48 @@ func (p *prom) observe(e events.Event, pts []Point) {
 		case MeasureRetention:
 			p.retentionCount.WithLabelValues(plan, pt.Tags["destination"], "kept").Set(num(pt.Fields["kept"]))
 			p.retentionCount.WithLabelValues(plan, pt.Tags["destination"], "removed").Set(num(pt.Fields["removed"]))
+		case MeasureDrill:
+			p.drillsTotal.WithLabelValues(plan, pt.Tags["status"]).Inc()
+			if pt.Tags["status"] == StatusSucceeded {
+				p.setDrillLast(plan, pt.Time.Unix())
+			}
 		}
 	}
+	// A scrub counts once, however many destinations its points cover.
+	if len(pts) > 0 && pts[0].Measurement == MeasureScrub {
+		p.scrubsTotal.WithLabelValues(pts[0].Tags["plan"], pts[0].Tags["status"]).Inc()
+		for _, pt := range pts {
+			if dest := pt.Tags["destination"]; dest != "" {
+				p.setScrubUnrepaired(pt.Tags["plan"], dest, num(pt.Fields["unrepaired"]), pt.Time)
+			}
+		}
+	}
+}
+
+// setScrubUnrepaired sets a destination's unrepaired copies from a scrub
+// finished at at, unless a newer scrub of it already set them.
+func (p *prom) setScrubUnrepaired(plan, dest string, n float64, at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := [2]string{plan, dest}
+	if prev, ok := p.scrubAt[k]; ok && prev.After(at) {
+		return
+	}
+	p.scrubAt[k] = at
+	p.scrubUnrepaired.WithLabelValues(plan, dest).Set(n)
+}
+
+// setDrillLast moves the plan's last-drill-success gauge forward, never
+// back and never past now, like setLastSuccess.
+func (p *prom) setDrillLast(plan string, unix int64) {
+	unix = min(unix, p.now().Unix())
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drillLastAt[plan] >= unix {
+		return
+	}
+	p.drillLastAt[plan] = unix
+	p.drillLast.WithLabelValues(plan).Set(float64(unix))
 }
 
 // setLastSuccess moves the plan's last-success gauge forward, never back,

@@ -57,24 +57,9 @@ func Missed(p *plan.Plan, st Expectation, successes []time.Time, now time.Time) 
 	var out []Miss
 	switch {
 	case p.Spec.Schedule != nil:
-		sc, err := sched.Parse(schedule.Spec(p.Spec.Schedule))
-		if err != nil {
-			return nil, newest, fmt.Errorf("schedule: %w", err)
-		}
-		if sc.Spec().Paused {
-			return nil, laterOf(newest, now), nil
-		}
-		wait := sched.Jitter(p.Name(), time.Time{}, sc.Spec().Jitter) + grace
-		for _, slot := range sc.Slots(newest, now.Add(-wait)) {
-			if len(out) == maxMissedPerPass {
-				break
-			}
-			by := slot.Add(wait)
-			newest = slot
-			if !coveredBy(successes, slot, by) {
-				out = append(out, Miss{Slot: slot.UTC(), ExpectedBy: by.UTC()})
-			}
-		}
+		return scheduleMissed(p.Name(), p.Spec.Schedule, grace, newest, now, func(slot, by time.Time) bool {
+			return coveredBy(successes, slot, by)
+		})
 	case p.Spec.Alert != nil && p.Spec.Alert.ExpectEvery > 0:
 		every := p.Spec.Alert.ExpectEvery.Std()
 		base := st.Since
@@ -89,6 +74,34 @@ func Missed(p *plan.Plan, st Expectation, successes []time.Time, now time.Time) 
 			}
 			newest = slot
 			out = append(out, Miss{Slot: slot.UTC(), ExpectedBy: slot.Add(grace).UTC()})
+		}
+	}
+	return out, newest, nil
+}
+
+// scheduleMissed judges the slots of schedule ps after newest that are
+// due at now (slot + jitter + grace passed): those covered reports false
+// for are missed. It returns them, oldest first and at most
+// maxMissedPerPass, and the newest slot judged. A paused schedule expects
+// nothing, and its paused slots are never reported later.
+func scheduleMissed(planName string, ps *plan.Schedule, grace time.Duration, newest, now time.Time, covered func(slot, by time.Time) bool) ([]Miss, time.Time, error) {
+	sc, err := sched.Parse(schedule.Spec(ps))
+	if err != nil {
+		return nil, newest, fmt.Errorf("schedule: %w", err)
+	}
+	if sc.Spec().Paused {
+		return nil, laterOf(newest, now), nil
+	}
+	var out []Miss
+	wait := sched.Jitter(planName, time.Time{}, sc.Spec().Jitter) + grace
+	for _, slot := range sc.Slots(newest, now.Add(-wait)) {
+		if len(out) == maxMissedPerPass {
+			break
+		}
+		by := slot.Add(wait)
+		newest = slot
+		if !covered(slot, by) {
+			out = append(out, Miss{Slot: slot.UTC(), ExpectedBy: by.UTC()})
 		}
 	}
 	return out, newest, nil
@@ -120,8 +133,8 @@ func MissedID(planName string, slot time.Time) string {
 func watchKey(planName string) string { return "watchdog." + planName }
 
 // Watch is one watchdog pass at the clock's now: backup.missed for every
-// newly missed slot of every plan, then the owed inverse ops counted per
-// plan. Only a Succeeded run covers a slot: the run store's success index
+// newly missed slot of every plan and drill.missed for every newly missed
+// drill slot (DrillMissed), then the owed inverse ops counted per plan. Only a Succeeded run covers a slot: the run store's success index
 // holds nothing else, so a slot whose run failed or was cancelled is
 // reported missed like one that never ran.
 func (s *Service) Watch(ctx context.Context) error {
@@ -136,7 +149,27 @@ func (s *Service) Watch(ctx context.Context) error {
 	for _, err := range bad {
 		errs = append(errs, fmt.Errorf("watchdog: %w", err))
 	}
+	// Drill slots are judged only once every drill.succeeded published so
+	// far reached the success records (eventsCaughtUp); asked once a pass.
+	drillsReady := -1
 	for _, p := range plans {
+		if d := p.Spec.Drill; d != nil && d.Schedule != nil {
+			if drillsReady < 0 {
+				drillsReady = 0
+				if ok, err := s.eventsCaughtUp(ctx); err != nil {
+					errs = append(errs, fmt.Errorf("watchdog: %w", err))
+				} else if ok {
+					drillsReady = 1
+				} else {
+					s.Log.Info("drill slots not judged this pass: the metrics consumer has events still to deliver")
+				}
+			}
+			if drillsReady == 1 {
+				if err := s.watchDrill(ctx, p, now); err != nil {
+					errs = append(errs, fmt.Errorf("watchdog drill of plan %s: %w", p.Name(), err))
+				}
+			}
+		}
 		if p.Spec.Schedule == nil && (p.Spec.Alert == nil || p.Spec.Alert.ExpectEvery <= 0) {
 			continue
 		}
@@ -164,7 +197,32 @@ func (s *Service) Watch(ctx context.Context) error {
 }
 
 func (s *Service) watchPlan(ctx context.Context, p *plan.Plan, successes []time.Time, lastSuccess *time.Time, now time.Time) error {
-	key := watchKey(p.Name())
+	return s.watchSlots(ctx, watchKey(p.Name()), now, func(st Expectation) ([]Miss, time.Time, error) {
+		return Missed(p, st, successes, now)
+	}, func(m Miss) error {
+		id := MissedID(p.Name(), m.Slot)
+		// The runid is the run the slot started or would have started
+		// (a ULID, as every runid must be); the event id stays MissedID.
+		meta := s.Bus.Meta(p.Name(), schedule.SlotRunID(p.Name(), m.Slot), "")
+		meta.ID = id
+		e, err := events.New(meta, events.BackupMissedData{ExpectedBy: m.ExpectedBy, Slot: m.Slot, LastSuccess: lastSuccess})
+		if err != nil {
+			return err
+		}
+		if err := s.Bus.Publish(ctx, e); err != nil {
+			return err
+		}
+		s.Log.Warn("expected backup success missing", "plan", p.Name(), "runid", events.RunID(e), "id", id, "slot", m.Slot, "expectedBy", m.ExpectedBy)
+		return nil
+	})
+}
+
+// watchSlots is one judgement of the expectation kept at key: judge gives
+// the slots missed since the state's LastSlot and the newest slot judged,
+// announce publishes one miss. The first sight of key records now and
+// judges nothing, so nothing from before the watchdog knew of a schedule
+// is reported.
+func (s *Service) watchSlots(ctx context.Context, key string, now time.Time, judge func(Expectation) ([]Miss, time.Time, error), announce func(Miss) error) error {
 	entry, err := s.Bus.Leases.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		data, _ := json.Marshal(Expectation{Since: now, LastSlot: now})
@@ -180,7 +238,7 @@ func (s *Service) watchPlan(ctx context.Context, p *plan.Plan, successes []time.
 	if err := json.Unmarshal(entry.Value(), &st); err != nil {
 		return fmt.Errorf("watchdog state: %w", err)
 	}
-	missed, newest, err := Missed(p, st, successes, now)
+	missed, newest, err := judge(st)
 	if err != nil {
 		return err
 	}
@@ -191,19 +249,9 @@ func (s *Service) watchPlan(ctx context.Context, p *plan.Plan, successes []time.
 	// ids, which the duplicate window drops.
 	sort.Slice(missed, func(i, j int) bool { return missed[i].Slot.Before(missed[j].Slot) })
 	for _, m := range missed {
-		id := MissedID(p.Name(), m.Slot)
-		// The runid is the run the slot started or would have started
-		// (a ULID, as every runid must be); the event id stays MissedID.
-		meta := s.Bus.Meta(p.Name(), schedule.SlotRunID(p.Name(), m.Slot), "")
-		meta.ID = id
-		e, err := events.New(meta, events.BackupMissedData{ExpectedBy: m.ExpectedBy, Slot: m.Slot, LastSuccess: lastSuccess})
-		if err != nil {
+		if err := announce(m); err != nil {
 			return err
 		}
-		if err := s.Bus.Publish(ctx, e); err != nil {
-			return err
-		}
-		s.Log.Warn("expected backup success missing", "plan", p.Name(), "runid", events.RunID(e), "id", id, "slot", m.Slot, "expectedBy", m.ExpectedBy)
 	}
 	st.LastSlot = newest.UTC()
 	data, _ := json.Marshal(st)
