@@ -29,6 +29,8 @@ usage:
   backstream run ID [-o table|json] [--compensate] [--follow]
   backstream cancel ID [--reason TEXT] [--wait DURATION]
   backstream replay ID [--stage verify|hook:H/OP|retention|compensation | --destination NAME | --from-start] [--wait]
+  backstream drill PLAN [--backup ID] [--reason TEXT] [--wait]
+  backstream scrub PLAN [--mode full|ciphertext] [--destination NAME] [--reason TEXT] [--wait]
   backstream restore BACKUP --to FILE|- (--plan-file FILE [--destination NAME] | storage flags) [--identity FILE | --passphrase-env VAR] [--allow-failed] [--fallback-older]
   backstream backups (--plan-file FILE --destination NAME | storage flags) [--plan PLAN] [--all]
   backstream schedule PLAN [--count N]
@@ -102,6 +104,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cancelCmd(ctx, rest, stdout, stderr)
 	case "replay":
 		return replayCmd(ctx, rest, stdout, stderr)
+	case "drill":
+		return drillCmd(ctx, rest, stdout, stderr)
+	case "scrub":
+		return scrubCmd(ctx, rest, stdout, stderr)
 	case "restore":
 		return restoreCmd(ctx, rest, stdout, stderr)
 	case "backups":
