@@ -60,11 +60,83 @@ func knownData(t *testing.T, influxURL string, now time.Time) {
 		p("compensation_owed", tags("plan", "b"), map[string]any{"owed": int64(1)}, now.Add(-10*time.Minute)),
 		p("compensation_owed", tags("plan", "c"), map[string]any{"owed": int64(2)}, now.Add(-6*time.Hour)),
 	}
+	pts = append(pts, drillData(now)...)
+	pts = append(pts, scrubData(now)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := w.WritePoint(ctx, pts...); err != nil {
 		t.Fatalf("write fixture: %v", err)
 	}
+}
+
+// drillData are backup_drill points as the metrics stage makes them: a's
+// drill failed three days ago and succeeded since; b's succeeded five days
+// ago and its newest slot was missed; c's failed two hours ago; e's failed,
+// then its next slot was missed (red, not orange: the newest drill that ran
+// failed).
+func drillData(now time.Time) []*write.Point {
+	p := influxdb2.NewPoint
+	ok := func(plan string, at time.Time) *write.Point {
+		return p("backup_drill", map[string]string{"plan": plan, "status": "succeeded"}, map[string]any{"success": int64(1), "bytes": int64(1 << 20),
+			"rows": int64(1), "restore_ms": int64(900), "check_ms": int64(20), "duration_ms": int64(1000), "backup_id": "01JNR4S7T0000000000000000A", "destination": "s3"}, at)
+	}
+	failed := func(plan, stage string, at time.Time) *write.Point {
+		return p("backup_drill", map[string]string{"plan": plan, "status": "failed", "stage": stage}, map[string]any{"success": int64(0),
+			"duration_ms": int64(500), "error": stage + ": it broke"}, at)
+	}
+	missed := func(plan string, at time.Time) *write.Point {
+		return p("backup_drill", map[string]string{"plan": plan, "status": "missed"}, map[string]any{"success": int64(0), "slot": at.Add(-time.Hour).Unix()}, at)
+	}
+	return []*write.Point{
+		failed("a", "restore", now.Add(-72*time.Hour)),
+		ok("a", now.Add(-24*time.Hour)),
+		ok("b", now.Add(-120*time.Hour)),
+		missed("b", now.Add(-time.Hour)),
+		failed("c", "check", now.Add(-2*time.Hour)),
+		failed("e", "prepare", now.Add(-6*time.Hour)),
+		missed("e", now.Add(-time.Hour)),
+	}
+}
+
+// scrubData are backup_scrub points as the metrics stage makes them (one
+// per destination, tagged with the scrub's status): a's scrub three days
+// ago left a copy damaged, yesterday's found everything whole; b's left one
+// damaged two hours ago; c's was clean, then its newest scrub failed; e's
+// repaired a copy; f's left a copy in local damaged and a later scrub of s3
+// alone was clean; g's could not reach nas.
+func scrubData(now time.Time) []*write.Point {
+	type dest struct {
+		name                                   string
+		corrupt, missing, repaired, unrepaired int64
+		err                                    string
+	}
+	scrub := func(plan, status string, at time.Time, ds ...dest) []*write.Point {
+		var out []*write.Point
+		for _, d := range ds {
+			f := map[string]any{"checked": int64(4), "verified": 4 - d.corrupt, "corrupt": d.corrupt, "missing": d.missing, "repaired": d.repaired,
+				"unrepaired": d.unrepaired, "bytes": int64(4 << 20), "duration_ms": int64(3000), "incomplete": int64(0)}
+			if d.err != "" {
+				f["incomplete"], f["error"] = int64(1), d.err
+			}
+			out = append(out, influxdb2.NewPoint("backup_scrub", map[string]string{"plan": plan, "destination": d.name, "mode": "ciphertext", "status": status}, f, at))
+		}
+		return out
+	}
+	var pts []*write.Point
+	for _, s := range [][]*write.Point{
+		scrub("a", "damaged", now.Add(-72*time.Hour), dest{name: "local", corrupt: 1, unrepaired: 1}, dest{name: "s3"}),
+		scrub("a", "clean", now.Add(-24*time.Hour), dest{name: "local"}, dest{name: "s3"}),
+		scrub("b", "damaged", now.Add(-2*time.Hour), dest{name: "local", missing: 1, unrepaired: 1}, dest{name: "s3"}),
+		scrub("c", "clean", now.Add(-48*time.Hour), dest{name: "local"}),
+		{influxdb2.NewPoint("backup_scrub", map[string]string{"plan": "c", "status": "failed"}, map[string]any{"error": "full mode without a key"}, now.Add(-time.Hour))},
+		scrub("e", "repaired", now.Add(-5*time.Hour), dest{name: "local", corrupt: 1, repaired: 1}, dest{name: "s3"}),
+		scrub("f", "damaged", now.Add(-48*time.Hour), dest{name: "local", corrupt: 1, unrepaired: 1}, dest{name: "s3"}),
+		scrub("f", "clean", now.Add(-time.Hour), dest{name: "s3"}),
+		scrub("g", "incomplete", now.Add(-3*time.Hour), dest{name: "local"}, dest{name: "nas", err: "list nas: connection refused"}),
+	} {
+		pts = append(pts, s...)
+	}
+	return pts
 }
 
 type dashboard struct {
@@ -258,6 +330,13 @@ func TestDashboardQueries(t *testing.T) {
 			}
 		},
 		"Missed successes (watchdog)": plansAre("b", "c"),
+		// a failed, then succeeded; b's newest slot was missed after a
+		// success; c failed; e failed and then missed a slot.
+		"Drill status": cells(map[string]string{"a": "green SUCCEEDED", "b": "orange OVERDUE", "c": "red FAILED", "e": "red FAILED"}),
+		// a's damage was found whole again; f's damage in local stands
+		// though a later scrub of s3 alone was clean.
+		"Scrub status": cells(map[string]string{"a": "green CLEAN", "b": "red DAMAGED", "c": "red FAILED", "e": "yellow REPAIRED",
+			"f": "red DAMAGED", "g": "grey INCOMPLETE"}),
 		"Cancelled runs": func(t *testing.T, p panel, rows []map[string]any) {
 			want := []string{
 				"a cli cli:alice wrong window snapshot,filter",
@@ -291,6 +370,24 @@ func TestDashboardQueries(t *testing.T) {
 	}
 	if len(d.Panels) != len(checks) {
 		t.Errorf("%d panels, %d checks", len(d.Panels), len(checks))
+	}
+}
+
+// cells checks a status panel: one cell per plan, each showing its colour
+// and text.
+func cells(want map[string]string) func(t *testing.T, p panel, rows []map[string]any) {
+	return func(t *testing.T, p panel, rows []map[string]any) {
+		t.Helper()
+		got := byPlan(rows, "plan")
+		for plan, cell := range want {
+			v, ok := got[plan]
+			if shown := p.color(v) + " " + p.text(v); !ok || shown != cell {
+				t.Errorf("plan %s: value %v (present %v) shows %q, want %q", plan, v, ok, shown, cell)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("cells %v, want one for each of %v", got, want)
+		}
 	}
 }
 
@@ -347,7 +444,8 @@ func readAlerts(t *testing.T) alertFile {
 }
 
 // TestAlertRules runs every alert rule's query against the known data and
-// evaluates its reduce and threshold steps: each fires for plans b and c.
+// evaluates its reduce and threshold steps: each backup rule fires for
+// plans b and c, the drill and scrub rules as want says.
 // No rule fires for a cancellation as such (a's, after its success); the
 // success-missing rule fires for e, whose only run was cancelled, because
 // e has no backup: a cancelled run is no success.
@@ -359,6 +457,16 @@ func TestAlertRules(t *testing.T) {
 		"backstream-success-missing":   "[b c e]",
 		"backstream-backup-missed":     "[b c]",
 		"backstream-compensation-owed": "[b c]",
+		// A failed drill (c), a missed one (b), both (e); not a's, whose
+		// failure a later success cleared.
+		"backstream-drill-failed": "[b c e]",
+		// Unrepaired damage (b; f's in one destination, though a later
+		// scrub of another was clean) or a failed scrub (c); not a's,
+		// whose damage a later scrub found whole.
+		"backstream-scrub-damage": "[b c f]",
+		// A repaired copy (e) and a destination that could not be
+		// scrubbed (g) are a warning.
+		"backstream-scrub-repaired": "[e g]",
 	}
 	n := 0
 	for _, g := range f.Groups {
@@ -400,7 +508,7 @@ func TestAlertRules(t *testing.T) {
 			})
 		}
 	}
-	if n != 3 {
-		t.Errorf("%d rules, want 3", n)
+	if n != len(want) {
+		t.Errorf("%d rules, want %d", n, len(want))
 	}
 }
