@@ -419,4 +419,3 @@ func TestDrillFiles(t *testing.T) {
 		}
 	})
 }
-
