@@ -3,6 +3,8 @@ package bus_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,5 +183,40 @@ func TestARoleThatMayNotSetUpSaysSo(t *testing.T) {
 	_, err := bus.Connect(ctx, srv.URL(), "filter", bus.Config{Auth: a}, bustest.Logger(t))
 	if err == nil || !strings.Contains(err.Error(), "refused by the server") || !strings.Contains(err.Error(), "backstream setup") {
 		t.Fatalf("connect as filter before setup: %v; want the server's refusal and the hint to run setup", err)
+	}
+}
+
+// TestASecondServerOnTheSameStoreFailsAtOnce: two embedded servers on one
+// --data would each write a JetStream store the other contradicts; the
+// second fails at once naming the holder, and starts once the first is
+// gone. A port another process holds fails with its cause, not with "not
+// ready after 30s".
+func TestASecondServerOnTheSameStoreFailsAtOnce(t *testing.T) {
+	data := t.TempDir()
+	cfg := bus.ServerConfig{Port: -1, StoreDir: filepath.Join(data, "nats"), AuthDir: filepath.Join(data, bus.AuthDirName)}
+	first, err := bus.StartServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = bus.StartServer(cfg)
+	if !errors.Is(err, bus.ErrStoreInUse) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Fatalf("second server on the same store: %v, want ErrStoreInUse naming pid %d", err, os.Getpid())
+	}
+	first.Shutdown()
+	again, err := bus.StartServer(cfg)
+	if err != nil {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+	again.Shutdown()
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other := t.TempDir()
+	_, err = bus.StartServer(bus.ServerConfig{Port: l.Addr().(*net.TCPAddr).Port, StoreDir: filepath.Join(other, "nats"), AuthDir: filepath.Join(other, bus.AuthDirName)})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("port clash: %v, want the cause", err)
 	}
 }

@@ -3,10 +3,16 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultURL is where every backstream command looks for NATS when neither
@@ -58,6 +64,7 @@ type ClusterConfig struct {
 type Server struct {
 	ns      *server.Server
 	authDir string
+	lock    *os.File
 }
 
 // Auth returns the credentials of role on this server.
@@ -76,6 +83,26 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
+	}
+	lock, err := lockStore(cfg.StoreDir)
+	if err != nil {
+		return nil, fmt.Errorf("start nats server: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			_ = lock.Close()
+		}
+	}()
+	if cfg.Port > 0 {
+		// nats-server reports a port it cannot bind only to its log, and
+		// the caller would wait for readiness in vain: try it first.
+		addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("start nats server: listen on %s: %w (another serve or NATS server holds it? choose another address)", addr, err)
+		}
+		_ = l.Close()
 	}
 	users, err := ensureUsers(cfg.AuthDir)
 	if err != nil {
@@ -127,7 +154,47 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("start nats server on %s:%d: not ready after 30s", cfg.Host, cfg.Port)
 	}
-	return &Server{ns: ns, authDir: cfg.AuthDir}, nil
+	started = true
+	return &Server{ns: ns, authDir: cfg.AuthDir, lock: lock}, nil
+}
+
+// ErrStoreInUse means another process runs an embedded server on the
+// same store directory: two servers writing one JetStream store would each
+// see a history the other contradicts.
+var ErrStoreInUse = errors.New("store directory in use")
+
+// lockName is the lock file beside JetStream's store.
+const lockName = "backstream.lock"
+
+// lockStore takes an exclusive lock on dir (creating it) for the life of
+// the process, or fails at once naming the holder. The lock is flock(2)
+// on dir/backstream.lock: the kernel drops it when the holder dies, so a
+// crash never leaves a stale lock; the pid in the file is only for the
+// message.
+func lockStore(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, lockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		_ = f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			who := strings.TrimSpace(string(holder))
+			if who == "" {
+				who = "another process"
+			}
+			return nil, fmt.Errorf("%w: %s is held by %s; stop it, or give this one another --data", ErrStoreInUse, dir, who)
+		}
+		return nil, fmt.Errorf("store lock %s: %w", path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(fmt.Sprintf("pid %d, since %s\n", os.Getpid(), time.Now().UTC().Format(time.RFC3339))), 0)
+	return f, nil
 }
 
 // URL is the client URL of the server.
@@ -141,4 +208,7 @@ func (s *Server) JetStreamReady() bool { return s.ns.JetStreamIsCurrent() }
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
+	if s.lock != nil {
+		_ = s.lock.Close()
+	}
 }

@@ -81,6 +81,30 @@ func New(ctx context.Context, c Config) (storage.Storage, error) {
 	return s, nil
 }
 
+// OpenExisting opens the directory c.Path for a reader that must change
+// nothing (`backstream backups`, an offline restore): a directory that does
+// not exist is an error wrapping fs.ErrNotExist — a typo must not create
+// it and then report an empty storage — and no temp file is swept.
+func OpenExisting(c Config) (storage.Storage, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("filesystem config: %w", err)
+	}
+	root, err := filepath.Abs(c.Path)
+	if err != nil {
+		return nil, fmt.Errorf("filesystem root: %w", err)
+	}
+	st, err := os.Stat(root)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("filesystem root %s does not exist (a reader creates nothing: check the path): %w", root, fs.ErrNotExist)
+	case err != nil:
+		return nil, fmt.Errorf("filesystem root: %w", err)
+	case !st.IsDir():
+		return nil, fmt.Errorf("filesystem root %s: not a directory", root)
+	}
+	return &FS{root: root}, nil
+}
+
 // Incomplete implements storage.Sweeper. A temp file has no key yet: it is
 // named by its directory (a key prefix ending in '/', or "" for the root),
 // listed when prefix could name a key in that directory.

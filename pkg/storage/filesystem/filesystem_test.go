@@ -2,6 +2,8 @@ package filesystem_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -116,5 +118,26 @@ func TestDeleteRemovesEmptyDirs(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("root removed: %v", err)
+	}
+}
+
+// TestOpenExistingCreatesNothing: a reader's typo is an error, not a new
+// empty directory that then lists no backups.
+func TestOpenExistingCreatesNothing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "typo")
+	if _, err := filesystem.OpenExisting(filesystem.Config{Path: missing}); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("OpenExisting(%s): %v, want fs.ErrNotExist naming the path", missing, err)
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("OpenExisting created %s (%v)", missing, err)
+	}
+	dir := t.TempDir()
+	st, err := filesystem.OpenExisting(filesystem.Config{Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.List(context.Background(), "", func(storage.Info) error { return nil }); err != nil {
+		t.Fatal(err)
 	}
 }

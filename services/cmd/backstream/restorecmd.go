@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/secret"
@@ -94,7 +95,24 @@ func (f *storageFlags) destinations() ([]string, restore.Opener, *plan.Plan, err
 		for _, d := range p.Spec.Destinations {
 			names = append(names, d.Name)
 		}
-		return names, func(ctx context.Context, d string) (storage.Storage, error) { return reg.Storage(ctx, p, d) }, p, nil
+		return names, func(ctx context.Context, d string) (storage.Storage, error) {
+			// Reading changes nothing: a filesystem destination that does
+			// not exist is an error, not a new empty directory.
+			for _, pd := range p.Spec.Destinations {
+				if pd.Name == d && pd.Type == "filesystem" {
+					var c filesystem.Config
+					if err := pd.Decode(&c); err != nil {
+						return nil, fmt.Errorf("destination %s: %w", d, err)
+					}
+					st, err := filesystem.OpenExisting(c)
+					if err != nil {
+						return nil, fmt.Errorf("destination %s: %w", d, err)
+					}
+					return st, nil
+				}
+			}
+			return reg.Storage(ctx, p, d)
+		}, p, nil
 	case len(f.fsPaths) > 0 || f.s3Endpoint != "":
 		var names []string
 		byName := map[string]func(context.Context) (storage.Storage, error){}
@@ -102,7 +120,7 @@ func (f *storageFlags) destinations() ([]string, restore.Opener, *plan.Plan, err
 			name := "fs:" + dir
 			names = append(names, name)
 			byName[name] = func(ctx context.Context) (storage.Storage, error) {
-				return filesystem.New(ctx, filesystem.Config{Path: dir})
+				return filesystem.OpenExisting(filesystem.Config{Path: dir})
 			}
 		}
 		if f.s3Endpoint != "" {
@@ -144,7 +162,8 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	sf.register(fs)
 	to := fs.String("to", "", "write the restored data to FILE, or - for stdout")
 	intoSource := fs.Bool("into-source", false, "restore into the plan's source (needs --plan-file)")
-	target := fs.String("target", "", "with --into-source: database name or directory to restore into")
+	target := fs.String("target", "", "with --into-source: database name or directory to restore into, beside the live data")
+	inPlace := fs.Bool("in-place", false, "with --into-source and no --target: restore over the plan's live source, replacing what the backup holds there")
 	create := fs.Bool("create", false, "with --into-source: create the target database or directory when missing")
 	clean := fs.Bool("clean", false, "with --into-source: drop or empty what is in the target's way first")
 	identity := fs.String("identity", "", "age identity file")
@@ -163,6 +182,15 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if (*to == "") == !*intoSource {
 		return usageError("restore: give one of --to FILE|- or --into-source")
+	}
+	switch {
+	case !*intoSource && (*target != "" || *inPlace):
+		return usageError("restore: --target and --in-place go with --into-source")
+	case *intoSource && *target != "" && *inPlace:
+		return usageError("restore: give --target (beside the live data) or --in-place (over it), not both")
+	case *intoSource && *target == "" && !*inPlace:
+		return usageError("restore: --into-source without --target would restore over the plan's live source; " +
+			"give --target NAME to restore beside it, or --in-place to replace what the backup holds there")
 	}
 	keys, err := app.Keys(*identity, *passEnv)
 	if err != nil {
@@ -217,6 +245,9 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		src, _, err := plugins.Default().Source(p)
 		if err != nil {
 			return err
+		}
+		if *inPlace {
+			prog.line(fmt.Sprintf("restoring IN PLACE over the live %s source of plan %s: %s", p.Spec.Source.Type, p.Name(), replaced(copies[0].Manifest)))
 		}
 		into := restore.IntoSource(p.Spec.Source.Type, src, source.RestoreOptions{Target: *target, Create: *create, Clean: *clean}, nil)
 		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
@@ -390,4 +421,16 @@ func backupsCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return errors.New("some manifests could not be read")
 	}
 	return nil
+}
+
+// replaced says what an in-place restore of m replaces, from what the
+// backup recorded of its source.
+func replaced(m format.Manifest) string {
+	d := m.Source.Describe
+	for _, k := range []string{"databases", "database", "path", "dir"} {
+		if v := d[k]; v != "" {
+			return k + " " + v + " will be replaced by backup " + m.BackupID
+		}
+	}
+	return "what backup " + m.BackupID + " holds will be replaced"
 }
