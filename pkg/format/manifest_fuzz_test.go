@@ -30,7 +30,7 @@ func manifestSeeds(f *testing.F) [][]byte {
 			Created: at, Started: at, Finished: at.Add(time.Minute),
 			Source: format.Source{Type: "mariadb", Describe: map[string]string{"server": "11.4.2"}},
 			Chain:  v.Chain, ChunkSize: v.ChunkSize, KeyWrap: ss.Header.KeyWrap,
-			Bytes: 2600, StoredBytes: v.StoredBytes, Frames: v.Frames,
+			Bytes: v.Bytes, StoredBytes: v.StoredBytes, Frames: v.Frames,
 			PlaintextSHA256: v.PlaintextSHA256, StoredSHA256: v.StoredSHA256,
 			ObjectKey: format.ObjectKey("orders-db", v.BackupID),
 			Verify:    format.VerifyResult{Status: format.VerifyPending},

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 	"github.com/backstream/backstream/pkg/format"
@@ -36,9 +37,11 @@ type vector struct {
 	Chain           []string `json:"chain"`
 	ChunkSize       int      `json:"chunkSize"`
 	Frames          uint64   `json:"frames"`
+	Bytes           int64    `json:"bytes"` // the plaintext is the first Bytes bytes of plaintext.txt
 	StoredBytes     int64    `json:"storedBytes"`
 	StoredSHA256    string   `json:"storedSha256"`
 	PlaintextSHA256 string   `json:"plaintextSha256"`
+	Manifest        string   `json:"manifest"` // file holding the manifest a pipeline writes beside it
 }
 
 // vectorPlaintext is short text so the vectors stay small and readable.
@@ -52,50 +55,129 @@ func vectorPlaintext() []byte {
 	return []byte(b.String())
 }
 
-func generateVectors(t *testing.T) {
+// vectorSpec is how one vector object is made.
+type vectorSpec struct {
+	file string
+	o    format.Options
+	v    vector // key files
+	n    int    // plaintext bytes: a prefix of plaintext.txt, -1 for all of it
+	// aligned seals chunk by chunk as the pipeline does (services/snapshot
+	// publishes every full chunk at once, so a dump of k whole chunks ends
+	// with an empty final frame); otherwise format.Writer, which makes the
+	// last full chunk final.
+	aligned bool
+}
+
+func vectorSpecs(recipient, pass string) []vectorSpec {
+	return []vectorSpec{
+		{"zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{recipient}, ChunkSize: 1024}, vector{Identity: "identity.txt"}, -1, false},
+		{"zstd-aes-scrypt.bsf", format.Options{Compression: "zstd", Passphrase: pass, ScryptWorkFactor: 10, ChunkSize: 1024}, vector{Passphrase: "passphrase.txt"}, -1, false},
+		{"snappy-none.bsf", format.Options{Compression: "snappy", Encryption: "none", ChunkSize: 1024}, vector{}, -1, false},
+		{"empty-zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{recipient}, ChunkSize: 1024}, vector{Identity: "identity.txt"}, 0, false},
+		{"aligned-snappy-none.bsf", format.Options{Compression: "snappy", Encryption: "none", ChunkSize: 1024}, vector{}, 2048, true},
+	}
+}
+
+func generateVectors(t *testing.T, dir string) {
 	plain := vectorPlaintext()
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
 		t.Fatal(err)
 	}
 	const pass = "backstream test vector passphrase"
-	write := func(name string, b []byte) {
-		if err := os.WriteFile(filepath.Join(vectorDir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("plaintext.txt", plain)
-	write("identity.txt", []byte("# test vector identity; never use it for anything else\n# public key: "+id.Recipient().String()+"\n"+id.String()+"\n"))
-	write("passphrase.txt", []byte(pass+"\n"))
-	specs := []struct {
-		file string
-		o    format.Options
-		v    vector
-	}{
-		{"zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{id.Recipient().String()}, ChunkSize: 1024}, vector{Identity: "identity.txt"}},
-		{"zstd-aes-scrypt.bsf", format.Options{Compression: "zstd", Passphrase: pass, ScryptWorkFactor: 10, ChunkSize: 1024}, vector{Passphrase: "passphrase.txt"}},
-		{"snappy-none.bsf", format.Options{Compression: "snappy", Encryption: "none", ChunkSize: 1024}, vector{}},
-		{"empty-zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{id.Recipient().String()}, ChunkSize: 1024}, vector{Identity: "identity.txt"}},
-	}
+	writeVectorFile(t, dir, "plaintext.txt", plain)
+	writeVectorFile(t, dir, "identity.txt", []byte("# test vector identity; never use it for anything else\n# public key: "+id.Recipient().String()+"\n"+id.String()+"\n"))
+	writeVectorFile(t, dir, "passphrase.txt", []byte(pass+"\n"))
 	var vs []vector
-	for _, sp := range specs {
-		data := plain
-		if strings.HasPrefix(sp.file, "empty") {
-			data = nil
-		}
-		obj := seal(t, "01JVECTOR"+strings.ToUpper(strings.NewReplacer("-", "", ".bsf", "").Replace(sp.file)), sp.o, data)
-		write(sp.file, obj)
-		ss, err := format.Scan(bytes.NewReader(obj))
+	for _, sp := range vectorSpecs(id.Recipient().String(), pass) {
+		vs = append(vs, makeVector(t, dir, sp, plain))
+	}
+	writeVectorIndex(t, dir, vs)
+}
+
+func writeVectorFile(t *testing.T, dir, name string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// makeVector seals the object of sp into dir and returns its entry, without
+// the manifest.
+func makeVector(t *testing.T, dir string, sp vectorSpec, plain []byte) vector {
+	t.Helper()
+	data := plain
+	if sp.n >= 0 {
+		data = plain[:sp.n]
+	}
+	id := "01JVECTOR" + strings.ToUpper(strings.NewReplacer("-", "", ".bsf", "").Replace(sp.file))
+	var obj []byte
+	if sp.aligned {
+		s, err := format.NewSealer(id, sp.o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := sp.v
-		v.File, v.BackupID, v.Chain, v.ChunkSize = sp.file, ss.Header.BackupID, ss.Header.Chain(), ss.Header.ChunkSize
-		v.Frames, v.StoredBytes, v.StoredSHA256, v.PlaintextSHA256 = ss.Frames, ss.StoredBytes, ss.StoredSHA256, sum(data)
-		vs = append(vs, v)
+		obj = s.Header()
+		cs := s.ChunkSize()
+		if len(data)%cs != 0 {
+			t.Fatalf("%s: %d bytes are not whole chunks of %d", sp.file, len(data), cs)
+		}
+		for i := 0; i <= len(data)/cs; i++ {
+			last := i == len(data)/cs
+			if obj, err = s.Seal(obj, uint64(i), last, data[i*cs:min(len(data), (i+1)*cs)]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	} else {
+		obj = seal(t, id, sp.o, data)
+	}
+	writeVectorFile(t, dir, sp.file, obj)
+	ss, err := format.Scan(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := sp.v
+	v.File, v.BackupID, v.Chain, v.ChunkSize = sp.file, ss.Header.BackupID, ss.Header.Chain(), ss.Header.ChunkSize
+	v.Frames, v.Bytes, v.StoredBytes, v.StoredSHA256, v.PlaintextSHA256 = ss.Frames, int64(len(data)), ss.StoredBytes, ss.StoredSHA256, sum(data)
+	return v
+}
+
+// writeVectorIndex writes each vector's manifest and vectors.json.
+func writeVectorIndex(t *testing.T, dir string, vs []vector) {
+	t.Helper()
+	for i, v := range vs {
+		obj := mustRead(t, filepath.Join(dir, v.File))
+		h, _, err := format.ReadHeader(bytes.NewReader(obj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := format.MarshalManifest(vectorManifest(v, h))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vs[i].Manifest = strings.TrimSuffix(v.File, format.ObjectSuffix) + format.ManifestSuffix
+		writeVectorFile(t, dir, vs[i].Manifest, b)
 	}
 	j, _ := json.MarshalIndent(vs, "", "  ")
-	write("vectors.json", append(j, '\n'))
+	writeVectorFile(t, dir, "vectors.json", append(j, '\n'))
+}
+
+// vectorManifest is the manifest a pipeline run would write for vector v:
+// every field set, fixed times, a verified full verify.
+func vectorManifest(v vector, h format.HeaderInfo) format.Manifest {
+	at := time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC)
+	return format.Manifest{
+		FormatVersion: format.Version, BackupID: v.BackupID, Plan: "orders-db", RunID: "01JNR4S7T0000000000000000R", Trigger: "schedule",
+		Created: at.Add(time.Minute), Started: at, Finished: at.Add(time.Minute),
+		Source: format.Source{Type: "mariadb", Describe: map[string]string{"server": "11.4.2", "databases": "orders"}},
+		Chain:  v.Chain, ChunkSize: v.ChunkSize, KeyWrap: h.KeyWrap,
+		Bytes: v.Bytes, StoredBytes: v.StoredBytes, Frames: v.Frames,
+		PlaintextSHA256: v.PlaintextSHA256, StoredSHA256: v.StoredSHA256,
+		ObjectKey: format.ObjectKey("orders-db", v.BackupID),
+		Verify:    format.VerifyResult{Status: format.VerifyVerified, Mode: format.VerifyModeFull, At: at.Add(2 * time.Minute)},
+		Cycles:    []string{"daily", "weekly"},
+		Tags:      map[string]string{"env": "test"},
+	}
 }
 
 func loadVectors(t *testing.T) []vector {
@@ -133,7 +215,7 @@ func vectorKeys(t *testing.T, v vector) format.Keys {
 // every recorded fact.
 func TestVectors(t *testing.T) {
 	if *update {
-		generateVectors(t)
+		generateVectors(t, vectorDir)
 	}
 	plain, err := os.ReadFile(filepath.Join(vectorDir, "plaintext.txt"))
 	if err != nil {
@@ -145,10 +227,7 @@ func TestVectors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := plain
-			if v.PlaintextSHA256 == sum(nil) {
-				want = []byte{}
-			}
+			want := plain[:v.Bytes]
 			got, st, err := open(obj, vectorKeys(t, v))
 			if err != nil {
 				t.Fatalf("open: %v", err)
@@ -159,8 +238,28 @@ func TestVectors(t *testing.T) {
 			if st.Frames != v.Frames || st.StoredBytes != v.StoredBytes || st.StoredSHA256 != v.StoredSHA256 || st.PlaintextSHA256 != v.PlaintextSHA256 {
 				t.Fatalf("stats %+v, vector %+v", st, v)
 			}
-			if plainText := independentRead(t, obj, v); !bytes.Equal(plainText, want) {
+			chunks := independentRead(t, obj, v)
+			if !bytes.Equal(bytes.Join(chunks, nil), want) {
 				t.Fatalf("independent reader: plaintext differs")
+			}
+			// docs/format.md, "The final frame and empty chunks": the
+			// pipeline's layout for aligned-*, format.Writer's for the rest.
+			b, c := len(want), v.ChunkSize
+			wantFrames := max(1, (b+c-1)/c)
+			if strings.HasPrefix(v.File, "aligned-") {
+				wantFrames = b/c + 1
+			}
+			var lens []int
+			for _, ch := range chunks {
+				lens = append(lens, len(ch))
+			}
+			for i, n := range lens {
+				if i < len(lens)-1 && n != c || i == len(lens)-1 && n != b-c*(len(lens)-1) {
+					t.Fatalf("chunk lengths %v for %d bytes at chunk size %d", lens, b, c)
+				}
+			}
+			if len(lens) != wantFrames {
+				t.Fatalf("%d frames (%v), docs/format.md says %d for %d bytes at chunk size %d", len(lens), lens, wantFrames, b, c)
 			}
 		})
 	}
@@ -168,8 +267,9 @@ func TestVectors(t *testing.T) {
 
 // independentRead decodes an object following docs/format.md only, with the
 // standard library, age, snappy and zstd, and none of this package's code:
-// it is the check that the document describes the bytes.
-func independentRead(t *testing.T, obj []byte, v vector) []byte {
+// it is the check that the document describes the bytes. It returns the
+// chunks, one per frame.
+func independentRead(t *testing.T, obj []byte, v vector) [][]byte {
 	t.Helper()
 	be := binary.BigEndian
 	c := crc32.MakeTable(crc32.Castagnoli)
@@ -223,7 +323,7 @@ func independentRead(t *testing.T, obj []byte, v vector) []byte {
 	}
 	hdrSum := sha256.Sum256(hdr)
 	// Frames.
-	var out []byte
+	var out [][]byte
 	dec, _ := zstd.NewReader(nil)
 	defer dec.Close()
 	rest := obj[hdrLen:]
@@ -257,7 +357,7 @@ func independentRead(t *testing.T, obj []byte, v vector) []byte {
 		if err != nil || len(chunk) > chunkSize {
 			t.Fatalf("frame %d: decompress: %v (%d bytes)", i, err, len(chunk))
 		}
-		out = append(out, chunk...)
+		out = append(out, chunk)
 		if final {
 			if len(rest) != 0 || uint64(i+1) != v.Frames {
 				t.Fatalf("final frame %d with %d bytes after it", i, len(rest))
