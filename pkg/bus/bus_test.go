@@ -462,6 +462,25 @@ func TestProducerFailureReachesReader(t *testing.T) {
 	if !errors.Is(err, bus.ErrProducerFailed) || !bytes.Contains([]byte(err.Error()), []byte("status 2")) {
 		t.Fatalf("got %v, want ErrProducerFailed with the reason", err)
 	}
+
+	// Passed on by a middle stage (filter to upload), the failure says
+	// its prefix once.
+	failed := err
+	w2, err := b.NewChunkWriter(ctx, run, bus.KindSealed, []string{"upload"}, bus.DataOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Fail(ctx, bus.ProducerReason(fmt.Errorf("read chunk: %w", failed))); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := b.NewChunkReader(ctx, run, bus.KindSealed, "upload", bus.DataOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r2.Next(ctx)
+	if want := "chunk stream producer failed: mariadb-dump exited with status 2"; err == nil || err.Error() != want {
+		t.Fatalf("passed on: %v, want %q", err, want)
+	}
 }
 
 func TestSetupIsIdempotentUnderConcurrentStarts(t *testing.T) {

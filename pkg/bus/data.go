@@ -41,8 +41,27 @@ var ErrDownstreamGone = errors.New("chunk stream consumer is gone (the reading s
 var ErrStalled = errors.New("chunk stream stalled")
 
 // ErrProducerFailed is returned by a reader when the writer ended the stream
-// with a failure instead of a final chunk.
+// with a failure instead of a final chunk (as a *ProducerError).
 var ErrProducerFailed = errors.New("chunk stream producer failed")
+
+// ProducerError is a writer's failure as a reader of its stream sees it:
+// errors.Is(err, ErrProducerFailed). A stage that passes the failure on to
+// its own readers passes Reason, not Error(), so the prefix is said once
+// however many stages the failure crosses.
+type ProducerError struct{ Reason string }
+
+func (e *ProducerError) Error() string        { return ErrProducerFailed.Error() + ": " + e.Reason }
+func (e *ProducerError) Is(target error) bool { return target == ErrProducerFailed }
+
+// ProducerReason is the reason of the producer failure err carries, or
+// err's text when it carries none.
+func ProducerReason(err error) string {
+	var pe *ProducerError
+	if errors.As(err, &pe) {
+		return pe.Reason
+	}
+	return err.Error()
+}
 
 // DataSubject is the subject prefix of a run's chunk stream of the given kind.
 func DataSubject(runID, kind string) string { return DataRoot + "." + runID + "." + kind }
@@ -542,7 +561,7 @@ func (r *ChunkReader) Next(ctx context.Context) (Chunk, error) {
 		}
 		if reason := h.Get(HeaderFailed); reason != "" {
 			_ = msg.Ack()
-			return Chunk{}, fmt.Errorf("%w: %s", ErrProducerFailed, reason)
+			return Chunk{}, &ProducerError{Reason: reason}
 		}
 		if seq < r.next {
 			_ = msg.Ack()

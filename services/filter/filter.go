@@ -298,7 +298,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	if err := g.Wait(); err != nil {
 		if errors.Is(err, bus.ErrProducerFailed) {
 			// Snapshot reported its own failure; pass it on to upload.
-			_ = out.Fail(context.WithoutCancel(ctx), err.Error())
+			_ = out.Fail(context.WithoutCancel(ctx), bus.ProducerReason(err))
 			_, ferr := s.FinishStep(ctx, runID, StepName, runs.Skipped, 0, err.Error(), nil)
 			return nil, ferr
 		}
