@@ -108,6 +108,22 @@ type Plugin struct {
 	// plugins), so a serve that refuses exec can refuse the plan. Nil means
 	// the plugin never runs anything the plan names.
 	Exec func(decode func(any) error) ([]string, error)
+	// Extract, when set, writes a backup stream of this plugin as the files
+	// the service's own tools read (see ExtractFunc for the contract). It is
+	// a function of the plugin, not a method of a Source, because it needs
+	// no configuration: the manifest names the plugin type but holds no
+	// plan, and a Source cannot be built without a valid one. Nil means the
+	// plugin has no native form to write; call it through Plugin.ExtractTo.
+	Extract ExtractFunc
+}
+
+// ExtractTo runs p.Extract, or returns an error wrapping ErrUnsupported when
+// the plugin has none.
+func (p Plugin) ExtractTo(ctx context.Context, r io.Reader, dir string) ([]string, error) {
+	if p.Extract == nil {
+		return nil, fmt.Errorf("extract %s backup: %w", p.Name, ErrUnsupported)
+	}
+	return p.Extract(ctx, r, dir)
 }
 
 // Execer is a Config whose fields may choose a program to run or code to
