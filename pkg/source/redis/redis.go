@@ -78,7 +78,9 @@ func (c *Config) ExecFields() []string {
 
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
-	return source.PluginOf[Config](Name, New)
+	p := source.PluginOf[Config](Name, New)
+	p.Extract = Extract
+	return p
 }
 
 // Source snapshots one Redis server.
