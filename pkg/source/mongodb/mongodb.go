@@ -97,7 +97,9 @@ func (c *Config) Validate() error {
 
 // Plugin returns the registry entry.
 func Plugin() source.Plugin {
-	return source.PluginOf[Config](Name, New)
+	p := source.PluginOf[Config](Name, New)
+	p.Extract = Extract
+	return p
 }
 
 // Source dumps one MongoDB deployment.
