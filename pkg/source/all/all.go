@@ -15,7 +15,10 @@ import (
 func Registry() *source.Registry {
 	r := source.NewRegistry()
 	r.Register(command.Plugin())
-	r.Register(files.Plugin())
+	// The files stream already is a tar; Extract only checks and names it.
+	f := files.Plugin()
+	f.Extract = source.TarExtract(files.Name + ".tar")
+	r.Register(f)
 	r.Register(mariadb.Plugin())
 	r.Register(postgres.Plugin())
 	r.Register(redis.Plugin())
