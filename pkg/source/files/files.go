@@ -1,7 +1,8 @@
 // Package files is the source plugin for a directory tree: the backup is a
-// tar stream (regular files, directories, symlinks, modes, mtimes), and a
-// restore unpacks it into a target directory without ever writing outside
-// it, whatever the archive holds.
+// tar stream (regular files with their holes, hard links, directories,
+// symlinks, modes, mtimes), and a restore unpacks it into a target directory
+// without ever writing outside it, whatever the archive holds. Neither side
+// holds a file's content in memory.
 package files
 
 import (
@@ -92,6 +93,9 @@ func (s *Source) Backup(ctx context.Context, w io.Writer) (source.Description, e
 	}
 	tw := tar.NewWriter(w)
 	written := map[string]bool{}
+	// First name archived of each file with several names; the other names
+	// become hard link entries to it.
+	links := map[inode]string{}
 	var nfiles, nbytes int64
 	var writeDir func(rel string) error
 	writeDir = func(rel string) error {
@@ -154,8 +158,17 @@ func (s *Source) Backup(ctx context.Context, w io.Writer) (source.Description, e
 			return tw.WriteHeader(header(info, rel, target))
 		case info.Mode().IsRegular():
 			nfiles++
+			id, multi := linkID(info)
+			if first, ok := links[id]; multi && ok {
+				h := header(info, rel, "")
+				h.Typeflag, h.Linkname, h.Size = tar.TypeLink, first, 0
+				return tw.WriteHeader(h)
+			}
+			if multi {
+				links[id] = rel
+			}
 			nbytes += info.Size()
-			return writeFile(tw, p, rel, info)
+			return writeFile(tw, w, p, rel, info)
 		default:
 			return nil // sockets, devices, fifos are not data
 		}
@@ -199,17 +212,23 @@ func header(info fs.FileInfo, name, link string) *tar.Header {
 	return h
 }
 
-func writeFile(tw *tar.Writer, p, rel string, info fs.FileInfo) error {
+// writeFile writes one regular file: with its holes left out when the file
+// system reports any, else as a plain entry. w is what tw writes to.
+func writeFile(tw *tar.Writer, w io.Writer, p, rel string, info fs.FileInfo) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	h := header(info, rel, "")
+	if regions := dataRegions(f, h.Size); !isDense(regions, h.Size) {
+		return writeSparse(tw, w, f, h, regions)
+	}
 	if err := tw.WriteHeader(h); err != nil {
 		return err
 	}
-	n, err := io.CopyN(tw, f, h.Size)
+	// By position: looking for holes moved the file's offset.
+	n, err := io.CopyN(tw, io.NewSectionReader(f, 0, h.Size), h.Size)
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s: %w (read %d of %d bytes)", rel, ErrChanged, n, h.Size)
 	}
@@ -300,11 +319,17 @@ func unpack(ctx context.Context, root *os.Root, r io.Reader) error {
 	cr := &countingReader{r: r}
 	tr := tar.NewReader(cr)
 	var dirs []dirMeta
-	var end int64 // where the current entry's data and padding end
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// Read what is left of the previous entry (all of it for most), so
+		// cr.n is where its data ends; a sparse entry's header gives only
+		// its real size, not what it takes in the stream.
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return fmt.Errorf("read tar: %w", err)
+		}
+		end := cr.n + padding(cr.n)
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			// A complete stream ends with two zero blocks after the last entry.
@@ -320,7 +345,6 @@ func unpack(ctx context.Context, root *os.Root, r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		end = cr.n + h.Size + (512-h.Size%512)%512
 		if name == "." {
 			continue
 		}
@@ -345,7 +369,7 @@ func unpack(ctx context.Context, root *os.Root, r io.Reader) error {
 				return err
 			}
 			dirs = append(dirs, dirMeta{name, h})
-		case tar.TypeReg:
+		case tar.TypeReg, tar.TypeGNUSparse:
 			if err := removeNonDir(root, name); err != nil {
 				return err
 			}
@@ -353,7 +377,11 @@ func unpack(ctx context.Context, root *os.Root, r io.Reader) error {
 			if err != nil {
 				return err
 			}
-			_, err = io.Copy(f, tr)
+			if isSparse(h) {
+				err = copySparse(f, tr)
+			} else {
+				_, err = io.Copy(f, tr)
+			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
@@ -374,6 +402,9 @@ func unpack(ctx context.Context, root *os.Root, r io.Reader) error {
 				return err
 			}
 			if err := root.Symlink(h.Linkname, name); err != nil {
+				return err
+			}
+			if err := lchtimes(root, name, h.ModTime); err != nil {
 				return err
 			}
 		case tar.TypeLink:
