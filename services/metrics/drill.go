@@ -161,6 +161,37 @@ func DrillMissed(p *plan.Plan, st Expectation, rec DrillSuccesses, now time.Time
 	})
 }
 
+// watchDrills judges the drill slots of every plan with a drill schedule,
+// once every drill.succeeded published so far reached the success records
+// (eventsCaughtUp); until then it judges none and the slots wait for a
+// later pass.
+func (s *Service) watchDrills(ctx context.Context, plans []*plan.Plan, now time.Time) error {
+	var drilled []*plan.Plan
+	for _, p := range plans {
+		if d := p.Spec.Drill; d != nil && d.Schedule != nil {
+			drilled = append(drilled, p)
+		}
+	}
+	if len(drilled) == 0 {
+		return nil
+	}
+	ok, err := s.eventsCaughtUp(ctx)
+	if err != nil {
+		return fmt.Errorf("watchdog: %w", err)
+	}
+	if !ok {
+		s.Log.Debug("drill slots not judged this pass: the metrics consumer has events still to deliver")
+		return nil
+	}
+	var errs []error
+	for _, p := range drilled {
+		if err := s.watchDrill(ctx, p, now); err != nil {
+			errs = append(errs, fmt.Errorf("watchdog drill of plan %s: %w", p.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // watchDrill judges the drill slots of p and publishes drill.missed for
 // each one missed.
 func (s *Service) watchDrill(ctx context.Context, p *plan.Plan, now time.Time) error {

@@ -133,8 +133,9 @@ func MissedID(planName string, slot time.Time) string {
 func watchKey(planName string) string { return "watchdog." + planName }
 
 // Watch is one watchdog pass at the clock's now: backup.missed for every
-// newly missed slot of every plan and drill.missed for every newly missed
-// drill slot (DrillMissed), then the owed inverse ops counted per plan. Only a Succeeded run covers a slot: the run store's success index
+// newly missed slot of every plan, drill.missed for every newly missed
+// drill slot (DrillMissed), then the owed inverse ops counted per plan.
+// Only a Succeeded run covers a backup slot: the run store's success index
 // holds nothing else, so a slot whose run failed or was cancelled is
 // reported missed like one that never ran.
 func (s *Service) Watch(ctx context.Context) error {
@@ -149,27 +150,7 @@ func (s *Service) Watch(ctx context.Context) error {
 	for _, err := range bad {
 		errs = append(errs, fmt.Errorf("watchdog: %w", err))
 	}
-	// Drill slots are judged only once every drill.succeeded published so
-	// far reached the success records (eventsCaughtUp); asked once a pass.
-	drillsReady := -1
 	for _, p := range plans {
-		if d := p.Spec.Drill; d != nil && d.Schedule != nil {
-			if drillsReady < 0 {
-				drillsReady = 0
-				if ok, err := s.eventsCaughtUp(ctx); err != nil {
-					errs = append(errs, fmt.Errorf("watchdog: %w", err))
-				} else if ok {
-					drillsReady = 1
-				} else {
-					s.Log.Info("drill slots not judged this pass: the metrics consumer has events still to deliver")
-				}
-			}
-			if drillsReady == 1 {
-				if err := s.watchDrill(ctx, p, now); err != nil {
-					errs = append(errs, fmt.Errorf("watchdog drill of plan %s: %w", p.Name(), err))
-				}
-			}
-		}
 		if p.Spec.Schedule == nil && (p.Spec.Alert == nil || p.Spec.Alert.ExpectEvery <= 0) {
 			continue
 		}
@@ -189,6 +170,9 @@ func (s *Service) Watch(ctx context.Context) error {
 		if err := s.watchPlan(ctx, p, successes, lastSuccess, now); err != nil {
 			errs = append(errs, fmt.Errorf("watchdog plan %s: %w", p.Name(), err))
 		}
+	}
+	if err := s.watchDrills(ctx, plans, now); err != nil {
+		errs = append(errs, err)
 	}
 	if err := s.watchOwed(ctx, plans, now); err != nil {
 		errs = append(errs, err)
