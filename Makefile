@@ -12,8 +12,11 @@ export GOTOOLCHAIN := go1.26.10
 
 all: build
 
+# The version `backstream version` prints: the nearest tag and commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 build:
-	cd services && go build -o $(BIN)/backstream ./cmd/backstream
+	cd services && go build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/backstream ./cmd/backstream
 
 # Starts backstream on its embedded defaults with the demo plan and runs one backup.
 run: build

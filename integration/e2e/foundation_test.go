@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -330,8 +331,12 @@ func TestTriggerWaitShowsProgressAndFailsWithTheRun(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "backup succeeded") {
 		t.Fatalf("trigger --wait exit %d:\n%s", code, out)
 	}
-	if !strings.Contains(out, "progress snapshot") || !strings.Contains(out, "progress upload") || !strings.Contains(out, "MB/s") || strings.Contains(out, "\r") {
-		t.Errorf("trigger --wait without a terminal should print plain progress lines with MB/s:\n%s", out)
+	if !strings.Contains(out, "progress snapshot") || !strings.Contains(out, "progress upload local") || !strings.Contains(out, "MiB/s over ") || strings.Contains(out, "\r") {
+		t.Errorf("trigger --wait without a terminal should print plain progress lines with the step's rate:\n%s", out)
+	}
+	// A rate is over the step's own time, never over nothing.
+	if regexp.MustCompile(`/s over 0s|0s elapsed`).MatchString(out) {
+		t.Errorf("a progress line gives a rate over no time:\n%s", out)
 	}
 
 	// On a terminal (script(1) gives it a pty): one line rewritten in place.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/testenv"
 )
 
@@ -71,7 +73,10 @@ func TestREADMECommandsWorkAsWritten(t *testing.T) {
 			}
 		}
 		switch {
-		case strings.Contains(line, "trigger demo --wait") && !strings.Contains(text, "backup succeeded"),
+		case strings.Contains(line, "--follow") && !strings.Contains(text, "backup succeeded") && !strings.Contains(text, "phase Succeeded"),
+			strings.Contains(line, "plan get demo") && !strings.Contains(text, "name: demo"),
+			strings.Contains(line, "retention demo --dry-run") && !strings.Contains(text, "destination local"),
+			strings.Contains(line, "trigger demo --wait") && !strings.Contains(text, "backup succeeded"),
 			strings.Contains(line, "backstream runs") && !strings.Contains(text, "Succeeded"),
 			strings.Contains(line, "curl") && !strings.Contains(text, `"phase"`):
 			t.Errorf("README line %q printed:\n%s", line, text)
@@ -80,6 +85,87 @@ func TestREADMECommandsWorkAsWritten(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(dir, "demo.tar")); err != nil || st.Size() == 0 {
 		t.Errorf("the README's restore left no demo.tar: %v", err)
 	}
+
+	// What scripts rely on: the run id alone on trigger's first line, and
+	// one JSON document with -o json.
+	for _, cmdline := range []string{"bin/backstream trigger demo | head -1", "bin/backstream trigger demo --wait -o json"} {
+		cmd := exec.Command("sh", "-c", cmdline)
+		cmd.Dir, cmd.Env = dir, env
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmdline, err, out)
+		}
+		if strings.HasSuffix(cmdline, "head -1") {
+			if !regexp.MustCompile(`^[0-9A-Z]{26}\n$`).Match(out) {
+				t.Errorf("%s printed %q, want the run id alone", cmdline, out)
+			}
+			continue
+		}
+		var doc struct {
+			RunID string    `json:"runId"`
+			Run   *runs.Run `json:"run"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil || doc.RunID == "" || doc.Run == nil || doc.Run.Phase != runs.Succeeded {
+			t.Errorf("%s: %v, want {runId, run} of a succeeded run:\n%s", cmdline, err, out)
+		}
+	}
+
+	// The README's list of commands: each line names a command whose help
+	// has every flag the line shows, and no command is missing.
+	help, _ := harness.Run(t, dir, nil, "--help")
+	_, cmds, _ := strings.Cut(help, "Available Commands:\n")
+	cmds, _, _ = strings.Cut(cmds, "\n\n")
+	listed := map[string]bool{}
+	for _, line := range readmeSynopsis(t, string(readme)) {
+		var path []string
+		for _, w := range strings.Fields(line)[1:] {
+			if !regexp.MustCompile(`^[a-z][a-z-]*$`).MatchString(w) || (len(path) > 0 && w == "bash|zsh|fish|powershell") {
+				break
+			}
+			path = append(path, w)
+		}
+		listed[path[0]] = true
+		out, code := harness.Run(t, dir, nil, append(path, "--help")...)
+		if code != 0 {
+			t.Errorf("README %q: `backstream %s --help` exit %d:\n%s", line, strings.Join(path, " "), code, out)
+			continue
+		}
+		for _, f := range regexp.MustCompile(`(?:^|[\s\[(])(--?[a-z][a-z0-9-]*)`).FindAllStringSubmatch(line, -1) {
+			if !strings.Contains(out, f[1]+" ") && !strings.Contains(out, f[1]+",") {
+				t.Errorf("README %q: `backstream %s` has no flag %s", line, strings.Join(path, " "), f[1])
+			}
+		}
+	}
+	for _, l := range strings.Split(cmds, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] != "help" && !listed[f[0]] {
+			t.Errorf("README's command list lacks %q", f[0])
+		}
+	}
+}
+
+// readmeSynopsis returns the lines of the README's command list, comments
+// removed.
+func readmeSynopsis(t *testing.T, readme string) []string {
+	t.Helper()
+	_, after, ok := strings.Cut(readme, "## The command\n")
+	if !ok {
+		t.Fatal("README: no command list")
+	}
+	_, after, _ = strings.Cut(after, "```\n")
+	block, _, _ := strings.Cut(after, "```")
+	var lines []string
+	for _, l := range strings.Split(block, "\n") {
+		if i := strings.Index(l, "  #"); i >= 0 {
+			l = l[:i]
+		}
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "backstream ") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) < 10 {
+		t.Fatalf("README: command list has %d lines", len(lines))
+	}
+	return lines
 }
 
 // readmeCommands returns the serve command `make run` runs, as the README

@@ -3,35 +3,41 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/backstream/backstream/pkg/runs"
 )
 
-// cancelCmd cancels a running run: the owner of run state ends it
+// newCancelCmd cancels a running run: the owner of run state ends it
 // Cancelled and announces it; the stages stop its dump and uploads and
 // compensation undoes what its ops did. With --wait it waits for the
 // compensation to end.
-func cancelCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	reason := fs.String("reason", "", "free text recorded with the cancellation")
-	wait := fs.Duration("wait", 0, "wait up to this long for compensation to end (e.g. 2m)")
-	id, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("cancel: %v", err)
+func newCancelCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "cancel ID [--reason TEXT] [--wait DURATION]",
+		Short: "Cancel a running run; compensation undoes what its ops did",
+		Long: `Cancels a running run: the control service ends it Cancelled, the stages stop
+its dump and uploads, and compensation undoes what its hooks' ops did. With
+--wait it waits up to that long for the compensation to end (exit 1 if it ends
+owing an inverse op or does not end in time).`,
+		Example: "  backstream cancel 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --reason \"wrong window\" --wait 2m",
+		Args:    exactArgs("ID"),
 	}
-	if id == "" && fs.NArg() == 1 {
-		id = fs.Arg(0)
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	reason := c.Flags().String("reason", "", "free text recorded with the cancellation")
+	wait := c.Flags().Duration("wait", 0, "wait up to this long for compensation to end (e.g. 2m)")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		return cancelRun(cmd.Context(), natsFlag, args[0], *reason, *wait, cmd.OutOrStdout())
 	}
-	if id == "" {
-		return usageError("cancel: want a run ID")
-	}
+	return c
+}
+
+func cancelRun(ctx context.Context, natsFlag *natsFlags, id, reason string, wait time.Duration, stdout io.Writer) error {
 	b, _, err := connect(ctx, natsFlag)
 	if err != nil {
 		return err
@@ -46,7 +52,7 @@ func cancelCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("run %s is %s already: only a running run can be cancelled", id, before.Phase)
 	}
 	who := "cli:" + os.Getenv("USER")
-	r, _, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpCancel, Run: id, Owner: who, Error: *reason})
+	r, _, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpCancel, Run: id, Owner: who, Error: reason})
 	if err != nil {
 		return err
 	}
@@ -54,10 +60,10 @@ func cancelCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("run %s ended %s before it could be cancelled", id, r.Phase)
 	}
 	fmt.Fprintf(stdout, "run %s of plan %s cancelled; its dump and uploads stop and compensation undoes its ops (follow: backstream run %s)\n", id, r.Plan, id)
-	if *wait <= 0 {
+	if wait <= 0 {
 		return nil
 	}
-	deadline := time.Now().Add(*wait)
+	deadline := time.Now().Add(wait)
 	for {
 		r, err = store.Get(ctx, id)
 		if err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -16,111 +15,128 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/spf13/cobra"
+
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 )
 
-const dlqUsage = `usage:
-  backstream dlq list [-o table|json] [--consumer C] [--plan P]
-  backstream dlq show SEQ [-o text|json]
-  backstream dlq replay SEQ...
-  backstream dlq purge SEQ...`
-
-// dlqCmd reads, replays and purges dead letters (bus.DeadLetters) with
+// newDLQCmd reads, replays and purges dead letters (bus.DeadLetters) with
 // plain output that needs no terminal.
-func dlqCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, dlqUsage)
-		return usageError("dlq: want list, show, replay or purge")
+func newDLQCmd() *cobra.Command {
+	list := &cobra.Command{
+		Use:     "list [--consumer C] [--plan P]",
+		Short:   "List the dead letters",
+		Example: "  backstream dlq list\n  backstream dlq list --consumer snapshot -o json",
+		Args:    exactArgs(),
 	}
-	sub := args[0]
-	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	var output, consumer, planName *string
-	switch sub {
-	case "list":
-		output = fs.String("o", "table", "table or json")
-		consumer = fs.String("consumer", "", "only dead letters of this consumer (e.g. snapshot)")
-		planName = fs.String("plan", "", "only dead letters of events about this plan")
-	case "show":
-		output = fs.String("o", "text", "text or json")
-	case "replay", "purge":
-	default:
-		fmt.Fprintln(stderr, dlqUsage)
-		return usageError("dlq: unknown subcommand %q: want list, show, replay or purge", sub)
+	listNATS := addNATSFlags(list.Flags(), "NATS URL")
+	listOut := addOutputFlag(list.Flags(), "table", "table", "json", "yaml")
+	consumer := list.Flags().String("consumer", "", "only dead letters of this consumer (e.g. snapshot)")
+	planName := list.Flags().String("plan", "", "only dead letters of events about this plan")
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		return withDeadLetters(cmd, listNATS, func(q *bus.DeadLetters) error {
+			return dlqList(cmd.Context(), q, bus.DeadLetterFilter{Consumer: *consumer, Plan: *planName}, listOut, cmd.OutOrStdout())
+		})
 	}
-	pos, err := parseInterleaved(fs, args[1:])
-	if err != nil {
-		return usageError("dlq %s: %v", sub, err)
+
+	show := &cobra.Command{
+		Use:     "show SEQ",
+		Short:   "Show one dead letter: why, its headers and its event",
+		Example: "  backstream dlq show 12\n  backstream dlq show 12 -o json",
+		Args:    exactArgs("SEQ"),
 	}
+	showNATS := addNATSFlags(show.Flags(), "NATS URL")
+	// text is the name this output had before -o table.
+	showOut := addOutputFlag(show.Flags(), "table", "table", "text", "json", "yaml")
+	show.RunE = func(cmd *cobra.Command, args []string) error {
+		seqs, err := parseSeqs(cmd, args)
+		if err != nil {
+			return err
+		}
+		return withDeadLetters(cmd, showNATS, func(q *bus.DeadLetters) error {
+			return dlqShow(cmd.Context(), q, seqs[0], showOut, cmd.OutOrStdout())
+		})
+	}
+
+	replay := &cobra.Command{
+		Use:   "replay SEQ...",
+		Short: "Publish dead letters' events again (as admin)",
+		Long: `Publishes each dead letter's event again on the events stream, once per event
+(a replay reaches every consumer), and says what became of it. Exit 1 if one
+was not replayed.`,
+		Example: "  backstream dlq replay 12 13",
+		Args:    minArgs("SEQ"),
+	}
+	replayNATS := addNATSFlags(replay.Flags(), "NATS URL")
+	replay.RunE = func(cmd *cobra.Command, args []string) error {
+		seqs, err := parseSeqs(cmd, args)
+		if err != nil {
+			return err
+		}
+		return withDeadLetters(cmd, replayNATS, func(q *bus.DeadLetters) error {
+			return dlqReplay(cmd.Context(), q, seqs, cmd.OutOrStdout())
+		})
+	}
+
+	purge := &cobra.Command{
+		Use:     "purge SEQ...",
+		Short:   "Delete dead letters",
+		Example: "  backstream dlq purge 12 13",
+		Args:    minArgs("SEQ"),
+	}
+	purgeNATS := addNATSFlags(purge.Flags(), "NATS URL")
+	purge.RunE = func(cmd *cobra.Command, args []string) error {
+		seqs, err := parseSeqs(cmd, args)
+		if err != nil {
+			return err
+		}
+		return withDeadLetters(cmd, purgeNATS, func(q *bus.DeadLetters) error {
+			return dlqPurge(cmd.Context(), q, seqs, cmd.OutOrStdout())
+		})
+	}
+
+	return groupCmd(&cobra.Command{
+		Use:   "dlq",
+		Short: "Read, replay and purge dead letters (events a consumer gave up on)",
+		Long: `Reads, replays and purges dead letters: the events a consumer gave up on, kept
+in BACKSTREAM_DLQ with why (docs/operations.md, "Dead letters").`,
+		Example: "  backstream dlq list\n  backstream dlq show 12\n  backstream dlq replay 12",
+	}, list, show, replay, purge)
+}
+
+// parseSeqs reads dead letters' sequence numbers.
+func parseSeqs(cmd *cobra.Command, args []string) ([]uint64, error) {
 	var seqs []uint64
-	switch {
-	case sub == "list" && len(pos) > 0:
-		return usageError("dlq list: unexpected argument %q", pos[0])
-	case sub == "show" && len(pos) != 1:
-		return usageError("dlq show: want one SEQ")
-	case (sub == "replay" || sub == "purge") && len(pos) == 0:
-		return usageError("dlq %s: want one or more SEQ", sub)
-	}
-	for _, p := range pos {
-		seq, err := strconv.ParseUint(p, 10, 64)
+	for _, a := range args {
+		seq, err := strconv.ParseUint(a, 10, 64)
 		if err != nil || seq == 0 {
-			return usageError("dlq %s: %q is not a dead letter's sequence number (see `backstream dlq list`)", sub, p)
+			return nil, usageError("%s%q is not a dead letter's sequence number (see `backstream dlq list`)", prefix(cmd), a)
 		}
 		seqs = append(seqs, seq)
 	}
-	if plain := map[string]string{"list": "table", "show": "text"}[sub]; output != nil && *output != plain && *output != "json" {
-		return usageError("dlq %s: -o %q: want %s or json", sub, *output, plain)
-	}
+	return seqs, nil
+}
 
-	b, _, err := connect(ctx, natsFlag)
+func withDeadLetters(cmd *cobra.Command, to targeter, f func(*bus.DeadLetters) error) error {
+	b, _, err := connect(cmd.Context(), to)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	q := b.DeadLetters()
-	switch sub {
-	case "list":
-		return dlqList(ctx, q, bus.DeadLetterFilter{Consumer: *consumer, Plan: *planName}, *output, stdout)
-	case "show":
-		return dlqShow(ctx, q, seqs[0], *output, stdout)
-	case "replay":
-		return dlqReplay(ctx, q, seqs, stdout)
-	default:
-		return dlqPurge(ctx, q, seqs, stdout)
-	}
+	return f(b.DeadLetters())
 }
 
-// parseInterleaved parses fs from args whose positional arguments may stand
-// before, between and after the flags, and returns them in order.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-			pos = append(pos, args[0])
-			args = args[1:]
-		}
-		if len(args) == 0 {
-			return pos, nil
-		}
-	}
-}
-
-func dlqList(ctx context.Context, q *bus.DeadLetters, f bus.DeadLetterFilter, output string, w io.Writer) error {
+func dlqList(ctx context.Context, q *bus.DeadLetters, f bus.DeadLetterFilter, output *outputFlag, w io.Writer) error {
 	list, err := q.List(ctx, f)
 	if err != nil {
 		return err
 	}
-	if output == "json" {
+	if output.structured() {
 		if list == nil {
 			list = []bus.DeadLetter{}
 		}
-		return writeJSON(w, list)
+		return output.write(w, list, nil)
 	}
 	if len(list) == 0 {
 		fmt.Fprintln(w, "no dead letters")
@@ -144,13 +160,13 @@ func dlqList(ctx context.Context, q *bus.DeadLetters, f bus.DeadLetterFilter, ou
 	return tw.Flush()
 }
 
-func dlqShow(ctx context.Context, q *bus.DeadLetters, seq uint64, output string, w io.Writer) error {
+func dlqShow(ctx context.Context, q *bus.DeadLetters, seq uint64, output *outputFlag, w io.Writer) error {
 	c, err := q.Get(ctx, seq)
 	if err != nil {
 		return err
 	}
 	isJSON := !c.Cut && json.Valid(c.Data)
-	if output == "json" {
+	if output.structured() {
 		// The shape of GET /v1/dlq/{seq}.
 		out := struct {
 			bus.DeadLetter
@@ -163,7 +179,7 @@ func dlqShow(ctx context.Context, q *bus.DeadLetters, seq uint64, output string,
 		} else {
 			out.Data = c.Data
 		}
-		return writeJSON(w, out)
+		return output.write(w, out, nil)
 	}
 	dl := c.DeadLetter
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"flag"
-	"slices"
 	"testing"
 )
 
@@ -48,30 +46,6 @@ func TestCellIsOneBoundedLine(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := cell(tt.give, tt.n); got != tt.want {
 				t.Errorf("cell(%q, %d) = %q, want %q", tt.give, tt.n, got, tt.want)
-			}
-		})
-	}
-}
-
-func TestParseInterleaved(t *testing.T) {
-	tests := []struct {
-		name     string
-		give     []string
-		wantPos  []string
-		wantNATS string
-	}{
-		{"positionals first", []string{"3", "4", "--nats", "nats://x"}, []string{"3", "4"}, "nats://x"},
-		{"flags first", []string{"--nats", "nats://x", "3", "4"}, []string{"3", "4"}, "nats://x"},
-		{"between", []string{"3", "--nats", "nats://x", "4"}, []string{"3", "4"}, "nats://x"},
-		{"none", nil, nil, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			fs := flag.NewFlagSet("t", flag.ContinueOnError)
-			url := fs.String("nats", "", "")
-			pos, err := parseInterleaved(fs, tt.give)
-			if err != nil || !slices.Equal(pos, tt.wantPos) || *url != tt.wantNATS {
-				t.Errorf("got %q, --nats %q, %v; want %q, %q", pos, *url, err, tt.wantPos, tt.wantNATS)
 			}
 		})
 	}

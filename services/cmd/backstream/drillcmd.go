@@ -2,22 +2,19 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/services/stage"
 )
 
-const drillHelp = `usage: backstream drill PLAN [--backup ID] [--reason TEXT] [--wait]
-
-Asks for a fire drill of PLAN (docs/drills.md): the restore service restores
+const drillHelp = `Asks for a fire drill of PLAN (docs/drills.md): the restore service restores
 the backup (default: the newest verified in any destination) into a scratch
 target made for the drill, never into the plan's source, runs the plan's
 spec.drill.check on it and removes it again.
@@ -26,68 +23,65 @@ With --wait it follows the drill until it ends. Exit codes:
   0  the drill succeeded (or, without --wait, was requested)
   1  the drill failed (the stage and the reason are printed)
   2  the command line is wrong
-  130  stopped waiting (the drill goes on)
-`
+  130  stopped waiting (the drill goes on)`
 
-func drillCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("drill", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, drillHelp); fs.PrintDefaults() }
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	backupID := fs.String("backup", "", "the backup to drill (default: latest verified)")
-	reason := fs.String("reason", "", "free text recorded with the drill")
-	wait := fs.Bool("wait", false, "follow the drill; exit 1 unless it succeeds")
-	planName, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("drill: %v", err)
+func newDrillCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "drill PLAN [--backup ID] [--reason TEXT] [--wait]",
+		Short:   "Run a fire drill: restore a backup into a scratch target, check it, remove it",
+		Long:    drillHelp,
+		Example: "  backstream drill orders --wait\n  backstream drill orders --backup 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --wait",
+		Args:    exactArgs("PLAN"),
 	}
-	if planName == "" && fs.NArg() == 1 {
-		planName = fs.Arg(0)
-	}
-	if planName == "" || fs.NArg() > 1 {
-		return usageError("drill: want one PLAN")
-	}
-	if *backupID == "latest" {
-		*backupID = ""
-	}
-	b, store, err := connect(ctx, natsFlag)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	var startSeq uint64
-	if *wait {
-		if startSeq, err = nextEventSeq(ctx, b); err != nil {
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	backupID := c.Flags().String("backup", "", "the backup to drill (default: latest verified)")
+	reason := c.Flags().String("reason", "", "free text recorded with the drill")
+	wait := c.Flags().Bool("wait", false, "follow the drill; exit 1 unless it succeeds")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, planName, stdout := cmd.Context(), args[0], cmd.OutOrStdout()
+		if *backupID == "latest" {
+			*backupID = ""
+		}
+		b, store, err := connect(ctx, natsFlag)
+		if err != nil {
 			return err
 		}
-	}
-	id, err := stage.RequestDrill(ctx, b, store, planName, events.DrillRequestedData{
-		Trigger: events.TriggerCLI, RequestedBy: os.Getenv("USER"), Reason: *reason, BackupID: *backupID})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "drill %s of plan %s requested\n", id, planName)
-	if !*wait {
-		return nil
-	}
-	return followSide(ctx, b, planName, id, "drill", startSeq, func(e events.Event, p events.Payload) (bool, error) {
-		switch d := p.(type) {
-		case *events.DrillSucceededData:
-			fmt.Fprintf(stdout, "%s  drill succeeded: backup %s from %s restored into %s (%s, %s), check %d rows (%s), %s in all; the scratch target is removed\n",
-				stamp(e), d.BackupID, d.Destination, d.Target, human(d.Bytes), ms(d.RestoreMs), d.Rows, ms(d.CheckMs), ms(d.DurationMs))
-			return true, nil
-		case *events.DrillFailedData:
-			fmt.Fprintf(stdout, "%s  drill FAILED in %s after %s: %s\n", stamp(e), d.Stage, ms(d.DurationMs), d.Error)
-			if d.BackupID != "" {
-				fmt.Fprintf(stdout, "  backup %s from %s\n", d.BackupID, d.Destination)
+		defer b.Close()
+		var startSeq uint64
+		if *wait {
+			if startSeq, err = nextEventSeq(ctx, b); err != nil {
+				return err
 			}
-			if d.Stage == events.DrillStageCleanup && d.Target != "" {
-				fmt.Fprintf(stdout, "  the scratch target %s may still exist: remove it by hand\n", d.Target)
-			}
-			return true, &exitError{code: 1, err: fmt.Errorf("drill %s failed in %s", id, d.Stage)}
 		}
-		return false, nil
-	})
+		id, err := stage.RequestDrill(ctx, b, store, planName, events.DrillRequestedData{
+			Trigger: events.TriggerCLI, RequestedBy: os.Getenv("USER"), Reason: *reason, BackupID: *backupID})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "drill %s of plan %s requested\n", id, planName)
+		if !*wait {
+			return nil
+		}
+		return followSide(ctx, b, planName, id, "drill", startSeq, func(e events.Event, p events.Payload) (bool, error) {
+			switch d := p.(type) {
+			case *events.DrillSucceededData:
+				fmt.Fprintf(stdout, "%s  drill succeeded: backup %s from %s restored into %s (%s, %s), check %d rows (%s), %s in all; the scratch target is removed\n",
+					stamp(e), d.BackupID, d.Destination, d.Target, human(d.Bytes), ms(d.RestoreMs), d.Rows, ms(d.CheckMs), ms(d.DurationMs))
+				return true, nil
+			case *events.DrillFailedData:
+				fmt.Fprintf(stdout, "%s  drill FAILED in %s after %s: %s\n", stamp(e), d.Stage, ms(d.DurationMs), d.Error)
+				if d.BackupID != "" {
+					fmt.Fprintf(stdout, "  backup %s from %s\n", d.BackupID, d.Destination)
+				}
+				if d.Stage == events.DrillStageCleanup && d.Target != "" {
+					fmt.Fprintf(stdout, "  the scratch target %s may still exist: remove it by hand\n", d.Target)
+				}
+				return true, &exitError{code: 1, err: fmt.Errorf("drill %s failed in %s", id, d.Stage)}
+			}
+			return false, nil
+		})
+	}
+	return c
 }
 
 func ms(n int64) string { return (time.Duration(n) * time.Millisecond).String() }

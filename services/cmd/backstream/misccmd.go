@@ -4,12 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/xml"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/plugins"
@@ -20,17 +21,37 @@ import (
 	"github.com/backstream/backstream/services/schedule"
 )
 
-func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("schedule", flag.ContinueOnError)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	count := fs.Int("count", 10, "how many slots to print")
-	planName, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("schedule: %v", err)
+func newScheduleCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "schedule PLAN [--count N]",
+		Short:   "Print the next scheduled slots of a plan and when each fires (with its jitter)",
+		Example: "  backstream schedule orders --count 3\n  backstream schedule orders -o json",
+		Args:    exactArgs("PLAN"),
 	}
-	if planName == "" {
-		return usageError("schedule: want a PLAN")
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	count := c.Flags().Int("count", 10, "how many slots to print")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		return showSchedule(cmd.Context(), natsFlag, args[0], *count, output, cmd.OutOrStdout())
 	}
+	return c
+}
+
+// slots is what schedule -o json prints.
+type slots struct {
+	Plan     string `json:"plan"`
+	Cron     string `json:"cron"`
+	Timezone string `json:"timezone"`
+	Jitter   string `json:"jitter"`
+	Slots    []slot `json:"slots"`
+}
+
+type slot struct {
+	Slot  time.Time `json:"slot"`
+	Fires time.Time `json:"fires"`
+}
+
+func showSchedule(ctx context.Context, natsFlag *natsFlags, planName string, count int, output *outputFlag, stdout io.Writer) error {
 	b, p, err := loadPlan(ctx, natsFlag, planName)
 	if err != nil {
 		return err
@@ -43,54 +64,63 @@ func scheduleCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "plan %s: %q in %s, jitter %s\n", planName, p.Spec.Schedule.Cron, s.Location(), sched.Jitter(planName, time.Time{}, p.Spec.Schedule.Jitter.Std()))
+	out := slots{Plan: planName, Cron: p.Spec.Schedule.Cron, Timezone: s.Location().String(),
+		Jitter: sched.Jitter(planName, time.Time{}, p.Spec.Schedule.Jitter.Std()).String(), Slots: []slot{}}
 	now := time.Now()
-	for i := 0; i < *count; i++ {
-		slot, fire := s.NextFire(planName, now)
-		if slot.IsZero() {
+	for i := 0; i < count; i++ {
+		at, fire := s.NextFire(planName, now)
+		if at.IsZero() {
 			break
 		}
-		fmt.Fprintf(stdout, "%s  fires at %s\n", slot.In(s.Location()).Format("2006-01-02 15:04 MST"), fire.In(s.Location()).Format("15:04:05"))
+		out.Slots = append(out.Slots, slot{at.In(s.Location()), fire.In(s.Location())})
 		now = fire
 	}
-	return nil
+	return output.write(stdout, out, func(w io.Writer) error {
+		fmt.Fprintf(w, "plan %s: %q in %s, jitter %s\n", out.Plan, out.Cron, out.Timezone, out.Jitter)
+		for _, sl := range out.Slots {
+			fmt.Fprintf(w, "%s  fires at %s\n", sl.Slot.Format("2006-01-02 15:04 MST"), sl.Fires.Format("15:04:05"))
+		}
+		return nil
+	})
 }
 
-func retentionCmd(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return usageError("retention: want simulate, export-lifecycle PLAN, or PLAN --dry-run")
+func newRetentionCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "retention PLAN --dry-run [--destination NAME]",
+		Short: "Show what retention would keep and remove; simulate a policy; export S3 lifecycle rules",
+		Long: `retention PLAN --dry-run prints, for each destination of PLAN, what the
+retention stage would keep and remove now, and why; it removes nothing (the
+stage applies the policy after every verified backup). The subcommands
+simulate a policy on a list of backups and export a plan's policy as S3
+lifecycle rules (docs/retention.md).`,
+		Example: `  backstream retention orders --dry-run
+  backstream retention orders --dry-run --destination s3 -o json
+  backstream retention simulate --policy policy.yaml --backups backups.json
+  backstream retention export-lifecycle orders --format xml`,
+		Args: exactArgs("PLAN"),
 	}
-	switch args[0] {
-	case "simulate":
-		return retentionSimulate(args[1:], stdout)
-	case "export-lifecycle":
-		return retentionExport(ctx, args[1:], stdout)
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	dryRun := c.Flags().Bool("dry-run", false, "print the decisions, remove nothing (required)")
+	dest := c.Flags().String("destination", "", "only this destination (default: every destination)")
+	nowFlag := c.Flags().String("now", "", "RFC 3339 time to decide at (default: now)")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if !*dryRun {
+			return usageError("retention %s: only --dry-run is supported; the retention stage applies the policy after every verified backup", args[0])
+		}
+		return retentionDryRun(cmd.Context(), natsFlag, args[0], *dest, *nowFlag, output, cmd.OutOrStdout())
 	}
-	return retentionDryRun(ctx, args, stdout)
+	c.AddCommand(newRetentionSimulateCmd(), newRetentionExportCmd())
+	return c
 }
 
 // retentionDryRun prints the decision table for the real backups of each
 // destination of a plan: what the retention stage would keep and remove now.
-func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("retention", flag.ContinueOnError)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	dryRun := fs.Bool("dry-run", false, "print the decisions, remove nothing (required)")
-	dest := fs.String("destination", "", "only this destination (default: every destination)")
-	nowFlag := fs.String("now", "", "RFC 3339 time to decide at (default: now)")
-	planName, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("retention: %v", err)
-	}
-	if planName == "" {
-		return usageError("retention: want a PLAN")
-	}
-	if !*dryRun {
-		return usageError("retention %s: only --dry-run is supported; the retention stage applies the policy after every verified backup", planName)
-	}
+func retentionDryRun(ctx context.Context, natsFlag *natsFlags, planName, dest, nowFlag string, output *outputFlag, stdout io.Writer) error {
 	now := time.Now()
-	if *nowFlag != "" {
+	if nowFlag != "" {
 		var err error
-		if now, err = time.Parse(time.RFC3339, *nowFlag); err != nil {
+		if now, err = time.Parse(time.RFC3339, nowFlag); err != nil {
 			return usageError("retention: --now: %v", err)
 		}
 	}
@@ -104,13 +134,16 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 	v := retstage.NewView(plugins.Default(), p)
 	defer v.Close()
 	found, policies := false, 0
+	var tables []string
+	doc := []retentionDoc{}
 	for _, d := range p.Spec.Destinations {
-		if *dest != "" && d.Name != *dest {
+		if dest != "" && d.Name != dest {
 			continue
 		}
 		found = true
 		if p.Spec.RetentionFor(d.Name) == nil {
-			fmt.Fprintf(stdout, "destination %s: no retention policy, nothing is removed\n", d.Name)
+			tables = append(tables, fmt.Sprintf("destination %s: no retention policy, nothing is removed\n", d.Name))
+			doc = append(doc, retentionDoc{Destination: d.Name, NoPolicy: true})
 			continue
 		}
 		policies++
@@ -118,33 +151,86 @@ func retentionDryRun(ctx context.Context, args []string, stdout io.Writer) error
 		if err != nil {
 			return err
 		}
-		fmt.Fprint(stdout, o.Table())
+		tables = append(tables, o.Table())
+		doc = append(doc, retentionDocOf(&o))
 	}
 	if !found {
-		return usageError("retention %s: no destination %q", planName, *dest)
+		return usageError("retention %s: no destination %q", planName, dest)
 	}
 	if policies == 0 {
 		return fmt.Errorf("retention %s: %w", planName, retstage.ErrNoPolicy)
 	}
-	return nil
+	return output.write(stdout, doc, func(w io.Writer) error {
+		_, err := fmt.Fprint(w, strings.Join(tables, ""))
+		return err
+	})
+}
+
+// retentionDoc is one destination's decisions as retention --dry-run -o
+// json prints them.
+type retentionDoc struct {
+	Destination string `json:"destination"`
+	// NoPolicy says the destination has no retention policy: nothing is
+	// removed.
+	NoPolicy   bool                `json:"noPolicy,omitempty"`
+	Held       string              `json:"held,omitempty"`
+	LastCopies int                 `json:"lastCopies,omitempty"`
+	Decisions  []retentionDecision `json:"decisions,omitempty"`
+	Unreadable map[string]string   `json:"unreadable,omitempty"`
+}
+
+type retentionDecision struct {
+	BackupID string    `json:"backupId"`
+	Time     time.Time `json:"time"`
+	Verify   string    `json:"verify"`
+	Action   string    `json:"action"`
+	Reasons  []string  `json:"reasons"`
+}
+
+func retentionDocOf(o *retstage.Outcome) retentionDoc {
+	d := retentionDoc{Destination: o.Destination, Held: o.Held, LastCopies: o.LastCopies, Decisions: []retentionDecision{}}
+	verify := map[string]string{}
+	for _, m := range o.Manifests {
+		verify[m.BackupID] = m.Verify.Status
+	}
+	for _, dec := range o.Decisions {
+		action := "keep"
+		if !dec.Keep {
+			action = "remove"
+		}
+		d.Decisions = append(d.Decisions, retentionDecision{dec.Backup.ID, dec.Backup.Time.In(o.Location), verify[dec.Backup.ID], action, dec.Reasons})
+	}
+	for k, err := range o.Unreadable {
+		if d.Unreadable == nil {
+			d.Unreadable = map[string]string{}
+		}
+		d.Unreadable[k] = err.Error()
+	}
+	return d
+}
+
+func newRetentionExportCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "export-lifecycle PLAN [--format json|xml] [--destination NAME]",
+		Short: "Print the S3 lifecycle configuration that expires a plan's backups at its policy's ages",
+		Example: `  backstream retention export-lifecycle orders > lifecycle.json
+  aws s3api put-bucket-lifecycle-configuration --bucket backups --lifecycle-configuration file://lifecycle.json`,
+		Args: exactArgs("PLAN"),
+	}
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	formatFlag := c.Flags().String("format", "json", "json (aws s3api, mc ilm import) or xml (S3 API)")
+	dest := c.Flags().String("destination", "", "destination whose policy and S3 prefix the rules get (default: the plan's first s3 destination)")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		return retentionExport(cmd.Context(), natsFlag, args[0], *formatFlag, *dest, cmd.OutOrStdout())
+	}
+	return c
 }
 
 // retentionExport prints the S3 lifecycle configuration that expires each
 // policy cycle of a plan at the plan's ages.
-func retentionExport(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("retention export-lifecycle", flag.ContinueOnError)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	formatFlag := fs.String("format", "json", "json (aws s3api, mc ilm import) or xml (S3 API)")
-	dest := fs.String("destination", "", "destination whose policy and S3 prefix the rules get (default: the plan's first s3 destination)")
-	planName, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("retention export-lifecycle: %v", err)
-	}
-	if planName == "" {
-		return usageError("retention export-lifecycle: want a PLAN")
-	}
-	if *formatFlag != "json" && *formatFlag != "xml" {
-		return usageError("retention export-lifecycle: --format: %q is not json or xml", *formatFlag)
+func retentionExport(ctx context.Context, natsFlag *natsFlags, planName, formatFlag, dest string, stdout io.Writer) error {
+	if formatFlag != "json" && formatFlag != "xml" {
+		return usageError("retention export-lifecycle: --format: %q is not json or xml", formatFlag)
 	}
 	b, p, err := loadPlan(ctx, natsFlag, planName)
 	if err != nil {
@@ -155,14 +241,14 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 	// the plan's.
 	var target *plan.Destination
 	for i, d := range p.Spec.Destinations {
-		if (*dest == "" && d.Type == "s3") || d.Name == *dest {
+		if (dest == "" && d.Type == "s3") || d.Name == dest {
 			target = &p.Spec.Destinations[i]
 			break
 		}
 	}
 	switch {
-	case target == nil && *dest != "":
-		return usageError("retention export-lifecycle %s: no destination %q", planName, *dest)
+	case target == nil && dest != "":
+		return usageError("retention export-lifecycle %s: no destination %q", planName, dest)
 	case target == nil && len(p.Spec.Destinations) > 0:
 		// No s3 destination: the rules of the first, without a prefix.
 		target = &p.Spec.Destinations[0]
@@ -186,7 +272,7 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 	}
 	cfg := retstage.ToS3(l, prefix)
 	var out []byte
-	if *formatFlag == "xml" {
+	if formatFlag == "xml" {
 		out, err = xml.MarshalIndent(cfg, "", "  ")
 		out = append([]byte(xml.Header), out...)
 	} else {
@@ -199,39 +285,53 @@ func retentionExport(ctx context.Context, args []string, stdout io.Writer) error
 	return err
 }
 
-func retentionSimulate(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("retention simulate", flag.ContinueOnError)
+func newRetentionSimulateCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "simulate --policy FILE --backups FILE",
+		Short:   "Print what a retention policy keeps and removes of a list of backups (JSON)",
+		Example: `  backstream retention simulate --policy policy.yaml --backups backups.json --now 2026-01-31T00:00:00Z`,
+		Args:    exactArgs(),
+	}
+	fs := c.Flags()
 	policyFile := fs.String("policy", "", "retention block (YAML or JSON)")
 	backupsFile := fs.String("backups", "", `JSON list [{"id": "...", "time": "RFC 3339", "tags": []}]`)
 	tz := fs.String("timezone", "UTC", "time zone of the calendar buckets")
 	nowFlag := fs.String("now", "", "RFC 3339 time to simulate at (default: now)")
-	if err := fs.Parse(args); err != nil {
-		return usageError("retention simulate: %v", err)
+	output := addOutputFlag(fs, "json", "json", "yaml")
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		return retentionSimulate(*policyFile, *backupsFile, *tz, *nowFlag, output, cmd.OutOrStdout())
 	}
-	if *policyFile == "" || *backupsFile == "" {
+	return c
+}
+
+func retentionSimulate(policyFile, backupsFile, tz, nowFlag string, output *outputFlag, stdout io.Writer) error {
+	if policyFile == "" || backupsFile == "" {
 		return usageError("retention simulate: --policy and --backups are required")
 	}
-	policy, err := os.ReadFile(*policyFile)
+	policy, err := os.ReadFile(policyFile)
 	if err != nil {
 		return err
 	}
-	backups, err := os.ReadFile(*backupsFile)
+	backups, err := os.ReadFile(backupsFile)
 	if err != nil {
 		return err
 	}
-	loc, err := time.LoadLocation(*tz)
+	loc, err := time.LoadLocation(tz)
 	if err != nil {
 		return usageError("retention simulate: --timezone: %v", err)
 	}
 	now := time.Now()
-	if *nowFlag != "" {
-		if now, err = time.Parse(time.RFC3339, *nowFlag); err != nil {
+	if nowFlag != "" {
+		if now, err = time.Parse(time.RFC3339, nowFlag); err != nil {
 			return usageError("retention simulate: --now: %v", err)
 		}
 	}
 	out, err := retention.Simulate(policy, backups, now, loc)
 	if err != nil {
 		return err
+	}
+	if output.value == "yaml" {
+		return writeYAML(stdout, out)
 	}
 	_, err = stdout.Write(append(out, '\n'))
 	return err

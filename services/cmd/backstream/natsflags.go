@@ -1,7 +1,7 @@
 package main
 
 import (
-	"flag"
+	"github.com/spf13/pflag"
 
 	"github.com/backstream/backstream/pkg/bus"
 )
@@ -20,7 +20,7 @@ type natsFlags struct {
 	auth bus.Auth
 }
 
-func addNATSFlags(fs *flag.FlagSet, urlDoc string) *natsFlags {
+func addNATSFlags(fs *pflag.FlagSet, urlDoc string) *natsFlags {
 	f := &natsFlags{}
 	f.url = fs.String("nats", "", urlDoc)
 	fs.StringVar(&f.auth.CredsFile, "nats-creds", "", "NATS credentials FILE (JWT + nkey; or $"+bus.EnvCreds+")")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 
 	"github.com/backstream/backstream/pkg/runs"
 )
@@ -18,32 +18,40 @@ import (
 // replayCmd starts the next attempt of a failed or cancelled run at the
 // stage that failed (or --stage), reusing what succeeded; --from-start
 // runs the whole workflow again as a new attempt of the same run.
-func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func newReplayCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "replay ID [--stage STAGE | --destination NAME | --from-start] [--wait]",
+		Short: "Start the next attempt of a failed or cancelled run, reusing what succeeded",
+		Long: `Starts the next attempt of a failed or cancelled run at the stage that failed
+(or --stage), reusing what succeeded; --destination copies the backup into a
+destination whose upload failed from one that holds it; --from-start runs the
+whole workflow again as a new attempt of the same run (docs/operations.md).
+--stage compensation makes the inverse ops the run owes due now.`,
+		Example: `  backstream replay 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --wait
+  backstream replay 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --destination s3-dr --wait
+  backstream replay 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --from-start`,
+		Args: exactArgs("ID"),
+	}
+	fs := c.Flags()
 	natsFlag := addNATSFlags(fs, "NATS URL")
 	stageFlag := fs.String("stage", "", "where the attempt starts: verify, a hook step (hook:db/unlock), retention (of a succeeded run) or compensation (pay owed inverse ops now); default: where the run failed")
 	destination := fs.String("destination", "", "copy the backup into this destination, whose upload failed, from another that holds it (no new dump)")
 	fromStart := fs.Bool("from-start", false, "run the whole workflow again (the dump too) as a new attempt of the same run")
 	wait := fs.Bool("wait", false, "follow the new attempt until it ends; exit non-zero unless it succeeds")
-	id, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("replay: %v", err)
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		return replay(cmd.Context(), natsFlag, args[0], *stageFlag, *destination, *fromStart, *wait, cmd.OutOrStdout())
 	}
-	if id == "" && fs.NArg() == 1 {
-		id = fs.Arg(0)
-	}
-	if id == "" {
-		return usageError("replay: want a run ID")
-	}
-	stageName := *stageFlag
-	if *destination != "" {
-		if stageName != "" || *fromStart {
+	return c
+}
+
+func replay(ctx context.Context, natsFlag *natsFlags, id, stageName, destination string, fromStart, wait bool, stdout io.Writer) error {
+	if destination != "" {
+		if stageName != "" || fromStart {
 			return usageError("replay: --destination excludes --stage and --from-start")
 		}
-		stageName = "upload:" + *destination
+		stageName = "upload:" + destination
 	}
-	if *fromStart {
+	if fromStart {
 		if stageName != "" {
 			return usageError("replay: --from-start and --stage exclude each other")
 		}
@@ -62,7 +70,7 @@ func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	var startSeq uint64
-	if *wait {
+	if wait {
 		if startSeq, err = nextEventSeq(ctx, b); err != nil {
 			return err
 		}
@@ -76,7 +84,7 @@ func replayCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		reused = strings.Join(o.Reused, ", ")
 	}
 	fmt.Fprintf(stdout, "run %s of plan %s: attempt %d starts at %s, reusing %s\n", id, r.Plan, r.CurrentAttempt(), o.Stage, reused)
-	if !*wait {
+	if !wait {
 		return nil
 	}
 	if o.Stage == runs.ReplayRetention {

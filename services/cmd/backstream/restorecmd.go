@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +10,9 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/backstream/backstream/pkg/backup"
 	"github.com/backstream/backstream/pkg/format"
@@ -29,26 +31,16 @@ import (
 // its destinations, or a storage given directly.
 type storageFlags struct {
 	planFile, destination        string
-	fsPaths                      pathList
+	fsPaths                      []string
 	s3Endpoint, s3Bucket, prefix string
 	s3AccessEnv, s3SecretEnv     string
 	s3Insecure                   bool
 }
 
-// pathList is a flag that may be given more than once.
-type pathList []string
-
-func (l *pathList) String() string { return strings.Join(*l, ",") }
-
-func (l *pathList) Set(v string) error {
-	*l = append(*l, v)
-	return nil
-}
-
-func (f *storageFlags) register(fs *flag.FlagSet) {
+func (f *storageFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.planFile, "plan-file", "", "plan YAML whose destination holds the backup")
 	fs.StringVar(&f.destination, "destination", "", "destination of --plan-file to read (restore: read first; default: its first)")
-	fs.Var(&f.fsPaths, "fs", "filesystem storage: directory holding the backups (restore: may be repeated)")
+	fs.StringArrayVar(&f.fsPaths, "fs", nil, "filesystem storage: `DIR` holding the backups (restore: may be repeated)")
 	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 storage: endpoint host:port")
 	fs.StringVar(&f.s3Bucket, "s3-bucket", "", "S3 storage: bucket")
 	fs.StringVar(&f.prefix, "s3-prefix", "", "S3 storage: key prefix")
@@ -155,44 +147,65 @@ func (f *storageFlags) preferred(dests []string) (string, error) {
 	return f.destination, nil
 }
 
-func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func newRestoreCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "restore BACKUP (--to FILE|- | --into-source) (--plan-file FILE [--destination NAME] | storage flags)",
+		Short: "Restore a backup from its storage alone, with no NATS",
+		Long: `Restores BACKUP (PLAN/ID, ID or PLAN/latest) from the storage and the key
+alone: no NATS and no running service is needed. The storage is a plan file's
+destination (--plan-file, --destination read first), one or more --fs
+directories, or the --s3-* flags. Every copy is checked (frame CRCs, the
+plaintext digest); when one fails, the next destination's copy is read, and with
+--fallback-older the previous verified backup.
+
+--to FILE writes the data to FILE (renamed into place only once it checked
+out); --to - writes it to stdout. --into-source restores into the plan's
+source: beside the live data with --target NAME, or over it with --in-place.
+Progress goes to stderr (docs/operations.md, "Restore with the platform gone").`,
+		Example: `  backstream restore demo/latest --fs data/backups --to /tmp/demo.tar
+  backstream restore orders/01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --plan-file orders.yaml --identity key.txt --to - | gunzip
+  backstream restore orders/latest --plan-file orders.yaml --into-source --target orders_restored --create`,
+		Args: exactArgs("BACKUP"),
+	}
+	fs := c.Flags()
 	var sf storageFlags
 	sf.register(fs)
-	to := fs.String("to", "", "write the restored data to FILE, or - for stdout")
-	intoSource := fs.Bool("into-source", false, "restore into the plan's source (needs --plan-file)")
-	target := fs.String("target", "", "with --into-source: database name or directory to restore into, beside the live data")
-	inPlace := fs.Bool("in-place", false, "with --into-source and no --target: restore over the plan's live source, replacing what the backup holds there")
-	create := fs.Bool("create", false, "with --into-source: create the target database or directory when missing")
-	clean := fs.Bool("clean", false, "with --into-source: drop or empty what is in the target's way first")
-	identity := fs.String("identity", "", "age identity file")
-	passEnv := fs.String("passphrase-env", "", "environment variable holding the passphrase")
-	allowFailed := fs.Bool("allow-failed", false, "also restore a backup whose run failed after it was stored (never picked by latest)")
-	fallbackOlder := fs.Bool("fallback-older", false, "when every copy of the backup fails its checks, restore the previous verified backup (and so on)")
-	ref, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("restore: %v", err)
+	var o restoreOptions
+	fs.StringVar(&o.to, "to", "", "write the restored data to FILE, or - for stdout")
+	fs.BoolVar(&o.intoSource, "into-source", false, "restore into the plan's source (needs --plan-file)")
+	fs.StringVar(&o.target, "target", "", "with --into-source: database name or directory to restore into, beside the live data")
+	fs.BoolVar(&o.inPlace, "in-place", false, "with --into-source and no --target: restore over the plan's live source, replacing what the backup holds there")
+	fs.BoolVar(&o.create, "create", false, "with --into-source: create the target database or directory when missing")
+	fs.BoolVar(&o.clean, "clean", false, "with --into-source: drop or empty what is in the target's way first")
+	fs.StringVar(&o.identity, "identity", "", "age identity file")
+	fs.StringVar(&o.passEnv, "passphrase-env", "", "environment variable holding the passphrase")
+	fs.BoolVar(&o.allowFailed, "allow-failed", false, "also restore a backup whose run failed after it was stored (never picked by latest)")
+	fs.BoolVar(&o.fallbackOlder, "fallback-older", false, "when every copy of the backup fails its checks, restore the previous verified backup (and so on)")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		return restoreBackup(cmd.Context(), &sf, args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	}
-	if ref == "" && fs.NArg() == 1 {
-		ref = fs.Arg(0)
-	}
-	if ref == "" {
-		return usageError("restore: want a BACKUP (PLAN/ID, ID or PLAN/latest)")
-	}
-	if (*to == "") == !*intoSource {
+	return c
+}
+
+type restoreOptions struct {
+	to, target, identity, passEnv                                  string
+	intoSource, inPlace, create, clean, allowFailed, fallbackOlder bool
+}
+
+func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreOptions, stdout, stderr io.Writer) error {
+	if (o.to == "") == !o.intoSource {
 		return usageError("restore: give one of --to FILE|- or --into-source")
 	}
 	switch {
-	case !*intoSource && (*target != "" || *inPlace):
+	case !o.intoSource && (o.target != "" || o.inPlace):
 		return usageError("restore: --target and --in-place go with --into-source")
-	case *intoSource && *target != "" && *inPlace:
+	case o.intoSource && o.target != "" && o.inPlace:
 		return usageError("restore: give --target (beside the live data) or --in-place (over it), not both")
-	case *intoSource && *target == "" && !*inPlace:
+	case o.intoSource && o.target == "" && !o.inPlace:
 		return usageError("restore: --into-source without --target would restore over the plan's live source; " +
 			"give --target NAME to restore beside it, or --in-place to replace what the backup holds there")
 	}
-	keys, err := app.Keys(*identity, *passEnv)
+	keys, err := app.Keys(o.identity, o.passEnv)
 	if err != nil {
 		return usageError("restore: %v", err)
 	}
@@ -216,7 +229,7 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usageError("restore: latest needs its plan: PLAN/latest")
 	}
 	held := restore.Gather(ctx, open, order, planName)
-	copies, err := restore.Candidates(held, restore.Choice{ID: id, FallbackOlder: *fallbackOlder, AllowFailed: *allowFailed})
+	copies, err := restore.Candidates(held, restore.Choice{ID: id, FallbackOlder: o.fallbackOlder, AllowFailed: o.allowFailed})
 	if errors.Is(err, backup.ErrFailed) {
 		return fmt.Errorf("%w (--allow-failed restores it anyway)", err)
 	}
@@ -226,19 +239,22 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if m := copies[0].Manifest; !backup.CanOpen(m, keys) {
 		return usageError("restore: backup %s is encrypted (%s): give --identity or --passphrase-env", m.BackupID, m.KeyWrap.Scheme)
 	}
-	begin := time.Now()
 	prog := newProgress(stderr)
+	// begin is when the copy being read started: a fallback to another
+	// copy starts the rate again.
+	var begin time.Time
 	counted := func(total int64) func(io.Reader) io.Reader {
+		begin = time.Now()
 		return func(r io.Reader) io.Reader {
-			return &countingReader{r: r, every: 250 * time.Millisecond, report: func(n int64) {
-				prog.update(fmt.Sprintf("restore  %s of %s  %s", human(n), human(total), rate(n, time.Since(begin))))
+			return &countingReader{r: r, last: begin, every: 250 * time.Millisecond, report: func(n int64) {
+				prog.update("restore", join(human(n)+" of "+human(total), rate(n, time.Since(begin))))
 			}}
 		}
 	}
 	var consume restore.Consume
 	var finish func() error
 	switch {
-	case *intoSource:
+	case o.intoSource:
 		if p == nil {
 			return usageError("restore: --into-source needs --plan-file")
 		}
@@ -246,14 +262,14 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		if *inPlace {
+		if o.inPlace {
 			prog.line(fmt.Sprintf("restoring IN PLACE over the live %s source of plan %s: %s", p.Spec.Source.Type, p.Name(), replaced(copies[0].Manifest)))
 		}
-		into := restore.IntoSource(p.Spec.Source.Type, src, source.RestoreOptions{Target: *target, Create: *create, Clean: *clean}, nil)
+		into := restore.IntoSource(p.Spec.Source.Type, src, source.RestoreOptions{Target: o.target, Create: o.create, Clean: o.clean}, nil)
 		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
 			return into(ctx, attempt, c, counted(c.Manifest.Bytes)(r))
 		}
-	case *to == "-":
+	case o.to == "-":
 		// What reached stdout cannot be taken back: a later copy is read
 		// only when the bad one failed before its first byte.
 		var written int64
@@ -266,7 +282,7 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 	default:
-		f, err := newPartialFile(*to)
+		f, err := newPartialFile(o.to)
 		if err != nil {
 			return err
 		}
@@ -295,7 +311,7 @@ func restoreCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	m := used.Manifest
-	prog.line(fmt.Sprintf("restored backup %s of plan %s from destination %s: %s, sha256 %s verified, %s", m.BackupID, m.Plan, used.Destination, human(stats.Bytes), m.PlaintextSHA256, rate(stats.Bytes, time.Since(begin))))
+	prog.line(fmt.Sprintf("restored backup %s of plan %s from destination %s: %s, sha256 %s verified, %s", m.BackupID, m.Plan, used.Destination, human(stats.Bytes), m.PlaintextSHA256, rateOrTime(stats.Bytes, time.Since(begin))))
 	if len(failed) > 0 {
 		prog.line(fmt.Sprintf("used a fallback copy: %d copies before it failed their checks (above)", len(failed)))
 	}
@@ -372,52 +388,79 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func backupsCmd(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("backups", flag.ContinueOnError)
-	var sf storageFlags
-	sf.register(fs)
-	planName := fs.String("plan", "", "only backups of this plan")
-	all := fs.Bool("all", false, "also list the backups of failed runs")
-	if err := fs.Parse(args); err != nil {
-		return usageError("backups: %v", err)
+func newBackupsCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "backups (--plan-file FILE [--destination NAME] | --fs DIR | --s3-* flags) [--plan PLAN] [--all]",
+		Short: "List the backups a storage holds, with no NATS",
+		Long: `Lists the backups one storage holds, read from their manifests: no NATS is
+needed. Backups of failed runs are listed only with --all. A manifest that
+cannot be read is listed as unreadable and the command exits 1.`,
+		Example: "  backstream backups --fs data/backups\n  backstream backups --plan-file orders.yaml --destination s3-dr -o json",
+		Args:    exactArgs(),
 	}
+	var sf storageFlags
+	sf.register(c.Flags())
+	planName := c.Flags().String("plan", "", "only backups of this plan")
+	all := c.Flags().Bool("all", false, "also list the backups of failed runs")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		return listBackups(cmd.Context(), &sf, *planName, *all, output, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	}
+	return c
+}
+
+func listBackups(ctx context.Context, sf *storageFlags, planName string, all bool, output *outputFlag, stdout, stderr io.Writer) error {
 	st, p, err := sf.open(ctx)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if *planName == "" && p != nil {
-		*planName = p.Name()
+	if planName == "" && p != nil {
+		planName = p.Name()
 	}
-	list, bad, err := backup.List(ctx, st, *planName)
+	list, bad, err := backup.List(ctx, st, planName)
 	if err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PLAN\tBACKUP\tCREATED\tBYTES\tSTORED\tVERIFY\tCHAIN")
-	hidden := 0
+	// A failed backup is not one: only --all shows it, with why.
+	shown := []format.Manifest{}
 	for _, m := range list {
-		// A failed backup is not one: only --all shows it, with why.
-		status := m.Verify.Status
-		if backup.Failed(m) {
-			if !*all {
-				hidden++
-				continue
-			}
-			status += ": " + truncate(m.Verify.Error, 60)
+		if all || !backup.Failed(m) {
+			shown = append(shown, m)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", m.Plan, m.BackupID, m.Created.Local().Format(time.RFC3339), human(m.Bytes), human(m.StoredBytes), status, m.Chain)
 	}
-	for k, err := range bad {
-		fmt.Fprintf(tw, "?\t%s\t-\t-\t-\tunreadable\t%v\n", k, err)
-	}
-	if err := tw.Flush(); err != nil {
+	hidden := len(list) - len(shown)
+	err = output.write(stdout, shown, func(w io.Writer) error {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PLAN\tBACKUP\tCREATED\tBYTES\tSTORED\tVERIFY\tCHAIN")
+		for _, m := range shown {
+			status := m.Verify.Status
+			if backup.Failed(m) {
+				status += ": " + truncate(m.Verify.Error, 60)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\n", m.Plan, m.BackupID, m.Created.Local().Format(time.RFC3339), human(m.Bytes), human(m.StoredBytes), status, m.Chain)
+		}
+		for k, err := range bad {
+			fmt.Fprintf(tw, "?\t%s\t-\t-\t-\tunreadable\t%v\n", k, err)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if hidden > 0 {
+			fmt.Fprintf(w, "(%d backups of failed runs not listed: backups --all lists them)\n", hidden)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	if hidden > 0 {
-		fmt.Fprintf(stdout, "(%d backups of failed runs not listed: backups --all lists them)\n", hidden)
-	}
 	if len(bad) > 0 {
+		if output.structured() {
+			// The document holds the readable ones; say which are not.
+			for k, err := range bad {
+				fmt.Fprintf(stderr, "unreadable manifest %s: %v\n", k, err)
+			}
+		}
 		return errors.New("some manifests could not be read")
 	}
 	return nil

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
@@ -20,6 +20,15 @@ import (
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/stage"
 )
+
+// writeYAMLValue writes v as YAML with the field names of its JSON form.
+func writeYAMLValue(w io.Writer, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeYAML(w, data)
+}
 
 func writeYAML(w io.Writer, jsonData []byte) error {
 	var v any
@@ -31,59 +40,95 @@ func writeYAML(w io.Writer, jsonData []byte) error {
 	return enc.Encode(v)
 }
 
-func triggerCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("trigger", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	wait := fs.Bool("wait", false, "follow the run and exit non-zero if it fails")
-	reason := fs.String("reason", "", "free text recorded with the run")
-	planName, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("trigger: %v", err)
+func newTriggerCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "trigger PLAN [--wait] [--reason TEXT]",
+		Short: "Start a backup of a plan now",
+		Long: `Asks for a backup of PLAN now. It prints the run's id on a line of its own,
+then what it did; with --wait it follows the run step by step, with progress,
+until it succeeds (exit 0) or fails (exit 1, after its compensation). Ctrl-C
+stops following, not the run (exit 130).
+
+With -o json or -o yaml it prints one document: {"runId", "plan"}, and with
+--wait also "run", the run's record when it ended; the steps then go to
+stderr.`,
+		Example: `  backstream trigger demo --wait
+  id=$(backstream trigger demo | head -1)
+  backstream trigger demo --wait -o json | jq .run.phase`,
+		Args: exactArgs("PLAN"),
 	}
-	if planName == "" && fs.NArg() == 1 {
-		planName = fs.Arg(0)
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	wait := c.Flags().Bool("wait", false, "follow the run and exit non-zero if it fails")
+	reason := c.Flags().String("reason", "", "free text recorded with the run")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		stdout, steps := cmd.OutOrStdout(), cmd.OutOrStdout()
+		if output.structured() {
+			steps = cmd.ErrOrStderr()
+		}
+		announce := func(runID string) {
+			if !output.structured() {
+				// The id alone first: id=$(backstream trigger p | head -1).
+				fmt.Fprintln(stdout, runID)
+			}
+			fmt.Fprintf(steps, "run %s of plan %s requested\n", runID, args[0])
+		}
+		t, err := follow(cmd.Context(), natsFlag, args[0], *reason, *wait, announce, steps)
+		if t.RunID == "" || !output.structured() {
+			return err
+		}
+		if werr := output.write(stdout, t, nil); werr != nil && err == nil {
+			err = werr
+		}
+		return err
 	}
-	if planName == "" {
-		return usageError("trigger: want a PLAN")
-	}
-	return follow(ctx, natsFlag, planName, *reason, *wait, stdout)
+	return c
 }
 
-// splitName takes a leading positional argument so flags may follow it.
-func splitName(args []string) (string, []string) {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		return args[0], args[1:]
-	}
-	return "", args
+// triggered is what trigger -o json prints: the run requested and, with
+// --wait, its record when it ended.
+type triggered struct {
+	RunID string    `json:"runId"`
+	Plan  string    `json:"plan"`
+	Run   *runs.Run `json:"run,omitempty"`
 }
 
-// follow triggers a backup of planName and, with wait, prints the run's
-// steps as they happen until it succeeds (nil) or fails (exit code 1).
-func follow(ctx context.Context, to targeter, planName, reason string, wait bool, out io.Writer) error {
+// follow triggers a backup of planName, calls announce with its run id
+// and, with wait, prints the run's steps to out as they happen until it
+// succeeds (nil) or fails (exit code 1); the run's record is then in the
+// result.
+func follow(ctx context.Context, to targeter, planName, reason string, wait bool, announce func(runID string), out io.Writer) (triggered, error) {
 	b, store, err := connect(ctx, to)
 	if err != nil {
-		return err
+		return triggered{}, err
 	}
 	defer b.Close()
 	var startSeq uint64
 	if wait {
 		if startSeq, err = nextEventSeq(ctx, b); err != nil {
-			return err
+			return triggered{}, err
 		}
 	}
 	runID, err := stage.RequestBackup(ctx, b, store, planName, events.TriggerCLI, os.Getenv("USER"), reason)
 	if err != nil {
-		return err
+		return triggered{}, err
 	}
-	fmt.Fprintf(out, "run %s of plan %s requested\n", runID, planName)
+	t := triggered{RunID: runID, Plan: planName}
+	announce(runID)
 	if !wait {
-		return nil
+		return t, nil
 	}
-	return followRun(ctx, b, planName, runID, jetstream.OrderedConsumerConfig{
+	err = followRun(ctx, b, planName, runID, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   startSeq,
 	}, out)
+	// Read also after Ctrl-C (exit code 130): the record as it stands.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if r, rerr := runs.NewStore(b.Runs).Get(rctx, runID); rerr == nil {
+		t.Run = r
+	}
+	return t, err
 }
 
 // nextEventSeq is the sequence the events stream gives its next event:
@@ -139,10 +184,20 @@ func followRun(ctx context.Context, b *bus.Bus, planName, runID string, from jet
 		line := describe(e, pl)
 		switch d := pl.(type) {
 		case *events.ProgressData:
-			p.update(fmt.Sprintf("%-10s %s  %s", strings.TrimSuffix(strings.TrimPrefix(e.Type(), events.TypePrefix), ".progressed"), human(d.Bytes), rate(d.Bytes, time.Duration(d.ElapsedMs)*time.Millisecond)))
+			// The step's own rate: ElapsedMs counts from when that step
+			// (and destination) started, not from the trigger.
+			step := strings.TrimSuffix(strings.TrimPrefix(e.Type(), events.TypePrefix), ".progressed")
+			if d.Destination != "" {
+				step += " " + d.Destination
+			}
+			p.update(step, join(human(d.Bytes), rate(d.Bytes, time.Duration(d.ElapsedMs)*time.Millisecond)))
 			continue
 		case *events.BackupSucceededData:
-			p.line(fmt.Sprintf("%s  backup succeeded: %s in, %s stored, sha256 %s, %s", stamp(e), human(d.Bytes), human(d.StoredBytes), d.PlaintextSHA256, time.Since(begin).Round(time.Millisecond)))
+			took := time.Duration(d.DurationMs) * time.Millisecond
+			if took <= 0 {
+				took = time.Since(begin)
+			}
+			p.line(fmt.Sprintf("%s  backup succeeded: %s in, %s stored, sha256 %s, in %s", stamp(e), human(d.Bytes), human(d.StoredBytes), d.PlaintextSHA256, took.Round(time.Millisecond)))
 			return nil
 		case *events.BackupFailedData:
 			failed = d
@@ -217,7 +272,7 @@ func describe(e events.Event, p events.Payload) string {
 	case *events.SnapshotStartedData:
 		return fmt.Sprintf("%s  snapshot started (%s, %s chunks)", s, d.Source, human(d.ChunkSize))
 	case *events.SnapshotCompletedData:
-		return fmt.Sprintf("%s  snapshot completed: %s in %d chunks, sha256 %s (%s)", s, human(d.Bytes), d.Chunks, d.SHA256, rate(d.Bytes, time.Duration(d.DurationMs)*time.Millisecond))
+		return fmt.Sprintf("%s  snapshot completed: %s in %d chunks, sha256 %s (%s)", s, human(d.Bytes), d.Chunks, d.SHA256, rateOrTime(d.Bytes, time.Duration(d.DurationMs)*time.Millisecond))
 	case *events.SnapshotFailedData:
 		return fmt.Sprintf("%s  snapshot FAILED: %s", s, d.Error)
 	case *events.FilterCompletedData:
@@ -245,13 +300,12 @@ func describe(e events.Event, p events.Payload) string {
 }
 
 // progress prints live progress: one rewritten line on a terminal, plain
-// lines (at most one a second) otherwise.
+// lines (at most one a second per step) otherwise.
 type progress struct {
 	w       io.Writer
 	tty     bool
 	pending bool
-	// last is when each step (the update's first word) last printed a
-	// plain line.
+	// last is when each step last printed a plain line.
 	last map[string]time.Time
 }
 
@@ -260,15 +314,15 @@ func newProgress(w io.Writer) *progress {
 	return &progress{w: w, tty: ok && term.IsTerminal(int(f.Fd())), last: map[string]time.Time{}}
 }
 
-func (p *progress) update(s string) {
+// update shows where step is; s says it (bytes, rate).
+func (p *progress) update(step, s string) {
 	if p.tty {
-		fmt.Fprintf(p.w, "\r\033[K%s", s)
+		fmt.Fprintf(p.w, "\r\033[K%-16s %s", step, s)
 		p.pending = true
 		return
 	}
-	step, _, _ := strings.Cut(s, " ")
 	if time.Since(p.last[step]) >= time.Second {
-		fmt.Fprintln(p.w, "progress", s)
+		fmt.Fprintf(p.w, "progress %s  %s\n", step, s)
 		p.last[step] = time.Now()
 	}
 }
@@ -294,40 +348,73 @@ func human(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+// minRateWindow is the least time a rate is computed over: the first
+// instants of a step say nothing about its speed.
+const minRateWindow = time.Second
+
+// rate is n bytes over d, the time the step that moved them has run, in
+// the units human uses ("12.3 MiB/s over 4.2s"); nothing while d is too
+// short to mean anything.
 func rate(n int64, d time.Duration) string {
-	if d <= 0 {
-		return fmt.Sprintf("%s elapsed", d)
+	if d < minRateWindow {
+		return ""
 	}
-	return fmt.Sprintf("%.1f MB/s, %s elapsed", float64(n)/1e6/d.Seconds(), d.Round(100*time.Millisecond))
+	return fmt.Sprintf("%s/s over %s", human(int64(float64(n)/d.Seconds())), d.Round(100*time.Millisecond))
 }
 
-func runsCmd(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("runs", flag.ContinueOnError)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	planName := fs.String("plan", "", "only runs of this plan")
-	output := fs.String("o", "table", "table or json")
-	if err := fs.Parse(args); err != nil {
-		return usageError("runs: %v", err)
+// rateOrTime is rate, or how long a step too short for one took.
+func rateOrTime(n int64, d time.Duration) string {
+	if r := rate(n, d); r != "" {
+		return r
 	}
-	b, _, err := connect(ctx, natsFlag)
-	if err != nil {
-		return err
+	return "in " + d.Round(time.Millisecond).String()
+}
+
+// join puts the non-empty parts on one line.
+func join(parts ...string) string {
+	var out []string
+	for _, s := range parts {
+		if s != "" {
+			out = append(out, s)
+		}
 	}
-	defer b.Close()
-	list, err := runs.NewStore(b.Runs).List(ctx, *planName)
-	if err != nil {
-		return err
+	return strings.Join(out, ", ")
+}
+
+func newRunsCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "runs [--plan PLAN]",
+		Short:   "List runs with phase, duration, bytes and error",
+		Example: "  backstream runs\n  backstream runs --plan demo -o json",
+		Args:    exactArgs(),
 	}
-	if *output == "json" {
-		return writeJSON(stdout, list)
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	planName := c.Flags().String("plan", "", "only runs of this plan")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		b, _, err := connect(cmd.Context(), natsFlag)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		list, err := runs.NewStore(b.Runs).List(cmd.Context(), *planName)
+		if err != nil {
+			return err
+		}
+		if list == nil {
+			list = []*runs.Run{}
+		}
+		return output.write(cmd.OutOrStdout(), list, func(w io.Writer) error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "RUN\tPLAN\tKIND\tPHASE\tATTEMPT\tSTARTED\tDURATION\tBYTES\tERROR")
+			for _, r := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Plan, r.Kind, r.Phase, r.CurrentAttempt(),
+					r.Created.Local().Format("2006-01-02 15:04:05"), runDuration(r), human(r.Bytes), truncate(r.Error, 60))
+			}
+			return tw.Flush()
+		})
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RUN\tPLAN\tKIND\tPHASE\tATTEMPT\tSTARTED\tDURATION\tBYTES\tERROR")
-	for _, r := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Plan, r.Kind, r.Phase, r.CurrentAttempt(),
-			r.Created.Local().Format("2006-01-02 15:04:05"), runDuration(r), human(r.Bytes), truncate(r.Error, 60))
-	}
-	return tw.Flush()
+	return c
 }
 
 func runDuration(r *runs.Run) string {
@@ -351,56 +438,63 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	output := fs.String("o", "table", "table or json")
-	compensate := fs.Bool("compensate", false, "retry the inverse ops the run still owes now, also past their deadline (the hook service's owed-inverse loop runs them)")
-	followFlag := fs.Bool("follow", false, "print the run's events (from its start) as they happen until it ends; Ctrl-C stops following, not the run")
-	id, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("run: %v", err)
+func newRunCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "run ID [--follow] [--compensate]",
+		Short: "Show one run: its attempts, steps and compensations",
+		Long: `Shows one run: its attempts, steps and compensations, and every inverse op it
+still owes. --follow prints a running run's events from its start as they
+happen until it ends (exit 0 if it succeeded, 1 if not; Ctrl-C stops following,
+not the run: exit 130). --compensate makes the inverse ops it owes due now.`,
+		Example: "  backstream run 01JNR4S7Q0M5T2V8X9Y1Z3A4B5\n  backstream run 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --follow\n  backstream run 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 -o json",
+		Args:    exactArgs("ID"),
 	}
-	if id == "" && fs.NArg() == 1 {
-		id = fs.Arg(0)
-	}
-	if id == "" {
-		return usageError("run: want a run ID")
-	}
-	b, _, err := connect(ctx, natsFlag)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	store := runs.NewStore(b.Runs)
-	r, err := store.Get(ctx, id)
-	if err != nil {
-		return err
-	}
-	if *compensate {
-		if r, err = retryOwedNow(ctx, b, id); err != nil {
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
+	compensate := c.Flags().Bool("compensate", false, "retry the inverse ops the run still owes now, also past their deadline (the hook service's owed-inverse loop runs them)")
+	followFlag := c.Flags().Bool("follow", false, "print the run's events (from its start) as they happen until it ends; Ctrl-C stops following, not the run")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, id, stdout := cmd.Context(), args[0], cmd.OutOrStdout()
+		b, _, err := connect(ctx, natsFlag)
+		if err != nil {
 			return err
 		}
+		defer b.Close()
+		store := runs.NewStore(b.Runs)
+		r, err := store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if *compensate {
+			if r, err = retryOwedNow(ctx, b, id); err != nil {
+				return err
+			}
+		}
+		if *followFlag && !r.Phase.Done() {
+			// From a little before the run was requested: its events so
+			// far, then the rest as they come.
+			return followRun(ctx, b, r.Plan, r.ID, jetstream.OrderedConsumerConfig{
+				DeliverPolicy: jetstream.DeliverByStartTimePolicy,
+				OptStartTime:  ptr(r.Created.Add(-events.MaxClockSkew)),
+			}, stdout)
+		}
+		return output.write(stdout, r, func(w io.Writer) error {
+			return showRun(w, r)
+		})
 	}
-	if *followFlag && !r.Phase.Done() {
-		// From a little before the run was requested: its events so far,
-		// then the rest as they come.
-		return followRun(ctx, b, r.Plan, r.ID, jetstream.OrderedConsumerConfig{
-			DeliverPolicy: jetstream.DeliverByStartTimePolicy,
-			OptStartTime:  ptr(r.Created.Add(-events.MaxClockSkew)),
-		}, stdout)
-	}
-	if *output == "json" {
-		return writeJSON(stdout, r)
-	}
-	fmt.Fprintf(stdout, "run %s  plan %s  kind %s  phase %s  trigger %s\n", r.ID, r.Plan, r.Kind, r.Phase, r.Trigger)
-	fmt.Fprintf(stdout, "started %s  duration %s  bytes %s  stored %s\n", r.Created.Local().Format(time.RFC3339), runDuration(r), human(r.Bytes), human(r.StoredBytes))
+	return c
+}
+
+// showRun prints a run for a person.
+func showRun(w io.Writer, r *runs.Run) error {
+	fmt.Fprintf(w, "run %s  plan %s  kind %s  phase %s  trigger %s\n", r.ID, r.Plan, r.Kind, r.Phase, r.Trigger)
+	fmt.Fprintf(w, "started %s  duration %s  bytes %s  stored %s\n", r.Created.Local().Format(time.RFC3339), runDuration(r), human(r.Bytes), human(r.StoredBytes))
 	if r.Error != "" {
-		fmt.Fprintf(stdout, "failed in %s: %s\n", r.FailedStage, r.Error)
+		fmt.Fprintf(w, "failed in %s: %s\n", r.FailedStage, r.Error)
 	}
-	fmt.Fprintf(stdout, "plan revision %d  deadline %s\n", r.PlanRevision, r.Deadline.Local().Format(time.RFC3339))
+	fmt.Fprintf(w, "plan revision %d  deadline %s\n", r.PlanRevision, r.Deadline.Local().Format(time.RFC3339))
 	if len(r.Attempts) > 0 {
-		aw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		aw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(aw, "\nATTEMPT\tSTARTS AT\tBY\tSTARTED\tPHASE\tREUSED\tERROR")
 		for i, a := range r.Attempts {
 			phase, errText := a.Phase, a.Error
@@ -417,7 +511,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSTEP\tPHASE\tDURATION\tBYTES\tERROR")
 	for _, s := range r.Steps {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Phase, s.Duration(time.Now()).Round(time.Millisecond), human(s.Bytes), truncate(s.Error, 80))
@@ -437,7 +531,7 @@ func runCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	for _, line := range owedLines(r, time.Now()) {
-		fmt.Fprintln(stdout, line)
+		fmt.Fprintln(w, line)
 	}
 	return nil
 }

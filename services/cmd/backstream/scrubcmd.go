@@ -1,20 +1,18 @@
 package main
 
 import (
-	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
+
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/services/stage"
 )
 
-const scrubHelp = `usage: backstream scrub PLAN [--mode full|ciphertext] [--destination NAME] [--reason TEXT] [--wait]
-
-Asks for a scrub of PLAN's stored backups: every copy in every destination
+const scrubHelp = `Asks for a scrub of PLAN's stored backups: every copy in every destination
 (or only NAME) read back and checked again, a damaged or missing copy
 repaired from a verified one where the plan's spec.scrub.repair allows.
 --mode overrides spec.scrub.mode: ciphertext (sizes, digests, frame CRCs; no
@@ -26,63 +24,60 @@ Exit codes:
   1  a damaged copy is left, or the scrub could not run
   2  the command line is wrong
   3  incomplete: a destination could not be scrubbed, nothing found damaged
-  130  stopped waiting (the scrub goes on)
-`
+  130  stopped waiting (the scrub goes on)`
 
-func scrubCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("scrub", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, scrubHelp); fs.PrintDefaults() }
-	natsFlag := addNATSFlags(fs, "NATS URL")
-	mode := fs.String("mode", "", "full or ciphertext (default: the plan's spec.scrub.mode)")
-	destination := fs.String("destination", "", "scrub only this destination")
-	reason := fs.String("reason", "", "free text recorded with the scrub")
-	wait := fs.Bool("wait", false, "follow the scrub; exit non-zero unless it is clean or repaired")
-	planName, rest := splitName(args)
-	if err := fs.Parse(rest); err != nil {
-		return usageError("scrub: %v", err)
+func newScrubCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "scrub PLAN [--mode full|ciphertext] [--destination NAME] [--reason TEXT] [--wait]",
+		Short:   "Read every stored copy back, check it, and repair damage from a verified copy",
+		Long:    scrubHelp,
+		Example: "  backstream scrub orders --wait\n  backstream scrub orders --mode ciphertext --destination s3-dr --wait",
+		Args:    exactArgs("PLAN"),
 	}
-	if planName == "" && fs.NArg() == 1 {
-		planName = fs.Arg(0)
-	}
-	if planName == "" || fs.NArg() > 1 {
-		return usageError("scrub: want one PLAN")
-	}
-	switch *mode {
-	case "", events.ScrubFull, events.ScrubCiphertext:
-	default:
-		return usageError("scrub: --mode %q: want full or ciphertext", *mode)
-	}
-	b, store, err := connect(ctx, natsFlag)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	var startSeq uint64
-	if *wait {
-		if startSeq, err = nextEventSeq(ctx, b); err != nil {
+	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
+	mode := c.Flags().String("mode", "", "full or ciphertext (default: the plan's spec.scrub.mode)")
+	destination := c.Flags().String("destination", "", "scrub only this destination")
+	reason := c.Flags().String("reason", "", "free text recorded with the scrub")
+	wait := c.Flags().Bool("wait", false, "follow the scrub; exit non-zero unless it is clean or repaired")
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, planName, stdout := cmd.Context(), args[0], cmd.OutOrStdout()
+		switch *mode {
+		case "", events.ScrubFull, events.ScrubCiphertext:
+		default:
+			return usageError("scrub: --mode %q: want full or ciphertext", *mode)
+		}
+		b, store, err := connect(ctx, natsFlag)
+		if err != nil {
 			return err
 		}
-	}
-	id, err := stage.RequestScrub(ctx, b, store, planName, events.ScrubRequestedData{
-		Trigger: events.TriggerCLI, RequestedBy: os.Getenv("USER"), Reason: *reason, Mode: *mode, Destination: *destination})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "scrub %s of plan %s requested\n", id, planName)
-	if !*wait {
-		return nil
-	}
-	return followSide(ctx, b, planName, id, "scrub", startSeq, func(e events.Event, p events.Payload) (bool, error) {
-		switch d := p.(type) {
-		case *events.ScrubCompletedData:
-			return true, scrubSummary(stdout, e, id, d)
-		case *events.ScrubFailedData:
-			fmt.Fprintf(stdout, "%s  scrub FAILED: %s\n", stamp(e), d.Error)
-			return true, &exitError{code: 1, err: fmt.Errorf("scrub %s could not run", id)}
+		defer b.Close()
+		var startSeq uint64
+		if *wait {
+			if startSeq, err = nextEventSeq(ctx, b); err != nil {
+				return err
+			}
 		}
-		return false, nil
-	})
+		id, err := stage.RequestScrub(ctx, b, store, planName, events.ScrubRequestedData{
+			Trigger: events.TriggerCLI, RequestedBy: os.Getenv("USER"), Reason: *reason, Mode: *mode, Destination: *destination})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "scrub %s of plan %s requested\n", id, planName)
+		if !*wait {
+			return nil
+		}
+		return followSide(ctx, b, planName, id, "scrub", startSeq, func(e events.Event, p events.Payload) (bool, error) {
+			switch d := p.(type) {
+			case *events.ScrubCompletedData:
+				return true, scrubSummary(stdout, e, id, d)
+			case *events.ScrubFailedData:
+				fmt.Fprintf(stdout, "%s  scrub FAILED: %s\n", stamp(e), d.Error)
+				return true, &exitError{code: 1, err: fmt.Errorf("scrub %s could not run", id)}
+			}
+			return false, nil
+		})
+	}
+	return c
 }
 
 // scrubSummary prints what a scrub found and returns the error its

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/services/app"
@@ -21,9 +20,19 @@ import (
 	"github.com/backstream/backstream/services/metrics"
 )
 
-func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func newServeCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "serve [flags]",
+		Short: "Run the services: all of them on an embedded NATS server, or some against a NATS cluster",
+		Long: `Runs backstream's services in one process. Without --nats it starts an
+embedded NATS server (JetStream on disk in --data/nats, 127.0.0.1:4250) and
+every service, and the HTTP API on --listen; with --nats and --services it runs
+the listed services against an existing NATS cluster (docs/operations.md).`,
+		Example: `  backstream serve --data ./data --apply examples/demo.yaml --trigger demo
+  backstream serve --nats nats://nats-1:4222 --services snapshot,hook --nats-creds snapshot.creds`,
+		Args: exactArgs(),
+	}
+	fs := c.Flags()
 	data := fs.String("data", "./data", "directory of the embedded NATS server's store")
 	services := fs.String("services", "all", "comma-separated services to run: "+fmt.Sprint(app.Names))
 	natsFlag := addNATSFlags(fs, "URL of an existing NATS cluster (default: start the embedded server)")
@@ -45,98 +54,100 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
 	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
 	compRetry := fs.Duration("compensation-retry-every", hook.DefaultRetryEvery, "how often an inverse op still owed after its retries is tried again, until its hook's compensationDeadline (docs/hooks.md)")
-	if err := fs.Parse(args); err != nil {
-		return usageError("serve: %v", err)
-	}
-	list, err := app.ParseServices(*services)
-	if err != nil {
-		return usageError("serve: %v", err)
-	}
-	host, portText, err := net.SplitHostPort(*embedded)
-	if err != nil {
-		return usageError("serve: --embedded: %v", err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		return usageError("serve: --embedded: port %q: %v", portText, err)
-	}
-	var influxToken string
-	if *influxTokenEnv != "" {
-		v, ok := os.LookupEnv(*influxTokenEnv)
-		if !ok {
-			return usageError("serve: --influx-token-env: environment variable %s is not set", *influxTokenEnv)
-		}
-		secret.Register(v) // redacted like a plan's secrets
-		influxToken = v
-	}
-	log := newLogger(stderr, *logLevel)
-	if *pprofAddr != "" {
-		stop, err := servePprof(*pprofAddr, log)
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+		list, err := app.ParseServices(*services)
 		if err != nil {
-			return err
+			return usageError("serve: %v", err)
 		}
-		defer stop()
-		log.Info("pprof listening", "addr", *pprofAddr)
-	}
-	cfg := app.Config{
-		DataDir:       *data,
-		NATS:          *natsFlag.url,
-		EmbeddedHost:  host,
-		EmbeddedPort:  port,
-		Services:      list,
-		Listen:        *listen,
-		API:           *apiCfg,
-		IdentityFile:  *identity,
-		PassphraseEnv: *passEnv,
-		Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
-		Influx:        metrics.InfluxConfig{URL: *influxURL, Database: *influxDB, Token: influxToken},
-		Replicas:      *replicas,
-		RefuseExec:    !*allowExec,
-		Log:           log,
-	}
-	if *compRetry <= 0 {
-		return usageError("serve: --compensation-retry-every: must be > 0")
-	}
-	cfg.Compensation.RetryEvery = *compRetry
-	if (*embeddedCert == "") != (*embeddedKey == "") {
-		return usageError("serve: --embedded-tls-cert and --embedded-tls-key: give both or neither")
-	}
-	cfg.EmbeddedTLSCert, cfg.EmbeddedTLSKey = *embeddedCert, *embeddedKey
-	if *natsFlag.url != "" {
-		t, err := natsFlag.target()
+		host, portText, err := net.SplitHostPort(*embedded)
 		if err != nil {
-			return err
+			return usageError("serve: --embedded: %v", err)
 		}
-		cfg.NATSAuth = t.Auth
-	}
-	cfg.Ready = func(url, apiAddr string) {
-		// The plans to apply and the run to follow go through NATS like
-		// any CLI: as admin of the embedded server, or with serve's own
-		// credentials on a cluster.
-		to := natsTarget{URL: url, Auth: cfg.NATSAuth}
-		if cfg.NATS == "" {
-			a, err := bus.LocalAuth(*data, bus.RoleAdmin)
-			if err != nil {
-				log.Error("local credentials", "err", err)
-				return
+		port, err := strconv.Atoi(portText)
+		if err != nil {
+			return usageError("serve: --embedded: port %q: %v", portText, err)
+		}
+		var influxToken string
+		if *influxTokenEnv != "" {
+			v, ok := os.LookupEnv(*influxTokenEnv)
+			if !ok {
+				return usageError("serve: --influx-token-env: environment variable %s is not set", *influxTokenEnv)
 			}
-			to.Auth = a
+			secret.Register(v) // redacted like a plan's secrets
+			influxToken = v
 		}
-		go func() {
-			if *apply != "" {
-				if err := applyPlans(ctx, to, *apply, stdout); err != nil {
-					log.Error("apply plans at start", "err", err)
+		log := newLogger(stderr, *logLevel)
+		if *pprofAddr != "" {
+			stop, err := servePprof(*pprofAddr, log)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			log.Info("pprof listening", "addr", *pprofAddr)
+		}
+		cfg := app.Config{
+			DataDir:       *data,
+			NATS:          *natsFlag.url,
+			EmbeddedHost:  host,
+			EmbeddedPort:  port,
+			Services:      list,
+			Listen:        *listen,
+			API:           *apiCfg,
+			IdentityFile:  *identity,
+			PassphraseEnv: *passEnv,
+			Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
+			Influx:        metrics.InfluxConfig{URL: *influxURL, Database: *influxDB, Token: influxToken},
+			Replicas:      *replicas,
+			RefuseExec:    !*allowExec,
+			Log:           log,
+		}
+		if *compRetry <= 0 {
+			return usageError("serve: --compensation-retry-every: must be > 0")
+		}
+		cfg.Compensation.RetryEvery = *compRetry
+		if (*embeddedCert == "") != (*embeddedKey == "") {
+			return usageError("serve: --embedded-tls-cert and --embedded-tls-key: give both or neither")
+		}
+		cfg.EmbeddedTLSCert, cfg.EmbeddedTLSKey = *embeddedCert, *embeddedKey
+		if *natsFlag.url != "" {
+			t, err := natsFlag.target()
+			if err != nil {
+				return err
+			}
+			cfg.NATSAuth = t.Auth
+		}
+		cfg.Ready = func(url, apiAddr string) {
+			// The plans to apply and the run to follow go through NATS like
+			// any CLI: as admin of the embedded server, or with serve's own
+			// credentials on a cluster.
+			to := natsTarget{URL: url, Auth: cfg.NATSAuth}
+			if cfg.NATS == "" {
+				a, err := bus.LocalAuth(*data, bus.RoleAdmin)
+				if err != nil {
+					log.Error("local credentials", "err", err)
 					return
 				}
+				to.Auth = a
 			}
-			if *trigger != "" {
-				if err := follow(ctx, to, *trigger, "triggered by serve --trigger", true, stdout); err != nil {
-					log.Error("trigger at start", "plan", *trigger, "err", err)
+			go func() {
+				if *apply != "" {
+					if err := applyPlans(ctx, to, *apply, &outputFlag{value: "table"}, stdout); err != nil {
+						log.Error("apply plans at start", "err", err)
+						return
+					}
 				}
-			}
-		}()
+				if *trigger != "" {
+					announce := func(runID string) { fmt.Fprintf(stdout, "run %s of plan %s requested\n", runID, *trigger) }
+					if _, err := follow(ctx, to, *trigger, "triggered by serve --trigger", true, announce, stdout); err != nil {
+						log.Error("trigger at start", "plan", *trigger, "err", err)
+					}
+				}
+			}()
+		}
+		return app.Run(ctx, cfg)
 	}
-	return app.Run(ctx, cfg)
+	return c
 }
 
 // servePprof serves net/http/pprof on addr, on a mux of its own so the
