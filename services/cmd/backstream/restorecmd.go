@@ -190,10 +190,13 @@ Progress goes to stderr (docs/operations.md, "Restore with the platform gone").`
 type restoreOptions struct {
 	to, target, identity, passEnv                                  string
 	intoSource, inPlace, create, clean, allowFailed, fallbackOlder bool
+	// extract is the directory `backstream extract` writes the backup's
+	// native files into (source.ExtractFunc).
+	extract string
 }
 
 func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreOptions, stdout, stderr io.Writer) error {
-	if (o.to == "") == !o.intoSource {
+	if o.extract == "" && (o.to == "") == !o.intoSource {
 		return usageError("restore: give one of --to FILE|- or --into-source")
 	}
 	switch {
@@ -253,7 +256,20 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	}
 	var consume restore.Consume
 	var finish func() error
+	var extracted []string
 	switch {
+	case o.extract != "":
+		// An extract is all or nothing (source.ExtractFunc): a copy that
+		// fails its checks mid-stream leaves nothing, and the next copy
+		// starts into the same directory.
+		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+			sp, err := plugins.Default().Sources.Lookup(c.Manifest.Source.Type)
+			if err != nil {
+				return err
+			}
+			extracted, err = sp.ExtractTo(ctx, counted(c.Manifest.Bytes)(r), o.extract)
+			return err
+		}
 	case o.intoSource:
 		if p == nil {
 			return usageError("restore: --into-source needs --plan-file")
@@ -311,6 +327,9 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 		}
 	}
 	m := used.Manifest
+	for _, name := range extracted {
+		fmt.Fprintln(stdout, name)
+	}
 	prog.line(fmt.Sprintf("restored backup %s of plan %s from destination %s: %s, sha256 %s verified, %s", m.BackupID, m.Plan, used.Destination, human(stats.Bytes), m.PlaintextSHA256, rateOrTime(stats.Bytes, time.Since(begin))))
 	if len(failed) > 0 {
 		prog.line(fmt.Sprintf("used a fallback copy: %d copies before it failed their checks (above)", len(failed)))
