@@ -172,8 +172,8 @@ func TestCancelDuringTheDump(t *testing.T) {
 		t.Errorf("the cancelled run's destination is recorded stored: %+v", d)
 	}
 	// A second cancel is refused: the run is over.
-	if out, code := harness.Run(t, dir, nil, "cancel", id, "--nats", env.URL); code == 0 || !strings.Contains(out, "Cancelled already") {
-		t.Errorf("second cancel: exit %d\n%s", code, out)
+	if out, code := harness.Run(t, dir, nil, "cancel", id, "-o", "json", "--nats", env.URL); code != 1 || !strings.Contains(out, "Cancelled already") || !strings.Contains(out, `"phase": "Cancelled"`) {
+		t.Errorf("second cancel -o json: exit %d, want 1 with the record as it stands\n%s", code, out)
 	}
 }
 

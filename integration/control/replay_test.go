@@ -272,9 +272,9 @@ spec:
 	if code == 0 || !strings.Contains(out, "the bytes are gone") || !strings.Contains(out, "--from-start") {
 		t.Fatalf("replay of a failed dump: exit %d\n%s", code, out)
 	}
-	out, code = harness.Run(t, dir, nil, "replay", id, "--from-start", "--wait", "--nats", env.URL)
-	if code != 0 || !strings.Contains(out, "attempt 2 starts at start") {
-		t.Fatalf("replay --from-start: exit %d\n%s", code, out)
+	out, code = harness.Run(t, dir, nil, "replay", id, "--from-start", "--wait", "-o", "json", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, "attempt 2 starts at start") || !strings.Contains(out, `"runId": "`+id+`"`) || !strings.Contains(out, `"phase": "Succeeded"`) {
+		t.Fatalf("replay --from-start -o json: exit %d, want the run's record as JSON\n%s", code, out)
 	}
 	r := env.Wait(id, time.Minute)
 	if r.Phase != runs.Succeeded || r.CurrentAttempt() != 2 || dumps(t, dir) != 2 {

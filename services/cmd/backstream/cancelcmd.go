@@ -19,7 +19,7 @@ import (
 // compensation to end.
 func newCancelCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "cancel ID [--reason TEXT] [--wait DURATION]",
+		Use:   "cancel ID [--reason TEXT] [--wait DURATION] [-o table|json|yaml]",
 		Short: "Cancel a running run; compensation undoes what its ops did",
 		Long: `Cancels a running run: the control service ends it Cancelled, the stages stop
 its dump and uploads, and compensation undoes what its hooks' ops did. With
@@ -31,8 +31,11 @@ owing an inverse op or does not end in time).`,
 	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
 	reason := c.Flags().String("reason", "", "free text recorded with the cancellation")
 	wait := c.Flags().Duration("wait", 0, "wait up to this long for compensation to end (e.g. 2m)")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
 	c.RunE = func(cmd *cobra.Command, args []string) error {
-		return cancelRun(cmd.Context(), natsFlag, args[0], *reason, *wait, cmd.OutOrStdout())
+		return withRunDoc(cmd, natsFlag, output, args[0], func(out io.Writer) error {
+			return cancelRun(cmd.Context(), natsFlag, args[0], *reason, *wait, out)
+		})
 	}
 	return c
 }
@@ -85,4 +88,28 @@ func cancelRun(ctx context.Context, natsFlag *natsFlags, id, reason string, wait
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// withRunDoc runs do, which acts on run id and tells a person what it did
+// on the writer it gets. With -o json|yaml that writer is stderr, and the
+// run's record as it stands afterwards, {"runId", "plan", "run"}, is the
+// one document on stdout (also after a failure, whose exit code do's error
+// keeps).
+func withRunDoc(cmd *cobra.Command, natsFlag *natsFlags, output *outputFlag, id string, do func(io.Writer) error) error {
+	if !output.structured() {
+		return do(cmd.OutOrStdout())
+	}
+	err := do(cmd.ErrOrStderr())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)
+	defer cancel()
+	b, _, cerr := connect(ctx, natsFlag)
+	if cerr != nil {
+		return errors.Join(err, cerr)
+	}
+	defer b.Close()
+	doc := triggered{RunID: id}
+	if r, rerr := runs.NewStore(b.Runs).Get(ctx, id); rerr == nil {
+		doc.Run, doc.Plan = r, r.Plan
+	}
+	return errors.Join(err, output.write(cmd.OutOrStdout(), doc, nil))
 }

@@ -27,7 +27,7 @@ With --wait it follows the drill until it ends. Exit codes:
 
 func newDrillCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:     "drill PLAN [--backup ID] [--reason TEXT] [--wait]",
+		Use:     "drill PLAN [--backup ID] [--reason TEXT] [--wait] [-o table|json|yaml]",
 		Short:   "Run a fire drill: restore a backup into a scratch target, check it, remove it",
 		Long:    drillHelp,
 		Example: "  backstream drill orders --wait\n  backstream drill orders --backup 01JNR4S7Q0M5T2V8X9Y1Z3A4B5 --wait",
@@ -37,8 +37,15 @@ func newDrillCmd() *cobra.Command {
 	backupID := c.Flags().String("backup", "", "the backup to drill (default: latest verified)")
 	reason := c.Flags().String("reason", "", "free text recorded with the drill")
 	wait := c.Flags().Bool("wait", false, "follow the drill; exit 1 unless it succeeds")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, planName, stdout := cmd.Context(), args[0], cmd.OutOrStdout()
+		doc := sideResult{Plan: planName}
+		if output.structured() {
+			// The document goes to stdout; what is said for a person to stderr.
+			stdout = cmd.ErrOrStderr()
+			defer func() { _ = output.write(cmd.OutOrStdout(), doc, nil) }()
+		}
 		if *backupID == "latest" {
 			*backupID = ""
 		}
@@ -58,11 +65,13 @@ func newDrillCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		doc.DrillID = id
 		fmt.Fprintf(stdout, "drill %s of plan %s requested\n", id, planName)
 		if !*wait {
 			return nil
 		}
 		return followSide(ctx, b, planName, id, "drill", startSeq, func(e events.Event, p events.Payload) (bool, error) {
+			doc.set(e, p)
 			switch d := p.(type) {
 			case *events.DrillSucceededData:
 				fmt.Fprintf(stdout, "%s  drill succeeded: backup %s from %s restored into %s (%s, %s), check %d rows (%s), %s in all; the scratch target is removed\n",
@@ -82,6 +91,23 @@ func newDrillCmd() *cobra.Command {
 		})
 	}
 	return c
+}
+
+// sideResult is what drill and scrub print with -o json|yaml: the id of
+// what was requested and, with --wait, its result event's type and data.
+type sideResult struct {
+	Plan    string         `json:"plan"`
+	DrillID string         `json:"drillId,omitempty"`
+	ScrubID string         `json:"scrubId,omitempty"`
+	Type    string         `json:"type,omitempty"`
+	Result  events.Payload `json:"result,omitempty"`
+}
+
+func (r *sideResult) set(e events.Event, p events.Payload) {
+	switch p.(type) {
+	case *events.DrillSucceededData, *events.DrillFailedData, *events.ScrubCompletedData, *events.ScrubFailedData:
+		r.Type, r.Result = e.Type(), p
+	}
 }
 
 func ms(n int64) string { return (time.Duration(n) * time.Millisecond).String() }

@@ -20,7 +20,7 @@ import (
 // runs the whole workflow again as a new attempt of the same run.
 func newReplayCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "replay ID [--stage STAGE | --destination NAME | --from-start] [--wait]",
+		Use:   "replay ID [--stage STAGE | --destination NAME | --from-start] [--wait] [-o table|json|yaml]",
 		Short: "Start the next attempt of a failed or cancelled run, reusing what succeeded",
 		Long: `Starts the next attempt of a failed or cancelled run at the stage that failed
 (or --stage), reusing what succeeded; --destination copies the backup into a
@@ -38,8 +38,11 @@ whole workflow again as a new attempt of the same run (docs/operations.md).
 	destination := fs.String("destination", "", "copy the backup into this destination, whose upload failed, from another that holds it (no new dump)")
 	fromStart := fs.Bool("from-start", false, "run the whole workflow again (the dump too) as a new attempt of the same run")
 	wait := fs.Bool("wait", false, "follow the new attempt until it ends; exit non-zero unless it succeeds")
+	output := addOutputFlag(fs, "table", "table", "json", "yaml")
 	c.RunE = func(cmd *cobra.Command, args []string) error {
-		return replay(cmd.Context(), natsFlag, args[0], *stageFlag, *destination, *fromStart, *wait, cmd.OutOrStdout())
+		return withRunDoc(cmd, natsFlag, output, args[0], func(out io.Writer) error {
+			return replay(cmd.Context(), natsFlag, args[0], *stageFlag, *destination, *fromStart, *wait, out)
+		})
 	}
 	return c
 }

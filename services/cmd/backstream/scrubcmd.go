@@ -28,7 +28,7 @@ Exit codes:
 
 func newScrubCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:     "scrub PLAN [--mode full|ciphertext] [--destination NAME] [--reason TEXT] [--wait]",
+		Use:     "scrub PLAN [--mode full|ciphertext] [--destination NAME] [--reason TEXT] [--wait] [-o table|json|yaml]",
 		Short:   "Read every stored copy back, check it, and repair damage from a verified copy",
 		Long:    scrubHelp,
 		Example: "  backstream scrub orders --wait\n  backstream scrub orders --mode ciphertext --destination s3-dr --wait",
@@ -39,8 +39,14 @@ func newScrubCmd() *cobra.Command {
 	destination := c.Flags().String("destination", "", "scrub only this destination")
 	reason := c.Flags().String("reason", "", "free text recorded with the scrub")
 	wait := c.Flags().Bool("wait", false, "follow the scrub; exit non-zero unless it is clean or repaired")
+	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, planName, stdout := cmd.Context(), args[0], cmd.OutOrStdout()
+		doc := sideResult{Plan: planName}
+		if output.structured() {
+			stdout = cmd.ErrOrStderr()
+			defer func() { _ = output.write(cmd.OutOrStdout(), doc, nil) }()
+		}
 		switch *mode {
 		case "", events.ScrubFull, events.ScrubCiphertext:
 		default:
@@ -62,11 +68,13 @@ func newScrubCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
+		doc.ScrubID = id
 		fmt.Fprintf(stdout, "scrub %s of plan %s requested\n", id, planName)
 		if !*wait {
 			return nil
 		}
 		return followSide(ctx, b, planName, id, "scrub", startSeq, func(e events.Event, p events.Payload) (bool, error) {
+			doc.set(e, p)
 			switch d := p.(type) {
 			case *events.ScrubCompletedData:
 				return true, scrubSummary(stdout, e, id, d)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -118,6 +119,11 @@ spec:
 		{"scrub is incomplete", []string{"scrub", "p", "--mode", "ciphertext", "--wait"}, 3,
 			[]string{"scrub incomplete (ciphertext)", "far: connection refused", "corrupt copy of backup 01C in local: frame 2: bad CRC; repaired from far"}},
 		{"drill without --wait", []string{"drill", "p"}, 0, []string{"drill ", " of plan p requested"}},
+		// -o json: one document on stdout, the person's lines on stderr.
+		{"drill -o json", []string{"drill", "p", "--wait", "-o", "json"}, 1,
+			[]string{`"plan": "p"`, `"drillId": "`, `"type": "io.backstream.drill.failed"`, `"stage": "check"`}},
+		{"scrub -o yaml", []string{"scrub", "p", "--wait", "-o", "yaml"}, 3,
+			[]string{"scrubId: ", "type: io.backstream.scrub.completed", "status: incomplete", "repairedFrom: far"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,6 +149,9 @@ spec:
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("output lacks %q:\n%s", w, out.String())
 				}
+			}
+			if slices.Contains(tt.args, "-o") && strings.Contains(out.String(), "requested") {
+				t.Errorf("-o %s: a line for a person went to stdout:\n%s", tt.args[len(tt.args)-1], out.String())
 			}
 		})
 	}
