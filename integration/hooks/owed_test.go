@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oklog/ulid/v2"
+
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/integration/harness"
 	"github.com/backstream/backstream/pkg/backup"
@@ -153,9 +155,10 @@ func TestOwedUnlockIsReportedAndRetriedUntilItCompletes(t *testing.T) {
 		!strings.Contains(out, "not-yet") || !strings.Contains(out, "retried automatically at") {
 		t.Fatalf("trigger --wait (exit %d):\n%s", code, out)
 	}
-	var id string
-	if _, err := fmt.Sscanf(out, "run %s of plan", &id); err != nil {
-		t.Fatalf("no run id in %q: %v", out, err)
+	// trigger prints the run id alone on its first line.
+	id, _, _ := strings.Cut(out, "\n")
+	if _, err := ulid.ParseStrict(id); err != nil {
+		t.Fatalf("no run id on the first line of %q: %v", out, err)
 	}
 	if v := globalReadOnly(t, db); v != 1 {
 		t.Fatalf("read_only = %d while the unlock is owed", v)
