@@ -420,9 +420,15 @@ func (w *Workflow) UnmarshalYAML(unmarshal func(any) error) error {
 
 // Filters is the chain every chunk passes: compression, then encryption.
 type Filters struct {
-	Compression string      `yaml:"compression,omitempty" json:"compression,omitempty"`
-	Level       string      `yaml:"level,omitempty" json:"level,omitempty"`
-	Encryption  *Encryption `yaml:"encryption,omitempty" json:"encryption,omitempty"`
+	Compression string `yaml:"compression,omitempty" json:"compression,omitempty"`
+	Level       string `yaml:"level,omitempty" json:"level,omitempty"`
+	// FrameSize is the plaintext one frame holds: the filter compresses and
+	// seals consecutive chunks together up to it, so compression sees more
+	// than one transport chunk at a time (docs/bench.md, "Frame size"). A
+	// multiple of the chunk size, at most MaxFrameSize; unset means
+	// Spec.EffectiveFrameSize.
+	FrameSize  Size        `yaml:"frameSize,omitempty" json:"frameSize,omitempty"`
+	Encryption *Encryption `yaml:"encryption,omitempty" json:"encryption,omitempty"`
 }
 
 // Compression and level values.
@@ -462,6 +468,30 @@ const (
 	MinChunkSize     = 64 * KiB
 	MaxChunkSize     = 4 * MiB
 )
+
+// Frame size bounds and default. The default is what the measurements in
+// docs/bench.md ("Frame size") chose; the largest is what the filter may
+// hold per run (a frame's plaintext and its sealed form) and what a
+// reader allocates per frame.
+const (
+	DefaultFrameSize = 1 * MiB
+	MaxFrameSize     = 4 * MiB
+)
+
+// EffectiveFrameSize is the frame size the filter seals with: the plan's
+// filters.frameSize, or else the largest multiple of the chunk size up to
+// DefaultFrameSize (the chunk size itself when it is larger). Unset stays
+// unset in the stored plan, so a change of the default reaches every plan.
+func (s Spec) EffectiveFrameSize() Size {
+	chunk := s.ChunkSize
+	if chunk <= 0 {
+		chunk = DefaultChunkSize
+	}
+	if s.Filters.FrameSize > 0 {
+		return s.Filters.FrameSize
+	}
+	return max(chunk, DefaultFrameSize/chunk*chunk)
+}
 
 // Schedule says when backups are triggered.
 type Schedule struct {

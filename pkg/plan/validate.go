@@ -431,6 +431,18 @@ func (p *Plan) validateFilters(ps *problems) {
 	if cs := p.Spec.ChunkSize; cs != 0 && (cs < MinChunkSize || cs > MaxChunkSize) {
 		ps.add("spec.chunkSize", "%s is outside %s..%s", cs, MinChunkSize, MaxChunkSize)
 	}
+	if fs := f.FrameSize; fs != 0 {
+		chunk := p.Spec.ChunkSize
+		if chunk == 0 {
+			chunk = DefaultChunkSize
+		}
+		switch {
+		case fs < chunk || fs > MaxFrameSize:
+			ps.add("spec.filters.frameSize", "%s is outside the chunk size (%s)..%s", fs, chunk, MaxFrameSize)
+		case fs%chunk != 0:
+			ps.add("spec.filters.frameSize", "%s is not a multiple of the chunk size (%s)", fs, chunk)
+		}
+	}
 }
 
 func validateEncryption(ps *problems, path string, e *Encryption) {
