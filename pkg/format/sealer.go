@@ -162,6 +162,11 @@ func (s *Sealer) ChunkSize() int { return s.hdr.ChunkSize }
 // and checking against a transport's payload limit.
 func (s *Sealer) MaxFrameLen() int { return frameLen(s.hdr.ChunkSize) }
 
+// MaxFrameLen returns the largest frame a Sealer of chunkSize can produce:
+// a transport that carries frames of one chunk size in pieces of another
+// sizes its messages with it.
+func MaxFrameLen(chunkSize int) int { return frameLen(chunkSize) }
+
 // Seal compresses and encrypts chunk as frame number index and appends the
 // whole frame to dst. final marks the last frame of the object; an empty
 // backup is one empty final frame. chunk may be at most ChunkSize bytes.
