@@ -1,7 +1,13 @@
 // Package filter is the filter stage: it reads a run's raw chunk stream and
-// publishes the sealed object (header, then one frame per chunk: compressed,
-// then encrypted) on the run's sealed stream, sealing chunks on every core
-// while keeping their order.
+// publishes the sealed object (header, then frames: compressed, then
+// encrypted) on the run's sealed stream, sealing frames on every core while
+// keeping their order.
+//
+// A frame holds consecutive raw chunks up to the plan's frame size, so
+// compression sees more than one transport chunk at a time; a sealed frame
+// larger than a transport chunk's is published in pieces no larger than
+// that, so the sealed stream's messages and windows keep their size. The
+// raw chunks of a frame are acked once its pieces are published.
 //
 // The data key of a backup lives only in the memory of the one filter replica
 // that seals it (the filter holds public recipients only), so a run's stream
@@ -86,7 +92,7 @@ func Options(p *plan.Plan) (format.Options, error) {
 		Compression: f.Compression,
 		ZstdLevel:   f.Level,
 		Encryption:  format.EncryptionNone,
-		ChunkSize:   int(p.Spec.ChunkSize),
+		ChunkSize:   int(p.Spec.EffectiveFrameSize()),
 	}
 	if !f.Encrypted() {
 		return o, nil
@@ -169,10 +175,33 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, reason string, 
 	return s.FailRun(ctx, p.Name(), runID, "filter", StepName, reason, cause, fe)
 }
 
+// job is one frame on its way through the pipeline.
 type job struct {
-	chunk bus.Chunk
-	frame chan []byte
-	err   chan error
+	index uint64
+	final bool
+	// chunks are the raw chunks the frame holds, acked once its pieces
+	// are published.
+	chunks []bus.Chunk
+	// plain is the frame's plaintext: the data of its only chunk, or its
+	// chunks copied together into a buffer of the frame size (pooled).
+	plain  []byte
+	pooled bool
+	frame  chan []byte
+	err    chan error
+}
+
+// add appends chunk c to the frame, copying into a pooled buffer from
+// get once the frame holds more than one chunk.
+func (j *job) add(c bus.Chunk, get func() []byte) {
+	j.chunks = append(j.chunks, c)
+	if len(j.chunks) == 1 {
+		j.plain = c.Data
+		return
+	}
+	if !j.pooled {
+		j.plain, j.pooled = append(get(), j.plain...), true
+	}
+	j.plain = append(j.plain, c.Data...)
 }
 
 func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause events.Event) ([]events.Event, error) {
@@ -218,12 +247,38 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		return s.sealFailed(ctx, p, runID, out, fmt.Errorf("publish header: %w", err), cause)
 	}
 
-	// Readers fetch in order, workers seal in any order, the writer publishes
-	// in order: the queue holds at most 2×workers chunks in flight.
+	// The reader gathers chunks into frames in order, workers seal frames
+	// in any order, the writer publishes them in order. In flight: the
+	// frame being gathered plus depth frames, 2×workers when a frame is
+	// one chunk, one when it holds 2×workers chunks or more, so the bytes
+	// held per run stay near max(4 chunks, 1 frame) whatever the frame size.
 	workers := max(1, s.Workers)
+	frameSize := sealer.ChunkSize()
+	chunkSize := int(p.Spec.ChunkSize)
+	if chunkSize <= 0 {
+		chunkSize = int(plan.DefaultChunkSize)
+	}
+	chunkSize = min(chunkSize, frameSize)
+	depth := max(1, 2*workers*chunkSize/frameSize)
 	frameLen := sealer.MaxFrameLen()
-	queue := make(chan *job, 2*workers)
-	work := make(chan *job, 2*workers)
+	// A piece of a sealed frame is at most what one chunk sealed on its
+	// own would be: the sealed stream's messages stay today's size.
+	pieceLen := format.MaxFrameLen(chunkSize)
+	// A frame never waits for more chunks than the raw stream lets the
+	// snapshot run ahead by (its window), or the two would wait for each
+	// other; a frame cut short there is still a valid frame.
+	window := s.DataFor(p).Window
+	queue := make(chan *job, depth)
+	work := make(chan *job, depth)
+	plains := make(chan []byte, depth+1)
+	getPlain := func() []byte {
+		select {
+		case b := <-plains:
+			return b[:0]
+		default:
+			return make([]byte, 0, frameSize)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	var trailer map[string]string
 	var bytesOut int64
@@ -231,12 +286,10 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	g.Go(func() error {
 		defer close(queue)
 		defer close(work)
-		for {
-			c, err := in.Next(gctx)
-			if err != nil {
-				return err
-			}
-			j := &job{chunk: c, frame: make(chan []byte, 1), err: make(chan error, 1)}
+		var index uint64
+		dispatch := func(j *job) error {
+			j.index, j.frame, j.err = index, make(chan []byte, 1), make(chan error, 1)
+			index++
 			select {
 			case queue <- j:
 			case <-gctx.Done():
@@ -247,17 +300,44 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			if c.Final {
-				return nil
+			return nil
+		}
+		var cur *job
+		for {
+			c, err := in.Next(gctx)
+			if err != nil {
+				return err
+			}
+			if cur != nil && len(cur.plain)+len(c.Data) > frameSize {
+				// A short chunk before this one: the frame is as full as
+				// whole chunks make it.
+				if err := dispatch(cur); err != nil {
+					return err
+				}
+				cur = nil
+			}
+			if cur == nil {
+				cur = &job{}
+			}
+			cur.add(c, getPlain)
+			switch {
+			case c.Final:
+				cur.final = true
+				return dispatch(cur)
+			case len(cur.plain) >= frameSize, window > 0 && len(cur.chunks) >= window:
+				if err := dispatch(cur); err != nil {
+					return err
+				}
+				cur = nil
 			}
 		}
 	})
 	for range workers {
 		g.Go(func() error {
 			for j := range work {
-				f, err := sealer.Seal(out.Buffer(frameLen), uint64(j.chunk.Seq), j.chunk.Final, j.chunk.Data)
+				f, err := sealer.Seal(out.Buffer(frameLen), j.index, j.final, j.plain)
 				if err != nil {
-					j.err <- fmt.Errorf("seal frame %d: %w", j.chunk.Seq, err)
+					j.err <- fmt.Errorf("seal frame %d: %w", j.index, err)
 					continue
 				}
 				j.frame <- f
@@ -275,22 +355,22 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			case <-gctx.Done():
 				return gctx.Err()
 			}
+			if j.pooled {
+				select {
+				case plains <- j.plain:
+				default:
+				}
+				j.plain = nil
+			}
 			frames++
 			bytesOut += int64(len(f))
-			if j.chunk.Final {
-				trailer = j.chunk.Trailer
-				meta, err := s.meta(sealer, trailer, frames)
-				if err != nil {
-					return err
-				}
-				if err := out.Close(gctx, f, map[string]string{TrailerMeta: meta}); err != nil {
-					return fmt.Errorf("publish final frame: %w", err)
-				}
-			} else if err := out.WriteOwned(gctx, f); err != nil {
-				return fmt.Errorf("publish frame %d: %w", j.chunk.Seq, err)
+			if err := s.publish(gctx, out, sealer, j, f, pieceLen, frames, &trailer); err != nil {
+				return err
 			}
-			if err := j.chunk.Ack(); err != nil {
-				return fmt.Errorf("ack chunk %d: %w", j.chunk.Seq, err)
+			for _, c := range j.chunks {
+				if err := c.Ack(); err != nil {
+					return fmt.Errorf("ack chunk %d: %w", c.Seq, err)
+				}
 			}
 		}
 		return nil
@@ -309,7 +389,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	if err != nil {
 		return nil, err
 	}
-	log.Info("filter completed", "frames", frames, "bytesIn", bytesIn, "bytesOut", bytesOut, "elapsed", time.Since(begin).Round(time.Millisecond))
+	log.Info("filter completed", "frames", frames, "frameSize", frameSize, "bytesIn", bytesIn, "bytesOut", bytesOut, "elapsed", time.Since(begin).Round(time.Millisecond))
 	ev, err := s.Emit(p.Name(), runID, StepName, events.FilterCompletedData{
 		Chain: sealer.Chain(), Frames: int64(frames), BytesIn: bytesIn, BytesOut: bytesOut,
 	})
@@ -317,6 +397,42 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		return nil, err
 	}
 	return []events.Event{ev}, nil
+}
+
+// publish writes sealed frame f of job j on the sealed stream in pieces of
+// at most pieceLen bytes; the final frame's last piece closes the stream
+// with the trailer (frames is the count so far, j's included). A frame of
+// one piece is handed over to the writer for reuse; the pieces of a larger
+// one alias its buffer, which is left to the collector.
+func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *format.Sealer, j *job, f []byte, pieceLen int, frames uint64, trailer *map[string]string) error {
+	whole := len(f) <= pieceLen
+	for len(f) > pieceLen {
+		if err := out.Write(ctx, f[:pieceLen:pieceLen]); err != nil {
+			return fmt.Errorf("publish frame %d: %w", j.index, err)
+		}
+		f = f[pieceLen:]
+	}
+	switch {
+	case !j.final && whole:
+		if err := out.WriteOwned(ctx, f); err != nil {
+			return fmt.Errorf("publish frame %d: %w", j.index, err)
+		}
+		return nil
+	case !j.final:
+		if err := out.Write(ctx, f); err != nil {
+			return fmt.Errorf("publish frame %d: %w", j.index, err)
+		}
+		return nil
+	}
+	*trailer = j.chunks[len(j.chunks)-1].Trailer
+	meta, err := s.meta(sealer, *trailer, frames)
+	if err != nil {
+		return err
+	}
+	if err := out.Close(ctx, f, map[string]string{TrailerMeta: meta}); err != nil {
+		return fmt.Errorf("publish final frame: %w", err)
+	}
+	return nil
 }
 
 func (s *Service) sealFailed(ctx context.Context, p *plan.Plan, runID string, out *bus.ChunkWriter, err error, cause events.Event) ([]events.Event, error) {

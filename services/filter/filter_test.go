@@ -1,0 +1,340 @@
+package filter_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/datagen"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/planstore"
+	"github.com/backstream/backstream/pkg/plugins"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/storage/filesystem"
+	"github.com/backstream/backstream/services/control"
+	"github.com/backstream/backstream/services/filter"
+	"github.com/backstream/backstream/services/restore"
+	"github.com/backstream/backstream/services/snapshot"
+	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/upload"
+)
+
+const kib = 1 << 10
+
+// rig is one plan with a filesystem destination "local", its stages' deps
+// and the age identity its backups are sealed for.
+type rig struct {
+	t        *testing.T
+	d        *stage.Deps
+	p        *plan.Plan
+	dir      string
+	identity *age.X25519Identity
+}
+
+func newRig(t *testing.T, chunkSize, frameSize string) *rig {
+	t.Helper()
+	ctx := context.Background()
+	_, b := bustest.Start(t)
+	reg := plugins.Default()
+	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	owner := *d
+	d.Owner = control.New(&owner)
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: framed}
+spec:
+  source: {type: command, command: {argv: [echo, hi]}}
+  chunkSize: %s
+  filters:
+    compression: zstd
+    frameSize: %s
+    encryption: {recipients: [%s]}
+  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
+`, chunkSize, frameSize, id.Recipient(), dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Plans.Put(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	p.Defaults()
+	return &rig{t: t, d: d, p: p, dir: dir, identity: id}
+}
+
+// startRun makes a running backup run and returns its id and the
+// snapshot.started event the filter and upload stages start on.
+func (r *rig) startRun() (string, events.Event) {
+	r.t.Helper()
+	id := events.NewID()
+	if _, err := r.d.Runs.Ensure(context.Background(), runs.Run{ID: id, Plan: r.p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
+		r.t.Fatal(err)
+	}
+	e, err := events.New(r.d.Bus.Meta(r.p.Name(), id, "snapshot"), events.SnapshotStartedData{
+		Source: "command", DataSubject: bus.DataSubject(id, bus.KindRaw), ChunkSize: int64(r.p.Spec.ChunkSize)})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return id, e
+}
+
+// dump publishes data on the run's raw stream as the snapshot stage does:
+// a chunk as soon as it holds chunkSize bytes, the rest (maybe nothing) in
+// the final chunk with the trailer.
+func (r *rig) dump(ctx context.Context, id string, data []byte) error {
+	w, err := r.d.Bus.NewChunkWriter(ctx, stage.DataKey(id), bus.KindRaw, []string{snapshot.Reader}, r.d.DataFor(r.p))
+	if err != nil {
+		return err
+	}
+	cs := int(r.p.Spec.ChunkSize)
+	rest := data
+	for len(rest) >= cs {
+		if err := w.Write(ctx, rest[:cs:cs]); err != nil {
+			return err
+		}
+		rest = rest[cs:]
+	}
+	sum := sha256.Sum256(data)
+	return w.Close(ctx, rest, map[string]string{
+		snapshot.TrailerBytes:  strconv.Itoa(len(data)),
+		snapshot.TrailerSHA256: hex.EncodeToString(sum[:]),
+		snapshot.TrailerSource: "command",
+	})
+}
+
+// sealed is what the filter published on the sealed stream.
+type sealed struct {
+	object   []byte
+	messages int
+	largest  int
+	meta     filter.Meta
+	done     events.FilterCompletedData
+}
+
+// seal runs the filter stage over data and reads the sealed stream as
+// destination "local" would.
+func (r *rig) seal(data []byte) sealed {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id, e := r.startRun()
+	dumped := make(chan error, 1)
+	go func() { dumped <- r.dump(ctx, id, data) }()
+	type read struct {
+		s   sealed
+		err error
+	}
+	got := make(chan read, 1)
+	go func() {
+		var s sealed
+		in, err := r.d.Bus.NewChunkReader(ctx, stage.DataKey(id), bus.KindSealed, "local", r.d.DataFor(r.p))
+		if err != nil {
+			got <- read{err: err}
+			return
+		}
+		defer in.Close(ctx)
+		for {
+			c, err := in.Next(ctx)
+			if err != nil {
+				got <- read{err: err}
+				return
+			}
+			s.object = append(s.object, c.Data...)
+			s.messages++
+			s.largest = max(s.largest, len(c.Data))
+			if err := c.Ack(); err != nil {
+				got <- read{err: err}
+				return
+			}
+			if c.Final {
+				got <- read{s: s, err: json.Unmarshal([]byte(c.Trailer[filter.TrailerMeta]), &s.meta)}
+				return
+			}
+		}
+	}()
+	out, err := filter.New(r.d).Consumers()[0].Handler(ctx, e)
+	if err != nil {
+		r.t.Fatalf("filter: %v", err)
+	}
+	if err := <-dumped; err != nil {
+		r.t.Fatalf("dump: %v", err)
+	}
+	res := <-got
+	if res.err != nil {
+		r.t.Fatalf("read the sealed stream: %v", res.err)
+	}
+	if len(out) != 1 || out[0].Type() != events.FilterCompleted {
+		r.t.Fatalf("filter returned %v, want one filter.completed", out)
+	}
+	if err := out[0].DataAs(&res.s.done); err != nil {
+		r.t.Fatal(err)
+	}
+	return res.s
+}
+
+// open reads a sealed object back with the rig's identity.
+func (r *rig) open(object []byte) ([]byte, format.ReadStats) {
+	r.t.Helper()
+	rd, err := format.NewReader(bytes.NewReader(object), format.Keys{Identities: []age.Identity{r.identity}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	plain, err := io.ReadAll(rd)
+	if err != nil {
+		r.t.Fatalf("read the object: %v", err)
+	}
+	return plain, rd.Stats()
+}
+
+func gen(n int) []byte {
+	b, err := io.ReadAll(datagen.New(int64(n), int64(n)))
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// TestFramesHoldSeveralChunks: with 64 KiB chunks and 256 KiB frames, a
+// dump that is a multiple of neither is sealed into frames of four chunks
+// (the last one short), published in pieces no larger than a sealed chunk,
+// and reads back byte for byte; the frame count and size reach the meta.
+func TestFramesHoldSeveralChunks(t *testing.T) {
+	tests := []struct {
+		name       string
+		size       int
+		wantFrames uint64
+	}{
+		{"empty", 0, 1},
+		{"one byte", 1, 1},
+		{"less than a chunk", 64*kib - 1, 1},
+		{"one chunk", 64 * kib, 1},
+		{"neither a multiple of chunk nor frame", 5*256*kib + 3*64*kib + 1000, 6},
+		// The last full frame is not known to be last until the stream
+		// ends: an empty final frame follows it, as with chunks.
+		{"a multiple of the frame", 3 * 256 * kib, 4},
+		{"a multiple of the chunk only", 2*256*kib + 64*kib, 3},
+	}
+	r := newRig(t, "64KiB", "256KiB")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r.t = t
+			data := gen(tt.size)
+			s := r.seal(data)
+			plain, stats := r.open(s.object)
+			if !bytes.Equal(plain, data) {
+				t.Fatalf("read back %d bytes, sealed %d: not the same", len(plain), len(data))
+			}
+			if stats.Frames != tt.wantFrames || s.meta.Frames != tt.wantFrames || s.done.Frames != int64(tt.wantFrames) {
+				t.Errorf("frames: object %d, meta %d, filter.completed %d; want %d", stats.Frames, s.meta.Frames, s.done.Frames, tt.wantFrames)
+			}
+			if s.meta.ChunkSize != 256*kib {
+				t.Errorf("meta chunk size %d, want the frame size %d", s.meta.ChunkSize, 256*kib)
+			}
+			if limit := format.MaxFrameLen(64 * kib); s.largest > limit {
+				t.Errorf("largest sealed message %d bytes, above a sealed chunk's %d", s.largest, limit)
+			}
+			if s.done.BytesOut != int64(len(s.object))-headerLen(t, s.object) {
+				t.Errorf("filter.completed bytesOut %d for an object of %d bytes", s.done.BytesOut, len(s.object))
+			}
+		})
+	}
+}
+
+// TestFrameOfOneChunkIsOneMessage: a frame size equal to the chunk size
+// seals and publishes every chunk on its own, one message per frame.
+func TestFrameOfOneChunkIsOneMessage(t *testing.T) {
+	r := newRig(t, "64KiB", "64KiB")
+	data := gen(10*64*kib + 17)
+	s := r.seal(data)
+	plain, stats := r.open(s.object)
+	if !bytes.Equal(plain, data) {
+		t.Fatal("read back other bytes")
+	}
+	// The header is a message of its own.
+	if stats.Frames != 11 || s.messages != 12 {
+		t.Errorf("%d frames in %d messages, want 11 in 12", stats.Frames, s.messages)
+	}
+}
+
+// headerLen is the length of an object's header.
+func headerLen(t *testing.T, object []byte) int64 {
+	t.Helper()
+	_, raw, err := format.ReadHeader(bytes.NewReader(object))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(len(raw))
+}
+
+// TestFramedBackupRestores: 256 KiB chunks in 1 MiB frames through the
+// filter and upload stages into a filesystem destination; the manifest
+// counts the frames, and a restore from the storage alone gives the dump
+// back byte for byte.
+func TestFramedBackupRestores(t *testing.T) {
+	r := newRig(t, "256KiB", "1MiB")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	data := gen(9*1024*kib + 3*256*kib + 12345)
+	id, e := r.startRun()
+	dumped := make(chan error, 1)
+	go func() { dumped <- r.dump(ctx, id, data) }()
+	uploaded := make(chan error, 1)
+	go func() {
+		_, err := upload.New(r.d).Consumers()[0].Handler(ctx, e)
+		uploaded <- err
+	}()
+	if _, err := filter.New(r.d).Consumers()[0].Handler(ctx, e); err != nil {
+		t.Fatalf("filter: %v", err)
+	}
+	if err := <-dumped; err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if err := <-uploaded; err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	st, err := filesystem.New(ctx, filesystem.Config{Path: r.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m, err := backup.Find(ctx, st, r.p.Name()+"/"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Frames != 10 || m.ChunkSize != 1024*kib || m.Bytes != int64(len(data)) {
+		t.Errorf("manifest: %d frames of %d bytes, %d bytes; want 10 of %d, %d", m.Frames, m.ChunkSize, m.Bytes, 1024*kib, len(data))
+	}
+	var out bytes.Buffer
+	stats, err := restore.Stream(ctx, st, m, format.Keys{Identities: []age.Identity{r.identity}}, func(rd io.Reader) error {
+		_, err := io.Copy(&out, rd)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if !bytes.Equal(out.Bytes(), data) || stats.Frames != 10 {
+		t.Errorf("restored %d bytes in %d frames: not the %d bytes dumped", out.Len(), stats.Frames, len(data))
+	}
+}
