@@ -123,7 +123,7 @@ spec:
     command: {argv: %s}
   filters:
     compression: zstd
-    level: fastest
+    level: fastest%s
     encryption: {type: aes-256-gcm, recipients: [%q]}
   destinations:
     - name: minio
@@ -138,7 +138,16 @@ spec:
         concurrency: %d
   chunkSize: %d
   verify: {enabled: true}
-`, name, argv, r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
+`, name, argv, frameSizeLine(r.c.frameSize), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
+}
+
+// frameSizeLine is the plan's filters.frameSize line for --frame-size, or
+// nothing to leave the plan's default.
+func frameSizeLine(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("\n    frameSize: %d", n)
 }
 
 // sourceArgv is the plan's source command for size bytes of the data set,

@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	size := fs.String("size", "1GiB", "plaintext size of the end-to-end backup")
 	rss := fs.String("rss-sizes", "1GiB,4GiB", "comma-separated sizes to sample the serve process's peak RSS at, each on a fresh serve (empty: none)")
 	chunk := fs.String("chunk-size", "256KiB", "the plan's spec.chunkSize for the end-to-end runs (the stages alone always use 256KiB)")
+	frame := fs.String("frame-size", "0", "the plan's spec.filters.frameSize for the end-to-end runs (0: unset, the plan's default)")
 	partSize := fs.String("s3-part-size", "0", "the destination's s3 partSize for the end-to-end runs (0: the plugin's default, 16MiB)")
 	fs.IntVar(&c.s3Concurrency, "s3-concurrency", 0, "the destination's s3 concurrency for the end-to-end runs (0: the plugin's default, 4)")
 	stageSize := fs.String("stage-size", "256MiB", "size of the in-memory data set each stage is measured on alone")
@@ -76,6 +77,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if c.chunkSize, err = parseSize(*chunk); err != nil {
 		return fmt.Errorf("%w: --chunk-size: %v", errUsage, err)
+	}
+	if c.frameSize, err = parseSize(*frame); err != nil {
+		return fmt.Errorf("%w: --frame-size: %v", errUsage, err)
 	}
 	if c.s3PartSize, err = parseSize(*partSize); err != nil {
 		return fmt.Errorf("%w: --s3-part-size: %v", errUsage, err)
@@ -120,6 +124,7 @@ type config struct {
 	rssSizes       []int64
 	stageSize      int64
 	chunkSize      int64
+	frameSize      int64 // 0: the plan leaves it unset
 	s3PartSize     int64
 	s3Concurrency  int
 	bin            string
