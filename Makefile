@@ -84,5 +84,19 @@ SIZE ?= 1GiB
 bench: tools build
 	cd integration && go run ./cmd/bench --size $(SIZE)
 
+# The peer backup tools bench-peers measures against (restic, kopia, age, zstd);
+# kept out of `tools` so `make test` never builds them.
+.PHONY: peers-tools bench-peers
+peers-tools:
+	./scripts/install-peers.sh
+
+# backstream side by side with restic, kopia and `zstd -1 | age | upload`
+# (docs/bench.md, "Against peers"). ROUNDS interleaved rounds; SETS of
+# gen,pgbench,mariadb,tar.
+ROUNDS ?= 3
+SETS ?= gen,pgbench,mariadb,tar
+bench-peers: tools peers-tools build
+	cd integration && go run ./cmd/bench peers --size $(SIZE) --rounds $(ROUNDS) --sets $(SETS)
+
 clean:
 	rm -rf $(BIN) data

@@ -41,21 +41,30 @@ type rig struct {
 	env       []string
 	runs      int
 	log       io.Writer
+	// bucket is where the plans put their backups: bench for make bench, a
+	// fresh one per tool and round for bench peers.
+	bucket string
 }
 
 // e2eResult is one backup through a fresh serve process.
 type e2eResult struct {
-	size    int64
-	stored  int64
-	upload  time.Duration // trigger → upload.completed
-	total   time.Duration // trigger → backup.succeeded
-	peakRSS int64
+	// name is the run's plan, planFile its YAML (kept for an offline
+	// restore after serve has stopped).
+	name, planFile string
+	size           int64
+	stored         int64
+	upload         time.Duration // trigger → upload.completed
+	total          time.Duration // trigger → backup.succeeded
+	peakRSS        int64
 	// uploadRSS is the peak RSS up to upload.completed, before verify.
 	uploadRSS int64
 	// CPU time spent from the trigger to upload.completed by serve itself,
 	// by its source command (cat, or the generator with --source gen) and by
 	// MinIO; and by serve from upload.completed to backup.succeeded (verify).
 	serveCPU, sourceCPU, minioCPU, verifyCPU time.Duration
+	// minioVerifyCPU is MinIO's CPU from upload.completed to
+	// backup.succeeded: verify reads the stored object back.
+	minioVerifyCPU time.Duration
 }
 
 // cpuPerGB is the CPU time of every process of the pipeline per 10^9
@@ -79,7 +88,7 @@ func newRig(ctx context.Context, c config, dir string, log io.Writer) (*rig, err
 	if err != nil {
 		return nil, fmt.Errorf("own executable: %w", err)
 	}
-	r := &rig{c: c, dir: dir, self: self, backstrm: filepath.Join(c.bin, "backstream"), log: log}
+	r := &rig{c: c, dir: dir, self: self, backstrm: filepath.Join(c.bin, "backstream"), log: log, bucket: bucket}
 	for _, b := range []string{r.backstrm, filepath.Join(c.bin, "minio")} {
 		if _, err := os.Stat(b); err != nil {
 			return nil, fmt.Errorf("%s: %w (run make build tools)", b, err)
@@ -138,7 +147,7 @@ spec:
         concurrency: %d
   chunkSize: %d
   verify: {enabled: true}
-`, name, argv, frameSizeLine(r.c.frameSize), r.recipient, r.minio.endpoint, bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
+`, name, argv, frameSizeLine(r.c.frameSize), r.recipient, r.minio.endpoint, r.bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
 }
 
 // frameSizeLine is the plan's filters.frameSize line for --frame-size, or
@@ -219,10 +228,20 @@ func tailOf(b []byte, n int) []byte {
 // from the start of `backstream trigger` to the arrival of the run's
 // upload.completed and backup.succeeded events.
 func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
+	argv, err := r.sourceArgv(size)
+	if err != nil {
+		return e2eResult{size: size}, err
+	}
+	return r.pipelineArgv(ctx, size, argv)
+}
+
+// pipelineArgv is pipeline with the plan's source command given (a YAML flow
+// sequence producing size bytes).
+func (r *rig) pipelineArgv(ctx context.Context, size int64, argv string) (e2eResult, error) {
 	r.runs++
 	name := fmt.Sprintf("bench-%d", r.runs)
 	dir := filepath.Join(r.dir, name)
-	res := e2eResult{size: size}
+	res := e2eResult{name: name, planFile: filepath.Join(dir, "plan.yaml"), size: size}
 	fmt.Fprintf(r.log, "e2e %s: %s through a fresh serve ...\n", name, humanSize(size))
 	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.profile != "", r.env)
 	if err != nil {
@@ -234,11 +253,7 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 			_ = os.RemoveAll(filepath.Join(dir, "data"))
 		}
 	}()
-	planFile := filepath.Join(dir, "plan.yaml")
-	argv, err := r.sourceArgv(size)
-	if err != nil {
-		return res, err
-	}
+	planFile := res.planFile
 	if err := os.WriteFile(planFile, []byte(r.plan(name, argv)), 0o644); err != nil {
 		return res, err
 	}
@@ -337,7 +352,12 @@ func (r *rig) pipeline(ctx context.Context, size int64) (e2eResult, error) {
 	if err != nil {
 		return res, err
 	}
+	minioEnd, err := readCPU(r.minio.pid())
+	if err != nil {
+		return res, err
+	}
 	mu.Lock()
+	res.minioVerifyCPU = minioEnd.self - minioAtUpload.self
 	res.serveCPU = serveAtUpload.self - serveBefore.self
 	res.sourceCPU = serveAtUpload.children - serveBefore.children
 	res.minioCPU = minioAtUpload.self - minioBefore.self

@@ -10,6 +10,12 @@
 //	bench [--size 1GiB] [--rss-sizes 1GiB,4GiB] [--repeat 3] [--source file|gen]
 //	      [--stage-size 256MiB] [--stage-repeat 3]
 //	bench gen --size N [--seed S]
+//	bench peers [--size 1GiB] [--rounds 3] [--sets gen,pgbench,mariadb,tar] [--tools backstream,restic,kopia,baseline]
+//	bench s3 put|get BUCKET KEY
+//
+// bench peers measures backstream side by side with restic, kopia and
+// `zstd -1 | age | upload` (peers.go); bench s3 is that baseline's upload
+// and download.
 package main
 
 import (
@@ -43,8 +49,15 @@ func main() {
 var errUsage = errors.New("usage")
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "gen" {
-		return genCmd(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "gen":
+			return genCmd(args[1:], stdout, stderr)
+		case "peers":
+			return peersCmd(ctx, args[1:], stdout, stderr)
+		case "s3":
+			return s3Cmd(ctx, args[1:], os.Stdin, stdout, stderr)
+		}
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)

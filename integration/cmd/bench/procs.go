@@ -263,18 +263,33 @@ func readCPU(pid int) (cpuTimes, error) {
 	if err != nil {
 		return cpuTimes{}, fmt.Errorf("cpu times: %w", err)
 	}
-	// The command name may hold spaces; the fields follow its ')'.
+	return parseStat(b)
+}
+
+// parseStat reads utime, stime, cutime and cstime from the text of
+// /proc/PID/stat.
+func parseStat(b []byte) (cpuTimes, error) {
+	// The command name may hold spaces and parentheses; the fields follow
+	// its last ')'.
 	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return cpuTimes{}, errors.New("cpu times: no command name in /proc/PID/stat")
+	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 15 {
 		return cpuTimes{}, errors.New("cpu times: short /proc/PID/stat")
 	}
-	tick := func(s string) time.Duration {
-		n, _ := strconv.ParseInt(s, 10, 64)
-		return time.Duration(n) * time.Second / clockTicks
+	var ticks [4]int64
+	for k := range ticks {
+		n, err := strconv.ParseInt(f[11+k], 10, 64)
+		if err != nil {
+			return cpuTimes{}, fmt.Errorf("cpu times: field %d: %w", 14+k, err)
+		}
+		ticks[k] = n
 	}
+	tick := func(n int64) time.Duration { return time.Duration(n) * time.Second / clockTicks }
 	// f[0] is field 3 (state): utime, stime, cutime, cstime are fields 14..17.
-	return cpuTimes{self: tick(f[11]) + tick(f[12]), children: tick(f[13]) + tick(f[14])}, nil
+	return cpuTimes{self: tick(ticks[0]) + tick(ticks[1]), children: tick(ticks[2]) + tick(ticks[3])}, nil
 }
 
 // clockTicks is USER_HZ, 100 on every Linux we run on.
