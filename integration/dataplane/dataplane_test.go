@@ -192,10 +192,11 @@ func TestTamperedBackupsFailToRestoreAndLeaveNoFile(t *testing.T) {
 	env := harness.Start(t, harness.Options{})
 	storeDir := t.TempDir()
 	src, _ := writeSource(t, 5*chunk+123)
+	// One chunk per frame: the damage below is placed by frame.
 	env.Apply(plan("tamper", catSource(src), "zstd",
-		fmt.Sprintf("encryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient()), fsDest(storeDir), ""))
+		fmt.Sprintf("frameSize: 64KiB\nencryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient()), fsDest(storeDir), ""))
 	env.Apply(plan("tamperpw", catSource(src), "zstd",
-		"encryption: {type: aes-256-gcm, passphrase: {env: BS_TEST_PASSPHRASE}}", fsDest(storeDir), ""))
+		"frameSize: 64KiB\nencryption: {type: aes-256-gcm, passphrase: {env: BS_TEST_PASSPHRASE}}", fsDest(storeDir), ""))
 	id := env.Trigger("tamper")
 	if r := env.Wait(id, time.Minute); r.Phase != runs.Succeeded {
 		t.Fatalf("run: %s", r.Error)
