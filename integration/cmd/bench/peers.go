@@ -650,10 +650,18 @@ func toolVersions(ctx context.Context, pc peersConfig) map[string]string {
 		case "restic":
 			try("restic", filepath.Join(pc.bin, "restic"), "version")
 		case "kopia":
-			try("kopia", filepath.Join(pc.bin, "kopia"), "--version")
+			// Built from its module directory, kopia calls itself
+			// "v0-unofficial"; the pin install-peers.sh wrote says which
+			// version it is.
+			if b, err := os.ReadFile(filepath.Join(pc.bin, ".kopia.version")); err == nil {
+				v["kopia"] = "kopia " + strings.TrimSpace(string(b))
+			} else {
+				try("kopia", filepath.Join(pc.bin, "kopia"), "--version")
+			}
 		case "baseline":
 			try("zstd", "zstd", "--version")
 			try("age", filepath.Join(pc.bin, "age"), "--version")
+			v["age"] = "age " + v["age"]
 		}
 	}
 	try("minio", filepath.Join(pc.bin, "minio"), "--version")
