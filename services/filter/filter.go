@@ -264,10 +264,14 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	// A piece of a sealed frame is at most what one chunk sealed on its
 	// own would be: the sealed stream's messages stay today's size.
 	pieceLen := format.MaxFrameLen(chunkSize)
-	// A frame never waits for more chunks than the raw stream lets the
-	// snapshot run ahead by (its window), or the two would wait for each
-	// other; a frame cut short there is still a valid frame.
-	window := s.DataFor(p).Window
+	// A frame holds at most half the chunks the raw stream lets the
+	// snapshot run ahead by (its window): with more, snapshot would wait
+	// for the filter's acks while the filter waits for chunks to fill the
+	// frame, and at a whole window the two would take turns instead of
+	// overlapping. A frame cut short there is still a valid frame (at the
+	// default 8 MiB of window, 4 MiB frames of 256 KiB chunks are whole;
+	// of 64 KiB chunks they hold 2 MiB).
+	maxChunks := max(1, s.DataFor(p).Window/2)
 	queue := make(chan *job, depth)
 	work := make(chan *job, depth)
 	plains := make(chan []byte, depth+1)
@@ -324,7 +328,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			case c.Final:
 				cur.final = true
 				return dispatch(cur)
-			case len(cur.plain) >= frameSize, window > 0 && len(cur.chunks) >= window:
+			case len(cur.plain) >= frameSize, len(cur.chunks) >= maxChunks:
 				if err := dispatch(cur); err != nil {
 					return err
 				}
