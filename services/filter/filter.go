@@ -248,10 +248,13 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	}
 
 	// The reader gathers chunks into frames in order, workers seal frames
-	// in any order, the writer publishes them in order. In flight: the
-	// frame being gathered plus depth frames, 2×workers when a frame is
-	// one chunk, one when it holds 2×workers chunks or more, so the bytes
-	// held per run stay near max(4 chunks, 1 frame) whatever the frame size.
+	// in any order, the writer publishes them in order. Frames alive at
+	// once (gathered, sealed or published, until their chunks are acked)
+	// are bounded by slots: 2×workers+1 when a frame is one chunk (as many
+	// chunks as before frames existed), fewer as frames grow, and one from
+	// 2×workers+1 chunks a frame on, when the filter holds one frame's raw
+	// bytes and its sealed form and seals on one core. The raw stream's
+	// window still lets the snapshot run ahead meanwhile.
 	workers := max(1, s.Workers)
 	frameSize := sealer.ChunkSize()
 	chunkSize := int(p.Spec.ChunkSize)
@@ -259,7 +262,12 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		chunkSize = int(plan.DefaultChunkSize)
 	}
 	chunkSize = min(chunkSize, frameSize)
-	depth := max(1, 2*workers*chunkSize/frameSize)
+	slots := max(1, (2*workers+1)*chunkSize/frameSize)
+	depth := max(1, slots-1)
+	free := make(chan struct{}, slots)
+	for range slots {
+		free <- struct{}{}
+	}
 	frameLen := sealer.MaxFrameLen()
 	// A piece of a sealed frame is at most what one chunk sealed on its
 	// own would be: the sealed stream's messages stay today's size.
@@ -321,6 +329,11 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 				cur = nil
 			}
 			if cur == nil {
+				select {
+				case <-free:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
 				cur = &job{}
 			}
 			cur.add(c, getPlain)
@@ -376,6 +389,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 					return fmt.Errorf("ack chunk %d: %w", c.Seq, err)
 				}
 			}
+			free <- struct{}{}
 		}
 		return nil
 	})
