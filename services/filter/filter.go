@@ -291,6 +291,25 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			return make([]byte, 0, frameSize)
 		}
 	}
+	// A frame of one chunk is sealed into a buffer the chunk writer owns
+	// once published and hands back once stored. A larger frame is sealed
+	// into a buffer of the filter's own and copied into such buffers piece
+	// by piece: without that, every frame's sealed buffer would be garbage
+	// the moment its pieces are stored, and the heap would grow by
+	// GOGC's share of it (1 MiB frames peaked ~45 MiB higher that way).
+	multi := frameLen > pieceLen
+	sealBufs := make(chan []byte, depth+1)
+	sealBuf := func() []byte {
+		if !multi {
+			return out.Buffer(frameLen)
+		}
+		select {
+		case b := <-sealBufs:
+			return b[:0]
+		default:
+			return make([]byte, 0, frameLen)
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	var trailer map[string]string
 	var bytesOut int64
@@ -352,7 +371,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	for range workers {
 		g.Go(func() error {
 			for j := range work {
-				f, err := sealer.Seal(out.Buffer(frameLen), j.index, j.final, j.plain)
+				f, err := sealer.Seal(sealBuf(), j.index, j.final, j.plain)
 				if err != nil {
 					j.err <- fmt.Errorf("seal frame %d: %w", j.index, err)
 					continue
@@ -381,8 +400,14 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			}
 			frames++
 			bytesOut += int64(len(f))
-			if err := s.publish(gctx, out, sealer, j, f, pieceLen, frames, &trailer); err != nil {
+			if err := s.publish(gctx, out, sealer, j, f, multi, pieceLen, frames, &trailer); err != nil {
 				return err
+			}
+			if multi {
+				select {
+				case sealBufs <- f[:0]:
+				default:
+				}
 			}
 			for _, c := range j.chunks {
 				if err := c.Ack(); err != nil {
@@ -419,25 +444,22 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 
 // publish writes sealed frame f of job j on the sealed stream in pieces of
 // at most pieceLen bytes; the final frame's last piece closes the stream
-// with the trailer (frames is the count so far, j's included). A frame of
-// one piece is handed over to the writer for reuse; the pieces of a larger
-// one alias its buffer, which is left to the collector.
-func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *format.Sealer, j *job, f []byte, pieceLen int, frames uint64, trailer *map[string]string) error {
-	whole := len(f) <= pieceLen
-	for len(f) > pieceLen {
-		if err := out.Write(ctx, f[:pieceLen:pieceLen]); err != nil {
-			return fmt.Errorf("publish frame %d: %w", j.index, err)
+// with the trailer (frames is the count so far, j's included). f is handed
+// over to the writer, unless keep says the caller keeps it: then its
+// pieces are copied into the writer's buffers (a frame of one piece is
+// never larger than a piece).
+func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *format.Sealer, j *job, f []byte, keep bool, pieceLen int, frames uint64, trailer *map[string]string) error {
+	if keep {
+		for len(f) > pieceLen {
+			if err := out.WriteOwned(ctx, append(out.Buffer(pieceLen), f[:pieceLen]...)); err != nil {
+				return fmt.Errorf("publish frame %d: %w", j.index, err)
+			}
+			f = f[pieceLen:]
 		}
-		f = f[pieceLen:]
+		f = append(out.Buffer(len(f)), f...)
 	}
-	switch {
-	case !j.final && whole:
+	if !j.final {
 		if err := out.WriteOwned(ctx, f); err != nil {
-			return fmt.Errorf("publish frame %d: %w", j.index, err)
-		}
-		return nil
-	case !j.final:
-		if err := out.Write(ctx, f); err != nil {
 			return fmt.Errorf("publish frame %d: %w", j.index, err)
 		}
 		return nil
