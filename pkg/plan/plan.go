@@ -474,7 +474,7 @@ const (
 // hold per run (a frame's plaintext and its sealed form) and what a
 // reader allocates per frame.
 const (
-	DefaultFrameSize = 1 * MiB
+	DefaultFrameSize = 4 * MiB
 	MaxFrameSize     = 4 * MiB
 )
 

@@ -448,8 +448,9 @@ func TestEffectiveFrameSize(t *testing.T) {
 		{"defaults", 0, 0, DefaultFrameSize},
 		{"set", 256 * KiB, 4 * MiB, 4 * MiB},
 		{"equal to the chunk", 512 * KiB, 512 * KiB, 512 * KiB},
-		{"default rounded down to the chunk", 96 * KiB, 0, 960 * KiB},
-		{"chunk above the default", 2 * MiB, 0, 2 * MiB},
+		{"default rounded down to the chunk", 96 * KiB, 0, 4032 * KiB},
+		{"default of a large chunk", 2 * MiB, 0, 4 * MiB},
+		{"chunk not dividing the default", 3 * MiB, 0, 3 * MiB},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
