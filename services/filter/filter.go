@@ -251,10 +251,11 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	// in any order, the writer publishes them in order. Frames alive at
 	// once (gathered, sealed or published, until their chunks are acked)
 	// are bounded by slots: 2×workers+1 when a frame is one chunk (as many
-	// chunks as before frames existed), fewer as frames grow, and one from
-	// 2×workers+1 chunks a frame on, when the filter holds one frame's raw
-	// bytes and its sealed form and seals on one core. The raw stream's
-	// window still lets the snapshot run ahead meanwhile.
+	// chunks as before frames existed), fewer as frames grow, and one as
+	// soon as two frames would hold more than 2×workers+1 chunks: then the
+	// filter holds one frame's raw bytes and its sealed form and seals on
+	// one core. The raw stream's window still lets the snapshot run ahead
+	// meanwhile.
 	workers := max(1, s.Workers)
 	frameSize := sealer.ChunkSize()
 	chunkSize := int(p.Spec.ChunkSize)
