@@ -241,13 +241,19 @@ func (BackupMissedData) EventType() string { return BackupMissed }
 
 func (d BackupMissedData) Validate() error {
 	var p problems
-	if d.ExpectedBy.IsZero() {
+	p.missed(d.ExpectedBy, d.Slot)
+	return p.err()
+}
+
+// missed is the rule of every missed-success payload (backup, drill): the
+// window's end and its slot are required.
+func (p *problems) missed(expectedBy, slot time.Time) {
+	if expectedBy.IsZero() {
 		p.addf("expectedBy: required")
 	}
-	if d.Slot.IsZero() {
+	if slot.IsZero() {
 		p.addf("slot: required")
 	}
-	return p.err()
 }
 
 // StepCompletedData says a workflow step ended well; the next step follows.
@@ -1064,12 +1070,7 @@ func (DrillMissedData) EventType() string { return DrillMissed }
 
 func (d DrillMissedData) Validate() error {
 	var p problems
-	if d.ExpectedBy.IsZero() {
-		p.addf("expectedBy: required")
-	}
-	if d.Slot.IsZero() {
-		p.addf("slot: required")
-	}
+	p.missed(d.ExpectedBy, d.Slot)
 	return p.err()
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"filippo.io/age"
+
+	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/retention"
 
 	"github.com/backstream/backstream/pkg/secret"
@@ -69,10 +71,10 @@ type Spec struct {
 	Drill *Drill `yaml:"drill,omitempty" json:"drill,omitempty"`
 }
 
-// Scrub modes (the values of events.ScrubFull and events.ScrubCiphertext).
+// Scrub modes: the event contract's (scrub.requested may override them).
 const (
-	ScrubCiphertext = "ciphertext"
-	ScrubFull       = "full"
+	ScrubCiphertext = events.ScrubCiphertext
+	ScrubFull       = events.ScrubFull
 )
 
 // Scrub configures the scrubbing of a plan's stored backups: every copy in
