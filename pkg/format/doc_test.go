@@ -257,8 +257,8 @@ func TestDocKeyWrapExamples(t *testing.T) {
 		}
 		schemes[doc.KeyWrap["scheme"].(string)] = true
 	}
-	if !reflect.DeepEqual(schemes, map[string]bool{"none": true, "age-x25519": true, "age-scrypt": true}) {
-		t.Fatalf("docs/format.md shows keyWrap examples of %v, want none, age-x25519 and age-scrypt", schemes)
+	if !reflect.DeepEqual(schemes, map[string]bool{"none": true, "age-x25519": true, "age-scrypt": true, "age-keyring": true}) {
+		t.Fatalf("docs/format.md shows keyWrap examples of %v, want none, age-x25519, age-scrypt and age-keyring", schemes)
 	}
 }
 

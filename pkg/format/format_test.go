@@ -21,6 +21,9 @@ const testPass = "correct horse battery staple"
 var (
 	idOnce sync.Once
 	testID *age.X25519Identity
+
+	keyringOnce sync.Once
+	testKeyring format.Keyring
 )
 
 // identity returns one X25519 identity shared by the tests.
@@ -33,6 +36,19 @@ func identity(t testing.TB) *age.X25519Identity {
 		}
 	})
 	return testID
+}
+
+// keyring returns one plan keyring for testPass shared by the tests, at a
+// work factor that keeps them fast.
+func keyring(t testing.TB) format.Keyring {
+	t.Helper()
+	keyringOnce.Do(func() {
+		var err error
+		if testKeyring, err = format.NewKeyring(testPass, 10); err != nil {
+			panic(err)
+		}
+	})
+	return testKeyring
 }
 
 // scheme is one way to protect the data key.
@@ -55,6 +71,13 @@ var schemes = []scheme{
 	{"scrypt",
 		func(t testing.TB, o format.Options) format.Options {
 			o.Passphrase, o.ScryptWorkFactor = testPass, 10
+			return o
+		},
+		func(t testing.TB) format.Keys { return format.Keys{Passphrase: testPass} }},
+	{"keyring",
+		func(t testing.TB, o format.Options) format.Options {
+			k := keyring(t)
+			o.Keyring = &k
 			return o
 		},
 		func(t testing.TB) format.Keys { return format.Keys{Passphrase: testPass} }},
@@ -228,6 +251,7 @@ func TestSealerAccessors(t *testing.T) {
 
 func TestOptionsValidate(t *testing.T) {
 	rcp := identity(t).Recipient().String()
+	kr := keyring(t)
 	tests := []struct {
 		name string
 		give format.Options
@@ -237,7 +261,13 @@ func TestOptionsValidate(t *testing.T) {
 		{"recipient", format.Options{Recipients: []string{rcp}}, ""},
 		{"passphrase", format.Options{Passphrase: "x"}, ""},
 		{"plain", format.Options{Encryption: "none", Compression: "snappy"}, ""},
-		{"both keys", format.Options{Recipients: []string{rcp}, Passphrase: "x"}, "not both"},
+		{"keyring", format.Options{Keyring: &kr}, ""},
+		{"both keys", format.Options{Recipients: []string{rcp}, Passphrase: "x"}, "set only one"},
+		{"keyring and recipients", format.Options{Recipients: []string{rcp}, Keyring: &kr}, "recipients, keyring, passphrase: set only one"},
+		{"keyring and passphrase", format.Options{Passphrase: "x", Keyring: &kr}, "set only one"},
+		{"keyring without encryption", format.Options{Encryption: "none", Keyring: &kr}, "encryption: none"},
+		{"bad keyring recipient", format.Options{Keyring: &format.Keyring{Recipient: "age1nope", Wrapped: kr.Wrapped}}, "keyring: recipient"},
+		{"keyring not wrapped with a passphrase", format.Options{Keyring: &format.Keyring{Recipient: rcp, Wrapped: []byte("age-encryption.org/v1\n-> X25519 abc\nxyz\n--- mac\n")}}, "keyring: wrapped keyring has a \"X25519\" stanza"},
 		{"keys without encryption", format.Options{Encryption: "none", Passphrase: "x"}, "encryption: none"},
 		{"bad compression", format.Options{Encryption: "none", Compression: "lz4"}, "compression"},
 		{"bad level", format.Options{Encryption: "none", ZstdLevel: "max"}, "zstdLevel"},

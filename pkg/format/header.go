@@ -27,18 +27,26 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // KeyWrap is how a backup's data key is kept: wrapped with age for X25519
-// recipients ("age-x25519") or a passphrase ("age-scrypt"), or "none" for an
-// unencrypted object. Wrapped is a complete binary age file whose plaintext
-// is the 32-byte data key, so `age -d` opens it too. It is not a secret: only
-// an identity or the passphrase opens it.
+// recipients ("age-x25519"), a passphrase ("age-scrypt") or the recipient
+// of a plan keyring ("age-keyring"), or "none" for an unencrypted object.
+// Wrapped is a complete binary age file whose plaintext is the 32-byte data
+// key, so `age -d` opens it too. With age-keyring, Recipients holds the
+// keyring's one recipient and Keyring the keyring itself (Keyring.Wrapped:
+// its identity wrapped with the passphrase), so the object opens with the
+// passphrase alone. None of it is a secret: only an identity or the
+// passphrase opens it.
 type KeyWrap struct {
 	Scheme     string   `json:"scheme"`
 	Wrapped    []byte   `json:"wrapped,omitempty"`
 	Recipients []string `json:"recipients,omitempty"`
+	Keyring    []byte   `json:"keyring,omitempty"`
 }
 
 // Validate checks that the scheme is known and its fields are consistent.
 func (k KeyWrap) Validate() error {
+	if k.Scheme != SchemeAgeKeyring && len(k.Keyring) > 0 {
+		return fmt.Errorf("scheme %s carries no keyring", k.Scheme)
+	}
 	switch k.Scheme {
 	case SchemeNone:
 		if len(k.Wrapped) > 0 || len(k.Recipients) > 0 {
@@ -52,8 +60,12 @@ func (k KeyWrap) Validate() error {
 		if len(k.Wrapped) == 0 || len(k.Recipients) > 0 {
 			return errors.New("scheme age-scrypt needs wrapped and no recipients")
 		}
+	case SchemeAgeKeyring:
+		if len(k.Wrapped) == 0 || len(k.Recipients) != 1 || len(k.Keyring) == 0 {
+			return errors.New("scheme age-keyring needs wrapped, exactly one recipient and the keyring")
+		}
 	default:
-		return fmt.Errorf("scheme %q is not one of none, age-x25519, age-scrypt", k.Scheme)
+		return fmt.Errorf("scheme %q is not one of none, age-x25519, age-scrypt, age-keyring", k.Scheme)
 	}
 	return nil
 }
@@ -94,9 +106,14 @@ func validBackupID(id string) error {
 }
 
 // marshalHeader lays out h as docs/format.md describes and returns the bytes
-// and their CRC-32C.
+// and their CRC-32C. The fifth variable field (the keyring) exists only with
+// scheme age-keyring, so headers of the other schemes are what they were
+// before it.
 func marshalHeader(h HeaderInfo) ([]byte, uint32) {
 	vars := [][]byte{[]byte(h.BackupID), []byte(h.KeyWrap.Scheme), []byte(strings.Join(h.KeyWrap.Recipients, "\n")), h.KeyWrap.Wrapped}
+	if h.KeyWrap.Scheme == SchemeAgeKeyring {
+		vars = append(vars, h.KeyWrap.Keyring)
+	}
 	varLen := 0
 	for _, v := range vars {
 		varLen += 4 + len(v)
@@ -188,17 +205,35 @@ func parseHeader(raw []byte) (HeaderInfo, error) {
 	}
 	copy(h.NoncePrefix[:], raw[16:23])
 	vars := raw[fixedHeaderLen : n-4]
-	var fields [4][]byte
-	for i := range fields {
+	var fields [5][]byte
+	field := func(i int) error {
 		if len(vars) < 4 {
-			return HeaderInfo{}, fmt.Errorf("%w: header: variable field %d cut short", ErrFormat, i)
+			return fmt.Errorf("%w: header: variable field %d cut short", ErrFormat, i)
 		}
 		l := binary.BigEndian.Uint32(vars)
 		vars = vars[4:]
 		if uint64(l) > uint64(len(vars)) {
-			return HeaderInfo{}, fmt.Errorf("%w: header: variable field %d length %d overruns the header", ErrFormat, i, l)
+			return fmt.Errorf("%w: header: variable field %d length %d overruns the header", ErrFormat, i, l)
 		}
 		fields[i], vars = vars[:l], vars[l:]
+		return nil
+	}
+	for i := range 4 {
+		if err := field(i); err != nil {
+			return HeaderInfo{}, err
+		}
+	}
+	// The keyring field follows only with its scheme: a fifth field with
+	// another scheme, or its absence with age-keyring, is malformed.
+	switch keyring := string(fields[1]) == SchemeAgeKeyring; {
+	case keyring && len(vars) == 0:
+		return HeaderInfo{}, fmt.Errorf("%w: header: key scheme %s without its keyring field", ErrFormat, SchemeAgeKeyring)
+	case keyring:
+		if err := field(4); err != nil {
+			return HeaderInfo{}, err
+		}
+	case len(vars) != 0:
+		return HeaderInfo{}, fmt.Errorf("%w: header: %d unexpected bytes after the variable fields of key scheme %q", ErrFormat, len(vars), fields[1])
 	}
 	if len(vars) != 0 {
 		return HeaderInfo{}, fmt.Errorf("%w: header: %d unexpected bytes after the variable fields", ErrFormat, len(vars))
@@ -213,6 +248,9 @@ func parseHeader(raw []byte) (HeaderInfo, error) {
 	}
 	if len(fields[3]) > 0 {
 		h.KeyWrap.Wrapped = append([]byte(nil), fields[3]...)
+	}
+	if len(fields[4]) > 0 {
+		h.KeyWrap.Keyring = append([]byte(nil), fields[4]...)
 	}
 	if err := h.KeyWrap.Validate(); err != nil {
 		return HeaderInfo{}, fmt.Errorf("%w: header: key wrap: %v", ErrFormat, err)

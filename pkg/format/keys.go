@@ -15,7 +15,9 @@ const DataKeySize = 32
 
 // Keys is what a restore holds to open encrypted objects: age identities
 // for objects wrapped for X25519 recipients, or the passphrase for objects
-// wrapped with one. Objects with encryption none need neither.
+// wrapped with one or sealed with a plan keyring (an identity of the
+// keyring, as `age -d` of the keyring prints it, opens those too). Objects
+// with encryption none need neither.
 type Keys struct {
 	Identities []age.Identity
 	Passphrase string
@@ -49,11 +51,21 @@ func ParseIdentityFile(path string) ([]age.Identity, error) {
 	return ids, nil
 }
 
-// wrapKey wraps key for the recipients or passphrase of o (defaults applied).
+// wrapKey wraps key for the recipients, keyring or passphrase of o
+// (defaults applied).
 func wrapKey(key []byte, o Options) (KeyWrap, error) {
 	var rs []age.Recipient
 	kw := KeyWrap{}
-	if o.Passphrase != "" {
+	switch {
+	case o.Keyring != nil:
+		r, err := age.ParseX25519Recipient(o.Keyring.Recipient)
+		if err != nil {
+			return KeyWrap{}, fmt.Errorf("%w: keyring: %v", ErrInvalidOption, err)
+		}
+		rs = append(rs, r)
+		kw.Scheme, kw.Recipients = SchemeAgeKeyring, []string{r.String()}
+		kw.Keyring = bytes.Clone(o.Keyring.Wrapped)
+	case o.Passphrase != "":
 		r, err := age.NewScryptRecipient(o.Passphrase)
 		if err != nil {
 			return KeyWrap{}, fmt.Errorf("wrap data key: %w", err)
@@ -63,7 +75,7 @@ func wrapKey(key []byte, o Options) (KeyWrap, error) {
 		}
 		rs = append(rs, r)
 		kw.Scheme = SchemeAgeScrypt
-	} else {
+	default:
 		for i, s := range o.Recipients {
 			r, err := age.ParseX25519Recipient(s)
 			if err != nil {
@@ -91,8 +103,17 @@ func wrapKey(key []byte, o Options) (KeyWrap, error) {
 
 // UnwrapKey opens the data key of kw with k. It fails with ErrWrongKey when
 // k holds nothing that opens it.
+//
+// For scheme age-keyring it takes an identity of k whose recipient is the
+// keyring's; otherwise it unlocks the keyring kw carries with k.Passphrase
+// through the process's keyring cache, so scrypt runs once per process and
+// keyring however many objects are read (see Keyring.Unlock).
 func UnwrapKey(kw KeyWrap, k Keys) ([]byte, error) {
-	var id age.Identity
+	max := k.MaxScryptWorkFactor
+	if max == 0 {
+		max = DefaultMaxScryptWorkFactor
+	}
+	var ids []age.Identity
 	switch kw.Scheme {
 	case SchemeAgeScrypt:
 		if k.Passphrase == "" {
@@ -102,31 +123,47 @@ func UnwrapKey(kw KeyWrap, k Keys) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrWrongKey, err)
 		}
-		max := k.MaxScryptWorkFactor
-		if max == 0 {
-			max = DefaultMaxScryptWorkFactor
-		}
 		sid.SetMaxWorkFactor(max)
-		id = sid
+		ids = []age.Identity{sid}
 	case SchemeAgeX25519:
 		if len(k.Identities) == 0 {
 			return nil, fmt.Errorf("%w: the data key is wrapped for age recipients %q and no identity was given", ErrWrongKey, kw.Recipients)
 		}
+		ids = k.Identities
+	case SchemeAgeKeyring:
+		if len(kw.Recipients) != 1 {
+			return nil, fmt.Errorf("%w: key scheme %s with %d recipients", ErrFormat, kw.Scheme, len(kw.Recipients))
+		}
+		rcp := kw.Recipients[0]
+		for _, id := range k.Identities {
+			if x, ok := id.(*age.X25519Identity); ok && x.Recipient().String() == rcp {
+				ids = []age.Identity{x}
+				break
+			}
+		}
+		if ids == nil {
+			if k.Passphrase == "" {
+				return nil, fmt.Errorf("%w: the data key is wrapped for the keyring %s: give its plan's passphrase or the keyring's identity", ErrWrongKey, rcp)
+			}
+			id, err := keyrings.unlock(Keyring{Recipient: rcp, Wrapped: kw.Keyring}, k.Passphrase, max)
+			if err != nil {
+				return nil, err
+			}
+			ids = []age.Identity{id}
+		}
 	default:
 		return nil, fmt.Errorf("%w: key scheme %q has no data key to open", ErrFormat, kw.Scheme)
 	}
-	var r io.Reader
-	var err error
-	if id != nil {
-		r, err = age.Decrypt(bytes.NewReader(kw.Wrapped), id)
-	} else {
-		r, err = age.Decrypt(bytes.NewReader(kw.Wrapped), k.Identities...)
-	}
+	r, err := age.Decrypt(bytes.NewReader(kw.Wrapped), ids...)
 	if err != nil {
 		var nomatch *age.NoIdentityMatchError
 		switch {
-		case errors.As(err, &nomatch) && id != nil:
+		case errors.As(err, &nomatch) && kw.Scheme == SchemeAgeScrypt:
 			return nil, fmt.Errorf("%w: passphrase does not open the data key", ErrWrongKey)
+		case errors.As(err, &nomatch) && kw.Scheme == SchemeAgeKeyring:
+			// The identity is the keyring's recipient's: the wrapped key
+			// was not made for it, which its writer never does.
+			return nil, fmt.Errorf("%w: the data key is not wrapped for the keyring's recipient %s", ErrCorrupt, kw.Recipients[0])
 		case errors.As(err, &nomatch):
 			return nil, fmt.Errorf("%w: no identity opens the data key (wrapped for %q)", ErrWrongKey, kw.Recipients)
 		default:

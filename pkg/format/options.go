@@ -24,6 +24,11 @@ const (
 	SchemeNone      = "none"
 	SchemeAgeX25519 = "age-x25519"
 	SchemeAgeScrypt = "age-scrypt"
+	// SchemeAgeKeyring wraps the data key for the X25519 recipient of a
+	// plan keyring and carries the keyring (its identity wrapped with the
+	// passphrase) in the header: scrypt runs once per process and
+	// keyring, not once per backup (see Keyring).
+	SchemeAgeKeyring = "age-keyring"
 )
 
 // Limits of the format.
@@ -39,6 +44,10 @@ const (
 	// a reader accepts unless Keys says otherwise, and the largest a writer
 	// may choose.
 	DefaultMaxScryptWorkFactor = 22
+	// DefaultKeyringWorkFactor is the scrypt work factor (log2 N) of a
+	// keyring when NewKeyring is given 0: 2^16 costs 64 MiB and a fraction
+	// of a second, paid once per process, not per backup (docs/security.md).
+	DefaultKeyringWorkFactor = 16
 )
 
 // Codes of the filters in the header.
@@ -73,18 +82,27 @@ func encryptionName(c byte) (string, bool) {
 // Options choose the filter chain and key wrapping of one backup.
 //
 // Zero values mean: Compression "zstd", ZstdLevel "default", Encryption
-// "aes-256-gcm" (which then needs Recipients or a Passphrase), ChunkSize
-// DefaultChunkSize, ScryptWorkFactor age's default (18). Encryption must be
-// set to "none" explicitly to store plaintext.
+// "aes-256-gcm" (which then needs one of Recipients, Keyring or a
+// Passphrase), ChunkSize DefaultChunkSize, ScryptWorkFactor age's default
+// (18). Encryption must be set to "none" explicitly to store plaintext.
 type Options struct {
 	Compression string // none | snappy | zstd
 	ZstdLevel   string // fastest | default | better
 	Encryption  string // none | aes-256-gcm
 	// Recipients are age X25519 public keys ("age1..."): whoever holds one of
-	// the matching identities can restore. Exclusive with Passphrase.
+	// the matching identities can restore. Exclusive with Keyring and
+	// Passphrase.
 	Recipients []string
-	// Passphrase wraps the data key with age's scrypt recipient. Exclusive
-	// with Recipients (age allows a passphrase only as the sole recipient).
+	// Keyring wraps the data key for the keyring's recipient (scheme
+	// age-keyring, no scrypt) and stores the keyring in the header, so the
+	// passphrase alone restores the object. It is how the pipeline seals
+	// with a passphrase. Exclusive with Recipients and Passphrase.
+	Keyring *Keyring
+	// Passphrase wraps the data key with age's scrypt recipient (scheme
+	// age-scrypt): one scrypt per object to write and another to read, so
+	// the pipeline uses Keyring; this stays for test vectors and tools.
+	// Exclusive with Recipients and Keyring (age allows a passphrase only
+	// as the sole recipient).
 	Passphrase string
 	// ChunkSize is the largest plaintext chunk one frame holds, 1..MaxChunkSize.
 	ChunkSize int
@@ -114,6 +132,12 @@ func (o Options) withDefaults() Options {
 func (o Options) Validate() error {
 	o = o.withDefaults()
 	var probs []string
+	keys := 0
+	for _, set := range []bool{len(o.Recipients) > 0, o.Keyring != nil, o.Passphrase != ""} {
+		if set {
+			keys++
+		}
+	}
 	if _, ok := compressionCodes[o.Compression]; !ok {
 		probs = append(probs, fmt.Sprintf("compression: %q is not one of none, snappy, zstd", o.Compression))
 	}
@@ -124,19 +148,24 @@ func (o Options) Validate() error {
 	}
 	switch o.Encryption {
 	case EncryptionNone:
-		if len(o.Recipients) > 0 || o.Passphrase != "" {
-			probs = append(probs, "encryption: none, but recipients or a passphrase are set")
+		if keys > 0 {
+			probs = append(probs, "encryption: none, but recipients, a keyring or a passphrase are set")
 		}
 	case EncryptionAESGCM:
 		switch {
-		case len(o.Recipients) > 0 && o.Passphrase != "":
-			probs = append(probs, "recipients, passphrase: set one, not both")
-		case len(o.Recipients) == 0 && o.Passphrase == "":
-			probs = append(probs, "recipients, passphrase: encryption aes-256-gcm needs one of them")
+		case keys > 1:
+			probs = append(probs, "recipients, keyring, passphrase: set only one")
+		case keys == 0:
+			probs = append(probs, "recipients, keyring, passphrase: encryption aes-256-gcm needs one of them")
 		}
 		for i, r := range o.Recipients {
 			if !strings.HasPrefix(r, "age1") || strings.HasPrefix(r, "age1pq") {
 				probs = append(probs, fmt.Sprintf("recipients[%d]: not an age X25519 recipient (age1...)", i))
+			}
+		}
+		if o.Keyring != nil {
+			if err := o.Keyring.Validate(); err != nil {
+				probs = append(probs, "keyring: "+err.Error())
 			}
 		}
 	default:

@@ -41,7 +41,7 @@ func fuzzKeys(f testing.TB) format.Keys {
 func readerSeeds(f testing.TB) [][]byte {
 	f.Helper()
 	var seeds [][]byte
-	for _, v := range []string{"snappy-none.bsf", "zstd-aes-x25519.bsf", "zstd-aes-scrypt.bsf", "empty-zstd-aes-x25519.bsf", "aligned-snappy-none.bsf"} {
+	for _, v := range []string{"snappy-none.bsf", "zstd-aes-x25519.bsf", "zstd-aes-scrypt.bsf", "empty-zstd-aes-x25519.bsf", "aligned-snappy-none.bsf", "zstd-aes-keyring.bsf"} {
 		b, err := os.ReadFile(filepath.Join(vectorDir, v))
 		if err != nil {
 			f.Fatal(err)

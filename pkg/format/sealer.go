@@ -46,8 +46,8 @@ type Sealer struct {
 }
 
 // NewSealer prepares the sealing of backup backupID: it draws a random data
-// key and nonce prefix, wraps the key for o's recipients or passphrase, and
-// lays out the header. backupID must be 1..128 bytes of [A-Za-z0-9._-]
+// key and nonce prefix, wraps the key for o's recipients, keyring or
+// passphrase, and lays out the header. backupID must be 1..128 bytes of [A-Za-z0-9._-]
 // (a ULID fits).
 func NewSealer(backupID string, o Options) (*Sealer, error) {
 	if err := o.Validate(); err != nil {
@@ -149,6 +149,7 @@ func (s *Sealer) KeyWrap() KeyWrap {
 	kw := s.hdr.KeyWrap
 	kw.Wrapped = slices.Clone(kw.Wrapped)
 	kw.Recipients = slices.Clone(kw.Recipients)
+	kw.Keyring = slices.Clone(kw.Keyring)
 	return kw
 }
 

@@ -129,9 +129,10 @@ func independentManifest(t *testing.T, raw, obj, plain []byte) {
 	kw, _ := m["keyWrap"].(map[string]any)
 	scheme, keys := string(fields[1]), slices.Sorted(maps.Keys(kw))
 	wantKeys := map[string][]string{
-		"none":       {"scheme"},
-		"age-x25519": {"recipients", "scheme", "wrapped"},
-		"age-scrypt": {"scheme", "wrapped"},
+		"none":        {"scheme"},
+		"age-x25519":  {"recipients", "scheme", "wrapped"},
+		"age-scrypt":  {"scheme", "wrapped"},
+		"age-keyring": {"keyring", "recipients", "scheme", "wrapped"},
 	}[scheme]
 	if kw["scheme"] != scheme || !slices.Equal(keys, wantKeys) {
 		t.Fatalf("keyWrap %v for header scheme %q: want the fields %v", kw, scheme, wantKeys)
@@ -143,11 +144,17 @@ func independentManifest(t *testing.T, raw, obj, plain []byte) {
 	if err != nil || !bytes.Equal(wrapped, fields[3]) || !bytes.HasPrefix(wrapped, []byte("age-encryption.org/v1\n")) {
 		t.Errorf("keyWrap.wrapped (%v) is not the header's wrapped key in standard base64", err)
 	}
-	stanza := map[string]string{"age-x25519": "\n-> X25519 ", "age-scrypt": "\n-> scrypt "}[scheme]
+	stanza := map[string]string{"age-x25519": "\n-> X25519 ", "age-scrypt": "\n-> scrypt ", "age-keyring": "\n-> X25519 "}[scheme]
 	if !bytes.Contains(wrapped, []byte(stanza)) {
 		t.Errorf("wrapped key of scheme %s has no %q stanza", scheme, stanza)
 	}
-	if scheme == "age-x25519" {
+	if scheme == "age-keyring" {
+		keyring, err := base64.StdEncoding.Strict().DecodeString(kw["keyring"].(string))
+		if err != nil || len(fields) != 5 || !bytes.Equal(keyring, fields[4]) || !bytes.HasPrefix(keyring, []byte("age-encryption.org/v1\n-> scrypt ")) {
+			t.Errorf("keyWrap.keyring (%v) is not the header's keyring field in standard base64, an age file with one scrypt stanza", err)
+		}
+	}
+	if scheme == "age-x25519" || scheme == "age-keyring" {
 		var rs []string
 		for _, r := range kw["recipients"].([]any) {
 			rs = append(rs, r.(string))

@@ -24,7 +24,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-var update = flag.Bool("update", false, "regenerate the test vectors under testdata/vectors")
+var update = flag.Bool("update", false, "write the missing test vectors under testdata/vectors, then every manifest and vectors.json")
 
 const vectorDir = "testdata/vectors"
 
@@ -68,28 +68,48 @@ type vectorSpec struct {
 	aligned bool
 }
 
-func vectorSpecs(recipient, pass string) []vectorSpec {
+func vectorSpecs(t *testing.T, recipient, pass string) []vectorSpec {
 	return []vectorSpec{
 		{"zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{recipient}, ChunkSize: 1024}, vector{Identity: "identity.txt"}, -1, false},
 		{"zstd-aes-scrypt.bsf", format.Options{Compression: "zstd", Passphrase: pass, ScryptWorkFactor: 10, ChunkSize: 1024}, vector{Passphrase: "passphrase.txt"}, -1, false},
 		{"snappy-none.bsf", format.Options{Compression: "snappy", Encryption: "none", ChunkSize: 1024}, vector{}, -1, false},
 		{"empty-zstd-aes-x25519.bsf", format.Options{Compression: "zstd", Recipients: []string{recipient}, ChunkSize: 1024}, vector{Identity: "identity.txt"}, 0, false},
 		{"aligned-snappy-none.bsf", format.Options{Compression: "snappy", Encryption: "none", ChunkSize: 1024}, vector{}, 2048, true},
+		{"zstd-aes-keyring.bsf", format.Options{Compression: "zstd", Keyring: vectorKeyring(t, pass), ChunkSize: 1024}, vector{Passphrase: "passphrase.txt"}, -1, false},
 	}
 }
 
-func generateVectors(t *testing.T, dir string) {
-	plain := vectorPlaintext()
-	id, err := age.GenerateX25519Identity()
+// vectorKeyring is a plan keyring for the vectors' passphrase, at work
+// factor 2^10 like the scrypt vector.
+func vectorKeyring(t *testing.T, pass string) *format.Keyring {
+	k, err := format.NewKeyring(pass, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &k
+}
+
+// generateVectors writes the vectors missing from dir, then every manifest
+// and vectors.json. Objects and the identity already there are kept:
+// sealed again, an encrypted object gets a new key and new bytes, and the
+// examples in docs/format.md would have to be copied again. Delete an
+// object to make it anew.
+func generateVectors(t *testing.T, dir string) {
+	plain := vectorPlaintext()
 	const pass = "backstream test vector passphrase"
+	var id *age.X25519Identity
+	if ids, err := format.ParseIdentityFile(filepath.Join(dir, "identity.txt")); err == nil && len(ids) == 1 {
+		id = ids[0].(*age.X25519Identity)
+	} else {
+		if id, err = age.GenerateX25519Identity(); err != nil {
+			t.Fatal(err)
+		}
+		writeVectorFile(t, dir, "identity.txt", []byte("# test vector identity; never use it for anything else\n# public key: "+id.Recipient().String()+"\n"+id.String()+"\n"))
+	}
 	writeVectorFile(t, dir, "plaintext.txt", plain)
-	writeVectorFile(t, dir, "identity.txt", []byte("# test vector identity; never use it for anything else\n# public key: "+id.Recipient().String()+"\n"+id.String()+"\n"))
 	writeVectorFile(t, dir, "passphrase.txt", []byte(pass+"\n"))
 	var vs []vector
-	for _, sp := range vectorSpecs(id.Recipient().String(), pass) {
+	for _, sp := range vectorSpecs(t, id.Recipient().String(), pass) {
 		vs = append(vs, makeVector(t, dir, sp, plain))
 	}
 	writeVectorIndex(t, dir, vs)
@@ -102,8 +122,8 @@ func writeVectorFile(t *testing.T, dir, name string, b []byte) {
 	}
 }
 
-// makeVector seals the object of sp into dir and returns its entry, without
-// the manifest.
+// makeVector seals the object of sp into dir, unless it is there already,
+// and returns its entry, without the manifest.
 func makeVector(t *testing.T, dir string, sp vectorSpec, plain []byte) vector {
 	t.Helper()
 	data := plain
@@ -111,8 +131,12 @@ func makeVector(t *testing.T, dir string, sp vectorSpec, plain []byte) vector {
 		data = plain[:sp.n]
 	}
 	id := "01JVECTOR" + strings.ToUpper(strings.NewReplacer("-", "", ".bsf", "").Replace(sp.file))
-	var obj []byte
-	if sp.aligned {
+	obj, err := os.ReadFile(filepath.Join(dir, sp.file))
+	switch {
+	case err == nil:
+	case !os.IsNotExist(err):
+		t.Fatal(err)
+	case sp.aligned:
 		s, err := format.NewSealer(id, sp.o)
 		if err != nil {
 			t.Fatal(err)
@@ -128,10 +152,11 @@ func makeVector(t *testing.T, dir string, sp vectorSpec, plain []byte) vector {
 				t.Fatal(err)
 			}
 		}
-	} else {
+		writeVectorFile(t, dir, sp.file, obj)
+	default:
 		obj = seal(t, id, sp.o, data)
+		writeVectorFile(t, dir, sp.file, obj)
 	}
-	writeVectorFile(t, dir, sp.file, obj)
 	ss, err := format.Scan(bytes.NewReader(obj))
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +237,8 @@ func vectorKeys(t *testing.T, v vector) format.Keys {
 }
 
 // TestVectors decodes the committed vectors with this package and checks
-// every recorded fact.
+// every recorded fact. With -update it first writes the vectors that are
+// missing (see generateVectors).
 func TestVectors(t *testing.T) {
 	if *update {
 		generateVectors(t, vectorDir)
@@ -291,7 +317,8 @@ func independentRead(t *testing.T, obj []byte, v vector) [][]byte {
 		n := int(be.Uint32(p))
 		fields, p = append(fields, p[4:4+n]), p[4+n:]
 	}
-	if len(fields) != 4 || string(fields[0]) != v.BackupID || chunkSize != v.ChunkSize {
+	// Four fields, five with age-keyring (its keyring).
+	if len(fields) < 4 || (len(fields) == 5) != (string(fields[1]) == "age-keyring") || len(fields) > 5 || string(fields[0]) != v.BackupID || chunkSize != v.ChunkSize {
 		t.Fatalf("header fields %q", fields[:2])
 	}
 	scheme, recipients, wrapped := string(fields[1]), string(fields[2]), fields[3]
@@ -303,10 +330,25 @@ func independentRead(t *testing.T, obj []byte, v vector) [][]byte {
 		}
 	case 1:
 		var id age.Identity
-		if scheme == "age-scrypt" {
+		switch scheme {
+		case "age-scrypt":
 			sid, _ := age.NewScryptIdentity(vectorKeys(t, v).Passphrase)
 			id = sid
-		} else {
+		case "age-keyring":
+			// `age -d` of the keyring with the passphrase prints the
+			// identity of the key reference's recipient.
+			sid, _ := age.NewScryptIdentity(vectorKeys(t, v).Passphrase)
+			r, err := age.Decrypt(bytes.NewReader(fields[4]), sid)
+			if err != nil {
+				t.Fatalf("unlock keyring: %v", err)
+			}
+			idStr, _ := io.ReadAll(r)
+			x, err := age.ParseX25519Identity(string(idStr))
+			if err != nil || x.Recipient().String() != recipients {
+				t.Fatalf("keyring holds %v (%v), key reference %q", x, err, recipients)
+			}
+			id = x
+		default:
 			ids, _ := age.ParseIdentities(bytes.NewReader(mustRead(t, filepath.Join(vectorDir, v.Identity))))
 			id = ids[0]
 			if x := id.(*age.X25519Identity).Recipient().String(); recipients != x {
