@@ -153,13 +153,18 @@ func FindFailed(ctx context.Context, st storage.Storage, ref string) (format.Man
 }
 
 // CanOpen reports whether keys can open the backups of m: an unencrypted
-// backup needs none.
+// backup needs none. It says whether keys are of the kind the scheme needs,
+// not whether they are the right ones.
 func CanOpen(m format.Manifest, keys format.Keys) bool {
 	switch m.KeyWrap.Scheme {
 	case format.SchemeNone:
 		return true
 	case format.SchemeAgeScrypt:
 		return keys.Passphrase != ""
+	case format.SchemeAgeKeyring:
+		// The passphrase unlocks the keyring the object carries; the
+		// keyring's identity opens it directly.
+		return keys.Passphrase != "" || len(keys.Identities) > 0
 	default:
 		return len(keys.Identities) > 0
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+
 	"github.com/backstream/backstream/pkg/backup"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/storage"
@@ -92,5 +94,37 @@ func TestFailedBackupsAreNeverTakenForGoodOnes(t *testing.T) {
 	}
 	if _, err := backup.FindFailed(ctx, st, "q/latest"); !errors.Is(err, backup.ErrNotFound) {
 		t.Errorf("FindFailed q/latest: %v, want not found", err)
+	}
+}
+
+func TestCanOpen(t *testing.T) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass := format.Keys{Passphrase: "p"}
+	ids := format.Keys{Identities: []age.Identity{id}}
+	tests := []struct {
+		name   string
+		scheme string
+		keys   format.Keys
+		want   bool
+	}{
+		{"none needs nothing", format.SchemeNone, format.Keys{}, true},
+		{"x25519 with an identity", format.SchemeAgeX25519, ids, true},
+		{"x25519 with a passphrase", format.SchemeAgeX25519, pass, false},
+		{"scrypt with a passphrase", format.SchemeAgeScrypt, pass, true},
+		{"scrypt with an identity", format.SchemeAgeScrypt, ids, false},
+		{"keyring with a passphrase", format.SchemeAgeKeyring, pass, true},
+		{"keyring with an identity", format.SchemeAgeKeyring, ids, true},
+		{"keyring with nothing", format.SchemeAgeKeyring, format.Keys{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := format.Manifest{KeyWrap: format.KeyWrap{Scheme: tt.scheme}}
+			if got := backup.CanOpen(m, tt.keys); got != tt.want {
+				t.Fatalf("CanOpen(%s, %+v) = %v, want %v", tt.scheme, tt.keys, got, tt.want)
+			}
+		})
 	}
 }
