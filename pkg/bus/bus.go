@@ -35,6 +35,10 @@ const (
 	PlansBucket  = "backstream-plans"
 	RunsBucket   = "backstream-runs"
 	LeasesBucket = "backstream-leases"
+	// KeyringsBucket keeps each plan's keyring (pkg/keyring): the key is
+	// the plan name, the value its recipient and passphrase-wrapped
+	// identity. Not a secret: every object the keyring seals carries it.
+	KeyringsBucket = "backstream-keyrings"
 
 	HeaderMsgID       = "Nats-Msg-Id"
 	HeaderContentType = "Content-Type"
@@ -106,6 +110,8 @@ type Bus struct {
 	Plans  jetstream.KeyValue
 	Runs   jetstream.KeyValue
 	Leases jetstream.KeyValue
+	// Keyrings is the bucket of plan keyrings (KeyringsBucket).
+	Keyrings jetstream.KeyValue
 
 	// denied is the newest permissions violation the server reported. The
 	// server refuses a request asynchronously, so the request itself only
@@ -288,6 +294,9 @@ func (b *Bus) setup(ctx context.Context) error {
 		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: PlansHistory, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: 90 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+		// The current keyring of each plan only: every object carries the
+		// keyring it was sealed with, so an older one is never needed here.
+		{&b.Keyrings, jetstream.KeyValueConfig{Bucket: KeyringsBucket, Description: "backstream plan keyrings (passphrase-wrapped)", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
 	}
 	for _, bk := range buckets {
 		bk.cfg.Replicas = b.replicas(ctx, "KV_"+bk.cfg.Bucket)

@@ -140,3 +140,32 @@ func TestSecurityDocNamesEveryRole(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyringsBucketIsTheFilters: besides the admin, only the filter reads
+// and writes plan keyrings (it makes and replaces them); the others may
+// only look the bucket up, as they do every bucket.
+func TestKeyringsBucketIsTheFilters(t *testing.T) {
+	for _, r := range Roles() {
+		var uses []string
+		for _, s := range r.Publish {
+			if strings.Contains(s, KeyringsBucket) && s != jsAPI+"STREAM.INFO.KV_"+KeyringsBucket {
+				uses = append(uses, s)
+			}
+		}
+		writes := slices.Contains(r.Publish, "$KV."+KeyringsBucket+".>") || slices.Contains(r.Publish, ">")
+		switch r.Name {
+		case RoleAdmin:
+			if !writes {
+				t.Errorf("admin cannot write the keyrings bucket")
+			}
+		case "filter":
+			if !writes || !slices.Contains(r.Publish, jsAPI+"DIRECT.GET.KV_"+KeyringsBucket+".>") {
+				t.Errorf("filter cannot read and write the keyrings bucket: %v", uses)
+			}
+		default:
+			if len(uses) > 0 {
+				t.Errorf("role %s may use the keyrings bucket: %v", r.Name, uses)
+			}
+		}
+	}
+}

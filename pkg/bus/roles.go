@@ -77,6 +77,7 @@ func base() grant {
 			jsAPI + "STREAM.INFO.KV_" + PlansBucket,
 			jsAPI + "STREAM.INFO.KV_" + RunsBucket,
 			jsAPI + "STREAM.INFO.KV_" + LeasesBucket,
+			jsAPI + "STREAM.INFO.KV_" + KeyringsBucket,
 		},
 	}
 }
@@ -224,8 +225,10 @@ func Roles() []Role {
 			consume("snapshot"), readKV(PlansBucket), readKV(RunsBucket), ask("snapshot"), writeChunks(KindRaw),
 			publish(events.StepCompleted, events.SnapshotStarted, events.SnapshotProgressed,
 				events.SnapshotCompleted, events.SnapshotFailed)}},
-		{"filter", "compresses and seals raw chunks", []grant{
-			consume("filter"), readKV(PlansBucket), readKV(RunsBucket), ask("filter"), readChunks(KindRaw), writeChunks(KindSealed),
+		// The filter makes a plan's keyring on its first backup with a
+		// passphrase, and replaces it when the passphrase changed.
+		{"filter", "compresses and seals raw chunks; keeps the plans' keyrings", []grant{
+			consume("filter"), readKV(PlansBucket), readKV(RunsBucket), writeKV(KeyringsBucket), ask("filter"), readChunks(KindRaw), writeChunks(KindSealed),
 			publish(events.FilterCompleted, events.FilterFailed)}},
 		{"upload", "writes sealed chunks into destinations", []grant{
 			consume("upload"), consume("upload-copy"), readKV(PlansBucket), readKV(RunsBucket), ask("upload"), readChunks(KindSealed), lease("sweep"),

@@ -118,10 +118,11 @@ func (k Keyring) WorkFactor() (int, error) {
 //
 // It runs scrypt at most once per process for each keyring and passphrase
 // (concurrent calls share the one run); the identity stays in this
-// process's memory, for UnwrapKey. Errors: ErrWrongKey when the passphrase
-// does not open the keyring, ErrCorrupt when what it opens is not the
-// recipient's identity, ErrFormat when the keyring is malformed or demands
-// too much work.
+// process's memory, for UnwrapKey. The work factor cap holds also when the
+// identity is at hand. Errors: ErrWrongKey when the passphrase does not
+// open the keyring, ErrCorrupt when what it opens is not the recipient's
+// identity, ErrFormat when the keyring is malformed or demands too much
+// work.
 func (k Keyring) Unlock(passphrase string, maxWorkFactor int) error {
 	_, err := keyrings.unlock(k, passphrase, maxWorkFactor)
 	return err
@@ -182,6 +183,18 @@ func (c *keyringCache) remember(k Keyring, passphrase string, id *age.X25519Iden
 // the object's own keyring opens, as a restore in a fresh process needs.
 // Every object of a plan carries the same copy, so this costs no scrypt.
 func (c *keyringCache) unlock(k Keyring, passphrase string, maxWorkFactor int) (*age.X25519Identity, error) {
+	if maxWorkFactor == 0 {
+		maxWorkFactor = DefaultMaxScryptWorkFactor
+	}
+	// The cap holds whether or not the identity is at hand, so whether a
+	// keyring is refused does not depend on what this process did before.
+	wf, err := k.WorkFactor()
+	if err != nil {
+		return nil, fmt.Errorf("%w: the keyring of %s: %v", ErrFormat, k.Recipient, err)
+	}
+	if wf > maxWorkFactor {
+		return nil, fmt.Errorf("%w: the keyring of %s: scrypt work factor too large: %d (at most %d)", ErrFormat, k.Recipient, wf, maxWorkFactor)
+	}
 	key := keyringCacheKey(k.Recipient, passphrase)
 	ws := sha256.Sum256(k.Wrapped)
 	for {
@@ -234,9 +247,6 @@ func (c *keyringCache) unlock(k Keyring, passphrase string, maxWorkFactor int) (
 func openKeyring(k Keyring, passphrase string, maxWorkFactor int) (*age.X25519Identity, error) {
 	if passphrase == "" {
 		return nil, fmt.Errorf("%w: the keyring of %s opens with a passphrase and none was given", ErrWrongKey, k.Recipient)
-	}
-	if maxWorkFactor == 0 {
-		maxWorkFactor = DefaultMaxScryptWorkFactor
 	}
 	sid, err := age.NewScryptIdentity(passphrase)
 	if err != nil {

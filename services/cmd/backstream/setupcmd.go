@@ -47,7 +47,7 @@ that; the services, connecting with their own roles, bind to what it set up.`,
 		}
 		var out []ready
 		for _, name := range []string{bus.EventsStream, bus.DeadLetterStream, bus.DataStream,
-			"KV_" + bus.PlansBucket, "KV_" + bus.RunsBucket, "KV_" + bus.LeasesBucket} {
+			"KV_" + bus.PlansBucket, "KV_" + bus.RunsBucket, "KV_" + bus.LeasesBucket, "KV_" + bus.KeyringsBucket} {
 			s, err := b.JS.Stream(ctx, name)
 			if err != nil {
 				return fmt.Errorf("setup: stream %s: %w", name, err)

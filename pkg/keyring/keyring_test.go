@@ -1,0 +1,305 @@
+package keyring_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/keyring"
+)
+
+const (
+	pass  = "correct horse battery staple"
+	other = "Tr0ub4dor&3"
+)
+
+// syncBuffer is a log sink for a test's logger.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// newStore is a Store on a fresh embedded server's keyrings bucket, at a
+// work factor that keeps the tests fast, and its log.
+func newStore(t *testing.T) (*keyring.Store, jetstream.KeyValue, *syncBuffer) {
+	t.Helper()
+	_, b := bustest.Start(t)
+	return storeOn(b.Keyrings)
+}
+
+func storeOn(kv jetstream.KeyValue) (*keyring.Store, jetstream.KeyValue, *syncBuffer) {
+	log := &syncBuffer{}
+	s := keyring.New(kv, slog.New(slog.NewTextHandler(log, nil)))
+	s.WorkFactor = 10
+	return s, kv, log
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+// stored returns the plan's value and revision.
+func stored(t *testing.T, kv jetstream.KeyValue, plan string) (keyring.Value, uint64) {
+	t.Helper()
+	e, err := kv.Get(ctx(t), plan)
+	if err != nil {
+		t.Fatalf("get %s: %v", plan, err)
+	}
+	var v keyring.Value
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v, e.Revision()
+}
+
+func TestEnsureCreatesOnce(t *testing.T) {
+	s, kv, log := newStore(t)
+	k, err := s.Ensure(ctx(t), "orders", pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, rev := stored(t, kv, "orders")
+	if v.Recipient != k.Recipient || !bytes.Equal(v.Wrapped, k.Wrapped) || v.WorkFactor != 10 || v.Created.IsZero() {
+		t.Fatalf("stored %+v for keyring %+v", v, k)
+	}
+	if err := k.Unlock(pass, 0); err != nil {
+		t.Fatalf("the keyring does not open with the passphrase: %v", err)
+	}
+	// Later backups, and another Store on the bucket (another filter),
+	// use it as it is.
+	s2, _, _ := storeOn(kv)
+	for _, st := range []*keyring.Store{s, s, s2} {
+		again, err := st.Ensure(ctx(t), "orders", pass)
+		if err != nil || again.Recipient != k.Recipient || !bytes.Equal(again.Wrapped, k.Wrapped) {
+			t.Fatalf("Ensure again: %+v, %v; want %s", again, err, k.Recipient)
+		}
+	}
+	if _, rev2 := stored(t, kv, "orders"); rev2 != rev {
+		t.Fatalf("revision %d → %d: Ensure wrote a keyring it had", rev, rev2)
+	}
+	// Each plan has its own.
+	k2, err := s.Ensure(ctx(t), "billing", pass)
+	if err != nil || k2.Recipient == k.Recipient {
+		t.Fatalf("keyring of another plan: %+v, %v", k2, err)
+	}
+	if strings.Contains(log.String(), "level=WARN") {
+		t.Fatalf("warned:\n%s", log)
+	}
+}
+
+func TestEnsureConcurrent(t *testing.T) {
+	_, b := bustest.Start(t)
+	const n = 6
+	got := make([]format.Keyring, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		s, _, _ := storeOn(b.Keyrings) // one Store per filter replica
+		wg.Go(func() {
+			<-start
+			got[i], errs[i] = s.Ensure(ctx(t), "orders", pass)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("Ensure %d: %v", i, errs[i])
+		}
+		if got[i].Recipient != got[0].Recipient || !bytes.Equal(got[i].Wrapped, got[0].Wrapped) {
+			t.Fatalf("Ensure %d made %s, Ensure 0 %s", i, got[i].Recipient, got[0].Recipient)
+		}
+	}
+	v, _ := stored(t, b.Keyrings, "orders")
+	if v.Recipient != got[0].Recipient {
+		t.Fatalf("stored %s, returned %s", v.Recipient, got[0].Recipient)
+	}
+}
+
+// TestEnsureReplaces: a keyring the plan's passphrase does not open is
+// replaced, with a warning, whoever wrote it; the old one keeps opening
+// with its own passphrase, as the objects sealed with it need.
+func TestEnsureReplaces(t *testing.T) {
+	foreign, err := format.NewKeyring(other, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(v keyring.Value) []byte { b, _ := json.Marshal(v); return b }
+	hard, err := format.NewKeyring(pass, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		before func(t *testing.T, s *keyring.Store, kv jetstream.KeyValue) // leaves the plan's keyring in the bucket
+		reason string
+	}{
+		{"the plan's passphrase changed", func(t *testing.T, s *keyring.Store, _ jetstream.KeyValue) {
+			if _, err := s.Ensure(ctx(t), "orders", other); err != nil {
+				t.Fatal(err)
+			}
+		}, "passphrase does not open the keyring"},
+		{"someone else wrote it, with another passphrase", func(t *testing.T, _ *keyring.Store, kv jetstream.KeyValue) {
+			if _, err := kv.Put(ctx(t), "orders", value(keyring.Value{Recipient: foreign.Recipient, Wrapped: foreign.Wrapped, WorkFactor: 10})); err != nil {
+				t.Fatal(err)
+			}
+		}, "passphrase does not open the keyring of " + foreign.Recipient},
+		{"a recipient that is not its identity's", func(t *testing.T, s *keyring.Store, kv jetstream.KeyValue) {
+			mine, err := format.NewKeyring(pass, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := kv.Put(ctx(t), "orders", value(keyring.Value{Recipient: foreign.Recipient, Wrapped: mine.Wrapped, WorkFactor: 10})); err != nil {
+				t.Fatal(err)
+			}
+		}, "holds the identity of"},
+		{"more scrypt work than the store makes", func(t *testing.T, _ *keyring.Store, kv jetstream.KeyValue) {
+			if _, err := kv.Put(ctx(t), "orders", value(keyring.Value{Recipient: hard.Recipient, Wrapped: hard.Wrapped, WorkFactor: 12})); err != nil {
+				t.Fatal(err)
+			}
+		}, "scrypt work factor too large"},
+		{"not JSON", func(t *testing.T, _ *keyring.Store, kv jetstream.KeyValue) {
+			if _, err := kv.Put(ctx(t), "orders", []byte("{not json")); err != nil {
+				t.Fatal(err)
+			}
+		}, "decode"},
+		{"not a keyring", func(t *testing.T, _ *keyring.Store, kv jetstream.KeyValue) {
+			if _, err := kv.Put(ctx(t), "orders", value(keyring.Value{Recipient: "age1nope", Wrapped: []byte("x")})); err != nil {
+				t.Fatal(err)
+			}
+		}, "recipient"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, kv, log := newStore(t)
+			tt.before(t, s, kv)
+			e, err := kv.Get(ctx(t), "orders")
+			if err != nil {
+				t.Fatal(err)
+			}
+			k, err := s.Ensure(ctx(t), "orders", pass)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, rev := stored(t, kv, "orders")
+			if bytes.Contains(e.Value(), []byte(k.Recipient)) || v.Recipient != k.Recipient || rev <= e.Revision() {
+				t.Fatalf("keyring %s (stored %s, revision %d → %d), was %s: not replaced", k.Recipient, v.Recipient, e.Revision(), rev, e.Value())
+			}
+			if err := k.Unlock(pass, 0); err != nil {
+				t.Fatalf("the new keyring does not open with the passphrase: %v", err)
+			}
+			msg := log.String()
+			want := "keyring of plan orders does not open with the plan's passphrase; a new keyring replaces it (backups made before need the old passphrase)"
+			if !strings.Contains(msg, "level=WARN") || !strings.Contains(msg, want) || !strings.Contains(msg, tt.reason) {
+				t.Fatalf("log:\n%s\nwant a warning %q with the reason %q", msg, want, tt.reason)
+			}
+			if strings.Contains(msg, pass) || strings.Contains(msg, other) {
+				t.Fatalf("the log shows a passphrase:\n%s", msg)
+			}
+			// The next backup keeps the new keyring.
+			if again, err := s.Ensure(ctx(t), "orders", pass); err != nil || again.Recipient != k.Recipient {
+				t.Fatalf("Ensure after the replacement: %s, %v; want %s", again.Recipient, err, k.Recipient)
+			}
+		})
+	}
+	t.Run("the old keyring still opens with the old passphrase", func(t *testing.T) {
+		s, kv, _ := newStore(t)
+		k1, err := s.Ensure(ctx(t), "orders", other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Ensure(ctx(t), "orders", pass); err != nil {
+			t.Fatal(err)
+		}
+		if err := k1.Unlock(other, 0); err != nil {
+			t.Fatalf("old keyring, old passphrase: %v", err)
+		}
+		if err := k1.Unlock(pass, 0); !errors.Is(err, format.ErrWrongKey) {
+			t.Fatalf("old keyring, new passphrase: %v", err)
+		}
+		if v, _ := stored(t, kv, "orders"); v.Recipient == k1.Recipient {
+			t.Fatal("not replaced")
+		}
+	})
+}
+
+// TestValueHoldsNoSecret: what the bucket holds is the recipient, the
+// passphrase-wrapped identity, its work factor and a time, nothing else.
+func TestValueHoldsNoSecret(t *testing.T) {
+	s, kv, _ := newStore(t)
+	k, err := s.Ensure(ctx(t), "orders", pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx(t), "orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := e.Value()
+	if bytes.Contains(raw, []byte(pass)) || bytes.Contains(raw, []byte("AGE-SECRET-KEY")) {
+		t.Fatalf("the value holds the passphrase or an identity in clear: %s", raw)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	if keys := slices.Sorted(maps.Keys(m)); !slices.Equal(keys, []string{"created", "recipient", "workFactor", "wrapped"}) {
+		t.Fatalf("value fields %v", keys)
+	}
+	if wf, err := k.WorkFactor(); err != nil || wf != 10 || m["workFactor"] != float64(10) {
+		t.Fatalf("work factor %v in the value, %d (%v) in the keyring", m["workFactor"], wf, err)
+	}
+}
+
+func TestEnsureEmptyPassphrase(t *testing.T) {
+	s, kv, _ := newStore(t)
+	if _, err := s.Ensure(ctx(t), "orders", ""); err == nil {
+		t.Fatal("Ensure with an empty passphrase")
+	}
+	if _, err := kv.Get(ctx(t), "orders"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("something was stored: %v", err)
+	}
+}
+
+// TestFilterRole: the filter role, as a split deployment runs it, makes
+// and replaces keyrings with its own permissions.
+func TestFilterRole(t *testing.T) {
+	srv, _ := bustest.Start(t)
+	b := bustest.ConnectAs(t, srv.URL(), "filter", "filter")
+	s, _, _ := storeOn(b.Keyrings)
+	k, err := s.Ensure(ctx(t), "orders", pass)
+	if err != nil {
+		t.Fatalf("filter role: %v", err)
+	}
+	k2, err := s.Ensure(ctx(t), "orders", other)
+	if err != nil || k2.Recipient == k.Recipient {
+		t.Fatalf("filter role replacing: %v", err)
+	}
+}
