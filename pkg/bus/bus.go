@@ -81,6 +81,12 @@ type Config struct {
 	// chunks per reader (8 MiB at the defaults), so the default fits 64
 	// backups at once.
 	DataMaxBytes int64
+	// LocalData turns the in-process data plane on: a chunk stream whose
+	// writer and reader both run on this Bus passes its chunks in memory
+	// (bounded by the same window, no copy) instead of through JetStream,
+	// which still carries every stream with a party in another process
+	// (docs/dataplane.md).
+	LocalData bool
 }
 
 func (c Config) withDefaults() Config {
@@ -119,6 +125,8 @@ type Bus struct {
 	denied *atomic.Pointer[error]
 	// refusal is signalled (never blocking) on every such report.
 	refusal chan struct{}
+	// local is the in-process data plane's rendezvous (Config.LocalData).
+	local *localHub
 }
 
 // Connect dials url and sets up (idempotently) every stream and bucket.
@@ -176,6 +184,9 @@ func Connect(ctx context.Context, url, service string, cfg Config, log *slog.Log
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	b := &Bus{NC: nc, JS: js, Source: SourceName(service), Log: log, cfg: cfg.withDefaults(), denied: denied, refusal: refusal}
+	if cfg.LocalData {
+		b.local = newLocalHub()
+	}
 	if err := b.setup(ctx); err != nil {
 		nc.Close()
 		return nil, err

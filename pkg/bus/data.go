@@ -119,6 +119,10 @@ func (b *Bus) ensureDataConsumer(ctx context.Context, runID, kind, reader string
 // DeleteDataConsumer removes a reader's consumer; the stream's interest
 // retention then drops chunks nobody else needs. Deleting twice is fine.
 func (b *Bus) DeleteDataConsumer(ctx context.Context, runID, kind, reader string) error {
+	if b.local != nil {
+		// A writer in this process sees the reader gone at its next chunk.
+		b.local.dropKey(pipeKey{runID, kind, reader})
+	}
 	err := b.JS.DeleteConsumer(ctx, DataStream, DataConsumerName(runID, kind, reader))
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("delete data consumer: %w", err)
@@ -166,6 +170,17 @@ type ChunkWriter struct {
 	independent bool
 	gone        []bool
 	abandoned   func(ctx context.Context, reader string) bool
+	// ports are the readers' pipes in this process's hub (nil without
+	// one): a reader whose port is local gets its chunks in memory.
+	ports []port
+	ended bool
+}
+
+// port is a writer's end of one reader's pipe.
+type port struct {
+	p *pipe
+	// local: this reader's chunks go in memory from now on.
+	local bool
 }
 
 // IndependentReaders makes each reader's copy independent of the others': a
@@ -192,14 +207,39 @@ func (w *ChunkWriter) dropAbandoned(ctx context.Context) error {
 		if w.gone[i] || !w.abandoned(ctx, r) {
 			continue
 		}
-		w.gone[i], w.stored[i] = true, nil
-		w.b.Log.Warn("chunk stream reader gave up; writing on for the others", "run", w.runID, "kind", w.kind, "reader", r)
+		w.drop(i, "chunk stream reader gave up; writing on for the others")
 		_ = w.b.DeleteDataConsumer(ctx, w.runID, w.kind, r)
 	}
 	if w.lastLive() < 0 {
 		return fmt.Errorf("%w: every reader of %s", ErrDownstreamGone, w.kind)
 	}
 	return nil
+}
+
+// drop stops writing reader i's copy.
+func (w *ChunkWriter) drop(i int, why string) {
+	w.gone[i], w.stored[i] = true, nil
+	if w.ports != nil {
+		w.b.local.drop(w.ports[i].p)
+	}
+	w.b.Log.Warn(why, "run", w.runID, "kind", w.kind, "reader", w.readers[i])
+}
+
+// readerGone handles reader i found gone (its consumer deleted, or its
+// local pipe closed): with IndependentReaders the reader is dropped and
+// the others go on (nil) until none is left; else the stream stops.
+func (w *ChunkWriter) readerGone(i int) error {
+	if w.independent {
+		w.drop(i, "chunk stream reader gone; writing on for the others")
+		if w.lastLive() >= 0 {
+			return nil
+		}
+		return fmt.Errorf("%w: every reader of %s", ErrDownstreamGone, w.kind)
+	}
+	if w.ports != nil {
+		w.b.local.drop(w.ports[i].p)
+	}
+	return fmt.Errorf("%w: %s", ErrDownstreamGone, DataConsumerName(w.runID, w.kind, w.readers[i]))
 }
 
 // lastLive is the index of the last reader not gone, or -1.
@@ -215,7 +255,10 @@ func (w *ChunkWriter) lastLive() int {
 // freeBuffers is how many stored chunks' buffers a writer keeps for reuse.
 const freeBuffers = 16
 
-// NewChunkWriter prepares the chunk stream of kind for runID, read by readers.
+// NewChunkWriter prepares the chunk stream of kind for runID, read by
+// readers. With the in-process data plane (Config.LocalData), a reader in
+// this process gets its chunks in memory from the moment it claims its
+// copy; every other reader gets them through JetStream.
 func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []string, o DataOptions) (*ChunkWriter, error) {
 	o = o.withDefaults()
 	if len(readers) == 0 {
@@ -230,6 +273,12 @@ func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []
 		}
 		w.consumers = append(w.consumers, c)
 	}
+	if b.local != nil {
+		for _, r := range readers {
+			p, local := b.local.offer(pipeKey{runID, kind, r}, o.Window)
+			w.ports = append(w.ports, port{p: p, local: local})
+		}
+	}
 	return w, nil
 }
 
@@ -237,17 +286,19 @@ func (b *Bus) NewChunkWriter(ctx context.Context, runID, kind string, readers []
 func (w *ChunkWriter) Seq() int64 { return w.seq }
 
 // Write publishes one chunk. The caller must not change data afterwards:
-// the NATS client resends it if the server is briefly unavailable.
+// the NATS client resends it if the server is briefly unavailable, and a
+// reader in this process reads the slice itself.
 func (w *ChunkWriter) Write(ctx context.Context, data []byte) error {
-	return w.publish(ctx, data, nil, false)
+	return w.publish(ctx, data, chunkEnd{})
 }
 
 // WriteOwned publishes one chunk and hands data over to the writer, which
-// reuses it for a later Buffer once the chunk is stored. A stage that fills
-// a chunk a second spares the allocator (and the zeroing and collection of)
-// a buffer per chunk.
+// reuses it for a later Buffer once every JetStream copy is stored and
+// every reader in this process acked it. A stage that fills a chunk a
+// second spares the allocator (and the zeroing and collection of) a buffer
+// per chunk.
 func (w *ChunkWriter) WriteOwned(ctx context.Context, data []byte) error {
-	return w.publish(ctx, data, nil, true)
+	return w.publish(ctx, data, chunkEnd{owned: true})
 }
 
 // Buffer returns an empty buffer with room for n bytes, for a chunk to be
@@ -265,50 +316,125 @@ func (w *ChunkWriter) Buffer(n int) []byte {
 }
 
 // Close publishes the final chunk (which may be empty) with its trailer, and
-// waits until every chunk is stored.
+// waits until every chunk is stored (for a reader in this process: handed
+// over, as a memory stream stores it).
 func (w *ChunkWriter) Close(ctx context.Context, data []byte, trailer map[string]string) error {
-	h := nats.Header{}
-	h.Set(HeaderFinal, "1")
-	for k, v := range trailer {
-		h.Set(TrailerPrefix+k, v)
-	}
-	if err := w.publish(ctx, data, h, false); err != nil {
+	defer w.end()
+	if err := w.publish(ctx, data, chunkEnd{final: true, trailer: trailer}); err != nil {
 		return err
 	}
 	return w.flush(ctx)
 }
 
 // Fail ends the stream with a failure the readers see as ErrProducerFailed.
+// A failure takes no room in a local reader's window, so it reaches a
+// reader that holds its whole window unacked.
 func (w *ChunkWriter) Fail(ctx context.Context, reason string) error {
-	h := nats.Header{}
-	h.Set(HeaderFinal, "1")
-	h.Set(HeaderFailed, truncate(secret.Redact(reason), 2048)) // a driver's error may quote a secret
-	if err := w.publish(ctx, nil, h, false); err != nil {
+	defer w.end()
+	// A driver's error may quote a secret.
+	if err := w.publish(ctx, nil, chunkEnd{final: true, failed: truncate(secret.Redact(reason), 2048)}); err != nil {
 		return err
 	}
 	return w.flush(ctx)
 }
 
-func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header, owned bool) error {
+// end unregisters the writer from the hub once it ended its stream.
+func (w *ChunkWriter) end() {
+	if w.ended {
+		return
+	}
+	w.ended = true
+	for _, pt := range w.ports {
+		w.b.local.writerDone(pt.p)
+	}
+}
+
+// chunkEnd says what kind of chunk publish writes.
+type chunkEnd struct {
+	owned   bool
+	final   bool
+	trailer map[string]string
+	failed  string
+}
+
+func (w *ChunkWriter) publish(ctx context.Context, data []byte, e chunkEnd) error {
 	if err := w.waitWindow(ctx); err != nil {
 		return err
 	}
-	if h == nil {
-		h = nats.Header{}
-	}
-	seq := strconv.FormatInt(w.seq, 10)
-	h.Set(HeaderSeq, seq)
-	last := w.lastLive()
-	for i, r := range w.readers {
+	// Which readers get this chunk through JetStream, and which in memory.
+	lastJS, anyLocal := -1, false
+	for i := range w.readers {
 		if w.gone[i] {
 			continue
 		}
-		mh := nats.Header{}
-		for k, v := range h {
-			mh[k] = v
+		if w.ports != nil {
+			if w.ports[i].p.isGone() {
+				if err := w.readerGone(i); err != nil {
+					return err
+				}
+				continue
+			}
+			if !w.ports[i].local && w.b.local.route(w.ports[i].p, w.seq) {
+				w.ports[i].local = true
+			}
+			if w.ports[i].local {
+				anyLocal = true
+				continue
+			}
 		}
+		lastJS = i
+	}
+	var buf *ownedBuf
+	if e.owned {
+		buf = newOwnedBuf(data, w.free)
+		defer buf.release() // the writer's own hold, while it sends
+	}
+	if lastJS >= 0 {
+		if err := w.publishJS(data, e, buf, lastJS); err != nil {
+			return err
+		}
+	}
+	if anyLocal {
+		it := localItem{seq: w.seq, data: data, final: e.final}
+		if e.final && e.failed == "" {
+			it.trailer = wireTrailer(e.trailer)
+		}
+		if e.failed != "" {
+			it.failed, it.data = wireValue(e.failed), nil
+		}
+		for i := range w.readers {
+			if w.gone[i] || !w.ports[i].local {
+				continue
+			}
+			if err := w.sendLocal(ctx, i, it, buf); err != nil {
+				return err
+			}
+		}
+	}
+	w.seq++
+	w.sinceChk++
+	return nil
+}
+
+// publishJS publishes the chunk to every reader that gets it through
+// JetStream (none gone, none local); last is the last of them.
+func (w *ChunkWriter) publishJS(data []byte, e chunkEnd, buf *ownedBuf, last int) error {
+	seq := strconv.FormatInt(w.seq, 10)
+	for i, r := range w.readers {
+		if w.gone[i] || (w.ports != nil && w.ports[i].local) {
+			continue
+		}
+		mh := nats.Header{}
+		mh.Set(HeaderSeq, seq)
 		mh.Set(HeaderMsgID, w.runID+"."+w.kind+"."+r+"."+seq)
-		if h.Get(HeaderFailed) != "" {
+		if e.final {
+			mh.Set(HeaderFinal, "1")
+		}
+		for k, v := range e.trailer {
+			mh.Set(TrailerPrefix+k, v)
+		}
+		if e.failed != "" {
+			mh.Set(HeaderFailed, e.failed)
 			// A failure may be published by a writer that took over from a
 			// dead one and does not know the sequence reached: its own id.
 			mh.Set(HeaderMsgID, w.runID+"."+w.kind+"."+r+".failed")
@@ -318,23 +444,77 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, h nats.Header, o
 			return fmt.Errorf("publish chunk %d: %w", w.seq, err)
 		}
 		p := pubFuture{f: f, reader: i}
-		if owned && i == last {
+		if i == last && buf != nil {
 			// Futures settle in publish order: when the last reader's copy
 			// is stored, every copy is.
-			p.buf = data
+			buf.hold()
+			p.buf = buf
 		}
 		w.pending = append(w.pending, p)
 	}
-	w.seq++
-	w.sinceChk++
 	return nil
+}
+
+// sendLocal hands chunk it to local reader i: a chunk waits for one of the
+// reader's Window tokens (its ack returns it), a failure does not.
+func (w *ChunkWriter) sendLocal(ctx context.Context, i int, it localItem, buf *ownedBuf) error {
+	p := w.ports[i].p
+	if it.failed == "" {
+		if err := w.takeToken(ctx, i, p); err != nil || w.gone[i] {
+			return err
+		}
+		it.ack = &localAck{p: p, buf: buf}
+		buf.hold()
+	}
+	select {
+	case p.items <- it:
+		return nil
+	case <-p.gone:
+		it.ack.ack()
+		return w.readerGone(i)
+	case <-ctx.Done():
+		it.ack.ack()
+		return ctx.Err()
+	}
+}
+
+// takeToken waits until local reader i has room in its window. While it
+// waits, IndependentReaders' abandoned is asked, as while JetStream
+// readers hold the window up. It returns nil with w.gone[i] set when the
+// reader was dropped meanwhile.
+func (w *ChunkWriter) takeToken(ctx context.Context, i int, p *pipe) error {
+	select {
+	case <-p.tokens:
+		return nil
+	default:
+	}
+	var ask <-chan time.Time
+	if w.independent && w.abandoned != nil {
+		t := time.NewTicker(abandonedEvery)
+		defer t.Stop()
+		ask = t.C
+	}
+	for {
+		select {
+		case <-p.tokens:
+			return nil
+		case <-p.gone:
+			return w.readerGone(i)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ask:
+			if err := w.dropAbandoned(ctx); err != nil || w.gone[i] {
+				return err
+			}
+		}
+	}
 }
 
 // pubFuture is a chunk's publish to one reader's subject, not yet stored.
 type pubFuture struct {
 	f      jetstream.PubAckFuture
 	reader int
-	buf    []byte // the chunk's buffer, free once this publish is stored
+	buf    *ownedBuf // the chunk's buffer, released once this publish is stored
 }
 
 // settle waits for stored acks of published chunks until at most keep remain.
@@ -375,12 +555,7 @@ func (w *ChunkWriter) confirmed(ack *jetstream.PubAck) {
 	w.stored[p.reader] = append(w.stored[p.reader], ack.Sequence)
 	w.pending[0] = pubFuture{}
 	w.pending = w.pending[1:]
-	if p.buf != nil {
-		select {
-		case w.free <- p.buf:
-		default:
-		}
-	}
+	p.buf.release()
 }
 
 // storeErr names the chunk whose oldest pending publish failed.
@@ -442,11 +617,13 @@ func (w *ChunkWriter) waitWindow(ctx context.Context) error {
 	}
 }
 
-// outstanding is the most chunks any reader has not acked yet: those whose
-// publish is not confirmed, plus those stored above the reader's ack floor.
-// It counts the writer's own chunks against the consumer's ack floor rather
-// than trusting the consumer's pending count, which the server may compute
-// lazily for a filtered consumer.
+// outstanding is the most chunks any reader has not acked yet through
+// JetStream: those whose publish is not confirmed, plus those stored above
+// the reader's ack floor. It counts the writer's own chunks against the
+// consumer's ack floor rather than trusting the consumer's pending count,
+// which the server may compute lazily for a filtered consumer. A reader in
+// this process that has read all its JetStream chunks is not asked: its
+// window is its tokens, and its idle consumer is none of its business.
 func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
 	if err := w.reap(); err != nil {
 		return 0, err
@@ -457,20 +634,16 @@ func (w *ChunkWriter) outstanding(ctx context.Context) (int, error) {
 	}
 	most := 0
 	for i, c := range w.consumers {
-		if w.gone[i] {
+		if w.gone[i] || (w.ports != nil && w.ports[i].local && len(w.stored[i])+unconfirmed[i] == 0) {
 			continue
 		}
 		info, err := c.Info(ctx)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
-				if w.independent && w.lastLive() >= 0 {
-					w.gone[i], w.stored[i] = true, nil
-					w.b.Log.Warn("chunk stream reader gone; writing on for the others", "run", w.runID, "kind", w.kind, "reader", w.readers[i])
-					if w.lastLive() >= 0 {
-						continue
-					}
+				if err := w.readerGone(i); err != nil {
+					return 0, err
 				}
-				return 0, fmt.Errorf("%w: %s", ErrDownstreamGone, c.CachedInfo().Name)
+				continue
 			}
 			return 0, fmt.Errorf("read consumer state: %w", err)
 		}
@@ -493,18 +666,28 @@ const abandonedEvery = 500 * time.Millisecond
 // state while the requests fail.
 const consumerStateGrace = 2 * time.Minute
 
-// Chunk is one message of a chunk stream.
+// Chunk is one message of a chunk stream. Data is valid until Ack: a chunk
+// from a writer in this process is the writer's own slice, which a writer
+// that owns it (WriteOwned) reuses once every reader acked it.
 type Chunk struct {
 	Seq     int64
 	Data    []byte
 	Final   bool
 	Trailer map[string]string
 	msg     jetstream.Msg
+	local   *localAck
 }
 
-// Ack tells the stream this reader is done with the chunk. The final chunk's
-// ack waits for the server, which has then processed every earlier ack too.
+// Ack tells the stream this reader is done with the chunk; acking twice is
+// harmless. The final chunk's ack returns once the writer's side has every
+// ack: the server's, which has then processed every earlier ack too, or,
+// for a chunk handed over in memory, at once (an ack there is the return of
+// the chunk's window token, which the writer sees as it happens).
 func (c Chunk) Ack() error {
+	if c.local != nil {
+		c.local.ack()
+		return nil
+	}
 	if c.Final {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -513,25 +696,49 @@ func (c Chunk) Ack() error {
 	return c.msg.Ack()
 }
 
-// ChunkReader reads one run's chunk stream in order through the reader's
-// durable consumer. Not safe for concurrent use.
+// ChunkReader reads one run's chunk stream in order, through the reader's
+// durable consumer or, from a writer in this process, in memory. Not safe
+// for concurrent use.
 type ChunkReader struct {
 	b      *Bus
 	runID  string
 	kind   string
 	reader string
 	opts   DataOptions
-	iter   jetstream.MessagesContext
 	next   int64
+
+	// iter reads JetStream; nil once this reader reads only memory.
+	iter jetstream.MessagesContext
+	// inflight is the pending iter.Next of a wait that ended otherwise.
+	inflight chan jsResult
+
+	// p is the reader's pipe in the hub, nil when it reads only JetStream.
+	p        *pipe
+	mode     readMode
+	switchAt int64
+}
+
+type jsResult struct {
+	msg jetstream.Msg
+	err error
 }
 
 // NewChunkReader opens reader's consumer of runID's chunk stream of kind,
-// creating it if the writer has not yet.
+// creating it if the writer has not yet. With the in-process data plane
+// the reader reads in memory from a writer in this process (see local.go
+// for how the two meet).
 func (b *Bus) NewChunkReader(ctx context.Context, runID, kind, reader string, o DataOptions) (*ChunkReader, error) {
 	o = o.withDefaults()
 	c, err := b.ensureDataConsumer(ctx, runID, kind, reader, o)
 	if err != nil {
 		return nil, err
+	}
+	r := &ChunkReader{b: b, runID: runID, kind: kind, reader: reader, opts: o}
+	if b.local != nil {
+		r.p, r.mode, r.switchAt = b.local.claim(pipeKey{runID, kind, reader}, o.Window)
+	}
+	if r.mode == readMemory {
+		return r, nil
 	}
 	// A short heartbeat bounds how long a pull request the server dropped
 	// without a word (seen here: 35 chunks pending, no waiting pull, the
@@ -539,9 +746,13 @@ func (b *Bus) NewChunkReader(ctx context.Context, runID, kind, reader string, o 
 	// message or heartbeat for two beats the client asks again.
 	iter, err := c.Messages(jetstream.PullMaxMessages(8), jetstream.PullExpiry(10*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
+		if r.p != nil {
+			b.local.drop(r.p)
+		}
 		return nil, fmt.Errorf("read chunks: %w", err)
 	}
-	return &ChunkReader{b: b, runID: runID, kind: kind, reader: reader, opts: o, iter: iter}, nil
+	r.iter = iter
+	return r, nil
 }
 
 // Next returns the next chunk in order. Redelivered chunks already seen are
@@ -549,79 +760,178 @@ func (b *Bus) NewChunkReader(ctx context.Context, runID, kind, reader string, o 
 // A producer's failure is returned as ErrProducerFailed with its reason.
 func (r *ChunkReader) Next(ctx context.Context) (Chunk, error) {
 	for {
-		msg, err := r.nextMsg(ctx)
+		msg, it, err := r.receive(ctx)
 		if err != nil {
 			return Chunk{}, err
 		}
-		h := msg.Headers()
-		seq, err := strconv.ParseInt(h.Get(HeaderSeq), 10, 64)
-		if err != nil {
-			_ = msg.Term()
-			return Chunk{}, fmt.Errorf("chunk without a valid %s header: %q", HeaderSeq, h.Get(HeaderSeq))
+		var c Chunk
+		if it != nil {
+			c, err = r.fromLocal(it)
+		} else {
+			c, err = r.fromJetStream(msg)
 		}
-		if reason := h.Get(HeaderFailed); reason != "" {
-			_ = msg.Ack()
-			return Chunk{}, &ProducerError{Reason: reason}
+		if err != nil || c.Seq >= 0 {
+			return c, err
 		}
-		if seq < r.next {
-			_ = msg.Ack()
-			continue
-		}
-		if seq > r.next {
-			return Chunk{}, fmt.Errorf("chunk stream out of order: got chunk %d, want %d", seq, r.next)
-		}
-		r.next++
-		c := Chunk{Seq: seq, Data: msg.Data(), Final: h.Get(HeaderFinal) == "1", msg: msg}
-		if c.Final {
-			c.Trailer = map[string]string{}
-			for k, v := range h {
-				if strings.HasPrefix(k, TrailerPrefix) && len(v) > 0 {
-					c.Trailer[strings.TrimPrefix(k, TrailerPrefix)] = v[0]
-				}
-			}
-		}
-		return c, nil
 	}
 }
 
-// nextMsg waits for the next message for at most the stall timeout.
-func (r *ChunkReader) nextMsg(ctx context.Context) (jetstream.Msg, error) {
-	type result struct {
-		msg jetstream.Msg
-		err error
+// skipped is the Chunk of a redelivered chunk already seen.
+var skipped = Chunk{Seq: -1}
+
+func (r *ChunkReader) fromLocal(it *localItem) (Chunk, error) {
+	if it.failed != "" {
+		return Chunk{}, &ProducerError{Reason: it.failed}
 	}
+	if it.seq < r.next {
+		it.ack.ack()
+		return skipped, nil
+	}
+	if it.seq > r.next {
+		return Chunk{}, fmt.Errorf("chunk stream out of order: got chunk %d, want %d", it.seq, r.next)
+	}
+	r.next++
+	return Chunk{Seq: it.seq, Data: it.data, Final: it.final, Trailer: it.trailer, local: it.ack}, nil
+}
+
+func (r *ChunkReader) fromJetStream(msg jetstream.Msg) (Chunk, error) {
+	h := msg.Headers()
+	seq, err := strconv.ParseInt(h.Get(HeaderSeq), 10, 64)
+	if err != nil {
+		_ = msg.Term()
+		return Chunk{}, fmt.Errorf("chunk without a valid %s header: %q", HeaderSeq, h.Get(HeaderSeq))
+	}
+	if reason := h.Get(HeaderFailed); reason != "" {
+		_ = msg.Ack()
+		return Chunk{}, &ProducerError{Reason: reason}
+	}
+	if seq < r.next {
+		_ = msg.Ack()
+		return skipped, nil
+	}
+	if seq > r.next {
+		return Chunk{}, fmt.Errorf("chunk stream out of order: got chunk %d, want %d", seq, r.next)
+	}
+	r.next++
+	c := Chunk{Seq: seq, Data: msg.Data(), Final: h.Get(HeaderFinal) == "1", msg: msg}
+	if c.Final {
+		c.Trailer = map[string]string{}
+		for k, v := range h {
+			if strings.HasPrefix(k, TrailerPrefix) && len(v) > 0 {
+				c.Trailer[strings.TrimPrefix(k, TrailerPrefix)] = v[0]
+			}
+		}
+	}
+	return c, nil
+}
+
+// receive waits, for at most the stall timeout, for the next message: from
+// JetStream (msg) or handed over in memory (it), as the reader's mode says.
+func (r *ChunkReader) receive(ctx context.Context) (msg jetstream.Msg, it *localItem, err error) {
 	stall := time.NewTimer(r.opts.Stall)
 	defer stall.Stop()
 	for {
-		ch := make(chan result, 1)
-		go func() {
-			m, err := r.iter.Next()
-			ch <- result{m, err}
-		}()
+		var fetched <-chan jsResult
+		var items <-chan localItem
+		var attached, gone <-chan struct{}
+		switch r.mode {
+		case readMemory:
+			items, gone = r.p.items, r.p.gone
+		case readHandover:
+			// JetStream carries every chunk below the switch, in order, and
+			// memory every chunk from it on (a failure too): the switch is
+			// a sequence, never a race between the two.
+			if r.next >= r.switchAt {
+				r.stopJetStream()
+				r.mode = readMemory
+				continue
+			}
+			fetched, gone = r.fetch(), r.p.gone
+		case readWaiting:
+			fetched, attached, gone = r.fetch(), r.p.attached, r.p.gone
+		default:
+			fetched = r.fetch()
+		}
 		select {
-		case res := <-ch:
+		case res := <-fetched:
+			r.inflight = nil
 			if res.err != nil && transient(res.err) {
 				continue
 			}
 			if res.err != nil {
-				return nil, fmt.Errorf("read chunk %d: %w", r.next, res.err)
+				return nil, nil, fmt.Errorf("read chunk %d: %w", r.next, res.err)
 			}
-			return res.msg, nil
+			if r.mode == readWaiting {
+				if !r.b.local.leaveWaiting(r.p) {
+					// The writer is in another process.
+					r.p, r.mode = nil, readJetStream
+					return res.msg, nil, nil
+				}
+				// A local writer attached meanwhile and writes this copy
+				// from its start: a message from elsewhere is left unread
+				// (Close purges it), but a failure still ends the stream.
+				r.stopJetStream()
+				r.mode = readMemory
+				if res.msg.Headers().Get(HeaderFailed) != "" {
+					return res.msg, nil, nil
+				}
+				continue
+			}
+			return res.msg, nil, nil
+		case got := <-items:
+			return nil, &got, nil
+		case <-attached:
+			r.stopJetStream()
+			r.mode = readMemory
+		case <-gone:
+			r.stopJetStream()
+			return nil, nil, fmt.Errorf("read chunk %d: %w", r.next, jetstream.ErrConsumerDeleted)
 		case <-ctx.Done():
-			r.iter.Stop()
-			return nil, ctx.Err()
+			r.stopJetStream()
+			return nil, nil, ctx.Err()
 		case <-stall.C:
-			r.iter.Stop()
-			return nil, fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
+			r.stopJetStream()
+			return nil, nil, fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
 		}
+	}
+}
+
+// fetch is the pending iter.Next, started if none is: a wait that ended
+// otherwise leaves it for the next.
+func (r *ChunkReader) fetch() <-chan jsResult {
+	if r.iter == nil {
+		// Stopped by a cancelled or stalled wait, as a JetStream reader is.
+		ch := make(chan jsResult, 1)
+		ch <- jsResult{err: jetstream.ErrMsgIteratorClosed}
+		return ch
+	}
+	if r.inflight == nil {
+		ch, iter := make(chan jsResult, 1), r.iter
+		go func() {
+			m, err := iter.Next()
+			ch <- jsResult{m, err}
+		}()
+		r.inflight = ch
+	}
+	return r.inflight
+}
+
+// stopJetStream stops reading JetStream; a pending iter.Next returns.
+func (r *ChunkReader) stopJetStream() {
+	if r.iter != nil {
+		r.iter.Stop()
+		r.iter, r.inflight = nil, nil
 	}
 }
 
 // Close stops reading, deletes the reader's consumer and purges whatever of
 // its copy of the stream is left (a reader that gave up midway), so no chunk
-// outlives its reader.
+// outlives its reader. A writer in this process sees the reader gone at once.
 func (r *ChunkReader) Close(ctx context.Context) error {
-	r.iter.Stop()
+	r.stopJetStream()
+	if r.p != nil {
+		r.b.local.drop(r.p)
+	}
 	ctx = context.WithoutCancel(ctx)
 	if err := r.b.DeleteDataConsumer(ctx, r.runID, r.kind, r.reader); err != nil {
 		return err

@@ -71,13 +71,28 @@ func Connect(t testing.TB, url, service string) *bus.Bus {
 	return ConnectAs(t, url, service, bus.RoleAdmin)
 }
 
+// EnvDataPlane names the environment variable that picks the data plane of
+// the Buses Connect makes: "auto" runs the in-process data plane
+// (bus.Config.LocalData), as serve does by default; unset or "jetstream"
+// carries every chunk through JetStream. Stage tests run on both with
+// `BACKSTREAM_TEST_DATA_PLANE=auto go test …`.
+const EnvDataPlane = "BACKSTREAM_TEST_DATA_PLANE"
+
 // ConnectAs connects a Bus for service to url with the credentials of role.
 func ConnectAs(t testing.TB, url, service, role string) *bus.Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	auth, _ := AuthFor(url, role)
-	b, err := bus.Connect(ctx, url, service, bus.Config{Auth: auth}, Logger(t))
+	local := false
+	switch v := os.Getenv(EnvDataPlane); v {
+	case "", "jetstream":
+	case "auto":
+		local = true
+	default:
+		t.Fatalf("$%s: %q is neither auto nor jetstream", EnvDataPlane, v)
+	}
+	b, err := bus.Connect(ctx, url, service, bus.Config{Auth: auth, LocalData: local}, Logger(t))
 	if err != nil {
 		t.Fatalf("connect bus: %v", err)
 	}
