@@ -186,9 +186,15 @@ func TestRoundTrip(t *testing.T) {
 func TestSealConcurrent(t *testing.T) {
 	data := gen(9, 3<<20)
 	const chunk = 64 << 10
-	for _, comp := range compressions {
-		t.Run(comp, func(t *testing.T) {
-			s, err := format.NewSealer("01JCONCURRENT", format.Options{Compression: comp, Recipients: []string{identity(t).Recipient().String()}, ChunkSize: chunk})
+	// Concurrency 1 keeps one zstd encoder: callers sealing more frames at
+	// once than that wait for it, and nothing is mixed up.
+	for _, tc := range []struct {
+		comp        string
+		concurrency int
+	}{{"none", 0}, {"snappy", 0}, {"zstd", 0}, {"zstd", 1}} {
+		comp := tc.comp
+		t.Run(fmt.Sprintf("%s/concurrency=%d", comp, tc.concurrency), func(t *testing.T) {
+			s, err := format.NewSealer("01JCONCURRENT", format.Options{Compression: comp, Recipients: []string{identity(t).Recipient().String()}, ChunkSize: chunk, Concurrency: tc.concurrency})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -276,6 +282,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"chunk too big", format.Options{Encryption: "none", ChunkSize: format.MaxChunkSize + 1}, "chunkSize"},
 		{"negative chunk", format.Options{Encryption: "none", ChunkSize: -1}, "chunkSize"},
 		{"scrypt too hard", format.Options{Passphrase: "x", ScryptWorkFactor: 40}, "scryptWorkFactor"},
+		{"negative concurrency", format.Options{Encryption: "none", Concurrency: -1}, "concurrency"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -108,6 +108,10 @@ type Options struct {
 	ChunkSize int
 	// ScryptWorkFactor is log2 of scrypt's N, 1..DefaultMaxScryptWorkFactor.
 	ScryptWorkFactor int
+	// Concurrency is how many frames the caller seals at once; the sealer
+	// keeps that many zstd encoders, each holding about twice ChunkSize of
+	// history (17.5 MiB for two at 4 MiB frames). 0 means GOMAXPROCS.
+	Concurrency int
 }
 
 // withDefaults returns o with zero fields set to their defaults.
@@ -176,6 +180,9 @@ func (o Options) Validate() error {
 	}
 	if o.ScryptWorkFactor < 0 || o.ScryptWorkFactor > DefaultMaxScryptWorkFactor {
 		probs = append(probs, fmt.Sprintf("scryptWorkFactor: %d is not in 1..%d (0 for the default)", o.ScryptWorkFactor, DefaultMaxScryptWorkFactor))
+	}
+	if o.Concurrency < 0 {
+		probs = append(probs, fmt.Sprintf("concurrency: %d is negative (0 for GOMAXPROCS)", o.Concurrency))
 	}
 	if len(probs) > 0 {
 		return fmt.Errorf("%w: %s", ErrInvalidOption, strings.Join(probs, "; "))

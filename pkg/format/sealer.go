@@ -73,12 +73,12 @@ func NewSealer(backupID string, o Options) (*Sealer, error) {
 		}
 		h.KeyWrap = kw
 	}
-	return newSealer(h, key, o.ZstdLevel)
+	return newSealer(h, key, o.ZstdLevel, o.Concurrency)
 }
 
 // newSealer builds a Sealer from a complete header and its data key; the
 // test vector generator uses it to make reproducible objects.
-func newSealer(h HeaderInfo, key []byte, zstdLevel string) (*Sealer, error) {
+func newSealer(h HeaderInfo, key []byte, zstdLevel string, concurrency int) (*Sealer, error) {
 	s := &Sealer{hdr: h}
 	s.raw, s.hdr.crc = marshalHeader(h)
 	s.hdr.Size = len(s.raw)
@@ -93,9 +93,12 @@ func newSealer(h HeaderInfo, key []byte, zstdLevel string) (*Sealer, error) {
 	}
 	if h.Compression == CompressionZstd {
 		lvl := map[string]zstd.EncoderLevel{ZstdFastest: zstd.SpeedFastest, ZstdDefault: zstd.SpeedDefault, ZstdBetter: zstd.SpeedBetterCompression}[zstdLevel]
+		if concurrency <= 0 {
+			concurrency = runtime.GOMAXPROCS(0)
+		}
 		enc, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(lvl),
-			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithEncoderConcurrency(concurrency),
 			zstd.WithEncoderCRC(false), // frames carry CRC-32C and a GCM tag already
 			zstd.WithZeroFrames(true),  // an empty chunk is still a valid zstd frame
 			zstd.WithWindowSize(zstdWindow(h.ChunkSize)),
