@@ -110,28 +110,40 @@ func catSource(path string) string {
 	return fmt.Sprintf("type: command\ncommand: {argv: [cat, %q]}\nallowEmpty: true", path)
 }
 
+// TestRoundTripEveryChainAndSize runs every filter chain and size through
+// the whole pipeline on both data planes: in memory between the stages of
+// one serve (auto), and through JetStream's chunk streams (jetstream).
 func TestRoundTripEveryChainAndSize(t *testing.T) {
 	keys := newKeyring(t)
 	t.Setenv("BS_TEST_PASSPHRASE", keys.passphrase)
-	env := harness.Start(t, harness.Options{Config: func(c *app.Config) {
-		c.IdentityFile = keys.idFile
-		c.PassphraseEnv = "BS_TEST_PASSPHRASE"
-	}})
+	sizes := []int64{0, 1, chunk - 1, chunk, chunk + 1, 50 << 20}
+	sources := map[int64][2]string{}
+	for _, size := range sizes {
+		p, d := writeSource(t, size)
+		sources[size] = [2]string{p, d}
+	}
+	for _, plane := range []string{app.DataPlaneAuto, app.DataPlaneJetStream} {
+		t.Run(plane, func(t *testing.T) {
+			env := harness.Start(t, harness.Options{Config: func(c *app.Config) {
+				c.IdentityFile = keys.idFile
+				c.PassphraseEnv = "BS_TEST_PASSPHRASE"
+				c.DataPlane = plane
+			}})
+			roundTrips(t, env, keys, sizes, sources)
+		})
+	}
+}
+
+func roundTrips(t *testing.T, env *harness.Env, keys keyring, sizes []int64, sources map[int64][2]string) {
 	encryptions := []struct{ name, block string }{
 		{"none", ""},
 		{"x25519", fmt.Sprintf("encryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient())},
 		{"passphrase", "encryption: {type: aes-256-gcm, passphrase: {env: BS_TEST_PASSPHRASE}}"},
 	}
-	sizes := []int64{0, 1, chunk - 1, chunk, chunk + 1, 50 << 20}
 	storeDir := t.TempDir()
 	st, err := filesystem.New(context.Background(), filesystem.Config{Path: storeDir})
 	if err != nil {
 		t.Fatal(err)
-	}
-	sources := map[int64][2]string{}
-	for _, size := range sizes {
-		p, d := writeSource(t, size)
-		sources[size] = [2]string{p, d}
 	}
 	fk := format.Keys{Identities: []age.Identity{keys.identity}, Passphrase: keys.passphrase}
 	for _, comp := range []string{"none", "snappy", "zstd"} {

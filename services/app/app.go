@@ -76,6 +76,13 @@ type Config struct {
 	Consumer bus.ConsumerSpec
 	// Data tunes chunk streams.
 	Data bus.DataOptions
+	// DataPlane is how chunks pass between snapshot, filter and upload:
+	// DataPlaneAuto (or empty) in memory where writer and reader both run
+	// in this process and through JetStream where they do not;
+	// DataPlaneJetStream always through JetStream, the path before the
+	// in-process one, kept to compare and as a safety valve
+	// (docs/dataplane.md).
+	DataPlane string
 	// Replicas of every stream and bucket: 1 on one server, 3 on a cluster.
 	Replicas int
 	// Influx is where the metrics stage writes points; no URL: none.
@@ -96,6 +103,12 @@ type Config struct {
 	// behaviour such as fault injection in tests or extra logging.
 	Wrap func(consumer string, h bus.Handler) bus.Handler
 }
+
+// The values of Config.DataPlane (serve --data-plane).
+const (
+	DataPlaneAuto      = "auto"
+	DataPlaneJetStream = "jetstream"
+)
 
 // ParseServices checks a --services list.
 func ParseServices(list string) ([]string, error) {
@@ -149,6 +162,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if cfg.DataPlane != "" && cfg.DataPlane != DataPlaneAuto && cfg.DataPlane != DataPlaneJetStream {
+		return fmt.Errorf("data plane %q: want %s or %s", cfg.DataPlane, DataPlaneAuto, DataPlaneJetStream)
+	}
 	// The API's settings are checked before anything starts, so that an
 	// API that may not listen (plain HTTP beyond loopback) stops serve.
 	apiCfg := cfg.API
@@ -179,7 +195,8 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Info("embedded nats server started", "url", url, "store", filepath.Join(cfg.DataDir, "nats"), "credentials", authDir)
 	}
 
-	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas, InProcess: embedded, Auth: cfg.NATSAuth}, log)
+	b, err := bus.Connect(ctx, url, strings.Join(services, "+"), bus.Config{Replicas: cfg.Replicas, InProcess: embedded, Auth: cfg.NATSAuth,
+		LocalData: cfg.DataPlane != DataPlaneJetStream}, log)
 	if err != nil {
 		return err
 	}

@@ -68,6 +68,7 @@ func TestCommandLineMistakesAreUsageErrors(t *testing.T) {
 		{"bad flag value", []string{"cancel", "x", "--wait", "soon"}, `invalid argument "soon"`},
 		{"no sequence number", []string{"dlq", "show", "x"}, `"x" is not a dead letter's sequence number`},
 		{"version takes no argument", []string{"version", "1"}, `unexpected argument "1"`},
+		{"unknown data plane", []string{"serve", "--data-plane", "memory"}, `serve: --data-plane: "memory" is neither auto nor jetstream`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -53,12 +53,16 @@ the listed services against an existing NATS cluster (docs/operations.md).`,
 	apiCfg := apiFlags(fs)
 	allowExec := fs.Bool("allow-exec", true, "run command sources, exec and kubernetes hooks and dump tools from a plan's binDir; false refuses such plans at trigger and at use (docs/operations.md)")
 	pprofAddr := fs.String("pprof", "", "address of a net/http/pprof listener, separate from the API (empty: none)")
+	dataPlane := fs.String("data-plane", app.DataPlaneAuto, "how chunks pass between snapshot, filter and upload: auto (in memory where both ends run in this process, else through NATS) or jetstream (always through NATS) (docs/dataplane.md)")
 	compRetry := fs.Duration("compensation-retry-every", hook.DefaultRetryEvery, "how often an inverse op still owed after its retries is tried again, until its hook's compensationDeadline (docs/hooks.md)")
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 		list, err := app.ParseServices(*services)
 		if err != nil {
 			return usageError("serve: %v", err)
+		}
+		if *dataPlane != app.DataPlaneAuto && *dataPlane != app.DataPlaneJetStream {
+			return usageError("serve: --data-plane: %q is neither %s nor %s", *dataPlane, app.DataPlaneAuto, app.DataPlaneJetStream)
 		}
 		host, portText, err := net.SplitHostPort(*embedded)
 		if err != nil {
@@ -99,6 +103,7 @@ the listed services against an existing NATS cluster (docs/operations.md).`,
 			Consumer:      bus.ConsumerSpec{AckWait: *ackWait},
 			Influx:        metrics.InfluxConfig{URL: *influxURL, Database: *influxDB, Token: influxToken},
 			Replicas:      *replicas,
+			DataPlane:     *dataPlane,
 			RefuseExec:    !*allowExec,
 			Log:           log,
 		}
