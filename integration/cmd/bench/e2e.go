@@ -243,7 +243,7 @@ func (r *rig) pipelineArgv(ctx context.Context, size int64, argv string) (e2eRes
 	dir := filepath.Join(r.dir, name)
 	res := e2eResult{name: name, planFile: filepath.Join(dir, "plan.yaml"), size: size}
 	fmt.Fprintf(r.log, "e2e %s: %s through a fresh serve ...\n", name, humanSize(size))
-	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.profile != "", r.env)
+	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.dataPlane, r.c.profile != "", r.env)
 	if err != nil {
 		return res, err
 	}

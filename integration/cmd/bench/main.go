@@ -8,7 +8,7 @@
 // its output is one JSON object for scripts (see docs/bench.md).
 //
 //	bench [--size 1GiB] [--rss-sizes 1GiB,4GiB] [--repeat 3] [--source file|gen]
-//	      [--stage-size 256MiB] [--stage-repeat 3]
+//	      [--data-plane auto|jetstream] [--stage-size 256MiB] [--stage-repeat 3]
 //	bench gen --size N [--seed S]
 //	bench peers [--size 1GiB] [--rounds 3] [--sets gen,pgbench,mariadb,tar] [--tools backstream,restic,kopia,baseline]
 //	bench s3 put|get BUCKET KEY
@@ -76,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.profile, "profile", "", "write serve's CPU profile of each end-to-end run (from the trigger on, --profile-seconds long) and its heap profile at the end into this directory")
 	fs.IntVar(&c.profileSeconds, "profile-seconds", 10, "length of the CPU profile with --profile")
 	fs.StringVar(&c.source, "source", "file", "the plan's source: file (the data set written to a file before the run, streamed by cat) or gen (generated while the run reads it)")
+	fs.StringVar(&c.dataPlane, "data-plane", "auto", "serve's --data-plane for the end-to-end runs: auto (chunks in memory between the stages of the one serve) or jetstream (through the embedded server's chunk streams)")
 	fs.BoolVar(&c.skipStages, "skip-stages", false, "measure only end to end")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir (logs, stores) and print its path")
 	if err := fs.Parse(args); err != nil {
@@ -112,6 +113,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.source != "file" && c.source != "gen" {
 		return fmt.Errorf("%w: --source: %q is not file or gen", errUsage, c.source)
 	}
+	if c.dataPlane != "auto" && c.dataPlane != "jetstream" {
+		return fmt.Errorf("%w: --data-plane: %q is not auto or jetstream", errUsage, c.dataPlane)
+	}
 	if c.stageRepeat < 1 {
 		return fmt.Errorf("%w: --stage-repeat: must be >= 1", errUsage)
 	}
@@ -144,6 +148,7 @@ type config struct {
 	profile        string
 	profileSeconds int
 	source         string // file | gen
+	dataPlane      string // serve --data-plane: auto | jetstream
 	skipStages     bool
 	keep           bool
 }

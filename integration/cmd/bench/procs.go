@@ -194,9 +194,10 @@ func (s *serveProc) fetchProfile(ctx context.Context, kind, path string) error {
 }
 
 // startServe starts `backstream serve` on an embedded NATS at a free port,
-// without the API, with identity for full verification, and waits for its
-// "backstream serving" log line.
-func startServe(ctx context.Context, bin, dir, identity string, pprof bool, env []string) (*serveProc, error) {
+// without the API, with identity for full verification and the given
+// --data-plane (empty: serve's default), and waits for its "backstream
+// serving" log line.
+func startServe(ctx context.Context, bin, dir, identity, dataPlane string, pprof bool, env []string) (*serveProc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -207,6 +208,9 @@ func startServe(ctx context.Context, bin, dir, identity string, pprof bool, env 
 			return nil, err
 		}
 		args := []string{"serve", "--data", filepath.Join(dir, "data"), "--embedded", addr(port), "--listen", "", "--identity", identity}
+		if dataPlane != "" {
+			args = append(args, "--data-plane", dataPlane)
+		}
 		pprofAddr := ""
 		if pprof {
 			pp, err := freePort()
