@@ -437,6 +437,11 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 		row{"filter", pub(ev(events.BackupSucceeded)), refused},
 		row{"filter", pub(ev(events.UploadCompleted)), refused},
 		row{"filter", pub(ev(events.BackupRequested)), refused},
+		// The filter makes and replaces plan keyrings; nobody else writes them.
+		row{"filter", pub("$KV." + bus.KeyringsBucket + ".demo"), allowed},
+		row{"upload", pub("$KV." + bus.KeyringsBucket + ".demo"), refused},
+		row{"verify", pub("$KV." + bus.KeyringsBucket + ".demo"), refused},
+		row{bus.RoleTrigger, pub("$KV." + bus.KeyringsBucket + ".demo"), refused},
 		row{"upload", pub(ev(events.BackupSucceeded)), refused},
 		row{"upload", pub(ev(events.VerifyCompleted)), refused},
 		row{"upload", sealedChunk, refused},
@@ -637,8 +642,8 @@ func TestShippedNATSConfigRunsAThreeNodeCluster(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if strings.Count(out, ": ready, 3 replica(s)") != 6 {
-		t.Fatalf("setup output, want six streams and buckets with three replicas:\n%s", out)
+	if strings.Count(out, ": ready, 3 replica(s)") != 7 {
+		t.Fatalf("setup output, want seven streams and buckets with three replicas:\n%s", out)
 	}
 	for i, o := range outs {
 		if n := strings.Count(o.String(), "Route connection created"); n < 2 {
