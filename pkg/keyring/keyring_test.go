@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/keyring"
@@ -301,5 +302,17 @@ func TestFilterRole(t *testing.T) {
 	k2, err := s.Ensure(ctx(t), "orders", other)
 	if err != nil || k2.Recipient == k.Recipient {
 		t.Fatalf("filter role replacing: %v", err)
+	}
+}
+
+// TestEveryRoleBinds: every role looks the keyrings bucket up when it
+// connects, as it does every bucket, and so binds to it once the admin
+// set it up; none but the filter needs more.
+func TestEveryRoleBinds(t *testing.T) {
+	srv, _ := bustest.Start(t)
+	for _, role := range bus.RoleNames() {
+		if b := bustest.ConnectAs(t, srv.URL(), role, role); b.Keyrings == nil {
+			t.Errorf("role %s: no keyrings bucket", role)
+		}
 	}
 }

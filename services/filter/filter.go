@@ -13,6 +13,10 @@
 // that seals it (the filter holds public recipients only), so a run's stream
 // is sealed by one replica, and a replica that dies mid-run fails the run
 // rather than sealing the rest under another key.
+//
+// A plan encrypted with a passphrase seals with the plan's keyring
+// (pkg/keyring): the data key is wrapped for the keyring's recipient, so
+// scrypt runs once per process and keyring, never once per backup.
 package filter
 
 import (
@@ -25,6 +29,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -32,6 +37,7 @@ import (
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/format"
+	"github.com/backstream/backstream/pkg/keyring"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/snapshot"
@@ -62,6 +68,9 @@ type Service struct {
 	*stage.Deps
 	// Workers seal chunks in parallel (default GOMAXPROCS).
 	Workers int
+
+	keyringsOnce sync.Once
+	keyrings     *keyring.Store
 }
 
 // New builds the filter stage.
@@ -85,8 +94,11 @@ func Readers(p *plan.Plan) []string {
 }
 
 // Options turns a plan's filters into format options, reading recipient files
-// and the passphrase secret.
-func Options(p *plan.Plan) (format.Options, error) {
+// and the passphrase secret. A passphrase becomes the plan's keyring, which
+// keyrings ensures (made on the plan's first backup, replaced when the
+// passphrase changed); format.Options.Passphrase, one scrypt per backup, is
+// never used.
+func Options(ctx context.Context, p *plan.Plan, keyrings *keyring.Store) (format.Options, error) {
 	f := p.Spec.Filters
 	o := format.Options{
 		Compression: f.Compression,
@@ -121,9 +133,19 @@ func Options(p *plan.Plan) (format.Options, error) {
 		if err != nil {
 			return o, err
 		}
-		o.Passphrase = pass
+		k, err := keyrings.Ensure(ctx, p.Name(), pass)
+		if err != nil {
+			return o, err
+		}
+		o.Keyring = &k
 	}
 	return o, nil
+}
+
+// keyringStore is the store of plan keyrings on this process's bus.
+func (s *Service) keyringStore() *keyring.Store {
+	s.keyringsOnce.Do(func() { s.keyrings = keyring.New(s.Bus.Keyrings, s.Log) })
+	return s.keyrings
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
@@ -207,7 +229,7 @@ func (j *job) add(c bus.Chunk, get func() []byte) {
 func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause events.Event) ([]events.Event, error) {
 	begin := time.Now()
 	log := s.Log.With("plan", p.Name(), "runid", runID, "step", StepName)
-	opts, err := Options(p)
+	opts, err := Options(ctx, p, s.keyringStore())
 	if err != nil {
 		s.abandon(ctx, p, runID, err.Error())
 		if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, err.Error(), nil); ferr != nil {

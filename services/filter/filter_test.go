@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -47,6 +48,13 @@ type rig struct {
 
 func newRig(t *testing.T, chunkSize, frameSize string) *rig {
 	t.Helper()
+	return newRigEncrypted(t, chunkSize, frameSize, "")
+}
+
+// newRigEncrypted is newRig with the plan's encryption given as YAML
+// ("" for the rig's identity's recipient).
+func newRigEncrypted(t *testing.T, chunkSize, frameSize, encryption string) *rig {
+	t.Helper()
 	ctx := context.Background()
 	_, b := bustest.Start(t)
 	reg := plugins.Default()
@@ -59,6 +67,9 @@ func newRig(t *testing.T, chunkSize, frameSize string) *rig {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	if encryption == "" {
+		encryption = fmt.Sprintf("{recipients: [%s]}", id.Recipient())
+	}
 	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: framed}
@@ -68,9 +79,9 @@ spec:
   filters:
     compression: zstd
     frameSize: %s
-    encryption: {recipients: [%s]}
+    encryption: %s
   destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, chunkSize, frameSize, id.Recipient(), dir)))
+`, chunkSize, frameSize, encryption, dir)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,4 +369,107 @@ func TestFrameLargerThanHalfTheWindowIsCut(t *testing.T) {
 	if stats.Frames != 3 || s.meta.ChunkSize != 4*1024*kib {
 		t.Errorf("%d frames, header's frame size %d; want 3 (2 MiB, 2 MiB, the rest) of at most 4 MiB", stats.Frames, s.meta.ChunkSize)
 	}
+}
+
+// TestPassphraseSealsWithThePlanKeyring: a plan encrypted with a passphrase
+// seals every backup with the plan's keyring (scheme age-keyring, no scrypt
+// per backup): two backups share its recipient, each restores from the
+// storage with the passphrase alone, and a changed passphrase brings a new
+// keyring while the backups before keep opening with the old one.
+func TestPassphraseSealsWithThePlanKeyring(t *testing.T) {
+	const env = "BS_FILTER_TEST_PASSPHRASE"
+	t.Setenv(env, "correct horse battery staple")
+	r := newRigEncrypted(t, "64KiB", "256KiB", "{type: aes-256-gcm, passphrase: {env: "+env+"}}")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	header := func(object []byte) format.HeaderInfo {
+		t.Helper()
+		h, _, err := format.ReadHeader(bytes.NewReader(object))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	first, second := gen(300*kib+5), gen(70*kib)
+	a, id := r.seal(first), r.backup(ctx, second)
+	st, err := filesystem.New(ctx, filesystem.Config{Path: r.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	m, err := backup.Find(ctx, st, r.p.Name()+"/"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ha := header(a.object)
+	if ha.KeyWrap.Scheme != format.SchemeAgeKeyring || m.KeyWrap.Scheme != format.SchemeAgeKeyring || a.meta.KeyWrap.Scheme != format.SchemeAgeKeyring {
+		t.Fatalf("schemes: object %s, manifest %s, meta %s; want %s", ha.KeyWrap.Scheme, m.KeyWrap.Scheme, a.meta.KeyWrap.Scheme, format.SchemeAgeKeyring)
+	}
+	if len(m.KeyWrap.Recipients) != 1 || m.KeyWrap.Recipients[0] != ha.KeyWrap.Recipients[0] || !bytes.Equal(m.KeyWrap.Keyring, ha.KeyWrap.Keyring) {
+		t.Fatalf("two backups of one plan: keyrings %q and %q, want one", ha.KeyWrap.Recipients, m.KeyWrap.Recipients)
+	}
+	e, err := r.d.Bus.Keyrings.Get(ctx, r.p.Name())
+	if err != nil || !bytes.Contains(e.Value(), []byte(ha.KeyWrap.Recipients[0])) {
+		t.Fatalf("the keyrings bucket holds %s (%v), the objects %s", e.Value(), err, ha.KeyWrap.Recipients[0])
+	}
+	pass := format.Keys{Passphrase: "correct horse battery staple"}
+	if plain, err := readAll(a.object, pass); err != nil || !bytes.Equal(plain, first) {
+		t.Fatalf("the first backup with the passphrase: %v", err)
+	}
+	var out bytes.Buffer
+	if _, err := restore.Stream(ctx, st, m, pass, func(rd io.Reader) error {
+		_, err := io.Copy(&out, rd)
+		return err
+	}); err != nil || !bytes.Equal(out.Bytes(), second) {
+		t.Fatalf("restore of the second backup from the storage with the passphrase: %v", err)
+	}
+	if _, err := readAll(a.object, format.Keys{Passphrase: "not the passphrase"}); !errors.Is(err, format.ErrWrongKey) {
+		t.Fatalf("a wrong passphrase: %v", err)
+	}
+
+	t.Setenv(env, "a new passphrase")
+	c := r.seal(first)
+	hc := header(c.object)
+	if hc.KeyWrap.Scheme != format.SchemeAgeKeyring || hc.KeyWrap.Recipients[0] == ha.KeyWrap.Recipients[0] {
+		t.Fatalf("after the passphrase changed: keyring %q, before %q; want a new one", hc.KeyWrap.Recipients, ha.KeyWrap.Recipients)
+	}
+	if plain, err := readAll(c.object, format.Keys{Passphrase: "a new passphrase"}); err != nil || !bytes.Equal(plain, first) {
+		t.Fatalf("the new backup with the new passphrase: %v", err)
+	}
+	if plain, err := readAll(a.object, pass); err != nil || !bytes.Equal(plain, first) {
+		t.Fatalf("the old backup with the old passphrase: %v", err)
+	}
+}
+
+// backup runs filter and upload over data into the rig's destination and
+// returns the run id.
+func (r *rig) backup(ctx context.Context, data []byte) string {
+	r.t.Helper()
+	id, e := r.startRun()
+	dumped := make(chan error, 1)
+	go func() { dumped <- r.dump(ctx, id, data) }()
+	uploaded := make(chan error, 1)
+	go func() {
+		_, err := upload.New(r.d).Consumers()[0].Handler(ctx, e)
+		uploaded <- err
+	}()
+	if _, err := filter.New(r.d).Consumers()[0].Handler(ctx, e); err != nil {
+		r.t.Fatalf("filter: %v", err)
+	}
+	if err := <-dumped; err != nil {
+		r.t.Fatalf("dump: %v", err)
+	}
+	if err := <-uploaded; err != nil {
+		r.t.Fatalf("upload: %v", err)
+	}
+	return id
+}
+
+// readAll reads a sealed object back with keys.
+func readAll(object []byte, keys format.Keys) ([]byte, error) {
+	rd, err := format.NewReader(bytes.NewReader(object), keys)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(rd)
 }
