@@ -237,6 +237,25 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		}
 		return s.fail(ctx, p, runID, err.Error(), cause)
 	}
+	// The reader gathers chunks into frames in order, workers seal frames
+	// in any order, the writer publishes them in order. Frames alive at
+	// once (gathered, sealed or published, until their chunks are acked)
+	// are bounded by slots: 2×workers+1 when a frame is one chunk (as many
+	// chunks as before frames existed), fewer as frames grow, and one as
+	// soon as two frames would hold more than 2×workers+1 chunks: then the
+	// filter holds one frame's raw bytes and its sealed form and seals on
+	// one core, and the sealer keeps one zstd encoder, not one per core
+	// (each holds about twice a frame of history). The raw stream's window
+	// still lets the snapshot run ahead meanwhile.
+	workers := max(1, s.Workers)
+	frameSize := opts.ChunkSize
+	chunkSize := int(p.Spec.ChunkSize)
+	if chunkSize <= 0 {
+		chunkSize = int(plan.DefaultChunkSize)
+	}
+	chunkSize = min(chunkSize, frameSize)
+	slots := max(1, (2*workers+1)*chunkSize/frameSize)
+	opts.Concurrency = min(workers, slots)
 	sealer, err := format.NewSealer(runID, opts)
 	if err != nil {
 		s.abandon(ctx, p, runID, err.Error())
@@ -269,23 +288,6 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		return s.sealFailed(ctx, p, runID, out, fmt.Errorf("publish header: %w", err), cause)
 	}
 
-	// The reader gathers chunks into frames in order, workers seal frames
-	// in any order, the writer publishes them in order. Frames alive at
-	// once (gathered, sealed or published, until their chunks are acked)
-	// are bounded by slots: 2×workers+1 when a frame is one chunk (as many
-	// chunks as before frames existed), fewer as frames grow, and one as
-	// soon as two frames would hold more than 2×workers+1 chunks: then the
-	// filter holds one frame's raw bytes and its sealed form and seals on
-	// one core. The raw stream's window still lets the snapshot run ahead
-	// meanwhile.
-	workers := max(1, s.Workers)
-	frameSize := sealer.ChunkSize()
-	chunkSize := int(p.Spec.ChunkSize)
-	if chunkSize <= 0 {
-		chunkSize = int(plan.DefaultChunkSize)
-	}
-	chunkSize = min(chunkSize, frameSize)
-	slots := max(1, (2*workers+1)*chunkSize/frameSize)
 	depth := max(1, slots-1)
 	free := make(chan struct{}, slots)
 	for range slots {
