@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,7 +61,9 @@ func NewKeyring(passphrase string, workFactor int) (Keyring, error) {
 	if _, err := io.WriteString(w, id.String()); err != nil {
 		return Keyring{}, fmt.Errorf("new keyring: %w", err)
 	}
-	if err := w.Close(); err != nil {
+	err = w.Close()
+	releaseScrypt(workFactor)
+	if err != nil {
 		return Keyring{}, fmt.Errorf("new keyring: %w", err)
 	}
 	k := Keyring{Recipient: id.Recipient().String(), Wrapped: buf.Bytes()}
@@ -255,6 +258,9 @@ func openKeyring(k Keyring, passphrase string, maxWorkFactor int) (*age.X25519Id
 	sid.SetMaxWorkFactor(maxWorkFactor)
 	scryptUnlocks.Add(1)
 	r, err := age.Decrypt(bytes.NewReader(k.Wrapped), sid)
+	if wf, werr := k.WorkFactor(); werr == nil {
+		releaseScrypt(wf)
+	}
 	if err != nil {
 		var nomatch *age.NoIdentityMatchError
 		if errors.As(err, &nomatch) {
@@ -275,4 +281,17 @@ func openKeyring(k Keyring, passphrase string, maxWorkFactor int) (*age.X25519Id
 		return nil, fmt.Errorf("%w: the keyring of %s holds the identity of %s", ErrCorrupt, k.Recipient, got)
 	}
 	return id, nil
+}
+
+// releaseScrypt hands scrypt's buffer (128·8·2^workFactor bytes, 64 MiB at
+// the default) back at once. It is garbage as soon as scrypt returns, but
+// the heap goal was set while it was live: without a collection now, the
+// backup that asked for the keyring grows the heap on top of it (serve's
+// peak RSS for a 512 MiB backup with a passphrase: ~161 MiB without this,
+// ~133 with it, ~80 with recipients). Small work factors (tests, fuzzing)
+// are left to the collector.
+func releaseScrypt(workFactor int) {
+	if workFactor >= 14 {
+		debug.FreeOSMemory()
+	}
 }
