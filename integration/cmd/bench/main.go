@@ -66,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rss := fs.String("rss-sizes", "1GiB,4GiB", "comma-separated sizes to sample the serve process's peak RSS at, each on a fresh serve (empty: none)")
 	chunk := fs.String("chunk-size", "256KiB", "the plan's spec.chunkSize for the end-to-end runs (the stages alone always use 256KiB)")
 	frame := fs.String("frame-size", "0", "the plan's spec.filters.frameSize for the end-to-end runs (0: unset, the plan's default)")
-	partSize := fs.String("s3-part-size", "0", "the destination's s3 partSize for the end-to-end runs (0: the plugin's default, 16MiB)")
+	partSize := fs.String("s3-part-size", "0", "the destination's s3 partSize for the end-to-end runs (0: the plugin's default, 8MiB doubling every 2000 parts)")
 	fs.IntVar(&c.s3Concurrency, "s3-concurrency", 0, "the destination's s3 concurrency for the end-to-end runs (0: the plugin's default, 4)")
 	stageSize := fs.String("stage-size", "256MiB", "size of the in-memory data set each stage is measured on alone")
 	fs.Int64Var(&c.seed, "seed", 1, "seed of the generated data set")

@@ -10,17 +10,21 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/backstream/backstream/pkg/storage/s3"
 )
 
 // s3EndpointEnv names the MinIO `bench s3` talks to; the keys come from
 // accessEnv and secretEnv, never argv.
 const s3EndpointEnv = "BENCH_S3_ENDPOINT"
 
-// s3PartSize and s3Concurrency are backstream's s3 plugin defaults, so the
-// baseline's upload moves its bytes the way the pipeline's does.
+// s3PartSize and s3Concurrency are backstream's s3 plugin defaults (its
+// first part size: the baseline's uploads never reach the 2 000 parts
+// where backstream's default grows), so the baseline's upload moves its
+// bytes the way the pipeline's does.
 const (
-	s3PartSize    = 16 << 20
-	s3Concurrency = 4
+	s3PartSize    = s3.DefaultPartSize
+	s3Concurrency = s3.DefaultConcurrency
 )
 
 // s3Cmd is the upload and download of the no-framework baseline:

@@ -4,7 +4,9 @@
 // Put streams: an object up to one part is a single PUT, a larger one a
 // multipart upload of PartSize parts with at most Concurrency parts in
 // flight, so a Put holds at most PartSize × Concurrency bytes of buffers
-// whatever the object's size. Payloads are sent unsigned and without MD5 or
+// whatever the object's size. With the default part size, parts double
+// every growEvery parts, so a stream of unknown size is not capped at
+// 10 000 small parts and only objects beyond 16 GiB hold larger buffers. Payloads are sent unsigned and without MD5 or
 // CRC: backstream's frames are already authenticated and SHA-256 is the
 // slowest thing on our CPUs, so the payload is never hashed a second time.
 // A failed Put aborts its multipart upload; it must never complete an upload
@@ -43,13 +45,17 @@ const (
 	MinPartSize = 5 << 20
 	// MaxPartSize is S3's largest part.
 	MaxPartSize = 5 << 30
-	// DefaultPartSize is the part size when Config.PartSize is 0. It keeps a
-	// Put's buffers at 64 MiB with the default concurrency, and allows
-	// objects up to 10 000 × 16 MiB = 156 GiB.
-	DefaultPartSize = 16 << 20
+	// DefaultPartSize is the first part size when Config.PartSize is 0: a
+	// Put's buffers stay at 16 MiB with the default concurrency up to 2 000
+	// parts (15.6 GiB stored), and the size doubles every growEvery parts
+	// from there (31 GiB at 16 MiB, … 496 GiB stored at the 10 000th part).
+	// An explicit PartSize stays fixed.
+	DefaultPartSize = 8 << 20
 	// DefaultConcurrency is the number of parts in flight when
-	// Config.Concurrency is 0.
-	DefaultConcurrency = 4
+	// Config.Concurrency is 0: one uploads while the next is read, which
+	// keeps up with the pipeline against a nearby server; a far one wants
+	// more (docs/storage.md).
+	DefaultConcurrency = 2
 	maxConcurrency     = 64
 	// maxParts is S3's limit of parts per upload.
 	maxParts = 10000
@@ -74,11 +80,11 @@ type Config struct {
 	SecretKey secret.Ref `yaml:"secretKey" json:"secretKey"`
 	// Insecure talks plain http instead of https.
 	Insecure bool `yaml:"insecure,omitempty" json:"insecure,omitempty"`
-	// PartSize in bytes of a multipart upload's parts; 0 means 16 MiB, else
-	// at least 5 MiB.
+	// PartSize in bytes of a multipart upload's parts, at least 5 MiB; 0
+	// means 8 MiB, doubling every 2 000 parts.
 	PartSize int64 `yaml:"partSize,omitempty" json:"partSize,omitempty"`
 	// Concurrency is the number of parts uploaded at once by one Put; 0
-	// means 4.
+	// means 2.
 	Concurrency int `yaml:"concurrency,omitempty" json:"concurrency,omitempty"`
 	// CreateBucket makes the bucket on New if it does not exist.
 	CreateBucket bool `yaml:"createBucket,omitempty" json:"createBucket,omitempty"`
@@ -111,7 +117,7 @@ func (c Config) Validate() error {
 		add("secretKey", "%v", err)
 	}
 	if c.PartSize != 0 && (c.PartSize < MinPartSize || c.PartSize > MaxPartSize) {
-		add("partSize", "must be 0 (16 MiB) or between %d and %d bytes, got %d", MinPartSize, MaxPartSize, c.PartSize)
+		add("partSize", "must be 0 (8 MiB, growing) or between %d and %d bytes, got %d", MinPartSize, MaxPartSize, c.PartSize)
 	}
 	if c.Concurrency < 0 || c.Concurrency > maxConcurrency {
 		add("concurrency", "must be between 0 (%d) and %d, got %d", DefaultConcurrency, maxConcurrency, c.Concurrency)
@@ -138,6 +144,7 @@ type S3 struct {
 	bucket string
 	prefix string
 	part   int64
+	grow   bool // the part size doubles every growEvery parts
 	conc   int
 	// bufs recycles part buffers between Puts; a Put takes at most conc.
 	bufs sync.Pool
@@ -164,6 +171,7 @@ func Open(ctx context.Context, c Config) (*S3, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("s3 config: %w", err)
 	}
+	grow := c.PartSize == 0 // only the default part size grows
 	c = c.withDefaults()
 	access, err := c.AccessKey.Resolve()
 	if err != nil {
@@ -186,7 +194,7 @@ func Open(ctx context.Context, c Config) (*S3, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 client: %w", err)
 	}
-	s := &S3{core: minio.Core{Client: client}, bucket: c.Bucket, prefix: c.Prefix, part: c.PartSize, conc: c.Concurrency, tr: tr}
+	s := &S3{core: minio.Core{Client: client}, bucket: c.Bucket, prefix: c.Prefix, part: c.PartSize, grow: grow, conc: c.Concurrency, tr: tr}
 	ok, err := client.BucketExists(ctx, c.Bucket)
 	if err != nil {
 		return nil, fmt.Errorf("s3 bucket %s: %w", c.Bucket, translate(err))
@@ -234,14 +242,37 @@ func transport(conc int) *http.Transport {
 
 func (s *S3) object(key string) string { return s.prefix + key }
 
-func (s *S3) getBuf() []byte {
-	if b, ok := s.bufs.Get().(*[]byte); ok {
-		return *b
+// growEvery is how many parts of one size an upload with the default part
+// size sends before the size doubles (a variable for the tests).
+var growEvery = 2000
+
+// partSize is the size of part num (1-based) of a multipart upload.
+func (s *S3) partSize(num int) int {
+	if !s.grow {
+		return int(s.part)
 	}
-	return make([]byte, s.part)
+	shift := min((num-1)/growEvery, 10)
+	return int(min(s.part<<shift, MaxPartSize))
 }
 
-func (s *S3) putBuf(b []byte) { s.bufs.Put(&b) }
+// getBuf returns a buffer of n bytes; buffers of the first part size come
+// from the pool shared by Puts.
+func (s *S3) getBuf(n int) []byte {
+	if int64(n) == s.part {
+		if b, ok := s.bufs.Get().(*[]byte); ok {
+			return *b
+		}
+	}
+	return make([]byte, n)
+}
+
+// putBuf keeps b for later Puts if it has the first part size; the larger
+// buffers of a long upload go with it.
+func (s *S3) putBuf(b []byte) {
+	if int64(len(b)) == s.part {
+		s.bufs.Put(&b)
+	}
+}
 
 // putOptions sends no MD5, no SHA-256 of the payload (UNSIGNED-PAYLOAD even
 // over http, where minio-go would otherwise sign every chunk) and, since the
@@ -274,7 +305,7 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader, o storage.PutOpti
 
 func (s *S3) put(ctx context.Context, key string, r io.Reader, o storage.PutOptions) (storage.Info, error) {
 	r = ctxio.Reader(ctx, r)
-	buf := s.getBuf()
+	buf := s.getBuf(s.partSize(1))
 	n, err := readFull(r, buf)
 	switch {
 	case err == io.EOF:
@@ -329,22 +360,29 @@ func (s *S3) putMultipart(ctx context.Context, key string, r io.Reader, first []
 			s.putBuf(b)
 		}
 	}()
-	acquire := func() ([]byte, error) {
+	// acquire returns a buffer of n bytes: one a finished part gave back,
+	// a new one while fewer than s.conc exist, or else the next one given
+	// back. A buffer smaller than n (the part size grew) is replaced.
+	acquire := func(n int) ([]byte, error) {
+		var b []byte
 		select {
-		case b := <-free:
-			return b, nil
+		case b = <-free:
 		default:
+			if allocated < s.conc {
+				allocated++
+				return s.getBuf(n), nil
+			}
+			select {
+			case b = <-free:
+			case <-gctx.Done():
+				return nil, gctx.Err()
+			}
 		}
-		if allocated < s.conc {
-			allocated++
-			return s.getBuf(), nil
+		if len(b) < n {
+			s.putBuf(b)
+			b = s.getBuf(n)
 		}
-		select {
-		case b := <-free:
-			return b, nil
-		case <-gctx.Done():
-			return nil, gctx.Err()
-		}
+		return b[:n], nil
 	}
 
 	var mu sync.Mutex
@@ -368,7 +406,7 @@ func (s *S3) putMultipart(ctx context.Context, key string, r io.Reader, first []
 
 	upload(1, first, len(first))
 	for num := 2; ; num++ {
-		b, aerr := acquire()
+		b, aerr := acquire(s.partSize(num))
 		if aerr != nil {
 			// An upload failed (its error wins) or ctx is done.
 			if werr := g.Wait(); werr != nil && ctx.Err() == nil {
@@ -391,7 +429,7 @@ func (s *S3) putMultipart(ctx context.Context, key string, r io.Reader, first []
 			free <- b
 			cancel()
 			g.Wait()
-			return storage.Info{}, fmt.Errorf("object larger than %d parts of %d bytes", maxParts, s.part)
+			return storage.Info{}, fmt.Errorf("object larger than %d parts (the last of %d bytes)", maxParts, s.partSize(maxParts))
 		}
 		upload(num, b, n)
 		if rerr == io.EOF { // that was the last, short part

@@ -256,3 +256,52 @@ func envName(s string) string {
 		return '_'
 	}, s)
 }
+
+// With the default part size, parts double every growEvery parts (2 here),
+// so a stream of unknown size is not held to 10 000 small parts; every part
+// but the last has its planned size and the object reads back whole.
+func TestDefaultPartSizeGrows(t *testing.T) {
+	s3.SetGrowEvery(t, 2)
+	srv := testenv.MinIO(t)
+	c := config(t, srv, srv.NewBucket(t, "grow"))
+	c.PartSize, c.Concurrency = 0, 2
+	s := open(t, c)
+	defer s.Close()
+	ctx := context.Background()
+	const mib = 1 << 20
+	want := []int64{8 * mib, 8 * mib, 16 * mib, 16 * mib, 32 * mib, 20*mib + 1}
+	var size int64
+	for _, n := range want {
+		size += n
+	}
+	data := storagetest.Data(11, int(size))
+	if _, err := s.Put(ctx, "grown", &onlyReader{bytes.NewReader(data)}, storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cl := srv.Client(t)
+	for i, n := range want {
+		o := minio.StatObjectOptions{}
+		o.PartNumber = i + 1
+		oi, err := cl.StatObject(ctx, "grow", "grown", o)
+		if err != nil {
+			t.Fatalf("part %d: %v", i+1, err)
+		}
+		if oi.Size != n {
+			t.Errorf("part %d is %d bytes, want %d", i+1, oi.Size, n)
+		}
+	}
+	rc, err := s.Open(ctx, "grown")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("read back %d of %d bytes, %v", len(b), len(data), err)
+	}
+}
+
+// onlyReader hides every method but Read, as a stream of unknown size.
+type onlyReader struct{ r io.Reader }
+
+func (o *onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
