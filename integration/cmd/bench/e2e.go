@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +28,8 @@ const (
 	bucket    = "bench"
 	accessEnv = "BENCH_S3_ACCESS_KEY"
 	secretEnv = "BENCH_S3_SECRET_KEY"
+	// passEnv holds the plan's passphrase with --key passphrase.
+	passEnv = "BENCH_PASSPHRASE"
 )
 
 // rig is what every end-to-end run shares: MinIO, the key pair, the
@@ -38,9 +42,13 @@ type rig struct {
 	minio     *minioServer
 	identity  string // identity file for serve --identity
 	recipient string
-	env       []string
-	runs      int
-	log       io.Writer
+	// encryption is the plan's filters.encryption; keyArgs give serve
+	// what verify opens it with.
+	encryption string
+	keyArgs    []string
+	env        []string
+	runs       int
+	log        io.Writer
 	// bucket is where the plans put their backups: bench for make bench, a
 	// fresh one per tool and round for bench peers.
 	bucket string
@@ -102,12 +110,26 @@ func newRig(ctx context.Context, c config, dir string, log io.Writer) (*rig, err
 	if err := os.WriteFile(r.identity, []byte(id.String()+"\n"), 0o600); err != nil {
 		return nil, err
 	}
+	r.encryption = fmt.Sprintf("{type: aes-256-gcm, recipients: [%q]}", r.recipient)
+	r.keyArgs = []string{"--identity", r.identity}
+	if c.key == "passphrase" {
+		// The plan seals with its keyring and serve's verify unlocks it
+		// once with the passphrase, which reaches both through the
+		// environment, never argv.
+		pass := make([]byte, 16)
+		if _, err := rand.Read(pass); err != nil {
+			return nil, err
+		}
+		r.env = append(r.env, passEnv+"="+hex.EncodeToString(pass))
+		r.encryption = fmt.Sprintf("{type: aes-256-gcm, passphrase: {env: %s}}", passEnv)
+		r.keyArgs = []string{"--passphrase-env", passEnv}
+	}
 	m, err := startMinIO(ctx, filepath.Join(c.bin, "minio"), dir)
 	if err != nil {
 		return nil, err
 	}
 	r.minio = m
-	r.env = []string{accessEnv + "=" + m.access, secretEnv + "=" + m.secret}
+	r.env = append(r.env, accessEnv+"="+m.access, secretEnv+"="+m.secret)
 	client, err := minio.New(m.endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.access, m.secret, "")})
 	if err != nil {
 		m.stop(5 * time.Second)
@@ -133,7 +155,7 @@ spec:
   filters:
     compression: zstd
     level: fastest%s
-    encryption: {type: aes-256-gcm, recipients: [%q]}
+    encryption: %s
   destinations:
     - name: minio
       type: s3
@@ -147,7 +169,7 @@ spec:
         concurrency: %d
   chunkSize: %d
   verify: {enabled: true}
-`, name, argv, frameSizeLine(r.c.frameSize), r.recipient, r.minio.endpoint, r.bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
+`, name, argv, frameSizeLine(r.c.frameSize), r.encryption, r.minio.endpoint, r.bucket, accessEnv, secretEnv, r.c.s3PartSize, r.c.s3Concurrency, r.c.chunkSize)
 }
 
 // frameSizeLine is the plan's filters.frameSize line for --frame-size, or
@@ -243,7 +265,7 @@ func (r *rig) pipelineArgv(ctx context.Context, size int64, argv string) (e2eRes
 	dir := filepath.Join(r.dir, name)
 	res := e2eResult{name: name, planFile: filepath.Join(dir, "plan.yaml"), size: size}
 	fmt.Fprintf(r.log, "e2e %s: %s through a fresh serve ...\n", name, humanSize(size))
-	sp, err := startServe(ctx, r.backstrm, dir, r.identity, r.c.dataPlane, r.c.profile != "", r.env)
+	sp, err := startServe(ctx, r.backstrm, dir, r.keyArgs, r.c.dataPlane, r.c.profile != "", r.env)
 	if err != nil {
 		return res, err
 	}

@@ -76,6 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&c.profile, "profile", "", "write serve's CPU profile of each end-to-end run (from the trigger on, --profile-seconds long) and its heap profile at the end into this directory")
 	fs.IntVar(&c.profileSeconds, "profile-seconds", 10, "length of the CPU profile with --profile")
 	fs.StringVar(&c.source, "source", "file", "the plan's source: file (the data set written to a file before the run, streamed by cat) or gen (generated while the run reads it)")
+	fs.StringVar(&c.key, "key", "recipient", "how the end-to-end plan encrypts: recipient (an age X25519 recipient; serve verifies with the identity) or passphrase (the plan keyring; serve verifies with the passphrase)")
 	fs.StringVar(&c.dataPlane, "data-plane", "auto", "serve's --data-plane for the end-to-end runs: auto (chunks in memory between the stages of the one serve) or jetstream (through the embedded server's chunk streams)")
 	fs.BoolVar(&c.skipStages, "skip-stages", false, "measure only end to end")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir (logs, stores) and print its path")
@@ -113,6 +114,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.source != "file" && c.source != "gen" {
 		return fmt.Errorf("%w: --source: %q is not file or gen", errUsage, c.source)
 	}
+	if c.key != "recipient" && c.key != "passphrase" {
+		return fmt.Errorf("%w: --key: %q is not recipient or passphrase", errUsage, c.key)
+	}
 	if c.dataPlane != "auto" && c.dataPlane != "jetstream" {
 		return fmt.Errorf("%w: --data-plane: %q is not auto or jetstream", errUsage, c.dataPlane)
 	}
@@ -149,6 +153,7 @@ type config struct {
 	profileSeconds int
 	source         string // file | gen
 	dataPlane      string // serve --data-plane: auto | jetstream
+	key            string // recipient | passphrase
 	skipStages     bool
 	keep           bool
 }

@@ -197,7 +197,7 @@ func (s *serveProc) fetchProfile(ctx context.Context, kind, path string) error {
 // without the API, with identity for full verification and the given
 // --data-plane (empty: serve's default), and waits for its "backstream
 // serving" log line.
-func startServe(ctx context.Context, bin, dir, identity, dataPlane string, pprof bool, env []string) (*serveProc, error) {
+func startServe(ctx context.Context, bin, dir string, keyArgs []string, dataPlane string, pprof bool, env []string) (*serveProc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -207,7 +207,7 @@ func startServe(ctx context.Context, bin, dir, identity, dataPlane string, pprof
 		if err != nil {
 			return nil, err
 		}
-		args := []string{"serve", "--data", filepath.Join(dir, "data"), "--embedded", addr(port), "--listen", "", "--identity", identity}
+		args := append([]string{"serve", "--data", filepath.Join(dir, "data"), "--embedded", addr(port), "--listen", ""}, keyArgs...)
 		if dataPlane != "" {
 			args = append(args, "--data-plane", dataPlane)
 		}

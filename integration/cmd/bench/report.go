@@ -23,6 +23,7 @@ type summary struct {
 	RSS1GMiB         float64 `json:"rss_1g_mib"`
 	RSS4GMiB         float64 `json:"rss_4g_mib"`
 	DataPlane        string  `json:"data_plane"`
+	Key              string  `json:"key"`
 }
 
 func bench(ctx context.Context, c config, stdout, stderr io.Writer) error {
@@ -123,7 +124,7 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 	})
 
 	best := slices.MaxFunc(e2e, func(a, b e2eResult) int { return cmpFloat(a.uploadMBps(), b.uploadMBps()) })
-	section(fmt.Sprintf("end to end: %s, zstd fastest + aes-256-gcm -> s3 (MinIO), fresh serve per run, data plane %s; MB = 10^6 bytes of plaintext", humanSize(c.size), c.dataPlane), func(tw *tabwriter.Writer) {
+	section(fmt.Sprintf("end to end: %s, zstd fastest + aes-256-gcm -> s3 (MinIO), fresh serve per run, data plane %s, key %s; MB = 10^6 bytes of plaintext", humanSize(c.size), c.dataPlane, c.key), func(tw *tabwriter.Writer) {
 		fmt.Fprintln(tw, "  run\ttrigger->upload.completed\tMB/s (e2e)\ttrigger->backup.succeeded\tMB/s (with verify)\tstored\tratio\tpeak RSS")
 		for i, res := range e2e {
 			fmt.Fprintf(tw, "  %d\t%s\t%.1f\t%s\t%.1f\t%s\t%.2f\t%.0f MiB\n", i+1,
@@ -179,7 +180,7 @@ func report(w io.Writer, c config, e2e []e2eResult, rss map[int64][]int64, st []
 			"  on %d cores that caps e2e near %.0f MB/s, whatever the slowest stage alone does\n",
 			best.cpuPerGB(), stageCPU, runtime.NumCPU(), float64(runtime.NumCPU())/best.cpuPerGB()*1000)
 	}
-	sum := summary{E2EMBps: round1(best.uploadMBps()), DataPlane: c.dataPlane}
+	sum := summary{E2EMBps: round1(best.uploadMBps()), DataPlane: c.dataPlane, Key: c.key}
 	if slowest != nil {
 		sum.SlowestStage, sum.SlowestStageMBps = slowest.name, round1(slowest.bound())
 		sum.Ratio = math.Round(best.uploadMBps()/slowest.bound()*1000) / 1000
