@@ -374,7 +374,7 @@ func (w *ChunkWriter) publish(ctx context.Context, data []byte, e chunkEnd) erro
 				}
 				continue
 			}
-			if !w.ports[i].local && w.b.local.route(w.ports[i].p, w.seq) {
+			if !w.ports[i].local && w.b.local.route(w.ports[i].p, w.seq, e.failed != "") {
 				w.ports[i].local = true
 			}
 			if w.ports[i].local {

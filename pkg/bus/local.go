@@ -77,8 +77,12 @@ type pipe struct {
 	writers int
 	// jsNext is one past the highest sequence a writer routed to
 	// JetStream: the switch sequence S of a reader that claims now.
-	jsNext  int64
-	touched time.Time
+	jsNext int64
+	// jsFailed: a writer ended the stream with a failure on JetStream
+	// (its sequence says nothing of the others'), so a reader that comes
+	// now reads JetStream only, where the failure is.
+	jsFailed bool
+	touched  time.Time
 
 	items    chan localItem
 	tokens   chan struct{} // Window tokens: a send takes one, an ack returns it
@@ -196,13 +200,14 @@ func (h *localHub) offer(k pipeKey, window int) (p *pipe, local bool) {
 // route decides whether the chunk seq of a writer not yet sending in memory
 // goes to JetStream (false) or, a local reader having claimed the pipe, in
 // memory from now on (true).
-func (h *localHub) route(p *pipe, seq int64) bool {
+func (h *localHub) route(p *pipe, seq int64, failed bool) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if p.reader == readerLocal {
 		return true
 	}
 	p.jsNext = max(p.jsNext, seq+1)
+	p.jsFailed = p.jsFailed || failed
 	p.touched = h.now()
 	return false
 }
@@ -218,8 +223,9 @@ func (h *localHub) writerDone(p *pipe) {
 }
 
 // claim registers a reader. mode says how it reads: readJetStream (another
-// reader of the same copy is here already: this one is not local),
-// readWaiting, readHandover until switchAt, or readMemory.
+// reader of the same copy is here already, or the stream already failed on
+// JetStream: this one is not local), readWaiting, readHandover until
+// switchAt, or readMemory.
 func (h *localHub) claim(k pipeKey, window int) (p *pipe, mode readMode, switchAt int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -231,7 +237,7 @@ func (h *localHub) claim(k pipeKey, window int) (p *pipe, mode readMode, switchA
 		h.pipes[k] = p
 		return p, readWaiting, 0
 	}
-	if p.reader != readerNone {
+	if p.reader != readerNone || p.jsFailed {
 		return nil, readJetStream, 0
 	}
 	p.reader = readerLocal

@@ -799,3 +799,55 @@ func TestChunkCancelUnblocksBothSides(t *testing.T) {
 		}
 	})
 }
+
+// TestChunkFailureWrittenBeforeTheReaderReachesIt: a stream that a second
+// writer failed before its reader came (a takeover of an abandoned
+// writer's stream) still ends with that failure, after the chunks before it.
+func TestChunkFailureWrittenBeforeTheReaderReachesIt(t *testing.T) {
+	forEachPath(t, func(t *testing.T, env *chunkEnv) {
+		ctx := context.Background()
+		// A reader looking for the failure in the wrong place stalls.
+		run, opts := events.NewID(), bus.DataOptions{Window: 8, Stall: 20 * time.Second}
+		w1, err := env.here.NewChunkWriter(ctx, run, bus.KindRaw, []string{"filter"}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 3
+		for i := range n {
+			if err := w1.Write(ctx, []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w2, err := env.here.NewChunkWriter(ctx, run, bus.KindRaw, []string{"filter"}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w2.Fail(ctx, "snapshot interrupted"); err != nil {
+			t.Fatal(err)
+		}
+		rb := env.here
+		if env.path.remote(0) {
+			rb = env.there
+		}
+		r, err := rb.NewChunkReader(ctx, run, bus.KindRaw, "filter", opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := r.Close(ctx); err != nil {
+				t.Error(err)
+			}
+			_ = w1.Fail(ctx, "the test ended") // the abandoned writer ends, as its stage would
+		}()
+		for i := range n {
+			c, err := r.Next(ctx)
+			if err != nil || c.Seq != int64(i) {
+				t.Fatalf("chunk %d: %d %v", i, c.Seq, err)
+			}
+			_ = c.Ack()
+		}
+		if _, err := r.Next(ctx); !errors.Is(err, bus.ErrProducerFailed) {
+			t.Fatalf("got %v, want the takeover's failure", err)
+		}
+	})
+}
