@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -53,6 +55,13 @@ type Store struct {
 	WorkFactor int
 	// Now is the clock of Value.Created (time.Now when nil).
 	Now func() time.Time
+	// plans holds a one-slot semaphore per plan: one Ensure of a plan at a
+	// time in this process, so its callers (the filter's warm-up and a
+	// backup starting, say) never run scrypt side by side for one keyring
+	// (two creations at once held 2 × 64 MiB).
+	plans sync.Map // plan name → chan struct{}
+	// made counts the keyrings this Store made, for tests.
+	made atomic.Int64
 }
 
 // New returns a Store over kv (the bucket bus.KeyringsBucket).
@@ -83,6 +92,13 @@ func (s *Store) workFactor() int {
 func (s *Store) Ensure(ctx context.Context, plan, passphrase string) (format.Keyring, error) {
 	if passphrase == "" {
 		return format.Keyring{}, fmt.Errorf("keyring of plan %s: empty passphrase", plan)
+	}
+	sem, _ := s.plans.LoadOrStore(plan, make(chan struct{}, 1))
+	select {
+	case sem.(chan struct{}) <- struct{}{}:
+		defer func() { <-sem.(chan struct{}) }()
+	case <-ctx.Done():
+		return format.Keyring{}, fmt.Errorf("keyring of plan %s: %w", plan, ctx.Err())
 	}
 	for range attempts {
 		e, err := s.kv.Get(ctx, plan)
@@ -138,6 +154,7 @@ func (s *Store) write(ctx context.Context, plan, passphrase string, rev uint64, 
 	if err != nil {
 		return format.Keyring{}, fmt.Errorf("keyring of plan %s: %w", plan, err)
 	}
+	s.made.Add(1)
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now

@@ -144,6 +144,34 @@ func TestEnsureConcurrent(t *testing.T) {
 	}
 }
 
+// TestEnsureOnceInAProcess: callers of one Store that ask for a new
+// plan's keyring at once (the filter's warm-up and a backup) make it once:
+// scrypt does not run side by side for one keyring.
+func TestEnsureOnceInAProcess(t *testing.T) {
+	_, b := bustest.Start(t)
+	s, _, _ := storeOn(b.Keyrings)
+	const n = 6
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, errs[i] = s.Ensure(ctx(t), "orders", pass)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Ensure %d: %v", i, err)
+		}
+	}
+	if got := keyring.Made(s); got != 1 {
+		t.Fatalf("%d concurrent Ensures of a new plan made %d keyrings, want 1", n, got)
+	}
+}
+
 // TestEnsureReplaces: a keyring the plan's passphrase does not open is
 // replaced, with a warning, whoever wrote it; the old one keeps opening
 // with its own passphrase, as the objects sealed with it need.
