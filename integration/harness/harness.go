@@ -4,7 +4,6 @@
 package harness
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -312,28 +311,10 @@ type Process struct {
 	Env  []string
 	Dir  string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testenv.Buffer
 	done chan struct{}
 	// since is where the output of the current start begins.
 	since int
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // StartProcess starts `backstream args...` in dir; the test's cleanup kills
@@ -356,7 +337,7 @@ func (p *Process) start() {
 	p.cmd.Dir = p.Dir
 	p.cmd.Env = append(append(os.Environ(), p.Env...), credentialsEnv(p.t, p.Dir, p.Args)...)
 	if p.out == nil {
-		p.out = &syncBuffer{}
+		p.out = &testenv.Buffer{}
 	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {

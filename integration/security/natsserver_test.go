@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -36,24 +35,7 @@ type natsServer struct {
 	CA        string
 	Conf      string
 	passwords map[string]string
-	out       *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	out       *testenv.Buffer
 }
 
 func startNATSServer(t *testing.T) *natsServer {
@@ -95,9 +77,9 @@ func startNATSServer(t *testing.T) *natsServer {
 
 // runNATSServer runs bin/nats-server with args and env until the test
 // ends, and waits until it is ready.
-func runNATSServer(t *testing.T, bin string, env []string, args ...string) *lockedBuffer {
+func runNATSServer(t *testing.T, bin string, env []string, args ...string) *testenv.Buffer {
 	t.Helper()
-	out := &lockedBuffer{}
+	out := &testenv.Buffer{}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out

@@ -621,7 +621,7 @@ func TestShippedNATSConfigRunsAThreeNodeCluster(t *testing.T) {
 			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", cluster[i]), "--name", fmt.Sprintf("nats-%d", i+1),
 			"--cluster_name", "backstream", "--routes", strings.Join(routes, ",")}
 	}
-	var outs []*lockedBuffer
+	var outs []*testenv.Buffer
 	for i := range 3 {
 		others := append(append([]string{}, routes[:i]...), routes[i+1:]...)
 		outs = append(outs, runNATSServer(t, bin, env, node(i, conf, others)...))

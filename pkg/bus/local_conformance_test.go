@@ -659,19 +659,9 @@ func TestChunkTakeoverFailureReachesTheReader(t *testing.T) {
 		ctx := context.Background()
 		s := env.open(t, events.NewID(), bus.KindRaw, []string{"filter"}, bus.DataOptions{Window: 8})
 		const n = handoverAfter + 2
-		for i := range n {
-			if err := s.w.Write(ctx, []byte{byte(i)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeChunks(ctx, t, s.w, n)
 		r := s.reader("filter")
-		for i := range n {
-			c, err := r.Next(ctx)
-			if err != nil || c.Seq != int64(i) {
-				t.Fatalf("chunk %d: %v %v", i, c.Seq, err)
-			}
-			_ = c.Ack()
-		}
+		readChunks(ctx, t, r, n)
 		// The first writer is abandoned mid-stream, as a dead stage's is.
 		w2, err := env.here.NewChunkWriter(ctx, s.run, s.kind, s.names, s.opts)
 		if err != nil {
@@ -694,28 +684,14 @@ func TestChunkRepeatedSequencesAreSkipped(t *testing.T) {
 		ctx := context.Background()
 		s := env.open(t, events.NewID(), bus.KindRaw, []string{"filter"}, bus.DataOptions{Window: 8})
 		const n = handoverAfter + 1
-		for i := range n {
-			if err := s.w.Write(ctx, []byte{byte(i)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeChunks(ctx, t, s.w, n)
 		r := s.reader("filter")
-		for i := range n {
-			c, err := r.Next(ctx)
-			if err != nil || c.Seq != int64(i) {
-				t.Fatalf("chunk %d: %v %v", i, c.Seq, err)
-			}
-			_ = c.Ack()
-		}
+		readChunks(ctx, t, r, n)
 		w2, err := env.here.NewChunkWriter(ctx, s.run, s.kind, s.names, s.opts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i := range n {
-			if err := w2.Write(ctx, []byte{byte(i)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeChunks(ctx, t, w2, n)
 		if err := w2.Close(ctx, []byte("end"), nil); err != nil {
 			t.Fatal(err)
 		}
@@ -813,11 +789,7 @@ func TestChunkFailureWrittenBeforeTheReaderReachesIt(t *testing.T) {
 			t.Fatal(err)
 		}
 		const n = 3
-		for i := range n {
-			if err := w1.Write(ctx, []byte{byte(i)}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		writeChunks(ctx, t, w1, n)
 		w2, err := env.here.NewChunkWriter(ctx, run, bus.KindRaw, []string{"filter"}, opts)
 		if err != nil {
 			t.Fatal(err)
@@ -839,15 +811,33 @@ func TestChunkFailureWrittenBeforeTheReaderReachesIt(t *testing.T) {
 			}
 			_ = w1.Fail(ctx, "the test ended") // the abandoned writer ends, as its stage would
 		}()
-		for i := range n {
-			c, err := r.Next(ctx)
-			if err != nil || c.Seq != int64(i) {
-				t.Fatalf("chunk %d: %d %v", i, c.Seq, err)
-			}
-			_ = c.Ack()
-		}
+		readChunks(ctx, t, r, n)
 		if _, err := r.Next(ctx); !errors.Is(err, bus.ErrProducerFailed) {
 			t.Fatalf("got %v, want the takeover's failure", err)
 		}
 	})
+}
+
+// writeChunks writes chunks 0..n-1, each the byte of its index.
+func writeChunks(ctx context.Context, t *testing.T, w interface {
+	Write(context.Context, []byte) error
+}, n int) {
+	t.Helper()
+	for i := range n {
+		if err := w.Write(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readChunks reads and acks the next n chunks, which must be 0..n-1.
+func readChunks(ctx context.Context, t *testing.T, r *bus.ChunkReader, n int) {
+	t.Helper()
+	for i := range n {
+		c, err := r.Next(ctx)
+		if err != nil || c.Seq != int64(i) {
+			t.Fatalf("chunk %d: %v %v", i, c.Seq, err)
+		}
+		_ = c.Ack()
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/keyring"
+	"github.com/backstream/backstream/pkg/testenv"
 )
 
 const (
@@ -26,34 +27,16 @@ const (
 	other = "Tr0ub4dor&3"
 )
 
-// syncBuffer is a log sink for a test's logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newStore is a Store on a fresh embedded server's keyrings bucket, at a
 // work factor that keeps the tests fast, and its log.
-func newStore(t *testing.T) (*keyring.Store, jetstream.KeyValue, *syncBuffer) {
+func newStore(t *testing.T) (*keyring.Store, jetstream.KeyValue, *testenv.Buffer) {
 	t.Helper()
 	_, b := bustest.Start(t)
 	return storeOn(b.Keyrings)
 }
 
-func storeOn(kv jetstream.KeyValue) (*keyring.Store, jetstream.KeyValue, *syncBuffer) {
-	log := &syncBuffer{}
+func storeOn(kv jetstream.KeyValue) (*keyring.Store, jetstream.KeyValue, *testenv.Buffer) {
+	log := &testenv.Buffer{}
 	s := keyring.New(kv, slog.New(slog.NewTextHandler(log, nil)))
 	s.WorkFactor = 10
 	return s, kv, log

@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/backstream/backstream/services/api"
 	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
@@ -37,25 +36,8 @@ type env struct {
 	bus    *bus.Bus
 	base   string
 	tokens map[string]string // role name -> token
-	log    *syncBuffer
+	log    *testenv.Buffer
 	client *http.Client
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start serves the API with cfg; an empty TokensFile (and no ClientCA)
@@ -84,7 +66,7 @@ spec:
 	if _, err := plans.Put(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, bus: b, tokens: map[string]string{}, log: &syncBuffer{}, client: &http.Client{Timeout: 10 * time.Second}}
+	e := &env{t: t, bus: b, tokens: map[string]string{}, log: &testenv.Buffer{}, client: &http.Client{Timeout: 10 * time.Second}}
 	if cfg.TokensFile == "" && cfg.ClientCA == "" {
 		cfg.TokensFile = filepath.Join(t.TempDir(), "api-tokens")
 		for _, role := range []api.Role{api.RoleRead, api.RoleTrigger, api.RoleRestore, api.RoleAdmin} {

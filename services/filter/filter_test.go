@@ -308,23 +308,7 @@ func TestFramedBackupRestores(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	data := gen(9*1024*kib + 3*256*kib + 12345)
-	id, e := r.startRun()
-	dumped := make(chan error, 1)
-	go func() { dumped <- r.dump(ctx, id, data) }()
-	uploaded := make(chan error, 1)
-	go func() {
-		_, err := upload.New(r.d).Consumers()[0].Handler(ctx, e)
-		uploaded <- err
-	}()
-	if _, err := filter.New(r.d).Consumers()[0].Handler(ctx, e); err != nil {
-		t.Fatalf("filter: %v", err)
-	}
-	if err := <-dumped; err != nil {
-		t.Fatalf("dump: %v", err)
-	}
-	if err := <-uploaded; err != nil {
-		t.Fatalf("upload: %v", err)
-	}
+	id := r.backup(ctx, data)
 	st, err := filesystem.New(ctx, filesystem.Config{Path: r.dir})
 	if err != nil {
 		t.Fatal(err)

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,24 +17,8 @@ import (
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/planstore"
 	"github.com/backstream/backstream/pkg/plugins"
+	"github.com/backstream/backstream/pkg/testenv"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // answer stands in for the stage: to every request of type req it
 // publishes the result reply builds, with the request's runid.
@@ -127,7 +109,7 @@ spec:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errOut lockedBuffer
+			var out, errOut testenv.Buffer
 			wctx, wcancel := context.WithTimeout(ctx, time.Minute)
 			defer wcancel()
 			args := append(tt.args, "--nats", url, "--nats-nkey", trigger.NKeyFile)
@@ -165,7 +147,7 @@ spec:
 	}
 	for _, tt := range usage {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, errOut lockedBuffer
+			var out, errOut testenv.Buffer
 			var ee *exitError
 			if err := run(ctx, tt.args, &out, &errOut); !errors.As(err, &ee) || ee.code != 2 {
 				t.Errorf("got %v, want a usage error (exit code 2)", err)
