@@ -111,14 +111,23 @@ func seal(t testing.TB, id string, o format.Options, data []byte) []byte {
 	return obj.Bytes()
 }
 
-// open reads an object back whole.
+// open reads an object back whole with every reader of readModes and
+// returns what the sequential one read, or, when another one read anything
+// else (other bytes, stats or error), an error that says so and wraps no
+// sentinel: every test that reads through open tests each reader.
 func open(obj []byte, k format.Keys) ([]byte, format.ReadStats, error) {
-	r, err := format.NewReader(bytes.NewReader(obj), k)
-	if err != nil {
-		return nil, format.ReadStats{}, err
+	var first readResult
+	for i, m := range readModes {
+		got := readWith(obj, k, m.o)
+		if i == 0 {
+			first = got
+			continue
+		}
+		if diff := first.diff(got); diff != "" {
+			return nil, format.ReadStats{}, fmt.Errorf("the %s reader differs from the %s one: %s", m.name, readModes[0].name, diff)
+		}
 	}
-	got, err := io.ReadAll(r)
-	return got, r.Stats(), err
+	return first.plain, first.stats, first.err
 }
 
 func sum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }

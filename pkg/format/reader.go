@@ -166,50 +166,173 @@ type ReadStats struct {
 // (checksum, index, authentication tag, decompression) before returning any
 // byte of it, and returns io.EOF only after the final frame and the end of
 // the object; an object cut short fails with ErrTruncated. After an error,
-// every further Read returns the same error. Not safe for concurrent use.
+// every further Read returns the same error. Not safe for concurrent use,
+// except that Close may stop a Read blocked in another goroutine.
+//
+// A Reader made by NewReader does all of that in the caller's goroutine,
+// one frame at a time. One made by NewReaderWith with ReadAhead > 0 runs a
+// pipeline of two goroutines of its own (reader_ahead.go): one reads and
+// checks frames from r, one opens them, while Read hands out the frames
+// opened before; the guarantees above are the same, byte for byte and
+// error for error, and Stats say the same at every point.
+//
+// Close stops the pipeline and waits for its goroutines. A caller that may
+// stop before io.EOF or an error must call it; after either it returns at
+// once. The goroutine that reads r may be inside r.Read: Close waits until
+// that call returns, which it does when r delivers its next bytes, fails,
+// or is closed or cancelled from elsewhere. So a caller whose r can block
+// indefinitely (a pipe, a stalled connection) cancels r's context or
+// closes r from another goroutine; a caller whose r is an open S3 body or
+// file may call Close first and close r after it, in that order (defer
+// r.Close() before defer rd.Close()): the read in flight returns with the
+// next bytes. The Reader never closes r, which belongs to the caller.
 type Reader struct {
-	fr     *frameReader
-	hdr    HeaderInfo
-	aadSum [sha256.Size]byte
-	aead   cipher.AEAD
-	zdec   *zstd.Decoder
+	fr  *frameReader
+	hdr HeaderInfo
+	op  opener
 
 	plain    []byte
 	pending  []byte
 	err      error
 	plainSHA hash.Hash
 	bytes    int64
+
+	ahead *pipeline // nil when sequential
+}
+
+// ReadOptions tune a Reader. The zero value is the sequential Reader of
+// NewReader.
+type ReadOptions struct {
+	// ReadAhead is how many frames the Reader opens ahead of the one Read
+	// hands out, on goroutines of its own, so that fetching a frame,
+	// opening it and consuming the one before overlap on separate cores.
+	// 0 reads sequentially in the caller's goroutine. The Reader then holds
+	// up to ReadAhead+1 frame bodies and ReadAhead+1 plaintexts (each about
+	// the header's ChunkSize) instead of one of each, whatever the object's
+	// length. At most MaxReadAhead.
+	ReadAhead int
+}
+
+// MaxReadAhead bounds ReadOptions.ReadAhead: beyond a few frames read-ahead
+// only costs memory, since the stages run at a fixed speed each.
+const MaxReadAhead = 16
+
+// Validate reports an option out of range, wrapping ErrInvalidOption.
+func (o ReadOptions) Validate() error {
+	if o.ReadAhead < 0 || o.ReadAhead > MaxReadAhead {
+		return fmt.Errorf("%w: readAhead: %d is not in 0..%d", ErrInvalidOption, o.ReadAhead, MaxReadAhead)
+	}
+	return nil
 }
 
 // NewReader reads the header of the object in r and opens its data key with
-// k. Wrong or missing keys fail here with ErrWrongKey.
+// k. Wrong or missing keys fail here with ErrWrongKey. The Reader reads
+// sequentially in the caller's goroutine; Close is a no-op.
 func NewReader(r io.Reader, k Keys) (*Reader, error) {
+	return NewReaderWith(r, k, ReadOptions{})
+}
+
+// NewReaderWith is NewReader with options; with ReadAhead > 0 the Reader
+// runs its pipeline from here on, and the caller must Close it (see Reader).
+func NewReaderWith(r io.Reader, k Keys, o ReadOptions) (*Reader, error) {
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("open object: %w", err)
+	}
 	hdr, raw, err := ReadHeader(r)
 	if err != nil {
 		return nil, fmt.Errorf("open object: %w", err)
 	}
-	rd := &Reader{fr: newFrameReader(r, hdr, raw), hdr: hdr, aadSum: sha256.Sum256(raw), plainSHA: sha256.New()}
+	rd := &Reader{fr: newFrameReader(r, hdr, raw), hdr: hdr, plainSHA: sha256.New()}
+	if rd.op, err = newOpener(hdr, raw, k); err != nil {
+		return nil, err
+	}
+	if o.ReadAhead > 0 {
+		rd.ahead = startPipeline(rd.fr, rd.op, o.ReadAhead)
+	}
+	return rd, nil
+}
+
+// opener opens the frames of one object: authentication and decryption in
+// place, then decompression. Its zstd decoder makes it usable by one
+// goroutine at a time.
+type opener struct {
+	hdr    HeaderInfo
+	aadSum [sha256.Size]byte
+	aead   cipher.AEAD
+	zdec   *zstd.Decoder
+}
+
+func newOpener(hdr HeaderInfo, rawHeader []byte, k Keys) (opener, error) {
+	op := opener{hdr: hdr, aadSum: sha256.Sum256(rawHeader)}
+	var err error
 	if hdr.Encryption == EncryptionAESGCM {
 		key, err := UnwrapKey(hdr.KeyWrap, k)
 		if err != nil {
-			return nil, fmt.Errorf("open object %s: %w", hdr.BackupID, err)
+			return opener{}, fmt.Errorf("open object %s: %w", hdr.BackupID, err)
 		}
-		if rd.aead, err = newAEAD(key); err != nil {
-			return nil, fmt.Errorf("open object %s: %w", hdr.BackupID, err)
+		if op.aead, err = newAEAD(key); err != nil {
+			return opener{}, fmt.Errorf("open object %s: %w", hdr.BackupID, err)
 		}
 	}
 	if hdr.Compression == CompressionZstd {
-		rd.zdec, err = zstd.NewReader(nil,
+		op.zdec, err = zstd.NewReader(nil,
 			zstd.WithDecoderConcurrency(1),
 			// a chunk never needs more than its own size, rounded up to a window
 			zstd.WithDecoderMaxMemory(uint64(zstdWindow(hdr.ChunkSize))),
 			zstd.WithDecoderMaxWindow(uint64(zstdWindow(hdr.ChunkSize))),
 			zstd.WithDecodeAllCapLimit(true))
 		if err != nil {
-			return nil, fmt.Errorf("open object: zstd: %w", err)
+			return opener{}, fmt.Errorf("open object: zstd: %w", err)
 		}
 	}
-	return rd, nil
+	return op, nil
+}
+
+// compressed reports whether a frame's plaintext needs a buffer of its own;
+// without compression it is opened in place, in the frame's body.
+func (op opener) compressed() bool { return op.hdr.Compression != CompressionNone }
+
+// close releases the zstd decoder's goroutines and buffers.
+func (op opener) close() {
+	if op.zdec != nil {
+		op.zdec.Close()
+	}
+}
+
+// open authenticates and decrypts f's body in place and decompresses it
+// into plain (capacity ChunkSize, unused without compression). The result
+// aliases f.body or plain.
+func (op opener) open(f frame, plain []byte) ([]byte, error) {
+	body := f.body
+	var err error
+	if op.aead != nil {
+		var nonce [12]byte
+		var aad [aadLen]byte
+		buildNonceAAD(&nonce, &aad, op.hdr.NoncePrefix, op.aadSum, f.index, f.final)
+		if body, err = op.aead.Open(body[:0], nonce[:], body, aad[:]); err != nil {
+			return nil, fmt.Errorf("%w: frame %d: authentication failed (tampered, reordered or wrong key)", ErrCorrupt, f.index)
+		}
+	}
+	switch op.hdr.Compression {
+	case CompressionNone:
+		plain = body
+	case CompressionSnappy:
+		n, err := snappy.DecodedLen(body)
+		if err != nil || n > op.hdr.ChunkSize {
+			return nil, fmt.Errorf("%w: frame %d: snappy block does not decode to at most %d bytes", ErrCorrupt, f.index, op.hdr.ChunkSize)
+		}
+		if plain, err = snappy.Decode(plain[:n], body); err != nil {
+			return nil, fmt.Errorf("%w: frame %d: snappy: %v", ErrCorrupt, f.index, err)
+		}
+	case CompressionZstd:
+		if plain, err = op.zdec.DecodeAll(body, plain[:0]); err != nil {
+			return nil, fmt.Errorf("%w: frame %d: zstd: %v", ErrCorrupt, f.index, err)
+		}
+	}
+	if len(plain) > op.hdr.ChunkSize {
+		return nil, fmt.Errorf("%w: frame %d: chunk of %d bytes exceeds chunk size %d", ErrCorrupt, f.index, len(plain), op.hdr.ChunkSize)
+	}
+	return plain, nil
 }
 
 // Header returns the object's header.
@@ -217,14 +340,24 @@ func (rd *Reader) Header() HeaderInfo { return rd.hdr }
 
 // Read implements io.Reader over the object's plaintext.
 func (rd *Reader) Read(p []byte) (int, error) {
+	if rd.ahead != nil && rd.err == nil && rd.ahead.closed.Load() {
+		// what is left of the frame at hand goes too: Close ends reading
+		rd.err, rd.pending = errClosed, nil
+	}
 	for len(rd.pending) == 0 {
 		if rd.err != nil {
 			return 0, rd.err
 		}
-		if err := rd.nextChunk(); err != nil {
+		var err error
+		if rd.ahead != nil {
+			err = rd.nextAhead()
+		} else {
+			err = rd.nextChunk()
+		}
+		if err != nil {
 			rd.err = err
-			if rd.zdec != nil {
-				rd.zdec.Close()
+			if rd.ahead == nil {
+				rd.op.close()
 			}
 		}
 	}
@@ -239,37 +372,12 @@ func (rd *Reader) nextChunk() error {
 	if err != nil {
 		return err // io.EOF stays bare
 	}
-	body := f.body
-	if rd.aead != nil {
-		var nonce [12]byte
-		var aad [aadLen]byte
-		buildNonceAAD(&nonce, &aad, rd.hdr.NoncePrefix, rd.aadSum, f.index, f.final)
-		if body, err = rd.aead.Open(body[:0], nonce[:], body, aad[:]); err != nil {
-			return fmt.Errorf("%w: frame %d: authentication failed (tampered, reordered or wrong key)", ErrCorrupt, f.index)
-		}
-	}
-	if rd.plain == nil && rd.hdr.Compression != CompressionNone {
+	if rd.plain == nil && rd.op.compressed() {
 		rd.plain = make([]byte, 0, rd.hdr.ChunkSize)
 	}
-	var plain []byte
-	switch rd.hdr.Compression {
-	case CompressionNone:
-		plain = body
-	case CompressionSnappy:
-		n, err := snappy.DecodedLen(body)
-		if err != nil || n > rd.hdr.ChunkSize {
-			return fmt.Errorf("%w: frame %d: snappy block does not decode to at most %d bytes", ErrCorrupt, f.index, rd.hdr.ChunkSize)
-		}
-		if plain, err = snappy.Decode(rd.plain[:n], body); err != nil {
-			return fmt.Errorf("%w: frame %d: snappy: %v", ErrCorrupt, f.index, err)
-		}
-	case CompressionZstd:
-		if plain, err = rd.zdec.DecodeAll(body, rd.plain[:0]); err != nil {
-			return fmt.Errorf("%w: frame %d: zstd: %v", ErrCorrupt, f.index, err)
-		}
-	}
-	if len(plain) > rd.hdr.ChunkSize {
-		return fmt.Errorf("%w: frame %d: chunk of %d bytes exceeds chunk size %d", ErrCorrupt, f.index, len(plain), rd.hdr.ChunkSize)
+	plain, err := rd.op.open(f, rd.plain)
+	if err != nil {
+		return err
 	}
 	rd.plainSHA.Write(plain)
 	rd.bytes += int64(len(plain))
@@ -277,14 +385,27 @@ func (rd *Reader) nextChunk() error {
 	return nil
 }
 
+// Close stops a read-ahead Reader's goroutines and waits for them (see
+// Reader for a read in flight on r); later Reads fail. It is a no-op for a
+// sequential Reader, and may be called more than once.
+func (rd *Reader) Close() error {
+	if rd.ahead != nil {
+		rd.ahead.close()
+	}
+	return nil
+}
+
 // Stats returns counts and digests of what was read; complete after Read
 // returned io.EOF.
 func (rd *Reader) Stats() ReadStats {
-	return ReadStats{
-		Frames:          rd.fr.frames,
+	st := ReadStats{
 		Bytes:           rd.bytes,
-		StoredBytes:     rd.fr.storedLen,
 		PlaintextSHA256: hex.EncodeToString(rd.plainSHA.Sum(nil)),
-		StoredSHA256:    rd.fr.storedSum(),
 	}
+	if rd.ahead != nil {
+		st.Frames, st.StoredBytes, st.StoredSHA256 = rd.ahead.stats()
+	} else {
+		st.Frames, st.StoredBytes, st.StoredSHA256 = rd.fr.frames, rd.fr.storedLen, rd.fr.storedSum()
+	}
+	return st
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime/metrics"
@@ -18,11 +17,14 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 )
 
-// maxReaderAlloc bounds what reading one object may allocate whatever its
-// length fields say: a frame buffer, a plaintext buffer and a zstd window,
-// each bounded by MaxChunkSize (the largest chunk size a header may claim),
-// plus a 1 MiB header. Bytes beyond that must come from the input itself.
-const maxReaderAlloc = 4*format.MaxChunkSize + 8<<20
+// maxReaderAlloc bounds what reading one object with o may allocate
+// whatever its length fields say: ReadAhead+1 frame buffers and as many
+// plaintext buffers (one of each when sequential) and a zstd window, each
+// bounded by MaxChunkSize (the largest chunk size a header may claim), plus
+// a 1 MiB header. Bytes beyond that must come from the input itself.
+func maxReaderAlloc(o format.ReadOptions) uint64 {
+	return uint64(2*(o.ReadAhead+1)+2)*format.MaxChunkSize + 8<<20
+}
 
 // fuzzKeys opens the committed vectors; the scrypt cap keeps a hostile
 // header from making each run spend seconds in scrypt.
@@ -85,23 +87,33 @@ type readOutcome struct {
 	scanErr error
 }
 
-// readAndScan reads b with Reader and Scan and checks what must hold for any
-// input: no panic, errors that wrap a sentinel, allocation within
-// maxReaderAlloc beyond the input's own size, and Reader and Scan agreeing
-// (a restore never accepts an object a ciphertext verify rejects).
+// readAndScan reads b with every reader of readModes and with Scan and
+// checks what must hold for any input: no panic, errors that wrap a
+// sentinel, allocation within maxReaderAlloc beyond the input's own size,
+// the readers agreeing byte for byte, stat for stat and error for error,
+// and Reader and Scan agreeing (a restore never accepts an object a
+// ciphertext verify rejects).
 func readAndScan(t *testing.T, b []byte, k format.Keys) readOutcome {
 	t.Helper()
-	before := allocated()
 	var o readOutcome
-	r, err := format.NewReader(bytes.NewReader(b), k)
-	if err == nil {
-		o.hdr = r.Header()
-		o.plain, err = io.ReadAll(r)
-		o.stats = r.Stats()
+	var first readResult
+	for i, m := range readModes {
+		before := allocated()
+		res := readWith(b, k, m.o)
+		if got, bound := allocated()-before, maxReaderAlloc(m.o)+16*uint64(len(b)); got > bound {
+			t.Fatalf("%s: reading %d bytes allocated %d bytes (bound %d)", m.name, len(b), got, bound)
+		}
+		if i == 0 {
+			first = res
+			continue
+		}
+		if diff := first.diff(res); diff != "" {
+			t.Fatalf("the %s reader differs from the %s one: %s", m.name, readModes[0].name, diff)
+		}
 	}
-	o.readErr = err
-	if got := allocated() - before; got > uint64(maxReaderAlloc+16*len(b)) {
-		t.Fatalf("reading %d bytes allocated %d bytes (bound %d)", len(b), got, maxReaderAlloc+16*len(b))
+	o.plain, o.stats, o.readErr = first.plain, first.stats, first.err
+	if h, _, err := format.ReadHeader(bytes.NewReader(b)); err == nil {
+		o.hdr = h
 	}
 	o.scan, o.scanErr = format.Scan(bytes.NewReader(b))
 	for _, err := range []error{o.readErr, o.scanErr} {

@@ -215,20 +215,25 @@ func TestWrongKeys(t *testing.T) {
 }
 
 // TestReaderErrorSticks: after a failure, Read keeps failing the same way
-// and never yields bytes of the bad frame.
+// and never yields bytes of the bad frame, with every reader.
 func TestReaderErrorSticks(t *testing.T) {
 	data := gen(2, 5500)
 	obj := seal(t, "01JSTICKY", format.Options{Compression: "none", Encryption: "none", ChunkSize: 1000}, data)
 	h, f := layout(t, obj)
-	r, err := format.NewReader(bytes.NewReader(join(h, f[0], flip(f[1], 30))), format.Keys{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(r)
-	if !errors.Is(err, format.ErrCorrupt) || !bytes.Equal(got, data[:1000]) {
-		t.Fatalf("first read: %d bytes, %v", len(got), err)
-	}
-	if n, err2 := r.Read(make([]byte, 10)); n != 0 || err2 != err {
-		t.Fatalf("second read: %d, %v", n, err2)
+	for _, m := range readModes {
+		t.Run(m.name, func(t *testing.T) {
+			r, err := format.NewReaderWith(bytes.NewReader(join(h, f[0], flip(f[1], 30))), format.Keys{}, m.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			got, err := io.ReadAll(r)
+			if !errors.Is(err, format.ErrCorrupt) || !bytes.Equal(got, data[:1000]) {
+				t.Fatalf("first read: %d bytes, %v", len(got), err)
+			}
+			if n, err2 := r.Read(make([]byte, 10)); n != 0 || err2 != err {
+				t.Fatalf("second read: %d, %v", n, err2)
+			}
+		})
 	}
 }
