@@ -43,6 +43,7 @@ type Sealer struct {
 	aadSum [sha256.Size]byte
 	aead   cipher.AEAD
 	zenc   *zstd.Encoder
+	zlevel string
 }
 
 // NewSealer prepares the sealing of backup backupID: it draws a random data
@@ -92,31 +93,48 @@ func newSealer(h HeaderInfo, key []byte, zstdLevel string, concurrency int) (*Se
 		s.aead = aead
 	}
 	if h.Compression == CompressionZstd {
-		lvl := map[string]zstd.EncoderLevel{ZstdFastest: zstd.SpeedFastest, ZstdDefault: zstd.SpeedDefault, ZstdBetter: zstd.SpeedBetterCompression}[zstdLevel]
 		if concurrency <= 0 {
 			concurrency = runtime.GOMAXPROCS(0)
 		}
-		enc, err := zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(lvl),
-			zstd.WithEncoderConcurrency(concurrency),
-			zstd.WithEncoderCRC(false), // frames carry CRC-32C and a GCM tag already
-			zstd.WithZeroFrames(true),  // an empty chunk is still a valid zstd frame
-			zstd.WithWindowSize(zstdWindow(h.ChunkSize)),
-			// The fastest level stores a block without matches as raw
-			// literals unless told to entropy-code it: hex dumps
-			// (mariadb-dump --hex-blob) then stay at their full size, where
-			// zstd -1 halves them. Measured on 256 KiB chunks, one core:
-			// hex 1.00 → 0.50 of its size at ~700 MB/s; random data
-			// unchanged in size, 1300 → 760 MB/s; both far above what the
-			// pipeline moves (docs/bench.md).
-			zstd.WithAllLitEntropyCompression(true),
-		)
+		enc, err := newZstdEncoder(zstdLevel, concurrency, h.ChunkSize)
 		if err != nil {
-			return nil, fmt.Errorf("new sealer: zstd: %w", err)
+			return nil, fmt.Errorf("new sealer: %w", err)
 		}
-		s.zenc = enc
+		s.zenc, s.zlevel = enc, zstdLevel
 	}
 	return s, nil
+}
+
+// newZstdEncoder returns the encoder of frames of chunkSize bytes at
+// level: EncodeAll may run concurrency frames at once, or one frame is
+// written to it as a stream (FrameWriter).
+func newZstdEncoder(level string, concurrency, chunkSize int) (*zstd.Encoder, error) {
+	lvl := map[string]zstd.EncoderLevel{ZstdFastest: zstd.SpeedFastest, ZstdDefault: zstd.SpeedDefault, ZstdBetter: zstd.SpeedBetterCompression}[level]
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(lvl),
+		zstd.WithEncoderConcurrency(concurrency),
+		zstd.WithEncoderCRC(false), // frames carry CRC-32C and a GCM tag already
+		zstd.WithZeroFrames(true),  // an empty chunk is still a valid zstd frame
+		zstd.WithWindowSize(zstdWindow(chunkSize)),
+		// A frame never reaches back beyond itself, so the encoder's
+		// history needs the window and one block, not twice the window
+		// (klauspost's default, which only saves moving the history of a
+		// stream longer than its window): 4 MiB less per encoder at
+		// 4 MiB frames, the same output.
+		zstd.WithLowerEncoderMem(true),
+		// The fastest level stores a block without matches as raw
+		// literals unless told to entropy-code it: hex dumps
+		// (mariadb-dump --hex-blob) then stay at their full size, where
+		// zstd -1 halves them. Measured on 256 KiB chunks, one core:
+		// hex 1.00 → 0.50 of its size at ~700 MB/s; random data
+		// unchanged in size, 1300 → 760 MB/s; both far above what the
+		// pipeline moves (docs/bench.md).
+		zstd.WithAllLitEntropyCompression(true),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return enc, nil
 }
 
 // zstdWindow is the smallest power of two zstd accepts that covers a chunk:
@@ -195,6 +213,14 @@ func (s *Sealer) Seal(dst []byte, index uint64, final bool, chunk []byte) ([]byt
 	case CompressionZstd:
 		dst = s.zenc.EncodeAll(chunk, dst)
 	}
+	return s.finishFrame(dst, start, index, final)
+}
+
+// finishFrame encrypts the body of the frame that begins at dst[start:]
+// (its header's place, then the compressed body) in place, fills in the
+// frame header and returns dst.
+func (s *Sealer) finishFrame(dst []byte, start int, index uint64, final bool) ([]byte, error) {
+	bodyStart := start + frameHeaderLen
 	if s.aead != nil {
 		var nonce [12]byte
 		var aad [aadLen]byte
