@@ -476,8 +476,8 @@ const (
 // hold per run (a frame's plaintext and its sealed form) and what a
 // reader allocates per frame.
 const (
-	DefaultFrameSize = 4 * MiB
-	MaxFrameSize     = 4 * MiB
+	DefaultFrameSize = 8 * MiB
+	MaxFrameSize     = 16 * MiB
 )
 
 // EffectiveFrameSize is the frame size the filter seals with: the plan's

@@ -209,9 +209,9 @@ func TestValidateRules(t *testing.T) {
 		{"encryption passphrase ref", func(p *Plan) { p.Spec.Filters.Encryption = &Encryption{Passphrase: &secret.Ref{Env: "A", File: "/b"}} }, "spec.filters.encryption.passphrase: set one of env, file, not both"},
 		{"chunk too small", func(p *Plan) { p.Spec.ChunkSize = 32 * KiB }, "spec.chunkSize: 32KiB is outside 64KiB..4MiB"},
 		{"chunk too big", func(p *Plan) { p.Spec.ChunkSize = 5 * MiB }, "spec.chunkSize: 5MiB is outside 64KiB..4MiB"},
-		{"frame below chunk", func(p *Plan) { p.Spec.ChunkSize = 512 * KiB; p.Spec.Filters.FrameSize = 256 * KiB }, "spec.filters.frameSize: 256KiB is outside the chunk size (512KiB)..4MiB"},
-		{"frame below default chunk", func(p *Plan) { p.Spec.Filters.FrameSize = 128 * KiB }, "spec.filters.frameSize: 128KiB is outside the chunk size (256KiB)..4MiB"},
-		{"frame too big", func(p *Plan) { p.Spec.Filters.FrameSize = 8 * MiB }, "spec.filters.frameSize: 8MiB is outside the chunk size (256KiB)..4MiB"},
+		{"frame below chunk", func(p *Plan) { p.Spec.ChunkSize = 512 * KiB; p.Spec.Filters.FrameSize = 256 * KiB }, "spec.filters.frameSize: 256KiB is outside the chunk size (512KiB)..16MiB"},
+		{"frame below default chunk", func(p *Plan) { p.Spec.Filters.FrameSize = 128 * KiB }, "spec.filters.frameSize: 128KiB is outside the chunk size (256KiB)..16MiB"},
+		{"frame too big", func(p *Plan) { p.Spec.Filters.FrameSize = 32 * MiB }, "spec.filters.frameSize: 32MiB is outside the chunk size (256KiB)..16MiB"},
 		{"frame not a multiple", func(p *Plan) { p.Spec.Filters.FrameSize = 640 * KiB }, "spec.filters.frameSize: 640KiB is not a multiple of the chunk size (256KiB)"},
 		{"frame not a multiple of a set chunk", func(p *Plan) { p.Spec.ChunkSize = 96 * KiB; p.Spec.Filters.FrameSize = 1 * MiB }, "spec.filters.frameSize: 1MiB is not a multiple of the chunk size (96KiB)"},
 		{"cron missing", func(p *Plan) { p.Spec.Schedule = &Schedule{} }, "spec.schedule.cron: required"},
@@ -448,9 +448,9 @@ func TestEffectiveFrameSize(t *testing.T) {
 		{"defaults", 0, 0, DefaultFrameSize},
 		{"set", 256 * KiB, 4 * MiB, 4 * MiB},
 		{"equal to the chunk", 512 * KiB, 512 * KiB, 512 * KiB},
-		{"default rounded down to the chunk", 96 * KiB, 0, 4032 * KiB},
-		{"default of a large chunk", 2 * MiB, 0, 4 * MiB},
-		{"chunk not dividing the default", 3 * MiB, 0, 3 * MiB},
+		{"default rounded down to the chunk", 96 * KiB, 0, 8160 * KiB},
+		{"default of a large chunk", 2 * MiB, 0, 8 * MiB},
+		{"chunk not dividing the default", 3 * MiB, 0, 6 * MiB},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

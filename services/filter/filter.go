@@ -201,29 +201,44 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, reason string, 
 type job struct {
 	index uint64
 	final bool
-	// chunks are the raw chunks the frame holds, acked once its pieces
-	// are published.
-	chunks []bus.Chunk
-	// plain is the frame's plaintext: the data of its only chunk, or its
-	// chunks copied together into a buffer of the frame size (pooled).
-	plain  []byte
-	pooled bool
-	frame  chan []byte
-	err    chan error
+	// size is the frame's plaintext so far.
+	size int
+	// held is the frame's chunk when a frame is one chunk: its data is
+	// the frame's plaintext, sealed where it is, and it is acked once the
+	// frame's pieces are published.
+	held  []bus.Chunk
+	plain []byte
+	// fw compresses a frame of many chunks as they come: each chunk is
+	// acked as soon as it is written, so the raw bytes are not held twice
+	// (nor gathered into a frame-sized buffer first), and a frame keeps
+	// none of the raw stream's window tokens (the snapshot goes on while
+	// the frame fills and is sealed, and a frame may be larger than the
+	// window). A run whose filter dies fails either way, so nothing is
+	// owed to an acked chunk.
+	fw *format.FrameWriter
+	// trailer is the final chunk's (the snapshot's totals).
+	trailer map[string]string
+	frame   chan []byte
+	err     chan error
 }
 
-// add appends chunk c to the frame, copying into a pooled buffer from
-// get once the frame holds more than one chunk.
-func (j *job) add(c bus.Chunk, get func() []byte) {
-	j.chunks = append(j.chunks, c)
-	if len(j.chunks) == 1 {
-		j.plain = c.Data
-		return
+// add appends chunk c to the frame.
+func (j *job) add(c bus.Chunk) error {
+	j.size += len(c.Data)
+	if c.Final {
+		j.trailer = c.Trailer
 	}
-	if !j.pooled {
-		j.plain, j.pooled = append(get(), j.plain...), true
+	if j.fw == nil {
+		j.plain, j.held = c.Data, append(j.held, c)
+		return nil
 	}
-	j.plain = append(j.plain, c.Data...)
+	if _, err := j.fw.Write(c.Data); err != nil {
+		return fmt.Errorf("compress chunk %d: %w", c.Seq, err)
+	}
+	if err := c.Ack(); err != nil {
+		return fmt.Errorf("ack chunk %d: %w", c.Seq, err)
+	}
+	return nil
 }
 
 func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause events.Event) ([]events.Event, error) {
@@ -239,14 +254,14 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	}
 	// The reader gathers chunks into frames in order, workers seal frames
 	// in any order, the writer publishes them in order. Frames alive at
-	// once (gathered, sealed or published, until their chunks are acked)
-	// are bounded by slots: 2×workers+1 when a frame is one chunk (as many
-	// chunks as before frames existed), fewer as frames grow, and one as
-	// soon as two frames would hold more than 2×workers+1 chunks: then the
-	// filter holds one frame's raw bytes and its sealed form and seals on
-	// one core, and the sealer keeps one zstd encoder, not one per core
-	// (each holds about twice a frame of history). The raw stream's window
-	// still lets the snapshot run ahead meanwhile.
+	// once (gathered, sealed or published) are bounded by slots:
+	// 2×workers+1 when a frame is one chunk (as many chunks as before
+	// frames existed), fewer as frames grow, and one as soon as two frames
+	// would hold more than 2×workers+1 chunks: then the filter holds one
+	// frame's compressor (about a frame of history) and its sealed form
+	// and seals on one core. A frame of many chunks is compressed as its
+	// chunks come, which are acked at once (job.fw), so the raw stream's
+	// window lets the snapshot run ahead meanwhile.
 	workers := max(1, s.Workers)
 	frameSize := opts.ChunkSize
 	chunkSize := int(p.Spec.ChunkSize)
@@ -297,33 +312,17 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	// A piece of a sealed frame is at most what one chunk sealed on its
 	// own would be: the sealed stream's messages stay today's size.
 	pieceLen := format.MaxFrameLen(chunkSize)
-	// A frame holds at most half the chunks the raw stream lets the
-	// snapshot run ahead by (its window): with more, snapshot would wait
-	// for the filter's acks while the filter waits for chunks to fill the
-	// frame, and at a whole window the two would take turns instead of
-	// overlapping. A frame cut short there is still a valid frame (at the
-	// default 8 MiB of window, 4 MiB frames of 256 KiB chunks are whole;
-	// of 64 KiB chunks they hold 2 MiB).
-	maxChunks := max(1, s.DataFor(p).Window/2)
 	queue := make(chan *job, depth)
 	work := make(chan *job, depth)
-	plains := make(chan []byte, depth+1)
-	getPlain := func() []byte {
-		select {
-		case b := <-plains:
-			return b[:0]
-		default:
-			return make([]byte, 0, frameSize)
-		}
-	}
 	// A frame of one chunk is sealed into a buffer the chunk writer owns
-	// once published and hands back once stored. A larger frame is sealed
-	// into a buffer of the filter's own and copied into such buffers piece
-	// by piece: without that, every frame's sealed buffer would be garbage
-	// the moment its pieces are stored, and the heap would grow by
-	// GOGC's share of it (1 MiB frames peaked ~45 MiB higher that way).
+	// once published and hands back once stored. A larger frame is
+	// compressed into a buffer of the filter's own (grown to what the
+	// frame needs, not its bound) and copied into such buffers piece by
+	// piece: without that, every frame's sealed buffer would be garbage
+	// the moment its pieces are stored, and the heap would grow by GOGC's
+	// share of it (1 MiB frames peaked ~45 MiB higher that way).
 	multi := frameLen > pieceLen
-	sealBufs := make(chan []byte, depth+1)
+	sealBufs := make(chan []byte, slots)
 	sealBuf := func() []byte {
 		if !multi {
 			return out.Buffer(frameLen)
@@ -332,8 +331,25 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		case b := <-sealBufs:
 			return b[:0]
 		default:
-			return make([]byte, 0, frameLen)
+			return nil
 		}
+	}
+	fws := make(chan *format.FrameWriter, slots)
+	newJob := func() (*job, error) {
+		if !multi {
+			return &job{}, nil
+		}
+		var fw *format.FrameWriter
+		select {
+		case fw = <-fws:
+		default:
+			var err error
+			if fw, err = sealer.NewFrameWriter(); err != nil {
+				return nil, err
+			}
+		}
+		fw.Reset(sealBuf())
+		return &job{fw: fw}, nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	var trailer map[string]string
@@ -364,7 +380,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			if err != nil {
 				return err
 			}
-			if cur != nil && len(cur.plain)+len(c.Data) > frameSize {
+			if cur != nil && cur.size+len(c.Data) > frameSize {
 				// A short chunk before this one: the frame is as full as
 				// whole chunks make it.
 				if err := dispatch(cur); err != nil {
@@ -378,14 +394,18 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 				case <-gctx.Done():
 					return gctx.Err()
 				}
-				cur = &job{}
+				if cur, err = newJob(); err != nil {
+					return err
+				}
 			}
-			cur.add(c, getPlain)
+			if err := cur.add(c); err != nil {
+				return err
+			}
 			switch {
 			case c.Final:
 				cur.final = true
 				return dispatch(cur)
-			case len(cur.plain) >= frameSize, len(cur.chunks) >= maxChunks:
+			case cur.size >= frameSize:
 				if err := dispatch(cur); err != nil {
 					return err
 				}
@@ -396,7 +416,13 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 	for range workers {
 		g.Go(func() error {
 			for j := range work {
-				f, err := sealer.Seal(sealBuf(), j.index, j.final, j.plain)
+				var f []byte
+				var err error
+				if j.fw != nil {
+					f, err = j.fw.Seal(j.index, j.final)
+				} else {
+					f, err = sealer.Seal(sealBuf(), j.index, j.final, j.plain)
+				}
 				if err != nil {
 					j.err <- fmt.Errorf("seal frame %d: %w", j.index, err)
 					continue
@@ -416,12 +442,9 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			case <-gctx.Done():
 				return gctx.Err()
 			}
-			if j.pooled {
-				select {
-				case plains <- j.plain:
-				default:
-				}
-				j.plain = nil
+			if j.fw != nil {
+				fws <- j.fw // at most slots exist
+				j.fw = nil
 			}
 			frames++
 			bytesOut += int64(len(f))
@@ -434,7 +457,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 				default:
 				}
 			}
-			for _, c := range j.chunks {
+			for _, c := range j.held {
 				if err := c.Ack(); err != nil {
 					return fmt.Errorf("ack chunk %d: %w", c.Seq, err)
 				}
@@ -489,7 +512,7 @@ func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *for
 		}
 		return nil
 	}
-	*trailer = j.chunks[len(j.chunks)-1].Trailer
+	*trailer = j.trailer
 	meta, err := s.meta(sealer, *trailer, frames)
 	if err != nil {
 		return err

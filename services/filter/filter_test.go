@@ -334,24 +334,25 @@ func TestFramedBackupRestores(t *testing.T) {
 	}
 }
 
-// TestFrameLargerThanHalfTheWindowIsCut: 4 MiB frames of 64 KiB chunks
-// would need the raw stream's whole window (64 chunks at the default 8 MiB)
-// before a frame could be sealed and its chunks acked, so snapshot and
-// filter would take turns; frames are cut at half the window (2 MiB) and
-// the object still reads back.
-func TestFrameLargerThanHalfTheWindowIsCut(t *testing.T) {
-	r := newRig(t, "64KiB", "4MiB")
+// TestFrameLargerThanTheWindow: 8 MiB frames of 64 KiB chunks hold twice
+// the chunks the raw stream's window lets the snapshot run ahead by (64 at
+// the default 8 MiB, i.e. 4 MiB of them). A frame keeps no window tokens
+// (its chunks are acked as they are gathered), so it fills, and the object
+// reads back in whole frames; were the chunks held until the frame is
+// published, the snapshot would stop at the window and the run would hang.
+func TestFrameLargerThanTheWindow(t *testing.T) {
+	r := newRig(t, "64KiB", "8MiB")
 	if w := r.d.DataFor(r.p).Window; w != 64 {
 		t.Fatalf("raw window %d chunks, this test assumes 64", w)
 	}
-	data := gen(5*1024*kib + 99)
+	data := gen(9*1024*kib + 99)
 	s := r.seal(data)
 	plain, stats := r.open(s.object)
 	if !bytes.Equal(plain, data) {
 		t.Fatal("read back other bytes")
 	}
-	if stats.Frames != 3 || s.meta.ChunkSize != 4*1024*kib {
-		t.Errorf("%d frames, header's frame size %d; want 3 (2 MiB, 2 MiB, the rest) of at most 4 MiB", stats.Frames, s.meta.ChunkSize)
+	if stats.Frames != 2 || s.meta.ChunkSize != 8*1024*kib {
+		t.Errorf("%d frames, header's frame size %d; want 2 (8 MiB, the rest) of at most 8 MiB", stats.Frames, s.meta.ChunkSize)
 	}
 }
 
