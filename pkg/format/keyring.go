@@ -54,16 +54,16 @@ func NewKeyring(passphrase string, workFactor int) (Keyring, error) {
 	}
 	r.SetWorkFactor(workFactor)
 	var buf bytes.Buffer
-	w, err := age.Encrypt(&buf, r)
+	makeRoomForScrypt(workFactor)
+	w, err := age.Encrypt(&buf, r) // scrypt runs here, when the file key is wrapped
+	releaseScrypt(workFactor)
 	if err != nil {
 		return Keyring{}, fmt.Errorf("new keyring: %w", err)
 	}
 	if _, err := io.WriteString(w, id.String()); err != nil {
 		return Keyring{}, fmt.Errorf("new keyring: %w", err)
 	}
-	err = w.Close()
-	releaseScrypt(workFactor)
-	if err != nil {
+	if err := w.Close(); err != nil {
 		return Keyring{}, fmt.Errorf("new keyring: %w", err)
 	}
 	k := Keyring{Recipient: id.Recipient().String(), Wrapped: buf.Bytes()}
@@ -257,8 +257,12 @@ func openKeyring(k Keyring, passphrase string, maxWorkFactor int) (*age.X25519Id
 	}
 	sid.SetMaxWorkFactor(maxWorkFactor)
 	scryptUnlocks.Add(1)
+	wf, wfErr := k.WorkFactor()
+	if wfErr == nil {
+		makeRoomForScrypt(wf)
+	}
 	r, err := age.Decrypt(bytes.NewReader(k.Wrapped), sid)
-	if wf, werr := k.WorkFactor(); werr == nil {
+	if wfErr == nil {
 		releaseScrypt(wf)
 	}
 	if err != nil {
@@ -283,15 +287,53 @@ func openKeyring(k Keyring, passphrase string, maxWorkFactor int) (*age.X25519Id
 	return id, nil
 }
 
-// releaseScrypt hands scrypt's buffer (128·8·2^workFactor bytes, 64 MiB at
-// the default) back at once. It is garbage as soon as scrypt returns, but
-// the heap goal was set while it was live: without a collection now, the
-// backup that asked for the keyring grows the heap on top of it (serve's
-// peak RSS for a 512 MiB backup with a passphrase: ~161 MiB without this,
-// ~133 with it, ~80 with recipients). Small work factors (tests, fuzzing)
-// are left to the collector.
+// scryptMem keeps the heap tight around scrypt's buffer (128·8·2^workFactor
+// bytes, 64 MiB at the default). Small work factors (tests, fuzzing) are
+// left to the collector.
+var scryptMem struct {
+	sync.Mutex
+	running   int // scrypts running in this process
+	gcPercent int // the collector's setting before the first of them
+}
+
+// scryptGCPercent is the collector's target while scrypt runs: its buffer
+// is live heap, and at serve's 50% the collector would let half of it
+// again pile up as garbage of the backup that waits for the keyring
+// before collecting.
+const scryptGCPercent = 10
+
+// makeRoomForScrypt runs before scrypt: it collects and hands back what
+// the heap holds free, so scrypt's buffer lands on the smallest heap the
+// process has (a keyring is unlocked when serve starts or a plan is
+// applied, when the start-up's garbage is still around), and it lowers
+// the collector's target until the last scrypt running has ended.
+func makeRoomForScrypt(workFactor int) {
+	if workFactor < 14 {
+		return
+	}
+	scryptMem.Lock()
+	defer scryptMem.Unlock()
+	if scryptMem.running == 0 {
+		debug.FreeOSMemory()
+		scryptMem.gcPercent = debug.SetGCPercent(scryptGCPercent)
+	}
+	scryptMem.running++
+}
+
+// releaseScrypt runs after scrypt: the buffer is garbage as soon as scrypt
+// returns, but the heap goal was set while it was live; without a
+// collection now, the backup that asked for the keyring grows the heap on
+// top of it (serve's peak RSS for a 512 MiB backup with a passphrase:
+// ~161 MiB without this, ~133 with it, ~80 with recipients). The last
+// scrypt to end puts the collector's target back.
 func releaseScrypt(workFactor int) {
-	if workFactor >= 14 {
+	if workFactor < 14 {
+		return
+	}
+	scryptMem.Lock()
+	defer scryptMem.Unlock()
+	if scryptMem.running--; scryptMem.running == 0 {
+		debug.SetGCPercent(scryptMem.gcPercent)
 		debug.FreeOSMemory()
 	}
 }
