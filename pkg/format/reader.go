@@ -171,10 +171,10 @@ type ReadStats struct {
 //
 // A Reader made by NewReader does all of that in the caller's goroutine,
 // one frame at a time. One made by NewReaderWith with ReadAhead > 0 runs a
-// pipeline of two goroutines of its own (reader_ahead.go): one reads and
-// checks frames from r, one opens them, while Read hands out the frames
-// opened before; the guarantees above are the same, byte for byte and
-// error for error, and Stats say the same at every point.
+// pipeline of three goroutines of its own (reader_ahead.go): one reads and
+// checks frames from r, one opens them, one hashes their plaintext, while
+// Read hands out the frames before; the guarantees above are the same,
+// byte for byte and error for error, and Stats say the same between Reads.
 //
 // Close stops the pipeline and waits for its goroutines. A caller that may
 // stop before io.EOF or an error must call it; after either it returns at
@@ -191,9 +191,11 @@ type Reader struct {
 	hdr HeaderInfo
 	op  opener
 
+	pending []byte
+	err     error
+
+	// sequential only
 	plain    []byte
-	pending  []byte
-	err      error
 	plainSHA hash.Hash
 	bytes    int64
 
@@ -205,8 +207,9 @@ type Reader struct {
 type ReadOptions struct {
 	// ReadAhead is how many frames the Reader opens ahead of the one Read
 	// hands out, on goroutines of its own, so that fetching a frame,
-	// opening it and consuming the one before overlap on separate cores.
-	// 0 reads sequentially in the caller's goroutine. The Reader then holds
+	// opening it, hashing its plaintext and consuming the one before
+	// overlap on separate cores. 0 reads sequentially in the caller's
+	// goroutine. With read-ahead the Reader holds
 	// up to ReadAhead+1 frame bodies and ReadAhead+1 plaintexts (each about
 	// the header's ChunkSize) instead of one of each, whatever the object's
 	// length. At most MaxReadAhead.
@@ -398,14 +401,14 @@ func (rd *Reader) Close() error {
 // Stats returns counts and digests of what was read; complete after Read
 // returned io.EOF.
 func (rd *Reader) Stats() ReadStats {
-	st := ReadStats{
-		Bytes:           rd.bytes,
-		PlaintextSHA256: hex.EncodeToString(rd.plainSHA.Sum(nil)),
-	}
 	if rd.ahead != nil {
-		st.Frames, st.StoredBytes, st.StoredSHA256 = rd.ahead.stats()
-	} else {
-		st.Frames, st.StoredBytes, st.StoredSHA256 = rd.fr.frames, rd.fr.storedLen, rd.fr.storedSum()
+		return rd.ahead.stats()
 	}
-	return st
+	return ReadStats{
+		Frames:          rd.fr.frames,
+		Bytes:           rd.bytes,
+		StoredBytes:     rd.fr.storedLen,
+		PlaintextSHA256: hex.EncodeToString(rd.plainSHA.Sum(nil)),
+		StoredSHA256:    rd.fr.storedSum(),
+	}
 }
