@@ -189,7 +189,13 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	// snapshot) still gets its object, marked failed, for a replay; a
 	// failed dump or filter ends the stream itself.
 	streamCtx, stopWatch := s.WatchCancel(ctx, runID)
-	meta, info, digest, err := s.stream(streamCtx, st, s.DataFor(p), runID, dest, key, &sent, &chunks)
+	in, err := s.Bus.NewChunkReader(streamCtx, stage.DataKey(runID), bus.KindSealed, dest, s.DataFor(p))
+	var meta filter.Meta
+	var info storage.Info
+	var digest string
+	if err == nil {
+		meta, info, digest, err = s.stream(streamCtx, st, in, key, &sent, &chunks)
+	}
 	if cause := context.Cause(streamCtx); err != nil && errors.Is(cause, stage.ErrRunEnded) {
 		err = fmt.Errorf("stopped: %w", cause)
 	}
@@ -201,18 +207,35 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 			_ = st.Delete(context.WithoutCancel(ctx), key)
 		}
 	}
+	// Closing the reader deletes its consumer, which stops the filter and,
+	// through it, the snapshot ("the reading stage stopped"). A failed
+	// upload closes it only once its own failure is recorded, so the run's
+	// failure names the upload and not what it caused upstream, and
+	// sweeping (against a storage that may be down and retried) comes
+	// last.
+	closeIn := func() {
+		if in != nil {
+			_ = in.Close(ctx)
+		}
+	}
 	if err != nil {
-		s.sweepNow(ctx, st, p.Name(), dest, runID)
 		if errors.Is(err, bus.ErrProducerFailed) {
 			// An earlier stage failed and said so; nothing to add.
+			closeIn()
+			s.sweepNow(ctx, st, p.Name(), dest, runID)
 			_, ferr := s.FinishStep(ctx, runID, name, runs.Skipped, 0, err.Error(), nil)
 			return nil, ferr
 		}
 		if _, ferr := s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
+			closeIn()
 			return nil, ferr
 		}
-		return s.fail(ctx, p, runID, dest, err.Error(), cause)
+		evs, ferr := s.fail(ctx, p, runID, dest, err.Error(), cause)
+		closeIn()
+		s.sweepNow(ctx, st, p.Name(), dest, runID)
+		return evs, ferr
 	}
+	closeIn()
 	r, err = s.FinishStep(ctx, runID, name, runs.Succeeded, info.Size, "", &runs.Result{Dest: dest, Destination: &runs.Destination{
 		Phase: runs.Succeeded, Key: key, ManifestKey: manifestKey, Size: info.Size, SHA256: digest}})
 	if err != nil {
@@ -244,16 +267,11 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason st
 	return s.FailRun(ctx, p.Name(), runID, "upload", StepName(dest), "upload to "+dest+": "+reason, cause, fe)
 }
 
-// stream copies the sealed chunk stream into the object at key. On any error
-// the Put is aborted (nothing visible at key) and the reader's consumer is
-// deleted, which stops the filter and, through it, the snapshot.
-func (s *Service) stream(ctx context.Context, st storage.Storage, opts bus.DataOptions, runID, dest, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
+// stream copies the sealed chunk stream of in into the object at key. On
+// any error the Put is aborted (nothing visible at key); the caller closes
+// in.
+func (s *Service) stream(ctx context.Context, st storage.Storage, in *bus.ChunkReader, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
 	var meta filter.Meta
-	in, err := s.Bus.NewChunkReader(ctx, stage.DataKey(runID), bus.KindSealed, dest, opts)
-	if err != nil {
-		return meta, storage.Info{}, "", err
-	}
-	defer in.Close(ctx)
 
 	pr, pw := io.Pipe()
 	type putResult struct {
