@@ -293,7 +293,7 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 			if written > 0 {
 				return fmt.Errorf("%w: %d bytes of an earlier copy already went to stdout; restore to a file (--to FILE) to let it fall back to %s", restore.ErrNotRestartable, written, c)
 			}
-			n, err := io.Copy(stdout, counted(c.Manifest.Bytes)(r))
+			n, err := copyLarge(stdout, counted(c.Manifest.Bytes)(r))
 			written += n
 			return err
 		}
@@ -363,8 +363,16 @@ func (f *partialFile) write(r io.Reader) error {
 	if _, err := f.tmp.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	_, err := io.Copy(f.tmp, r)
+	_, err := copyLarge(f.tmp, r)
 	return err
+}
+
+// copyLarge copies r to w in writes of up to 1 MiB: io.Copy into an
+// *os.File goes through its ReadFrom, which writes 32 KiB at a time from
+// a reader it cannot splice (0.35 core-s per GiB of write calls measured
+// on a restore), and the restore's readers are such readers.
+func copyLarge(w io.Writer, r io.Reader) (int64, error) {
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, make([]byte, 1<<20))
 }
 
 func (f *partialFile) commit() error {
