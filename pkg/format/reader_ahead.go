@@ -33,11 +33,12 @@ var errClosed = errors.New("read of a closed object reader")
 // constant number of frames whatever the object's length, and bounds how
 // far fetch can run ahead of Read.
 type pipeline struct {
-	fetched chan item
-	opened  chan item
-	hashed  chan item
-	bodies  chan []byte // free frame bodies
-	plains  chan []byte // free plaintext buffers (compressed objects only)
+	noStored bool // ReadOptions.SkipStoredDigest: no stored SHA-256
+	fetched  chan item
+	opened   chan item
+	hashed   chan item
+	bodies   chan []byte // free frame bodies
+	plains   chan []byte // free plaintext buffers (compressed objects only)
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -90,13 +91,14 @@ func startPipeline(fr *frameReader, op opener, ahead int) *pipeline {
 	n := ahead + 1
 	p := &pipeline{
 		// the free lists are the bound; the queues only never block first
-		fetched: make(chan item, n),
-		opened:  make(chan item, n),
-		hashed:  make(chan item, n),
-		bodies:  make(chan []byte, n),
-		plains:  make(chan []byte, n),
-		done:    make(chan struct{}),
-		last:    stored{frames: fr.frames, bytes: fr.storedLen, sha: marshal(fr.stored)},
+		fetched:  make(chan item, n),
+		opened:   make(chan item, n),
+		hashed:   make(chan item, n),
+		bodies:   make(chan []byte, n),
+		plains:   make(chan []byte, n),
+		done:     make(chan struct{}),
+		last:     stored{frames: fr.frames, bytes: fr.storedLen, sha: marshal(fr.stored)},
+		noStored: fr.stored == nil,
 	}
 	for range n {
 		p.bodies <- nil
@@ -123,6 +125,9 @@ func startPipeline(fr *frameReader, op opener, ahead int) *pipeline {
 // marshal returns a SHA-256 digest's state; sha256's digests always
 // marshal.
 func marshal(h hash.Hash) []byte {
+	if h == nil {
+		return nil // ReadOptions.SkipStoredDigest
+	}
 	b, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
 	return b
 }
@@ -270,6 +275,13 @@ func (p *pipeline) stats() ReadStats {
 		Bytes:           p.plain.bytes,
 		StoredBytes:     p.last.bytes,
 		PlaintextSHA256: sumOf(p.plain.sha),
-		StoredSHA256:    sumOf(p.last.sha),
+		StoredSHA256:    p.storedSum(),
 	}
+}
+
+func (p *pipeline) storedSum() string {
+	if p.noStored {
+		return ""
+	}
+	return sumOf(p.last.sha)
 }

@@ -160,7 +160,9 @@ const ReadAhead = 2
 
 // Stream opens the object of m and hands its verified plaintext to consume,
 // then checks the plaintext size and SHA-256 against the manifest. Every
-// frame is authenticated before any of its bytes reach consume.
+// frame is authenticated before any of its bytes reach consume. The stored
+// object's SHA-256 is not taken (the stats' StoredSHA256 is empty): the
+// frames' checks and the plaintext's digest cover a restore.
 func Stream(ctx context.Context, st storage.Storage, m format.Manifest, keys format.Keys, consume func(io.Reader) error) (format.ReadStats, error) {
 	// The reader's own goroutine reads the object; when consume stops
 	// early, cancelling the GET ends a read of it in flight, so the
@@ -172,7 +174,7 @@ func Stream(ctx context.Context, st storage.Storage, m format.Manifest, keys for
 		return format.ReadStats{}, fmt.Errorf("open backup %s: %w", m.ObjectKey, err)
 	}
 	defer rc.Close()
-	rd, err := format.NewReaderWith(rc, keys, format.ReadOptions{ReadAhead: ReadAhead})
+	rd, err := format.NewReaderWith(rc, keys, format.ReadOptions{ReadAhead: ReadAhead, SkipStoredDigest: true})
 	if err != nil {
 		return format.ReadStats{}, fmt.Errorf("open backup %s: %w", m.ObjectKey, err)
 	}
