@@ -33,12 +33,11 @@ var errClosed = errors.New("read of a closed object reader")
 // constant number of frames whatever the object's length, and bounds how
 // far fetch can run ahead of Read.
 type pipeline struct {
-	noStored bool // ReadOptions.SkipStoredDigest: no stored SHA-256
-	fetched  chan item
-	opened   chan item
-	hashed   chan item
-	bodies   chan []byte // free frame bodies
-	plains   chan []byte // free plaintext buffers (compressed objects only)
+	fetched chan item
+	opened  chan item
+	hashed  chan item
+	bodies  chan []byte // free frame bodies
+	plains  chan []byte // free plaintext buffers (compressed objects only)
 
 	done     chan struct{}
 	stopOnce sync.Once
@@ -91,14 +90,13 @@ func startPipeline(fr *frameReader, op opener, ahead int) *pipeline {
 	n := ahead + 1
 	p := &pipeline{
 		// the free lists are the bound; the queues only never block first
-		fetched:  make(chan item, n),
-		opened:   make(chan item, n),
-		hashed:   make(chan item, n),
-		bodies:   make(chan []byte, n),
-		plains:   make(chan []byte, n),
-		done:     make(chan struct{}),
-		last:     stored{frames: fr.frames, bytes: fr.storedLen, sha: marshal(fr.stored)},
-		noStored: fr.stored == nil,
+		fetched: make(chan item, n),
+		opened:  make(chan item, n),
+		hashed:  make(chan item, n),
+		bodies:  make(chan []byte, n),
+		plains:  make(chan []byte, n),
+		done:    make(chan struct{}),
+		last:    stored{frames: fr.frames, bytes: fr.storedLen, sha: marshal(fr.stored)},
 	}
 	for range n {
 		p.bodies <- nil
@@ -279,8 +277,11 @@ func (p *pipeline) stats() ReadStats {
 	}
 }
 
+// storedSum is the stored digest as of the frame Read is at; without one
+// (ReadOptions.SkipStoredDigest) marshal left no state, not even the
+// header's.
 func (p *pipeline) storedSum() string {
-	if p.noStored {
+	if p.last.sha == nil {
 		return ""
 	}
 	return sumOf(p.last.sha)

@@ -109,21 +109,28 @@ func aheadObject(t testing.TB) (data, obj []byte, keys format.Keys) {
 	return data, obj, format.Keys{Identities: []age.Identity{identity(t)}}
 }
 
-// failingReader serves obj up to at, then fails with errStorage.
-type failingReader struct {
+// cutReader serves obj up to at, then returns what cut returns (a storage
+// that fails there, or one that stalls there until released).
+type cutReader struct {
 	obj []byte
 	at  int
+	cut func() error
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.at == 0 {
+		return 0, c.cut()
+	}
+	n := copy(p, c.obj[:c.at])
+	c.obj, c.at = c.obj[n:], c.at-n
+	return n, nil
 }
 
 var errStorage = errors.New("connection reset by storage")
 
-func (f *failingReader) Read(p []byte) (int, error) {
-	if f.at == 0 {
-		return 0, errStorage
-	}
-	n := copy(p, f.obj[:f.at])
-	f.obj, f.at = f.obj[n:], f.at-n
-	return n, nil
+// failingReader serves obj up to at, then fails with errStorage.
+func failingReader(obj []byte, at int) io.Reader {
+	return &cutReader{obj: obj, at: at, cut: func() error { return errStorage }}
 }
 
 // TestReadAheadErrorInFrameOrder: whichever stage finds frame k bad (fetch:
@@ -150,8 +157,8 @@ func TestReadAheadErrorInFrameOrder(t *testing.T) {
 		{"length", 7, func(k int) io.Reader { return replaced(k, flip(frames[k], 0)) }, format.ErrCorrupt, "frame 7: body length"},
 		{"authentication", 5, func(k int) io.Reader { return replaced(k, reCRC(hdr, flip(frames[k], 40))) }, format.ErrCorrupt, "frame 5: authentication failed"},
 		{"authentication of the final", 11, func(k int) io.Reader { return replaced(k, reCRC(hdr, flip(frames[k], 40))) }, format.ErrCorrupt, "frame 11: authentication failed"},
-		{"storage fails inside the body", 6, func(k int) io.Reader { return &failingReader{obj: obj, at: at(k) + 20} }, errStorage, "read frame 6: connection reset"},
-		{"storage fails between frames", 3, func(k int) io.Reader { return &failingReader{obj: obj, at: at(k)} }, errStorage, "read frame 3: connection reset"},
+		{"storage fails inside the body", 6, func(k int) io.Reader { return failingReader(obj, at(k)+20) }, errStorage, "read frame 6: connection reset"},
+		{"storage fails between frames", 3, func(k int) io.Reader { return failingReader(obj, at(k)) }, errStorage, "read frame 3: connection reset"},
 	}
 	for _, tt := range tests {
 		for _, m := range readModes {
@@ -252,24 +259,6 @@ func TestReadAheadCloseEarly(t *testing.T) {
 	}
 }
 
-// stallingReader serves obj up to at, then blocks until released, then
-// fails: a connection that stops delivering until the caller closes it.
-type stallingReader struct {
-	obj     []byte
-	at      int
-	release chan struct{}
-}
-
-func (s *stallingReader) Read(p []byte) (int, error) {
-	if s.at == 0 {
-		<-s.release
-		return 0, errors.New("read on closed body")
-	}
-	n := copy(p, s.obj[:s.at])
-	s.obj, s.at = s.obj[n:], s.at-n
-	return n, nil
-}
-
 // TestReadAheadCloseWaitsForFetch pins down Close's contract with a read in
 // flight on the object (Reader's doc): a Read blocked on the pipeline
 // returns when Close is called from another goroutine, and Close returns
@@ -282,7 +271,13 @@ func TestReadAheadCloseWaitsForFetch(t *testing.T) {
 	for _, o := range aheadModes() {
 		t.Run(fmt.Sprintf("ahead-%d", o.ReadAhead), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				src := &stallingReader{obj: obj, at: len(join(hdr, frames[:whole]...)) + 5, release: make(chan struct{})}
+				// a connection that stops delivering until the caller
+				// closes it
+				release := make(chan struct{})
+				src := &cutReader{obj: obj, at: len(join(hdr, frames[:whole]...)) + 5, cut: func() error {
+					<-release
+					return errors.New("read on closed body")
+				}}
 				r, err := format.NewReaderWith(src, keys, o)
 				if err != nil {
 					t.Fatal(err)
@@ -312,7 +307,7 @@ func TestReadAheadCloseWaitsForFetch(t *testing.T) {
 				if closed.Load() {
 					t.Fatal("Close returned while the fetching goroutine was inside the object's Read")
 				}
-				close(src.release)
+				close(release)
 				synctest.Wait()
 				if !closed.Load() {
 					t.Fatal("Close did not return after the object's Read did")

@@ -216,8 +216,10 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	closeIn := func() {
 		if in != nil {
 			_ = in.Close(ctx)
+			in = nil
 		}
 	}
+	defer closeIn()
 	if err != nil {
 		if errors.Is(err, bus.ErrProducerFailed) {
 			// An earlier stage failed and said so; nothing to add.
@@ -227,7 +229,6 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 			return nil, ferr
 		}
 		if _, ferr := s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
-			closeIn()
 			return nil, ferr
 		}
 		evs, ferr := s.fail(ctx, p, runID, dest, err.Error(), cause)
