@@ -4,6 +4,7 @@ package bustest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/testenv"
 )
 
 // Server starts an embedded server on a free port with its store and its
@@ -29,6 +31,54 @@ func Server(t testing.TB) *bus.Server {
 	Register(t, srv.URL(), dir)
 	t.Cleanup(srv.Shutdown)
 	return srv
+}
+
+// Cluster starts a JetStream cluster of n embedded servers on loopback,
+// sharing one set of generated users as a cluster's configuration does,
+// stopped when the test ends. It returns the servers and the URL of every
+// node, comma-separated; AuthFor and Connect find the credentials by the
+// list and by each node's URL alone.
+func Cluster(t testing.TB, n int) ([]*bus.Server, string) {
+	t.Helper()
+	clientPorts, routePorts := make([]int, n), make([]int, n)
+	for i := range n {
+		clientPorts[i], routePorts[i] = testenv.FreePort(t), testenv.FreePort(t)
+	}
+	dir := t.TempDir()
+	servers := make([]*bus.Server, n)
+	urls := make([]string, n)
+	for i := range n {
+		var routes []string
+		for j := range n {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", routePorts[j]))
+			}
+		}
+		srv, err := bus.StartServer(bus.ServerConfig{
+			Name:     fmt.Sprintf("node-%d", i),
+			Port:     clientPorts[i],
+			StoreDir: filepath.Join(dir, fmt.Sprintf("node-%d", i)),
+			AuthDir:  filepath.Join(dir, bus.AuthDirName),
+			Cluster:  &bus.ClusterConfig{Name: "backstream-test", Host: "127.0.0.1", Port: routePorts[i], Routes: routes},
+		})
+		if err != nil {
+			t.Fatalf("cluster node %d: %v", i, err)
+		}
+		t.Cleanup(srv.Shutdown)
+		servers[i] = srv
+		urls[i] = fmt.Sprintf("nats://127.0.0.1:%d", clientPorts[i])
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !servers[0].JetStreamReady() {
+		if time.Now().After(deadline) {
+			t.Fatal("cluster never elected a JetStream leader")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, u := range urls {
+		Register(t, u, dir)
+	}
+	return servers, strings.Join(urls, ",")
 }
 
 // servers maps the client URL of a test's server to its data directory.
@@ -81,9 +131,17 @@ const EnvDataPlane = "BACKSTREAM_TEST_DATA_PLANE"
 // ConnectAs connects a Bus for service to url with the credentials of role.
 func ConnectAs(t testing.TB, url, service, role string) *bus.Bus {
 	t.Helper()
+	return ConnectWith(t, url, service, role, bus.Config{})
+}
+
+// ConnectWith connects a Bus for service to url with the credentials of
+// role and cfg's settings (Replicas, for a cluster); Auth and LocalData are
+// set here.
+func ConnectWith(t testing.TB, url, service, role string, cfg bus.Config) *bus.Bus {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	auth, _ := AuthFor(url, role)
+	cfg.Auth, _ = AuthFor(url, role)
 	local := false
 	switch v := os.Getenv(EnvDataPlane); v {
 	case "", "jetstream":
@@ -92,7 +150,8 @@ func ConnectAs(t testing.TB, url, service, role string) *bus.Bus {
 	default:
 		t.Fatalf("$%s: %q is neither auto nor jetstream", EnvDataPlane, v)
 	}
-	b, err := bus.Connect(ctx, url, service, bus.Config{Auth: auth, LocalData: local}, Logger(t))
+	cfg.LocalData = local
+	b, err := bus.Connect(ctx, url, service, cfg, Logger(t))
 	if err != nil {
 		t.Fatalf("connect bus: %v", err)
 	}
