@@ -298,20 +298,31 @@ func (b *Bus) setup(ctx context.Context) error {
 			return fmt.Errorf("set up stream %s (missing or outdated; setting it up needs the %s role: `backstream setup`): %w", sc.Name, RoleAdmin, err)
 		}
 	}
+	// Plans, runs and keyrings are read from their stream's leader
+	// (leaderReads): one process writes a record and another reads it
+	// right after (a run created by one stage, claimed by the next; a plan
+	// applied, then triggered), and a follower answering a direct get may
+	// not have applied that write yet — on a cluster the record would be
+	// "not found" for a moment, a permanent answer to the stage that asked.
+	// The leases bucket keeps direct gets: its permissions pin each
+	// owner to its key prefix, which only a direct get's subject can carry,
+	// and every lease change is a compare-and-set that a stale read only
+	// makes retry.
 	buckets := []struct {
-		dst *jetstream.KeyValue
-		cfg jetstream.KeyValueConfig
+		dst         *jetstream.KeyValue
+		cfg         jetstream.KeyValueConfig
+		leaderReads bool
 	}{
-		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: PlansHistory, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
-		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: 90 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
-		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: PlansHistory, Storage: jetstream.FileStorage, Replicas: c.Replicas}, true},
+		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: 90 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: c.Replicas}, true},
+		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}, false},
 		// The current keyring of each plan only: every object carries the
 		// keyring it was sealed with, so an older one is never needed here.
-		{&b.Keyrings, jetstream.KeyValueConfig{Bucket: KeyringsBucket, Description: "backstream plan keyrings (passphrase-wrapped)", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}},
+		{&b.Keyrings, jetstream.KeyValueConfig{Bucket: KeyringsBucket, Description: "backstream plan keyrings (passphrase-wrapped)", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}, true},
 	}
 	for _, bk := range buckets {
 		bk.cfg.Replicas = b.replicas(ctx, "KV_"+bk.cfg.Bucket)
-		if kv, ok := b.bucketCurrent(ctx, bk.cfg); ok {
+		if kv, ok := b.bucketCurrent(ctx, bk.cfg, bk.leaderReads); ok {
 			*bk.dst = kv
 			continue
 		}
@@ -321,6 +332,9 @@ func (b *Bus) setup(ctx context.Context) error {
 			rctx, cancel := b.untilRefused(ctx)
 			defer cancel()
 			kv, err = b.JS.CreateOrUpdateKeyValue(rctx, bk.cfg)
+			if err == nil && bk.leaderReads {
+				kv, err = b.readFromLeader(rctx, bk.cfg.Bucket)
+			}
 			return b.refused(err)
 		}); err != nil {
 			return fmt.Errorf("set up bucket %s (missing or outdated; setting it up needs the %s role: `backstream setup`): %w", bk.cfg.Bucket, RoleAdmin, err)
@@ -375,8 +389,27 @@ func (b *Bus) streamCurrent(ctx context.Context, want jetstream.StreamConfig) bo
 		(want.MaxBytes == 0 || have.MaxBytes == want.MaxBytes)
 }
 
-// bucketCurrent returns bucket want when it exists as configured.
-func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig) (jetstream.KeyValue, bool) {
+// readFromLeader turns direct gets off on bucket's stream (nats.go creates
+// every bucket with them on) and binds the bucket again, so that its Get
+// asks the stream's leader.
+func (b *Bus) readFromLeader(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
+	s, err := b.JS.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, err
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("read bucket %s from its leader: %w", bucket, err)
+		}
+	}
+	return b.JS.KeyValue(ctx, bucket)
+}
+
+// bucketCurrent returns bucket want when it exists as configured, with
+// direct gets off when leaderReads.
+func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig, leaderReads bool) (jetstream.KeyValue, bool) {
 	kv, err := b.JS.KeyValue(ctx, want.Bucket)
 	if err != nil {
 		return nil, false
@@ -391,7 +424,7 @@ func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig) 
 	}
 	have := kst.StreamInfo().Config
 	ok = st.History() == int64(want.History) && st.TTL() == want.TTL && have.Replicas == want.Replicas &&
-		have.Description == want.Description && have.Storage == want.Storage
+		have.Description == want.Description && have.Storage == want.Storage && have.AllowDirect == !leaderReads
 	return kv, ok
 }
 

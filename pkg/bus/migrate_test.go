@@ -91,3 +91,41 @@ func TestPlansBucketWithShortHistoryIsRaised(t *testing.T) {
 		t.Fatalf("revision %d still stored after %d later ones", first+1, bus.PlansHistory)
 	}
 }
+
+// Plans, runs and keyrings are read from their stream's leader: a record
+// one process wrote must be there for the next process that reads it, which
+// a follower's direct get does not promise on a cluster. A bucket an
+// earlier version set up with direct gets is switched over in place; the
+// leases bucket keeps them (its permissions pin owners to key prefixes
+// through the direct get's subject).
+func TestRecordBucketsAreReadFromTheLeader(t *testing.T) {
+	srv := bustest.Server(t)
+	old := bustest.Connect(t, srv.URL(), "old")
+	ctx := context.Background()
+	s, err := old.JS.Stream(ctx, "KV_"+bus.RunsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.AllowDirect = true
+	if _, err := old.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Runs.Put(ctx, "r1", []byte("record")); err != nil {
+		t.Fatal(err)
+	}
+
+	b := bustest.Connect(t, srv.URL(), "new")
+	for bucket, direct := range map[string]bool{bus.PlansBucket: false, bus.RunsBucket: false, bus.KeyringsBucket: false, bus.LeasesBucket: true} {
+		s, err := b.JS.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.AllowDirect; got != direct {
+			t.Errorf("bucket %s: direct gets %v after setup, want %v", bucket, got, direct)
+		}
+	}
+	if e, err := b.Runs.Get(ctx, "r1"); err != nil || string(e.Value()) != "record" {
+		t.Fatalf("record after the switch: %v", err)
+	}
+}
