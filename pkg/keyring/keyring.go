@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/format"
 )
 
@@ -166,7 +167,7 @@ func (s *Store) write(ctx context.Context, plan, passphrase string, rev uint64, 
 	if replace {
 		_, err = s.kv.Update(ctx, plan, b, rev)
 	} else {
-		_, err = s.kv.Create(ctx, plan, b)
+		_, err = bus.Create(ctx, s.kv, plan, b)
 	}
 	if err != nil {
 		return format.Keyring{}, fmt.Errorf("keyring of plan %s: store: %w", plan, err)

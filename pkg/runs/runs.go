@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/secret"
 )
 
@@ -424,7 +425,7 @@ func (s *Store) Ensure(ctx context.Context, seed Run) (*Run, error) {
 		return nil, fmt.Errorf("encode run %s: %w", seed.ID, err)
 	}
 	data = secret.RedactJSON(data) // a run's errors may quote a secret
-	_, err = s.kv.Create(ctx, seed.ID, data)
+	_, err = bus.Create(ctx, s.kv, seed.ID, data)
 	switch {
 	case err == nil:
 		if _, err := s.kv.Put(ctx, activeKey(seed.ID), nil); err != nil {
@@ -474,12 +475,13 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 	}
 }
 
+// isConflict reports whether a compare-and-set lost to another writer: an
+// Update whose revision is no longer the key's (ErrKeyRevisionMismatch,
+// which nats.go maps from both codes the server uses: 10071, and 10164 on
+// a replicated bucket, where a write to a key another write is still
+// committing is refused the same way) or a Create of a key that exists.
 func isConflict(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-		return true
-	}
-	return errors.Is(err, jetstream.ErrKeyExists)
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // The runs bucket also holds two indexes, under keys no run id can take, so

@@ -2,18 +2,35 @@ package runs_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/runs"
 )
 
 func TestUpdateIsCompareAndSetUnderConcurrentWriters(t *testing.T) {
 	_, b := bustest.Start(t)
-	store := runs.NewStore(b.Runs)
+	concurrentUpdates(t, runs.NewStore(b.Runs))
+}
+
+// On a replicated bucket the server refuses a write to a key that another
+// write is still committing with a code of its own (10164, not 10071):
+// that is a lost compare-and-set too, and Update retries it.
+func TestUpdateIsCompareAndSetOnAReplicatedBucket(t *testing.T) {
+	_, url := bustest.Cluster(t, 3)
+	b := bustest.ConnectWith(t, url, "test", bus.RoleAdmin, bus.Config{Replicas: 3})
+	concurrentUpdates(t, runs.NewStore(b.Runs))
+}
+
+// concurrentUpdates has 20 writers change one run at once; none may fail
+// and none may lose another's change.
+func concurrentUpdates(t *testing.T, store *runs.Store) {
+	t.Helper()
 	ctx := context.Background()
 	id := events.NewID()
 	if _, err := store.Ensure(ctx, runs.Run{ID: id, Plan: "p", Kind: runs.KindBackup}); err != nil {
@@ -153,5 +170,79 @@ func TestOwingIndex(t *testing.T) {
 	}
 	if l, err := store.List(ctx, ""); err != nil || len(l) != 3 {
 		t.Errorf("List sees %d runs (%v): the index must not show as runs", len(l), err)
+	}
+}
+
+// A run one process creates is there for the next process that reads it,
+// whichever node of a cluster each is connected to: the record is read
+// from the bucket's leader, never from a follower that may not have
+// applied the write yet.
+func TestARunIsReadableEverywhereOnceCreated(t *testing.T) {
+	_, url := bustest.Cluster(t, 3)
+	nodes := strings.Split(url, ",")
+	wb := bustest.ConnectWith(t, url, "writer", bus.RoleAdmin, bus.Config{Replicas: 3})
+	writer := runs.NewStore(wb.Runs)
+	var readers []*runs.Store
+	for _, node := range nodes {
+		b := bustest.ConnectWith(t, node, "reader", bus.RoleAdmin, bus.Config{Replicas: 3})
+		readers = append(readers, runs.NewStore(b.Runs))
+	}
+	// Followers lag most while the bucket takes large writes.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var load sync.WaitGroup
+	defer load.Wait()
+	defer cancel()
+	for w := range 4 {
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			big := make([]byte, 256<<10)
+			for ctx.Err() == nil {
+				_, _ = wb.Runs.Put(ctx, "load-"+string(rune('a'+w)), big)
+			}
+		}()
+	}
+	for i := range 100 {
+		id := events.NewID()
+		// Ensure itself reads the record back after creating it.
+		if _, err := writer.Ensure(ctx, runs.Run{ID: id, Plan: "p", Kind: runs.KindBackup}); err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+		for j, r := range readers {
+			if _, err := r.Get(ctx, id); err != nil {
+				t.Fatalf("run %d read through node %d right after it was created: %v", i, j, err)
+			}
+		}
+	}
+}
+
+// Several stages ensure a run at once (each event of a new run may be the
+// first its stage sees). On a replicated bucket the losers' creates are
+// refused while the winner's is still committing, in words that say the key
+// exists when it does not yet; each Ensure still returns the record.
+func TestConcurrentEnsuresOnAReplicatedBucketAllSeeTheRun(t *testing.T) {
+	_, url := bustest.Cluster(t, 3)
+	b := bustest.ConnectWith(t, url, "test", bus.RoleAdmin, bus.Config{Replicas: 3})
+	store := runs.NewStore(b.Runs)
+	ctx := context.Background()
+	for i := range 50 {
+		id := events.NewID()
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := store.Ensure(ctx, runs.Run{ID: id, Plan: "p", Kind: runs.KindBackup}); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("round %d: %v", i, err)
+		}
 	}
 }

@@ -1,0 +1,41 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Create is kv.Create that tells "the key exists" from "the server could
+// not tell yet". A replicated stream's leader refuses a write that expects
+// a revision (a Create expects none) while another write to the same key
+// is still being committed, with code 10164, and nats.go reports that as
+// ErrKeyExists whatever the fate of the other write: the key may not exist
+// yet, or ever. Create waits such an answer out and asks again, until the
+// server decides (created, or exists: code 10071) or ctx ends.
+func Create(ctx context.Context, kv jetstream.KeyValue, key string, value []byte) (uint64, error) {
+	wait := 5 * time.Millisecond
+	for {
+		rev, err := kv.Create(ctx, key, value)
+		if !Undecided(err) {
+			return rev, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// Undecided reports whether err is a replicated stream's refusal to check
+// an expected revision while another write to the key is in flight (code
+// 10164). For a compare-and-set it is a conflict like any other; for a
+// Create it says nothing about whether the key exists.
+func Undecided(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
