@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/backstream/backstream/pkg/ctxio"
+	"github.com/backstream/backstream/pkg/writeback"
 )
 
 // ExtractFunc is a plugin's Extract: it writes a backup stream that the
@@ -111,7 +112,7 @@ func (d *ExtractDir) Create(name string) (*ExtractFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("extract %s: %w", name, err)
 	}
-	ef := &ExtractFile{d: d, f: f, w: bufio.NewWriterSize(f, 256<<10), name: name, final: final}
+	ef := &ExtractFile{d: d, f: f, w: bufio.NewWriterSize(writeback.New(f), 256<<10), name: name, final: final}
 	d.open = append(d.open, ef)
 	return ef, nil
 }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/backstream/backstream/pkg/secret"
 	"github.com/backstream/backstream/pkg/source"
+	"github.com/backstream/backstream/pkg/writeback"
 )
 
 // Name is the plugin's registry name.
@@ -174,7 +175,7 @@ func (s *Source) Restore(ctx context.Context, r io.Reader, o source.RestoreOptio
 		return fmt.Errorf("redis restore: %w", err)
 	}
 	defer os.Remove(f.Name()) // after a successful rename this is a no-op
-	bw := bufio.NewWriterSize(f, 256<<10)
+	bw := bufio.NewWriterSize(writeback.New(f), 256<<10)
 	rw := &rdbWriter{w: bw}
 	_, err = io.Copy(rw, ctxio.Reader(ctx, r))
 	if err == nil {

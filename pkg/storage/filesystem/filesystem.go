@@ -26,6 +26,7 @@ import (
 	"github.com/backstream/backstream/pkg/ctxio"
 
 	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/pkg/writeback"
 )
 
 const (
@@ -232,7 +233,7 @@ func (s *FS) put(ctx context.Context, p string, r io.Reader, o storage.PutOption
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err = io.Copy(f, ctxio.Reader(ctx, r)); err != nil {
+	if _, err = io.Copy(writeback.New(f), ctxio.Reader(ctx, r)); err != nil {
 		return info, err
 	}
 	if err = f.Sync(); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
 	"github.com/backstream/backstream/pkg/storage/s3"
+	"github.com/backstream/backstream/pkg/writeback"
 	"github.com/backstream/backstream/services/app"
 	"github.com/backstream/backstream/services/restore"
 )
@@ -363,7 +364,9 @@ func (f *partialFile) write(r io.Reader) error {
 	if _, err := f.tmp.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	_, err := copyLarge(f.tmp, r)
+	// Through writeback: a restore of many GiB neither floods the page
+	// cache nor leaves all of it for the closing fsync.
+	_, err := io.Copy(writeback.New(f.tmp), r)
 	return err
 }
 
