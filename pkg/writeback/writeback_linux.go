@@ -12,11 +12,11 @@ const supported = true
 // flush starts writeback of the window at off, then waits for the window
 // before it to be on disk and drops it from the page cache. A file that
 // does not take range writeback (a pipe, a character device) turns the
-// File into a plain writer.
+// File into a plain writer, as does a file system that does not take it.
 func (w *File) flush(off int64) error {
 	fd := int(w.f.Fd())
 	if err := unix.SyncFileRange(fd, off, Window, unix.SYNC_FILE_RANGE_WRITE); err != nil {
-		if errors.Is(err, unix.ESPIPE) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		if errors.Is(err, unix.ESPIPE) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
 			w.disabled = true
 			return nil
 		}
