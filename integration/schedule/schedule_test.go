@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/events"
@@ -515,4 +516,38 @@ spec:
 	w.clock.Set(start.Add(10*24*time.Hour + 3*time.Hour))
 	w.once(reps...)
 	check(events.ScrubRequested, schedule.SideScrub, 9)
+}
+
+// failingUpdates is the leases bucket of a replica whose compare-and-set
+// writes fail for a reason that is not a lost race (the bucket's stream
+// unavailable): everything else goes to the real bucket.
+type failingUpdates struct{ jetstream.KeyValue }
+
+func (failingUpdates) Update(context.Context, string, []byte, uint64) (uint64, error) {
+	return 0, jetstream.ErrStreamNotFound
+}
+
+// A replica that cannot record that it fired a slot says so — only a lost
+// compare-and-set is another replica's win — and the slot stays due: the
+// next pass fires it again with the same event id, and one trigger is
+// stored.
+func TestAScheduleStateThatCannotBeRecordedIsAnError(t *testing.T) {
+	start := time.Date(2025, 3, 1, 10, 30, 0, 0, time.UTC)
+	w := newWorld(t, start)
+	w.apply("orders", `{cron: "0 * * * *"}`)
+	r := w.replica("a")
+	w.once(r)
+	w.clock.Set(start.Add(time.Hour))
+	leases := r.Bus.Leases
+	r.Bus.Leases = failingUpdates{leases}
+	err := r.Once(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "record schedule state") {
+		t.Fatalf("pass whose state write failed: %v, want the failure to record the schedule state", err)
+	}
+	r.Bus.Leases = leases
+	w.once(r)
+	w.once(r)
+	if got := w.slots("orders", time.UTC); !slices.Equal(got, []string{"2025-03-01T11:00:00Z"}) {
+		t.Fatalf("triggers stored: %v, want the 11:00 slot once", got)
+	}
 }

@@ -39,3 +39,12 @@ func Undecided(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
+
+// Conflict reports whether a compare-and-set lost to another writer: an
+// Update whose revision is no longer the key's or a Create of a key that
+// exists (nats.go maps both server codes, 10071 and a replicated stream's
+// 10164, to these). Anything else — a timeout, a refusal, a full stream —
+// is an error of its own and must not pass for "another replica won".
+func Conflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
+}

@@ -118,7 +118,7 @@ func (s *Store) Ensure(ctx context.Context, plan, passphrase string) (format.Key
 			return old.Keyring(), nil
 		}
 		k, err := s.write(ctx, plan, passphrase, e.Revision(), true)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+		if bus.Conflict(err) {
 			continue // changed meanwhile: look at the new one
 		}
 		if err != nil {

@@ -464,7 +464,7 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 		if err == nil {
 			return r, s.index(ctx, prev, r)
 		}
-		if !isConflict(err) || attempt > 100 {
+		if !bus.Conflict(err) || attempt > 100 {
 			return nil, fmt.Errorf("update run %s: %w", id, err)
 		}
 		select {
@@ -473,15 +473,6 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 		case <-time.After(time.Duration(attempt%10) * time.Millisecond):
 		}
 	}
-}
-
-// isConflict reports whether a compare-and-set lost to another writer: an
-// Update whose revision is no longer the key's (ErrKeyRevisionMismatch,
-// which nats.go maps from both codes the server uses: 10071, and 10164 on
-// a replicated bucket, where a write to a key another write is still
-// committing is refused the same way) or a Create of a key that exists.
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
 }
 
 // The runs bucket also holds two indexes, under keys no run id can take, so
@@ -545,7 +536,7 @@ func (s *Store) index(ctx context.Context, prev Phase, r *Run) error {
 		if err == nil {
 			return nil
 		}
-		if !isConflict(err) || attempt > 100 {
+		if !bus.Conflict(err) || attempt > 100 {
 			return fmt.Errorf("success index of %s: %w", r.Plan, err)
 		}
 	}

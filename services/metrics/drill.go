@@ -102,7 +102,7 @@ func (s *Service) recordDrill(ctx context.Context, e events.Event) error {
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if !bus.Conflict(err) {
 			return fmt.Errorf("record drill success: %w", err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/plan"
 	sched "github.com/backstream/backstream/pkg/schedule"
 	"github.com/backstream/backstream/services/schedule"
@@ -239,9 +240,11 @@ func (s *Service) watchSlots(ctx context.Context, key string, now time.Time, jud
 	}
 	st.LastSlot = newest.UTC()
 	data, _ := json.Marshal(st)
-	if _, err := s.Bus.Leases.Update(ctx, key, data, entry.Revision()); err != nil {
-		// Another replica judged the same slots first; its record stands.
-		return nil
+	if _, err := s.Bus.Leases.Update(ctx, key, data, entry.Revision()); err != nil && !bus.Conflict(err) {
+		// A conflict is another replica that judged the same slots first:
+		// its record stands. Anything else leaves the slots to judge again,
+		// and says so.
+		return fmt.Errorf("record watchdog state %s: %w", key, err)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -194,4 +195,48 @@ func missedEvents(t *testing.T, b *bus.Bus, planName string) []events.BackupMiss
 		out = append(out, d)
 	}
 	return out
+}
+
+// failingUpdates is a leases bucket whose compare-and-set writes fail for
+// a reason that is not a lost race; everything else is the real bucket.
+type failingUpdates struct{ jetstream.KeyValue }
+
+func (failingUpdates) Update(context.Context, string, []byte, uint64) (uint64, error) {
+	return 0, jetstream.ErrStreamNotFound
+}
+
+// A watchdog pass that cannot record the slots it judged says so (only a
+// lost compare-and-set is another replica's judgement), and the next pass
+// judges them again: the same ids, which the duplicate window keeps once.
+func TestWatchdogStateThatCannotBeRecordedIsAnError(t *testing.T) {
+	ctx := context.Background()
+	_, b := bustest.Start(t)
+	reg := plugins.Default()
+	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d.Owner = control.New(d)
+	if _, err := d.Plans.Put(ctx, testPlan(t, "  schedule: {cron: '@hourly'}\n  alert: {grace: 10m}\n")); err != nil {
+		t.Fatal(err)
+	}
+	clock := sched.NewFakeClock(at("2026-01-01T10:00:30Z"))
+	s := New(d)
+	s.Clock = clock
+	if err := s.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(at("2026-01-01T11:30:00Z"))
+	leases := b.Leases
+	b.Leases = failingUpdates{leases}
+	if err := s.Watch(ctx); err == nil || !strings.Contains(err.Error(), "record watchdog state") {
+		t.Fatalf("pass whose state write failed: %v, want the failure to record the watchdog state", err)
+	}
+	b.Leases = leases
+	for range 2 {
+		if err := s.Watch(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if missed := missedEvents(t, b, "hourly"); len(missed) != 1 || !missed[0].Slot.Equal(at("2026-01-01T11:00:00Z")) {
+		t.Fatalf("backup.missed stored: %+v, want the 11:00 slot once", missed)
+	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
@@ -190,8 +191,7 @@ func (s *Service) plan(ctx context.Context, p *plan.Plan) error {
 		next.Lease = &Lease{RunID: runID, Slot: slot, Since: now.UTC()}
 		s.Log.Info("scheduled backup triggered", "plan", p.Name(), "slot", slot, "runid", runID, "id", trigger.ID())
 	}
-	s.record(ctx, p, key, entry, next)
-	return nil
+	return s.record(ctx, p, key, entry, next)
 }
 
 // due reads the schedule state at key and returns the slots of sc due at
@@ -233,14 +233,23 @@ func (s *Service) due(ctx context.Context, p *plan.Plan, key string, sc *sched.S
 	return entry, st, fire, next, nil
 }
 
-// record writes the schedule state next over entry by compare-and-set.
-func (s *Service) record(ctx context.Context, p *plan.Plan, key string, entry jetstream.KeyValueEntry, next State) {
+// record writes the schedule state next over entry by compare-and-set;
+// losing it to another replica is not an error.
+func (s *Service) record(ctx context.Context, p *plan.Plan, key string, entry jetstream.KeyValueEntry, next State) error {
 	data, _ := json.Marshal(next)
-	if _, err := s.Bus.Leases.Update(ctx, key, data, entry.Revision()); err != nil {
+	_, err := s.Bus.Leases.Update(ctx, key, data, entry.Revision())
+	if bus.Conflict(err) {
 		// Another replica handled the slot first: it computed the same
 		// slots and event ids, and its record stands.
 		s.Log.Debug("schedule state changed meanwhile", "plan", p.Name(), "key", key, "err", err)
+		return nil
 	}
+	if err != nil {
+		// The slot stays due: the next tick fires it again with the same
+		// event id, which the duplicate window drops.
+		return fmt.Errorf("record schedule state %s: %w", key, err)
+	}
+	return nil
 }
 
 // Side work: scrubs and drills have schedules of their own. They are not
@@ -290,8 +299,7 @@ func (s *Service) side(ctx context.Context, p *plan.Plan, side string, ps *plan.
 		next.LastTrigger = e.ID()
 		s.Log.Info("scheduled "+side+" triggered", "plan", p.Name(), "slot", slot, "id", id)
 	}
-	s.record(ctx, p, key, entry, next)
-	return nil
+	return s.record(ctx, p, key, entry, next)
 }
 
 // trigger builds the backup.requested of plan's slot with its
