@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -194,6 +195,12 @@ func TestRunReportsTheOpsOwnStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.name == "hung up" && signal.Ignored(syscall.SIGHUP) {
+				// Under nohup the supervisor and the op inherit SIGHUP
+				// ignored, and the supervisor cannot die of it to pass
+				// it on: it exits 128+1, as a shell would.
+				t.Skip("SIGHUP is ignored in this process (nohup?): the supervisor cannot die of it")
+			}
 			var out bytes.Buffer
 			st, err := Run(context.Background(), Spec{Argv: tt.argv, Env: append(os.Environ(), "SUPERVISE_X=x-value"), Stdout: &out, Stderr: &out}, func(Group) error { return nil })
 			if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
