@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -251,7 +252,34 @@ func machine() [][2]string {
 		{"sha_ni", yes("sha_ni")},
 		{"aes", yes("aes")},
 		{"avx2", yes("avx2")},
+		{"free page reporting", freePageReporting()},
 		{"go", runtime.Version()},
 		{"load (1 5 15 min, at the end)", load},
 	}
+}
+
+// freePageReporting says whether the machine is a VM whose freed memory
+// goes back to its host (virtio-balloon's free page reporting, feature bit
+// 5 of device id 5). There, memory touched for the first time since it was
+// freed is backed again by the host: writing a GiB into a fresh page cache
+// costs ~2 s of kernel time on the bench machine instead of ~0.3, which
+// every tool writing a restored file through the page cache pays
+// (docs/bench.md, "Restored files written with writeback behind").
+func freePageReporting() string {
+	devs, _ := filepath.Glob("/sys/bus/virtio/devices/*")
+	for _, d := range devs {
+		id, err := os.ReadFile(filepath.Join(d, "device"))
+		if err != nil || strings.TrimSpace(string(id)) != "0x0005" {
+			continue
+		}
+		features, err := os.ReadFile(filepath.Join(d, "features"))
+		if err != nil {
+			return "unknown"
+		}
+		if f := strings.TrimSpace(string(features)); len(f) > 5 && f[5] == '1' {
+			return "yes"
+		}
+		return "no"
+	}
+	return "no"
 }
