@@ -390,21 +390,36 @@ func (b *Bus) streamCurrent(ctx context.Context, want jetstream.StreamConfig) bo
 }
 
 // readFromLeader turns direct gets off on bucket's stream (nats.go creates
-// every bucket with them on) and binds the bucket again, so that its Get
-// asks the stream's leader.
+// every bucket with them on) and binds the bucket so that its Get asks the
+// stream's leader. A handle decides at every Get from the stream info it
+// last fetched, so the binding is only done once that info says direct
+// gets are off: another process setting the bucket up at the same moment
+// turns them on for a while (it makes the bucket the nats.go way too), and
+// a handle that saw that would ask, on every read from then on, for direct
+// gets nobody answers.
 func (b *Bus) readFromLeader(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	s, err := b.JS.Stream(ctx, "KV_"+bucket)
+	kv, err := b.JS.KeyValue(ctx, bucket)
 	if err != nil {
 		return nil, err
 	}
-	cfg := s.CachedInfo().Config
-	if cfg.AllowDirect {
+	for attempt := 0; ; attempt++ {
+		// Status fetches the stream info the handle keeps.
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		cfg := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config
+		if !cfg.AllowDirect {
+			return kv, nil
+		}
+		if attempt == 10 {
+			return nil, fmt.Errorf("read bucket %s from its leader: direct gets turned on again %d times (other processes setting it up?)", bucket, attempt)
+		}
 		cfg.AllowDirect = false
 		if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
 			return nil, fmt.Errorf("read bucket %s from its leader: %w", bucket, err)
 		}
 	}
-	return b.JS.KeyValue(ctx, bucket)
 }
 
 // bucketCurrent returns bucket want when it exists as configured, with
@@ -414,6 +429,8 @@ func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig, 
 	if err != nil {
 		return nil, false
 	}
+	// Status also refreshes the stream info kv reads by (readFromLeader):
+	// a handle returned ok reads the way it was checked to.
 	st, err := kv.Status(ctx)
 	if err != nil {
 		return nil, false

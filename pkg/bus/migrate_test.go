@@ -2,7 +2,11 @@ package bus_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -127,5 +131,38 @@ func TestRecordBucketsAreReadFromTheLeader(t *testing.T) {
 	}
 	if e, err := b.Runs.Get(ctx, "r1"); err != nil || string(e.Value()) != "record" {
 		t.Fatalf("record after the switch: %v", err)
+	}
+}
+
+// Processes that set the buckets up at once (serve and a CLI started
+// together) each make a bucket, which nats.go does with direct gets on,
+// and turn them off again. A handle bound in between would ask for direct
+// gets that no replica answers any more, on every read from then on: every
+// handle setup returns reads.
+func TestConcurrentSetupsAllReadTheirBuckets(t *testing.T) {
+	for round := range 5 {
+		srv := bustest.Server(t)
+		var wg sync.WaitGroup
+		buses := make([]*bus.Bus, 6)
+		for i := range buses {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buses[i] = bustest.Connect(t, srv.URL(), fmt.Sprintf("p%d", i))
+			}()
+		}
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := buses[0].Runs.Put(ctx, "r1", []byte("record")); err != nil {
+			t.Fatal(err)
+		}
+		for i, b := range buses {
+			for name, kv := range map[string]jetstream.KeyValue{bus.PlansBucket: b.Plans, bus.RunsBucket: b.Runs, bus.KeyringsBucket: b.Keyrings} {
+				if _, err := kv.Get(ctx, "r1"); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+					t.Fatalf("round %d, process %d: get from bucket %s: %v", round, i, name, err)
+				}
+			}
+		}
+		cancel()
 	}
 }
