@@ -96,63 +96,88 @@ func TestPlansBucketWithShortHistoryIsRaised(t *testing.T) {
 	}
 }
 
-// Plans, runs and keyrings are read from their stream's leader: a record
-// one process wrote must be there for the next process that reads it, which
-// a follower's direct get does not promise on a cluster. A bucket an
-// earlier version set up with direct gets is switched over in place; the
+// Plans, runs and keyrings are read from their stream's leader on a
+// cluster: a record one process wrote must be there for the next process
+// that reads it, which a follower's direct get does not promise. A bucket
+// an earlier version set up with direct gets is switched over in place; the
 // leases bucket keeps them (its permissions pin owners to key prefixes
-// through the direct get's subject).
+// through the direct get's subject). With one replica every bucket keeps
+// them: the only copy answers.
 func TestRecordBucketsAreReadFromTheLeader(t *testing.T) {
-	srv := bustest.Server(t)
-	old := bustest.Connect(t, srv.URL(), "old")
 	ctx := context.Background()
-	s, err := old.JS.Stream(ctx, "KV_"+bus.RunsBucket)
-	if err != nil {
-		t.Fatal(err)
+	directGets := func(t *testing.T, b *bus.Bus, want map[string]bool) {
+		t.Helper()
+		for bucket, direct := range want {
+			s, err := b.JS.Stream(ctx, "KV_"+bucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.CachedInfo().Config.AllowDirect; got != direct {
+				t.Errorf("bucket %s: direct gets %v after setup, want %v", bucket, got, direct)
+			}
+		}
 	}
-	cfg := s.CachedInfo().Config
-	cfg.AllowDirect = true
-	if _, err := old.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := old.Runs.Put(ctx, "r1", []byte("record")); err != nil {
-		t.Fatal(err)
-	}
-
-	b := bustest.Connect(t, srv.URL(), "new")
-	for bucket, direct := range map[string]bool{bus.PlansBucket: false, bus.RunsBucket: false, bus.KeyringsBucket: false, bus.LeasesBucket: true} {
-		s, err := b.JS.Stream(ctx, "KV_"+bucket)
+	t.Run("one replica", func(t *testing.T) {
+		b := bustest.Connect(t, bustest.Server(t).URL(), "single")
+		directGets(t, b, map[string]bool{bus.PlansBucket: true, bus.RunsBucket: true, bus.KeyringsBucket: true, bus.LeasesBucket: true})
+	})
+	t.Run("three replicas", func(t *testing.T) {
+		_, url := bustest.Cluster(t, 3)
+		old := bustest.ConnectWith(t, url, "old", bus.RoleAdmin, bus.Config{Replicas: 3})
+		s, err := old.JS.Stream(ctx, "KV_"+bus.RunsBucket)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := s.CachedInfo().Config.AllowDirect; got != direct {
-			t.Errorf("bucket %s: direct gets %v after setup, want %v", bucket, got, direct)
+		cfg := s.CachedInfo().Config
+		cfg.AllowDirect = true
+		if _, err := old.JS.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if e, err := b.Runs.Get(ctx, "r1"); err != nil || string(e.Value()) != "record" {
-		t.Fatalf("record after the switch: %v", err)
-	}
+		if _, err := old.Runs.Put(ctx, "r1", []byte("record")); err != nil {
+			t.Fatal(err)
+		}
+		b := bustest.ConnectWith(t, url, "new", bus.RoleAdmin, bus.Config{Replicas: 3})
+		directGets(t, b, map[string]bool{bus.PlansBucket: false, bus.RunsBucket: false, bus.KeyringsBucket: false, bus.LeasesBucket: true})
+		if e, err := b.Runs.Get(ctx, "r1"); err != nil || string(e.Value()) != "record" {
+			t.Fatalf("record after the switch: %v", err)
+		}
+	})
 }
 
 // Processes that set the buckets up at once (serve and a CLI started
 // together) each make a bucket, which nats.go does with direct gets on,
-// and turn them off again. A handle bound in between would ask for direct
-// gets that no replica answers any more, on every read from then on: every
-// handle setup returns reads.
+// and on a cluster turn them off again. A handle bound in between would
+// ask for direct gets that no replica answers any more, on every read
+// from then on: every handle setup returns reads.
 func TestConcurrentSetupsAllReadTheirBuckets(t *testing.T) {
+	_, url := bustest.Cluster(t, 3)
+	first := bustest.ConnectWith(t, url, "first", bus.RoleAdmin, bus.Config{Replicas: 3})
+	ctx := context.Background()
 	for round := range 5 {
-		srv := bustest.Server(t)
+		// Each round starts from buckets an earlier version left with
+		// direct gets on, so that every process sets them up at once.
+		for _, bucket := range []string{bus.PlansBucket, bus.RunsBucket, bus.KeyringsBucket} {
+			s, err := first.JS.Stream(ctx, "KV_"+bucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := s.CachedInfo().Config
+			cfg.AllowDirect = true
+			if _, err := first.JS.UpdateStream(ctx, cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
 		var wg sync.WaitGroup
 		buses := make([]*bus.Bus, 6)
 		for i := range buses {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				buses[i] = bustest.Connect(t, srv.URL(), fmt.Sprintf("p%d", i))
+				buses[i] = bustest.ConnectWith(t, url, fmt.Sprintf("p%d", i), bus.RoleAdmin, bus.Config{Replicas: 3})
 			}()
 		}
 		wg.Wait()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if _, err := buses[0].Runs.Put(ctx, "r1", []byte("record")); err != nil {
 			t.Fatal(err)
 		}
