@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/events"
@@ -518,15 +517,6 @@ spec:
 	check(events.ScrubRequested, schedule.SideScrub, 9)
 }
 
-// failingUpdates is the leases bucket of a replica whose compare-and-set
-// writes fail for a reason that is not a lost race (the bucket's stream
-// unavailable): everything else goes to the real bucket.
-type failingUpdates struct{ jetstream.KeyValue }
-
-func (failingUpdates) Update(context.Context, string, []byte, uint64) (uint64, error) {
-	return 0, jetstream.ErrStreamNotFound
-}
-
 // A replica that cannot record that it fired a slot says so — only a lost
 // compare-and-set is another replica's win — and the slot stays due: the
 // next pass fires it again with the same event id, and one trigger is
@@ -539,7 +529,7 @@ func TestAScheduleStateThatCannotBeRecordedIsAnError(t *testing.T) {
 	w.once(r)
 	w.clock.Set(start.Add(time.Hour))
 	leases := r.Bus.Leases
-	r.Bus.Leases = failingUpdates{leases}
+	r.Bus.Leases = bustest.UpdatesFail(leases)
 	err := r.Once(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "record schedule state") {
 		t.Fatalf("pass whose state write failed: %v, want the failure to record the schedule state", err)

@@ -338,7 +338,7 @@ func (b *Bus) setup(ctx context.Context) error {
 			defer cancel()
 			kv, err = b.JS.CreateOrUpdateKeyValue(rctx, bk.cfg)
 			if err == nil && leaderReads {
-				kv, err = b.readFromLeader(rctx, bk.cfg.Bucket)
+				err = b.readFromLeader(rctx, kv)
 			}
 			return b.refused(err)
 		}); err != nil {
@@ -394,35 +394,31 @@ func (b *Bus) streamCurrent(ctx context.Context, want jetstream.StreamConfig) bo
 		(want.MaxBytes == 0 || have.MaxBytes == want.MaxBytes)
 }
 
-// readFromLeader turns direct gets off on bucket's stream (nats.go creates
-// every bucket with them on) and binds the bucket so that its Get asks the
-// stream's leader. A handle decides at every Get from the stream info it
-// last fetched, so the binding is only done once that info says direct
-// gets are off: another process setting the bucket up at the same moment
-// turns them on for a while (it makes the bucket the nats.go way too), and
-// a handle that saw that would ask, on every read from then on, for direct
-// gets nobody answers.
-func (b *Bus) readFromLeader(ctx context.Context, bucket string) (jetstream.KeyValue, error) {
-	kv, err := b.JS.KeyValue(ctx, bucket)
-	if err != nil {
-		return nil, err
-	}
+// readFromLeader turns direct gets off on kv's stream (nats.go creates
+// every bucket with them on), so that kv's Get asks the stream's leader. A
+// handle decides at every Get from the stream info it last fetched, so it
+// returns only once kv's own info says direct gets are off: another
+// process setting the bucket up at the same moment turns them on for a
+// while (it makes the bucket the nats.go way too), and a handle that saw
+// that would ask, on every read from then on, for direct gets nobody
+// answers.
+func (b *Bus) readFromLeader(ctx context.Context, kv jetstream.KeyValue) error {
 	for attempt := 0; ; attempt++ {
 		// Status fetches the stream info the handle keeps.
 		st, err := kv.Status(ctx)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		cfg := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config
 		if !cfg.AllowDirect {
-			return kv, nil
+			return nil
 		}
 		if attempt == 10 {
-			return nil, fmt.Errorf("read bucket %s from its leader: direct gets turned on again %d times (other processes setting it up?)", bucket, attempt)
+			return fmt.Errorf("read bucket %s from its leader: direct gets turned on again %d times (other processes setting it up?)", kv.Bucket(), attempt)
 		}
 		cfg.AllowDirect = false
 		if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("read bucket %s from its leader: %w", bucket, err)
+			return fmt.Errorf("read bucket %s from its leader: %w", kv.Bucket(), err)
 		}
 	}
 }

@@ -19,7 +19,7 @@ func Create(ctx context.Context, kv jetstream.KeyValue, key string, value []byte
 	wait := 5 * time.Millisecond
 	for {
 		rev, err := kv.Create(ctx, key, value)
-		if !Undecided(err) {
+		if !undecided(err) {
 			return rev, err
 		}
 		select {
@@ -31,11 +31,11 @@ func Create(ctx context.Context, kv jetstream.KeyValue, key string, value []byte
 	}
 }
 
-// Undecided reports whether err is a replicated stream's refusal to check
+// undecided reports whether err is a replicated stream's refusal to check
 // an expected revision while another write to the key is in flight (code
 // 10164). For a compare-and-set it is a conflict like any other; for a
 // Create it says nothing about whether the key exists.
-func Undecided(err error) bool {
+func undecided(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }

@@ -124,15 +124,7 @@ func TestRecordBucketsAreReadFromTheLeader(t *testing.T) {
 	t.Run("three replicas", func(t *testing.T) {
 		_, url := bustest.Cluster(t, 3)
 		old := bustest.ConnectWith(t, url, "old", bus.RoleAdmin, bus.Config{Replicas: 3})
-		s, err := old.JS.Stream(ctx, "KV_"+bus.RunsBucket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := s.CachedInfo().Config
-		cfg.AllowDirect = true
-		if _, err := old.JS.UpdateStream(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
+		directGetsOn(t, old, bus.RunsBucket)
 		if _, err := old.Runs.Put(ctx, "r1", []byte("record")); err != nil {
 			t.Fatal(err)
 		}
@@ -156,17 +148,7 @@ func TestConcurrentSetupsAllReadTheirBuckets(t *testing.T) {
 	for round := range 5 {
 		// Each round starts from buckets an earlier version left with
 		// direct gets on, so that every process sets them up at once.
-		for _, bucket := range []string{bus.PlansBucket, bus.RunsBucket, bus.KeyringsBucket} {
-			s, err := first.JS.Stream(ctx, "KV_"+bucket)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := s.CachedInfo().Config
-			cfg.AllowDirect = true
-			if _, err := first.JS.UpdateStream(ctx, cfg); err != nil {
-				t.Fatal(err)
-			}
-		}
+		directGetsOn(t, first, bus.PlansBucket, bus.RunsBucket, bus.KeyringsBucket)
 		var wg sync.WaitGroup
 		buses := make([]*bus.Bus, 6)
 		for i := range buses {
@@ -189,5 +171,24 @@ func TestConcurrentSetupsAllReadTheirBuckets(t *testing.T) {
 			}
 		}
 		cancel()
+	}
+}
+
+// directGetsOn turns direct gets on for buckets, as a backstream before
+// leader reads left them, or as another process setting them up has them
+// for a moment.
+func directGetsOn(t *testing.T, b *bus.Bus, buckets ...string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, bucket := range buckets {
+		s, err := b.JS.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.AllowDirect = true
+		if _, err := b.JS.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

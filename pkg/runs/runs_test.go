@@ -189,7 +189,6 @@ func TestARunIsReadableEverywhereOnceCreated(t *testing.T) {
 	}
 	// Followers lag most while the bucket takes large writes.
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var load sync.WaitGroup
 	defer load.Wait()
 	defer cancel()

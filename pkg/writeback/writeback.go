@@ -8,7 +8,7 @@
 // window of bytes as soon as it is full, waits for the window before it to
 // be on disk and drops that one from the cache, so at most a few windows
 // are dirty or cached at any time, the disk works while the writer does,
-// and the closing Sync has only the last windows left to write.
+// and the file's closing fsync has only the last windows left to write.
 //
 // On a virtual machine whose freed memory goes back to its host (virtio
 // free page reporting), this is also where most of a plain restore's time
@@ -36,8 +36,8 @@ type File struct {
 	// last write; started the end of the bytes whose writeback began;
 	// off is never behind started.
 	start, off, started int64
-	// off when the platform or the file (a pipe, a device) does not take
-	// range writeback: the File is a plain writer then.
+	// disabled: the platform or the file (a pipe, a device) does not take
+	// range writeback, and the File is a plain writer.
 	disabled bool
 }
 
@@ -70,6 +70,3 @@ func (w *File) Write(p []byte) (int, error) {
 func (w *File) ReadFrom(r io.Reader) (int64, error) {
 	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r}, make([]byte, 1<<20))
 }
-
-// Sync flushes what is left to the disk: the file's fsync.
-func (w *File) Sync() error { return w.f.Sync() }

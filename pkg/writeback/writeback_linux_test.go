@@ -38,7 +38,7 @@ func TestFileKeepsItsBytesOutOfThePageCache(t *testing.T) {
 	if cached := residentBytes(t, f, size); cached > 3*writeback.Window {
 		t.Fatalf("%d MiB of the %d MiB written are in the page cache; at most %d MiB may be", cached>>20, size>>20, 3*writeback.Window>>20)
 	}
-	if err := w.Sync(); err != nil {
+	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -41,7 +41,7 @@ func TestFileWritesEveryByte(t *testing.T) {
 			}
 			rest = rest[n:]
 		}
-		if err := w.Sync(); err != nil {
+		if err := f.Sync(); err != nil {
 			t.Fatal(err)
 		}
 		f.Close()

@@ -9,13 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/backstream/backstream/events"
-	"github.com/backstream/backstream/pkg/bus/bustest"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
-	"github.com/backstream/backstream/services/control"
-	"github.com/backstream/backstream/services/stage"
 )
 
 // TestRunCountersCountCancelledOnItsOwn feeds the Prometheus figures a
@@ -78,11 +73,8 @@ func TestRunCountersCountCancelledOnItsOwn(t *testing.T) {
 // last-success gauge stays unset; a later success covers its own slot.
 func TestWatchdogCancelledRunCoversNoSlot(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
+	b := d.Bus
 	if _, err := d.Plans.Put(ctx, testPlan(t, "  schedule: {cron: '@hourly'}\n  alert: {grace: 10m}\n")); err != nil {
 		t.Fatal(err)
 	}

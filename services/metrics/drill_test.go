@@ -10,14 +10,8 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
-	"github.com/backstream/backstream/pkg/bus/bustest"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
-	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/schedule"
-	"github.com/backstream/backstream/services/stage"
 )
 
 const hourlyDrill = "  drill:\n    schedule: {cron: '@hourly'}\n    check: {command: ['true']}\n    grace: 10m\n"
@@ -95,11 +89,8 @@ func TestDrillMissed(t *testing.T) {
 // to deliver.
 func TestWatchdogDrills(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
+	b := d.Bus
 	p := testPlan(t, hourlyDrill)
 	if _, err := d.Plans.Put(ctx, p); err != nil {
 		t.Fatal(err)

@@ -5,15 +5,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/backstream/backstream/events"
-	"github.com/backstream/backstream/pkg/bus/bustest"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/control"
-	"github.com/backstream/backstream/services/stage"
 )
 
 // TestOwedGaugeFollowsTheRunsThatOweInverseOps: the watchdog exports
@@ -22,11 +16,7 @@ import (
 // and nothing for a plan that does not exist.
 func TestOwedGaugeFollowsTheRunsThatOweInverseOps(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
 	if _, err := d.Plans.Put(ctx, testPlan(t, "")); err != nil {
 		t.Fatal(err)
 	}

@@ -11,12 +11,6 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
-	"github.com/backstream/backstream/pkg/bus/bustest"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
-	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/control"
-	"github.com/backstream/backstream/services/stage"
 )
 
 // succeeded is a backup.succeeded of planName as verify would publish it,
@@ -42,11 +36,8 @@ func succeeded(t *testing.T, planName string, started time.Time) events.Event {
 func TestEventsOfUnknownPlansMakeNoSeries(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
+	b := d.Bus
 	if _, err := d.Plans.Put(ctx, testPlan(t, "")); err != nil {
 		t.Fatal(err)
 	}
@@ -115,11 +106,7 @@ func TestEventsOfUnknownPlansMakeNoSeries(t *testing.T) {
 // still fire.
 func TestLastSuccessGaugeNeverInTheFuture(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
 	if _, err := d.Plans.Put(ctx, testPlan(t, "")); err != nil {
 		t.Fatal(err)
 	}

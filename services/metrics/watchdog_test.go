@@ -36,6 +36,18 @@ spec:
 	return p
 }
 
+// newDeps connects the dependencies of a metrics service, its own run
+// owner included, to a fresh embedded server.
+func newDeps(t *testing.T) *stage.Deps {
+	t.Helper()
+	_, b := bustest.Start(t)
+	reg := plugins.Default()
+	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d.Owner = control.New(d)
+	return d
+}
+
 func at(s string) time.Time {
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
@@ -109,11 +121,8 @@ func TestMissed(t *testing.T) {
 // the hours whose runs succeed give none.
 func TestWatchdogHourlyPlan(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
+	b := d.Bus
 	p := testPlan(t, "  schedule: {cron: '@hourly'}\n  alert: {grace: 10m}\n")
 	if _, err := d.Plans.Put(ctx, p); err != nil {
 		t.Fatal(err)
@@ -197,24 +206,13 @@ func missedEvents(t *testing.T, b *bus.Bus, planName string) []events.BackupMiss
 	return out
 }
 
-// failingUpdates is a leases bucket whose compare-and-set writes fail for
-// a reason that is not a lost race; everything else is the real bucket.
-type failingUpdates struct{ jetstream.KeyValue }
-
-func (failingUpdates) Update(context.Context, string, []byte, uint64) (uint64, error) {
-	return 0, jetstream.ErrStreamNotFound
-}
-
 // A watchdog pass that cannot record the slots it judged says so (only a
 // lost compare-and-set is another replica's judgement), and the next pass
 // judges them again: the same ids, which the duplicate window keeps once.
 func TestWatchdogStateThatCannotBeRecordedIsAnError(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := newDeps(t)
+	b := d.Bus
 	if _, err := d.Plans.Put(ctx, testPlan(t, "  schedule: {cron: '@hourly'}\n  alert: {grace: 10m}\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +224,7 @@ func TestWatchdogStateThatCannotBeRecordedIsAnError(t *testing.T) {
 	}
 	clock.Set(at("2026-01-01T11:30:00Z"))
 	leases := b.Leases
-	b.Leases = failingUpdates{leases}
+	b.Leases = bustest.UpdatesFail(leases)
 	if err := s.Watch(ctx); err == nil || !strings.Contains(err.Error(), "record watchdog state") {
 		t.Fatalf("pass whose state write failed: %v, want the failure to record the watchdog state", err)
 	}
