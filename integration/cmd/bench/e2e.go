@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -397,5 +398,24 @@ func (r *rig) pipelineArgv(ctx context.Context, size int64, argv string) (e2eRes
 	fmt.Fprintf(r.log, "e2e %s: upload.completed after %s (%.1f MB/s), backup.succeeded after %s (%.1f MB/s), stored %s, peak RSS %.0f MiB (%.0f MiB before verify), cpu to upload.completed: serve %s source %s minio %s; verify %s\n",
 		name, res.upload.Round(time.Millisecond), res.uploadMBps(), res.total.Round(time.Millisecond), res.totalMBps(),
 		humanSize(res.stored), float64(res.peakRSS)/(1<<20), float64(res.uploadRSS)/(1<<20), res.serveCPU, res.sourceCPU, res.minioCPU, res.verifyCPU)
+	mu.Lock()
+	fmt.Fprintf(r.log, "e2e %s: events after the trigger: %s\n", name, timeline(seen, start))
+	mu.Unlock()
 	return res, nil
+}
+
+// timeline lists event types by arrival, each with its time since start:
+// where a run's fixed costs go (trigger to snapshot.started, snapshot's
+// end to upload.completed) shows in the log of every e2e run.
+func timeline(seen map[string]time.Time, start time.Time) string {
+	types := make([]string, 0, len(seen))
+	for t := range seen {
+		types = append(types, t)
+	}
+	sort.Slice(types, func(i, j int) bool { return seen[types[i]].Before(seen[types[j]]) })
+	parts := make([]string, len(types))
+	for i, t := range types {
+		parts[i] = fmt.Sprintf("%s %s", strings.TrimPrefix(t, "io.backstream."), seen[t].Sub(start).Round(time.Millisecond))
+	}
+	return strings.Join(parts, ", ")
 }
