@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"strconv"
@@ -605,29 +606,47 @@ var typeNames = strings.NewReplacer(
 	"secret.Ref", "a secret reference",
 )
 
-// LoadRecipients parses Recipients and the lines of RecipientsFile (age's
-// recipients file format: one per line, # comments) into age recipients. It
-// reads a file, so the filter stage calls it where it runs, not Validate.
-func (e *Encryption) LoadRecipients() ([]age.Recipient, error) {
-	var out []age.Recipient
-	for _, r := range e.Recipients {
+// LoadRecipients returns Recipients followed by the recipients in
+// RecipientsFile (age's recipients file format: one per line; blank lines
+// and # comments skipped), each checked to be an age X25519 recipient.
+// Errors name the field, or the file and line. It reads a file, so the
+// filter stage calls it where it runs, on every backup (a changed file
+// takes effect at the next one), and Validate does not.
+func (e *Encryption) LoadRecipients() ([]string, error) {
+	out := make([]string, 0, len(e.Recipients))
+	for i, r := range e.Recipients {
 		x, err := age.ParseX25519Recipient(r)
 		if err != nil {
-			return nil, fmt.Errorf("parse recipient: %w", err)
+			return nil, fmt.Errorf("spec.filters.encryption.recipients[%d]: %w", i, err)
 		}
-		out = append(out, x)
+		out = append(out, x.String())
 	}
-	if e.RecipientsFile != "" {
-		f, err := os.Open(e.RecipientsFile)
-		if err != nil {
-			return nil, fmt.Errorf("read recipients: %w", err)
+	if e.RecipientsFile == "" {
+		return out, nil
+	}
+	f, err := os.Open(e.RecipientsFile)
+	if err != nil {
+		return nil, fmt.Errorf("spec.filters.encryption.recipientsFile: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	found := false
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
 		}
-		defer f.Close()
-		rs, err := age.ParseRecipients(f)
+		x, err := age.ParseX25519Recipient(line)
 		if err != nil {
-			return nil, fmt.Errorf("read recipients %s: %w", e.RecipientsFile, err)
+			return nil, fmt.Errorf("spec.filters.encryption.recipientsFile: %s line %d: not an age X25519 recipient (age1...): %w", e.RecipientsFile, n, err)
 		}
-		out = append(out, rs...)
+		out, found = append(out, x.String()), true
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("spec.filters.encryption.recipientsFile: %s: %w", e.RecipientsFile, err)
+	}
+	if !found {
+		return nil, fmt.Errorf("spec.filters.encryption.recipientsFile: %s holds no recipient", e.RecipientsFile)
 	}
 	return out, nil
 }

@@ -20,15 +20,12 @@
 package filter
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -110,23 +107,12 @@ func Options(ctx context.Context, p *plan.Plan, keyrings *keyring.Store) (format
 		return o, nil
 	}
 	o.Encryption = format.EncryptionAESGCM
-	o.Recipients = append(o.Recipients, f.Encryption.Recipients...)
-	if f.Encryption.RecipientsFile != "" {
-		file, err := os.Open(f.Encryption.RecipientsFile)
+	if f.Encryption.Passphrase == nil {
+		rs, err := f.Encryption.LoadRecipients()
 		if err != nil {
-			return o, fmt.Errorf("recipients file: %w", err)
+			return o, err
 		}
-		defer file.Close()
-		sc := bufio.NewScanner(file)
-		for sc.Scan() {
-			line := strings.TrimSpace(sc.Text())
-			if line != "" && !strings.HasPrefix(line, "#") {
-				o.Recipients = append(o.Recipients, line)
-			}
-		}
-		if err := sc.Err(); err != nil {
-			return o, fmt.Errorf("recipients file: %w", err)
-		}
+		o.Recipients = rs
 	}
 	if f.Encryption.Passphrase != nil {
 		pass, err := f.Encryption.Passphrase.Resolve()

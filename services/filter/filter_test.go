@@ -9,7 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -457,4 +461,55 @@ func readAll(object []byte, keys format.Keys) ([]byte, error) {
 		return nil, err
 	}
 	return io.ReadAll(rd)
+}
+
+// TestRecipientsFileSealsForEveryRecipient: a plan naming an age
+// recipients file (a comment, a blank line, the rig's recipient and a
+// second one) seals each backup for both; either identity opens it.
+func TestRecipientsFileSealsForEveryRecipient(t *testing.T) {
+	other, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "recipients.txt")
+	r := newRigEncrypted(t, "64KiB", "256KiB", "{recipientsFile: "+file+"}")
+	text := "# the backup keys of the ops team\n\n" + r.identity.Recipient().String() + "\n" + other.Recipient().String() + "\n"
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := gen(200*kib + 7)
+	s := r.seal(data)
+	want := []string{r.identity.Recipient().String(), other.Recipient().String()}
+	if !slices.Equal(s.meta.KeyWrap.Recipients, want) {
+		t.Fatalf("sealed for %q, want %q", s.meta.KeyWrap.Recipients, want)
+	}
+	for _, id := range []*age.X25519Identity{r.identity, other} {
+		if plain, err := readAll(s.object, format.Keys{Identities: []age.Identity{id}}); err != nil || !bytes.Equal(plain, data) {
+			t.Fatalf("open with %s: %v", id.Recipient(), err)
+		}
+	}
+}
+
+// TestBadRecipientsFileFailsTheRun: a recipients file whose line is not a
+// recipient fails the run in filter, with the file and the line in the
+// reason, before anything is sealed.
+func TestBadRecipientsFileFailsTheRun(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "recipients.txt")
+	r := newRigEncrypted(t, "64KiB", "256KiB", "{recipientsFile: "+file+"}")
+	if err := os.WriteFile(file, []byte(r.identity.Recipient().String()+"\nssh-ed25519 AAAA not-age\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	id, e := r.startRun()
+	if _, err := filter.New(r.d).Consumers()[0].Handler(ctx, e); err != nil {
+		t.Fatalf("filter: %v", err)
+	}
+	run, err := r.d.Runs.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.Phase != runs.Failed || run.FailedStage != "filter" || !strings.Contains(run.Error, file+" line 2") || !strings.Contains(run.Error, "recipientsFile") {
+		t.Fatalf("run %s in stage %q: %q; want failed in filter, naming %s line 2", run.Phase, run.FailedStage, run.Error, file)
+	}
 }
