@@ -270,7 +270,7 @@ func (b *Bus) setup(ctx context.Context) error {
 			// Nothing to change: a role that may not manage streams binds.
 			continue
 		}
-		err := retryConflict(ctx, func() error {
+		err := retryConflict(ctx, func(ctx context.Context) error {
 			rctx, cancel := b.untilRefused(ctx)
 			defer cancel()
 			_, err := b.JS.CreateOrUpdateStream(rctx, sc)
@@ -332,13 +332,18 @@ func (b *Bus) setup(ctx context.Context) error {
 			continue
 		}
 		var kv jetstream.KeyValue
-		if err := retryConflict(ctx, func() error {
+		if err := retryConflict(ctx, func(ctx context.Context) error {
 			var err error
 			rctx, cancel := b.untilRefused(ctx)
 			defer cancel()
 			kv, err = b.JS.CreateOrUpdateKeyValue(rctx, bk.cfg)
 			if err == nil && leaderReads {
 				err = b.readFromLeader(rctx, kv)
+			}
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				// The bucket's stream, made a moment ago by this process
+				// or another, is not yet known where readFromLeader asked.
+				err = fmt.Errorf("%w: %w", errNotYet, err)
 			}
 			return b.refused(err)
 		}); err != nil {
@@ -383,7 +388,11 @@ func (b *Bus) refused(err error) error {
 // streamCurrent reports whether stream want exists with every setting
 // backstream chooses, so that setting it up would change nothing.
 func (b *Bus) streamCurrent(ctx context.Context, want jetstream.StreamConfig) bool {
-	s, err := b.JS.Stream(ctx, want.Name)
+	var s jetstream.Stream
+	err := retryUnanswered(ctx, func(ctx context.Context) (err error) {
+		s, err = b.JS.Stream(ctx, want.Name)
+		return err
+	})
 	if err != nil {
 		return false
 	}
@@ -426,13 +435,18 @@ func (b *Bus) readFromLeader(ctx context.Context, kv jetstream.KeyValue) error {
 // bucketCurrent returns bucket want when it exists as configured, with
 // direct gets off when leaderReads.
 func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig, leaderReads bool) (jetstream.KeyValue, bool) {
-	kv, err := b.JS.KeyValue(ctx, want.Bucket)
-	if err != nil {
-		return nil, false
-	}
-	// Status also refreshes the stream info kv reads by (readFromLeader):
-	// a handle returned ok reads the way it was checked to.
-	st, err := kv.Status(ctx)
+	var kv jetstream.KeyValue
+	var st jetstream.KeyValueStatus
+	err := retryUnanswered(ctx, func(ctx context.Context) (err error) {
+		if kv, err = b.JS.KeyValue(ctx, want.Bucket); err != nil {
+			return err
+		}
+		// Status also refreshes the stream info kv reads by
+		// (readFromLeader): a handle returned ok reads the way it was
+		// checked to.
+		st, err = kv.Status(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, false
 	}
@@ -465,25 +479,74 @@ const (
 )
 
 // replicas is the replica count for stream: the configured one, else the
-// existing stream's, else 1.
+// existing stream's, else 1. A stream info nobody answered (a stream
+// another process is creating) is asked again while ctx lasts: taking 1
+// for it would make setup scale an existing stream down.
 func (b *Bus) replicas(ctx context.Context, stream string) int {
 	if b.cfg.Replicas > 0 {
 		return b.cfg.Replicas
 	}
-	if s, err := b.JS.Stream(ctx, stream); err == nil {
-		if r := s.CachedInfo().Config.Replicas; r > 0 {
-			return r
-		}
+	var s jetstream.Stream
+	err := retryUnanswered(ctx, func(ctx context.Context) (err error) {
+		s, err = b.JS.Stream(ctx, stream)
+		return err
+	})
+	if err != nil {
+		return 1
 	}
-	return 1
+	return max(s.CachedInfo().Config.Replicas, 1)
 }
 
-// retryConflict retries f a few times: when replicas create the same stream at
-// once, the losers see "already in use" and succeed as an update.
-func retryConflict(ctx context.Context, f func() error) error {
+// Every JetStream API request of setting up gets a deadline of its own,
+// shorter than the caller's, and is asked again when it passes: nats-server
+// (v2.15.2 and v2.15.3) may answer none of the equal creates of a
+// replicated stream that reach it before the first is applied, though the
+// stream is made, nor an info request about that stream for a while.
+// Waiting out the caller's deadline, two replicas started together on a
+// fresh three-node cluster both failed after 30 s. The next attempt finds
+// the stream and succeeds as an update; a request that was merely slow is
+// asked again, which an equal config makes harmless. Deadlines start at
+// firstAttempt and double, up to lastAttempt, so a lost answer costs a
+// second and a slow server still gets its time.
+const (
+	firstAttempt = time.Second
+	lastAttempt  = 8 * time.Second
+)
+
+// attempt runs attempt number n (from 0) of f with its own deadline.
+func attempt(ctx context.Context, n int, f func(context.Context) error) error {
+	actx, cancel := context.WithTimeout(ctx, min(firstAttempt<<min(n, 8), lastAttempt))
+	defer cancel()
+	return f(actx)
+}
+
+// unanswered reports whether err is attempt's own deadline passing while
+// ctx lasts: the request was not answered and may be asked again.
+func unanswered(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout))
+}
+
+// retryUnanswered runs f until it returns an answer (nil or another
+// error) or ctx ends, asking again while nobody answers.
+func retryUnanswered(ctx context.Context, f func(context.Context) error) error {
+	for n := 0; ; n++ {
+		if err := attempt(ctx, n, f); !unanswered(ctx, err) {
+			return err
+		}
+	}
+}
+
+// errNotYet marks an error of a stream that is being made: asking again
+// a moment later finds it.
+var errNotYet = errors.New("not set up yet")
+
+// retryConflict retries f a few times, each attempt with its own deadline
+// (attempt): when replicas create the same stream at once, the losers see
+// "already in use", or no answer, and succeed as an update.
+func retryConflict(ctx context.Context, f func(context.Context) error) error {
 	var err error
 	for i := 0; i < 10; i++ {
-		if err = f(); err == nil {
+		if err = attempt(ctx, i, f); err == nil {
 			return nil
 		}
 		var apiErr *jetstream.APIError
@@ -493,7 +556,7 @@ func retryConflict(ctx context.Context, f func() error) error {
 		// A cluster whose nodes are still finding each other has too few
 		// peers for a replicated stream for a moment, too.
 		insufficient := errors.As(err, &apiErr) && (apiErr.ErrorCode == errCodeInsufficientResources || apiErr.ErrorCode == errCodeMemoryExceeded || apiErr.ErrorCode == errCodeNoPeers)
-		if !insufficient && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		if !insufficient && !errors.Is(err, errNotYet) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
 			return err
 		}
 		select {

@@ -146,7 +146,7 @@ func (b *Bus) EnsureConsumer(ctx context.Context, spec ConsumerSpec) (jetstream.
 		cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 	}
 	var c jetstream.Consumer
-	err := retryConflict(ctx, func() error {
+	err := retryConflict(ctx, func(ctx context.Context) error {
 		var err error
 		c, err = b.JS.CreateOrUpdateConsumer(ctx, EventsStream, cfg)
 		return err

@@ -105,7 +105,7 @@ func (b *Bus) ensureDataConsumer(ctx context.Context, runID, kind, reader string
 		InactiveThreshold: 30 * time.Minute,
 	}
 	var c jetstream.Consumer
-	err := retryConflict(ctx, func() error {
+	err := retryConflict(ctx, func(ctx context.Context) error {
 		var err error
 		c, err = b.JS.CreateOrUpdateConsumer(ctx, DataStream, cfg)
 		return err

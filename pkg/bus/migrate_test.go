@@ -174,6 +174,40 @@ func TestConcurrentSetupsAllReadTheirBuckets(t *testing.T) {
 	}
 }
 
+// TestConcurrentSetupsOfAFreshCluster: six admin processes set up a new
+// three-node cluster at once (a platform starting all its replicas
+// against a new cluster), twice. nats-server may answer none of the equal
+// creates of a replicated stream that reach it together; each request
+// then waited out the whole connect deadline and every process failed
+// (6 of 6, in every round). Each attempt now has its own deadline and the
+// next one finds the stream made.
+func TestConcurrentSetupsOfAFreshCluster(t *testing.T) {
+	for round := range 2 {
+		_, url := bustest.Cluster(t, 3)
+		var wg sync.WaitGroup
+		buses := make([]*bus.Bus, 6)
+		for i := range buses {
+			wg.Go(func() {
+				buses[i] = bustest.ConnectWith(t, url, fmt.Sprintf("r%dp%d", round, i), bus.RoleAdmin, bus.Config{Replicas: 3})
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.Fatalf("round %d: not every process set the cluster up", round)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := buses[0].Runs.Put(ctx, "r1", []byte("record")); err != nil {
+			t.Fatal(err)
+		}
+		for i, b := range buses {
+			if e, err := b.Runs.Get(ctx, "r1"); err != nil || string(e.Value()) != "record" {
+				t.Fatalf("round %d, process %d: get from bucket %s: %v", round, i, bus.RunsBucket, err)
+			}
+		}
+		cancel()
+	}
+}
+
 // directGetsOn turns direct gets on for buckets, as a backstream before
 // leader reads left them, or as another process setting them up has them
 // for a moment.
