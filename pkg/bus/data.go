@@ -130,18 +130,6 @@ func (b *Bus) DeleteDataConsumer(ctx context.Context, runID, kind, reader string
 	return nil
 }
 
-// PurgeData removes every chunk of a run, of every kind.
-func (b *Bus) PurgeData(ctx context.Context, runID string) error {
-	s, err := b.JS.Stream(ctx, DataStream)
-	if err != nil {
-		return fmt.Errorf("purge data of run %s: %w", runID, err)
-	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSubject(DataRoot+"."+runID+".>")); err != nil {
-		return fmt.Errorf("purge data of run %s: %w", runID, err)
-	}
-	return nil
-}
-
 // ChunkWriter publishes one run's chunk stream in order, a copy to each
 // reader's subject; the stream keeps a chunk until its reader acked it, and
 // the writer waits while the slowest reader is Window chunks behind. Not

@@ -25,10 +25,6 @@ var ErrNotFound = errors.New("object not found")
 // taking a key returns an error matching it before doing any I/O.
 var ErrInvalidKey = errors.New("invalid key")
 
-// ErrNotSupported means a backend does not offer an optional capability, or
-// not with these arguments.
-var ErrNotSupported = errors.New("not supported by this storage")
-
 // PutOptions are the optional attributes of a stored object.
 type PutOptions struct {
 	// ContentType is recorded where the backend can (S3); filesystem ignores it.
@@ -140,6 +136,21 @@ type Sweeper interface {
 	// before cutoff and returns how many it removed; the same prefix rule as
 	// Incomplete applies. A cutoff in the past spares Puts still running.
 	RemoveIncomplete(ctx context.Context, prefix string, cutoff time.Time) (int, error)
+}
+
+// KeySweeper is a Sweeper whose leftovers carry the key of the Put that
+// left them (S3's incomplete multipart uploads), so that one key's can be
+// removed without touching another Put's, running or not. Upload uses it
+// to clean up at once after a Put the storage could not abort, while other
+// uploads to the same storage go on. A storage whose leftovers carry no
+// key (the filesystem's temp files, named by directory) is not one: its
+// RemoveIncomplete would take the temp files of Puts running beside it.
+type KeySweeper interface {
+	Sweeper
+	// RemoveIncompleteKey removes the leftovers of Puts of exactly key
+	// (not of longer keys it is a prefix of) started before cutoff, and
+	// returns how many it removed. Removing none is not an error.
+	RemoveIncompleteKey(ctx context.Context, key string, cutoff time.Time) (int, error)
 }
 
 // CheckKey reports whether key is a valid object key: a relative path of

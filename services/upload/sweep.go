@@ -11,7 +11,6 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/storage"
-	"github.com/backstream/backstream/pkg/storage/s3"
 )
 
 // Leftover multipart uploads. An upload that fails is aborted by the
@@ -24,26 +23,16 @@ func sweepKey(planName, dest, runID string) string {
 	return "sweep." + planName + "." + dest + "." + runID
 }
 
-// keyedSweeper returns st's sweeper when st keeps incomplete uploads per
-// object key (S3 multipart uploads), which is what the sweep removes. The
-// filesystem's temp files are removed by the Put that made them (and, after
-// a crash, by the next start); its sweep works by directory and would take
-// concurrent uploads' temp files with it, so it is never used here.
-func keyedSweeper(st storage.Storage) (storage.Sweeper, bool) {
-	s3s, ok := st.(*s3.S3)
-	return s3s, ok
-}
-
 // sweepNow tries to remove the incomplete uploads of key at once, and
 // remembers the key for the next upload when the storage does not answer.
 func (s *Service) sweepNow(ctx context.Context, st storage.Storage, planName, dest, runID string) {
-	sw, ok := keyedSweeper(st)
+	sw, ok := st.(storage.KeySweeper)
 	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if _, err := sw.RemoveIncomplete(ctx, format.ObjectKey(planName, runID), time.Now()); err == nil {
+	if _, err := sw.RemoveIncompleteKey(ctx, format.ObjectKey(planName, runID), time.Now()); err == nil {
 		return
 	}
 	if _, err := s.Bus.Leases.Put(ctx, sweepKey(planName, dest, runID), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
@@ -54,7 +43,7 @@ func (s *Service) sweepNow(ctx context.Context, st storage.Storage, planName, de
 // sweepLeftovers removes the incomplete uploads remembered for dest. Errors
 // leave the record for the next time; they never fail the upload at hand.
 func (s *Service) sweepLeftovers(ctx context.Context, st storage.Storage, p *plan.Plan, dest string) {
-	sw, ok := keyedSweeper(st)
+	sw, ok := st.(storage.KeySweeper)
 	if !ok {
 		return
 	}
@@ -68,7 +57,7 @@ func (s *Service) sweepLeftovers(ctx context.Context, st storage.Storage, p *pla
 	}
 	for k := range lister.Keys() {
 		runID := strings.TrimPrefix(k, prefix)
-		n, err := sw.RemoveIncomplete(ctx, format.ObjectKey(p.Name(), runID), time.Now())
+		n, err := sw.RemoveIncompleteKey(ctx, format.ObjectKey(p.Name(), runID), time.Now())
 		if err != nil {
 			continue
 		}

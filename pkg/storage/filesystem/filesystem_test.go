@@ -141,3 +141,17 @@ func TestOpenExistingCreatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNotAKeySweeper: a temp file carries no key, only its directory, so
+// the filesystem cannot remove one Put's leftovers alone; upload's
+// clean-up after a failed Put must not take it for a KeySweeper (its
+// sweep would delete the temp files of uploads running beside it).
+func TestNotAKeySweeper(t *testing.T) {
+	s, err := filesystem.New(context.Background(), filesystem.Config{Path: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.(storage.KeySweeper); ok {
+		t.Fatal("the filesystem storage claims to sweep by key")
+	}
+}

@@ -156,6 +156,7 @@ var (
 	_ storage.Tagger     = (*S3)(nil)
 	_ storage.Lifecycler = (*S3)(nil)
 	_ storage.Sweeper    = (*S3)(nil)
+	_ storage.KeySweeper = (*S3)(nil)
 )
 
 // New connects to the server, checks (or with CreateBucket makes) the
@@ -750,6 +751,29 @@ func (s *S3) RemoveIncomplete(ctx context.Context, prefix string, cutoff time.Ti
 		}
 		if err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID); err != nil {
 			return n, fmt.Errorf("abort upload of %s: %w", u.Key, translate(err))
+		}
+		n++
+	}
+	return n, nil
+}
+
+// RemoveIncompleteKey implements storage.KeySweeper: the incomplete
+// uploads of key itself, also where the server lists longer keys for it
+// (AWS takes any prefix).
+func (s *S3) RemoveIncompleteKey(ctx context.Context, key string, cutoff time.Time) (int, error) {
+	if err := storage.CheckKey(key); err != nil {
+		return 0, err
+	}
+	n := 0
+	for u := range s.core.ListIncompleteUploads(ctx, s.bucket, s.object(key), true) {
+		if u.Err != nil {
+			return n, fmt.Errorf("list incomplete uploads: %w", translate(u.Err))
+		}
+		if u.Key != s.object(key) || !u.Initiated.Before(cutoff) {
+			continue
+		}
+		if err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID); err != nil {
+			return n, fmt.Errorf("abort upload of %s: %w", key, translate(err))
 		}
 		n++
 	}

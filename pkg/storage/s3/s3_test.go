@@ -305,3 +305,38 @@ func TestDefaultPartSizeGrows(t *testing.T) {
 type onlyReader struct{ r io.Reader }
 
 func (o *onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// TestRemoveIncompleteKeySparesOtherKeys: the leftovers of one key go; an
+// upload of a longer key it is a prefix of (AWS lists those for it) and
+// one begun after the cutoff stay.
+func TestRemoveIncompleteKeySparesOtherKeys(t *testing.T) {
+	srv := testenv.MinIO(t)
+	bucket := srv.NewBucket(t, "sweepkey")
+	ctx := context.Background()
+	st, err := s3.New(ctx, config(t, srv, bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ks := st.(storage.KeySweeper)
+	core := minio.Core{Client: srv.Client(t)}
+	for _, key := range []string{"run/backup.bin", "run/backup.bin.more"} {
+		if _, err := core.NewMultipartUpload(ctx, bucket, key, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := ks.RemoveIncompleteKey(ctx, "run/backup.bin", time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("with a cutoff before the uploads: removed %d, %v; want none", n, err)
+	}
+	if n, err := ks.RemoveIncompleteKey(ctx, "run/backup.bin", time.Now().Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("removed %d, %v; want the one upload of run/backup.bin", n, err)
+	}
+	for key, want := range map[string]int{"run/backup.bin": 0, "run/backup.bin.more": 1} {
+		if left, err := ks.Incomplete(ctx, key); err != nil || len(left) != want {
+			t.Errorf("incomplete uploads of %s: %q, %v; want %d", key, left, err, want)
+		}
+	}
+	if _, err := ks.RemoveIncompleteKey(ctx, "run/../x", time.Now()); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Errorf("a bad key: %v, want ErrInvalidKey", err)
+	}
+}
