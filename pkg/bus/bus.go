@@ -389,7 +389,7 @@ func (b *Bus) refused(err error) error {
 // backstream chooses, so that setting it up would change nothing.
 func (b *Bus) streamCurrent(ctx context.Context, want jetstream.StreamConfig) bool {
 	var s jetstream.Stream
-	err := retryUnanswered(ctx, func(ctx context.Context) (err error) {
+	err := b.retryUnanswered(ctx, func(ctx context.Context) (err error) {
 		s, err = b.JS.Stream(ctx, want.Name)
 		return err
 	})
@@ -437,7 +437,7 @@ func (b *Bus) readFromLeader(ctx context.Context, kv jetstream.KeyValue) error {
 func (b *Bus) bucketCurrent(ctx context.Context, want jetstream.KeyValueConfig, leaderReads bool) (jetstream.KeyValue, bool) {
 	var kv jetstream.KeyValue
 	var st jetstream.KeyValueStatus
-	err := retryUnanswered(ctx, func(ctx context.Context) (err error) {
+	err := b.retryUnanswered(ctx, func(ctx context.Context) (err error) {
 		if kv, err = b.JS.KeyValue(ctx, want.Bucket); err != nil {
 			return err
 		}
@@ -487,7 +487,7 @@ func (b *Bus) replicas(ctx context.Context, stream string) int {
 		return b.cfg.Replicas
 	}
 	var s jetstream.Stream
-	err := retryUnanswered(ctx, func(ctx context.Context) (err error) {
+	err := b.retryUnanswered(ctx, func(ctx context.Context) (err error) {
 		s, err = b.JS.Stream(ctx, stream)
 		return err
 	})
@@ -526,14 +526,25 @@ func unanswered(ctx context.Context, err error) bool {
 	return ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout))
 }
 
+// unansweredAttempts is how often retryUnanswered asks (1+2+4+8 s).
+const unansweredAttempts = 4
+
 // retryUnanswered runs f until it returns an answer (nil or another
-// error) or ctx ends, asking again while nobody answers.
-func retryUnanswered(ctx context.Context, f func(context.Context) error) error {
-	for n := 0; ; n++ {
-		if err := attempt(ctx, n, f); !unanswered(ctx, err) {
+// error), ctx ends or unansweredAttempts went unanswered, asking again
+// while nobody answers. A request the server refused ends at once.
+func (b *Bus) retryUnanswered(ctx context.Context, f func(context.Context) error) error {
+	var err error
+	for n := range unansweredAttempts {
+		err = attempt(ctx, n, func(actx context.Context) error {
+			rctx, cancel := b.untilRefused(actx)
+			defer cancel()
+			return f(rctx)
+		})
+		if !unanswered(ctx, err) {
 			return err
 		}
 	}
+	return err
 }
 
 // errNotYet marks an error of a stream that is being made: asking again
