@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -160,7 +161,8 @@ plaintext digest); when one fails, the next destination's copy is read, and with
 --fallback-older the previous verified backup.
 
 --to FILE writes the data to FILE (renamed into place only once it checked
-out); --to - writes it to stdout. --into-source restores into the plan's
+out); --to - writes it to stdout, and a FILE that is a character device or a
+named pipe (/dev/null, a FIFO) is written into the same way. --into-source restores into the plan's
 source: beside the live data with --target NAME, or over it with --in-place.
 Progress goes to stderr (docs/operations.md, "Restore with the platform gone").`,
 		Example: `  backstream restore demo/latest --fs data/backups --to /tmp/demo.tar
@@ -287,18 +289,18 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 			return into(ctx, attempt, c, counted(c.Manifest.Bytes)(r))
 		}
 	case o.to == "-":
-		// What reached stdout cannot be taken back: a later copy is read
-		// only when the bad one failed before its first byte.
-		var written int64
-		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
-			if written > 0 {
-				return fmt.Errorf("%w: %d bytes of an earlier copy already went to stdout; restore to a file (--to FILE) to let it fall back to %s", restore.ErrNotRestartable, written, c)
-			}
-			n, err := copyLarge(stdout, counted(c.Manifest.Bytes)(r))
-			written += n
+		consume = streamTo(stdout, "stdout", counted)
+	default:
+		stream, err := streamTarget(o.to)
+		if err != nil {
 			return err
 		}
-	default:
+		if stream != nil {
+			defer stream.Close()
+			consume = streamTo(stream, o.to, counted)
+			finish = stream.Close
+			break
+		}
 		f, err := newPartialFile(o.to)
 		if err != nil {
 			return err
@@ -336,6 +338,66 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 		prog.line(fmt.Sprintf("used a fallback copy: %d copies before it failed their checks (above)", len(failed)))
 	}
 	return nil
+}
+
+// streamTo consumes a restore by writing it to w, which cannot take back
+// what reached it (stdout, a device, a pipe): a later copy is read only
+// when the bad one failed before its first byte.
+func streamTo(w io.Writer, name string, counted func(int64) func(io.Reader) io.Reader) func(context.Context, int, restore.Copy, io.Reader) error {
+	var written int64
+	return func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+		if written > 0 {
+			return fmt.Errorf("%w: %d bytes of an earlier copy already went to %s; restore to a regular file (--to FILE) to let it fall back to %s", restore.ErrNotRestartable, written, name, c)
+		}
+		n, err := copyLarge(w, counted(c.Manifest.Bytes)(r))
+		written += n
+		return err
+	}
+}
+
+// streamTarget opens path for writing when it is (or links to) a
+// character device or a named pipe — /dev/null to try a restore, a FIFO a
+// loader reads — which is written into as stdout is. Replacing it with the
+// restored file, as the rename of a partialFile would, destroys it: a
+// restore run as root `--to /dev/null` once left a regular file in its
+// place, and every program on the machine writing to /dev/null failed
+// after it. It returns nil for a regular file or a path that does not
+// exist (a partialFile's business), and refuses anything else before
+// reading a byte.
+func streamTarget(path string) (*os.File, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore to %s: %w", path, err)
+	}
+	switch mode := fi.Mode(); {
+	case mode.IsRegular():
+		return nil, nil
+	case mode&fs.ModeCharDevice != 0, mode&fs.ModeNamedPipe != 0:
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, fmt.Errorf("restore to %s: %w", path, err)
+		}
+		return f, nil
+	case mode.IsDir():
+		return nil, fmt.Errorf("restore to %s: a directory; --to names the file to write (--extract DIR unpacks a files backup into a directory)", path)
+	default:
+		return nil, fmt.Errorf("restore to %s: a %s, neither a regular file, a character device nor a named pipe; restore to a file, or with --to - into a pipe of your own", path, fileKind(mode))
+	}
+}
+
+// fileKind names the type of a file mode.
+func fileKind(mode fs.FileMode) string {
+	switch {
+	case mode&fs.ModeDevice != 0:
+		return "block device"
+	case mode&fs.ModeSocket != 0:
+		return "socket"
+	default:
+		return mode.Type().String()
+	}
 }
 
 // partialFile is the temporary file beside path a restore writes into; it

@@ -1,0 +1,129 @@
+package dataplane
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/backstream/backstream/integration/harness"
+	"github.com/backstream/backstream/pkg/runs"
+)
+
+// TestRestoreIntoADeviceOrAPipe: `restore --to` a character device or a
+// named pipe writes into it and leaves it what it was; a directory or a
+// socket is refused before a byte is read. A restore run as root `--to
+// /dev/null` once renamed its checked file over the device node, and every
+// program on the machine writing to /dev/null failed after it. The device
+// here is a private null device (the same major and minor as /dev/null),
+// so that a regression costs this test's directory, not the machine's.
+func TestRestoreIntoADeviceOrAPipe(t *testing.T) {
+	keys := newKeyring(t)
+	env := harness.Start(t, harness.Options{})
+	storeDir := t.TempDir()
+	src, digest := writeSource(t, 3*chunk+17)
+	env.Apply(plan("into", catSource(src), "zstd",
+		fmt.Sprintf("encryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient()), fsDest(storeDir), ""))
+	id := env.Trigger("into")
+	if r := env.Wait(id, time.Minute); r.Phase != runs.Succeeded {
+		t.Fatalf("run: %s", r.Error)
+	}
+	restoreTo := func(t *testing.T, target string) (string, int) {
+		t.Helper()
+		return harness.Run(t, storeDir, nil, "restore", "into/"+id, "--fs", storeDir, "--identity", keys.idFile, "--to", target)
+	}
+	// kept says target is still of type want, and nothing was left beside it.
+	kept := func(t *testing.T, target string, want fs.FileMode) {
+		t.Helper()
+		fi, err := os.Lstat(target)
+		if err != nil || fi.Mode().Type() != want {
+			t.Fatalf("%s after the restore: %v (%v), want a %v", target, fi.Mode(), err, want)
+		}
+		if left, _ := filepath.Glob(filepath.Join(filepath.Dir(target), ".*partial*")); len(left) != 0 {
+			t.Errorf("left beside it: %v", left)
+		}
+	}
+
+	t.Run("a character device", func(t *testing.T) {
+		dev := filepath.Join(t.TempDir(), "null")
+		if err := unix.Mknod(dev, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				t.Skip("making a device node needs root (CAP_MKNOD)")
+			}
+			t.Fatal(err)
+		}
+		if out, code := restoreTo(t, dev); code != 0 {
+			t.Fatalf("restore into a null device exited %d:\n%s", code, out)
+		}
+		kept(t, dev, fs.ModeDevice|fs.ModeCharDevice)
+	})
+
+	t.Run("a named pipe", func(t *testing.T) {
+		fifo := filepath.Join(t.TempDir(), "loader")
+		if err := unix.Mkfifo(fifo, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		read := make(chan string, 1)
+		go func() {
+			f, err := os.Open(fifo) // waits for the restore to open it
+			if err != nil {
+				read <- err.Error()
+				return
+			}
+			defer f.Close()
+			h := sha256.New()
+			_, _ = io.Copy(h, f)
+			read <- hex.EncodeToString(h.Sum(nil))
+		}()
+		if out, code := restoreTo(t, fifo); code != 0 {
+			t.Fatalf("restore into a named pipe exited %d:\n%s", code, out)
+		}
+		select {
+		case got := <-read:
+			if got != digest {
+				t.Errorf("the pipe's reader got sha256 %s, want the source's %s", got, digest)
+			}
+		case <-time.After(30 * time.Second):
+			// Its reader still waits for a writer: the restore went elsewhere.
+			t.Fatal("the restore ended and nothing was written into the pipe")
+		}
+		kept(t, fifo, fs.ModeNamedPipe)
+	})
+
+	for _, tc := range []struct {
+		name, want string
+		make       func(path string) error
+		mode       fs.FileMode
+	}{
+		{"a directory", "a directory", func(p string) error { return os.Mkdir(p, 0o700) }, fs.ModeDir},
+		{"a socket", "a socket", func(p string) error {
+			fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.Bind(fd, &unix.SockaddrUnix{Name: p})
+		}, fs.ModeSocket},
+	} {
+		t.Run("refused: "+tc.name, func(t *testing.T) {
+			target := filepath.Join(t.TempDir(), "target")
+			if err := tc.make(target); err != nil {
+				t.Fatal(err)
+			}
+			out, code := restoreTo(t, target)
+			if code == 0 || !strings.Contains(out, target) || !strings.Contains(out, tc.want) {
+				t.Fatalf("restore to %s exited %d; want a refusal naming it and %q:\n%s", tc.name, code, tc.want, out)
+			}
+			kept(t, target, tc.mode)
+		})
+	}
+}
