@@ -200,6 +200,7 @@ func peers(ctx context.Context, pc peersConfig, stdout, stderr io.Writer) error 
 	syscall.Sync()
 
 	res := peersResult{Machine: machine(), Versions: toolVersions(ctx, pc), Rounds: pc.rounds, Tools: pc.tools}
+	res.Machine = append(res.Machine, [2]string{"disk: 1 GiB to a file, writeback behind, fsync", diskPersist(pr.dir, 1<<30)})
 	for _, ds := range sets {
 		sr := setResult{Name: ds.name, What: ds.what, Bytes: ds.size, runs: map[string][]peerRound{}}
 		for round := range pc.rounds {

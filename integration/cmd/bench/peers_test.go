@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +194,18 @@ func TestWriteBlobSQL(t *testing.T) {
 	_ = writeBlobSQL(&again, total, 1)
 	if !bytes.Equal(out.Bytes(), again.Bytes()) {
 		t.Error("the same seed wrote different SQL")
+	}
+}
+
+// TestDiskPersistLeavesNothing: the disk probe of the machine section
+// reports a rate and removes its file.
+func TestDiskPersistLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	got := diskPersist(dir, 20<<20)
+	if !regexp.MustCompile(`^[0-9]+ MB/s \([0-9.]+m?s\)$`).MatchString(got) {
+		t.Errorf("diskPersist = %q, want \"N MB/s (duration)\"", got)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("left %d files behind", len(left))
 	}
 }

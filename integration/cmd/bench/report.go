@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/backstream/backstream/pkg/writeback"
 )
 
 // summary is the bench's last line, for scripts.
@@ -282,4 +284,35 @@ func freePageReporting() string {
 		return "no"
 	}
 	return "no"
+}
+
+// diskPersist writes size bytes into a file in dir as a restore does
+// (pkg/writeback, then fsync) and reports how fast they were on disk:
+// every tool's restore is timed until its file is durable, so where the
+// disk is slower than a tool decodes, its restore figure is the disk's
+// (docs/bench.md, "Against peers on the session's last code, and a
+// slower disk").
+func diskPersist(dir string, size int64) string {
+	f, err := os.CreateTemp(dir, "disk-probe-")
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + i>>11) // not zeros: no file system may skip them
+	}
+	start := time.Now()
+	w := writeback.New(f)
+	for n := int64(0); n < size; n += int64(len(buf)) {
+		if _, err := w.Write(buf); err != nil {
+			return "unknown: " + err.Error()
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return "unknown: " + err.Error()
+	}
+	d := time.Since(start)
+	return fmt.Sprintf("%.0f MB/s (%s)", float64(size)/d.Seconds()/1e6, d.Round(time.Millisecond))
 }
