@@ -741,20 +741,7 @@ func (s *S3) RemoveIncomplete(ctx context.Context, prefix string, cutoff time.Ti
 	if err := storage.CheckPrefix(prefix); err != nil {
 		return 0, err
 	}
-	n := 0
-	for u := range s.core.ListIncompleteUploads(ctx, s.bucket, s.object(prefix), true) {
-		if u.Err != nil {
-			return n, fmt.Errorf("list incomplete uploads: %w", translate(u.Err))
-		}
-		if !u.Initiated.Before(cutoff) {
-			continue
-		}
-		if err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID); err != nil {
-			return n, fmt.Errorf("abort upload of %s: %w", u.Key, translate(err))
-		}
-		n++
-	}
-	return n, nil
+	return s.abortIncomplete(ctx, prefix, false, cutoff)
 }
 
 // RemoveIncompleteKey implements storage.KeySweeper: the incomplete
@@ -764,16 +751,22 @@ func (s *S3) RemoveIncompleteKey(ctx context.Context, key string, cutoff time.Ti
 	if err := storage.CheckKey(key); err != nil {
 		return 0, err
 	}
+	return s.abortIncomplete(ctx, key, true, cutoff)
+}
+
+// abortIncomplete aborts the incomplete uploads the server lists for
+// prefix (only those of prefix itself when exact) begun before cutoff.
+func (s *S3) abortIncomplete(ctx context.Context, prefix string, exact bool, cutoff time.Time) (int, error) {
 	n := 0
-	for u := range s.core.ListIncompleteUploads(ctx, s.bucket, s.object(key), true) {
+	for u := range s.core.ListIncompleteUploads(ctx, s.bucket, s.object(prefix), true) {
 		if u.Err != nil {
 			return n, fmt.Errorf("list incomplete uploads: %w", translate(u.Err))
 		}
-		if u.Key != s.object(key) || !u.Initiated.Before(cutoff) {
+		if (exact && u.Key != s.object(prefix)) || !u.Initiated.Before(cutoff) {
 			continue
 		}
 		if err := s.core.AbortMultipartUpload(ctx, s.bucket, u.Key, u.UploadID); err != nil {
-			return n, fmt.Errorf("abort upload of %s: %w", key, translate(err))
+			return n, fmt.Errorf("abort upload of %s: %w", u.Key, translate(err))
 		}
 		n++
 	}
