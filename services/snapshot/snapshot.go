@@ -7,15 +7,11 @@ package snapshot
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/backstream/backstream/events"
@@ -141,13 +137,14 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	// elsewhere (cancelled, failed).
 	dumpCtx, cancelDump := s.WatchRun(ctx, r.ID)
 	defer cancelDump()
-	cw := &chunker{ctx: dumpCtx, w: w, size: chunkSize, buf: w.Buffer(chunkSize), sum: sha256.New()}
+	cw := newChunker(dumpCtx, w, chunkSize)
 	stopProgress := s.Progress(dumpCtx, p.Name(), r.ID, name, events.SnapshotProgressed, "", s.ProgressEvery,
 		func() (int64, int64) { return cw.written.Load(), cw.chunks.Load() })
 	desc, berr := src.Backup(dumpCtx, cw)
 	stopProgress()
-	if berr == nil && cw.err != nil {
-		berr = cw.err
+	last, sum, herr := cw.finish()
+	if berr == nil {
+		berr = herr
 	}
 	if berr == nil && cw.n == 0 && !(plugin.CanBeEmpty || p.Spec.Source.AllowEmpty) {
 		berr = errors.New("the dump is empty, and the plan says an empty dump is impossible for this source (set spec.source.allowEmpty to accept it)")
@@ -168,7 +165,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		return fail("dump failed: "+berr.Error(), failed)
 	}
 
-	digest := hex.EncodeToString(cw.sum.Sum(nil))
+	digest := hex.EncodeToString(sum)
 	descJSON, _ := json.Marshal(desc)
 	trailer := map[string]string{
 		TrailerBytes:    strconv.FormatInt(cw.n, 10),
@@ -178,7 +175,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		TrailerDescribe: string(descJSON),
 		TrailerSource:   p.Spec.Source.Type,
 	}
-	if err := w.Close(ctx, cw.buf, trailer); err != nil {
+	if err := w.Close(ctx, last, trailer); err != nil {
 		return fail("end chunk stream: "+err.Error(), events.SnapshotFailedData{Bytes: cw.n})
 	}
 	chunks := w.Seq()
@@ -188,83 +185,4 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	}
 	log.Info("snapshot completed", "bytes", cw.n, "chunks", chunks, "sha256", digest, "elapsed", time.Since(begin).Round(time.Millisecond))
 	return s.completed(p, r, name, desc)
-}
-
-// chunker is the io.Writer a source plugin dumps into: it hashes every byte
-// once and publishes full chunks; the last, partial chunk is kept for the
-// final message.
-type chunker struct {
-	ctx     context.Context
-	w       *bus.ChunkWriter
-	size    int
-	buf     []byte
-	sum     hash.Hash
-	n       int64
-	err     error
-	written atomic.Int64
-	chunks  atomic.Int64
-}
-
-func (c *chunker) Write(p []byte) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	total := len(p)
-	for len(p) > 0 {
-		k := min(c.size-len(c.buf), len(p))
-		c.took(p[:k])
-		c.buf = append(c.buf, p[:k]...)
-		p = p[k:]
-		if err := c.emitFull(); err != nil {
-			return total - len(p), err
-		}
-	}
-	return total, nil
-}
-
-// ReadFrom reads a dump straight into the chunk being filled, so io.Copy
-// from a pipe fills whole chunks without a copy through its own 32 KiB buffer.
-func (c *chunker) ReadFrom(r io.Reader) (int64, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	var total int64
-	for {
-		n, err := r.Read(c.buf[len(c.buf):c.size])
-		if n > 0 {
-			c.took(c.buf[len(c.buf) : len(c.buf)+n])
-			c.buf = c.buf[:len(c.buf)+n]
-			total += int64(n)
-			if err := c.emitFull(); err != nil {
-				return total, err
-			}
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
-}
-
-// took hashes and counts dump bytes as they enter the chunk being filled.
-func (c *chunker) took(p []byte) {
-	c.sum.Write(p)
-	c.n += int64(len(p))
-	c.written.Store(c.n)
-}
-
-// emitFull publishes the chunk being filled once it is full.
-func (c *chunker) emitFull() error {
-	if len(c.buf) < c.size {
-		return nil
-	}
-	if err := c.w.WriteOwned(c.ctx, c.buf); err != nil {
-		c.err = fmt.Errorf("publish chunk: %w", err)
-		return c.err
-	}
-	c.buf = c.w.Buffer(c.size)
-	c.chunks.Add(1)
-	return nil
 }

@@ -37,6 +37,8 @@ type peersConfig struct {
 	seed         int64
 	bin          string
 	keep         bool
+	profile      string // serve's CPU and heap profiles of each backstream round go here
+	profileSecs  int
 }
 
 var (
@@ -57,6 +59,8 @@ func peersCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Int64Var(&c.seed, "seed", 1, "seed of the generated set and the MariaDB blobs")
 	fs.StringVar(&c.bin, "bin", "", "directory holding backstream, minio, restic, kopia and age (default: bin/ of the repository)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir (logs, data sets) and print its path")
+	fs.StringVar(&c.profile, "profile", "", "write serve's CPU profile of each backstream round (from the trigger on, --profile-seconds long) and its heap profile at the end into this directory")
+	fs.IntVar(&c.profileSecs, "profile-seconds", 2, "length of the CPU profile with --profile")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -175,7 +179,8 @@ func peers(ctx context.Context, pc peersConfig, stdout, stderr io.Writer) error 
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	c := config{size: pc.size, seed: pc.seed, bin: pc.bin, source: "file", chunkSize: chunkSize, keep: pc.keep}
+	c := config{size: pc.size, seed: pc.seed, bin: pc.bin, source: "file", chunkSize: chunkSize, keep: pc.keep,
+		profile: pc.profile, profileSeconds: pc.profileSecs}
 	r, err := newRig(ctx, c, dir, stderr)
 	if err != nil {
 		return err

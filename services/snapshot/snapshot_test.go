@@ -1,0 +1,200 @@
+package snapshot_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/datagen"
+	"github.com/backstream/backstream/pkg/plan"
+	"github.com/backstream/backstream/pkg/planstore"
+	"github.com/backstream/backstream/pkg/plugins"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/control"
+	"github.com/backstream/backstream/services/snapshot"
+	"github.com/backstream/backstream/services/stage"
+)
+
+// stream is what the filter's reader of a raw stream saw.
+type stream struct {
+	data    []byte
+	sizes   []int
+	trailer map[string]string
+	err     error
+}
+
+// snap applies a plan whose source is the command argv, runs the snapshot
+// stage on its backup.requested while a reader named as the filter reads
+// the raw stream, and returns the stage's events and what the reader saw.
+func snap(t *testing.T, chunkSize string, argv ...string) (*stage.Deps, string, []events.Event, stream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, b := bustest.Start(t)
+	reg := plugins.Default()
+	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
+		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	owner := *d
+	d.Owner = control.New(&owner)
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = strconv.Quote(a)
+	}
+	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: dump}
+spec:
+  source: {type: command, command: {argv: [%s]}}
+  chunkSize: %s
+  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
+`, strings.Join(quoted, ", "), chunkSize, t.TempDir())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Plans.Put(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	p.Defaults()
+	id := events.NewID()
+	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
+		t.Fatal(err)
+	}
+	req, err := events.New(b.Meta(p.Name(), id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	read := make(chan stream, 1)
+	go func() {
+		var s stream
+		in, err := b.NewChunkReader(ctx, stage.DataKey(id), bus.KindRaw, snapshot.Reader, d.DataFor(p))
+		if err != nil {
+			read <- stream{err: err}
+			return
+		}
+		defer in.Close(ctx)
+		for {
+			c, err := in.Next(ctx)
+			if err != nil {
+				s.err = err
+				read <- s
+				return
+			}
+			s.data = append(s.data, c.Data...)
+			s.sizes = append(s.sizes, len(c.Data))
+			if err := c.Ack(); err != nil {
+				s.err = err
+				read <- s
+				return
+			}
+			if c.Final {
+				s.trailer = c.Trailer
+				read <- s
+				return
+			}
+		}
+	}()
+	out, err := snapshot.New(d).Consumers()[0].Handler(ctx, req)
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	return d, id, out, <-read
+}
+
+func types(out []events.Event) string {
+	var got []string
+	for _, e := range out {
+		got = append(got, strings.TrimPrefix(e.Type(), events.TypePrefix))
+	}
+	return strings.Join(got, ",")
+}
+
+// TestSnapshotStreamsTheDumpInChunksWithItsDigest: a dump of many chunks
+// and a rest reaches the stream's reader byte for byte in full chunks, and
+// the trailer, snapshot.completed and the run record all carry its size,
+// chunk count and SHA-256.
+func TestSnapshotStreamsTheDumpInChunksWithItsDigest(t *testing.T) {
+	const chunk = 64 << 10
+	data, err := io.ReadAll(datagen.New(7, 40*chunk+4321))
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "dump")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, id, out, s := snap(t, "64KiB", "cat", file)
+	if s.err != nil {
+		t.Fatalf("read the raw stream: %v", s.err)
+	}
+	if !bytes.Equal(s.data, data) {
+		t.Fatalf("the stream holds %d bytes that differ from the dump's %d", len(s.data), len(data))
+	}
+	for i, n := range s.sizes[:len(s.sizes)-1] {
+		if n != chunk {
+			t.Fatalf("chunk %d holds %d bytes, want %d", i, n, chunk)
+		}
+	}
+	sum := sha256.Sum256(data)
+	digest := hex.EncodeToString(sum[:])
+	if s.trailer[snapshot.TrailerSHA256] != digest || s.trailer[snapshot.TrailerBytes] != strconv.Itoa(len(data)) ||
+		s.trailer[snapshot.TrailerChunks] != strconv.Itoa(len(s.sizes)) {
+		t.Errorf("trailer %v, want %d bytes in %d chunks with SHA-256 %s", s.trailer, len(data), len(s.sizes), digest)
+	}
+	if got := types(out); !strings.HasPrefix(got, "snapshot.completed") {
+		t.Fatalf("events %s, want snapshot.completed first", got)
+	}
+	var done events.SnapshotCompletedData
+	if err := out[0].DataAs(&done); err != nil {
+		t.Fatal(err)
+	}
+	if done.SHA256 != digest || done.Bytes != int64(len(data)) {
+		t.Errorf("snapshot.completed %+v, want %d bytes with SHA-256 %s", done, len(data), digest)
+	}
+	r, err := d.Runs.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.SHA256 != digest || r.Bytes != int64(len(data)) {
+		t.Errorf("run record says %d bytes with %s, want %d with %s", r.Bytes, r.SHA256, len(data), digest)
+	}
+}
+
+// TestSnapshotOfAFailingDumpFailsTheStream: a dump that exits non-zero
+// after several chunks ends the stream as failed for its reader (nothing
+// downstream can take it for a whole dump), and the stage fails its step,
+// with the exit status and stderr, and the run.
+func TestSnapshotOfAFailingDumpFailsTheStream(t *testing.T) {
+	d, id, out, s := snap(t, "64KiB", "sh", "-c", "head -c 1000000 /dev/zero; echo disk on fire >&2; exit 3")
+	if !errors.Is(s.err, bus.ErrProducerFailed) {
+		t.Fatalf("the reader saw %v after %d bytes, want the producer's failure", s.err, len(s.data))
+	}
+	if len(out) != 0 {
+		t.Errorf("events %s returned, want none (a failure is published, not returned)", types(out))
+	}
+	r, err := d.Runs.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := r.FindStep("snapshot")
+	if r.Phase != runs.Failed || st == nil || st.Phase != runs.Failed || st.Bytes != 1000000 ||
+		!strings.Contains(st.Error, "exit status 3") || !strings.Contains(st.Error, "disk on fire") {
+		t.Errorf("run %s, step %+v: want both failed, with 1000000 bytes, the exit status and the stderr", r.Phase, st)
+	}
+}
