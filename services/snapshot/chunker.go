@@ -38,8 +38,8 @@ var errChunkerClosed = errors.New("chunker: write after the dump ended")
 // finish returns for the final message, never reach the hasher
 // goroutine; finish hashes the last one itself once that goroutine is done.
 //
-// Write and ReadFrom are called from one goroutine (the plugin's); finish
-// once, from that goroutine, after the plugin returned.
+// Write and ReadFrom are called from one goroutine (the plugin's); stop
+// and finish from that goroutine, after the plugin returned.
 type chunker struct {
 	ctx  context.Context
 	sink chunkSink
@@ -57,7 +57,7 @@ type chunker struct {
 	chunks  atomic.Int64
 }
 
-// newChunker starts the hasher; finish must be called to stop it.
+// newChunker starts the hasher; stop or finish must be called to end it.
 func newChunker(ctx context.Context, sink chunkSink, size int) *chunker {
 	c := &chunker{ctx: ctx, sink: sink, size: size, buf: sink.Buffer(size), full: make(chan []byte, hashAhead),
 		done: make(chan struct{}), sum: sha256.New()}
@@ -148,15 +148,22 @@ func (c *chunker) handOff() error {
 	return nil
 }
 
-// finish stops the hasher after it published every full chunk and returns
-// the last, partial chunk (maybe empty), the SHA-256 of all bytes taken,
-// and the hasher's error, if any.
-func (c *chunker) finish() (last, sum []byte, err error) {
+// stop ends the hasher after it published the full chunks handed to it
+// and waits for it. It may be called any number of times; the snapshot
+// defers it, so the hasher never outlives a plugin that panicked.
+func (c *chunker) stop() {
 	if !c.ended {
 		c.ended = true
 		close(c.full)
 	}
 	<-c.done
+}
+
+// finish stops the hasher and returns the last, partial chunk (maybe
+// empty) and the SHA-256 of all bytes taken, or the hasher's error. Call
+// it once, after the plugin returned.
+func (c *chunker) finish() (last, sum []byte, err error) {
+	c.stop()
 	if c.herr != nil {
 		return nil, nil, c.herr
 	}

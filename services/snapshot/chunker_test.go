@@ -197,3 +197,23 @@ func TestChunkerEndsWithItsContext(t *testing.T) {
 		t.Errorf("finish: %v, want the context's cause", err)
 	}
 }
+
+// TestChunkerStopsWithoutFinish: stop, as the snapshot defers it for a
+// plugin that panicked, ends the hasher after the chunks handed to it, may
+// be called again, and a write after it is refused.
+func TestChunkerStopsWithoutFinish(t *testing.T) {
+	const size = 4 << 10
+	s := &sink{}
+	c := newChunker(context.Background(), s, size)
+	if _, err := c.Write(dump(3*size + 1)); err != nil {
+		t.Fatal(err)
+	}
+	c.stop()
+	c.stop()
+	if len(s.chunks) != 3 {
+		t.Errorf("%d chunks published, want 3", len(s.chunks))
+	}
+	if _, err := c.Write(make([]byte, size)); !errors.Is(err, errChunkerClosed) {
+		t.Errorf("Write after stop: %v, want errChunkerClosed", err)
+	}
+}

@@ -138,6 +138,9 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	dumpCtx, cancelDump := s.WatchRun(ctx, r.ID)
 	defer cancelDump()
 	cw := newChunker(dumpCtx, w, chunkSize)
+	// After finish this is a no-op; after a plugin's panic the hasher may
+	// wait on the stream, so the dump's context ends first.
+	defer func() { cancelDump(); cw.stop() }()
 	stopProgress := s.Progress(dumpCtx, p.Name(), r.ID, name, events.SnapshotProgressed, "", s.ProgressEvery,
 		func() (int64, int64) { return cw.written.Load(), cw.chunks.Load() })
 	desc, berr := src.Backup(dumpCtx, cw)
