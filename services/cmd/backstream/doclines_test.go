@@ -16,7 +16,19 @@ type docLine struct {
 	line  string
 }
 
-var fence = regexp.MustCompile("(?s)```(?:sh|bash|shell|console)?\n(.*?)```")
+// fence is a fenced code block with its info string: every block is
+// matched, so that the closing fence of a ```json or ```yaml block is never
+// taken for the opening of the next one; only shell blocks are read.
+var fence = regexp.MustCompile("(?s)```([a-z]*)\n(.*?)```")
+
+// shellBlock says whether a block's info string holds shell lines.
+func shellBlock(info string) bool {
+	switch info {
+	case "", "sh", "bash", "shell", "console":
+		return true
+	}
+	return false
+}
 
 // docLines returns every backstream command line in the code blocks of
 // README.md and docs/*.md and in the comments of examples/*.yaml, with
@@ -45,7 +57,9 @@ func docLines(t *testing.T) []docLine {
 		}
 		s := string(b)
 		for _, m := range fence.FindAllStringSubmatchIndex(s, -1) {
-			add(fmt.Sprintf("%s:%d", filepath.Base(f), strings.Count(s[:m[0]], "\n")+1), s[m[2]:m[3]])
+			if shellBlock(s[m[2]:m[3]]) {
+				add(fmt.Sprintf("%s:%d", filepath.Base(f), strings.Count(s[:m[0]], "\n")+1), s[m[4]:m[5]])
+			}
 		}
 	}
 	examples, _ := filepath.Glob(filepath.Join(root, "examples", "*.yaml"))
