@@ -113,18 +113,17 @@ func Options(ctx context.Context, p *plan.Plan, keyrings *keyring.Store) (format
 			return o, err
 		}
 		o.Recipients = rs
+		return o, nil
 	}
-	if f.Encryption.Passphrase != nil {
-		pass, err := f.Encryption.Passphrase.Resolve()
-		if err != nil {
-			return o, err
-		}
-		k, err := keyrings.Ensure(ctx, p.Name(), pass)
-		if err != nil {
-			return o, err
-		}
-		o.Keyring = &k
+	pass, err := f.Encryption.Passphrase.Resolve()
+	if err != nil {
+		return o, err
 	}
+	k, err := keyrings.Ensure(ctx, p.Name(), pass)
+	if err != nil {
+		return o, err
+	}
+	o.Keyring = &k
 	return o, nil
 }
 

@@ -26,15 +26,13 @@ import (
 	"github.com/backstream/backstream/pkg/datagen"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/filter"
 	"github.com/backstream/backstream/services/restore"
 	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 	"github.com/backstream/backstream/services/upload"
 )
 
@@ -61,11 +59,7 @@ func newRigEncrypted(t *testing.T, chunkSize, frameSize, encryption string) *rig
 	t.Helper()
 	ctx := context.Background()
 	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	owner := *d
-	d.Owner = control.New(&owner)
+	d := stagetest.Deps(t, b)
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
 		t.Fatal(err)

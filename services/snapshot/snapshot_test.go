@@ -20,12 +20,10 @@ import (
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/datagen"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // stream is what the filter's reader of a raw stream saw.
@@ -44,11 +42,7 @@ func snap(t *testing.T, chunkSize string, argv ...string) (*stage.Deps, string, 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	owner := *d
-	d.Owner = control.New(&owner)
+	d := stagetest.Deps(t, b)
 	quoted := make([]string, len(argv))
 	for i, a := range argv {
 		quoted[i] = strconv.Quote(a)

@@ -16,13 +16,10 @@ import (
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
-	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // scrubRig is a plan with filesystem destinations a, b and c, each its
@@ -39,11 +36,7 @@ func newScrubRig(t *testing.T, extra string, dests ...string) *scrubRig {
 	t.Helper()
 	ctx := context.Background()
 	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	owner := *d
-	d.Owner = control.New(&owner)
+	d := stagetest.Deps(t, b)
 	rig := &scrubRig{t: t, s: New(d), d: d, dirs: map[string]string{}, stores: map[string]storage.Storage{}}
 	var ds []string
 	for _, name := range dests {
