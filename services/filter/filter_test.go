@@ -57,7 +57,6 @@ func newRig(t *testing.T, chunkSize, frameSize string) *rig {
 // ("" for the rig's identity's recipient).
 func newRigEncrypted(t *testing.T, chunkSize, frameSize, encryption string) *rig {
 	t.Helper()
-	ctx := context.Background()
 	_, b := bustest.Start(t)
 	d := stagetest.Deps(t, b)
 	id, err := age.GenerateX25519Identity()
@@ -68,7 +67,7 @@ func newRigEncrypted(t *testing.T, chunkSize, frameSize, encryption string) *rig
 	if encryption == "" {
 		encryption = fmt.Sprintf("{recipients: [%s]}", id.Recipient())
 	}
-	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+	p := stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: framed}
 spec:
@@ -79,34 +78,8 @@ spec:
     frameSize: %s
     encryption: %s
   destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, chunkSize, frameSize, encryption, dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Validate(nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Plans.Put(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	p.Defaults()
+`, chunkSize, frameSize, encryption, dir))
 	return &rig{t: t, d: d, p: p, dir: dir, identity: id}
-}
-
-// startRun makes a running backup run and returns its id and the
-// snapshot.started event the filter and upload stages start on.
-func (r *rig) startRun() (string, events.Event) {
-	r.t.Helper()
-	id := events.NewID()
-	if _, err := r.d.Runs.Ensure(context.Background(), runs.Run{ID: id, Plan: r.p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
-		r.t.Fatal(err)
-	}
-	e, err := events.New(r.d.Bus.Meta(r.p.Name(), id, "snapshot"), events.SnapshotStartedData{
-		Source: "command", DataSubject: bus.DataSubject(id, bus.KindRaw), ChunkSize: int64(r.p.Spec.ChunkSize)})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return id, e
 }
 
 // dump publishes data on the run's raw stream as the snapshot stage does:
@@ -148,7 +121,7 @@ func (r *rig) seal(data []byte) sealed {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(r.t, r.d, r.p)
 	dumped := make(chan error, 1)
 	go func() { dumped <- r.dump(ctx, id, data) }()
 	type read struct {
@@ -428,7 +401,7 @@ func TestPassphraseSealsWithThePlanKeyring(t *testing.T) {
 // returns the run id.
 func (r *rig) backup(ctx context.Context, data []byte) string {
 	r.t.Helper()
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(r.t, r.d, r.p)
 	dumped := make(chan error, 1)
 	go func() { dumped <- r.dump(ctx, id, data) }()
 	uploaded := make(chan error, 1)
@@ -495,7 +468,7 @@ func TestBadRecipientsFileFailsTheRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(t, r.d, r.p)
 	if _, err := filter.New(r.d).Consumers()[0].Handler(ctx, e); err != nil {
 		t.Fatalf("filter: %v", err)
 	}

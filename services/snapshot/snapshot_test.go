@@ -19,7 +19,6 @@ import (
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/datagen"
-	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/stage"
@@ -47,24 +46,14 @@ func snap(t *testing.T, chunkSize string, argv ...string) (*stage.Deps, string, 
 	for i, a := range argv {
 		quoted[i] = strconv.Quote(a)
 	}
-	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+	p := stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: dump}
 spec:
   source: {type: command, command: {argv: [%s]}}
   chunkSize: %s
   destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, strings.Join(quoted, ", "), chunkSize, t.TempDir())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Validate(nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Plans.Put(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	p.Defaults()
+`, strings.Join(quoted, ", "), chunkSize, t.TempDir()))
 	id := events.NewID()
 	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
 		t.Fatal(err)

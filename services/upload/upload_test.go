@@ -56,7 +56,7 @@ func newRig(t *testing.T, dirA, dirB string) *rig {
 	// A reader that waits for a chunk that never comes fails the test in
 	// seconds, not after the default five minutes.
 	d.Data.Stall = 15 * time.Second
-	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+	p := stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: up, labels: {team: db}}
 spec:
@@ -65,35 +65,8 @@ spec:
   destinations:
     - {name: a, type: filesystem, filesystem: {path: %s}}
     - {name: b, type: filesystem, filesystem: {path: %s}}
-`, dirA, dirB)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Validate(nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Plans.Put(context.Background(), p); err != nil {
-		t.Fatal(err)
-	}
-	p.Defaults()
+`, dirA, dirB))
 	return &rig{t: t, d: d, p: p, dirs: map[string]string{"a": dirA, "b": dirB}}
-}
-
-// startRun makes a running backup run and returns its id and the
-// snapshot.started the upload stage starts on.
-func (r *rig) startRun() (string, events.Event) {
-	r.t.Helper()
-	id := events.NewID()
-	if _, err := r.d.Runs.Ensure(context.Background(), runs.Run{ID: id, Plan: r.p.Name(), Kind: runs.KindBackup,
-		Trigger: events.TriggerCLI, Phase: runs.Running}); err != nil {
-		r.t.Fatal(err)
-	}
-	e, err := events.New(r.d.Bus.Meta(r.p.Name(), id, "snapshot"), events.SnapshotStartedData{
-		Source: "command", DataSubject: bus.DataSubject(id, bus.KindRaw), ChunkSize: int64(r.p.Spec.ChunkSize)})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return id, e
 }
 
 // sealed is a sealed stream as the filter publishes it: the object in
@@ -339,7 +312,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // when the filter is ahead of the upload.
 func (r *rig) uploadWhole(ctx context.Context, s sealed) (string, events.Event, *listener, []events.Event) {
 	r.t.Helper()
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(r.t, r.d, r.p)
 	w := r.writer(ctx, id)
 	r.body(ctx, w, s)
 	r.end(ctx, w, s)
@@ -443,7 +416,7 @@ func TestUploadOfAFailedStreamLeavesNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	r := newRig(t, t.TempDir(), t.TempDir())
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(t, r.d, r.p)
 	w := r.writer(ctx, id)
 	r.body(ctx, w, newSealed())
 	if err := w.Fail(ctx, "filter: disk on fire"); err != nil {
@@ -496,7 +469,7 @@ func TestUploadToABrokenDestinationFailsOnlyItsCopy(t *testing.T) {
 	}
 	r := newRig(t, t.TempDir(), filepath.Join(file, "backups"))
 	s := newSealed()
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(t, r.d, r.p)
 	w := r.writer(ctx, id)
 	r.body(ctx, w, s)
 	l := r.listen()
@@ -552,7 +525,7 @@ func TestUploadOfACancelledRunRemovesTheObject(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	r := newRig(t, t.TempDir(), t.TempDir())
-	id, e := r.startRun()
+	id, e := stagetest.StartBackup(t, r.d, r.p)
 	w := r.writer(ctx, id)
 	r.body(ctx, w, newSealed())
 	l := r.listen()
