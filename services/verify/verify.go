@@ -56,6 +56,13 @@ func (s *Service) handleFailed(ctx context.Context, e events.Event) ([]events.Ev
 	if err != nil {
 		return nil, err
 	}
+	if !r.Phase.Unsuccessful() {
+		// The run was replayed since (a backup.failed of an earlier
+		// attempt, retried while its storage was down): the new attempt
+		// decides what its manifests say; marking them now would write
+		// "failed" over a copy it has verified.
+		return nil, nil
+	}
 	for name, d := range r.Destinations {
 		if d.ManifestKey != "" {
 			if err := s.markFailed(ctx, p, name, d.ManifestKey, r); err != nil {
