@@ -288,6 +288,11 @@ func TestOptionsValidate(t *testing.T) {
 		{"bad level", format.Options{Encryption: "none", ZstdLevel: "max"}, "zstdLevel"},
 		{"bad encryption", format.Options{Encryption: "rot13"}, "encryption"},
 		{"bad recipient", format.Options{Recipients: []string{"ssh-ed25519 AAAA"}}, "recipients[0]"},
+		// One X25519 key in 1024 has data beginning "pq" (bech32 data after
+		// the "age1"); an earlier prefix check took it for a post-quantum
+		// recipient and refused it.
+		{"recipient whose data begins pq", format.Options{Recipients: []string{"age1pq8zu2ks7ghux6j0necpsc4f3uks6rf4u0g7gs9g7r2a5maksdwqen9hy6"}}, ""},
+		{"recipient with a bad checksum", format.Options{Recipients: []string{"age1pq8zu2ks7ghux6j0necpsc4f3uks6rf4u0g7gs9g7r2a5maksdwqen9hy7"}}, "recipients[0]"},
 		{"chunk too big", format.Options{Encryption: "none", ChunkSize: format.MaxChunkSize + 1}, "chunkSize"},
 		{"negative chunk", format.Options{Encryption: "none", ChunkSize: -1}, "chunkSize"},
 		{"scrypt too hard", format.Options{Passphrase: "x", ScryptWorkFactor: 40}, "scryptWorkFactor"},

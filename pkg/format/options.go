@@ -3,6 +3,8 @@ package format
 import (
 	"fmt"
 	"strings"
+
+	"filippo.io/age"
 )
 
 // Filter names as they appear in Options, Chain and manifests.
@@ -163,8 +165,8 @@ func (o Options) Validate() error {
 			probs = append(probs, "recipients, keyring, passphrase: encryption aes-256-gcm needs one of them")
 		}
 		for i, r := range o.Recipients {
-			if !strings.HasPrefix(r, "age1") || strings.HasPrefix(r, "age1pq") {
-				probs = append(probs, fmt.Sprintf("recipients[%d]: not an age X25519 recipient (age1...)", i))
+			if _, err := age.ParseX25519Recipient(r); err != nil {
+				probs = append(probs, fmt.Sprintf("recipients[%d]: not an age X25519 recipient (age1...): %v", i, err))
 			}
 		}
 		if o.Keyring != nil {
