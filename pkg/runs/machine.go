@@ -206,6 +206,11 @@ var (
 	ErrNotReplayable = errors.New("not replayable")
 	// ErrNothingOwed: OpRetryOwed found no inverse op owed.
 	ErrNothingOwed = errors.New("owes no inverse op that failed: nothing to retry")
+	// ErrNotFailed: compensation's first pass asked about a run that is
+	// not failed or cancelled (any more): a failure event of an earlier
+	// attempt, delivered again after the run was replayed. The new attempt
+	// owns the run's ops; there is nothing to compensate.
+	ErrNotFailed = errors.New("the run is not failed or cancelled: its attempt owes no compensation")
 )
 
 // StageOf is the stage a step belongs to: "hook" for "hook:db/lock",
@@ -430,6 +435,9 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 			Error: errText, Attempts: 1, RetryAt: at, Until: at.Add(req.Deadline)})
 		return o, nil
 	case OpCompensationEnd:
+		if !r.Phase.Unsuccessful() {
+			return o, fmt.Errorf("%w: run %s is %s", ErrNotFailed, r.ID, r.Phase)
+		}
 		if r.CompensationDone {
 			o.Announce = len(r.Owed()) == 0 && r.Announced[AnnouncedCompensation]
 			return o, ErrNoChange
@@ -568,6 +576,10 @@ func inverseClaim(r *Run, req Request, now time.Time) (Outcome, error) {
 		c.Phase, c.Owner, c.Started, c.Finished, c.Lease = Running, req.Owner, at, time.Time{}, at.Add(req.Within)
 		o.Announce = true
 		return o, nil
+	}
+	// Compensation's first pass, over a failed or cancelled run.
+	if !r.Phase.Unsuccessful() {
+		return o, fmt.Errorf("%w: run %s is %s", ErrNotFailed, r.ID, r.Phase)
 	}
 	if c == nil {
 		// A forward run of the inverse that failed was the debt's first
@@ -839,6 +851,13 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 			return notReplayable(fmt.Sprintf("it still owes inverse op %s (undoing %s); pay it first: backstream run %s --compensate", c.Step, c.Undoes, r.ID))
 		}
 	}
+	if r.AwaitsCompensation() {
+		// What the attempt's ops owe is known only once compensation has
+		// gone over them: a replay now would run ops under a lock still
+		// held, lose the debt (from the start), or have the pass undo the
+		// new attempt's ops.
+		return notReplayable(fmt.Sprintf("compensation has not yet gone over the hook ops it ran (the hook stage does so on %s); replay once `backstream run %s` shows compensation ended (`backstream replay` waits for it)", failureEventOf(r), r.ID))
+	}
 	if stage == "" {
 		var ok bool
 		if stage, ok = ReplayStage(r); !ok {
@@ -947,6 +966,32 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 		r.Deadline = now.Add(req.Within)
 	}
 	return o, nil
+}
+
+// AwaitsCompensation reports whether r ended failed or cancelled after a
+// hook op of its last attempt started, and compensation's first pass has
+// not gone over it yet: until it has, what the attempt owes is not known,
+// and a replay waits.
+func (r *Run) AwaitsCompensation() bool {
+	if !r.Phase.Unsuccessful() || r.CompensationDone {
+		return false
+	}
+	for _, st := range r.Steps {
+		if StageOf(st.Name) == "hook" && !st.Started.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// failureEventOf names the event that announced r's end, which
+// compensation runs on.
+func failureEventOf(r *Run) string {
+	verb := "failed"
+	if r.Phase == Cancelled {
+		verb = "cancelled"
+	}
+	return r.Kind + "." + verb
 }
 
 // GoodCopy names a destination other than dest that holds r's whole

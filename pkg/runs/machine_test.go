@@ -142,6 +142,16 @@ func TestApply(t *testing.T) {
 		{"end compensation owing nothing: announce", rec(runs.Failed),
 			runs.Request{Op: runs.OpCompensationEnd}, nil,
 			runs.Outcome{Announce: true}, runs.Failed, ""},
+		// A failure event of attempt 1 delivered again after a replay.
+		{"end compensation of a replayed run: refused", rec(runs.Running, "hook:db/lock=Succeeded"),
+			runs.Request{Op: runs.OpCompensationEnd}, runs.ErrNotFailed,
+			runs.Outcome{}, runs.Running, ""},
+		{"claim an inverse op in a replayed run: refused", rec(runs.Running, "hook:db/lock=Succeeded", "snapshot=Running@a"),
+			runs.Request{Op: runs.OpInverseClaim, Step: "hook:db/unlock", Undoes: "db/lock", Owner: "a"}, runs.ErrNotFailed,
+			runs.Outcome{}, runs.Running, ""},
+		{"claim an inverse op in a succeeded run's first pass: refused", rec(runs.Succeeded, "hook:db/lock=Succeeded"),
+			runs.Request{Op: runs.OpInverseClaim, Step: "hook:db/unlock", Undoes: "db/lock", Owner: "a"}, runs.ErrNotFailed,
+			runs.Outcome{}, runs.Succeeded, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -309,6 +319,11 @@ func TestReplay(t *testing.T) {
 		r.Destinations = map[string]*runs.Destination{"s3": {Phase: runs.Succeeded, Key: "k", Verified: true}}
 		return r
 	}
+	// compensated: compensation's first pass went over the run's ops.
+	compensated := func(r *runs.Run) *runs.Run {
+		r.CompensationDone = true
+		return r
+	}
 	tests := []struct {
 		name       string
 		give       *runs.Run
@@ -327,11 +342,11 @@ func TestReplay(t *testing.T) {
 			rec(runs.Failed, "snapshot=Succeeded", "upload:s3=Failed", "verify:s3=Failed"), runs.ReplayVerify,
 			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
 		{"an unlock after the snapshot failed: that op again, and verify again",
-			stored(rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Succeeded", "upload:s3=Succeeded", "verify:s3=Succeeded", "hook:db/unlock=Failed")), "",
+			compensated(stored(rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Succeeded", "upload:s3=Succeeded", "verify:s3=Succeeded", "hook:db/unlock=Failed"))), "",
 			nil, "hook:db/unlock", []string{"hook:db/lock", "snapshot", "upload:s3"}, runs.Running,
 			map[string]runs.Phase{"hook:db/unlock": runs.Pending, "verify:s3": runs.Pending}},
 		{"a lock before the snapshot failed: that op again, the rest as new",
-			rec(runs.Failed, "hook:db/lock=Failed", "snapshot=Skipped"), "",
+			compensated(rec(runs.Failed, "hook:db/lock=Failed", "snapshot=Skipped")), "",
 			nil, "hook:db/lock", nil, runs.Running,
 			map[string]runs.Phase{"hook:db/lock": runs.Pending, "snapshot": runs.Pending}},
 		{"a hook after a dump whose bytes are gone: refused",
@@ -341,8 +356,20 @@ func TestReplay(t *testing.T) {
 			rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed"), "",
 			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
 		{"from the start: everything again",
-			rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed"), runs.ReplayStart,
+			compensated(rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed")), runs.ReplayStart,
 			nil, runs.ReplayStart, nil, runs.Running, map[string]runs.Phase{"snapshot": ""}},
+		{"a lock ran and compensation has not gone over it yet: refused",
+			rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed"), runs.ReplayStart,
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
+		{"a lock that failed may have taken effect: refused until compensated",
+			rec(runs.Failed, "hook:db/lock=Failed", "snapshot=Skipped"), "",
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
+		{"cancelled after a lock, not compensated yet: refused",
+			rec(runs.Cancelled, "hook:db/lock=Succeeded", "snapshot=Running@a"), runs.ReplayStart,
+			runs.ErrNotReplayable, "", nil, runs.Cancelled, nil},
+		{"a lock refused before it started owes nothing: replayed",
+			rec(runs.Failed, "hook:db/lock=Skipped", "snapshot=Skipped"), runs.ReplayStart,
+			nil, runs.ReplayStart, nil, runs.Running, nil},
 		{"cancelled between steps: only from the start",
 			rec(runs.Cancelled, "hook:db/lock=Succeeded", "snapshot=Skipped"), "",
 			runs.ErrNotReplayable, "", nil, runs.Cancelled, nil},

@@ -18,8 +18,9 @@ import (
 // again after an error or a lost reply: every transition is idempotent or
 // answers a repeat the way it answered first (OpFail announces again for
 // the same cause, OpClaim answers Done or Interrupted). Errors wrapping
-// ErrRefused, ErrBadRequest or ErrNotOwner mean asking again cannot help;
-// ErrNotFound that the run has no record; any other error is transient.
+// ErrRefused, ErrBadRequest, ErrNotOwner or ErrNotFailed mean asking again
+// cannot help; ErrNotFound that the run has no record; any other error is
+// transient.
 type Owner interface {
 	Ask(ctx context.Context, stage string, req Request) (*Run, Outcome, error)
 }
@@ -38,7 +39,7 @@ type Reply struct {
 	Outcome Outcome `json:"outcome,omitzero"`
 	Error   string  `json:"error,omitempty"`
 	// Code names the sentinel Error wraps: refused, badRequest, notOwner,
-	// notFound, nothingOwed, notReplayable; empty for a transient error.
+	// notFound, nothingOwed, notReplayable, notFailed; empty for a transient error.
 	Code string `json:"code,omitempty"`
 }
 
@@ -49,6 +50,7 @@ var codes = map[string]error{
 	"notFound":      ErrNotFound,
 	"nothingOwed":   ErrNothingOwed,
 	"notReplayable": ErrNotReplayable,
+	"notFailed":     ErrNotFailed,
 }
 
 // ReplyOf is the wire form of an owner's answer.

@@ -63,12 +63,34 @@ func opName(step string) string { return strings.TrimPrefix(step, "hook:") }
 // an inverse op whose end was recorded as completed is not run again, one
 // left Running by a dead delivery is (inverse ops are idempotent). A
 // redelivery after the pass ended only re-emits its closing events.
+//
+// A failure event delivered after the run was replayed does nothing: a
+// replay waits until this pass has ended (runs.OpReplay), so the earlier
+// attempt owes nothing the pass has not recorded, and what the new
+// attempt's ops owe is for its own end to settle. The run machine refuses
+// the pass's claims and its end on a run no longer failed
+// (runs.ErrNotFailed), for a delivery that read the run just before.
 func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.Event, error) {
 	runID := events.RunID(e)
 	r, err := s.settled(ctx, runID)
 	if err != nil {
 		return nil, err
 	}
+	if !r.Phase.Unsuccessful() {
+		s.Log.Info("compensation skips a failure event of an earlier attempt: the run was replayed", "plan", r.Plan, "runid", runID, "event", e.ID(), "phase", r.Phase, "attempt", r.CurrentAttempt())
+		return nil, nil
+	}
+	out, err := s.compensate(ctx, r)
+	if errors.Is(err, runs.ErrNotFailed) {
+		s.Log.Info("compensation stops: the run was replayed", "plan", r.Plan, "runid", runID, "event", e.ID())
+		return out, nil
+	}
+	return out, err
+}
+
+// compensate is handleFailure's pass over failed run r.
+func (s *Service) compensate(ctx context.Context, r *runs.Run) ([]events.Event, error) {
+	runID := r.ID
 	// The revision the run ran with: the ops that ran are its ops.
 	p, err := s.PlanOf(ctx, r)
 	if err != nil {

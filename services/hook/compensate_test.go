@@ -2,6 +2,7 @@ package hook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -597,4 +598,76 @@ func TestOwedRetryOfADeadReplicaIsTakenOverAfterItsLease(t *testing.T) {
 	if got := f.log(); got[len(got)-1] != "unlock inverse ok" || c.Phase != runs.Succeeded || c.Owner == "dead#0" {
 		t.Errorf("log %v, entry %+v", got, c)
 	}
+}
+
+// TestAFailureOfAnEarlierAttemptUndoesNothingOfTheReplay: the lock ran,
+// the dump failed. A replay waits until compensation has gone over the
+// failed attempt (it would run the lock again under a lock still held and
+// lose the debt); then attempt 2 locks and dumps, and attempt 1's
+// backup.failed delivered again meanwhile unlocks nothing under it — the
+// delivery skips a replayed run, and the run machine refuses the pass of
+// a delivery that read the run just before the replay.
+func TestAFailureOfAnEarlierAttemptUndoesNothingOfTheReplay(t *testing.T) {
+	f := newFixture(t, nil, "[{hook: db/lock}, snapshot, {hook: db/unlock}]", "fail", 0)
+	ctx := context.Background()
+	id := events.NewID()
+	// lock, then the dump starts and fails.
+	attempt := func() {
+		start, err := f.d.Emit("owed", id, "", events.BackupRequestedData{Trigger: events.TriggerCLI})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.s.handleStep(ctx, start); err != nil {
+			t.Fatal(err)
+		}
+		if _, c, err := f.d.Claim(ctx, id, "snapshot", time.Minute); err != nil || !c.Start {
+			t.Fatalf("claim the snapshot: %+v %v", c, err)
+		}
+	}
+	attempt()
+	cause, _ := events.New(f.b.Meta("owed", id, "snapshot"), events.SnapshotFailedData{Source: "files", Error: "dump failed"})
+	failure := f.fail(id, "snapshot", "dump failed", cause)
+	read := f.run(id) // the run as a delivery of the failure reads it
+
+	replay := func() error {
+		_, _, err := f.d.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: id, Step: runs.ReplayStart, Owner: "cli:test"})
+		return err
+	}
+	if err := replay(); !errors.Is(err, runs.ErrNotReplayable) || !strings.Contains(err.Error(), "compensation has not yet gone over") {
+		t.Fatalf("replay before compensation: %v, want refused until compensation went over the lock", err)
+	}
+	if _, err := f.s.handleFailure(ctx, failure); err != nil {
+		t.Fatal(err)
+	}
+	if err := replay(); err != nil {
+		t.Fatalf("replay after compensation: %v", err)
+	}
+	attempt()
+	want := []string{"lock forward ok", "unlock inverse ok", "lock forward ok"}
+	if got := f.log(); !slices.Equal(got, want) {
+		t.Fatalf("ops ran %v, want %v", got, want)
+	}
+
+	out, err := f.s.handleFailure(ctx, failure)
+	if err != nil || len(out) != 0 {
+		t.Errorf("attempt 1's failure delivered again: %v %v, want nothing done", types(out), err)
+	}
+	if _, err := f.s.compensate(ctx, read); !errors.Is(err, runs.ErrNotFailed) {
+		t.Errorf("a pass over the run read before the replay: %v, want runs.ErrNotFailed", err)
+	}
+	if got := f.log(); !slices.Equal(got, want) {
+		t.Errorf("ops ran %v, want %v: an unlock under attempt 2's dump", got, want)
+	}
+	r := f.run(id)
+	if r.Phase != runs.Running || r.CurrentAttempt() != 2 || r.CompensationDone || len(r.Compensation) != 0 || phaseOf(r, "snapshot") != runs.Running {
+		t.Errorf("run %s attempt %d, compensation done %v %+v, snapshot %s: want attempt 2 running untouched",
+			r.Phase, r.CurrentAttempt(), r.CompensationDone, r.Compensation, phaseOf(r, "snapshot"))
+	}
+}
+
+func phaseOf(r *runs.Run, step string) runs.Phase {
+	if st := r.FindStep(step); st != nil {
+		return st.Phase
+	}
+	return ""
 }

@@ -255,6 +255,9 @@ func (s *Service) settled(ctx context.Context, runID string) (*runs.Run, error) 
 			}
 			return nil, err
 		}
+		if !r.Phase.Unsuccessful() {
+			return r, nil // replayed since: handleFailure leaves it alone
+		}
 		st := inFlight(r, s.Now())
 		if st == nil {
 			return r, nil

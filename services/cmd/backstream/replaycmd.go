@@ -72,6 +72,9 @@ func replay(ctx context.Context, natsFlag *natsFlags, id, stageName, destination
 		fmt.Fprintf(stdout, "run %s: its owed inverse ops are due now; the hook service's owed-inverse loop runs them (follow: backstream run %s)\n", id, id)
 		return nil
 	}
+	if err := awaitCompensation(ctx, runs.NewStore(b.Runs), id, compensationWait, stdout); err != nil {
+		return err
+	}
 	var startSeq uint64
 	if wait {
 		if startSeq, err = nextEventSeq(ctx, b); err != nil {
@@ -125,6 +128,35 @@ func waitRepair(ctx context.Context, store *runs.Store, id, dest string, out io.
 		case <-ctx.Done():
 			return &exitError{code: 130, err: fmt.Errorf("stopped waiting; the copy into %s goes on: see backstream run %s", dest, id)}
 		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// compensationWait bounds how long replay waits for compensation to go
+// over a failed attempt's hook ops before it asks anyway (and the owner
+// refuses, saying so).
+const compensationWait = time.Minute
+
+// awaitCompensation waits, up to limit, until compensation has gone over
+// the hook ops of run id's failed attempt: the owner of run state refuses
+// a replay before then (runs.Run.AwaitsCompensation), and an operator
+// replaying a run that just failed should not have to time it.
+func awaitCompensation(ctx context.Context, store *runs.Store, id string, limit time.Duration, stdout io.Writer) error {
+	deadline := time.Now().Add(limit)
+	said := false
+	for {
+		r, err := store.Get(ctx, id)
+		if err != nil || !r.AwaitsCompensation() || time.Now().After(deadline) {
+			return nil // the owner answers (a missing run, a refusal)
+		}
+		if !said {
+			fmt.Fprintf(stdout, "run %s: waiting for compensation to go over the hook ops attempt %d ran\n", id, r.CurrentAttempt())
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

@@ -530,6 +530,12 @@ func showRun(w io.Writer, r *runs.Run) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	switch {
+	case r.AwaitsCompensation():
+		fmt.Fprintln(w, "compensation: has not gone over the hook ops of this attempt yet (a replay waits for it)")
+	case r.Phase.Unsuccessful() && r.CompensationDone && len(r.Owed()) == 0:
+		fmt.Fprintln(w, "compensation: ended, nothing owed")
+	}
 	for _, line := range owedLines(r, time.Now()) {
 		fmt.Fprintln(w, line)
 	}
