@@ -153,10 +153,6 @@ func TestCancelDuringTheDump(t *testing.T) {
 	if got := opLog(t, dir); !slices.Equal(got, []string{"lock", "unlock"}) {
 		t.Errorf("ops ran %v, want [lock unlock] (the lock released by compensation)", got)
 	}
-	types := harness.Types(env.Events(id))
-	if !slices.Contains(types, "backup.cancelled") || slices.Contains(types, "backup.succeeded") || slices.Contains(types, "backup.failed") {
-		t.Errorf("events %v, want backup.cancelled and neither a success nor a failure", types)
-	}
 	noBackup(t, dir, "dump", id)
 	// The upload was aborted, not finished.
 	waitFor(t, "the upload to stop", func() bool {
@@ -165,8 +161,24 @@ func TestCancelDuringTheDump(t *testing.T) {
 		return st != nil && st.Phase.Done()
 	})
 	r, _ = env.Runs.Get(context.Background(), id)
-	if st := r.FindStep("upload:local"); st.Phase != runs.Failed || !strings.Contains(st.Error, "stopped") {
-		t.Errorf("upload step %s (%s), want Failed: stopped by the cancel", st.Phase, st.Error)
+	// The dump and the upload stopped for the cancel: they end Cancelled
+	// (the upload Skipped if the dump's end reached it first), and no
+	// stage announces a failure of its own — an alert on snapshot.failed
+	// or upload.failed must not fire on an operator's cancel.
+	if st := r.FindStep("snapshot"); st.Phase != runs.Cancelled || !strings.Contains(st.Error, "wrong window") {
+		t.Errorf("snapshot step %s (%s), want Cancelled with the operator's reason", st.Phase, st.Error)
+	}
+	if st := r.FindStep("upload:local"); !(st.Phase == runs.Cancelled && strings.Contains(st.Error, "wrong window") || st.Phase == runs.Skipped) {
+		t.Errorf("upload step %s (%s), want Cancelled (or Skipped after the dump's end): stopped by the cancel", st.Phase, st.Error)
+	}
+	types := harness.Types(env.Events(id))
+	if !slices.Contains(types, "backup.cancelled") || slices.Contains(types, "backup.succeeded") || slices.Contains(types, "backup.failed") {
+		t.Errorf("events %v, want backup.cancelled and neither a success nor a failure", types)
+	}
+	for _, typ := range []string{"snapshot.failed", "filter.failed", "upload.failed"} {
+		if slices.Contains(types, typ) {
+			t.Errorf("events %v: %s for a cancelled run", types, typ)
+		}
 	}
 	if d := r.Destinations["local"]; d != nil && d.Phase == runs.Succeeded {
 		t.Errorf("the cancelled run's destination is recorded stored: %+v", d)

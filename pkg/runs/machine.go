@@ -323,7 +323,7 @@ func (req Request) Check() error {
 			return bad("step", "missing")
 		}
 		switch req.Phase {
-		case Succeeded, Failed, Skipped:
+		case Succeeded, Failed, Skipped, Cancelled:
 		default:
 			return bad("phase", fmt.Sprintf("%q is not a final phase", req.Phase))
 		}

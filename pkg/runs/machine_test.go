@@ -142,6 +142,9 @@ func TestApply(t *testing.T) {
 		{"end compensation owing nothing: announce", rec(runs.Failed),
 			runs.Request{Op: runs.OpCompensationEnd}, nil,
 			runs.Outcome{Announce: true}, runs.Failed, ""},
+		{"a step stopped for the cancel ends cancelled", rec(runs.Cancelled, "snapshot=Running@a"),
+			runs.Request{Op: runs.OpFinish, Step: "snapshot", Phase: runs.Cancelled, Error: "stopped: cancelled"}, nil,
+			runs.Outcome{}, runs.Cancelled, runs.Cancelled},
 		// A failure event of attempt 1 delivered again after a replay.
 		{"end compensation of a replayed run: refused", rec(runs.Running, "hook:db/lock=Succeeded"),
 			runs.Request{Op: runs.OpCompensationEnd}, runs.ErrNotFailed,

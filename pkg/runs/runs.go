@@ -44,7 +44,8 @@ const (
 	// that never ran because the run failed first.
 	Skipped Phase = "Skipped"
 	// Cancelled is a run an operator cancelled: neither a success nor a
-	// failure, compensated like a failure.
+	// failure, compensated like a failure. A step is Cancelled when its
+	// stage stopped it for the cancel (a dump killed, an upload aborted).
 	Cancelled Phase = "Cancelled"
 )
 

@@ -152,8 +152,19 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	if berr == nil && cw.n == 0 && !(plugin.CanBeEmpty || p.Spec.Source.AllowEmpty) {
 		berr = errors.New("the dump is empty, and the plan says an empty dump is impossible for this source (set spec.source.allowEmpty to accept it)")
 	}
-	if cause := context.Cause(dumpCtx); berr != nil && errors.Is(cause, stage.ErrRunEnded) {
-		berr = fmt.Errorf("stopped: %w", cause)
+	ended := context.Cause(dumpCtx)
+	if berr != nil && errors.Is(ended, stage.ErrRunEnded) {
+		berr = fmt.Errorf("stopped: %w", ended)
+	}
+	if berr != nil && stage.Cancelled(ended) {
+		// The operator's cancel, not a failed dump: the step ends
+		// Cancelled and control's backup.cancelled is the only news.
+		if ferr := w.Fail(context.WithoutCancel(ctx), berr.Error()); ferr != nil && !errors.Is(ferr, bus.ErrDownstreamGone) {
+			log.Warn("could not end the chunk stream with the cancel", "err", ferr)
+		}
+		_, err := s.FinishStep(ctx, r.ID, name, runs.Cancelled, cw.n, berr.Error(), nil)
+		log.Info("snapshot stopped: the run was cancelled", "bytes", cw.n)
+		return nil, err
 	}
 	if berr != nil {
 		failed := events.SnapshotFailedData{Bytes: cw.n}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
@@ -179,5 +181,110 @@ func TestSnapshotOfAFailingDumpFailsTheStream(t *testing.T) {
 	if r.Phase != runs.Failed || st == nil || st.Phase != runs.Failed || st.Bytes != 1000000 ||
 		!strings.Contains(st.Error, "exit status 3") || !strings.Contains(st.Error, "disk on fire") {
 		t.Errorf("run %s, step %+v: want both failed, with 1000000 bytes, the exit status and the stderr", r.Phase, st)
+	}
+}
+
+// TestSnapshotOfACancelledRunEndsCancelled: an operator cancels the run
+// while its dump streams. The dump is killed, the stream's reader is told,
+// and the step ends Cancelled with the operator's reason — not Failed, and
+// with no snapshot.failed: the dump did not fail, and an alert on
+// snapshot.failed must not fire on every cancel (control's
+// backup.cancelled says what happened).
+func TestSnapshotOfACancelledRunEndsCancelled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, b := bustest.Start(t)
+	d := stagetest.Deps(t, b)
+	dir := t.TempDir()
+	p := stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: endless}
+spec:
+  source: {type: command, command: {argv: [sh, -c, "while :; do head -c 65536 /dev/zero; echo x > %s/tick; sleep 0.02; done"]}}
+  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
+`, dir, t.TempDir()))
+	id := events.NewID()
+	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
+		t.Fatal(err)
+	}
+	req, err := events.New(b.Meta(p.Name(), id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := make(chan *nats.Msg, 1024)
+	sub, err := b.NC.ChanSubscribe(events.SubjectWildcard, published)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	read := make(chan error, 1)
+	go func() {
+		in, err := b.NewChunkReader(ctx, stage.DataKey(id), bus.KindRaw, snapshot.Reader, d.DataFor(p))
+		if err != nil {
+			read <- err
+			return
+		}
+		defer in.Close(ctx)
+		for {
+			c, err := in.Next(ctx)
+			if err == nil {
+				err = c.Ack()
+			}
+			if err != nil {
+				read <- err
+				return
+			}
+		}
+	}()
+	handled := make(chan error, 1)
+	go func() {
+		_, err := snapshot.New(d).Consumers()[0].Handler(ctx, req)
+		handled <- err
+	}()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "tick")); err == nil {
+			break
+		}
+		select {
+		case err := <-handled:
+			t.Fatalf("the snapshot ended before the dump ran: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if _, _, err := d.Owner.Ask(ctx, "admin", runs.Request{Op: runs.OpCancel, Run: id, Owner: "cli:test", Error: "wrong window"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-handled; err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	if err := <-read; !errors.Is(err, bus.ErrProducerFailed) {
+		t.Errorf("the reader saw %v, want the producer's end", err)
+	}
+	r, err := d.Runs.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := r.FindStep("snapshot")
+	if r.Phase != runs.Cancelled || st == nil || st.Phase != runs.Cancelled || !strings.Contains(st.Error, "wrong window") || st.Bytes == 0 {
+		t.Errorf("run %s, step %+v: want both cancelled, the step with the operator's reason and the bytes dumped", r.Phase, st)
+	}
+	if err := b.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for len(published) > 0 {
+		m := <-published
+		e, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if events.RunID(e) == id && (e.Type() == events.SnapshotFailed || e.Type() == events.BackupFailed) {
+			t.Errorf("%s published for a cancelled run", e.Type())
+		}
+	}
+	tick, _ := os.Stat(filepath.Join(dir, "tick"))
+	time.Sleep(200 * time.Millisecond)
+	if again, _ := os.Stat(filepath.Join(dir, "tick")); !again.ModTime().Equal(tick.ModTime()) {
+		t.Error("the dump still runs after the cancel")
 	}
 }

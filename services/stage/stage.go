@@ -418,7 +418,26 @@ func (d *Deps) DataFor(p *plan.Plan) bus.DataOptions {
 
 // ErrRunEnded is the cause of a context WatchRun ended: the run became
 // final elsewhere (cancelled, or failed by another stage or its deadline).
+// The cause is a *RunEnded, which says how.
 var ErrRunEnded = errors.New("the run ended")
+
+// RunEnded is the cause of a context WatchRun or WatchCancel ended.
+type RunEnded struct {
+	Phase runs.Phase // Cancelled or Failed
+	// Reason is the run's error: the operator's reason, or the failure.
+	Reason string
+}
+
+func (e *RunEnded) Error() string        { return fmt.Sprintf("%v: %s (%s)", ErrRunEnded, e.Phase, e.Reason) }
+func (e *RunEnded) Is(target error) bool { return target == ErrRunEnded }
+
+// Cancelled reports whether err (a context's cause) says an operator
+// cancelled the run: a step stopped for it ends Cancelled, and its stage
+// announces no failure of its own (control announces the cancellation).
+func Cancelled(err error) bool {
+	var e *RunEnded
+	return errors.As(err, &e) && e.Phase == runs.Cancelled
+}
 
 // WatchRun returns a context that ends, with a cause wrapping ErrRunEnded,
 // once run runID's record is final without success (cancelled or failed),
@@ -460,7 +479,7 @@ func (d *Deps) watch(ctx context.Context, runID string, stop func(runs.Phase) bo
 				}
 				var r runs.Run
 				if json.Unmarshal(e.Value(), &r) == nil && stop(r.Phase) {
-					cancel(fmt.Errorf("%w: %s (%s)", ErrRunEnded, r.Phase, r.Error))
+					cancel(&RunEnded{Phase: r.Phase, Reason: r.Error})
 					return
 				}
 			}

@@ -196,8 +196,9 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	if err == nil {
 		meta, info, digest, err = s.stream(streamCtx, st, in, key, &sent, &chunks)
 	}
-	if cause := context.Cause(streamCtx); err != nil && errors.Is(cause, stage.ErrRunEnded) {
-		err = fmt.Errorf("stopped: %w", cause)
+	ended := context.Cause(streamCtx)
+	if err != nil && errors.Is(ended, stage.ErrRunEnded) {
+		err = fmt.Errorf("stopped: %w", ended)
 	}
 	stopWatch()
 	stopProgress()
@@ -226,6 +227,15 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 			closeIn()
 			s.sweepNow(ctx, st, p.Name(), dest, runID)
 			_, ferr := s.FinishStep(ctx, runID, name, runs.Skipped, 0, err.Error(), nil)
+			return nil, ferr
+		}
+		if stage.Cancelled(ended) {
+			// Aborted for the operator's cancel: no upload.failed (the
+			// destination did not fail); backup.cancelled says it.
+			closeIn()
+			s.sweepNow(ctx, st, p.Name(), dest, runID)
+			_, ferr := s.FinishStep(ctx, runID, name, runs.Cancelled, 0, err.Error(), nil)
+			s.Log.Info("upload stopped: the run was cancelled", "plan", p.Name(), "runid", runID, "destination", dest)
 			return nil, ferr
 		}
 		if _, ferr := s.FinishStep(ctx, runID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
