@@ -152,18 +152,22 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	if berr == nil && cw.n == 0 && !(plugin.CanBeEmpty || p.Spec.Source.AllowEmpty) {
 		berr = errors.New("the dump is empty, and the plan says an empty dump is impossible for this source (set spec.source.allowEmpty to accept it)")
 	}
-	ended := context.Cause(dumpCtx)
-	if berr != nil && errors.Is(ended, stage.ErrRunEnded) {
+	if ended := context.Cause(dumpCtx); berr != nil && errors.Is(ended, stage.ErrRunEnded) {
+		// Killed because the run ended elsewhere: an operator's cancel, or
+		// another stage's failure, which that stage announced. The dump
+		// did not fail, so no snapshot.failed (an alert on it would fire
+		// on every cancel, and name the wrong cause of a failure); the
+		// step ends Cancelled, or Failed naming the run's failure.
 		berr = fmt.Errorf("stopped: %w", ended)
-	}
-	if berr != nil && stage.Cancelled(ended) {
-		// The operator's cancel, not a failed dump: the step ends
-		// Cancelled and control's backup.cancelled is the only news.
 		if ferr := w.Fail(context.WithoutCancel(ctx), berr.Error()); ferr != nil && !errors.Is(ferr, bus.ErrDownstreamGone) {
-			log.Warn("could not end the chunk stream with the cancel", "err", ferr)
+			log.Warn("could not end the chunk stream with the run's end", "err", ferr)
 		}
-		_, err := s.FinishStep(ctx, r.ID, name, runs.Cancelled, cw.n, berr.Error(), nil)
-		log.Info("snapshot stopped: the run was cancelled", "bytes", cw.n)
+		phase := runs.Failed
+		if stage.Cancelled(ended) {
+			phase = runs.Cancelled
+		}
+		_, err := s.FinishStep(ctx, r.ID, name, phase, cw.n, berr.Error(), nil)
+		log.Info("snapshot stopped: the run ended", "phase", phase, "bytes", cw.n)
 		return nil, err
 	}
 	if berr != nil {

@@ -184,13 +184,36 @@ func TestSnapshotOfAFailingDumpFailsTheStream(t *testing.T) {
 	}
 }
 
-// TestSnapshotOfACancelledRunEndsCancelled: an operator cancels the run
-// while its dump streams. The dump is killed, the stream's reader is told,
-// and the step ends Cancelled with the operator's reason — not Failed, and
+// TestSnapshotStoppedByTheRunsEnd: the run ends elsewhere while its dump
+// streams — an operator cancels it, or another stage fails it. The dump is
+// killed, the stream's reader is told, and the step ends Cancelled with
+// the operator's reason, or Failed naming the run's failure; either way
 // with no snapshot.failed: the dump did not fail, and an alert on
-// snapshot.failed must not fire on every cancel (control's
-// backup.cancelled says what happened).
-func TestSnapshotOfACancelledRunEndsCancelled(t *testing.T) {
+// snapshot.failed must not fire on every cancel nor name the wrong cause
+// (control's backup.cancelled, the failing stage's events say what
+// happened).
+func TestSnapshotStoppedByTheRunsEnd(t *testing.T) {
+	tests := []struct {
+		name      string
+		end       runs.Request
+		asker     string
+		wantRun   runs.Phase
+		wantStep  runs.Phase
+		wantError string
+	}{
+		{"cancelled", runs.Request{Op: runs.OpCancel, Owner: "cli:test", Error: "wrong window"}, "admin",
+			runs.Cancelled, runs.Cancelled, "wrong window"},
+		{"failed by the upload", runs.Request{Op: runs.OpFail, Stage: "upload", Step: "upload:local", Error: "upload to local: disk full", Cause: "e1"}, "upload",
+			runs.Failed, runs.Failed, "the run ended: Failed (upload to local: disk full)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stopped(t, tt.end, tt.asker, tt.wantRun, tt.wantStep, tt.wantError)
+		})
+	}
+}
+
+func stopped(t *testing.T, end runs.Request, asker string, wantRun, wantStep runs.Phase, wantError string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	_, b := bustest.Start(t)
@@ -252,7 +275,8 @@ spec:
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if _, _, err := d.Owner.Ask(ctx, "admin", runs.Request{Op: runs.OpCancel, Run: id, Owner: "cli:test", Error: "wrong window"}); err != nil {
+	end.Run = id
+	if _, _, err := d.Owner.Ask(ctx, asker, end); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-handled; err != nil {
@@ -266,8 +290,8 @@ spec:
 		t.Fatal(err)
 	}
 	st := r.FindStep("snapshot")
-	if r.Phase != runs.Cancelled || st == nil || st.Phase != runs.Cancelled || !strings.Contains(st.Error, "wrong window") || st.Bytes == 0 {
-		t.Errorf("run %s, step %+v: want both cancelled, the step with the operator's reason and the bytes dumped", r.Phase, st)
+	if r.Phase != wantRun || st == nil || st.Phase != wantStep || !strings.Contains(st.Error, wantError) || st.Bytes == 0 {
+		t.Errorf("run %s, step %+v: want run %s, step %s naming %q, with the bytes dumped", r.Phase, st, wantRun, wantStep, wantError)
 	}
 	if err := b.NC.Flush(); err != nil {
 		t.Fatal(err)
@@ -278,8 +302,17 @@ spec:
 		if err != nil {
 			t.Fatal(err)
 		}
-		if events.RunID(e) == id && (e.Type() == events.SnapshotFailed || e.Type() == events.BackupFailed) {
-			t.Errorf("%s published for a cancelled run", e.Type())
+		if events.RunID(e) != id {
+			continue
+		}
+		// The run's own backup.failed is the failing stage's, announced
+		// by control; after a cancel there is none.
+		if e.Type() == events.SnapshotFailed || e.Type() == events.BackupFailed && wantRun == runs.Cancelled {
+			t.Errorf("%s published", e.Type())
+		}
+		var bf events.BackupFailedData
+		if e.Type() == events.BackupFailed && (e.DataAs(&bf) != nil || bf.Stage != "upload") {
+			t.Errorf("backup.failed %+v, want the upload's", bf)
 		}
 	}
 	tick, _ := os.Stat(filepath.Join(dir, "tick"))
