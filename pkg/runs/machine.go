@@ -793,7 +793,18 @@ func setFlag(m map[string]bool, k string) map[string]bool {
 // nothing names a step (the run failed past a deadline, or was cancelled
 // between steps): then only ReplayStart is possible.
 func ReplayStage(r *Run) (stage string, ok bool) {
-	for _, st := range r.Steps {
+	// The step of the stage that failed the run comes first: steps it
+	// stopped (a dump killed when an upload failed) are Failed too, as a
+	// consequence, and may come earlier in the workflow.
+	rank := func(st Step) int {
+		if StageOf(st.Name) == r.FailedStage {
+			return 0
+		}
+		return 1
+	}
+	steps := slices.Clone(r.Steps)
+	slices.SortStableFunc(steps, func(a, b Step) int { return rank(a) - rank(b) })
+	for _, st := range steps {
 		if st.Phase != Failed {
 			continue
 		}

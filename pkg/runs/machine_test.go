@@ -384,6 +384,14 @@ func TestReplay(t *testing.T) {
 			}(), "",
 			nil, "upload:b", []string{"snapshot", "upload:a"}, runs.Running,
 			map[string]runs.Phase{"upload:b": runs.Pending, "verify:a": runs.Pending}},
+		{"the dump stopped because an upload failed: the upload is named, not the dump",
+			func() *runs.Run {
+				r := rec(runs.Failed, "snapshot=Failed", "filter=Skipped", "upload:a=Failed", "upload:b=Skipped")
+				r.FailedStage = "upload"
+				r.Destinations = map[string]*runs.Destination{"a": {Phase: runs.Failed}}
+				return r
+			}(), "",
+			runs.ErrNotReplayable, "", nil, runs.Failed, nil},
 		{"an upload failed and no other copy: refused",
 			func() *runs.Run {
 				r := rec(runs.Failed, "snapshot=Succeeded", "upload:a=Failed")
@@ -427,6 +435,25 @@ func TestReplay(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReplayStageIsTheRunsCause: the stage that failed the run says
+// where a replay starts, before the steps it stopped (a dump killed when
+// an upload failed is Failed too, and comes first in the workflow).
+func TestReplayStageIsTheRunsCause(t *testing.T) {
+	r := rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Failed", "filter=Skipped", "upload:a=Failed", "upload:b=Skipped")
+	r.FailedStage = "upload"
+	if got, ok := runs.ReplayStage(r); !ok || got != "upload:a" {
+		t.Errorf("replay stage %q %v, want upload:a (the upload failed the run)", got, ok)
+	}
+	r.FailedStage = "snapshot"
+	if got, ok := runs.ReplayStage(r); !ok || got != "snapshot" {
+		t.Errorf("replay stage %q %v, want snapshot", got, ok)
+	}
+	r.FailedStage = "watchdog" // no step of its own: the first failed step
+	if got, ok := runs.ReplayStage(r); !ok || got != "snapshot" {
+		t.Errorf("replay stage %q %v, want snapshot", got, ok)
 	}
 }
 
