@@ -7,10 +7,12 @@
 package testenv
 
 import (
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -58,15 +60,56 @@ func Bin(t testing.TB, name string) string {
 	return ""
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago,
+// for a server the test starts later.
+//
+// The port is drawn from below the kernel's ephemeral range: a port the
+// kernel hands out for "port 0" is also what it gives outgoing
+// connections, so between choosing it and the server binding it any
+// connection could take it (seen in CI: a NATS cluster's routes took the
+// client port of its third node).
 func FreePort(t testing.TB) int {
 	t.Helper()
+	lo := ephemeralLow()
+	for range 200 {
+		if lo <= minTestPort+1000 {
+			break // no room below the ephemeral range: take the kernel's
+		}
+		port := minTestPort + rand.IntN(lo-minTestPort)
+		if l, err := net.Listen("tcp", Addr(port)); err == nil {
+			l.Close()
+			return port
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// minTestPort is the lowest port FreePort draws: above the usual fixed
+// ports of the servers on this machine (PostgreSQL, MariaDB, Redis, NATS,
+// MinIO, InfluxDB).
+const minTestPort = 10000
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768
+// where it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }
 
 // Addr is "127.0.0.1:port".
