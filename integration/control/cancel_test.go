@@ -290,3 +290,61 @@ func TestAPlanChangedMidRunLeavesTheRunAlone(t *testing.T) {
 		t.Errorf("backup chain %v (%v): want the filters the run started with, not snappy", m.Chain, err)
 	}
 }
+
+// TestCancelDuringARestore cancels a restore run while its target takes
+// the stream (the restore command holds it): the restore stops, its step
+// ends Cancelled saying the target may hold a partial restore, and the
+// only news is restore.cancelled — no restore.failed.
+func TestCancelDuringARestore(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	dir := t.TempDir()
+	restoring := filepath.Join(dir, "restoring")
+	env.Apply(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: slowrestore}
+spec:
+  source:
+    type: command
+    command:
+      argv: ["sh", "-c", "head -c 4000000 /dev/urandom"]
+      restoreArgv: ["sh", "-c", "touch %s; sleep 120; cat > /dev/null"]
+  destinations:
+    - {name: local, type: filesystem, filesystem: {path: %s}}
+`, restoring, filepath.Join(dir, "backups")))
+	if r := env.Wait(env.Trigger("slowrestore"), time.Minute); r.Phase != runs.Succeeded {
+		t.Fatalf("backup %s (%s)", r.Phase, r.Error)
+	}
+	id := events.NewID()
+	req, err := events.New(env.Bus.Meta("slowrestore", id, ""), events.RestoreRequestedData{BackupID: "latest", Destination: "local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Bus.Publish(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the restore command to start", func() bool {
+		_, err := os.Stat(restoring)
+		return err == nil
+	})
+	waitStep(t, env, id, events.StepRestore)
+	if _, _, err := (runs.Remote{NC: env.Bus.NC}).Ask(context.Background(), "admin",
+		runs.Request{Op: runs.OpCancel, Run: id, Owner: "test", Error: "wrong target"}); err != nil {
+		t.Fatal(err)
+	}
+	var st *runs.Step
+	waitFor(t, "the restore step to stop", func() bool {
+		r, _ := env.Runs.Get(context.Background(), id)
+		st = r.FindStep(events.StepRestore)
+		return st != nil && st.Phase.Done()
+	})
+	if st.Phase != runs.Cancelled || !strings.Contains(st.Error, "wrong target") || !strings.Contains(st.Error, "partial restore") {
+		t.Errorf("restore step %s (%s), want Cancelled naming the reason and the partial target", st.Phase, st.Error)
+	}
+	if r, _ := env.Runs.Get(context.Background(), id); r.Phase != runs.Cancelled {
+		t.Errorf("run %s (%s), want Cancelled", r.Phase, r.Error)
+	}
+	types := harness.Types(env.Events(id))
+	if !slices.Contains(types, "restore.cancelled") || slices.Contains(types, "restore.failed") || slices.Contains(types, "restore.completed") {
+		t.Errorf("events %v, want restore.cancelled and no failure", types)
+	}
+}

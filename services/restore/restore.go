@@ -64,10 +64,18 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	// The restore stops when the run ends elsewhere (cancelled).
 	rctx, stopWatch := s.WatchRun(ctx, r.ID)
 	out, err := s.restore(rctx, p, r, name)
-	if cause := context.Cause(rctx); err != nil && errors.Is(cause, stage.ErrRunEnded) {
-		err = fmt.Errorf("stopped: %w; the target may hold a partial restore", cause)
+	ended := context.Cause(rctx)
+	if err != nil && errors.Is(ended, stage.ErrRunEnded) {
+		err = fmt.Errorf("stopped: %w; the target may hold a partial restore", ended)
 	}
 	stopWatch()
+	if err != nil && stage.Cancelled(ended) {
+		// Stopped for the operator's cancel: the step ends Cancelled, and
+		// restore.cancelled (control's) is the news.
+		_, ferr := s.FinishStep(ctx, r.ID, name, runs.Cancelled, 0, err.Error(), nil)
+		s.Log.Warn("restore stopped: the run was cancelled; the target may hold a partial restore", "plan", p.Name(), "runid", r.ID)
+		return nil, ferr
+	}
 	if err != nil {
 		if _, ferr := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, err.Error(), nil); ferr != nil {
 			return nil, ferr
