@@ -1,0 +1,41 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/pkg/runs"
+)
+
+// TestShowRunSaysWhetherCompensationWentOverTheOps: a failed run whose
+// hook op ran says, until compensation's pass ended, that a replay waits
+// for it; after, that it ended.
+func TestShowRunSaysWhetherCompensationWentOverTheOps(t *testing.T) {
+	now := time.Now()
+	r := &runs.Run{ID: "r1", Plan: "p", Kind: runs.KindBackup, Phase: runs.Failed, FailedStage: "snapshot", Error: "dump failed",
+		Steps: []runs.Step{
+			{Name: "hook:db/lock", Phase: runs.Succeeded, Started: now, Finished: now},
+			{Name: "snapshot", Phase: runs.Failed, Started: now, Finished: now, Error: "dump failed"},
+		}}
+	show := func() string {
+		var b bytes.Buffer
+		if err := showRun(&b, r); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	if out := show(); !strings.Contains(out, "compensation: has not gone over the hook ops of this attempt yet (a replay waits for it)") {
+		t.Errorf("before compensation:\n%s", out)
+	}
+	r.CompensationDone = true
+	r.Compensation = []runs.Compensation{{Step: "hook:db/unlock", Undoes: "hook:db/lock", Phase: runs.Succeeded, Started: now, Finished: now}}
+	if out := show(); !strings.Contains(out, "compensation: ended, nothing owed") || strings.Contains(out, "has not gone over") {
+		t.Errorf("after compensation:\n%s", out)
+	}
+	r.Phase = runs.Running // replayed: nothing to say about compensation
+	if out := show(); strings.Contains(out, "compensation:") {
+		t.Errorf("a running run:\n%s", out)
+	}
+}
