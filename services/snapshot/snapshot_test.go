@@ -21,6 +21,7 @@ import (
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/datagen"
+	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/stage"
@@ -56,14 +57,7 @@ spec:
   chunkSize: %s
   destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
 `, strings.Join(quoted, ", "), chunkSize, t.TempDir()))
-	id := events.NewID()
-	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
-		t.Fatal(err)
-	}
-	req, err := events.New(b.Meta(p.Name(), id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, req := requested(t, d, p)
 
 	read := make(chan stream, 1)
 	go func() {
@@ -100,6 +94,21 @@ spec:
 		t.Fatalf("snapshot: %v", err)
 	}
 	return d, id, out, <-read
+}
+
+// requested makes a running backup run of plan p and the
+// backup.requested the snapshot stage handles for it.
+func requested(t *testing.T, d *stage.Deps, p *plan.Plan) (string, events.Event) {
+	t.Helper()
+	id := events.NewID()
+	if _, err := d.Runs.Ensure(context.Background(), runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
+		t.Fatal(err)
+	}
+	req, err := events.New(d.Bus.Meta(p.Name(), id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, req
 }
 
 func types(out []events.Event) string {
@@ -226,14 +235,7 @@ spec:
   source: {type: command, command: {argv: [sh, -c, "while :; do head -c 65536 /dev/zero; echo x > %s/tick; sleep 0.02; done"]}}
   destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
 `, dir, t.TempDir()))
-	id := events.NewID()
-	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Phase: runs.Running}); err != nil {
-		t.Fatal(err)
-	}
-	req, err := events.New(b.Meta(p.Name(), id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, req := requested(t, d, p)
 	published := make(chan *nats.Msg, 1024)
 	sub, err := b.NC.ChanSubscribe(events.SubjectWildcard, published)
 	if err != nil {
