@@ -19,6 +19,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/oklog/ulid/v2"
 )
 
@@ -33,6 +34,9 @@ const (
 	ExtRunID       = "runid"
 	ExtStep        = "step"
 	ExtTraceParent = "traceparent"
+	// ExtAttempt is the attempt of the run an event belongs to, an Integer
+	// carried from attempt 2 on (a replay); absent means the first.
+	ExtAttempt = "attempt"
 )
 
 // Subject roots. Every event travels on
@@ -88,6 +92,8 @@ type Meta struct {
 	Step  string
 	// TraceParent is a W3C traceparent, when a trace exists.
 	TraceParent string
+	// Attempt becomes the attempt extension attribute when above 1.
+	Attempt int
 	// Time defaults to now.
 	Time time.Time
 }
@@ -116,6 +122,9 @@ func New(m Meta, p Payload) (Event, error) {
 	if m.TraceParent != "" {
 		e.SetExtension(ExtTraceParent, m.TraceParent)
 	}
+	if m.Attempt > 1 {
+		e.SetExtension(ExtAttempt, m.Attempt)
+	}
 	if err := e.SetData(cloudevents.ApplicationJSON, p); err != nil {
 		return Event{}, fmt.Errorf("%w: %s: encode data: %w", ErrInvalid, p.EventType(), err)
 	}
@@ -142,6 +151,21 @@ func Step(e Event) string { return ext(e, ExtStep) }
 
 // TraceParent returns the traceparent extension of e, or "".
 func TraceParent(e Event) string { return ext(e, ExtTraceParent) }
+
+// Attempt returns the attempt of its run that e belongs to: its attempt
+// extension, 1 when it has none (every event of a run never replayed, and
+// every trigger).
+func Attempt(e Event) int {
+	v, ok := e.Extensions()[ExtAttempt]
+	if !ok {
+		return 1
+	}
+	n, err := types.ToInteger(v)
+	if err != nil || n < 1 {
+		return 1
+	}
+	return int(n)
+}
 
 func ext(e Event, name string) string {
 	v, ok := e.Extensions()[name]
@@ -208,6 +232,11 @@ func CheckEnvelope(e Event) error {
 		problems = append(problems, "runid: missing extension attribute")
 	case !ValidRunID(id):
 		problems = append(problems, fmt.Sprintf("runid %q: must be a ULID (26 characters of upper-case Crockford base32)", truncate(id, 64)))
+	}
+	if v, ok := e.Extensions()[ExtAttempt]; ok {
+		if n, err := types.ToInteger(v); err != nil || n < 1 {
+			problems = append(problems, fmt.Sprintf("attempt %s: must be an integer of at least 1", truncate(fmt.Sprint(v), 32)))
+		}
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: event %q: %s", ErrInvalid, truncate(e.ID(), 128), strings.Join(problems, "; "))

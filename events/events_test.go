@@ -145,6 +145,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"foreign type", func(e *events.Event) { e.SetType("com.example.backup.requested") }, `must start with "io.backstream."`},
 		{"missing runid", func(e *events.Event) { e.SetExtension(events.ExtRunID, nil) }, "runid: missing"},
 		{"empty runid", func(e *events.Event) { e.SetExtension(events.ExtRunID, "") }, "runid: missing"},
+		{"attempt 0", func(e *events.Event) { e.SetExtension(events.ExtAttempt, 0) }, "attempt 0: must be an integer of at least 1"},
+		{"attempt not a number", func(e *events.Event) { e.SetExtension(events.ExtAttempt, "second") }, "attempt second: must be an integer"},
 		{"plan name with a dot", func(e *events.Event) { e.SetSubject("orders.db") }, `subject "orders.db"`},
 		{"plan name with a wildcard", func(e *events.Event) { e.SetSubject("*") }, `subject "*"`},
 		{"no plan", func(e *events.Event) { e.SetSubject("") }, `subject ""`},
@@ -527,5 +529,32 @@ func TestValidName(t *testing.T) {
 		if got := events.ValidName(tt.give); got != tt.want {
 			t.Errorf("ValidName(%q) = %v, want %v", tt.give, got, tt.want)
 		}
+	}
+}
+
+// TestAttemptRoundTrips: the attempt of a replay travels as an Integer
+// extension through the wire form; an event without it is of attempt 1.
+func TestAttemptRoundTrips(t *testing.T) {
+	tests := []struct {
+		name string
+		give int
+		want int
+	}{
+		{"first attempt: no extension", 1, 1},
+		{"unset", 0, 1},
+		{"a replay", 3, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := exampleMeta
+			m.Attempt = tt.give
+			e := wireOrSelf(t, events.MustNew(m, examples[events.BackupRequested]))
+			if got := events.Attempt(e); got != tt.want {
+				t.Errorf("attempt %d, want %d", got, tt.want)
+			}
+			if _, ok := e.Extensions()[events.ExtAttempt]; ok != (tt.want > 1) {
+				t.Errorf("attempt extension present %v for attempt %d", ok, tt.want)
+			}
+		})
 	}
 }

@@ -125,6 +125,12 @@ type Request struct {
 	Deadline   time.Duration `json:"deadline,omitempty"`
 	RetryEvery time.Duration `json:"retryEvery,omitempty"`
 	Flag       string        `json:"flag,omitempty"`
+	// Attempt is the attempt of the run the asker works for: the attempt
+	// of the event it handles (0 when no event drives it: an operator, the
+	// owner's own loops). A request of an earlier attempt is refused with
+	// ErrStale unless it is about a step that attempt claimed and the run
+	// still holds as that claim (Stale says which).
+	Attempt int `json:"attempt,omitempty"`
 
 	// Stage is who asks (the transport fills it in from the subject the
 	// request came on, which the stage's NATS user is confined to).
@@ -211,6 +217,10 @@ var (
 	// attempt, delivered again after the run was replayed. The new attempt
 	// owns the run's ops; there is nothing to compensate.
 	ErrNotFailed = errors.New("the run is not failed or cancelled: its attempt owes no compensation")
+	// ErrStale: the request comes from an attempt the run was replayed
+	// past, about nothing that attempt still holds (Stale). Its work was
+	// superseded: the asker drops it (acks its event) and changes nothing.
+	ErrStale = errors.New("superseded by a replay of the run")
 )
 
 // StageOf is the stage a step belongs to: "hook" for "hook:db/lock",
@@ -356,6 +366,9 @@ func (req Request) Check() error {
 // (Store.Ensure creates records).
 func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 	var o Outcome
+	if err := Stale(r, req); err != nil {
+		return o, err
+	}
 	switch req.Op {
 	case OpClaim:
 		o.Claimed = claim(r, req, now)
@@ -500,6 +513,53 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 	return o, fmt.Errorf("%w: unknown op %q", ErrBadRequest, req.Op)
 }
 
+// Stale refuses, with ErrStale, a request of an attempt the run has moved
+// past. A replay is a new attempt: it resets the steps it does again and
+// re-emits the events that drive them, so the work of an earlier attempt
+// must not end, fail or claim anything of the new one: a verify still
+// reading when the run was replayed from the start would otherwise record
+// its result in the new attempt's fresh step, which the new attempt's
+// verify then finds done without reading its own copy.
+//
+// The one thing an earlier attempt still owns is a step it claimed that
+// the replay did not reset (a hook op still running when the run was
+// replayed from verify): the new attempt takes it over as it is, so its
+// end, its process and its failure are accepted from that claim. A step
+// end (finish, interrupt, proc) is accepted only from the claim that holds
+// the step, of whichever attempt; an unclaimed step only from the current
+// attempt. Settling is never stale (the owner checks the run against its
+// plan), and requests that no event drives (Attempt 0) are not checked.
+// An attempt the run has not reached is a bad request.
+func Stale(r *Run, req Request) error {
+	if req.Attempt <= 0 || req.Op == OpSettle || req.Op == OpCreate {
+		return nil
+	}
+	cur := r.CurrentAttempt()
+	if req.Attempt > cur {
+		return fmt.Errorf("%w: attempt %d: run %s is at attempt %d", ErrBadRequest, req.Attempt, r.ID, cur)
+	}
+	held := 0 // the attempt whose claim holds req.Step
+	if st := r.FindStep(req.Step); st != nil {
+		held = st.Attempt
+		if held == 0 && !st.Started.IsZero() && st.Phase != Pending {
+			// Claimed before records kept the attempt: take it as the
+			// claim's.
+			held = req.Attempt
+		}
+	}
+	switch req.Op {
+	case OpFinish, OpInterrupt, OpProc:
+		if held == req.Attempt || (held == 0 && req.Attempt == cur) {
+			return nil
+		}
+	default:
+		if req.Attempt >= cur || held == req.Attempt {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: run %s is at attempt %d; %s %s of attempt %d changes nothing", ErrStale, r.ID, cur, req.Op, req.Step, req.Attempt)
+}
+
 func claim(r *Run, req Request, now time.Time) Claimed {
 	if r.Phase.Done() && !repairing(r, req.Step) {
 		return Claimed{Skip: true}
@@ -518,7 +578,7 @@ func claim(r *Run, req Request, now time.Time) Claimed {
 	// Stamped: compensation compares the times of one record.
 	at := r.Stamp(now)
 	st.Phase, st.Owner, st.Started, st.Finished, st.Error = Running, req.Owner, at, time.Time{}, ""
-	st.Deadline = time.Time{}
+	st.Deadline, st.Attempt = time.Time{}, r.CurrentAttempt()
 	if req.Within > 0 {
 		st.Deadline = at.Add(req.Within)
 	}

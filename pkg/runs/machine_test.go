@@ -526,3 +526,112 @@ func TestRepairADegradedRun(t *testing.T) {
 		t.Errorf("a step of a copy that is not missing was claimable in a succeeded run: %+v", c.Claimed)
 	}
 }
+
+// TestStaleRequestsChangeNothing: once a run is replayed, the work of the
+// attempt before ends, fails and claims nothing of the new one, except a
+// step that attempt claimed and the replay left to it.
+func TestStaleRequestsChangeNothing(t *testing.T) {
+	// failedVerifying is attempt 1 failed by its unlock while its verify
+	// still reads, compensation done: replayable.
+	failedVerifying := func() *runs.Run {
+		r := rec(runs.Failed, "hook:db/lock=Succeeded", "snapshot=Succeeded", "upload:s3=Succeeded", "verify:s3=Running@v1", "hook:db/unlock=Failed")
+		for i := range r.Steps {
+			r.Steps[i].Attempt = 1
+		}
+		r.Destinations = map[string]*runs.Destination{"s3": {Phase: runs.Succeeded, Key: "k"}}
+		r.CompensationDone = true
+		return r
+	}
+	replayed := func(t *testing.T, r *runs.Run, from string) *runs.Run {
+		t.Helper()
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpReplay, Run: "r", Step: from, Owner: "cli:root"}, t0); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	finishVerify := func(attempt int) runs.Request {
+		return runs.Request{Op: runs.OpFinish, Run: "r", Step: "verify:s3", Phase: runs.Succeeded, Attempt: attempt,
+			Result: &runs.Result{Dest: "s3", Destination: &runs.Destination{Verified: true, VerifyMode: "full"}}}
+	}
+
+	t.Run("from the start, the old verify's end is refused and the new verify reads", func(t *testing.T) {
+		r := replayed(t, failedVerifying(), runs.ReplayStart)
+		if _, err := runs.Apply(r, finishVerify(1), t0); !errors.Is(err, runs.ErrStale) {
+			t.Fatalf("attempt 1's verify end: %v, want ErrStale", err)
+		}
+		if st := r.FindStep("verify:s3"); st != nil {
+			t.Fatalf("attempt 1's verify end left step %+v in attempt 2", *st)
+		}
+		o, err := runs.Apply(r, runs.Request{Op: runs.OpClaim, Run: "r", Step: "verify:s3", Owner: "v2", Attempt: 2}, t0)
+		if err != nil || !o.Claimed.Start {
+			t.Fatalf("attempt 2's verify claims %+v %v, want to start (read its copy)", o.Claimed, err)
+		}
+		if st := r.FindStep("verify:s3"); st.Attempt != 2 {
+			t.Errorf("claimed in attempt %d, want 2", st.Attempt)
+		}
+		if _, err := runs.Apply(r, finishVerify(1), t0); !errors.Is(err, runs.ErrStale) {
+			t.Errorf("attempt 1's verify end after attempt 2 claimed: %v, want ErrStale", err)
+		}
+		if _, err := runs.Apply(r, finishVerify(2), t0); err != nil {
+			t.Errorf("attempt 2's verify end: %v", err)
+		}
+	})
+
+	t.Run("from a hook, the old attempt fails, claims and interrupts nothing", func(t *testing.T) {
+		r := replayed(t, failedVerifying(), "hook:db/unlock")
+		tests := []struct {
+			name string
+			req  runs.Request
+		}{
+			{"a failure of the run", runs.Request{Op: runs.OpFail, Step: "verify:s3", Error: "digest mismatch", Attempt: 1}},
+			{"a failure naming no step", runs.Request{Op: runs.OpFail, Error: "gave up", Attempt: 1}},
+			{"a claim", runs.Request{Op: runs.OpClaim, Step: "hook:db/unlock", Owner: "h1", Attempt: 1}},
+			{"an interrupt of the reset step", runs.Request{Op: runs.OpInterrupt, Step: "verify:s3", Error: "died", Attempt: 1}},
+			{"the reset step's end", finishVerify(1)},
+			{"the first compensation pass", runs.Request{Op: runs.OpCompensationEnd, Attempt: 1}},
+		}
+		for _, tt := range tests {
+			tt.req.Run = "r"
+			if _, err := runs.Apply(r, tt.req, t0); !errors.Is(err, runs.ErrStale) {
+				t.Errorf("%s of attempt 1: %v, want ErrStale", tt.name, err)
+			}
+		}
+		if r.Phase != runs.Running || phaseOf(r, "verify:s3") != runs.Pending || phaseOf(r, "hook:db/unlock") != runs.Pending {
+			t.Errorf("attempt 2 changed by attempt 1: run %s verify %s unlock %s", r.Phase, phaseOf(r, "verify:s3"), phaseOf(r, "hook:db/unlock"))
+		}
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpSettle, Run: "r", Attempt: 1, Require: &runs.Requirement{Steps: []string{"snapshot"}}}, t0); errors.Is(err, runs.ErrStale) {
+			t.Errorf("a settle is never stale: %v", err)
+		}
+	})
+
+	t.Run("a step the replay left running stays its claim's", func(t *testing.T) {
+		r := rec(runs.Failed, "snapshot=Succeeded", "upload:s3=Succeeded", "verify:s3=Failed", "hook:db/unlock=Running@h1")
+		for i := range r.Steps {
+			r.Steps[i].Attempt = 1
+		}
+		r.Destinations = map[string]*runs.Destination{"s3": {Phase: runs.Succeeded, Key: "k"}}
+		r.CompensationDone = true
+		replayed(t, r, runs.ReplayVerify)
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpFinish, Run: "r", Step: "hook:db/unlock", Phase: runs.Failed, Error: "boom", Attempt: 1}, t0); err != nil {
+			t.Fatalf("the unlock's end from its claim: %v", err)
+		}
+		o, err := runs.Apply(r, runs.Request{Op: runs.OpFail, Run: "r", Step: "hook:db/unlock", Error: "boom", Attempt: 1, Stage: "hook"}, t0)
+		if err != nil || !o.Announce || r.Phase != runs.Failed {
+			t.Errorf("the unlock's failure: %v announce %v run %s, want the run failed", err, o.Announce, r.Phase)
+		}
+	})
+
+	t.Run("requests no event drives and claims older than the attempt field are not checked; a future attempt is refused", func(t *testing.T) {
+		r := replayed(t, failedVerifying(), "hook:db/unlock")
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpFinish, Run: "r", Step: "hook:db/unlock", Phase: runs.Skipped}, t0); err != nil {
+			t.Errorf("a request of no attempt: %v", err)
+		}
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpFinish, Run: "r", Step: "hook:db/unlock", Phase: runs.Skipped, Attempt: 3}, t0); !errors.Is(err, runs.ErrBadRequest) {
+			t.Errorf("a request of an attempt the run has not reached: %v, want ErrBadRequest", err)
+		}
+		legacy := rec(runs.Running, "filter=Running@a")
+		if _, err := runs.Apply(legacy, runs.Request{Op: runs.OpFinish, Run: "r", Step: "filter", Phase: runs.Succeeded, Attempt: 1}, t0); err != nil {
+			t.Errorf("the end of a step claimed before claims kept their attempt: %v", err)
+		}
+	})
+}

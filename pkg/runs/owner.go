@@ -39,7 +39,7 @@ type Reply struct {
 	Outcome Outcome `json:"outcome,omitzero"`
 	Error   string  `json:"error,omitempty"`
 	// Code names the sentinel Error wraps: refused, badRequest, notOwner,
-	// notFound, nothingOwed, notReplayable, notFailed; empty for a transient error.
+	// notFound, nothingOwed, notReplayable, notFailed, stale; empty for a transient error.
 	Code string `json:"code,omitempty"`
 }
 
@@ -51,6 +51,7 @@ var codes = map[string]error{
 	"nothingOwed":   ErrNothingOwed,
 	"notReplayable": ErrNotReplayable,
 	"notFailed":     ErrNotFailed,
+	"stale":         ErrStale,
 }
 
 // ReplyOf is the wire form of an owner's answer.

@@ -76,6 +76,11 @@ type Step struct {
 	Owner string `json:"owner,omitempty"`
 	// Deadline is when a Running step is overdue (the watchdog fails it).
 	Deadline time.Time `json:"deadline,omitzero"`
+	// Attempt is the attempt of the run that claimed the step (0: not
+	// claimed, or claimed before records kept it). A step is claimed at
+	// most once per attempt, so (step, attempt) names one claim: its end
+	// is accepted only from that claim (Request.Attempt).
+	Attempt int `json:"attempt,omitempty"`
 	// Proc says where the step's op runs, recorded before the op can take
 	// effect (hook ops), so whoever finds the owner dead can make sure the
 	// op is dead too before undoing it.

@@ -67,21 +67,25 @@ func opName(step string) string { return strings.TrimPrefix(step, "hook:") }
 // A failure event delivered after the run was replayed does nothing: a
 // replay waits until this pass has ended (runs.OpReplay), so the earlier
 // attempt owes nothing the pass has not recorded, and what the new
-// attempt's ops owe is for its own end to settle. The run machine refuses
-// the pass's claims and its end on a run no longer failed
-// (runs.ErrNotFailed), for a delivery that read the run just before.
+// attempt's ops owe is for its own end to settle. The event is of an
+// earlier attempt (stage.CheckCurrent), and the run machine refuses the
+// pass's claims and its end for it (runs.ErrStale, and runs.ErrNotFailed
+// on a run no longer failed), for a delivery that read the run just before.
 func (s *Service) handleFailure(ctx context.Context, e events.Event) ([]events.Event, error) {
 	runID := events.RunID(e)
 	r, err := s.settled(ctx, runID)
 	if err != nil {
 		return nil, err
 	}
+	if err := stage.CheckCurrent(r, e); err != nil {
+		return nil, err
+	}
 	if !r.Phase.Unsuccessful() {
-		s.Log.Info("compensation skips a failure event of an earlier attempt: the run was replayed", "plan", r.Plan, "runid", runID, "event", e.ID(), "phase", r.Phase, "attempt", r.CurrentAttempt())
+		s.Log.Info("compensation skips a failure event of a run no longer failed: it was replayed", "plan", r.Plan, "runid", runID, "event", e.ID(), "phase", r.Phase, "attempt", r.CurrentAttempt())
 		return nil, nil
 	}
 	out, err := s.compensate(ctx, r)
-	if errors.Is(err, runs.ErrNotFailed) {
+	if errors.Is(err, runs.ErrNotFailed) || errors.Is(err, runs.ErrStale) {
 		s.Log.Info("compensation stops: the run was replayed", "plan", r.Plan, "runid", runID, "event", e.ID())
 		return out, nil
 	}
@@ -180,7 +184,8 @@ func (s *Service) completedEvent(p *plan.Plan, r *runs.Run) (events.Event, error
 func (s *Service) failedEvent(planName, runID string, c runs.Compensation) (events.Event, error) {
 	step := compensationStep(c.Step)
 	m := s.Bus.Meta(planName, runID, step)
-	m.ID = events.AttemptEventID(runID, events.CompensationFailed, step, stage.AttemptOf(runID)) + "." + strconv.Itoa(c.Attempts)
+	m.Attempt = stage.AttemptOf(runID)
+	m.ID = events.AttemptEventID(runID, events.CompensationFailed, step, m.Attempt) + "." + strconv.Itoa(c.Attempts)
 	d := events.CompensationFailedData{Op: opName(c.Step), Undoes: opName(c.Undoes), Error: c.Error, Attempts: c.Attempts}
 	if !c.RetryAt.IsZero() {
 		t := c.RetryAt

@@ -605,8 +605,9 @@ func TestOwedRetryOfADeadReplicaIsTakenOverAfterItsLease(t *testing.T) {
 // failed attempt (it would run the lock again under a lock still held and
 // lose the debt); then attempt 2 locks and dumps, and attempt 1's
 // backup.failed delivered again meanwhile unlocks nothing under it — the
-// delivery skips a replayed run, and the run machine refuses the pass of
-// a delivery that read the run just before the replay.
+// delivery is of an earlier attempt (acked, nothing changed), and the run
+// machine refuses the pass of a delivery that read the run just before
+// the replay.
 func TestAFailureOfAnEarlierAttemptUndoesNothingOfTheReplay(t *testing.T) {
 	f := newFixture(t, nil, "[{hook: db/lock}, snapshot, {hook: db/unlock}]", "fail", 0)
 	ctx := context.Background()
@@ -649,11 +650,18 @@ func TestAFailureOfAnEarlierAttemptUndoesNothingOfTheReplay(t *testing.T) {
 	}
 
 	out, err := f.s.handleFailure(ctx, failure)
-	if err != nil || len(out) != 0 {
-		t.Errorf("attempt 1's failure delivered again: %v %v, want nothing done", types(out), err)
+	if !errors.Is(err, runs.ErrStale) || len(out) != 0 {
+		t.Errorf("attempt 1's failure delivered again: %v %v, want nothing done (runs.ErrStale)", types(out), err)
+	}
+	compensation := f.s.Consumers()[1]
+	if out, err := compensation.Handler(ctx, failure); err != nil || len(out) != 0 {
+		t.Errorf("the compensate consumer on attempt 1's failure: %v %v, want it acked with nothing done", types(out), err)
+	}
+	if _, err := f.s.compensate(stage.WithAttempt(ctx, 1), read); !errors.Is(err, runs.ErrStale) {
+		t.Errorf("a pass of attempt 1 over the run read before the replay: %v, want runs.ErrStale", err)
 	}
 	if _, err := f.s.compensate(ctx, read); !errors.Is(err, runs.ErrNotFailed) {
-		t.Errorf("a pass over the run read before the replay: %v, want runs.ErrNotFailed", err)
+		t.Errorf("a pass of no attempt over the run read before the replay: %v, want runs.ErrNotFailed", err)
 	}
 	if got := f.log(); !slices.Equal(got, want) {
 		t.Errorf("ops ran %v, want %v: an unlock under attempt 2's dump", got, want)

@@ -35,7 +35,8 @@ func (d *Deps) Progress(ctx context.Context, planName, runID, step, typ, destina
 			}
 			b, c := read()
 			m := d.Bus.Meta(planName, runID, step)
-			m.ID = events.AttemptEventID(runID, typ, step+"."+strconv.Itoa(i), AttemptOf(runID))
+			m.Attempt = AttemptOf(runID)
+			m.ID = events.AttemptEventID(runID, typ, step+"."+strconv.Itoa(i), m.Attempt)
 			ev, err := events.New(m, events.ProgressData{Destination: destination, Bytes: b, Chunks: c, ElapsedMs: time.Since(begin).Milliseconds()}.ForType(typ))
 			if err == nil {
 				_ = d.Bus.Publish(ctx, ev)

@@ -83,15 +83,61 @@ type Service interface {
 // Spec returns a consumer spec with the shared tuning. An event of a run
 // that a stage gives up on (dead-lettered) fails the run with the reason,
 // so a run never stays Running because its event was set aside.
+//
+// Every request the handler asks of the owner carries the attempt of the
+// event it handles (runs.Request.Attempt), and an event of an attempt the
+// run was replayed past is acked with a log line, having changed nothing
+// (runs.ErrStale): a replay re-emits what drives its attempt.
 func (d *Deps) Spec(name string, h bus.Handler, types ...string) bus.ConsumerSpec {
 	s := d.Consumer
 	s.Name = name
 	s.Types = types
-	s.Handler = h
+	s.Handler = func(ctx context.Context, e events.Event) ([]events.Event, error) {
+		out, err := h(WithAttempt(ctx, events.Attempt(e)), e)
+		if errors.Is(err, runs.ErrStale) {
+			d.log().Info("event of an earlier attempt: acked, nothing changed", "consumer", name, "type", e.Type(), "id", e.ID(),
+				"plan", e.Subject(), "runid", events.RunID(e), "reason", err.Error())
+			return nil, nil
+		}
+		return out, err
+	}
 	s.OnDead = func(ctx context.Context, e events.Event, reason string) ([]events.Event, error) {
-		return d.failDead(ctx, name, e, reason)
+		return d.failDead(WithAttempt(ctx, events.Attempt(e)), name, e, reason)
 	}
 	return s
+}
+
+func (d *Deps) log() *slog.Logger {
+	if d.Log == nil {
+		return slog.Default()
+	}
+	return d.Log
+}
+
+type attemptKey struct{}
+
+// WithAttempt makes ctx the context of work for attempt n of a run: the
+// requests asked with it carry n (runs.Request.Attempt), so the owner
+// refuses them once the run was replayed past n. Spec does it for every
+// event handled.
+func WithAttempt(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, attemptKey{}, n)
+}
+
+// attemptIn is the attempt ctx works for, 0 when none (an operator's
+// request, a loop of the owner's).
+func attemptIn(ctx context.Context) int {
+	n, _ := ctx.Value(attemptKey{}).(int)
+	return n
+}
+
+// CheckCurrent refuses, with runs.ErrStale, event e of an attempt run r
+// has been replayed past.
+func CheckCurrent(r *runs.Run, e events.Event) error {
+	if n := events.Attempt(e); r != nil && n < r.CurrentAttempt() {
+		return fmt.Errorf("%w: %s %s is of attempt %d, run %s is at attempt %d", runs.ErrStale, e.Type(), e.ID(), n, r.ID, r.CurrentAttempt())
+	}
+	return nil
 }
 
 // consumerStage is the stage a durable consumer belongs to, which asks
@@ -124,6 +170,9 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 	if err != nil || r.Phase.Done() {
 		return nil, err
 	}
+	if CheckCurrent(r, e) != nil {
+		return nil, nil // what it was about was replayed: nothing to fail
+	}
 	return d.FailRun(ctx, e.Subject(), r.ID, consumerStage(consumer), events.Step(e),
 		fmt.Sprintf("%s gave up on %s: %s", consumer, e.Type(), reason), e)
 }
@@ -134,7 +183,8 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 // (events.AttemptEventID), as this process last saw it in the run's record.
 func (d *Deps) Emit(planName, runID, step string, p events.Payload) (events.Event, error) {
 	m := d.Bus.Meta(planName, runID, step)
-	m.ID = events.AttemptEventID(runID, p.EventType(), step, AttemptOf(runID))
+	m.Attempt = AttemptOf(runID)
+	m.ID = events.AttemptEventID(runID, p.EventType(), step, m.Attempt)
 	return events.New(m, p)
 }
 
@@ -209,7 +259,8 @@ func (d *Deps) PlanOf(ctx context.Context, r *runs.Run) (*plan.Plan, error) {
 
 // RunPlan loads the run of event e (creating its record on a
 // backup.requested or restore.requested, as stage) and the plan revision
-// it keeps.
+// it keeps. An event of an attempt the run was replayed past is refused
+// with runs.ErrStale (CheckCurrent).
 func (d *Deps) RunPlan(ctx context.Context, stageName string, e events.Event) (*plan.Plan, *runs.Run, error) {
 	r, err := d.EnsureRun(ctx, stageName, e)
 	if errors.Is(err, runs.ErrNotFound) {
@@ -228,6 +279,9 @@ func (d *Deps) ask(ctx context.Context, stageName string, req runs.Request) (*ru
 	if req.Owner == "" {
 		req.Owner = d.Instance
 	}
+	if req.Attempt == 0 {
+		req.Attempt = attemptIn(ctx)
+	}
 	r, o, err := d.Owner.Ask(ctx, stageName, req)
 	if errors.Is(err, runs.ErrRefused) || errors.Is(err, runs.ErrBadRequest) {
 		err = bus.Permanent(err)
@@ -237,8 +291,18 @@ func (d *Deps) ask(ctx context.Context, stageName string, req runs.Request) (*ru
 }
 
 // EnsureRun creates the run record of a backup.requested or
-// restore.requested (asked as stage) and returns the run of any event.
+// restore.requested (asked as stage) and returns the run of any event,
+// refusing an event of an attempt the run was replayed past with
+// runs.ErrStale (CheckCurrent).
 func (d *Deps) EnsureRun(ctx context.Context, stageName string, e events.Event) (*runs.Run, error) {
+	r, err := d.ensureRun(ctx, stageName, e)
+	if err != nil {
+		return r, err
+	}
+	return r, CheckCurrent(r, e)
+}
+
+func (d *Deps) ensureRun(ctx context.Context, stageName string, e events.Event) (*runs.Run, error) {
 	seed := runs.Run{ID: events.RunID(e), Plan: e.Subject(), Created: e.Time()}
 	switch e.Type() {
 	case events.BackupRequested:
