@@ -231,6 +231,9 @@ func (s *FS) put(ctx context.Context, p string, r io.Reader, o storage.PutOption
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
+			// An aborted first object of a prefix leaves no empty
+			// directory behind (a plan's, on its first failed backup).
+			s.prune(dir)
 		}
 	}()
 	if _, err = io.Copy(writeback.New(f), ctxio.Reader(ctx, r)); err != nil {
@@ -445,14 +448,20 @@ func (s *FS) Delete(ctx context.Context, key string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
-	// Best effort: a directory that is not empty (or just got a new file)
-	// stays, which is the correct outcome.
-	for dir := filepath.Dir(p); dir != s.root && strings.HasPrefix(dir, s.root); dir = filepath.Dir(dir) {
+	s.prune(filepath.Dir(p))
+	return nil
+}
+
+// prune removes dir and its parents below the root while they are empty.
+// Best effort: a directory that is not empty (or just got a new file)
+// stays, which is the correct outcome; a Put racing it retries
+// (createTemp).
+func (s *FS) prune(dir string) {
+	for ; dir != s.root && strings.HasPrefix(dir, s.root); dir = filepath.Dir(dir) {
 		if os.Remove(dir) != nil {
 			break
 		}
 	}
-	return nil
 }
 
 // SetTags implements storage.Tagger.

@@ -3,12 +3,14 @@ package filesystem_test
 import (
 	"context"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/backstream/backstream/pkg/storage"
@@ -118,6 +120,32 @@ func TestDeleteRemovesEmptyDirs(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("root removed: %v", err)
+	}
+}
+
+// TestAbortedPutLeavesNoEmptyDirs: the first object of a plan that fails
+// mid-stream (a dump that died) leaves no empty plan directory, which a
+// reader would list as a plan with no backups; a directory that holds
+// something stays.
+func TestAbortedPutLeavesNoEmptyDirs(t *testing.T) {
+	dir := t.TempDir()
+	s := newFS(t, dir)
+	ctx := context.Background()
+	dump := func() io.Reader { return io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(errors.New("dump died"))) }
+	if _, err := s.Put(ctx, "orders/01/obj", dump(), storage.PutOptions{}); err == nil {
+		t.Fatal("a put of a reader that failed succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "orders")); !os.IsNotExist(err) {
+		t.Errorf("an aborted first put left directory orders: %v", err)
+	}
+	if _, err := s.Put(ctx, "orders/kept", strings.NewReader("x"), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, "orders/02", dump(), storage.PutOptions{}); err == nil {
+		t.Fatal("a put of a reader that failed succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "orders", "kept")); err != nil {
+		t.Errorf("an aborted put removed what its directory held: %v", err)
 	}
 }
 
