@@ -657,7 +657,7 @@ func TestAFailureOfAnEarlierAttemptUndoesNothingOfTheReplay(t *testing.T) {
 	if out, err := compensation.Handler(ctx, failure); err != nil || len(out) != 0 {
 		t.Errorf("the compensate consumer on attempt 1's failure: %v %v, want it acked with nothing done", types(out), err)
 	}
-	if _, err := f.s.compensate(stage.WithAttempt(ctx, 1), read); !errors.Is(err, runs.ErrStale) {
+	if _, err := f.s.compensate(stage.WithAttempt(ctx, id, 1), read); !errors.Is(err, runs.ErrStale) {
 		t.Errorf("a pass of attempt 1 over the run read before the replay: %v, want runs.ErrStale", err)
 	}
 	if _, err := f.s.compensate(ctx, read); !errors.Is(err, runs.ErrNotFailed) {

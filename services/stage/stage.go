@@ -93,7 +93,7 @@ func (d *Deps) Spec(name string, h bus.Handler, types ...string) bus.ConsumerSpe
 	s.Name = name
 	s.Types = types
 	s.Handler = func(ctx context.Context, e events.Event) ([]events.Event, error) {
-		out, err := h(WithAttempt(ctx, events.Attempt(e)), e)
+		out, err := h(WithAttempt(ctx, events.RunID(e), events.Attempt(e)), e)
 		if errors.Is(err, runs.ErrStale) {
 			d.log().Info("event of an earlier attempt: acked, nothing changed", "consumer", name, "type", e.Type(), "id", e.ID(),
 				"plan", e.Subject(), "runid", events.RunID(e), "reason", err.Error())
@@ -102,7 +102,7 @@ func (d *Deps) Spec(name string, h bus.Handler, types ...string) bus.ConsumerSpe
 		return out, err
 	}
 	s.OnDead = func(ctx context.Context, e events.Event, reason string) ([]events.Event, error) {
-		return d.failDead(WithAttempt(ctx, events.Attempt(e)), name, e, reason)
+		return d.failDead(WithAttempt(ctx, events.RunID(e), events.Attempt(e)), name, e, reason)
 	}
 	return s
 }
@@ -116,19 +116,28 @@ func (d *Deps) log() *slog.Logger {
 
 type attemptKey struct{}
 
-// WithAttempt makes ctx the context of work for attempt n of a run: the
-// requests asked with it carry n (runs.Request.Attempt), so the owner
-// refuses them once the run was replayed past n. Spec does it for every
-// event handled.
-func WithAttempt(ctx context.Context, n int) context.Context {
-	return context.WithValue(ctx, attemptKey{}, n)
+// work is the run and attempt a context works for.
+type work struct {
+	run     string
+	attempt int
 }
 
-// attemptIn is the attempt ctx works for, 0 when none (an operator's
-// request, a loop of the owner's).
-func attemptIn(ctx context.Context) int {
-	n, _ := ctx.Value(attemptKey{}).(int)
-	return n
+// WithAttempt makes ctx the context of work for attempt n of run runID:
+// the requests about that run asked with it carry n
+// (runs.Request.Attempt), so the owner refuses them once the run was
+// replayed past n. Requests about other runs (a schedule replacing the
+// run before) carry none. Spec does it for every event handled.
+func WithAttempt(ctx context.Context, runID string, n int) context.Context {
+	return context.WithValue(ctx, attemptKey{}, work{runID, n})
+}
+
+// attemptIn is the attempt ctx works for in run runID, 0 when none (an
+// operator's request, a loop of the owner's, another run's work).
+func attemptIn(ctx context.Context, runID string) int {
+	if w, ok := ctx.Value(attemptKey{}).(work); ok && w.run == runID {
+		return w.attempt
+	}
+	return 0
 }
 
 // CheckCurrent refuses, with runs.ErrStale, event e of an attempt run r
@@ -280,7 +289,7 @@ func (d *Deps) ask(ctx context.Context, stageName string, req runs.Request) (*ru
 		req.Owner = d.Instance
 	}
 	if req.Attempt == 0 {
-		req.Attempt = attemptIn(ctx)
+		req.Attempt = attemptIn(ctx, req.Run)
 	}
 	r, o, err := d.Owner.Ask(ctx, stageName, req)
 	if errors.Is(err, runs.ErrRefused) || errors.Is(err, runs.ErrBadRequest) {

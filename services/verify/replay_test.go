@@ -86,7 +86,7 @@ spec:
 	if ds := r.Destinations["local"]; ds != nil && ds.Verified {
 		t.Errorf("attempt 2's copy recorded verified by attempt 1's verify: %+v", *ds)
 	}
-	_, c, err := d.Claim(stage.WithAttempt(ctx, 2), id, StepName("local"), 0)
+	_, c, err := d.Claim(stage.WithAttempt(ctx, id, 2), id, StepName("local"), 0)
 	if err != nil || !c.Start {
 		t.Errorf("attempt 2's verify claims %+v %v, want to start: read its own copy", c, err)
 	}

@@ -1,0 +1,80 @@
+package stage_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/stage/stagetest"
+)
+
+// TestAStageWorksForTheAttemptOfItsEvent: an event of an attempt its run
+// was replayed past is acked without its handler changing anything; an
+// event of the current attempt binds the handler's requests about its own
+// run to that attempt, and only those (a schedule replacing another run
+// asks about that run as of no attempt).
+func TestAStageWorksForTheAttemptOfItsEvent(t *testing.T) {
+	ctx := context.Background()
+	_, b := bustest.Start(t)
+	d := stagetest.Deps(t, b)
+	p := stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: attempts}
+spec:
+  source: {type: command, command: {argv: [echo, hi]}}
+  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
+`, t.TempDir()))
+	atAttempt := func(n int) string {
+		id, _ := stagetest.StartBackup(t, d, p)
+		if _, err := d.Runs.Update(ctx, id, func(r *runs.Run) error { r.Attempt = n; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	replayed, other := atAttempt(2), atAttempt(3)
+
+	reached := 0
+	spec := d.Spec("upload", func(ctx context.Context, e events.Event) ([]events.Event, error) {
+		if _, _, err := d.RunPlan(ctx, "upload", e); err != nil {
+			return nil, err
+		}
+		reached++
+		if _, c, err := d.Claim(ctx, replayed, "upload:local", 0); err != nil || !c.Start {
+			return nil, fmt.Errorf("claim in its own run: %+v %w", c, err)
+		}
+		if _, c, err := d.Claim(ctx, other, "upload:local", 0); err != nil || !c.Start {
+			return nil, fmt.Errorf("claim in another run: %+v %w", c, err)
+		}
+		return nil, nil
+	}, events.UploadCompleted)
+	completed := func(attempt int) events.Event {
+		m := b.Meta(p.Name(), replayed, "upload:local")
+		m.Attempt = attempt
+		e, err := events.New(m, events.UploadCompletedData{Destination: "local", Key: "k", ManifestKey: "k.manifest.json",
+			Size: 1, SHA256: strings.Repeat("0", 64)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+
+	if out, err := spec.Handler(ctx, completed(1)); err != nil || len(out) != 0 || reached != 0 {
+		t.Fatalf("an event of attempt 1 of a run at attempt 2: %d events, %v, handler went on: %v; want it acked, nothing done", len(out), err, reached != 0)
+	}
+	if _, err := spec.Handler(ctx, completed(2)); err != nil {
+		t.Fatalf("an event of the current attempt: %v", err)
+	}
+	for id, want := range map[string]int{replayed: 2, other: 3} {
+		r, err := d.Runs.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := r.FindStep("upload:local"); st == nil || st.Attempt != want {
+			t.Errorf("run at attempt %d: step %+v, want claimed in attempt %d", want, st, want)
+		}
+	}
+}
