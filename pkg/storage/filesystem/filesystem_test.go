@@ -131,7 +131,9 @@ func TestAbortedPutLeavesNoEmptyDirs(t *testing.T) {
 	dir := t.TempDir()
 	s := newFS(t, dir)
 	ctx := context.Background()
-	dump := func() io.Reader { return io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(errors.New("dump died"))) }
+	dump := func() io.Reader {
+		return io.MultiReader(strings.NewReader("partial"), iotest.ErrReader(errors.New("dump died")))
+	}
 	if _, err := s.Put(ctx, "orders/01/obj", dump(), storage.PutOptions{}); err == nil {
 		t.Fatal("a put of a reader that failed succeeded")
 	}
