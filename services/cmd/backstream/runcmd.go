@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -512,9 +513,24 @@ func showRun(w io.Writer, r *runs.Run) error {
 		}
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSTEP\tPHASE\tDURATION\tBYTES\tERROR")
+	// A replayed run says which attempt ran each step: the reused ones
+	// are an earlier attempt's.
+	replayed := len(r.Attempts) > 0
+	if replayed {
+		fmt.Fprintln(tw, "\nSTEP\tPHASE\tATTEMPT\tDURATION\tBYTES\tERROR")
+	} else {
+		fmt.Fprintln(tw, "\nSTEP\tPHASE\tDURATION\tBYTES\tERROR")
+	}
 	for _, s := range r.Steps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, s.Phase, s.Duration(time.Now()).Round(time.Millisecond), human(s.Bytes), truncate(s.Error, 80))
+		phase := string(s.Phase)
+		if replayed {
+			claimed := "-"
+			if s.Attempt > 0 {
+				claimed = strconv.Itoa(s.Attempt)
+			}
+			phase += "\t" + claimed
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Name, phase, s.Duration(time.Now()).Round(time.Millisecond), human(s.Bytes), truncate(s.Error, 80))
 	}
 	for _, c := range r.Compensation {
 		d := time.Duration(0)
