@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/services/stage/stagetest"
@@ -16,7 +17,8 @@ import (
 // was replayed past is acked without its handler changing anything; an
 // event of the current attempt binds the handler's requests about its own
 // run to that attempt, and only those (a schedule replacing another run
-// asks about that run as of no attempt).
+// asks about that run as of no attempt). An event of an attempt no replay
+// made is dead-lettered, and fails its run as any poison event does.
 func TestAStageWorksForTheAttemptOfItsEvent(t *testing.T) {
 	ctx := context.Background()
 	_, b := bustest.Start(t)
@@ -67,6 +69,16 @@ spec:
 	}
 	if _, err := spec.Handler(ctx, completed(2)); err != nil {
 		t.Fatalf("an event of the current attempt: %v", err)
+	}
+	ahead := completed(3)
+	if _, err := spec.Handler(ctx, ahead); !bus.IsPermanent(err) || !strings.Contains(err.Error(), "attempt 3: run "+replayed+" is at attempt 2") {
+		t.Errorf("an event of an attempt no replay made: %v, want it dead-lettered with why", err)
+	}
+	if _, err := spec.OnDead(ctx, ahead, "forged"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := d.Runs.Get(ctx, replayed); err != nil || r.Phase != runs.Failed {
+		t.Errorf("the run of a dead-lettered event of a forged attempt: %v %v, want it failed as any poison event's", r.Phase, err)
 	}
 	for id, want := range map[string]int{replayed: 2, other: 3} {
 		r, err := d.Runs.Get(ctx, id)

@@ -141,10 +141,19 @@ func attemptIn(ctx context.Context, runID string) int {
 }
 
 // CheckCurrent refuses, with runs.ErrStale, event e of an attempt run r
-// has been replayed past.
+// has been replayed past, and, permanently, one of an attempt r has not
+// reached: the owner records a replay before it publishes what drives it,
+// and stages read records from the stream's leader, so no stage meets an
+// event of an attempt ahead of the record unless the event is forged.
 func CheckCurrent(r *runs.Run, e events.Event) error {
-	if n := events.Attempt(e); r != nil && n < r.CurrentAttempt() {
-		return fmt.Errorf("%w: %s %s is of attempt %d, run %s is at attempt %d", runs.ErrStale, e.Type(), e.ID(), n, r.ID, r.CurrentAttempt())
+	if r == nil {
+		return nil
+	}
+	switch n, cur := events.Attempt(e), r.CurrentAttempt(); {
+	case n < cur:
+		return fmt.Errorf("%w: %s %s is of attempt %d, run %s is at attempt %d", runs.ErrStale, e.Type(), e.ID(), n, r.ID, cur)
+	case n > cur:
+		return bus.Permanent(fmt.Errorf("%s %s: attempt %d: run %s is at attempt %d, and no replay made a later one", e.Type(), e.ID(), n, r.ID, cur))
 	}
 	return nil
 }
@@ -179,8 +188,12 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 	if err != nil || r.Phase.Done() {
 		return nil, err
 	}
-	if CheckCurrent(r, e) != nil {
+	switch n := events.Attempt(e); {
+	case n < r.CurrentAttempt():
 		return nil, nil // what it was about was replayed: nothing to fail
+	case n > r.CurrentAttempt():
+		// A forged attempt: the run's current attempt fails with it.
+		ctx = WithAttempt(ctx, r.ID, 0)
 	}
 	return d.FailRun(ctx, e.Subject(), r.ID, consumerStage(consumer), events.Step(e),
 		fmt.Sprintf("%s gave up on %s: %s", consumer, e.Type(), reason), e)
