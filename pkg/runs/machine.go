@@ -522,12 +522,12 @@ func Apply(r *Run, req Request, now time.Time) (Outcome, error) {
 // verify then finds done without reading its own copy.
 //
 // The one thing an earlier attempt still owns is a step it claimed that
-// the replay did not reset (a hook op still running when the run was
-// replayed from verify): the new attempt takes it over as it is, so its
-// end, its process and its failure are accepted from that claim. A step
-// end (finish, interrupt, proc) is accepted only from the claim that holds
-// the step, of whichever attempt; an unclaimed step only from the current
-// attempt. Settling is never stale (the owner checks the run against its
+// the replay left running (an upload of another destination still
+// writing when the run was replayed from a missing copy): the new attempt
+// takes it over as it is, so its end, its process and its failure are
+// accepted from that claim. A step the replay reset, or one the new
+// attempt reuses, is the new attempt's: nothing of an earlier one changes
+// it. Settling is never stale (the owner checks the run against its
 // plan), and requests that no event drives (Attempt 0) are not checked.
 // An attempt the run has not reached is a bad request.
 func Stale(r *Run, req Request) error {
@@ -538,22 +538,40 @@ func Stale(r *Run, req Request) error {
 	if req.Attempt > cur {
 		return fmt.Errorf("%w: attempt %d: run %s is at attempt %d", ErrBadRequest, req.Attempt, r.ID, cur)
 	}
-	held := 0 // the attempt whose claim holds req.Step
+	held, phase := 0, Pending // the attempt whose claim holds req.Step, and its phase
+	endedSince := false       // it ended after the current attempt started
 	if st := r.FindStep(req.Step); st != nil {
-		held = st.Attempt
+		held, phase = st.Attempt, st.Phase
 		if held == 0 && !st.Started.IsZero() && st.Phase != Pending {
 			// Claimed before records kept the attempt: take it as the
 			// claim's.
 			held = req.Attempt
 		}
+		if n := len(r.Attempts); n > 0 && phase.Done() {
+			endedSince = st.Finished.After(r.Attempts[n-1].Started)
+		}
 	}
+	// What an earlier attempt may still do with a step it holds: end it
+	// while it runs, claim it (a claim starts only a pending step: a
+	// redelivery learns it is done, failed or interrupted), and, once the
+	// step it took over ended, fail the run or keep compensation for it.
+	// A step it holds that ended before the replay (reused, or failed and
+	// not done again) stays as the new attempt found it.
+	earlier := req.Attempt < cur && held == req.Attempt
 	switch req.Op {
 	case OpFinish, OpInterrupt, OpProc:
-		if held == req.Attempt || (held == 0 && req.Attempt == cur) {
+		if req.Attempt == cur && (held == cur || held == 0) {
+			return nil
+		}
+		if earlier && phase == Running {
+			return nil
+		}
+	case OpClaim:
+		if req.Attempt == cur || earlier {
 			return nil
 		}
 	default:
-		if req.Attempt >= cur || held == req.Attempt {
+		if req.Attempt == cur || (earlier && (phase == Running || endedSince)) {
 			return nil
 		}
 	}
@@ -568,9 +586,11 @@ func claim(r *Run, req Request, now time.Time) Claimed {
 	switch st.Phase {
 	case Succeeded, Skipped:
 		return Claimed{Done: true}
-	case Failed:
-		// Recorded failed while the run is not: the process died between
-		// the two writes, and the run must still fail.
+	case Failed, Cancelled:
+		// Recorded failed (or stopped for a cancel) while the run is not:
+		// the process died between the two writes, or a replay kept a
+		// step that never completed; the run must still fail, not run the
+		// step a second time under the same claim.
 		return Claimed{Skip: true, Failed: true, Error: st.Error}
 	case Running:
 		return Claimed{Interrupted: true, Owner: st.Owner}
@@ -1135,5 +1155,7 @@ func nextAttempt(r *Run, stage string, reused []string, by string, now time.Time
 	last := &r.Attempts[len(r.Attempts)-1]
 	last.Phase, last.Finished, last.Error = r.Phase, r.Finished, r.Error
 	r.Attempt = r.CurrentAttempt() + 1
-	r.Attempts = append(r.Attempts, Attempt{Number: r.Attempt, Stage: stage, Reused: reused, By: by, Started: now})
+	// Stamped: a step that ends after the attempt started is stamped after
+	// it (Stale tells a step the new attempt took over by it).
+	r.Attempts = append(r.Attempts, Attempt{Number: r.Attempt, Stage: stage, Reused: reused, By: by, Started: r.Stamp(now)})
 }

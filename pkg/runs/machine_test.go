@@ -1,7 +1,10 @@
 package runs_test
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,6 +67,9 @@ func TestApply(t *testing.T) {
 		{"claim a failed step of a live run: fail the run", rec(runs.Running, "filter=Failed"),
 			runs.Request{Op: runs.OpClaim, Step: "filter", Owner: "a"}, runs.ErrNoChange,
 			runs.Outcome{Claimed: runs.Claimed{Skip: true, Failed: true}}, runs.Running, runs.Failed},
+		{"claim a step stopped for a cancel in a live run: fail the run, do not run it again", rec(runs.Running, "snapshot=Cancelled"),
+			runs.Request{Op: runs.OpClaim, Step: "snapshot", Owner: "a"}, runs.ErrNoChange,
+			runs.Outcome{Claimed: runs.Claimed{Skip: true, Failed: true}}, runs.Running, runs.Cancelled},
 		{"claim in a failed run: skip", rec(runs.Failed),
 			runs.Request{Op: runs.OpClaim, Step: "filter", Owner: "a"}, runs.ErrNoChange,
 			runs.Outcome{Claimed: runs.Claimed{Skip: true}}, runs.Failed, ""},
@@ -634,4 +640,102 @@ func TestStaleRequestsChangeNothing(t *testing.T) {
 			t.Errorf("the end of a step claimed before claims kept their attempt: %v", err)
 		}
 	})
+}
+
+// TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns: failed runs
+// with random steps, replayed from every stage a replay may start at, then
+// random requests of attempt 1 (every op, every step). Only the steps the
+// replay left running for attempt 1 may change, and only through them may
+// the run end again: everything else stays as the replay made it.
+func TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns(t *testing.T) {
+	names := []string{"hook:db/lock", "snapshot", "filter", "upload:a", "upload:b", "verify:a", "verify:b", "hook:db/unlock", ""}
+	phases := []runs.Phase{runs.Succeeded, runs.Failed, runs.Running, runs.Skipped, runs.Pending, runs.Cancelled}
+	froms := []string{"", runs.ReplayStart, runs.ReplayVerify, "hook:db/lock", "hook:db/unlock", "upload:a", "upload:b"}
+	ops := []runs.Op{runs.OpFinish, runs.OpInterrupt, runs.OpProc, runs.OpFail, runs.OpClaim, runs.OpRecord, runs.OpDebt,
+		runs.OpInverseClaim, runs.OpInverseTried, runs.OpCompensationEnd, runs.OpAnnounce}
+	pick := func(rng *rand.Rand, n int) int { return rng.IntN(n) }
+	clone := func(r *runs.Run) *runs.Run {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c runs.Run
+		if err := json.Unmarshal(b, &c); err != nil {
+			t.Fatal(err)
+		}
+		return &c
+	}
+	rng := rand.New(rand.NewPCG(16, 3))
+	replays, withAdopted := 0, 0
+	for i := range 3000 {
+		r := &runs.Run{ID: "r", Plan: "p", Kind: runs.KindBackup, Phase: runs.Failed, FailedStage: runs.StageOf(names[pick(rng, 8)]),
+			Error: "boom", CompensationDone: true, Created: t0.Add(-time.Hour)}
+		for _, n := range names[:8] {
+			st := runs.Step{Name: n, Phase: phases[pick(rng, len(phases))]}
+			if st.Phase != runs.Pending && (st.Phase != runs.Skipped || rng.IntN(2) == 0) {
+				st.Started, st.Owner, st.Attempt = t0.Add(-time.Minute), "a1", 1
+			}
+			r.Steps = append(r.Steps, st)
+		}
+		for _, d := range []string{"a", "b"} {
+			switch rng.IntN(3) {
+			case 0:
+				r.Dest(d).Phase, r.Dest(d).Key, r.Dest(d).ManifestKey = runs.Succeeded, d+"/k", d+"/m"
+			case 1:
+				r.Dest(d).Phase = runs.Failed
+			}
+		}
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpReplay, Run: "r", Step: froms[pick(rng, len(froms))], Owner: "cli"}, t0); err != nil {
+			continue
+		}
+		replays++
+		adopted := map[string]bool{}
+		for _, st := range r.Steps {
+			if st.Attempt == 1 && st.Phase == runs.Running {
+				adopted[st.Name] = true
+			}
+		}
+		if len(adopted) > 0 {
+			withAdopted++
+		}
+		want := clone(r)
+		var applied []string
+		for j := range 16 {
+			step := names[pick(rng, len(names))]
+			req := runs.Request{Op: ops[pick(rng, len(ops))], Run: "r", Step: step, Attempt: 1, Owner: "a1", Stage: runs.StageOf(step),
+				Phase: phases[pick(rng, 4)], Error: "late", Cause: "ev", Flag: "f", Undoes: "hook:db/lock", Last: rng.IntN(2) == 0,
+				Proc: &runs.Proc{Host: "h"}, Deadline: time.Hour}
+			if rng.IntN(2) == 0 {
+				dest := []string{"a", "b"}[pick(rng, 2)]
+				req.Result = &runs.Result{Bytes: 9, Dest: dest, Destination: &runs.Destination{Phase: runs.Succeeded, Key: "late", Verified: true}}
+			}
+			if _, err := runs.Apply(r, req, t0.Add(time.Duration(j+1)*time.Second)); err == nil || errors.Is(err, runs.ErrNoChange) {
+				applied = append(applied, fmt.Sprintf("%s %s", req.Op, req.Step))
+			}
+		}
+		if len(adopted) == 0 {
+			if !reflect.DeepEqual(r, want) {
+				got, _ := json.Marshal(r)
+				wantJSON, _ := json.Marshal(want)
+				t.Fatalf("case %d: requests of attempt 1 (accepted: %v) changed attempt 2 with no step of attempt 1 running:\ngot  %s\nwant %s", i, applied, got, wantJSON)
+			}
+			continue
+		}
+		for k, st := range r.Steps {
+			if adopted[st.Name] {
+				continue
+			}
+			w := want.Steps[k]
+			if st.Phase == runs.Skipped && w.Phase == runs.Pending && r.Phase == runs.Failed {
+				w.Phase = runs.Skipped // the run failed through a step of attempt 1
+			}
+			if !reflect.DeepEqual(st, w) {
+				t.Fatalf("case %d: requests of attempt 1 (accepted: %v) changed step %s of attempt 2 (running for attempt 1: %v): %+v, was %+v", i, applied, st.Name, adopted, st, w)
+			}
+		}
+	}
+	if replays < 200 || withAdopted < 20 {
+		t.Fatalf("%d replays, %d with a step of attempt 1 still running: the generator misses the cases", replays, withAdopted)
+	}
+	t.Logf("%d replays, %d with a step of attempt 1 still running", replays, withAdopted)
 }

@@ -323,6 +323,9 @@ func (r *Run) Stamp(now time.Time) time.Time {
 		see(c.Started)
 		see(c.Finished)
 	}
+	for _, a := range r.Attempts {
+		see(a.Started)
+	}
 	if now.After(latest) {
 		return now
 	}
