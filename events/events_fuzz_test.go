@@ -38,6 +38,14 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"specversion":"0.3","id":"x","source":"s","type":"io.backstream.backup.requested","subject":"p","runid":"r","data":{"trigger":"cli"}}`))
 	f.Add([]byte(`{"specversion":"1.0","id":"x","source":"s","type":"io.backstream.backup.requested","subject":"p","runid":"r","datacontenttype":"application/json","data_base64":"eyJ0cmlnZ2VyIjoiY2xpIn0="}`))
+	replayed := exampleMeta
+	replayed.Attempt = 2
+	if b, err := json.Marshal(events.MustNew(replayed, examples[events.BackupRequested])); err == nil {
+		f.Add(b)
+		f.Add(bytes.Replace(b, []byte(`"attempt":2`), []byte(`"attempt":2.5`), 1))
+		f.Add(bytes.Replace(b, []byte(`"attempt":2`), []byte(`"attempt":"2"`), 1))
+		f.Add(bytes.Replace(b, []byte(`"attempt":2`), []byte(`"attempt":-1`), 1))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var e events.Event
 		if err := json.Unmarshal(b, &e); err != nil {
@@ -67,8 +75,11 @@ func FuzzDecode(f *testing.F) {
 		if b3, err := json.Marshal(e2); err != nil || !bytes.Equal(b2, b3) {
 			t.Fatalf("encoding is not a fixed point (%v):\n%s\n%s", err, b2, b3)
 		}
+		if n := events.Attempt(e); n < 1 || n != events.Attempt(e2) {
+			t.Fatalf("attempt %d, %d after a round trip", n, events.Attempt(e2))
+		}
 		m := events.Meta{ID: e.ID(), Source: e.Source(), Plan: e.Subject(), RunID: events.RunID(e),
-			Step: events.Step(e), TraceParent: events.TraceParent(e), Time: e.Time()}
+			Step: events.Step(e), TraceParent: events.TraceParent(e), Time: e.Time(), Attempt: events.Attempt(e)}
 		e3, err := events.New(m, p)
 		if err != nil {
 			t.Fatalf("New refuses the parts of an accepted event: %v\n%s", err, b)
@@ -78,6 +89,9 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("an event built by New from an accepted one is refused: %v", err)
 		}
 		samePayload(t, p, p3)
+		if events.Attempt(e3) != events.Attempt(e) {
+			t.Fatalf("attempt %d, %d in the event New built from it", events.Attempt(e), events.Attempt(e3))
+		}
 	})
 }
 
