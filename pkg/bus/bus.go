@@ -373,6 +373,17 @@ func (b *Bus) untilRefused(ctx context.Context) (context.Context, context.Cancel
 	return rctx, cancel
 }
 
+// Guard runs f with a context that ends as soon as the server reports a
+// permissions violation, and returns that refusal instead of the wait or
+// the cancellation it caused: a refused request is never answered, and a
+// person running a command should hear why at once (`backstream keyring
+// list` as a role that may not read keyrings).
+func (b *Bus) Guard(ctx context.Context, f func(context.Context) error) error {
+	rctx, cancel := b.untilRefused(ctx)
+	defer cancel()
+	return b.refused(f(rctx))
+}
+
 // refused turns a request that timed out because the server refused its
 // subject into that refusal, which no retry can change.
 func (b *Bus) refused(err error) error {

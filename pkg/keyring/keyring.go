@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,6 +72,63 @@ func New(kv jetstream.KeyValue, log *slog.Logger) *Store {
 		log = slog.Default()
 	}
 	return &Store{kv: kv, log: log}
+}
+
+// Entry is what List says of a plan's current keyring: enough to tell
+// which keyring new backups are wrapped for (Recipient is the key
+// reference in their headers) and since when, nothing to open it with.
+type Entry struct {
+	Plan       string    `json:"plan"`
+	Recipient  string    `json:"recipient,omitempty"`
+	WorkFactor int       `json:"workFactor,omitempty"`
+	Created    time.Time `json:"created,omitzero"`
+	// Problem says why a stored value is not a keyring the filter can use
+	// (it replaces such a value on the plan's next backup).
+	Problem string `json:"problem,omitempty"`
+}
+
+// List returns the current keyring of every plan that has one, sorted by
+// plan name. A stored value that is not a valid keyring is listed with its
+// Problem rather than hidden; err is for the bucket itself.
+func (s *Store) List(ctx context.Context) ([]Entry, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list keyrings: %w", err)
+	}
+	var plans []string
+	for k := range lister.Keys() {
+		plans = append(plans, k)
+	}
+	if err := ctx.Err(); err != nil {
+		// The lister stops at ctx's end without saying so: what it gave
+		// is not every keyring.
+		return nil, fmt.Errorf("list keyrings: %w", err)
+	}
+	sort.Strings(plans)
+	out := make([]Entry, 0, len(plans))
+	for _, plan := range plans {
+		e, err := s.kv.Get(ctx, plan)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("keyring of plan %s: get: %w", plan, err)
+		}
+		entry := Entry{Plan: plan}
+		var v Value
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			entry.Problem = "decode: " + err.Error()
+		} else {
+			entry.Recipient, entry.WorkFactor, entry.Created = v.Recipient, v.WorkFactor, v.Created
+			if err := v.Keyring().Validate(); err != nil {
+				entry.Problem = err.Error()
+			} else {
+				entry.WorkFactor, _ = v.Keyring().WorkFactor() // what opening it costs
+			}
+		}
+		out = append(out, entry)
+	}
+	return out, nil
 }
 
 func (s *Store) workFactor() int {

@@ -327,3 +327,46 @@ func TestEveryRoleBinds(t *testing.T) {
 		}
 	}
 }
+
+// TestListSaysEachPlansKeyringAndNothingToOpenIt: every plan's current
+// keyring by name, with what tells it apart (recipient, work factor, when
+// made); a stored value that is no keyring is listed with why.
+func TestListSaysEachPlansKeyringAndNothingToOpenIt(t *testing.T) {
+	s, kv, _ := newStore(t)
+	if got, err := s.List(ctx(t)); err != nil || len(got) != 0 {
+		t.Fatalf("an empty bucket lists %+v, %v", got, err)
+	}
+	orders, err := s.Ensure(ctx(t), "orders", pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing, err := s.Ensure(ctx(t), "billing", pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx(t), "broken", []byte(`{"recipient":"age1nope","wrapped":"eA=="}`)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.List(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Plan != "billing" || got[1].Plan != "broken" || got[2].Plan != "orders" {
+		t.Fatalf("listed %+v, want billing, broken, orders", got)
+	}
+	for i, k := range map[int]string{0: billing.Recipient, 2: orders.Recipient} {
+		if e := got[i]; e.Recipient != k || e.WorkFactor != 10 || e.Created.IsZero() || e.Problem != "" {
+			t.Errorf("entry %+v, want recipient %s, work factor 10, a creation time", e, k)
+		}
+	}
+	if e := got[1]; !strings.Contains(e.Problem, "recipient") {
+		t.Errorf("a stored value that is no keyring: %+v, want its problem", e)
+	}
+	b, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "wrapped") || strings.Contains(string(b), "age-encryption") {
+		t.Errorf("List carries the wrapped identity: %s", b)
+	}
+}

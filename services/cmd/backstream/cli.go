@@ -113,7 +113,7 @@ Commands that list or show take -o table|json|yaml.
 	root.AddCommand(
 		newServeCmd(), newSetupCmd(), newPlanCmd(), newTriggerCmd(), newRunsCmd(), newRunCmd(),
 		newCancelCmd(), newReplayCmd(), newDrillCmd(), newScrubCmd(), newRestoreCmd(), newExtractCmd(), newBackupsCmd(),
-		newScheduleCmd(), newRetentionCmd(), newAPITokenCmd(), newDLQCmd(), newVersionCmd(),
+		newScheduleCmd(), newRetentionCmd(), newAPITokenCmd(), newDLQCmd(), newKeyringCmd(), newVersionCmd(),
 	)
 	// cobra's own help and completion commands, made now so they get
 	// examples like every other command.
