@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,4 +48,33 @@ func undecided(err error) bool {
 // is an error of its own and must not pass for "another replica won".
 func Conflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// ListKeys returns the keys of kv, or of those matching filters when
+// given; none is an empty list, not an error. nats.go's lister closes its
+// channel when ctx ends without saying so, which would pass a listing cut
+// short (a refused watch, a deadline) for a complete one: here that is
+// ctx's error, never a shorter list.
+func ListKeys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]string, error) {
+	var lister jetstream.KeyLister
+	var err error
+	if len(filters) > 0 {
+		lister, err = kv.ListKeysFiltered(ctx, filters...)
+	} else {
+		lister, err = kv.ListKeys(ctx)
+	}
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("listing cut short: %w", err)
+	}
+	return keys, nil
 }

@@ -91,17 +91,8 @@ type Entry struct {
 // plan name. A stored value that is not a valid keyring is listed with its
 // Problem rather than hidden; err is for the bucket itself.
 func (s *Store) List(ctx context.Context) ([]Entry, error) {
-	lister, err := s.kv.ListKeys(ctx)
+	plans, err := bus.ListKeys(ctx, s.kv)
 	if err != nil {
-		return nil, fmt.Errorf("list keyrings: %w", err)
-	}
-	var plans []string
-	for k := range lister.Keys() {
-		plans = append(plans, k)
-	}
-	if err := ctx.Err(); err != nil {
-		// The lister stops at ctx's end without saying so: what it gave
-		// is not every keyring.
 		return nil, fmt.Errorf("list keyrings: %w", err)
 	}
 	sort.Strings(plans)

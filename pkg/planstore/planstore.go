@@ -200,13 +200,9 @@ func (s *Store) trust(name string, data []byte) (*plan.Plan, error) {
 // never hides the other plans from the schedule, the watchdog or a listing;
 // err is for the bucket itself.
 func (s *Store) List(ctx context.Context) (good []*plan.Plan, bad map[string]error, err error) {
-	lister, err := s.kv.ListKeys(ctx)
+	names, err := bus.ListKeys(ctx, s.kv)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list plans: %w", err)
-	}
-	var names []string
-	for k := range lister.Keys() {
-		names = append(names, k)
 	}
 	sort.Strings(names)
 	for _, n := range names {

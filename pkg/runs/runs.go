@@ -570,15 +570,12 @@ func (s *Store) Successes(ctx context.Context, planName string) ([]time.Time, er
 
 // Active returns the runs that are not final yet.
 func (s *Store) Active(ctx context.Context) ([]*Run, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, activeKey("*"))
+	keys, err := bus.ListKeys(ctx, s.kv, activeKey("*"))
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
 		return nil, fmt.Errorf("list active runs: %w", err)
 	}
 	var out []*Run
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		id := key[len(activeKey("")):]
 		r, err := s.Get(ctx, id)
 		if err != nil && !errors.Is(err, ErrNotFound) {
@@ -614,15 +611,12 @@ func (s *Store) MarkOwing(ctx context.Context, id string) error {
 // compensation.completed is not announced yet. Runs done with compensation
 // leave the index.
 func (s *Store) Owing(ctx context.Context) ([]*Run, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, owedKey("*"))
+	keys, err := bus.ListKeys(ctx, s.kv, owedKey("*"))
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil, nil
-		}
 		return nil, fmt.Errorf("list owing runs: %w", err)
 	}
 	var out []*Run
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		id := key[len(owedKey("")):]
 		r, err := s.Get(ctx, id)
 		if err != nil && !errors.Is(err, ErrNotFound) {
@@ -641,12 +635,12 @@ func (s *Store) Owing(ctx context.Context) ([]*Run, error) {
 
 // List returns the runs, newest first, optionally of one plan only.
 func (s *Store) List(ctx context.Context, plan string) ([]*Run, error) {
-	lister, err := s.kv.ListKeys(ctx)
+	keys, err := bus.ListKeys(ctx, s.kv)
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
 	}
 	var out []*Run
-	for key := range lister.Keys() {
+	for _, key := range keys {
 		if strings.HasPrefix(key, indexPrefix) {
 			continue
 		}

@@ -2,12 +2,10 @@ package upload
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/storage"
@@ -48,14 +46,12 @@ func (s *Service) sweepLeftovers(ctx context.Context, st storage.Storage, p *pla
 		return
 	}
 	prefix := "sweep." + p.Name() + "." + dest + "."
-	lister, err := s.Bus.Leases.ListKeysFiltered(ctx, prefix+"*")
+	keys, err := bus.ListKeys(ctx, s.Bus.Leases, prefix+"*")
 	if err != nil {
-		if !errors.Is(err, jetstream.ErrNoKeysFound) {
-			s.Log.Warn("list leftover uploads", "plan", p.Name(), "destination", dest, "err", err)
-		}
+		s.Log.Warn("list leftover uploads", "plan", p.Name(), "destination", dest, "err", err)
 		return
 	}
-	for k := range lister.Keys() {
+	for _, k := range keys {
 		runID := strings.TrimPrefix(k, prefix)
 		n, err := sw.RemoveIncompleteKey(ctx, format.ObjectKey(p.Name(), runID), time.Now())
 		if err != nil {
