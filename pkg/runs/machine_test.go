@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -646,7 +647,8 @@ func TestStaleRequestsChangeNothing(t *testing.T) {
 // with random steps, replayed from every stage a replay may start at, then
 // random requests of attempt 1 (every op, every step). Only the steps the
 // replay left running for attempt 1 may change, and only through them may
-// the run end again: everything else stays as the replay made it.
+// the run end again: everything else stays as the replay made it. And
+// the new attempt's own claims and ends are never taken for stale.
 func TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns(t *testing.T) {
 	names := []string{"hook:db/lock", "snapshot", "filter", "upload:a", "upload:b", "verify:a", "verify:b", "hook:db/unlock", ""}
 	phases := []runs.Phase{runs.Succeeded, runs.Failed, runs.Running, runs.Skipped, runs.Pending, runs.Cancelled}
@@ -719,6 +721,7 @@ func TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns(t *testing.T) {
 				wantJSON, _ := json.Marshal(want)
 				t.Fatalf("case %d: requests of attempt 1 (accepted: %v) changed attempt 2 with no step of attempt 1 running:\ngot  %s\nwant %s", i, applied, got, wantJSON)
 			}
+			newAttemptProceeds(t, i, r)
 			continue
 		}
 		for k, st := range r.Steps {
@@ -733,9 +736,29 @@ func TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns(t *testing.T) {
 				t.Fatalf("case %d: requests of attempt 1 (accepted: %v) changed step %s of attempt 2 (running for attempt 1: %v): %+v, was %+v", i, applied, st.Name, adopted, st, w)
 			}
 		}
+		newAttemptProceeds(t, i, r)
 	}
 	if replays < 200 || withAdopted < 20 {
 		t.Fatalf("%d replays, %d with a step of attempt 1 still running: the generator misses the cases", replays, withAdopted)
 	}
 	t.Logf("%d replays, %d with a step of attempt 1 still running", replays, withAdopted)
+}
+
+// newAttemptProceeds: the new attempt's own work is never taken for stale:
+// attempt 2 claims every step but those attempt 1 still holds running,
+// and ends every step it started.
+func newAttemptProceeds(t *testing.T, i int, r *runs.Run) {
+	t.Helper()
+	for _, st := range slices.Clone(r.Steps) {
+		o, err := runs.Apply(r, runs.Request{Op: runs.OpClaim, Run: "r", Step: st.Name, Owner: "a2", Attempt: 2}, t0.Add(time.Minute))
+		if errors.Is(err, runs.ErrStale) {
+			t.Fatalf("case %d: attempt 2's claim of %s (%s, claimed in attempt %d) refused as stale: %v", i, st.Name, st.Phase, st.Attempt, err)
+		}
+		if !o.Claimed.Start {
+			continue
+		}
+		if _, err := runs.Apply(r, runs.Request{Op: runs.OpFinish, Run: "r", Step: st.Name, Phase: runs.Succeeded, Attempt: 2}, t0.Add(time.Minute)); err != nil {
+			t.Fatalf("case %d: attempt 2's end of %s it claimed: %v", i, st.Name, err)
+		}
+	}
 }
