@@ -14,14 +14,10 @@ import (
 	"github.com/backstream/backstream/pkg/backup"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/format"
-	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
-	"github.com/backstream/backstream/services/control"
-	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // TestRunFailingWhileVerifyReadsLeavesTheManifestFailed: the run fails
@@ -33,25 +29,14 @@ func TestRunFailingWhileVerifyReadsLeavesTheManifestFailed(t *testing.T) {
 	ctx := context.Background()
 	_, b := bustest.Start(t)
 	dir := t.TempDir()
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test"}
-	owner := *d // the owner's clock is not the one this test hooks
-	owner.Now = time.Now
-	d.Owner = control.New(&owner)
-	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+	d := stagetest.Deps(t, b) // the owner keeps its own clock: this test hooks d's
+	stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: racy}
 spec:
   source: {type: command, command: {argv: [echo, hi]}}
   destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, dir)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Plans.Put(ctx, p); err != nil {
-		t.Fatal(err)
-	}
+`, dir))
 	st, err := filesystem.New(ctx, filesystem.Config{Path: dir})
 	if err != nil {
 		t.Fatal(err)
