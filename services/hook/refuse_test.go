@@ -13,11 +13,9 @@ import (
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // TestRefusedServeStartsNoHookProcess covers the one path every op takes,
@@ -63,10 +61,8 @@ func TestCompensationOnARefusingServeRunsNoInverseOp(t *testing.T) {
 	_, b := bustest.Start(t)
 	ctx := context.Background()
 	marker := filepath.Join(t.TempDir(), "unlocked")
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now, RefuseExec: true}
-	d.Owner = control.New(d)
+	d := stagetest.Deps(t, b)
+	d.RefuseExec = true
 	p, err := plan.Parse("p.yaml", []byte(fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: locked}

@@ -12,12 +12,10 @@ import (
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
 	"github.com/backstream/backstream/pkg/runs"
 	sched "github.com/backstream/backstream/pkg/schedule"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 func testPlan(t *testing.T, extra string) *plan.Plan {
@@ -41,11 +39,7 @@ spec:
 func newDeps(t *testing.T) *stage.Deps {
 	t.Helper()
 	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
-	return d
+	return stagetest.Deps(t, b)
 }
 
 func at(s string) time.Time {

@@ -9,14 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/plan"
-	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
-	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/source"
 	"github.com/backstream/backstream/pkg/source/files"
 	"github.com/backstream/backstream/pkg/source/mariadb"
@@ -25,6 +21,7 @@ import (
 	"github.com/backstream/backstream/pkg/testenv"
 	"github.com/backstream/backstream/services/restore"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // drillEnv is a restore service on an embedded NATS with plan "p", whose
@@ -38,9 +35,7 @@ type drillEnv struct {
 func newDrillEnv(t *testing.T) *drillEnv {
 	t.Helper()
 	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
+	d := stagetest.Deps(t, b)
 	s := restore.New(d)
 	s.DrillDir = t.TempDir()
 	return &drillEnv{s: s, d: d, dests: map[string]string{"one": t.TempDir(), "two": t.TempDir()}}

@@ -5,16 +5,13 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/planstore"
-	"github.com/backstream/backstream/pkg/plugins"
-	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/control"
 	"github.com/backstream/backstream/services/stage"
+	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // rawPlan is a plan as put into the bucket with a stock client, skipping
@@ -26,10 +23,7 @@ func rawPlan(name, source string) []byte {
 
 func plantrustDeps(t *testing.T) *stage.Deps {
 	_, b := bustest.Start(t)
-	reg := plugins.Default()
-	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
-		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
-	d.Owner = control.New(d)
+	d := stagetest.Deps(t, b)
 	ctx := context.Background()
 	for name, source := range map[string]string{
 		"files":   `{"type":"files","files":{"path":"/srv"}}`,
