@@ -128,8 +128,8 @@ type Request struct {
 	// Attempt is the attempt of the run the asker works for: the attempt
 	// of the event it handles (0 when no event drives it: an operator, the
 	// owner's own loops). A request of an earlier attempt is refused with
-	// ErrStale unless it is about a step that attempt claimed and the run
-	// still holds as that claim (Stale says which).
+	// ErrStale unless it is about a step that attempt still runs, which
+	// the replay left to it (Stale says exactly what it may still do).
 	Attempt int `json:"attempt,omitempty"`
 
 	// Stage is who asks (the transport fills it in from the subject the
