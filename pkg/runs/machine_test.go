@@ -643,16 +643,17 @@ func TestStaleRequestsChangeNothing(t *testing.T) {
 	})
 }
 
-// TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns: failed runs
-// with random steps, replayed from every stage a replay may start at, then
+// TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns: failed,
+// cancelled and succeeded (degraded) backup and restore runs with random
+// steps, replayed from every stage a replay may start at, then
 // random requests of attempt 1 (every op, every step). Only the steps the
 // replay left running for attempt 1 may change, and only through them may
 // the run end again: everything else stays as the replay made it. And
 // the new attempt's own claims and ends are never taken for stale.
 func TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns(t *testing.T) {
-	names := []string{"hook:db/lock", "snapshot", "filter", "upload:a", "upload:b", "verify:a", "verify:b", "hook:db/unlock", ""}
+	names := []string{"hook:db/lock", "snapshot", "restore", "filter", "upload:a", "upload:b", "verify:a", "verify:b", "hook:db/unlock", ""}
 	phases := []runs.Phase{runs.Succeeded, runs.Failed, runs.Running, runs.Skipped, runs.Pending, runs.Cancelled}
-	froms := []string{"", runs.ReplayStart, runs.ReplayVerify, "hook:db/lock", "hook:db/unlock", "upload:a", "upload:b"}
+	froms := []string{"", runs.ReplayStart, runs.ReplayVerify, "hook:db/lock", "hook:db/unlock", "upload:a", "upload:b", runs.ReplayRetention}
 	ops := []runs.Op{runs.OpFinish, runs.OpInterrupt, runs.OpProc, runs.OpFail, runs.OpClaim, runs.OpRecord, runs.OpDebt,
 		runs.OpInverseClaim, runs.OpInverseTried, runs.OpCompensationEnd, runs.OpAnnounce}
 	pick := func(rng *rand.Rand, n int) int { return rng.IntN(n) }
@@ -669,10 +670,14 @@ func TestNoRequestOfAnEarlierAttemptChangesWhatTheReplayOwns(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(16, 3))
 	replays, withAdopted := 0, 0
-	for i := range 3000 {
-		r := &runs.Run{ID: "r", Plan: "p", Kind: runs.KindBackup, Phase: runs.Failed, FailedStage: runs.StageOf(names[pick(rng, 8)]),
+	for i := range 6000 {
+		r := &runs.Run{ID: "r", Plan: "p", Kind: []string{runs.KindBackup, runs.KindRestore}[pick(rng, 2)],
+			Phase: []runs.Phase{runs.Failed, runs.Cancelled, runs.Succeeded}[pick(rng, 3)], FailedStage: runs.StageOf(names[pick(rng, 9)]),
 			Error: "boom", CompensationDone: true, Created: t0.Add(-time.Hour)}
-		for _, n := range names[:8] {
+		if r.Phase == runs.Succeeded && rng.IntN(2) == 0 {
+			r.Degraded = []string{"b"} // a missing copy to write again
+		}
+		for _, n := range names[:9] {
 			st := runs.Step{Name: n, Phase: phases[pick(rng, len(phases))]}
 			if st.Phase != runs.Pending && (st.Phase != runs.Skipped || rng.IntN(2) == 0) {
 				st.Started, st.Owner, st.Attempt = t0.Add(-time.Minute), "a1", 1
