@@ -105,17 +105,16 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("keyring of plan %s: get: %w", plan, err)
 		}
-		entry := Entry{Plan: plan}
 		var v Value
 		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			entry.Problem = "decode: " + err.Error()
+			out = append(out, Entry{Plan: plan, Problem: "decode: " + err.Error()})
+			continue
+		}
+		entry := Entry{Plan: plan, Recipient: v.Recipient, WorkFactor: v.WorkFactor, Created: v.Created}
+		if err := v.Keyring().Validate(); err != nil {
+			entry.Problem = err.Error()
 		} else {
-			entry.Recipient, entry.WorkFactor, entry.Created = v.Recipient, v.WorkFactor, v.Created
-			if err := v.Keyring().Validate(); err != nil {
-				entry.Problem = err.Error()
-			} else {
-				entry.WorkFactor, _ = v.Keyring().WorkFactor() // what opening it costs
-			}
+			entry.WorkFactor, _ = v.Keyring().WorkFactor() // what opening it costs, from its header
 		}
 		out = append(out, entry)
 	}

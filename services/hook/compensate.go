@@ -183,9 +183,8 @@ func (s *Service) completedEvent(p *plan.Plan, r *runs.Run) (events.Event, error
 // redelivery rebuilds it.
 func (s *Service) failedEvent(planName, runID string, c runs.Compensation) (events.Event, error) {
 	step := compensationStep(c.Step)
-	m := s.Bus.Meta(planName, runID, step)
-	m.Attempt = stage.AttemptOf(runID)
-	m.ID = events.AttemptEventID(runID, events.CompensationFailed, step, m.Attempt) + "." + strconv.Itoa(c.Attempts)
+	m := s.AttemptMeta(planName, runID, step, events.CompensationFailed, step)
+	m.ID += "." + strconv.Itoa(c.Attempts)
 	d := events.CompensationFailedData{Op: opName(c.Step), Undoes: opName(c.Undoes), Error: c.Error, Attempts: c.Attempts}
 	if !c.RetryAt.IsZero() {
 		t := c.RetryAt

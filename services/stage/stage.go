@@ -188,10 +188,9 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 	if err != nil || r.Phase.Done() {
 		return nil, err
 	}
-	switch n := events.Attempt(e); {
-	case n < r.CurrentAttempt():
+	if err := CheckCurrent(r, e); errors.Is(err, runs.ErrStale) {
 		return nil, nil // what it was about was replayed: nothing to fail
-	case n > r.CurrentAttempt():
+	} else if err != nil {
 		// A forged attempt: the run's current attempt fails with it.
 		ctx = WithAttempt(ctx, r.ID, 0)
 	}
@@ -204,10 +203,18 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 // In a replayed run (attempt 2 and up) the id carries the attempt
 // (events.AttemptEventID), as this process last saw it in the run's record.
 func (d *Deps) Emit(planName, runID, step string, p events.Payload) (events.Event, error) {
+	return events.New(d.AttemptMeta(planName, runID, step, p.EventType(), step), p)
+}
+
+// AttemptMeta is the metadata of an event of type typ about a run's step
+// in the run's current attempt (as this process last saw it): the attempt
+// both in the event's id, made from idStep (events.AttemptEventID), and as
+// its attempt attribute, so the two always agree.
+func (d *Deps) AttemptMeta(planName, runID, step, typ, idStep string) events.Meta {
 	m := d.Bus.Meta(planName, runID, step)
 	m.Attempt = AttemptOf(runID)
-	m.ID = events.AttemptEventID(runID, p.EventType(), step, m.Attempt)
-	return events.New(m, p)
+	m.ID = events.AttemptEventID(runID, typ, idStep, m.Attempt)
+	return m
 }
 
 // attempts holds the current attempt of the runs this process saw that were

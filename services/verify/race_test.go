@@ -12,11 +12,13 @@ import (
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
+	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
@@ -27,66 +29,24 @@ import (
 // a "verified" manifest of a failed run would be restored as latest.
 func TestRunFailingWhileVerifyReadsLeavesTheManifestFailed(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	dir := t.TempDir()
-	d := stagetest.Deps(t, b) // the owner keeps its own clock: this test hooks d's
-	stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
-kind: Plan
-metadata: {name: racy}
-spec:
-  source: {type: command, command: {argv: [echo, hi]}}
-  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, dir))
-	st, err := filesystem.New(ctx, filesystem.Config{Path: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := events.NewID()
-	key, manifestKey := storeBackup(t, st, "racy", id)
-	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: "racy", Kind: runs.KindBackup}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Runs.Update(ctx, id, func(r *runs.Run) error {
-		r.Phase, r.SHA256 = runs.Running, zeros
-		dd := r.Dest("local")
-		dd.Phase, dd.Key, dd.ManifestKey, dd.SHA256 = runs.Succeeded, key, manifestKey, zeros
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-
-	s := New(d)
-	var once sync.Once
-	calls := 0
-	d.Now = func() time.Time {
-		// The second reading of the clock is verify's, after it loaded
-		// the manifest: the run fails there and verify-failed marks it.
-		calls++
-		if calls == 2 {
-			once.Do(func() {
-				cause, _ := events.New(b.Meta("racy", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
-				if _, err := d.FailRun(ctx, "racy", id, "hook", "hook:db/unlock", "unlock failed", cause); err != nil {
-					t.Errorf("fail run: %v", err)
-					return
-				}
-				failed, err := events.New(b.Meta("racy", id, ""), events.BackupFailedData{Stage: "hook", Reason: "unlock failed"})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if _, err := s.handleFailed(ctx, failed); err != nil {
-					t.Errorf("verify-failed: %v", err)
-				}
-			})
+	f := newUploaded(t, "racy")
+	d, b, s, st, id, manifestKey := f.d, f.b, f.s, f.st, f.id, f.manifestKey
+	f.whileVerifying(func() {
+		cause, _ := events.New(b.Meta("racy", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+		if _, err := d.FailRun(ctx, "racy", id, "hook", "hook:db/unlock", "unlock failed", cause); err != nil {
+			t.Errorf("fail run: %v", err)
+			return
 		}
-		return time.Now()
-	}
-	e, err := events.New(b.Meta("racy", id, uploadStep("local")), events.UploadCompletedData{
-		Destination: "local", Key: key, ManifestKey: manifestKey, Size: 1, SHA256: zeros})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.handle(ctx, e); err != nil {
+		failed, err := events.New(b.Meta("racy", id, ""), events.BackupFailedData{Stage: "hook", Reason: "unlock failed"})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := s.handleFailed(ctx, failed); err != nil {
+			t.Errorf("verify-failed: %v", err)
+		}
+	})
+	if _, err := s.handle(ctx, f.completed); err != nil {
 		t.Fatal(err)
 	}
 	m, err := backup.LoadManifest(ctx, st, manifestKey)
@@ -109,6 +69,62 @@ spec:
 }
 
 var zeros = hex.EncodeToString(make([]byte, 32))
+
+// uploaded is a run of a plan whose one destination (a filesystem) holds
+// the run's real backup, uploaded and about to be verified, with the
+// upload.completed that has verify read it.
+type uploaded struct {
+	d                    *stage.Deps
+	b                    *bus.Bus
+	s                    *Service
+	st                   storage.Storage
+	id, key, manifestKey string
+	completed            events.Event
+}
+
+// newUploaded makes the run, of plan name, on a fresh embedded server.
+func newUploaded(t *testing.T, name string) *uploaded {
+	t.Helper()
+	ctx := context.Background()
+	_, b := bustest.Start(t)
+	dir := t.TempDir()
+	d := stagetest.Deps(t, b) // the owner keeps its own clock: tests hook d's
+	stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+kind: Plan
+metadata: {name: %s}
+spec:
+  source: {type: command, command: {argv: [echo, hi]}}
+  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
+`, name, dir))
+	st, err := filesystem.New(ctx, filesystem.Config{Path: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &uploaded{d: d, b: b, s: New(d), st: st, id: events.NewID()}
+	f.key, f.manifestKey = storeBackup(t, st, name, f.id)
+	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: f.id, Plan: name, Kind: runs.KindBackup, Trigger: events.TriggerCLI, Phase: runs.Running, SHA256: zeros,
+		Destinations: map[string]*runs.Destination{"local": {Phase: runs.Succeeded, Key: f.key, ManifestKey: f.manifestKey, SHA256: zeros}}}); err != nil {
+		t.Fatal(err)
+	}
+	if f.completed, err = events.New(b.Meta(name, f.id, uploadStep("local")), events.UploadCompletedData{
+		Destination: "local", Key: f.key, ManifestKey: f.manifestKey, Size: 1, SHA256: zeros}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// whileVerifying runs fn once, at the second reading of the stages'
+// clock: verify's, after it loaded the manifest and while it reads.
+func (f *uploaded) whileVerifying(fn func()) {
+	var once sync.Once
+	calls := 0
+	f.d.Now = func() time.Time {
+		if calls++; calls == 2 {
+			once.Do(fn)
+		}
+		return time.Now()
+	}
+}
 
 // uploadStep is the step attribute upload gives its events.
 func uploadStep(dest string) string { return "upload:" + dest }

@@ -2,17 +2,11 @@ package verify
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/backstream/backstream/events"
-	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/pkg/storage/filesystem"
 	"github.com/backstream/backstream/services/stage"
-	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
 // TestAVerifyOverlappingAReplayRecordsNothingInIt: the run fails (a hook
@@ -23,53 +17,18 @@ import (
 // verify.completed of attempt 1 would drive attempt 2).
 func TestAVerifyOverlappingAReplayRecordsNothingInIt(t *testing.T) {
 	ctx := context.Background()
-	_, b := bustest.Start(t)
-	d := stagetest.Deps(t, b)
-	dir := t.TempDir()
-	p := stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
-kind: Plan
-metadata: {name: replayed}
-spec:
-  source: {type: command, command: {argv: [echo, hi]}}
-  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, dir))
-	st, err := filesystem.New(ctx, filesystem.Config{Path: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := events.NewID()
-	key, manifestKey := storeBackup(t, st, p.Name(), id)
-	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: p.Name(), Kind: runs.KindBackup, Trigger: events.TriggerCLI, Phase: runs.Running, SHA256: zeros,
-		Destinations: map[string]*runs.Destination{"local": {Phase: runs.Succeeded, Key: key, ManifestKey: manifestKey, SHA256: zeros}}}); err != nil {
-		t.Fatal(err)
-	}
-
-	s := New(d)
-	var once sync.Once
-	calls := 0
-	d.Now = func() time.Time {
-		// The second reading of the clock is verify's, after it loaded
-		// the manifest: the run fails there and is replayed.
-		calls++
-		if calls == 2 {
-			once.Do(func() {
-				cause, _ := events.New(b.Meta(p.Name(), id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
-				if _, err := d.FailRun(ctx, p.Name(), id, "hook", "hook:db/unlock", "unlock failed", cause); err != nil {
-					t.Errorf("fail run: %v", err)
-				}
-				if _, _, err := d.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: id, Step: runs.ReplayStart, Owner: "cli:test"}); err != nil {
-					t.Errorf("replay: %v", err)
-				}
-			})
+	f := newUploaded(t, "replayed")
+	d, id := f.d, f.id
+	f.whileVerifying(func() {
+		cause, _ := events.New(f.b.Meta("replayed", id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+		if _, err := d.FailRun(ctx, "replayed", id, "hook", "hook:db/unlock", "unlock failed", cause); err != nil {
+			t.Errorf("fail run: %v", err)
 		}
-		return time.Now()
-	}
-	e, err := events.New(b.Meta(p.Name(), id, uploadStep("local")), events.UploadCompletedData{
-		Destination: "local", Key: key, ManifestKey: manifestKey, Size: 1, SHA256: zeros})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := s.Consumers()[0].Handler(ctx, e)
+		if _, _, err := d.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: id, Step: runs.ReplayStart, Owner: "cli:test"}); err != nil {
+			t.Errorf("replay: %v", err)
+		}
+	})
+	out, err := f.s.Consumers()[0].Handler(ctx, f.completed)
 	if err != nil || len(out) != 0 {
 		t.Fatalf("attempt 1's verify: %d events, %v; want it acked with nothing emitted", len(out), err)
 	}
