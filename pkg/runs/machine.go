@@ -976,11 +976,9 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 		if r.Kind != KindBackup || !stored {
 			return notReplayable("not every destination holds the uploaded backup, so there is nothing to verify again; replay it from the start (--from-start)")
 		}
-		for i := range r.Steps {
-			if st := &r.Steps[i]; StageOf(st.Name) == "verify" && st.Phase != Succeeded {
-				resetStep(st)
-			}
-		}
+		// Every copy, also one attempt 1 verified: the failure marked
+		// every manifest failed, and only a verify writes it good again.
+		reverify(r)
 	case StageOf(stage) == "hook":
 		st := r.FindStep(stage)
 		if st == nil || (st.Phase != Failed && st.Phase != Running && !(st.Phase == Skipped && st.Started.IsZero())) {
@@ -995,15 +993,7 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 			}
 		}
 		resetStep(st)
-		// The manifests were marked failed with the run: verify again.
-		for i := range r.Steps {
-			if st := &r.Steps[i]; StageOf(st.Name) == "verify" {
-				resetStep(st)
-			}
-		}
-		for _, d := range r.Destinations {
-			d.Verified, d.VerifyMode = false, ""
-		}
+		reverify(r)
 	case StageOf(stage) == "upload" && r.Kind == KindBackup:
 		dest := strings.TrimPrefix(stage, "upload:")
 		if d := r.Destinations[dest]; d != nil && d.Phase == Succeeded {
@@ -1019,15 +1009,7 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 			resetStep(st)
 		}
 		delete(r.Destinations, dest)
-		// The copies kept were marked failed with the run: verify again.
-		for i := range r.Steps {
-			if st := &r.Steps[i]; StageOf(st.Name) == "verify" {
-				resetStep(st)
-			}
-		}
-		for _, d := range r.Destinations {
-			d.Verified, d.VerifyMode = false, ""
-		}
+		reverify(r)
 	default:
 		return notReplayable(fmt.Sprintf("step %s failed mid-stream and a dump cannot resume (the bytes are gone); replay it from the start (--from-start)", stage))
 	}
@@ -1057,6 +1039,21 @@ func replay(r *Run, req Request, now time.Time) (Outcome, error) {
 		r.Deadline = now.Add(req.Within)
 	}
 	return o, nil
+}
+
+// reverify makes every copy of r due for verifying again: a failed run's
+// manifests were marked failed with it (verify's backup.failed
+// consumer), a copy verified before the failure too, and only a verify of
+// the new attempt writes one good again.
+func reverify(r *Run) {
+	for i := range r.Steps {
+		if st := &r.Steps[i]; StageOf(st.Name) == "verify" {
+			resetStep(st)
+		}
+	}
+	for _, d := range r.Destinations {
+		d.Verified, d.VerifyMode = false, ""
+	}
 }
 
 // AwaitsCompensation reports whether r ended failed or cancelled after a

@@ -70,47 +70,71 @@ func TestRunFailingWhileVerifyReadsLeavesTheManifestFailed(t *testing.T) {
 
 var zeros = hex.EncodeToString(make([]byte, 32))
 
-// uploaded is a run of a plan whose one destination (a filesystem) holds
-// the run's real backup, uploaded and about to be verified, with the
-// upload.completed that has verify read it.
+// uploaded is a run of a plan whose destinations (filesystems) hold the
+// run's real backup, uploaded and about to be verified, with the
+// upload.completed that has verify read it. st, key, manifestKey and
+// completed are the first destination's.
 type uploaded struct {
-	d                    *stage.Deps
-	b                    *bus.Bus
-	s                    *Service
-	st                   storage.Storage
-	id, key, manifestKey string
-	completed            events.Event
+	d             *stage.Deps
+	b             *bus.Bus
+	s             *Service
+	st            storage.Storage
+	stores        map[string]storage.Storage
+	plan, id, key string
+	manifestKey   string
+	completed     events.Event
 }
 
-// newUploaded makes the run, of plan name, on a fresh embedded server.
-func newUploaded(t *testing.T, name string) *uploaded {
+// newUploaded makes the run, of plan name, on a fresh embedded server,
+// with one filesystem destination of each name in dests ("local" when
+// none is given).
+func newUploaded(t *testing.T, name string, dests ...string) *uploaded {
 	t.Helper()
 	ctx := context.Background()
+	if len(dests) == 0 {
+		dests = []string{"local"}
+	}
 	_, b := bustest.Start(t)
-	dir := t.TempDir()
 	d := stagetest.Deps(t, b) // the owner keeps its own clock: tests hook d's
-	stagetest.ApplyPlan(t, d, fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
+	f := &uploaded{d: d, b: b, s: New(d), stores: map[string]storage.Storage{}, plan: name, id: events.NewID()}
+	yaml := fmt.Sprintf(`apiVersion: backstream.io/v1alpha1
 kind: Plan
 metadata: {name: %s}
 spec:
   source: {type: command, command: {argv: [echo, hi]}}
-  destinations: [{name: local, type: filesystem, filesystem: {path: %s}}]
-`, name, dir))
-	st, err := filesystem.New(ctx, filesystem.Config{Path: dir})
+  destinations:
+`, name)
+	held := map[string]*runs.Destination{}
+	for _, dest := range dests {
+		dir := t.TempDir()
+		yaml += fmt.Sprintf("  - {name: %s, type: filesystem, filesystem: {path: %s}}\n", dest, dir)
+		st, err := filesystem.New(ctx, filesystem.Config{Path: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.stores[dest] = st
+		f.key, f.manifestKey = storeBackup(t, st, name, f.id)
+		held[dest] = &runs.Destination{Phase: runs.Succeeded, Key: f.key, ManifestKey: f.manifestKey, SHA256: zeros}
+	}
+	stagetest.ApplyPlan(t, d, yaml)
+	f.st = f.stores[dests[0]]
+	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: f.id, Plan: name, Kind: runs.KindBackup, Trigger: events.TriggerCLI, Phase: runs.Running, SHA256: zeros,
+		Steps: []runs.Step{{Name: "snapshot", Phase: runs.Succeeded, Started: time.Now(), Finished: time.Now()}}, Destinations: held}); err != nil {
+		t.Fatal(err)
+	}
+	f.completed = f.completedOf(t, dests[0])
+	return f
+}
+
+// completedOf is the upload.completed of dest.
+func (f *uploaded) completedOf(t *testing.T, dest string) events.Event {
+	t.Helper()
+	e, err := events.New(f.b.Meta(f.plan, f.id, uploadStep(dest)), events.UploadCompletedData{
+		Destination: dest, Key: f.key, ManifestKey: f.manifestKey, Size: 1, SHA256: zeros})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &uploaded{d: d, b: b, s: New(d), st: st, id: events.NewID()}
-	f.key, f.manifestKey = storeBackup(t, st, name, f.id)
-	if _, err := d.Runs.Ensure(ctx, runs.Run{ID: f.id, Plan: name, Kind: runs.KindBackup, Trigger: events.TriggerCLI, Phase: runs.Running, SHA256: zeros,
-		Destinations: map[string]*runs.Destination{"local": {Phase: runs.Succeeded, Key: f.key, ManifestKey: f.manifestKey, SHA256: zeros}}}); err != nil {
-		t.Fatal(err)
-	}
-	if f.completed, err = events.New(b.Meta(name, f.id, uploadStep("local")), events.UploadCompletedData{
-		Destination: "local", Key: f.key, ManifestKey: f.manifestKey, Size: 1, SHA256: zeros}); err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return e
 }
 
 // whileVerifying runs fn once, at the second reading of the stages'

@@ -1,11 +1,16 @@
 package verify
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"testing"
 
 	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/backup"
+	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -49,4 +54,87 @@ func TestAVerifyOverlappingAReplayRecordsNothingInIt(t *testing.T) {
 	if err != nil || !c.Start {
 		t.Errorf("attempt 2's verify claims %+v %v, want to start: read its own copy", c, err)
 	}
+}
+
+// TestReplayOfAFailedVerifyVerifiesEveryCopyAgain: of two copies, b's is
+// damaged, so its verify fails the run after a's passed, and the failure
+// marks both manifests failed (nothing of a failed run passes for a good
+// backup). The operator repairs b and replays the run from verify: both
+// copies must end verified in their manifests. A copy verified by
+// attempt 1 and marked failed with the run is no backup to any reader
+// (not listed, never latest, removed by retention) until it is verified
+// again.
+func TestReplayOfAFailedVerifyVerifiesEveryCopyAgain(t *testing.T) {
+	ctx := context.Background()
+	f := newUploaded(t, "twice", "a", "b")
+	good := readObject(t, f.stores["b"], f.key)
+	if _, err := f.stores["b"].Put(ctx, f.key, bytes.NewReader(bytes.Repeat([]byte{'x'}, len(good))), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.handle(ctx, f.completedOf(t, "b")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.d.Runs.Get(ctx, f.id)
+	if err != nil || r.Phase != runs.Failed || r.FailedStage != "verify" {
+		t.Fatalf("verify of a damaged copy left the run %s (%s), %v; want failed in verify", r.Phase, r.Error, err)
+	}
+	failed, err := events.New(f.b.Meta(f.plan, f.id, ""), events.BackupFailedData{Stage: "verify", Reason: r.Error})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.handleFailed(ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	for _, dest := range []string{"a", "b"} {
+		if m := loadManifest(t, f.stores[dest], f.manifestKey); !backup.Failed(m) {
+			t.Fatalf("after the run failed, %s's manifest says %q, want failed", dest, m.Verify.Status)
+		}
+	}
+
+	if _, err := f.stores["b"].Put(ctx, f.key, bytes.NewReader(good), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, o, err := f.d.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: f.id, Owner: "cli:test"})
+	if err != nil || o.Stage != runs.ReplayVerify {
+		t.Fatalf("replay: %+v, %v; want it from verify", o, err)
+	}
+	again := f.completedOf(t, "b") // as the replay re-emits it
+	again.SetExtension(events.ExtAttempt, 2)
+	if _, err := f.s.handle(stage.WithAttempt(ctx, f.id, 2), again); err != nil {
+		t.Fatal(err)
+	}
+	for _, dest := range []string{"a", "b"} {
+		if m := loadManifest(t, f.stores[dest], f.manifestKey); m.Verify.Status != format.VerifyVerified {
+			t.Errorf("after the replay, %s's manifest says %q (%s), want verified", dest, m.Verify.Status, m.Verify.Error)
+		}
+	}
+	if r, err = f.d.Runs.Get(ctx, f.id); err != nil {
+		t.Fatal(err)
+	}
+	if r.Phase != runs.Succeeded {
+		t.Errorf("replayed run %s (%s), want Succeeded", r.Phase, r.Error)
+	}
+}
+
+func readObject(t *testing.T, st storage.Storage, key string) []byte {
+	t.Helper()
+	rc, err := st.Open(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func loadManifest(t *testing.T, st storage.Storage, key string) format.Manifest {
+	t.Helper()
+	m, err := backup.LoadManifest(context.Background(), st, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
