@@ -25,6 +25,11 @@ var ErrNotFound = errors.New("object not found")
 // taking a key returns an error matching it before doing any I/O.
 var ErrInvalidKey = errors.New("invalid key")
 
+// ErrChanged means a conditional write (PutIf) found the object at its
+// key no longer the version it was read as: replaced or deleted since.
+// Nothing was written.
+var ErrChanged = errors.New("object changed since it was read")
+
 // PutOptions are the optional attributes of a stored object.
 type PutOptions struct {
 	// ContentType is recorded where the backend can (S3); filesystem ignores it.
@@ -75,6 +80,22 @@ type Storage interface {
 	// Delete removes the object at key. Deleting an absent key is not an
 	// error, so Delete is idempotent.
 	Delete(ctx context.Context, key string) error
+	// ReadVersion returns the whole object at key, which must be a small
+	// one (a manifest: more than max bytes is an error), and its version:
+	// an opaque token that changes when a Put or PutIf stores other bytes
+	// at key. Storing the same bytes again may leave it as it was, which a
+	// read-modify-write cannot tell from no write and need not. An absent
+	// key is ErrNotFound.
+	ReadVersion(ctx context.Context, key string, max int64) (data []byte, version string, err error)
+	// PutIf stores data at key only if the object there is still at
+	// version (from ReadVersion), atomically with that check: if it was
+	// replaced or deleted since, PutIf writes nothing and returns an error
+	// matching ErrChanged. Of PutIf calls from one version, concurrent or
+	// not, at most one succeeds, and a Put meanwhile fails them all. This
+	// is what lets several writers update one manifest (verify, a failed
+	// run's marking, scrub, retention) without losing each other's change:
+	// read, change, PutIf, and on ErrChanged read again.
+	PutIf(ctx context.Context, key string, data []byte, version string, o PutOptions) (Info, error)
 	// Close releases the backend's resources. No other method may be called
 	// after or during Close.
 	Close() error

@@ -5,11 +5,17 @@
 // directory, so a reader sees either the old or the new complete object and a
 // crash leaves at most a temp file, which List hides and New removes once it
 // is an hour old. Tags live in a sidecar file .tags-<name> beside the object,
-// also hidden from List. It must never leave a partial file under a key name.
+// also hidden from List. Renames into the tree and removals hold a flock(2)
+// on the root directory, which makes PutIf's compare and rename atomic to
+// every writer (on a network filesystem, as far as its flock is). It must
+// never leave a partial file under a key name.
 package filesystem
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -213,7 +219,7 @@ func (s *FS) Put(ctx context.Context, key string, r io.Reader, o storage.PutOpti
 		return storage.Info{}, err
 	}
 	p := s.path(key)
-	info, err := s.put(ctx, p, r, o)
+	info, err := s.put(ctx, p, r, o, nil)
 	if err != nil {
 		return storage.Info{}, fmt.Errorf("put %s: %w", key, err)
 	}
@@ -221,7 +227,82 @@ func (s *FS) Put(ctx context.Context, key string, r io.Reader, o storage.PutOpti
 	return info, nil
 }
 
-func (s *FS) put(ctx context.Context, p string, r io.Reader, o storage.PutOptions) (info storage.Info, err error) {
+// ReadVersion implements storage.Storage. The version is the SHA-256 of
+// the bytes read: a file is replaced whole (by rename), so the bytes one
+// open reads are one version.
+func (s *FS) ReadVersion(ctx context.Context, key string, max int64) ([]byte, string, error) {
+	if err := checkKey(key); err != nil {
+		return nil, "", err
+	}
+	data, err := s.readSmall(s.path(key), max)
+	if err != nil {
+		return nil, "", fmt.Errorf("read %s: %w", key, err)
+	}
+	return data, version(data), nil
+}
+
+// PutIf implements storage.Storage: the new file is written and synced
+// first; under the tree's lock the file at key is read again and renamed
+// over only if its bytes are still those of version.
+func (s *FS) PutIf(ctx context.Context, key string, data []byte, ver string, o storage.PutOptions) (storage.Info, error) {
+	if err := checkKey(key); err != nil {
+		return storage.Info{}, err
+	}
+	p := s.path(key)
+	info, err := s.put(ctx, p, bytes.NewReader(data), o, func() error {
+		cur, err := s.readSmall(p, int64(len(data))+maxVersioned)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			return fmt.Errorf("%w: deleted", storage.ErrChanged)
+		case err != nil:
+			return err
+		case version(cur) != ver:
+			return storage.ErrChanged
+		}
+		return nil
+	})
+	if err != nil {
+		return storage.Info{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	info.Key = key
+	return info, nil
+}
+
+// maxVersioned bounds what PutIf reads of the object it replaces beyond
+// the new one's size: versioned objects are small (manifests), and one
+// much larger than its replacement has changed anyway.
+const maxVersioned = 16 << 20
+
+func version(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// readSmall reads the file at p whole, refusing one of more than max bytes.
+func (s *FS) readSmall(p string, max int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, notFound(err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if fi.IsDir() {
+		return nil, storage.ErrNotFound
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return data, nil
+}
+
+// put writes r to a temp file beside p and renames it over p, under the
+// tree's lock (see locked), after check, when given, found nothing wrong.
+func (s *FS) put(ctx context.Context, p string, r io.Reader, o storage.PutOptions, check func() error) (info storage.Info, err error) {
 	dir := filepath.Dir(p)
 	f, err := createTemp(dir)
 	if err != nil {
@@ -252,12 +333,20 @@ func (s *FS) put(ctx context.Context, p string, r io.Reader, o storage.PutOption
 	if err = ctx.Err(); err != nil {
 		return info, err
 	}
-	// The tags belong to the new object: write (or drop) them just before the
-	// rename that makes it visible.
-	if err = writeTags(tagsPath(p), o.Tags); err != nil {
-		return info, err
-	}
-	if err = os.Rename(f.Name(), p); err != nil {
+	err = s.locked(func() error {
+		if check != nil {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+		// The tags belong to the new object: write (or drop) them just
+		// before the rename that makes it visible.
+		if err := writeTags(tagsPath(p), o.Tags); err != nil {
+			return err
+		}
+		return os.Rename(f.Name(), p)
+	})
+	if err != nil {
 		return info, err
 	}
 	if err = syncDir(dir); err != nil {
@@ -442,10 +531,16 @@ func (s *FS) Delete(ctx context.Context, key string) error {
 	if fi.IsDir() {
 		return nil // a key prefix, not an object
 	}
-	if err := os.Remove(tagsPath(p)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("delete %s: tags: %w", key, err)
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err = s.locked(func() error {
+		if err := os.Remove(tagsPath(p)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("tags: %w", err)
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	s.prune(filepath.Dir(p))

@@ -47,6 +47,8 @@ func Run(t *testing.T, newStorage func(t *testing.T) storage.Storage) {
 		{"CancelMidway", testCancelMidway},
 		{"Tags", testTags},
 		{"ConcurrentPuts", testConcurrentPuts},
+		{"PutIf", testPutIf},
+		{"PutIfLosesNoUpdate", testPutIfLosesNoUpdate},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -468,4 +470,108 @@ func testConcurrentPuts(t *testing.T, s storage.Storage) {
 	if got := keys(t, s, "c/"); len(got) != n {
 		t.Fatalf("list: %d keys, want %d", len(got), n)
 	}
+}
+
+// testPutIf: a conditional write stores only over the version it was
+// read as; a PutIf or Put since, or a Delete, makes it fail with
+// ErrChanged and leaves what is there.
+func testPutIf(t *testing.T, s storage.Storage) {
+	ctx := context.Background()
+	if _, _, err := s.ReadVersion(ctx, "m/absent", 1<<10); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("read version of an absent key: %v, want ErrNotFound", err)
+	}
+	if _, _, err := s.ReadVersion(ctx, "../m", 1<<10); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Errorf("read version of a bad key: %v, want ErrInvalidKey", err)
+	}
+	if _, err := s.PutIf(ctx, "../m", []byte("x"), "v", storage.PutOptions{}); !errors.Is(err, storage.ErrInvalidKey) {
+		t.Errorf("put-if of a bad key: %v, want ErrInvalidKey", err)
+	}
+	put(t, s, "m/1", []byte("first"), storage.PutOptions{})
+	if _, _, err := s.ReadVersion(ctx, "m/1", 3); err == nil || errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("read version of an object larger than max: %v, want an error saying so", err)
+	}
+	data, v1, err := s.ReadVersion(ctx, "m/1", 1<<10)
+	if err != nil || string(data) != "first" || v1 == "" {
+		t.Fatalf("read version: %q %q %v", data, v1, err)
+	}
+
+	info, err := s.PutIf(ctx, "m/1", []byte("second"), v1, storage.PutOptions{ContentType: "application/json", Tags: map[string]string{"k": "v"}})
+	if err != nil || info.Key != "m/1" || info.Size != 6 {
+		t.Fatalf("put-if over the version read: %+v %v", info, err)
+	}
+	wantContent(t, s, "m/1", []byte("second"))
+	if tg, ok := s.(storage.Tagger); ok {
+		if tags, err := tg.GetTags(ctx, "m/1"); err != nil || tags["k"] != "v" {
+			t.Errorf("put-if's tags: %v %v", tags, err)
+		}
+	}
+	_, v2, err := s.ReadVersion(ctx, "m/1", 1<<10)
+	if err != nil || v2 == v1 {
+		t.Fatalf("version after put-if: %q (was %q), %v; want a new one", v2, v1, err)
+	}
+	if _, err := s.PutIf(ctx, "m/1", []byte("stale"), v1, storage.PutOptions{}); !errors.Is(err, storage.ErrChanged) {
+		t.Errorf("put-if over a version replaced by put-if: %v, want ErrChanged", err)
+	}
+	wantContent(t, s, "m/1", []byte("second"))
+
+	put(t, s, "m/1", []byte("third, by put"), storage.PutOptions{})
+	if _, err := s.PutIf(ctx, "m/1", []byte("stale"), v2, storage.PutOptions{}); !errors.Is(err, storage.ErrChanged) {
+		t.Errorf("put-if over a version replaced by put: %v, want ErrChanged", err)
+	}
+	wantContent(t, s, "m/1", []byte("third, by put"))
+
+	_, v3, err := s.ReadVersion(ctx, "m/1", 1<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "m/1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutIf(ctx, "m/1", []byte("stale"), v3, storage.PutOptions{}); !errors.Is(err, storage.ErrChanged) {
+		t.Errorf("put-if over a deleted object: %v, want ErrChanged", err)
+	}
+	if _, err := s.Stat(ctx, "m/1"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a failed put-if left an object: %v", err)
+	}
+	if k := keys(t, s, "m/"); len(k) != 0 {
+		t.Errorf("keys left under m/: %v", k)
+	}
+}
+
+// testPutIfLosesNoUpdate: writers that read, change and write back with
+// PutIf, reading again on ErrChanged, lose none of each other's changes:
+// a counter incremented by each of them ends at their sum.
+func testPutIfLosesNoUpdate(t *testing.T, s storage.Storage) {
+	ctx := context.Background()
+	const writers, each = 6, 8
+	put(t, s, "counter", []byte("0"), storage.PutOptions{})
+	var g errgroup.Group
+	for range writers {
+		g.Go(func() error {
+			for range each {
+				for {
+					data, v, err := s.ReadVersion(ctx, "counter", 64)
+					if err != nil {
+						return err
+					}
+					var n int
+					if _, err := fmt.Sscan(string(data), &n); err != nil {
+						return fmt.Errorf("counter %q: %w", data, err)
+					}
+					_, err = s.PutIf(ctx, "counter", []byte(fmt.Sprint(n+1)), v, storage.PutOptions{})
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, storage.ErrChanged) {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	wantContent(t, s, "counter", []byte(fmt.Sprint(writers*each)))
 }
