@@ -47,7 +47,7 @@ func LoadManifest(ctx context.Context, st storage.Storage, key string) (format.M
 		return format.Manifest{}, fmt.Errorf("open manifest %s: %w", key, err)
 	}
 	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, 4<<20))
+	data, err := io.ReadAll(io.LimitReader(rc, maxManifest))
 	if err != nil {
 		return format.Manifest{}, fmt.Errorf("read manifest %s: %w", key, err)
 	}
@@ -58,7 +58,73 @@ func LoadManifest(ctx context.Context, st storage.Storage, key string) (format.M
 	return m, nil
 }
 
-// SaveManifest writes m at its manifest key.
+// maxManifest is the most a manifest may hold: a few KiB in practice.
+const maxManifest = 4 << 20
+
+// maxUpdateTries bounds how often UpdateManifest reads a manifest again
+// that kept changing under it: a handful of writers, each changing it
+// once per event, never need many.
+const maxUpdateTries = 20
+
+// UpdateManifest changes the manifest at key and writes it back only if
+// nobody wrote it since it was read (storage's PutIf); if someone did, it
+// reads it again and calls change again. Several writers of one manifest
+// (verify, the marking of a failed run, scrub, retention) so lose none of
+// each other's changes, and a writer that decides from what else it
+// reads in change (the run's phase) decides on what the manifest is at
+// its write. change reports whether it changed m; false writes nothing.
+// It may be called several times, each time with the manifest as it is
+// then, and must decide afresh. It returns the manifest as stored after
+// the call (unchanged when change said so).
+func UpdateManifest(ctx context.Context, st storage.Storage, key string, change func(m *format.Manifest) (bool, error)) (format.Manifest, error) {
+	for range maxUpdateTries {
+		data, version, err := st.ReadVersion(ctx, key, maxManifest)
+		if errors.Is(err, storage.ErrNotFound) {
+			return format.Manifest{}, fmt.Errorf("%w: no manifest %s", ErrNotFound, key)
+		}
+		if err != nil {
+			return format.Manifest{}, fmt.Errorf("read manifest %s: %w", key, err)
+		}
+		m, err := format.UnmarshalManifest(data)
+		if err != nil {
+			return format.Manifest{}, fmt.Errorf("manifest %s: %w", key, err)
+		}
+		changed, err := change(&m)
+		if err != nil || !changed {
+			return m, err
+		}
+		if got := format.ManifestKey(m.Plan, m.BackupID); got != key {
+			return m, fmt.Errorf("manifest %s: changed into the manifest of %s", key, got)
+		}
+		out, err := format.MarshalManifest(m)
+		if err != nil {
+			return m, fmt.Errorf("manifest: %w", err)
+		}
+		o := storage.PutOptions{ContentType: "application/json"}
+		if tg, ok := st.(storage.Tagger); ok {
+			// A write replaces the tags with the object's bytes: keep the
+			// ones retention labelled it with (lifecycle rules expire the
+			// manifest by them, with its object).
+			if o.Tags, err = tg.GetTags(ctx, key); errors.Is(err, storage.ErrNotFound) {
+				continue // deleted since: read again, and find it gone
+			} else if err != nil {
+				return m, fmt.Errorf("manifest %s: tags: %w", key, err)
+			}
+		}
+		_, err = st.PutIf(ctx, key, out, version, o)
+		if err == nil {
+			return m, nil
+		}
+		if !errors.Is(err, storage.ErrChanged) {
+			return m, fmt.Errorf("put manifest %s: %w", key, err)
+		}
+	}
+	return format.Manifest{}, fmt.Errorf("update manifest %s: changed by another writer %d times in a row", key, maxUpdateTries)
+}
+
+// SaveManifest writes m at its manifest key, whatever is there: for the
+// first manifest of a copy (upload, a copy from another destination).
+// A manifest that may be there already is changed with UpdateManifest.
 func SaveManifest(ctx context.Context, st storage.Storage, m format.Manifest) error {
 	data, err := format.MarshalManifest(m)
 	if err != nil {

@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"filippo.io/age"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/pkg/backup"
 	"github.com/backstream/backstream/pkg/format"
@@ -126,5 +128,88 @@ func TestCanOpen(t *testing.T) {
 				t.Fatalf("CanOpen(%s, %+v) = %v, want %v", tt.scheme, tt.keys, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestUpdateManifestLosesNoChange: writers changing one manifest at the
+// same time (each its own field, as verify, scrub and retention do) all
+// find their change in it afterwards, and the object's tags (retention's
+// label, which lifecycle rules expire it by) survive every write.
+func TestUpdateManifestLosesNoChange(t *testing.T) {
+	ctx := context.Background()
+	st, err := filesystem.New(ctx, filesystem.Config{Path: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "01HX0000000000000000000001"
+	put(t, st, "p", id, 0, format.VerifyPending)
+	key := format.ManifestKey("p", id)
+	if err := st.(storage.Tagger).SetTags(ctx, key, map[string]string{"cycle": "daily"}); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	var g errgroup.Group
+	for i := range writers {
+		g.Go(func() error {
+			_, err := backup.UpdateManifest(ctx, st, key, func(m *format.Manifest) (bool, error) {
+				if m.Tags == nil {
+					m.Tags = map[string]string{}
+				}
+				m.Tags[fmt.Sprint("writer", i)] = "was here"
+				return true, nil
+			})
+			return err
+		})
+	}
+	g.Go(func() error {
+		_, err := backup.UpdateManifest(ctx, st, key, func(m *format.Manifest) (bool, error) {
+			m.Verify = format.VerifyResult{Status: format.VerifyVerified, Mode: format.VerifyModeFull, At: time.Now().UTC()}
+			return true, nil
+		})
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := backup.LoadManifest(ctx, st, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Tags) != writers || m.Verify.Status != format.VerifyVerified {
+		t.Errorf("manifest after %d concurrent writers: tags %v, verify %q; a change was lost", writers+1, m.Tags, m.Verify.Status)
+	}
+	if tags, err := st.(storage.Tagger).GetTags(ctx, key); err != nil || tags["cycle"] != "daily" {
+		t.Errorf("the manifest's object tags after updates: %v %v, want cycle=daily kept", tags, err)
+	}
+}
+
+func TestUpdateManifestRefuses(t *testing.T) {
+	ctx := context.Background()
+	st, err := filesystem.New(ctx, filesystem.Config{Path: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "01HX0000000000000000000002"
+	put(t, st, "p", id, 0, format.VerifyPending)
+	key := format.ManifestKey("p", id)
+	_, before, err := st.ReadVersion(ctx, key, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backup.UpdateManifest(ctx, st, key, func(*format.Manifest) (bool, error) { return false, nil }); err != nil {
+		t.Errorf("no change: %v", err)
+	}
+	boom := errors.New("boom")
+	if _, err := backup.UpdateManifest(ctx, st, key, func(*format.Manifest) (bool, error) { return true, boom }); !errors.Is(err, boom) {
+		t.Errorf("a change that fails: %v, want its error", err)
+	}
+	if _, err := backup.UpdateManifest(ctx, st, key, func(m *format.Manifest) (bool, error) { m.BackupID = "other"; return true, nil }); err == nil {
+		t.Error("a change that makes it another backup's manifest was written")
+	}
+	if _, after, err := st.ReadVersion(ctx, key, 1<<20); err != nil || after != before {
+		t.Errorf("refused changes wrote the manifest: version %s → %s, %v", before, after, err)
+	}
+	if _, err := backup.UpdateManifest(ctx, st, format.ManifestKey("p", "01HX0000000000000000000003"), func(*format.Manifest) (bool, error) { return true, nil }); !errors.Is(err, backup.ErrNotFound) {
+		t.Errorf("absent manifest: %v, want ErrNotFound", err)
 	}
 }

@@ -437,8 +437,13 @@ func (o *Outcome) Label(ctx context.Context, st storage.Storage, backupID string
 	}
 	cycles := retention.Cycles(m.Created, o.Location, prev)
 	if !slices.Equal(m.Cycles, cycles) {
-		m.Cycles = cycles
-		if err := backup.SaveManifest(ctx, st, m); err != nil {
+		if _, err := backup.UpdateManifest(ctx, st, format.ManifestKey(m.Plan, m.BackupID), func(m *format.Manifest) (bool, error) {
+			if slices.Equal(m.Cycles, cycles) {
+				return false, nil
+			}
+			m.Cycles = cycles
+			return true, nil
+		}); err != nil {
 			return fmt.Errorf("label %s: %w", backupID, err)
 		}
 	}

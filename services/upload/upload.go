@@ -6,7 +6,6 @@
 package upload
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -203,7 +202,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	stopWatch()
 	stopProgress()
 	if err == nil {
-		err = s.writeManifest(ctx, st, p, runID, key, manifestKey, meta, info, digest)
+		err = s.writeManifest(ctx, st, p, runID, key, meta, info, digest)
 		if err != nil {
 			_ = st.Delete(context.WithoutCancel(ctx), key)
 		}
@@ -338,7 +337,7 @@ func (s *Service) stream(ctx context.Context, st storage.Storage, in *bus.ChunkR
 	return meta, res.info, hex.EncodeToString(sum.Sum(nil)), nil
 }
 
-func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan.Plan, runID, key, manifestKey string, meta filter.Meta, info storage.Info, digest string) error {
+func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan.Plan, runID, key string, meta filter.Meta, info storage.Info, digest string) error {
 	r, err := s.Runs.Get(ctx, runID)
 	if err != nil {
 		return err
@@ -382,12 +381,5 @@ func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan
 	if m.Chain == nil {
 		m.Chain = []string{}
 	}
-	data, err := format.MarshalManifest(m)
-	if err != nil {
-		return fmt.Errorf("manifest: %w", err)
-	}
-	if _, err := st.Put(ctx, manifestKey, bytes.NewReader(data), storage.PutOptions{ContentType: "application/json"}); err != nil {
-		return fmt.Errorf("put manifest %s: %w", manifestKey, err)
-	}
-	return nil
+	return backup.SaveManifest(ctx, st, m)
 }

@@ -139,11 +139,14 @@ func (f *uploaded) completedOf(t *testing.T, dest string) events.Event {
 
 // whileVerifying runs fn once, at the second reading of the stages'
 // clock: verify's, after it loaded the manifest and while it reads.
-func (f *uploaded) whileVerifying(fn func()) {
+func (f *uploaded) whileVerifying(fn func()) { f.atNow(2, fn) }
+
+// atNow runs fn once, at the nth reading of the stages' clock from now on.
+func (f *uploaded) atNow(n int, fn func()) {
 	var once sync.Once
 	calls := 0
 	f.d.Now = func() time.Time {
-		if calls++; calls == 2 {
+		if calls++; calls == n {
 			once.Do(fn)
 		}
 		return time.Now()

@@ -138,3 +138,53 @@ func loadManifest(t *testing.T, st storage.Storage, key string) format.Manifest 
 	}
 	return m
 }
+
+// TestAFailuresMarkingLandingAfterTheReplaysVerifyMarksNothing: the
+// verify-failed consumer reads the manifest and the failed run, and is
+// about to write "failed" into it, when the operator replays the run and
+// the replay's verify writes "verified" (session 13's note 1). The
+// marking must not land over it: the replayed run succeeded on that
+// copy, and a manifest saying failed would hide the backup from every
+// reader and have retention remove it.
+func TestAFailuresMarkingLandingAfterTheReplaysVerifyMarksNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newUploaded(t, "marked")
+	cause, _ := events.New(f.b.Meta(f.plan, f.id, ""), events.BackupRequestedData{Trigger: events.TriggerCLI})
+	if _, err := f.d.FailRun(ctx, f.plan, f.id, "verify", StepName("local"), "storage down", cause); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := events.New(f.b.Meta(f.plan, f.id, ""), events.BackupFailedData{Stage: "verify", Reason: "storage down"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed := false
+	f.atNow(1, func() { // the marking's clock: manifest and run read, the write next
+		_, o, err := f.d.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: f.id, Owner: "cli:test"})
+		if err != nil || o.Stage != runs.ReplayVerify {
+			t.Errorf("replay: %+v, %v; want it from verify", o, err)
+			return
+		}
+		again := f.completedOf(t, "local")
+		again.SetExtension(events.ExtAttempt, 2)
+		if _, err := f.s.handle(stage.WithAttempt(ctx, f.id, 2), again); err != nil {
+			t.Errorf("the replay's verify: %v", err)
+		}
+		replayed = true
+	})
+	if _, err := f.s.handleFailed(ctx, failed); err != nil {
+		t.Fatal(err)
+	}
+	if !replayed {
+		t.Fatal("the marking read no clock: the replay never ran inside it")
+	}
+	r, err := f.d.Runs.Get(ctx, f.id)
+	if err != nil || r.Phase != runs.Succeeded {
+		t.Fatalf("the replayed run %s (%s), %v; want Succeeded", r.Phase, r.Error, err)
+	}
+	if m := loadManifest(t, f.st, f.manifestKey); m.Verify.Status != format.VerifyVerified {
+		t.Errorf("the succeeded run's manifest says %q (%s), want verified", m.Verify.Status, m.Verify.Error)
+	}
+	if _, err := backup.Find(ctx, f.st, f.plan+"/latest"); err != nil {
+		t.Errorf("latest of the replayed run: %v", err)
+	}
+}

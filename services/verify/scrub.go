@@ -446,9 +446,11 @@ func (sc *scrub) copyFrom(ctx context.Context, from string, d *events.ScrubDamag
 		return err
 	}
 	res, err := backup.Verify(ctx, to, m, sc.keys, sc.s.Now())
-	m.Verify = res.VerifyResult
-	if serr := backup.SaveManifest(ctx, to, m); serr != nil && err == nil {
-		err = serr
+	if _, uerr := backup.UpdateManifest(ctx, to, format.ManifestKey(m.Plan, m.BackupID), func(m *format.Manifest) (bool, error) {
+		m.Verify = res.VerifyResult
+		return true, nil
+	}); uerr != nil && err == nil {
+		err = uerr
 	}
 	return err
 }
@@ -459,13 +461,19 @@ func (sc *scrub) markFailed(ctx context.Context, st storage.Storage, m format.Ma
 	if m.Verify.Status == format.VerifyFailed || st == nil {
 		return
 	}
-	mode := m.Verify.Mode
-	if mode == "" {
-		mode = format.VerifyModeCiphertext
-	}
-	m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: sc.s.Now().UTC(),
-		Error: fmt.Sprintf("scrub %s: %s: %s", sc.id, d.Problem, d.Error)}
-	if err := backup.SaveManifest(context.WithoutCancel(ctx), st, m); err != nil {
+	m, err := backup.UpdateManifest(context.WithoutCancel(ctx), st, format.ManifestKey(m.Plan, m.BackupID), func(m *format.Manifest) (bool, error) {
+		if m.Verify.Status == format.VerifyFailed {
+			return false, nil
+		}
+		mode := m.Verify.Mode
+		if mode == "" {
+			mode = format.VerifyModeCiphertext
+		}
+		m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: sc.s.Now().UTC(),
+			Error: fmt.Sprintf("scrub %s: %s: %s", sc.id, d.Problem, d.Error)}
+		return true, nil
+	})
+	if err != nil {
 		sc.fault(d.Destination, fmt.Errorf("backup %s: mark damaged copy failed: %w", d.BackupID, err))
 		return
 	}

@@ -65,7 +65,7 @@ func (s *Service) handleFailed(ctx context.Context, e events.Event) ([]events.Ev
 	}
 	for name, d := range r.Destinations {
 		if d.ManifestKey != "" {
-			if err := s.markFailed(ctx, p, name, d.ManifestKey, r); err != nil {
+			if err := s.markFailed(ctx, p, name, d.ManifestKey, r.ID); err != nil {
 				return nil, err
 			}
 		}
@@ -73,31 +73,51 @@ func (s *Service) handleFailed(ctx context.Context, e events.Event) ([]events.Ev
 	return nil, nil
 }
 
-// markFailed records in a manifest that its run failed.
-func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKey string, r *runs.Run) error {
+// markFailed records in a manifest that run runID failed, as the run is
+// when the manifest is written (backup.UpdateManifest): a run replayed
+// since decides its manifests itself, so a marking that would land after
+// the replay's verify wrote "verified" finds it running again and marks
+// nothing.
+func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKey, runID string) error {
 	st, err := s.Plugins.Storage(ctx, p, dest)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	m, err := backup.LoadManifest(ctx, st, manifestKey)
+	marked := false
+	_, err = backup.UpdateManifest(ctx, st, manifestKey, func(m *format.Manifest) (bool, error) {
+		marked = false
+		if m.Verify.Status == format.VerifyFailed {
+			return false, nil
+		}
+		r, err := s.Runs.Get(ctx, runID)
+		if err != nil {
+			return false, err
+		}
+		if !r.Phase.Unsuccessful() {
+			return false, nil // replayed since
+		}
+		marked = true
+		s.failedIn(m, r)
+		return true, nil
+	})
 	if errors.Is(err, backup.ErrNotFound) {
 		return nil
 	}
-	if err != nil {
-		return err
+	if err == nil && marked {
+		s.Log.Info("manifest of a failed run marked failed", "plan", p.Name(), "runid", runID, "destination", dest)
 	}
-	if m.Verify.Status == format.VerifyFailed {
-		return nil
-	}
+	return err
+}
+
+// failedIn sets m's verify result to "failed" with failed run r's reason.
+func (s *Service) failedIn(m *format.Manifest, r *runs.Run) {
 	mode := m.Verify.Mode
 	if mode == "" {
 		mode = format.VerifyModeCiphertext
 	}
 	m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: s.Now().UTC(),
 		Error: fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error)}
-	s.Log.Info("manifest of a failed run marked failed", "plan", p.Name(), "runid", r.ID, "destination", dest)
-	return backup.SaveManifest(ctx, st, m)
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
@@ -113,7 +133,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 		if err := e.DataAs(&d); err != nil {
 			return nil, bus.Permanent(err)
 		}
-		return nil, s.markFailed(ctx, p, d.Destination, d.ManifestKey, r)
+		return nil, s.markFailed(ctx, p, d.Destination, d.ManifestKey, r.ID)
 	}
 	var held []string
 	for _, d := range p.Spec.Destinations {
@@ -176,23 +196,37 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	if verr != nil && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	m.Verify = res.VerifyResult
-	if err := backup.SaveManifest(ctx, st, m); err != nil {
-		return nil, err // retried
+	// The result is written as the run is at the write: still this
+	// attempt's (a replay since verifies with its own reading), and still
+	// running. A run that failed meanwhile (a hook after the snapshot) has
+	// its manifest say failed, whatever this read; verify-failed marks it
+	// too, and whichever of the two writes last, it ends failed.
+	var runFailed bool
+	_, err = backup.UpdateManifest(ctx, st, ds.ManifestKey, func(m *format.Manifest) (bool, error) {
+		now, err := s.Runs.Get(ctx, r.ID)
+		if err != nil {
+			return false, err
+		}
+		if err := stage.CheckCurrent(now, cause); err != nil {
+			return false, err
+		}
+		if runFailed = now.Phase.Unsuccessful(); runFailed {
+			if m.Verify.Status == format.VerifyFailed {
+				return false, nil
+			}
+			s.failedIn(m, now)
+			return true, nil
+		}
+		m.Verify = res.VerifyResult
+		return true, nil
+	})
+	if err != nil {
+		return nil, err // retried, or acked when stale
 	}
 	if verr != nil {
 		return s.failed(ctx, p, r.ID, dest, ds.Key, verr.Error(), cause)
 	}
-	// The run may have failed while this verified (a hook after the
-	// snapshot): verify-failed may have marked the manifest before the save
-	// above wrote "verified" over it. Looking again after the save closes
-	// the window: whichever writes last, the manifest ends marked failed.
-	if now, err := s.Runs.Get(ctx, r.ID); err != nil {
-		return nil, err
-	} else if now.Phase.Unsuccessful() {
-		if err := s.markFailed(ctx, p, dest, ds.ManifestKey, now); err != nil {
-			return nil, err
-		}
+	if runFailed {
 		_, err := s.FinishStep(ctx, r.ID, name, runs.Skipped, 0, "the run failed while verifying: manifest marked failed", nil)
 		return nil, err
 	}
