@@ -101,7 +101,7 @@ func UpdateManifest(ctx context.Context, st storage.Storage, key string, change 
 			return m, fmt.Errorf("manifest: %w", err)
 		}
 		o := storage.PutOptions{ContentType: "application/json"}
-		if tg, ok := st.(storage.Tagger); ok {
+		if tg, ok := storage.As[storage.Tagger](st); ok {
 			// A write replaces the tags with the object's bytes: keep the
 			// ones retention labelled it with (lifecycle rules expire the
 			// manifest by them, with its object).

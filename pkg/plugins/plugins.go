@@ -18,6 +18,8 @@ import (
 type Registry struct {
 	Sources  *source.Registry
 	Storages *registry.Registry
+
+	shared *shared // set by Share
 }
 
 var _ plan.Checker = (*Registry)(nil)
@@ -88,11 +90,14 @@ func (r *Registry) Source(p *plan.Plan) (source.Source, source.Plugin, error) {
 	return src, sp, nil
 }
 
-// Storage opens the plan's destination named dest.
+// Storage opens the plan's destination named dest; the caller closes it.
+// After Share, it is a handle on a storage the process shares, and
+// closing it releases the handle; a capability of the storage (Tagger,
+// Sweeper) is found with storage.As.
 func (r *Registry) Storage(ctx context.Context, p *plan.Plan, dest string) (storage.Storage, error) {
 	for _, d := range p.Spec.Destinations {
 		if d.Name == dest {
-			st, err := r.Storages.Open(ctx, d.Type, d.Decode)
+			st, err := r.storageOf(ctx, d.Type, d.Config, d.Decode)
 			if err != nil {
 				return nil, fmt.Errorf("destination %s: %w", dest, err)
 			}

@@ -101,6 +101,32 @@ type Storage interface {
 	Close() error
 }
 
+// Wrapper is a Storage that wraps another: a handle on a storage shared
+// by a process (plugins), a layer that retries. Unwrap returns the storage
+// it wraps, so that As finds the capabilities of the one underneath.
+type Wrapper interface {
+	Unwrap() Storage
+}
+
+// As returns st as a T, a capability (Tagger, Sweeper, KeySweeper,
+// Lifecycler), from st itself or the first storage down its chain of
+// Wrappers that has it. Callers use it instead of a type assertion, which
+// a wrapper would defeat.
+func As[T any](st Storage) (T, bool) {
+	for st != nil {
+		if t, ok := st.(T); ok {
+			return t, true
+		}
+		w, ok := st.(Wrapper)
+		if !ok {
+			break
+		}
+		st = w.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
 // Tagger is a Storage that keeps string tags on objects.
 type Tagger interface {
 	// SetTags replaces the object's tags (nil or empty removes them).

@@ -203,6 +203,10 @@ func Run(ctx context.Context, cfg Config) error {
 	defer b.Close()
 
 	reg := plugins.Default()
+	// Each destination is opened once and shared by the stages (a
+	// connection, a bucket check and a sweep on S3; a walk of the tree on
+	// a filesystem), not once per event.
+	defer reg.Share(plugins.DefaultShareFor, time.Now)() //nolint:errcheck // closing at exit: nothing to do about an error
 	deps := &stage.Deps{
 		Bus:      b,
 		Runs:     runs.NewStore(b.Runs),

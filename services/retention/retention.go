@@ -447,7 +447,7 @@ func (o *Outcome) Label(ctx context.Context, st storage.Storage, backupID string
 			return fmt.Errorf("label %s: %w", backupID, err)
 		}
 	}
-	tg, ok := st.(storage.Tagger)
+	tg, ok := storage.As[storage.Tagger](st)
 	if !ok {
 		return nil
 	}

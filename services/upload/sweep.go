@@ -24,7 +24,7 @@ func sweepKey(planName, dest, runID string) string {
 // sweepNow tries to remove the incomplete uploads of key at once, and
 // remembers the key for the next upload when the storage does not answer.
 func (s *Service) sweepNow(ctx context.Context, st storage.Storage, planName, dest, runID string) {
-	sw, ok := st.(storage.KeySweeper)
+	sw, ok := storage.As[storage.KeySweeper](st)
 	if !ok {
 		return
 	}
@@ -41,7 +41,7 @@ func (s *Service) sweepNow(ctx context.Context, st storage.Storage, planName, de
 // sweepLeftovers removes the incomplete uploads remembered for dest. Errors
 // leave the record for the next time; they never fail the upload at hand.
 func (s *Service) sweepLeftovers(ctx context.Context, st storage.Storage, p *plan.Plan, dest string) {
-	sw, ok := st.(storage.KeySweeper)
+	sw, ok := storage.As[storage.KeySweeper](st)
 	if !ok {
 		return
 	}

@@ -21,12 +21,19 @@ import (
 )
 
 // Deps returns stage dependencies on b: its runs and plans, the default
-// plugin registry, a test logger, the wall clock, and a run owner of its
-// own (control) that stages ask as they do in serve. The owner works on a
-// copy, so a test may change d afterwards without changing the owner.
+// plugin registry sharing opened storages as serve's does, a test logger,
+// the wall clock, and a run owner of its own (control) that stages ask as
+// they do in serve. The owner works on a copy, so a test may change d
+// afterwards without changing the owner.
 func Deps(t testing.TB, b *bus.Bus) *stage.Deps {
 	t.Helper()
 	reg := plugins.Default()
+	closeAll := reg.Share(plugins.DefaultShareFor, time.Now)
+	t.Cleanup(func() {
+		if err := closeAll(); err != nil {
+			t.Errorf("close storages: %v", err)
+		}
+	})
 	d := &stage.Deps{Bus: b, Runs: runs.NewStore(b.Runs), Plans: planstore.New(b.Plans, reg), Plugins: reg,
 		Log: bustest.Logger(t), Instance: "test", Now: time.Now}
 	owner := *d

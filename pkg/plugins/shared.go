@@ -1,0 +1,185 @@
+package plugins
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/backstream/backstream/pkg/storage"
+)
+
+// DefaultShareFor is how long a serve shares one opened storage: long
+// enough that a run's stages (upload, verify, retention, each per
+// destination) and every run of the next minutes open it once, short
+// enough that a credential rotated in the file or variable a plan
+// references is read again within minutes. Keep the old key valid that
+// long after the new one is in place.
+const DefaultShareFor = 5 * time.Minute
+
+// Share makes Storage hand out shared storages: each destination
+// configuration (backend type and block, as a plan writes it) is opened
+// once and shared by every caller until it is older than shareFor; then
+// the next caller opens it afresh, and the old one is closed when its last
+// user closes it. Opening is what costs: a new connection, a bucket check
+// and a sweep of stale uploads on S3, a walk of the whole tree on a
+// filesystem. A process calls Share once, before any Storage, and Close
+// when it stops; the returned function closes what is idle and the rest
+// as it is released. Without Share, every Storage opens a new storage (the
+// CLI's one-shot commands).
+func (r *Registry) Share(shareFor time.Duration, now func() time.Time) (closeAll func() error) {
+	r.shared = &shared{shareFor: shareFor, now: now, open: map[string]*sharedEntry{}}
+	return r.shared.close
+}
+
+// shared is the set of open storages of a process.
+type shared struct {
+	shareFor time.Duration
+	now      func() time.Time
+
+	mu   sync.Mutex
+	open map[string]*sharedEntry // by configuration
+}
+
+// sharedEntry is one opened storage and its users.
+type sharedEntry struct {
+	ready  chan struct{} // closed once the open ended (st or err set)
+	st     storage.Storage
+	err    error
+	opened time.Time
+	refs   int
+	// retired: no longer handed out (too old, or the process stops);
+	// closed when refs reaches 0.
+	retired bool
+}
+
+// configKey identifies a destination's configuration: the same block
+// opens the same storage, whichever plan names it. It holds references to
+// secrets, never their values (a plan holds none), and stays in memory.
+func configKey(typ string, config map[string]any) (string, error) {
+	b, err := json.Marshal(config) // maps marshal in key order
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(append([]byte(typ+"\x00"), b...))
+	return string(sum[:]), nil
+}
+
+// get returns a handle on the storage of key, opening it with open when
+// no caller has (or it retired).
+func (s *shared) get(ctx context.Context, key string, open func(context.Context) (storage.Storage, error)) (storage.Storage, error) {
+	s.mu.Lock()
+	s.retireOld()
+	e := s.open[key]
+	if e == nil {
+		e = &sharedEntry{ready: make(chan struct{})}
+		s.open[key] = e
+		s.mu.Unlock()
+		st, err := open(ctx)
+		s.mu.Lock()
+		e.st, e.err, e.opened = st, err, s.now()
+		if err != nil && s.open[key] == e {
+			delete(s.open, key) // the next caller tries again
+		}
+		close(e.ready)
+	} else {
+		s.mu.Unlock()
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		s.mu.Lock()
+	}
+	defer s.mu.Unlock()
+	if e.err != nil {
+		return nil, e.err
+	}
+	e.refs++
+	h := &handle{Storage: e.st}
+	h.release = func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		e.refs--
+		if e.refs == 0 && e.retired {
+			_ = e.st.Close()
+		}
+	}
+	return h, nil
+}
+
+// retireOld stops handing out storages opened shareFor ago or earlier,
+// closing those nobody uses. s.mu is held.
+func (s *shared) retireOld() {
+	now := s.now()
+	for key, e := range s.open {
+		select {
+		case <-e.ready:
+		default:
+			continue // still opening
+		}
+		if now.Sub(e.opened) >= s.shareFor {
+			delete(s.open, key)
+			s.retire(e)
+		}
+	}
+}
+
+// retire marks e retired and closes it if nobody uses it. s.mu is held.
+func (s *shared) retire(e *sharedEntry) error {
+	e.retired = true
+	if e.refs == 0 && e.st != nil {
+		return e.st.Close()
+	}
+	return nil
+}
+
+func (s *shared) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for key, e := range s.open {
+		// One still opening is retired too: its opener's handle closes
+		// it on release.
+		delete(s.open, key)
+		if err := s.retire(e); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// handle is one user's hold on a shared storage: Close releases it (once),
+// and the storage underneath stays open for the others.
+type handle struct {
+	storage.Storage
+	release func()
+	once    sync.Once
+}
+
+var _ storage.Wrapper = (*handle)(nil)
+
+// Close implements storage.Storage: it releases this hold.
+func (h *handle) Close() error {
+	h.once.Do(h.release)
+	return nil
+}
+
+// Unwrap implements storage.Wrapper.
+func (h *handle) Unwrap() storage.Storage { return h.Storage }
+
+// storageOf opens (or shares) destination d's storage.
+func (r *Registry) storageOf(ctx context.Context, typ string, config map[string]any, decode func(any) error) (storage.Storage, error) {
+	open := func(ctx context.Context) (storage.Storage, error) { return r.Storages.Open(ctx, typ, decode) }
+	if r.shared == nil {
+		return open(ctx)
+	}
+	key, err := configKey(typ, config)
+	if err != nil {
+		return nil, fmt.Errorf("%s config: %w", typ, err)
+	}
+	return r.shared.get(ctx, key, open)
+}
