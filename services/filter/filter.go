@@ -21,11 +21,9 @@ package filter
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
 
@@ -37,28 +35,11 @@ import (
 	"github.com/backstream/backstream/pkg/keyring"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/stage"
 )
 
 // StepName is the filter's entry in the run record.
 const StepName = "filter"
-
-// TrailerMeta is the sealed stream's final trailer: the manifest fields the
-// filter knows, as JSON.
-const TrailerMeta = "Meta"
-
-// Meta is what the filter tells upload for the manifest.
-type Meta struct {
-	Chain           []string          `json:"chain"`
-	ChunkSize       int               `json:"chunkSize"`
-	KeyWrap         format.KeyWrap    `json:"keyWrap"`
-	Bytes           int64             `json:"bytes"`
-	Frames          uint64            `json:"frames"`
-	PlaintextSHA256 string            `json:"plaintextSha256"`
-	Source          string            `json:"source"`
-	Describe        map[string]string `json:"describe,omitempty"`
-}
 
 // Service is the filter stage.
 type Service struct {
@@ -171,7 +152,7 @@ func (s *Service) abandon(ctx context.Context, p *plan.Plan, runID, reason strin
 	if w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(runID), bus.KindSealed, Readers(p), s.DataFor(p)); err == nil {
 		_ = w.Fail(ctx, reason)
 	}
-	_ = s.Bus.DeleteDataConsumer(ctx, stage.DataKey(runID), bus.KindRaw, snapshot.Reader)
+	_ = s.Bus.DeleteDataConsumer(ctx, stage.DataKey(runID), bus.KindRaw, bus.RawReader)
 }
 
 func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, reason string, cause events.Event) ([]events.Event, error) {
@@ -201,8 +182,8 @@ type job struct {
 	// window). A run whose filter dies fails either way, so nothing is
 	// owed to an acked chunk.
 	fw *format.FrameWriter
-	// trailer is the final chunk's (the snapshot's totals).
-	trailer map[string]string
+	// end is the final chunk's trailer (the snapshot's totals).
+	end bus.RawEnd
 	frame   chan []byte
 	err     chan error
 }
@@ -211,7 +192,11 @@ type job struct {
 func (j *job) add(c bus.Chunk) error {
 	j.size += len(c.Data)
 	if c.Final {
-		j.trailer = c.Trailer
+		end, err := bus.ParseRawEnd(c.Trailer)
+		if err != nil {
+			return err
+		}
+		j.end = end
 	}
 	if j.fw == nil {
 		j.plain, j.held = c.Data, append(j.held, c)
@@ -264,7 +249,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		}
 		return s.fail(ctx, p, runID, "seal: "+err.Error(), cause)
 	}
-	in, err := s.Bus.NewChunkReader(ctx, stage.DataKey(runID), bus.KindRaw, snapshot.Reader, s.DataFor(p))
+	in, err := s.Bus.NewChunkReader(ctx, stage.DataKey(runID), bus.KindRaw, bus.RawReader, s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +322,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		return &job{fw: fw}, nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	var trailer map[string]string
+	var end bus.RawEnd
 	var bytesOut int64
 	var frames uint64
 	g.Go(func() error {
@@ -433,7 +418,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 			}
 			frames++
 			bytesOut += int64(len(f))
-			if err := s.publish(gctx, out, sealer, j, f, multi, pieceLen, frames, &trailer); err != nil {
+			if err := s.publish(gctx, out, sealer, j, f, multi, pieceLen, frames, &end); err != nil {
 				return err
 			}
 			if multi {
@@ -460,7 +445,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		}
 		return s.sealFailed(ctx, p, runID, out, err, cause)
 	}
-	bytesIn, _ := strconv.ParseInt(trailer[snapshot.TrailerBytes], 10, 64)
+	bytesIn := end.Bytes
 	_, err = s.FinishStep(ctx, runID, StepName, runs.Succeeded, bytesOut, "", nil)
 	if err != nil {
 		return nil, err
@@ -481,7 +466,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 // over to the writer, unless keep says the caller keeps it: then its
 // pieces are copied into the writer's buffers (a frame of one piece is
 // never larger than a piece).
-func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *format.Sealer, j *job, f []byte, keep bool, pieceLen int, frames uint64, trailer *map[string]string) error {
+func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *format.Sealer, j *job, f []byte, keep bool, pieceLen int, frames uint64, end *bus.RawEnd) error {
 	if keep {
 		for len(f) > pieceLen {
 			if err := out.WriteOwned(ctx, append(out.Buffer(pieceLen), f[:pieceLen]...)); err != nil {
@@ -497,12 +482,21 @@ func (s *Service) publish(ctx context.Context, out *bus.ChunkWriter, sealer *for
 		}
 		return nil
 	}
-	*trailer = j.trailer
-	meta, err := s.meta(sealer, *trailer, frames)
+	*end = j.end
+	trailer, err := bus.SealedEnd{
+		Chain:           sealer.Chain(),
+		ChunkSize:       sealer.ChunkSize(),
+		KeyWrap:         sealer.KeyWrap(),
+		Bytes:           end.Bytes,
+		Frames:          frames,
+		PlaintextSHA256: end.SHA256,
+		Source:          end.Source,
+		Describe:        end.Describe,
+	}.Trailer()
 	if err != nil {
 		return err
 	}
-	if err := out.Close(ctx, f, map[string]string{TrailerMeta: meta}); err != nil {
+	if err := out.Close(ctx, f, trailer); err != nil {
 		return fmt.Errorf("publish final frame: %w", err)
 	}
 	return nil
@@ -514,28 +508,10 @@ func (s *Service) sealFailed(ctx context.Context, p *plan.Plan, runID string, ou
 		reason = "filter: upload stopped reading (" + err.Error() + ")"
 	}
 	_ = out.Fail(context.WithoutCancel(ctx), reason)
-	_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), stage.DataKey(runID), bus.KindRaw, snapshot.Reader)
+	_ = s.Bus.DeleteDataConsumer(context.WithoutCancel(ctx), stage.DataKey(runID), bus.KindRaw, bus.RawReader)
 	if _, ferr := s.FinishStep(ctx, runID, StepName, runs.Failed, 0, reason, nil); ferr != nil {
 		return nil, ferr
 	}
 	return s.fail(ctx, p, runID, reason, cause)
 }
 
-func (s *Service) meta(sealer *format.Sealer, trailer map[string]string, frames uint64) (string, error) {
-	m := Meta{
-		Chain:           sealer.Chain(),
-		ChunkSize:       sealer.ChunkSize(),
-		KeyWrap:         sealer.KeyWrap(),
-		Frames:          frames,
-		PlaintextSHA256: trailer[snapshot.TrailerSHA256],
-		Source:          trailer[snapshot.TrailerSource],
-	}
-	m.Bytes, _ = strconv.ParseInt(trailer[snapshot.TrailerBytes], 10, 64)
-	if d := trailer[snapshot.TrailerDescribe]; d != "" && d != "null" {
-		if err := json.Unmarshal([]byte(d), &m.Describe); err != nil {
-			return "", fmt.Errorf("snapshot trailer describe: %w", err)
-		}
-	}
-	b, err := json.Marshal(m)
-	return string(b), err
-}

@@ -5,14 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,7 +28,6 @@ import (
 	"github.com/backstream/backstream/pkg/storage/filesystem"
 	"github.com/backstream/backstream/services/filter"
 	"github.com/backstream/backstream/services/restore"
-	"github.com/backstream/backstream/services/snapshot"
 	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/stage/stagetest"
 	"github.com/backstream/backstream/services/upload"
@@ -86,7 +83,7 @@ spec:
 // a chunk as soon as it holds chunkSize bytes, the rest (maybe nothing) in
 // the final chunk with the trailer.
 func (r *rig) dump(ctx context.Context, id string, data []byte) error {
-	w, err := r.d.Bus.NewChunkWriter(ctx, stage.DataKey(id), bus.KindRaw, []string{snapshot.Reader}, r.d.DataFor(r.p))
+	w, err := r.d.Bus.NewChunkWriter(ctx, stage.DataKey(id), bus.KindRaw, []string{bus.RawReader}, r.d.DataFor(r.p))
 	if err != nil {
 		return err
 	}
@@ -99,11 +96,8 @@ func (r *rig) dump(ctx context.Context, id string, data []byte) error {
 		rest = rest[cs:]
 	}
 	sum := sha256.Sum256(data)
-	return w.Close(ctx, rest, map[string]string{
-		snapshot.TrailerBytes:  strconv.Itoa(len(data)),
-		snapshot.TrailerSHA256: hex.EncodeToString(sum[:]),
-		snapshot.TrailerSource: "command",
-	})
+	chunks := int64(len(data)/cs + 1)
+	return w.Close(ctx, rest, bus.RawEnd{Bytes: int64(len(data)), SHA256: hex.EncodeToString(sum[:]), Chunks: chunks, Source: "command"}.Trailer())
 }
 
 // sealed is what the filter published on the sealed stream.
@@ -111,7 +105,7 @@ type sealed struct {
 	object   []byte
 	messages int
 	largest  int
-	meta     filter.Meta
+	meta     bus.SealedEnd
 	done     events.FilterCompletedData
 }
 
@@ -151,7 +145,9 @@ func (r *rig) seal(data []byte) sealed {
 				return
 			}
 			if c.Final {
-				got <- read{s: s, err: json.Unmarshal([]byte(c.Trailer[filter.TrailerMeta]), &s.meta)}
+				var err error
+				s.meta, err = bus.ParseSealedEnd(c.Trailer)
+				got <- read{s: s, err: err}
 				return
 			}
 		}

@@ -8,10 +8,8 @@ package snapshot
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/backstream/backstream/events"
@@ -21,19 +19,6 @@ import (
 	"github.com/backstream/backstream/pkg/source"
 	"github.com/backstream/backstream/services/stage"
 )
-
-// Trailer keys of the raw stream's final chunk.
-const (
-	TrailerBytes    = "Bytes"
-	TrailerSHA256   = "Sha256"
-	TrailerChunks   = "Chunks"
-	TrailerExit     = "Exit"
-	TrailerDescribe = "Describe"
-	TrailerSource   = "Source"
-)
-
-// Reader is the name of the filter's consumer of the raw stream.
-const Reader = "filter"
 
 // Service is the snapshot stage.
 type Service struct {
@@ -69,7 +54,7 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 	case c.Interrupted:
 		// The process streaming this dump died; its chunks cannot be
 		// continued, so the readers are told and the run fails.
-		if w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(r.ID), bus.KindRaw, []string{Reader}, s.DataFor(p)); err == nil {
+		if w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(r.ID), bus.KindRaw, []string{bus.RawReader}, s.DataFor(p)); err == nil {
 			_ = w.Fail(ctx, "snapshot interrupted: the snapshot service running it stopped mid-stream")
 		}
 		if _, err := s.FinishStep(ctx, r.ID, name, runs.Failed, 0, "interrupted", nil); err != nil {
@@ -117,7 +102,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	if err != nil {
 		return fail(err.Error(), events.SnapshotFailedData{})
 	}
-	w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(r.ID), bus.KindRaw, []string{Reader}, s.DataFor(p))
+	w, err := s.Bus.NewChunkWriter(ctx, stage.DataKey(r.ID), bus.KindRaw, []string{bus.RawReader}, s.DataFor(p))
 	if err != nil {
 		return nil, err
 	}
@@ -184,16 +169,8 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 	}
 
 	digest := hex.EncodeToString(sum)
-	descJSON, _ := json.Marshal(desc)
-	trailer := map[string]string{
-		TrailerBytes:    strconv.FormatInt(cw.n, 10),
-		TrailerSHA256:   digest,
-		TrailerChunks:   strconv.FormatInt(w.Seq()+1, 10),
-		TrailerExit:     "0",
-		TrailerDescribe: string(descJSON),
-		TrailerSource:   p.Spec.Source.Type,
-	}
-	if err := w.Close(ctx, last, trailer); err != nil {
+	end := bus.RawEnd{Bytes: cw.n, SHA256: digest, Chunks: w.Seq() + 1, Source: p.Spec.Source.Type, Describe: desc}
+	if err := w.Close(ctx, last, end.Trailer()); err != nil {
 		return fail("end chunk stream: "+err.Error(), events.SnapshotFailedData{Bytes: cw.n})
 	}
 	chunks := w.Seq()

@@ -62,7 +62,7 @@ spec:
 	read := make(chan stream, 1)
 	go func() {
 		var s stream
-		in, err := b.NewChunkReader(ctx, stage.DataKey(id), bus.KindRaw, snapshot.Reader, d.DataFor(p))
+		in, err := b.NewChunkReader(ctx, stage.DataKey(id), bus.KindRaw, bus.RawReader, d.DataFor(p))
 		if err != nil {
 			read <- stream{err: err}
 			return
@@ -147,9 +147,8 @@ func TestSnapshotStreamsTheDumpInChunksWithItsDigest(t *testing.T) {
 	}
 	sum := sha256.Sum256(data)
 	digest := hex.EncodeToString(sum[:])
-	if s.trailer[snapshot.TrailerSHA256] != digest || s.trailer[snapshot.TrailerBytes] != strconv.Itoa(len(data)) ||
-		s.trailer[snapshot.TrailerChunks] != strconv.Itoa(len(s.sizes)) {
-		t.Errorf("trailer %v, want %d bytes in %d chunks with SHA-256 %s", s.trailer, len(data), len(s.sizes), digest)
+	if end, err := bus.ParseRawEnd(s.trailer); err != nil || end.SHA256 != digest || end.Bytes != int64(len(data)) || end.Chunks != int64(len(s.sizes)) || end.Exit != 0 {
+		t.Errorf("trailer %v (%+v, %v), want %d bytes in %d chunks with SHA-256 %s", s.trailer, end, err, len(data), len(s.sizes), digest)
 	}
 	if got := types(out); !strings.HasPrefix(got, "snapshot.completed") {
 		t.Fatalf("events %s, want snapshot.completed first", got)
@@ -245,7 +244,7 @@ spec:
 
 	read := make(chan error, 1)
 	go func() {
-		in, err := b.NewChunkReader(ctx, stage.DataKey(id), bus.KindRaw, snapshot.Reader, d.DataFor(p))
+		in, err := b.NewChunkReader(ctx, stage.DataKey(id), bus.KindRaw, bus.RawReader, d.DataFor(p))
 		if err != nil {
 			read <- err
 			return

@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,7 +24,6 @@ import (
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
-	"github.com/backstream/backstream/services/filter"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -189,7 +187,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 	// failed dump or filter ends the stream itself.
 	streamCtx, stopWatch := s.WatchCancel(ctx, runID)
 	in, err := s.Bus.NewChunkReader(streamCtx, stage.DataKey(runID), bus.KindSealed, dest, s.DataFor(p))
-	var meta filter.Meta
+	var meta bus.SealedEnd
 	var info storage.Info
 	var digest string
 	if err == nil {
@@ -280,8 +278,8 @@ func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason st
 // stream copies the sealed chunk stream of in into the object at key. On
 // any error the Put is aborted (nothing visible at key); the caller closes
 // in.
-func (s *Service) stream(ctx context.Context, st storage.Storage, in *bus.ChunkReader, key string, sent, chunks *atomic.Int64) (filter.Meta, storage.Info, string, error) {
-	var meta filter.Meta
+func (s *Service) stream(ctx context.Context, st storage.Storage, in *bus.ChunkReader, key string, sent, chunks *atomic.Int64) (bus.SealedEnd, storage.Info, string, error) {
+	var meta bus.SealedEnd
 
 	pr, pw := io.Pipe()
 	type putResult struct {
@@ -314,8 +312,8 @@ func (s *Service) stream(ctx context.Context, st storage.Storage, in *bus.ChunkR
 		sent.Add(int64(len(c.Data)))
 		chunks.Add(1)
 		if c.Final {
-			if err := json.Unmarshal([]byte(c.Trailer[filter.TrailerMeta]), &meta); err != nil {
-				copyErr = fmt.Errorf("sealed stream trailer: %w", err)
+			if meta, err = bus.ParseSealedEnd(c.Trailer); err != nil {
+				copyErr = err
 			}
 			break
 		}
@@ -337,7 +335,7 @@ func (s *Service) stream(ctx context.Context, st storage.Storage, in *bus.ChunkR
 	return meta, res.info, hex.EncodeToString(sum.Sum(nil)), nil
 }
 
-func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan.Plan, runID, key string, meta filter.Meta, info storage.Info, digest string) error {
+func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan.Plan, runID, key string, meta bus.SealedEnd, info storage.Info, digest string) error {
 	r, err := s.Runs.Get(ctx, runID)
 	if err != nil {
 		return err

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -24,7 +23,6 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
-	"github.com/backstream/backstream/services/filter"
 	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/stage/stagetest"
 	"github.com/backstream/backstream/services/upload"
@@ -74,7 +72,7 @@ spec:
 // final chunk carries.
 type sealed struct {
 	chunks [][]byte
-	meta   filter.Meta
+	meta   bus.SealedEnd
 }
 
 func newSealed() sealed {
@@ -83,7 +81,7 @@ func newSealed() sealed {
 		chunks = append(chunks, bytes.Repeat([]byte{byte('a' + i)}, n))
 	}
 	plain := sha256.Sum256([]byte("the dump"))
-	return sealed{chunks: chunks, meta: filter.Meta{
+	return sealed{chunks: chunks, meta: bus.SealedEnd{
 		Chain: []string{format.CompressionZstd}, ChunkSize: 256 << 10, KeyWrap: format.KeyWrap{Scheme: format.SchemeNone},
 		Bytes: 1 << 20, Frames: 3, PlaintextSHA256: hex.EncodeToString(plain[:]),
 		Source: "command", Describe: map[string]string{"argv": "echo hi"},
@@ -118,11 +116,11 @@ func (r *rig) body(ctx context.Context, w *bus.ChunkWriter, s sealed) {
 // end writes the last chunk of s with the trailer.
 func (r *rig) end(ctx context.Context, w *bus.ChunkWriter, s sealed) {
 	r.t.Helper()
-	meta, err := json.Marshal(s.meta)
+	trailer, err := s.meta.Trailer()
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if err := w.Close(ctx, s.chunks[len(s.chunks)-1], map[string]string{filter.TrailerMeta: string(meta)}); err != nil {
+	if err := w.Close(ctx, s.chunks[len(s.chunks)-1], trailer); err != nil {
 		r.t.Fatal(err)
 	}
 }
