@@ -183,9 +183,9 @@ type job struct {
 	// owed to an acked chunk.
 	fw *format.FrameWriter
 	// end is the final chunk's trailer (the snapshot's totals).
-	end bus.RawEnd
-	frame   chan []byte
-	err     chan error
+	end   bus.RawEnd
+	frame chan []byte
+	err   chan error
 }
 
 // add appends chunk c to the frame.
@@ -514,4 +514,3 @@ func (s *Service) sealFailed(ctx context.Context, p *plan.Plan, runID string, ou
 	}
 	return s.fail(ctx, p, runID, reason, cause)
 }
-
