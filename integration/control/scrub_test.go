@@ -3,7 +3,6 @@ package control
 import (
 	"bytes"
 	"context"
-	"io"
 	"sort"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/pkg/storage/storagetest"
 	"github.com/backstream/backstream/pkg/testenv"
 )
 
@@ -44,20 +44,6 @@ func scrubOf(t *testing.T, env *harness.Env, planName string, req events.ScrubRe
 	return out
 }
 
-func readAll(t *testing.T, st storage.Storage, key string) []byte {
-	t.Helper()
-	rc, err := st.Open(context.Background(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestScrubRepairsAFlippedByteAndALostCopy: a backup stored in a
 // filesystem destination and two real MinIO servers; one byte of the copy
 // in minio-a is flipped and minio-b loses its copy altogether. The scrub
@@ -80,7 +66,7 @@ func TestScrubRepairsAFlippedByteAndALostCopy(t *testing.T) {
 	}
 	st := stores(t, dir, m1, m2, b1, b2)
 	key := format.ObjectKey("scrubbed", id)
-	good := readAll(t, st["local"], key)
+	good := storagetest.Read(t, st["local"], key)
 
 	bad := bytes.Clone(good)
 	bad[len(bad)/2] ^= 0x01
@@ -113,7 +99,7 @@ func TestScrubRepairsAFlippedByteAndALostCopy(t *testing.T) {
 		t.Fatalf("damaged %v, want minio-a corrupt and minio-b missing", got)
 	}
 	for name, s := range st {
-		if !bytes.Equal(readAll(t, s, key), good) {
+		if !bytes.Equal(storagetest.Read(t, s, key), good) {
 			t.Errorf("%s does not hold the good bytes after the scrub", name)
 		}
 		if m, err := backup.Find(ctx, s, "scrubbed/latest"); err != nil || m.BackupID != id {

@@ -3,7 +3,6 @@ package verify
 import (
 	"bytes"
 	"context"
-	"io"
 	"testing"
 
 	"github.com/backstream/backstream/events"
@@ -11,6 +10,7 @@ import (
 	"github.com/backstream/backstream/pkg/format"
 	"github.com/backstream/backstream/pkg/runs"
 	"github.com/backstream/backstream/pkg/storage"
+	"github.com/backstream/backstream/pkg/storage/storagetest"
 	"github.com/backstream/backstream/services/stage"
 )
 
@@ -67,7 +67,7 @@ func TestAVerifyOverlappingAReplayRecordsNothingInIt(t *testing.T) {
 func TestReplayOfAFailedVerifyVerifiesEveryCopyAgain(t *testing.T) {
 	ctx := context.Background()
 	f := newUploaded(t, "twice", "a", "b")
-	good := readObject(t, f.stores["b"], f.key)
+	good := storagetest.Read(t, f.stores["b"], f.key)
 	if _, err := f.stores["b"].Put(ctx, f.key, bytes.NewReader(bytes.Repeat([]byte{'x'}, len(good))), storage.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -114,20 +114,6 @@ func TestReplayOfAFailedVerifyVerifiesEveryCopyAgain(t *testing.T) {
 	if r.Phase != runs.Succeeded {
 		t.Errorf("replayed run %s (%s), want Succeeded", r.Phase, r.Error)
 	}
-}
-
-func readObject(t *testing.T, st storage.Storage, key string) []byte {
-	t.Helper()
-	rc, err := st.Open(context.Background(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func loadManifest(t *testing.T, st storage.Storage, key string) format.Manifest {

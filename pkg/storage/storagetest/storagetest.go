@@ -83,7 +83,8 @@ func put(t *testing.T, s storage.Storage, key string, data []byte, o storage.Put
 	return info
 }
 
-func read(t *testing.T, s storage.Storage, key string) []byte {
+// Read returns the whole object at key, failing t if it cannot.
+func Read(t testing.TB, s storage.Storage, key string) []byte {
 	t.Helper()
 	rc, err := s.Open(context.Background(), key)
 	if err != nil {
@@ -99,7 +100,7 @@ func read(t *testing.T, s storage.Storage, key string) []byte {
 
 func wantContent(t *testing.T, s storage.Storage, key string, want []byte) {
 	t.Helper()
-	got := read(t, s, key)
+	got := Read(t, s, key)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s: read %d bytes, want the %d bytes put", key, len(got), len(want))
 	}
