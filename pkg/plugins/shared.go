@@ -69,8 +69,22 @@ func configKey(typ string, config map[string]any) (string, error) {
 }
 
 // get returns a handle on the storage of key, opening it with open when
-// no caller has (or it retired).
+// no caller has (or it retired). A caller that waited for another's open,
+// which that caller's own end cut short, opens it itself.
 func (s *shared) get(ctx context.Context, key string, open func(context.Context) (storage.Storage, error)) (storage.Storage, error) {
+	for range 3 {
+		st, waited, err := s.getOnce(ctx, key, open)
+		if waited && err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			continue // the opener's context ended, not ours
+		}
+		return st, err
+	}
+	st, _, err := s.getOnce(ctx, key, open)
+	return st, err
+}
+
+// getOnce is get's one try; waited says another caller opened it.
+func (s *shared) getOnce(ctx context.Context, key string, open func(context.Context) (storage.Storage, error)) (_ storage.Storage, waited bool, _ error) {
 	s.mu.Lock()
 	s.retireOld()
 	e := s.open[key]
@@ -86,17 +100,18 @@ func (s *shared) get(ctx context.Context, key string, open func(context.Context)
 		}
 		close(e.ready)
 	} else {
+		waited = true
 		s.mu.Unlock()
 		select {
 		case <-e.ready:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, waited, ctx.Err()
 		}
 		s.mu.Lock()
 	}
 	defer s.mu.Unlock()
 	if e.err != nil {
-		return nil, e.err
+		return nil, waited, e.err
 	}
 	e.refs++
 	h := &handle{Storage: e.st}
@@ -108,7 +123,7 @@ func (s *shared) get(ctx context.Context, key string, open func(context.Context)
 			_ = e.st.Close()
 		}
 	}
-	return h, nil
+	return h, waited, nil
 }
 
 // retireOld stops handing out storages opened shareFor ago or earlier,

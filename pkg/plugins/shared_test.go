@@ -25,6 +25,10 @@ import (
 type counted struct {
 	opens, closes atomic.Int32
 	failNext      atomic.Bool
+	// hold, when set, makes an open wait for it (or its context's end);
+	// entered tells an open started.
+	hold    chan struct{}
+	entered chan struct{}
 }
 
 type countedStorage struct {
@@ -55,6 +59,16 @@ func (c *counted) backend() registry.Backend {
 			fc, err := decode(d)
 			if err != nil {
 				return nil, err
+			}
+			if c.entered != nil {
+				c.entered <- struct{}{}
+			}
+			if c.hold != nil {
+				select {
+				case <-c.hold:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
 			}
 			time.Sleep(10 * time.Millisecond) // as an open costs: others arrive meanwhile
 			if c.failNext.Swap(false) {
@@ -248,5 +262,41 @@ func TestWithoutShareEveryStorageIsItsOwn(t *testing.T) {
 	}
 	if o, cl := c.opens.Load(), c.closes.Load(); o != 2 || cl != 2 {
 		t.Errorf("unshared: %d opens, %d closes, want 2 and 2", o, cl)
+	}
+}
+
+// TestAWaiterOpensItselfWhenTheOpenersContextEnds: a caller waiting for
+// another's open of the same storage does not inherit that caller's end
+// (its event was cancelled, its handler stopped): it opens the storage
+// itself.
+func TestAWaiterOpensItselfWhenTheOpenersContextEnds(t *testing.T) {
+	reg, c, _, closeAll := sharedRegistry(t)
+	defer closeAll()
+	p := twoDestinations(t, reg, "one", t.TempDir(), t.TempDir())
+	c.hold, c.entered = make(chan struct{}), make(chan struct{}, 2)
+	openerCtx, cancel := context.WithCancel(context.Background())
+	openerErr := make(chan error, 1)
+	go func() {
+		_, err := reg.Storage(openerCtx, p, "a")
+		openerErr <- err
+	}()
+	<-c.entered
+	waiter := make(chan error, 1)
+	go func() {
+		st, err := reg.Storage(context.Background(), p, "a")
+		if err == nil {
+			st.Close()
+		}
+		waiter <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // the waiter is waiting (if not, it opens on its own: the same outcome)
+	cancel()
+	if err := <-openerErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("the cancelled opener: %v, want context.Canceled", err)
+	}
+	<-c.entered // the waiter's own open
+	close(c.hold)
+	if err := <-waiter; err != nil {
+		t.Errorf("the waiter: %v, want its own open", err)
 	}
 }

@@ -4,12 +4,13 @@ package filesystem
 
 import "sync"
 
-var mu sync.Mutex
+var processLocks sync.Map // root → *sync.Mutex
 
 // locked runs fn holding a lock of this process only: without flock(2),
 // PutIf is atomic against the writers of this process, not of others.
 func (s *FS) locked(fn func() error) error {
-	mu.Lock()
-	defer mu.Unlock()
+	mu, _ := processLocks.LoadOrStore(s.root, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
 	return fn()
 }
