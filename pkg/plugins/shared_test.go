@@ -294,7 +294,11 @@ func TestAWaiterOpensItselfWhenTheOpenersContextEnds(t *testing.T) {
 	if err := <-openerErr; !errors.Is(err, context.Canceled) {
 		t.Errorf("the cancelled opener: %v, want context.Canceled", err)
 	}
-	<-c.entered // the waiter's own open
+	select {
+	case <-c.entered: // the waiter's own open
+	case err := <-waiter:
+		t.Fatalf("the waiter ended with the opener: %v, want its own open", err)
+	}
 	close(c.hold)
 	if err := <-waiter; err != nil {
 		t.Errorf("the waiter: %v, want its own open", err)
