@@ -133,25 +133,27 @@ type Execer interface {
 	ExecFields() []string
 }
 
-// Registry maps plugin names to plugins. Build it in one place (package
-// source/all); it is safe for concurrent Lookup once built.
+// Registry maps plugin names to plugins. It is built in one place
+// (package source/all), as the storage backends' is (storage/registry),
+// read-only after construction and safe for concurrent use.
 type Registry struct {
 	plugins map[string]Plugin
 }
 
-// NewRegistry returns an empty registry.
-func NewRegistry() *Registry { return &Registry{plugins: map[string]Plugin{}} }
-
-// Register adds p. A duplicate or empty name, or a plugin without New or
-// Check, is a programming error and panics.
-func (r *Registry) Register(p Plugin) {
-	if p.Name == "" || p.New == nil || p.Check == nil {
-		panic(fmt.Sprintf("source: register %q: name, Check and New are required", p.Name))
+// NewRegistry builds a registry of plugins. A duplicate or empty name, or
+// a plugin without New or Check, is a programming error and panics.
+func NewRegistry(plugins ...Plugin) *Registry {
+	r := &Registry{plugins: make(map[string]Plugin, len(plugins))}
+	for _, p := range plugins {
+		if p.Name == "" || p.New == nil || p.Check == nil {
+			panic(fmt.Sprintf("source registry: plugin %q: name, Check and New are required", p.Name))
+		}
+		if _, dup := r.plugins[p.Name]; dup {
+			panic(fmt.Sprintf("source registry: duplicate plugin %q", p.Name))
+		}
+		r.plugins[p.Name] = p
 	}
-	if _, dup := r.plugins[p.Name]; dup {
-		panic(fmt.Sprintf("source: register %q: duplicate name", p.Name))
-	}
-	r.plugins[p.Name] = p
+	return r
 }
 
 // Lookup returns the plugin called name, or an error wrapping ErrUnknownPlugin.

@@ -13,15 +13,15 @@ import (
 
 // Registry returns a new registry holding every source plugin.
 func Registry() *source.Registry {
-	r := source.NewRegistry()
-	r.Register(command.Plugin())
 	// The files stream already is a tar; Extract only checks and names it.
 	f := files.Plugin()
 	f.Extract = source.TarExtract(files.Name + ".tar")
-	r.Register(f)
-	r.Register(mariadb.Plugin())
-	r.Register(postgres.Plugin())
-	r.Register(redis.Plugin())
-	r.Register(mongodb.Plugin())
-	return r
+	return source.NewRegistry(
+		command.Plugin(),
+		f,
+		mariadb.Plugin(),
+		postgres.Plugin(),
+		redis.Plugin(),
+		mongodb.Plugin(),
+	)
 }

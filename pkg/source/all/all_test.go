@@ -27,10 +27,10 @@ func TestDuplicatePanics(t *testing.T) {
 	}
 	defer func() {
 		if recover() == nil {
-			t.Fatal("duplicate Register did not panic")
+			t.Fatal("a duplicate plugin did not panic")
 		}
 	}()
-	r.Register(p)
+	source.NewRegistry(p, p)
 }
 
 // TestExamplePlanBlocks decodes the example block of each plugin from
