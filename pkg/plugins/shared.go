@@ -92,7 +92,7 @@ func (s *shared) getOnce(ctx context.Context, key string, open func(context.Cont
 		e = &sharedEntry{ready: make(chan struct{})}
 		s.open[key] = e
 		s.mu.Unlock()
-		st, err := open(ctx)
+		st, err := openSafely(ctx, open)
 		s.mu.Lock()
 		e.st, e.err, e.opened = st, err, s.now()
 		if err != nil && s.open[key] == e {
@@ -124,6 +124,17 @@ func (s *shared) getOnce(ctx context.Context, key string, open func(context.Cont
 		}
 	}
 	return h, waited, nil
+}
+
+// openSafely is open, with a panic of the backend made its error: the
+// callers waiting for this open must not wait forever.
+func openSafely(ctx context.Context, open func(context.Context) (storage.Storage, error)) (st storage.Storage, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			st, err = nil, fmt.Errorf("open storage: panic: %v", p)
+		}
+	}()
+	return open(ctx)
 }
 
 // retireOld stops handing out storages opened shareFor ago or earlier,
