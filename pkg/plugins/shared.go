@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -114,7 +115,7 @@ func (s *shared) getOnce(ctx context.Context, key string, open func(context.Cont
 		return nil, waited, e.err
 	}
 	e.refs++
-	h := &handle{Storage: e.st}
+	h := &handle{Storage: e.st, denied: func() { s.drop(key, e) }}
 	h.release = func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -154,6 +155,18 @@ func (s *shared) retireOld() {
 	}
 }
 
+// drop stops handing out e (the server refused its credentials): the
+// next caller opens the storage again, resolving the plan's secret
+// references again.
+func (s *shared) drop(key string, e *sharedEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[key] == e {
+		delete(s.open, key)
+		_ = s.retire(e) // its users hold it: closed at the last release
+	}
+}
+
 // retire marks e retired and closes it if nobody uses it. s.mu is held.
 func (s *shared) retire(e *sharedEntry) error {
 	e.retired = true
@@ -179,11 +192,70 @@ func (s *shared) close() error {
 }
 
 // handle is one user's hold on a shared storage: Close releases it (once),
-// and the storage underneath stays open for the others.
+// and the storage underneath stays open for the others. An operation the
+// server refuses with storage.ErrAccessDenied (a key rotated and revoked)
+// drops the storage from the share, so the next user opens it with the
+// credentials as they are now.
 type handle struct {
 	storage.Storage
 	release func()
+	denied  func()
 	once    sync.Once
+}
+
+func (h *handle) check(err error) {
+	if errors.Is(err, storage.ErrAccessDenied) {
+		h.denied()
+	}
+}
+
+// Open implements storage.Storage.
+func (h *handle) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, err := h.Storage.Open(ctx, key)
+	h.check(err)
+	return rc, err
+}
+
+// Stat implements storage.Storage.
+func (h *handle) Stat(ctx context.Context, key string) (storage.Info, error) {
+	info, err := h.Storage.Stat(ctx, key)
+	h.check(err)
+	return info, err
+}
+
+// List implements storage.Storage.
+func (h *handle) List(ctx context.Context, prefix string, fn func(storage.Info) error) error {
+	err := h.Storage.List(ctx, prefix, fn)
+	h.check(err)
+	return err
+}
+
+// Put implements storage.Storage.
+func (h *handle) Put(ctx context.Context, key string, r io.Reader, o storage.PutOptions) (storage.Info, error) {
+	info, err := h.Storage.Put(ctx, key, r, o)
+	h.check(err)
+	return info, err
+}
+
+// Delete implements storage.Storage.
+func (h *handle) Delete(ctx context.Context, key string) error {
+	err := h.Storage.Delete(ctx, key)
+	h.check(err)
+	return err
+}
+
+// ReadVersion implements storage.Storage.
+func (h *handle) ReadVersion(ctx context.Context, key string, max int64) ([]byte, string, error) {
+	data, v, err := h.Storage.ReadVersion(ctx, key, max)
+	h.check(err)
+	return data, v, err
+}
+
+// PutIf implements storage.Storage.
+func (h *handle) PutIf(ctx context.Context, key string, data []byte, version string, o storage.PutOptions) (storage.Info, error) {
+	info, err := h.Storage.PutIf(ctx, key, data, version, o)
+	h.check(err)
+	return info, err
 }
 
 var _ storage.Wrapper = (*handle)(nil)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,8 @@ type counted struct {
 	// entered tells an open started.
 	hold    chan struct{}
 	entered chan struct{}
+	// deny makes the storages' Puts refused as a revoked key is.
+	deny atomic.Bool
 }
 
 type countedStorage struct {
@@ -46,6 +49,13 @@ func (s *countedStorage) Close() error {
 }
 
 func (s *countedStorage) Unwrap() storage.Storage { return s.Storage }
+
+func (s *countedStorage) Put(ctx context.Context, key string, r io.Reader, o storage.PutOptions) (storage.Info, error) {
+	if s.c.deny.Load() {
+		return storage.Info{}, fmt.Errorf("put %s: %w: the key was revoked", key, storage.ErrAccessDenied)
+	}
+	return s.Storage.Put(ctx, key, r, o)
+}
 
 func (c *counted) backend() registry.Backend {
 	decode := func(d registry.Decode) (filesystem.Config, error) {
@@ -302,5 +312,41 @@ func TestAWaiterOpensItselfWhenTheOpenersContextEnds(t *testing.T) {
 	close(c.hold)
 	if err := <-waiter; err != nil {
 		t.Errorf("the waiter: %v, want its own open", err)
+	}
+}
+
+// TestASharedStorageRefusedItsCredentialsIsOpenedAgain: a storage whose
+// server refuses its credentials (a key rotated and the old one revoked)
+// leaves the share at once: the next user opens it again, reading the
+// credentials as they are now, instead of failing for the rest of
+// shareFor.
+func TestASharedStorageRefusedItsCredentialsIsOpenedAgain(t *testing.T) {
+	ctx := context.Background()
+	reg, c, _, closeAll := sharedRegistry(t)
+	defer closeAll()
+	p := twoDestinations(t, reg, "one", t.TempDir(), t.TempDir())
+	st, err := reg.Storage(ctx, p, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.deny.Store(true)
+	if _, err := st.Put(ctx, "k", strings.NewReader("x"), storage.PutOptions{}); !errors.Is(err, storage.ErrAccessDenied) {
+		t.Fatalf("put with a revoked key: %v, want ErrAccessDenied", err)
+	}
+	c.deny.Store(false)
+	again, err := reg.Storage(ctx, p, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if n := c.opens.Load(); n != 2 {
+		t.Errorf("after a refusal: %d opens, want the storage opened again", n)
+	}
+	if _, err := again.Put(ctx, "k", strings.NewReader("x"), storage.PutOptions{}); err != nil {
+		t.Errorf("put on the storage opened again: %v", err)
+	}
+	st.Close()
+	if n := c.closes.Load(); n != 1 {
+		t.Errorf("the refused storage's last user let go: %d closes, want 1", n)
 	}
 }

@@ -25,6 +25,13 @@ var ErrNotFound = errors.New("object not found")
 // taking a key returns an error matching it before doing any I/O.
 var ErrInvalidKey = errors.New("invalid key")
 
+// ErrAccessDenied means the server refused the credentials the storage was
+// opened with, or their permission for the operation (S3's AccessDenied,
+// InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken). A process that
+// keeps a storage open drops it on this error, so the next open reads the
+// credentials again (a rotated key).
+var ErrAccessDenied = errors.New("access denied")
+
 // ErrChanged means a conditional write (PutIf) found the object at its
 // key no longer the version it was read as: replaced or deleted since.
 // Nothing was written.

@@ -205,7 +205,7 @@ func Open(ctx context.Context, c Config) (*S3, error) {
 			return nil, fmt.Errorf("s3 bucket %s: does not exist (set createBucket to make it)", c.Bucket)
 		}
 		if err := client.MakeBucket(ctx, c.Bucket, minio.MakeBucketOptions{Region: c.Region}); err != nil {
-			return nil, fmt.Errorf("s3 make bucket %s: %w", c.Bucket, err)
+			return nil, fmt.Errorf("s3 make bucket %s: %w", c.Bucket, translate(err))
 		}
 	}
 	if n, err := s.RemoveIncomplete(ctx, "", time.Now().Add(-sweepAge)); err != nil {
@@ -831,6 +831,8 @@ func translate(err error) error {
 		switch er.Code {
 		case "NoSuchKey", "NoSuchUpload", "NoSuchTagSet":
 			return fmt.Errorf("%w: %w", storage.ErrNotFound, err)
+		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken":
+			return fmt.Errorf("%w: %w", storage.ErrAccessDenied, err)
 		}
 		if er.StatusCode == http.StatusNotFound && er.Code != "NoSuchBucket" {
 			return fmt.Errorf("%w: %w", storage.ErrNotFound, err)

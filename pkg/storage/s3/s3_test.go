@@ -340,3 +340,26 @@ func TestRemoveIncompleteKeySparesOtherKeys(t *testing.T) {
 		t.Errorf("a bad key: %v, want ErrInvalidKey", err)
 	}
 }
+
+// TestRefusedCredentialsAreAccessDenied: a secret the server does not
+// take, and an access key it does not know, are storage.ErrAccessDenied
+// (what makes a serve open a shared storage again after a rotation).
+func TestRefusedCredentialsAreAccessDenied(t *testing.T) {
+	srv := testenv.MinIO(t)
+	c := config(t, srv, "denied")
+	c.CreateBucket = true
+	open(t, c).Close()
+	for _, tt := range []struct{ name, access, secret string }{
+		{"wrong secret", srv.AccessKey, srv.SecretKey + "x"},
+		{"unknown access key", "nobody-" + srv.AccessKey, srv.SecretKey},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(c.AccessKey.Env, tt.access)
+			t.Setenv(c.SecretKey.Env, tt.secret)
+			_, err := s3.Open(context.Background(), c)
+			if !errors.Is(err, storage.ErrAccessDenied) {
+				t.Errorf("open: %v, want ErrAccessDenied", err)
+			}
+		})
+	}
+}
