@@ -199,8 +199,9 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 	// The result is written as the run is at the write: still this
 	// attempt's (a replay since verifies with its own reading), and still
 	// running. A run that failed meanwhile (a hook after the snapshot) has
-	// its manifest say failed, whatever this read; verify-failed marks it
-	// too, and whichever of the two writes last, it ends failed.
+	// its manifest say failed, whatever this read. verify-failed marks it
+	// too; both decide from the run as it is at their write (a write in
+	// between makes the other read again), so it ends failed.
 	var runFailed bool
 	_, err = backup.UpdateManifest(ctx, st, ds.ManifestKey, func(m *format.Manifest) (bool, error) {
 		now, err := s.Runs.Get(ctx, r.ID)
