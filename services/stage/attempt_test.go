@@ -10,6 +10,7 @@ import (
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/runs"
+	"github.com/backstream/backstream/services/stage"
 	"github.com/backstream/backstream/services/stage/stagetest"
 )
 
@@ -88,5 +89,28 @@ spec:
 		if st := r.FindStep("upload:local"); st == nil || st.Attempt != want {
 			t.Errorf("run at attempt %d: step %+v, want claimed in attempt %d", want, st, want)
 		}
+	}
+}
+
+// TestARecordOfAnEarlierAttemptNotedLateChangesNothing: a goroutine that
+// read a run's record before a replay notes it after another goroutine
+// noted the replay. The process must keep the later attempt: the earlier
+// one would label the new attempt's events as the old one's (which its
+// consumers then ack as stale, leaving the replay stuck) and name its
+// chunk streams as the old attempt's.
+func TestARecordOfAnEarlierAttemptNotedLateChangesNothing(t *testing.T) {
+	id := events.NewID()
+	stage.NoteRun(&runs.Run{ID: id, Attempt: 3})
+	stage.NoteRun(&runs.Run{ID: id, Attempt: 2})
+	stage.NoteRun(&runs.Run{ID: id})
+	if n := stage.AttemptOf(id); n != 3 {
+		t.Errorf("after records of attempts 3, 2 and 1 in that order: attempt %d, want 3", n)
+	}
+	if k := stage.DataKey(id); k != id+"a3" {
+		t.Errorf("data key %s, want attempt 3's", k)
+	}
+	stage.NoteRun(&runs.Run{ID: id, Attempt: 4})
+	if n := stage.AttemptOf(id); n != 4 {
+		t.Errorf("after a record of attempt 4: attempt %d, want 4", n)
 	}
 }

@@ -223,15 +223,24 @@ var attempts sync.Map
 
 // NoteRun remembers r's current attempt for the ids of the events emitted
 // for it. Every record a stage gets from the owner or the store passes here
-// before the stage emits anything for the run.
+// before the stage emits anything for the run. A run's attempts only grow,
+// so a record of an earlier attempt (read before a replay, noted after
+// another goroutine noted the replay) changes nothing: taking it would
+// label the new attempt's events, and name its chunk streams (DataKey),
+// as the old one's.
 func NoteRun(r *runs.Run) {
 	if r == nil {
 		return
 	}
-	if n := r.CurrentAttempt(); n > 1 {
-		attempts.Store(r.ID, n)
-	} else {
-		attempts.Delete(r.ID)
+	n := r.CurrentAttempt()
+	if n <= 1 {
+		return
+	}
+	for {
+		cur, loaded := attempts.LoadOrStore(r.ID, n)
+		if !loaded || cur.(int) >= n || attempts.CompareAndSwap(r.ID, cur, n) {
+			return
+		}
 	}
 }
 
