@@ -189,7 +189,7 @@ func (s *Service) replay(ctx context.Context, req runs.Request) (*runs.Run, runs
 func (s *Service) redrive(p *plan.Plan, r *runs.Run, from string) ([]events.Event, error) {
 	var out []events.Event
 	add := func(step string, payload events.Payload) error {
-		ev, err := s.Emit(r.Plan, r.ID, step, payload)
+		ev, err := s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, step, payload)
 		out = append(out, ev)
 		return err
 	}
@@ -270,9 +270,9 @@ func (s *Service) announceCancelled(ctx context.Context, r *runs.Run, who, reaso
 	var ev events.Event
 	var err error
 	if r.Kind == runs.KindRestore {
-		ev, err = s.Emit(r.Plan, r.ID, "", events.RestoreCancelledData{BackupID: r.BackupID, By: who, Reason: reason, Steps: running})
+		ev, err = s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.RestoreCancelledData{BackupID: r.BackupID, By: who, Reason: reason, Steps: running})
 	} else {
-		ev, err = s.Emit(r.Plan, r.ID, "", events.BackupCancelledData{By: who, Reason: reason, Steps: running})
+		ev, err = s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.BackupCancelledData{By: who, Reason: reason, Steps: running})
 	}
 	if err != nil {
 		return err
@@ -302,9 +302,9 @@ func (s *Service) announceFailed(ctx context.Context, r *runs.Run, step, cause s
 	var ev events.Event
 	var err error
 	if r.Kind == runs.KindRestore {
-		ev, err = s.Emit(r.Plan, r.ID, "", events.RestoreFailedData{BackupID: r.BackupID, Stage: r.FailedStage, Error: r.Error})
+		ev, err = s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.RestoreFailedData{BackupID: r.BackupID, Stage: r.FailedStage, Error: r.Error})
 	} else {
-		ev, err = s.Emit(r.Plan, r.ID, "", events.BackupFailedData{Stage: r.FailedStage, FailedStep: step, Reason: r.Error, Cause: cause})
+		ev, err = s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.BackupFailedData{Stage: r.FailedStage, FailedStep: step, Reason: r.Error, Cause: cause})
 	}
 	if err != nil {
 		return err
@@ -396,7 +396,7 @@ func (s *Service) copyLost(ctx context.Context, req runs.Request) (*runs.Run, bo
 func (s *Service) succeeded(p *plan.Plan, r *runs.Run) (events.Event, error) {
 	if r.Kind == runs.KindRestore {
 		s.Log.Info("restore succeeded", "plan", r.Plan, "runid", r.ID, "backup", r.BackupID, "bytes", r.Bytes)
-		return s.Emit(r.Plan, r.ID, "", events.RestoreSucceededData{
+		return s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.RestoreSucceededData{
 			BackupID: r.BackupID, Destination: r.RestoredFrom, Bytes: r.Bytes, SHA256: r.SHA256, DurationMs: r.Finished.Sub(r.Created).Milliseconds(),
 		})
 	}
@@ -425,7 +425,7 @@ func (s *Service) succeeded(p *plan.Plan, r *runs.Run) (events.Event, error) {
 		s.Log.Warn("backup succeeded degraded: a destination holds no copy", "plan", r.Plan, "runid", r.ID, "missing", r.Degraded)
 	}
 	s.Log.Info("backup succeeded", "plan", r.Plan, "runid", r.ID, "bytes", r.Bytes, "stored", r.StoredBytes)
-	return s.Emit(r.Plan, r.ID, "", data)
+	return s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", data)
 }
 
 // FailOverdue fails the runs not yet final that are past a deadline: a step
@@ -469,7 +469,7 @@ func (s *Service) expire(ctx context.Context, runID, step string, now time.Time)
 	if failed == "" {
 		failed = "run" // the run itself past its deadline
 	}
-	cause, err := s.Emit(r.Plan, r.ID, step, events.StepFailedData{Step: failed, Reason: o.Reason, TimedOut: true})
+	cause, err := s.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, step, events.StepFailedData{Step: failed, Reason: o.Reason, TimedOut: true})
 	if err != nil {
 		return true, err
 	}

@@ -156,7 +156,7 @@ func (s *Service) abandon(ctx context.Context, p *plan.Plan, runID, reason strin
 }
 
 func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, reason string, cause events.Event) ([]events.Event, error) {
-	fe, err := s.Emit(p.Name(), runID, StepName, events.FilterFailedData{Error: reason})
+	fe, err := s.Emit(ctx, p.Name(), runID, StepName, events.FilterFailedData{Error: reason})
 	if err != nil {
 		return nil, err
 	}
@@ -451,7 +451,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, runID string, cause eve
 		return nil, err
 	}
 	log.Info("filter completed", "frames", frames, "frameSize", frameSize, "bytesIn", bytesIn, "bytesOut", bytesOut, "elapsed", time.Since(begin).Round(time.Millisecond))
-	ev, err := s.Emit(p.Name(), runID, StepName, events.FilterCompletedData{
+	ev, err := s.Emit(ctx, p.Name(), runID, StepName, events.FilterCompletedData{
 		Chain: sealer.Chain(), Frames: int64(frames), BytesIn: bytesIn, BytesOut: bytesOut,
 	})
 	if err != nil {

@@ -156,7 +156,7 @@ func (s *Service) closing(p *plan.Plan, r *runs.Run) ([]events.Event, error) {
 		if c.Phase != runs.Failed || c.Attempts == 0 {
 			continue
 		}
-		ev, err := s.failedEvent(p.Name(), r.ID, c)
+		ev, err := s.failedEvent(r.CurrentAttempt(), p.Name(), r.ID, c)
 		if err != nil {
 			return nil, err
 		}
@@ -175,15 +175,15 @@ func (s *Service) completedEvent(p *plan.Plan, r *runs.Run) (events.Event, error
 			ran = append(ran, opName(c.Step))
 		}
 	}
-	return s.Emit(p.Name(), r.ID, "compensation", events.CompensationCompletedData{Ops: ran})
+	return s.EmitAt(r.CurrentAttempt(), p.Name(), r.ID, "compensation", events.CompensationCompletedData{Ops: ran})
 }
 
 // failedEvent is the compensation.failed of an owed entry. Its id carries
 // the attempts, so each failed round is announced once, also when a
 // redelivery rebuilds it.
-func (s *Service) failedEvent(planName, runID string, c runs.Compensation) (events.Event, error) {
+func (s *Service) failedEvent(attempt int, planName, runID string, c runs.Compensation) (events.Event, error) {
 	step := compensationStep(c.Step)
-	m := s.AttemptMeta(planName, runID, step, events.CompensationFailed, step)
+	m := s.AttemptMeta(attempt, planName, runID, step, events.CompensationFailed, step)
 	m.ID += "." + strconv.Itoa(c.Attempts)
 	d := events.CompensationFailedData{Op: opName(c.Step), Undoes: opName(c.Undoes), Error: c.Error, Attempts: c.Attempts}
 	if !c.RetryAt.IsZero() {
@@ -242,7 +242,7 @@ func (s *Service) payDebt(ctx context.Context, p *plan.Plan, runID string, inv p
 		}
 		if runErr == nil {
 			log.Info("inverse op completed", "op", name, "attempts", c.Attempts)
-			ev, err := s.Emit(p.Name(), runID, compensationStep(name), events.HookCompletedData{
+			ev, err := s.Emit(ctx, p.Name(), runID, compensationStep(name), events.HookCompletedData{
 				Hook: inv.Hook, Op: inv.Op, Inverse: true, DurationMs: s.Now().Sub(begin).Milliseconds(), OutputTail: outcome.Output})
 			if err != nil {
 				return nil, err
@@ -252,7 +252,7 @@ func (s *Service) payDebt(ctx context.Context, p *plan.Plan, runID string, inv p
 		if last {
 			log.Error("inverse op still fails: the op it undoes may still hold", "op", name, "undoes", c.Undoes,
 				"attempts", c.Attempts, "err", runErr, "nextRetry", c.RetryAt, "until", c.Until)
-			ev, err := s.failedEvent(p.Name(), runID, c)
+			ev, err := s.failedEvent(stage.EmitAttempt(ctx, runID), p.Name(), runID, c)
 			if err != nil {
 				return nil, err
 			}

@@ -160,7 +160,7 @@ func (f *fixture) drive(kind string) (runID string, failure *events.Event, all [
 		if r := f.run(runID); r.Phase != runs.Failed {
 			if due, ok, _ := stage.DueStep(f.p, r, e); ok && due.Kind == plan.StepHook {
 				if st := r.FindStep(due.String()); st != nil && (st.Phase == runs.Succeeded || st.Phase == runs.Skipped) {
-					done, err := f.d.StepCompleted("owed", runID, due.String(), 0)
+					done, err := f.d.StepCompleted(ctx, "owed", runID, due.String(), 0)
 					if err != nil {
 						f.t.Fatal(err)
 					}
@@ -187,7 +187,7 @@ func (f *fixture) drive(kind string) (runID string, failure *events.Event, all [
 		if _, err := f.d.FinishStep(ctx, runID, next.String(), runs.Succeeded, 0, "", nil); err != nil {
 			f.t.Fatal(err)
 		}
-		done, err := f.d.StepCompleted("owed", runID, next.String(), 0)
+		done, err := f.d.StepCompleted(ctx, "owed", runID, next.String(), 0)
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -228,9 +228,9 @@ func failureEvent(t *testing.T, d *stage.Deps, r *runs.Run, cause string) events
 	var e events.Event
 	var err error
 	if r.Kind == runs.KindRestore {
-		e, err = d.Emit(r.Plan, r.ID, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
+		e, err = d.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.RestoreFailedData{Stage: r.FailedStage, Error: r.Error})
 	} else {
-		e, err = d.Emit(r.Plan, r.ID, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error, Cause: cause})
+		e, err = d.EmitAt(r.CurrentAttempt(), r.Plan, r.ID, "", events.BackupFailedData{Stage: r.FailedStage, Reason: r.Error, Cause: cause})
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -614,7 +614,7 @@ func TestAFailureOfAnEarlierAttemptUndoesNothingOfTheReplay(t *testing.T) {
 	id := events.NewID()
 	// lock, then the dump starts and fails.
 	attempt := func() {
-		start, err := f.d.Emit("owed", id, "", events.BackupRequestedData{Trigger: events.TriggerCLI})
+		start, err := f.d.Emit(ctx, "owed", id, "", events.BackupRequestedData{Trigger: events.TriggerCLI})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -206,7 +206,7 @@ func (s *Service) stepResult(ctx context.Context, p *plan.Plan, r *runs.Run, ste
 	st := r.FindStep(step.String())
 	switch st.Phase {
 	case runs.Succeeded, runs.Skipped:
-		next, err := s.StepCompleted(p.Name(), r.ID, step.String(), st.Duration(st.Finished))
+		next, err := s.StepCompleted(ctx, p.Name(), r.ID, step.String(), st.Duration(st.Finished))
 		if err != nil {
 			return nil, err
 		}
@@ -220,11 +220,11 @@ func (s *Service) resultEvent(p *plan.Plan, r *runs.Run, step plan.Step, h *plan
 	st := r.FindStep(step.String())
 	dur := st.Duration(st.Finished).Milliseconds()
 	if st.Phase == runs.Succeeded {
-		return s.Emit(p.Name(), r.ID, step.String(), events.HookCompletedData{
+		return s.EmitAt(r.CurrentAttempt(), p.Name(), r.ID, step.String(), events.HookCompletedData{
 			Hook: step.Hook, Op: step.Op, DurationMs: dur, OutputTail: o.Output,
 		})
 	}
-	return s.Emit(p.Name(), r.ID, step.String(), events.HookFailedData{
+	return s.EmitAt(r.CurrentAttempt(), p.Name(), r.ID, step.String(), events.HookFailedData{
 		Hook: step.Hook, Op: step.Op, Error: st.Error, OnError: string(h.EffectiveOnError(op)),
 		TimedOut: o.TimedOut || strings.Contains(st.Error, ErrTimeout.Error()), ExitCode: o.ExitCode,
 		DurationMs: dur, OutputTail: o.Output,

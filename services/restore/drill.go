@@ -83,7 +83,7 @@ func (s *Service) handleDrill(ctx context.Context, e events.Event) ([]events.Eve
 		log.Warn("drill failed", "stage", res.failed.Stage, "backup", res.failed.BackupID, "destination", res.failed.Destination,
 			"target", res.failed.Target, "error", res.failed.Error)
 	}
-	out, err := s.Emit(p.Name(), id, "", pl)
+	out, err := s.Emit(ctx, p.Name(), id, "", pl)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +96,7 @@ func (s *Service) drillDead(ctx context.Context, e events.Event, reason string) 
 	if e.Type() != events.DrillRequested {
 		return nil, nil
 	}
-	out, err := s.Emit(e.Subject(), events.RunID(e), "", &events.DrillFailedData{
+	out, err := s.Emit(ctx, e.Subject(), events.RunID(e), "", &events.DrillFailedData{
 		Stage: events.DrillStagePrepare,
 		Error: "the restore stage gave up on the drill: " + reason,
 	})

@@ -113,7 +113,7 @@ func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name s
 		if _, _, err := s.Ask(ctx, "restore", runs.Request{Op: runs.OpRecord, Run: r.ID, Result: &runs.Result{BackupID: m.BackupID, RestoredFrom: c.Destination}}); err != nil {
 			return err
 		}
-		started, err := s.Emit(p.Name(), r.ID, name, events.RestoreStartedData{BackupID: m.BackupID, Destination: c.Destination, Key: m.ObjectKey, Size: m.StoredBytes})
+		started, err := s.Emit(ctx, p.Name(), r.ID, name, events.RestoreStartedData{BackupID: m.BackupID, Destination: c.Destination, Key: m.ObjectKey, Size: m.StoredBytes})
 		if err != nil {
 			return err
 		}
@@ -145,7 +145,7 @@ func (s *Service) restore(ctx context.Context, p *plan.Plan, r *runs.Run, name s
 
 func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, name string) ([]events.Event, error) {
 	st := r.FindStep(name)
-	next, err := s.StepCompleted(p.Name(), r.ID, name, st.Duration(st.Finished))
+	next, err := s.StepCompleted(ctx, p.Name(), r.ID, name, st.Duration(st.Finished))
 	if err != nil {
 		return nil, err
 	}

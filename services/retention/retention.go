@@ -97,7 +97,7 @@ func (s *Service) destination(ctx context.Context, v *View, p *plan.Plan, runID,
 	if entry, err := s.Bus.Leases.Get(ctx, key); err == nil {
 		var rec record
 		if json.Unmarshal(entry.Value(), &rec) == nil && rec.RunID == runID {
-			ev, err := s.Emit(p.Name(), runID, StepName(dest), rec.Data)
+			ev, err := s.Emit(ctx, p.Name(), runID, StepName(dest), rec.Data)
 			return &ev, err
 		}
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -106,7 +106,7 @@ func (s *Service) destination(ctx context.Context, v *View, p *plan.Plan, runID,
 
 	failed := func(err error) (*events.Event, error) {
 		log.Warn("retention failed", "destination", dest, "err", err)
-		ev, eerr := s.Emit(p.Name(), runID, StepName(dest), events.RetentionFailedData{Destination: dest, Error: err.Error()})
+		ev, eerr := s.Emit(ctx, p.Name(), runID, StepName(dest), events.RetentionFailedData{Destination: dest, Error: err.Error()})
 		return &ev, eerr
 	}
 	st, err := v.Storage(ctx, dest)
@@ -135,7 +135,7 @@ func (s *Service) destination(ctx context.Context, v *View, p *plan.Plan, runID,
 		return nil, fmt.Errorf("retention record: %w", err)
 	}
 	log.Info("retention applied", "destination", dest, "kept", len(data.Kept), "removed", len(data.Removed), "held", o.Held, "lastCopies", o.LastCopies)
-	ev, err := s.Emit(p.Name(), runID, StepName(dest), data)
+	ev, err := s.Emit(ctx, p.Name(), runID, StepName(dest), data)
 	return &ev, err
 }
 

@@ -70,14 +70,14 @@ func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, e
 func (s *Service) completed(p *plan.Plan, r *runs.Run, name string, desc map[string]string) ([]events.Event, error) {
 	st := r.FindStep(name)
 	dur := st.Duration(st.Finished)
-	done, err := s.Emit(p.Name(), r.ID, name, events.SnapshotCompletedData{
+	done, err := s.EmitAt(r.CurrentAttempt(), p.Name(), r.ID, name, events.SnapshotCompletedData{
 		Source: p.Spec.Source.Type, Bytes: r.Bytes, Chunks: r.Chunks, SHA256: r.SHA256, DurationMs: dur.Milliseconds(),
 		Describe: desc,
 	})
 	if err != nil {
 		return nil, err
 	}
-	next, err := s.StepCompleted(p.Name(), r.ID, name, dur)
+	next, err := s.StepCompletedAt(r.CurrentAttempt(), p.Name(), r.ID, name, dur)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +91,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 			return nil, err
 		}
 		failed.Source, failed.Error = p.Spec.Source.Type, reason
-		fe, err := s.Emit(p.Name(), r.ID, name, failed)
+		fe, err := s.Emit(ctx, p.Name(), r.ID, name, failed)
 		if err != nil {
 			return nil, err
 		}
@@ -107,7 +107,7 @@ func (s *Service) run(ctx context.Context, p *plan.Plan, r *runs.Run, name strin
 		return nil, err
 	}
 	chunkSize := int(p.Spec.ChunkSize)
-	started, err := s.Emit(p.Name(), r.ID, name, events.SnapshotStartedData{
+	started, err := s.Emit(ctx, p.Name(), r.ID, name, events.SnapshotStartedData{
 		Source: p.Spec.Source.Type, DataSubject: bus.DataSubject(stage.DataKey(r.ID), bus.KindRaw), ChunkSize: int64(chunkSize),
 	})
 	if err != nil {

@@ -114,3 +114,66 @@ func TestARecordOfAnEarlierAttemptNotedLateChangesNothing(t *testing.T) {
 		t.Errorf("after a record of attempt 4: attempt %d, want 4", n)
 	}
 }
+
+// owner answers every request with one record, as the owner of run state
+// answers an accepted request with the run as the transition left it.
+type owner struct{ r *runs.Run }
+
+func (o owner) Ask(context.Context, string, runs.Request) (*runs.Run, runs.Outcome, error) {
+	return o.r, runs.Outcome{}, nil
+}
+
+// TestEventsBelongToTheAttemptOfTheirTransition: what a handler emits
+// about its run carries the attempt its last accepted transition happened
+// in, whatever other goroutines of the process noted since: an end
+// accepted just before a replay is the old attempt's (its consumers ack
+// it as stale; labelled with the new attempt, a snapshot.completed would
+// have the new attempt's unlock run before its lock), and an end the
+// replay took over is the new attempt's (it drives the new attempt's
+// verify). Before any request, the handler's event decides; outside a
+// handler, the latest attempt noted.
+func TestEventsBelongToTheAttemptOfTheirTransition(t *testing.T) {
+	_, b := bustest.Start(t)
+	d := stagetest.Deps(t, b)
+	emitAfter := func(ctx context.Context, id string, record int) int {
+		t.Helper()
+		if record > 0 {
+			d.Owner = owner{&runs.Run{ID: id, Attempt: record}}
+			if _, err := d.FinishStep(ctx, id, "snapshot", runs.Succeeded, 1, "", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ev, err := d.Emit(ctx, "p", id, "snapshot", events.StepCompletedData{Step: "snapshot"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := ev.ID(), events.AttemptEventID(id, events.StepCompleted, "snapshot", events.Attempt(ev)); got != want {
+			t.Errorf("id %s, want %s: the id and the attribute disagree", got, want)
+		}
+		return events.Attempt(ev)
+	}
+	tests := []struct {
+		name          string
+		event, record int // the handled event's attempt (0: no handler), the accepted record's (0: no request)
+		noted         int // what another goroutine noted meanwhile
+		want          int
+	}{
+		{"an end accepted before a replay noted elsewhere", 1, 1, 2, 1},
+		{"an end the replay took over", 1, 2, 2, 2},
+		{"no request yet: the event's attempt", 2, 0, 3, 2},
+		{"outside a handler: the latest noted", 0, 0, 3, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := events.NewID()
+			ctx := context.Background()
+			if tt.event > 0 {
+				ctx = stage.WithAttempt(ctx, id, tt.event)
+			}
+			stage.NoteRun(&runs.Run{ID: id, Attempt: tt.noted})
+			if got := emitAfter(ctx, id, tt.record); got != tt.want {
+				t.Errorf("emitted in attempt %d, want %d", got, tt.want)
+			}
+		})
+	}
+}

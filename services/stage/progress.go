@@ -34,7 +34,7 @@ func (d *Deps) Progress(ctx context.Context, planName, runID, step, typ, destina
 			case <-t.C:
 			}
 			b, c := read()
-			m := d.AttemptMeta(planName, runID, step, typ, step+"."+strconv.Itoa(i))
+			m := d.AttemptMeta(EmitAttempt(ctx, runID), planName, runID, step, typ, step+"."+strconv.Itoa(i))
 			ev, err := events.New(m, events.ProgressData{Destination: destination, Bytes: b, Chunks: c, ElapsedMs: time.Since(begin).Milliseconds()}.ForType(typ))
 			if err == nil {
 				_ = d.Bus.Publish(ctx, ev)

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -120,6 +121,10 @@ type attemptKey struct{}
 type work struct {
 	run     string
 	attempt int
+	// accepted is the attempt of the run record the last request of this
+	// work that the owner accepted returned (0 before any): see
+	// EmitAttempt.
+	accepted atomic.Int32
 }
 
 // WithAttempt makes ctx the context of work for attempt n of run runID:
@@ -128,13 +133,21 @@ type work struct {
 // replayed past n. Requests about other runs (a schedule replacing the
 // run before) carry none. Spec does it for every event handled.
 func WithAttempt(ctx context.Context, runID string, n int) context.Context {
-	return context.WithValue(ctx, attemptKey{}, work{runID, n})
+	return context.WithValue(ctx, attemptKey{}, &work{run: runID, attempt: n})
+}
+
+// workFor is the work ctx does for run runID, nil when none.
+func workFor(ctx context.Context, runID string) *work {
+	if w, ok := ctx.Value(attemptKey{}).(*work); ok && w.run == runID {
+		return w
+	}
+	return nil
 }
 
 // attemptIn is the attempt ctx works for in run runID, 0 when none (an
 // operator's request, a loop of the owner's, another run's work).
 func attemptIn(ctx context.Context, runID string) int {
-	if w, ok := ctx.Value(attemptKey{}).(work); ok && w.run == runID {
+	if w := workFor(ctx, runID); w != nil {
 		return w.attempt
 	}
 	return 0
@@ -202,19 +215,43 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 // id of (run, type, step).
 // In a replayed run (attempt 2 and up) the id carries the attempt
 // (events.AttemptEventID), as this process last saw it in the run's record.
-func (d *Deps) Emit(planName, runID, step string, p events.Payload) (events.Event, error) {
-	return events.New(d.AttemptMeta(planName, runID, step, p.EventType(), step), p)
+func (d *Deps) Emit(ctx context.Context, planName, runID, step string, p events.Payload) (events.Event, error) {
+	return d.EmitAt(EmitAttempt(ctx, runID), planName, runID, step, p)
+}
+
+// EmitAt is Emit in attempt n of the run: for the owner of run state, which
+// announces what a record it holds says (that record's attempt).
+func (d *Deps) EmitAt(n int, planName, runID, step string, p events.Payload) (events.Event, error) {
+	return events.New(d.AttemptMeta(n, planName, runID, step, p.EventType(), step), p)
 }
 
 // AttemptMeta is the metadata of an event of type typ about a run's step
-// in the run's current attempt (as this process last saw it): the attempt
-// both in the event's id, made from idStep (events.AttemptEventID), and as
-// its attempt attribute, so the two always agree.
-func (d *Deps) AttemptMeta(planName, runID, step, typ, idStep string) events.Meta {
+// in attempt n of the run (EmitAttempt): the attempt both in the event's
+// id, made from idStep (events.AttemptEventID), and as its attempt
+// attribute, so the two always agree.
+func (d *Deps) AttemptMeta(n int, planName, runID, step, typ, idStep string) events.Meta {
 	m := d.Bus.Meta(planName, runID, step)
-	m.Attempt = AttemptOf(runID)
+	m.Attempt = max(1, n)
 	m.ID = events.AttemptEventID(runID, typ, idStep, m.Attempt)
 	return m
+}
+
+// EmitAttempt is the attempt of run runID that the events a handler emits
+// about it belong to: the attempt of the run record its last accepted
+// request returned, which is the attempt its last transition happened in
+// (an upload's end the replay took over belongs to the new attempt; an end
+// accepted just before a replay, to the old one, whose consumers then ack
+// it as stale); before any request, the attempt of the event it handles;
+// outside a handler (an operator's command, the owner's loops), the latest
+// attempt this process noted.
+func EmitAttempt(ctx context.Context, runID string) int {
+	if w := workFor(ctx, runID); w != nil {
+		if n := w.accepted.Load(); n > 0 {
+			return int(n)
+		}
+		return w.attempt
+	}
+	return AttemptOf(runID)
 }
 
 // attempts holds the current attempt of the runs this process saw that were
@@ -325,6 +362,9 @@ func (d *Deps) ask(ctx context.Context, stageName string, req runs.Request) (*ru
 		err = bus.Permanent(err)
 	}
 	NoteRun(r)
+	if w := workFor(ctx, req.Run); w != nil && r != nil && err == nil {
+		w.accepted.Store(int32(r.CurrentAttempt()))
+	}
 	return r, o, err
 }
 
@@ -419,8 +459,14 @@ func DueStep(p *plan.Plan, r *runs.Run, e events.Event) (plan.Step, bool, error)
 }
 
 // StepCompleted is the step.completed event of a finished workflow step.
-func (d *Deps) StepCompleted(planName, runID, step string, dur time.Duration) (events.Event, error) {
-	return d.Emit(planName, runID, step, events.StepCompletedData{Step: step, DurationMs: dur.Milliseconds()})
+func (d *Deps) StepCompleted(ctx context.Context, planName, runID, step string, dur time.Duration) (events.Event, error) {
+	return d.StepCompletedAt(EmitAttempt(ctx, runID), planName, runID, step, dur)
+}
+
+// StepCompletedAt is StepCompleted in attempt n (of the record that says
+// the step completed).
+func (d *Deps) StepCompletedAt(n int, planName, runID, step string, dur time.Duration) (events.Event, error) {
+	return d.EmitAt(n, planName, runID, step, events.StepCompletedData{Step: step, DurationMs: dur.Milliseconds()})
 }
 
 // Claim asks the owner to start step name of a run for this instance

@@ -256,7 +256,7 @@ func (s *Service) destination(ctx context.Context, p *plan.Plan, runID, dest str
 func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, dest string) ([]events.Event, error) {
 	d := r.Dest(dest)
 	st := r.FindStep(StepName(dest))
-	ev, err := s.Emit(p.Name(), r.ID, StepName(dest), events.UploadCompletedData{
+	ev, err := s.Emit(ctx, p.Name(), r.ID, StepName(dest), events.UploadCompletedData{
 		Destination: dest, Key: d.Key, ManifestKey: d.ManifestKey, Size: d.Size, SHA256: d.SHA256,
 		DurationMs: st.Duration(st.Finished).Milliseconds(),
 	})
@@ -268,7 +268,7 @@ func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, dest
 }
 
 func (s *Service) fail(ctx context.Context, p *plan.Plan, runID, dest, reason string, cause events.Event) ([]events.Event, error) {
-	fe, err := s.Emit(p.Name(), runID, StepName(dest), events.UploadFailedData{Destination: dest, Error: reason})
+	fe, err := s.Emit(ctx, p.Name(), runID, StepName(dest), events.UploadFailedData{Destination: dest, Error: reason})
 	if err != nil {
 		return nil, err
 	}

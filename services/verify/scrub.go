@@ -34,7 +34,7 @@ import (
 func (s *Service) scrubSpec() bus.ConsumerSpec {
 	spec := s.Spec("scrub", s.handleScrub, events.ScrubRequested)
 	spec.OnDead = func(ctx context.Context, e events.Event, reason string) ([]events.Event, error) {
-		ev, err := s.Emit(e.Subject(), events.RunID(e), "", events.ScrubFailedData{Error: reason})
+		ev, err := s.Emit(ctx, e.Subject(), events.RunID(e), "", events.ScrubFailedData{Error: reason})
 		if err != nil {
 			return nil, err
 		}
@@ -55,7 +55,7 @@ func (s *Service) handleScrub(ctx context.Context, e events.Event) ([]events.Eve
 	id := events.RunID(e)
 	failed := func(err error) ([]events.Event, error) {
 		s.Log.Warn("scrub failed", "plan", e.Subject(), "scrub", id, "err", err)
-		ev, eerr := s.Emit(e.Subject(), id, "", events.ScrubFailedData{Error: err.Error()})
+		ev, eerr := s.Emit(ctx, e.Subject(), id, "", events.ScrubFailedData{Error: err.Error()})
 		return []events.Event{ev}, eerr
 	}
 	p, err := s.Plans.Get(ctx, e.Subject())
@@ -76,7 +76,7 @@ func (s *Service) handleScrub(ctx context.Context, e events.Event) ([]events.Eve
 	}
 	s.Log.Info("scrub completed", "plan", p.Name(), "scrub", id, "mode", data.Mode, "status", data.Status,
 		"damaged", len(data.Damaged), "elapsed", time.Duration(data.DurationMs)*time.Millisecond)
-	ev, err := s.Emit(p.Name(), id, "", data)
+	ev, err := s.Emit(ctx, p.Name(), id, "", data)
 	if err != nil {
 		return nil, err
 	}

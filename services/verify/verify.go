@@ -253,7 +253,7 @@ func (s *Service) completed(ctx context.Context, p *plan.Plan, r *runs.Run, dest
 	if st != nil && ds.VerifyMode == format.VerifyModeFull {
 		data.PlaintextSHA256 = r.SHA256
 	}
-	ev, err := s.Emit(p.Name(), r.ID, StepName(dest), data)
+	ev, err := s.Emit(ctx, p.Name(), r.ID, StepName(dest), data)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +264,7 @@ func (s *Service) failed(ctx context.Context, p *plan.Plan, runID, dest, key, re
 	if _, ferr := s.FinishStep(ctx, runID, StepName(dest), runs.Failed, 0, reason, nil); ferr != nil {
 		return nil, ferr
 	}
-	fe, err := s.Emit(p.Name(), runID, StepName(dest), events.VerifyFailedData{Destination: dest, Key: key, Error: reason})
+	fe, err := s.Emit(ctx, p.Name(), runID, StepName(dest), events.VerifyFailedData{Destination: dest, Key: key, Error: reason})
 	if err != nil {
 		return nil, err
 	}
