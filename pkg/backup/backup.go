@@ -39,23 +39,40 @@ func Failed(m format.Manifest) bool { return m.Verify.Status == format.VerifyFai
 
 // LoadManifest reads and validates the manifest at key.
 func LoadManifest(ctx context.Context, st storage.Storage, key string) (format.Manifest, error) {
-	rc, err := st.Open(ctx, key)
-	if err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return format.Manifest{}, fmt.Errorf("%w: no manifest %s", ErrNotFound, key)
-		}
-		return format.Manifest{}, fmt.Errorf("open manifest %s: %w", key, err)
+	m, _, err := readManifest(ctx, st, key)
+	return m, err
+}
+
+// readManifest reads and validates the manifest at key, with the version
+// it was read at (storage.Storage.ReadVersion).
+func readManifest(ctx context.Context, st storage.Storage, key string) (format.Manifest, string, error) {
+	data, version, err := st.ReadVersion(ctx, key, maxManifest)
+	if errors.Is(err, storage.ErrNotFound) {
+		return format.Manifest{}, "", fmt.Errorf("%w: no manifest %s", ErrNotFound, key)
 	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxManifest))
 	if err != nil {
-		return format.Manifest{}, fmt.Errorf("read manifest %s: %w", key, err)
+		return format.Manifest{}, "", fmt.Errorf("read manifest %s: %w", key, err)
 	}
 	m, err := format.UnmarshalManifest(data)
 	if err != nil {
-		return format.Manifest{}, fmt.Errorf("manifest %s: %w", key, err)
+		return format.Manifest{}, "", fmt.Errorf("manifest %s: %w", key, err)
 	}
-	return m, nil
+	return m, version, nil
+}
+
+// MarkFailed records in m that its backup is no good, for reason, at at;
+// false when m says so already (its first reason stays). The mode stays
+// the one the last verify read with (ciphertext when none ran).
+func MarkFailed(m *format.Manifest, at time.Time, reason string) bool {
+	if Failed(*m) {
+		return false
+	}
+	mode := m.Verify.Mode
+	if mode == "" {
+		mode = format.VerifyModeCiphertext
+	}
+	m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: at.UTC(), Error: reason}
+	return true
 }
 
 // maxManifest is the most a manifest may hold: a few KiB in practice.
@@ -78,16 +95,9 @@ const maxUpdateTries = 20
 // the call (unchanged when change said so).
 func UpdateManifest(ctx context.Context, st storage.Storage, key string, change func(m *format.Manifest) (bool, error)) (format.Manifest, error) {
 	for range maxUpdateTries {
-		data, version, err := st.ReadVersion(ctx, key, maxManifest)
-		if errors.Is(err, storage.ErrNotFound) {
-			return format.Manifest{}, fmt.Errorf("%w: no manifest %s", ErrNotFound, key)
-		}
+		m, version, err := readManifest(ctx, st, key)
 		if err != nil {
-			return format.Manifest{}, fmt.Errorf("read manifest %s: %w", key, err)
-		}
-		m, err := format.UnmarshalManifest(data)
-		if err != nil {
-			return format.Manifest{}, fmt.Errorf("manifest %s: %w", key, err)
+			return format.Manifest{}, err
 		}
 		changed, err := change(&m)
 		if err != nil || !changed {

@@ -105,13 +105,9 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("keyring of plan %s: get: %w", plan, err)
 		}
-		var v Value
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			out = append(out, Entry{Plan: plan, Problem: "decode: " + err.Error()})
-			continue
-		}
+		v, err := decode(e.Value())
 		entry := Entry{Plan: plan, Recipient: v.Recipient, WorkFactor: v.WorkFactor, Created: v.Created}
-		if err := v.Keyring().Validate(); err != nil {
+		if err != nil {
 			entry.Problem = err.Error()
 		} else {
 			entry.WorkFactor, _ = v.Keyring().WorkFactor() // what opening it costs, from its header
@@ -182,18 +178,24 @@ func (s *Store) Ensure(ctx context.Context, plan, passphrase string) (format.Key
 // open decodes a stored value and unlocks it with passphrase; the error
 // says why it cannot serve (never naming the passphrase).
 func (s *Store) open(b []byte, passphrase string) (Value, error) {
+	v, err := decode(b)
+	if err != nil {
+		return v, err
+	}
+	if err := v.Keyring().Unlock(passphrase, s.workFactor()); err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+// decode decodes a stored value and checks that it is a keyring; the
+// error says why it is not one the filter can use.
+func decode(b []byte) (Value, error) {
 	var v Value
 	if err := json.Unmarshal(b, &v); err != nil {
 		return v, fmt.Errorf("decode: %w", err)
 	}
-	k := v.Keyring()
-	if err := k.Validate(); err != nil {
-		return v, err
-	}
-	if err := k.Unlock(passphrase, s.workFactor()); err != nil {
-		return v, err
-	}
-	return v, nil
+	return v, v.Keyring().Validate()
 }
 
 // write makes a new keyring and stores it: created when replace is false,

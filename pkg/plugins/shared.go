@@ -73,15 +73,13 @@ func configKey(typ string, config map[string]any) (string, error) {
 // no caller has (or it retired). A caller that waited for another's open,
 // which that caller's own end cut short, opens it itself.
 func (s *shared) get(ctx context.Context, key string, open func(context.Context) (storage.Storage, error)) (storage.Storage, error) {
-	for range 3 {
+	for try := 1; ; try++ {
 		st, waited, err := s.getOnce(ctx, key, open)
-		if waited && err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		if try < 4 && waited && err != nil && ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			continue // the opener's context ended, not ours
 		}
 		return st, err
 	}
-	st, _, err := s.getOnce(ctx, key, open)
-	return st, err
 }
 
 // getOnce is get's one try; waited says another caller opened it.

@@ -214,7 +214,7 @@ func (d *Deps) failDead(ctx context.Context, consumer string, e events.Event, re
 // Emit builds the event of payload p for a run's step with the deterministic
 // id of (run, type, step).
 // In a replayed run (attempt 2 and up) the id carries the attempt
-// (events.AttemptEventID), as this process last saw it in the run's record.
+// (events.AttemptEventID) that EmitAttempt says the event belongs to.
 func (d *Deps) Emit(ctx context.Context, planName, runID, step string, p events.Payload) (events.Event, error) {
 	return d.EmitAt(EmitAttempt(ctx, runID), planName, runID, step, p)
 }

@@ -373,8 +373,7 @@ func (s *Service) writeManifest(ctx context.Context, st storage.Storage, p *plan
 		// The run failed after its dump was whole (a hook after the
 		// snapshot): the object is kept for a replay, marked failed so
 		// that nothing takes it for a good backup.
-		m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: format.VerifyModeCiphertext, At: s.Now().UTC(),
-			Error: fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error)}
+		backup.MarkFailed(&m, s.Now(), fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error))
 	}
 	if m.Chain == nil {
 		m.Chain = []string{}

@@ -458,20 +458,12 @@ func (sc *scrub) copyFrom(ctx context.Context, from string, d *events.ScrubDamag
 // markFailed records in dest's manifest of a damaged copy that the scrub
 // found it so (once; a manifest already failed is left as it is).
 func (sc *scrub) markFailed(ctx context.Context, st storage.Storage, m format.Manifest, d *events.ScrubDamage) {
-	if m.Verify.Status == format.VerifyFailed || st == nil {
+	if backup.Failed(m) || st == nil {
 		return
 	}
+	reason := fmt.Sprintf("scrub %s: %s: %s", sc.id, d.Problem, d.Error)
 	m, err := backup.UpdateManifest(context.WithoutCancel(ctx), st, format.ManifestKey(m.Plan, m.BackupID), func(m *format.Manifest) (bool, error) {
-		if m.Verify.Status == format.VerifyFailed {
-			return false, nil
-		}
-		mode := m.Verify.Mode
-		if mode == "" {
-			mode = format.VerifyModeCiphertext
-		}
-		m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: sc.s.Now().UTC(),
-			Error: fmt.Sprintf("scrub %s: %s: %s", sc.id, d.Problem, d.Error)}
-		return true, nil
+		return backup.MarkFailed(m, sc.s.Now(), reason), nil
 	})
 	if err != nil {
 		sc.fault(d.Destination, fmt.Errorf("backup %s: mark damaged copy failed: %w", d.BackupID, err))

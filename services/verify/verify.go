@@ -87,7 +87,7 @@ func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKe
 	marked := false
 	_, err = backup.UpdateManifest(ctx, st, manifestKey, func(m *format.Manifest) (bool, error) {
 		marked = false
-		if m.Verify.Status == format.VerifyFailed {
+		if backup.Failed(*m) {
 			return false, nil
 		}
 		r, err := s.Runs.Get(ctx, runID)
@@ -97,9 +97,8 @@ func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKe
 		if !r.Phase.Unsuccessful() {
 			return false, nil // replayed since
 		}
-		marked = true
-		s.failedIn(m, r)
-		return true, nil
+		marked = s.failedIn(m, r)
+		return marked, nil
 	})
 	if errors.Is(err, backup.ErrNotFound) {
 		return nil
@@ -110,14 +109,9 @@ func (s *Service) markFailed(ctx context.Context, p *plan.Plan, dest, manifestKe
 	return err
 }
 
-// failedIn sets m's verify result to "failed" with failed run r's reason.
-func (s *Service) failedIn(m *format.Manifest, r *runs.Run) {
-	mode := m.Verify.Mode
-	if mode == "" {
-		mode = format.VerifyModeCiphertext
-	}
-	m.Verify = format.VerifyResult{Status: format.VerifyFailed, Mode: mode, At: s.Now().UTC(),
-		Error: fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error)}
+// failedIn marks m failed with failed run r's reason (backup.MarkFailed).
+func (s *Service) failedIn(m *format.Manifest, r *runs.Run) bool {
+	return backup.MarkFailed(m, s.Now(), fmt.Sprintf("run failed in %s: %s", r.FailedStage, r.Error))
 }
 
 func (s *Service) handle(ctx context.Context, e events.Event) ([]events.Event, error) {
@@ -212,11 +206,7 @@ func (s *Service) verify(ctx context.Context, p *plan.Plan, r *runs.Run, dest st
 			return false, err
 		}
 		if runFailed = now.Phase.Unsuccessful(); runFailed {
-			if m.Verify.Status == format.VerifyFailed {
-				return false, nil
-			}
-			s.failedIn(m, now)
-			return true, nil
+			return s.failedIn(m, now), nil
 		}
 		m.Verify = res.VerifyResult
 		return true, nil

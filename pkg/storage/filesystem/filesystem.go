@@ -231,12 +231,9 @@ func (s *FS) Put(ctx context.Context, key string, r io.Reader, o storage.PutOpti
 // the bytes read: a file is replaced whole (by rename), so the bytes one
 // open reads are one version.
 func (s *FS) ReadVersion(ctx context.Context, key string, max int64) ([]byte, string, error) {
-	if err := checkKey(key); err != nil {
-		return nil, "", err
-	}
-	data, err := s.readSmall(s.path(key), max)
+	data, err := s.readSmall(ctx, key, max)
 	if err != nil {
-		return nil, "", fmt.Errorf("read %s: %w", key, err)
+		return nil, "", err
 	}
 	return data, version(data), nil
 }
@@ -250,7 +247,7 @@ func (s *FS) PutIf(ctx context.Context, key string, data []byte, ver string, o s
 	}
 	p := s.path(key)
 	info, err := s.put(ctx, p, bytes.NewReader(data), o, func() error {
-		cur, err := s.readSmall(p, int64(len(data))+maxVersioned)
+		cur, err := s.readSmall(ctx, key, int64(len(data))+maxVersioned)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 			return fmt.Errorf("%w: deleted", storage.ErrChanged)
@@ -278,24 +275,20 @@ func version(data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// readSmall reads the file at p whole, refusing one of more than max bytes.
-func (s *FS) readSmall(p string, max int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, notFound(err)
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return nil, err
-	} else if fi.IsDir() {
-		return nil, storage.ErrNotFound
-	}
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
+// readSmall reads the object at key whole (Open), refusing one of more
+// than max bytes.
+func (s *FS) readSmall(ctx context.Context, key string, max int64) ([]byte, error) {
+	rc, err := s.Open(ctx, key)
 	if err != nil {
 		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
 	if int64(len(data)) > max {
-		return nil, fmt.Errorf("larger than %d bytes", max)
+		return nil, fmt.Errorf("read %s: larger than %d bytes", key, max)
 	}
 	return data, nil
 }
