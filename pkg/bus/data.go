@@ -457,7 +457,7 @@ func (w *ChunkWriter) sendLocal(ctx context.Context, i int, it localItem, buf *o
 	select {
 	case p.items <- it:
 		return nil
-	case <-p.gone:
+	case <-p.gone.Done():
 		it.ack.ack()
 		return w.readerGone(i)
 	case <-ctx.Done():
@@ -486,7 +486,7 @@ func (w *ChunkWriter) takeToken(ctx context.Context, i int, p *pipe) error {
 		select {
 		case <-p.tokens:
 			return nil
-		case <-p.gone:
+		case <-p.gone.Done():
 			return w.readerGone(i)
 		case <-ctx.Done():
 			return ctx.Err()
@@ -697,18 +697,11 @@ type ChunkReader struct {
 
 	// iter reads JetStream; nil once this reader reads only memory.
 	iter jetstream.MessagesContext
-	// inflight is the pending iter.Next of a wait that ended otherwise.
-	inflight chan jsResult
 
 	// p is the reader's pipe in the hub, nil when it reads only JetStream.
 	p        *pipe
 	mode     readMode
 	switchAt int64
-}
-
-type jsResult struct {
-	msg jetstream.Msg
-	err error
 }
 
 // NewChunkReader opens reader's consumer of runID's chunk stream of kind,
@@ -816,15 +809,19 @@ func (r *ChunkReader) fromJetStream(msg jetstream.Msg) (Chunk, error) {
 // receive waits, for at most the stall timeout, for the next message: from
 // JetStream (msg) or handed over in memory (it), as the reader's mode says.
 func (r *ChunkReader) receive(ctx context.Context) (msg jetstream.Msg, it *localItem, err error) {
-	stall := time.NewTimer(r.opts.Stall)
-	defer stall.Stop()
+	wait, cancel := context.WithTimeoutCause(ctx, r.opts.Stall, errStallTimer)
+	defer cancel()
 	for {
-		var fetched <-chan jsResult
-		var items <-chan localItem
-		var attached, gone <-chan struct{}
 		switch r.mode {
 		case readMemory:
-			items, gone = r.p.items, r.p.gone
+			select {
+			case got := <-r.p.items:
+				return nil, &got, nil
+			case <-r.p.gone.Done():
+				return nil, nil, r.waitEnded(ctx, errReaderGone)
+			case <-wait.Done():
+				return nil, nil, r.waitEnded(ctx, context.Cause(wait))
+			}
 		case readHandover:
 			// JetStream carries every chunk below the switch, in order, and
 			// memory every chunk from it on (a failure too): the switch is
@@ -834,81 +831,92 @@ func (r *ChunkReader) receive(ctx context.Context) (msg jetstream.Msg, it *local
 				r.mode = readMemory
 				continue
 			}
-			fetched, gone = r.fetch(), r.p.gone
-		case readWaiting:
-			fetched, attached, gone = r.fetch(), r.p.attached, r.p.gone
-		default:
-			fetched = r.fetch()
 		}
-		select {
-		case res := <-fetched:
-			r.inflight = nil
-			if res.err != nil && transient(res.err) {
-				continue
-			}
-			if res.err != nil {
-				return nil, nil, fmt.Errorf("read chunk %d: %w", r.next, res.err)
-			}
-			if r.mode == readWaiting {
-				if !r.b.local.leaveWaiting(r.p) {
-					// The writer is in another process.
-					r.p, r.mode = nil, readJetStream
-					return res.msg, nil, nil
-				}
-				// A local writer attached meanwhile and writes this copy
-				// from its start: a message from elsewhere is left unread
-				// (Close purges it), but a failure still ends the stream.
-				r.stopJetStream()
-				r.mode = readMemory
-				if res.msg.Headers().Get(HeaderFailed) != "" {
-					return res.msg, nil, nil
-				}
-				continue
-			}
-			return res.msg, nil, nil
-		case got := <-items:
-			return nil, &got, nil
-		case <-attached:
+		msg, err := r.nextJetStream(wait)
+		switch {
+		case errors.Is(err, errLocalWriter):
 			r.stopJetStream()
 			r.mode = readMemory
-		case <-gone:
-			r.stopJetStream()
-			return nil, nil, fmt.Errorf("read chunk %d: %w", r.next, jetstream.ErrConsumerDeleted)
-		case <-ctx.Done():
-			r.stopJetStream()
-			return nil, nil, ctx.Err()
-		case <-stall.C:
-			r.stopJetStream()
-			return nil, nil, fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
+			continue
+		case errors.Is(err, errReaderGone), errors.Is(err, errStallTimer), ctx.Err() != nil:
+			return nil, nil, r.waitEnded(ctx, err)
+		case err != nil && transient(err):
+			continue
+		case err != nil:
+			return nil, nil, fmt.Errorf("read chunk %d: %w", r.next, err)
+		}
+		if r.mode != readWaiting {
+			return msg, nil, nil
+		}
+		if !r.b.local.leaveWaiting(r.p) {
+			// The writer is in another process.
+			r.p, r.mode = nil, readJetStream
+			return msg, nil, nil
+		}
+		// A local writer attached meanwhile and writes this copy from its
+		// start: a message from elsewhere is left unread (Close purges it),
+		// but a failure still ends the stream.
+		r.stopJetStream()
+		r.mode = readMemory
+		if msg.Headers().Get(HeaderFailed) != "" {
+			return msg, nil, nil
 		}
 	}
 }
 
-// fetch is the pending iter.Next, started if none is: a wait that ended
-// otherwise leaves it for the next.
-func (r *ChunkReader) fetch() <-chan jsResult {
+// Why a wait for a chunk ended other than with a chunk or the caller's
+// context: the causes of the contexts receive and nextJetStream wait on.
+var (
+	errStallTimer  = errors.New("stall timer")
+	errReaderGone  = errors.New("reader gone")
+	errLocalWriter = errors.New("a local writer attached")
+)
+
+// nextJetStream waits for the next JetStream message until ctx ends, the
+// reader's pipe is gone or, while the reader waits, a local writer
+// attaches (errLocalWriter). NextContext leaves a message that arrives too
+// late in the iterator for the next call; nothing is lost and no goroutine
+// outlives the wait.
+func (r *ChunkReader) nextJetStream(ctx context.Context) (jetstream.Msg, error) {
 	if r.iter == nil {
 		// Stopped by a cancelled or stalled wait, as a JetStream reader is.
-		ch := make(chan jsResult, 1)
-		ch <- jsResult{err: jetstream.ErrMsgIteratorClosed}
-		return ch
+		return nil, jetstream.ErrMsgIteratorClosed
 	}
-	if r.inflight == nil {
-		ch, iter := make(chan jsResult, 1), r.iter
-		go func() {
-			m, err := iter.Next()
-			ch <- jsResult{m, err}
-		}()
-		r.inflight = ch
+	if r.p != nil {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		defer context.AfterFunc(r.p.gone, func() { cancel(errReaderGone) })()
+		if r.mode == readWaiting {
+			defer context.AfterFunc(r.p.attached, func() { cancel(errLocalWriter) })()
+		}
 	}
-	return r.inflight
+	msg, err := r.iter.Next(jetstream.NextContext(ctx))
+	if err != nil && ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
+	return msg, err
 }
 
-// stopJetStream stops reading JetStream; a pending iter.Next returns.
+// waitEnded stops reading JetStream and says why a wait ended: the
+// caller's context, the stall timeout, or the reader gone.
+func (r *ChunkReader) waitEnded(ctx context.Context, cause error) error {
+	r.stopJetStream()
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(cause, errStallTimer):
+		return fmt.Errorf("%w: no chunk %d within %s", ErrStalled, r.next, r.opts.Stall)
+	default:
+		return fmt.Errorf("read chunk %d: %w", r.next, jetstream.ErrConsumerDeleted)
+	}
+}
+
+// stopJetStream stops reading JetStream.
 func (r *ChunkReader) stopJetStream() {
 	if r.iter != nil {
 		r.iter.Stop()
-		r.iter, r.inflight = nil, nil
+		r.iter = nil
 	}
 }
 

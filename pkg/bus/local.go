@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"net/textproto"
 	"strings"
 	"sync"
@@ -84,32 +85,29 @@ type pipe struct {
 	jsFailed bool
 	touched  time.Time
 
-	items    chan localItem
-	tokens   chan struct{} // Window tokens: a send takes one, an ack returns it
-	attached chan struct{} // closed when a local writer attaches to a waiting reader
-	gone     chan struct{} // closed when the reader closed or gave up
-	goneOnce sync.Once
+	items  chan localItem
+	tokens chan struct{} // Window tokens: a send takes one, an ack returns it
+	// attached is done when a local writer attaches to a waiting reader,
+	// gone when the reader closed or gave up. They are contexts, not bare
+	// channels, so that a JetStream read (jetstream.NextContext) ends on
+	// either without a goroutine to watch them.
+	attached context.Context
+	attach   context.CancelFunc
+	gone     context.Context
+	markGone context.CancelFunc
 }
 
 func newPipe(k pipeKey, window int, now time.Time) *pipe {
-	p := &pipe{key: k, touched: now, items: make(chan localItem, window+pipeSlack), tokens: make(chan struct{}, window),
-		attached: make(chan struct{}), gone: make(chan struct{})}
+	p := &pipe{key: k, touched: now, items: make(chan localItem, window+pipeSlack), tokens: make(chan struct{}, window)}
+	p.attached, p.attach = context.WithCancel(context.Background())
+	p.gone, p.markGone = context.WithCancel(context.Background())
 	for range window {
 		p.tokens <- struct{}{}
 	}
 	return p
 }
 
-func (p *pipe) markGone() { p.goneOnce.Do(func() { close(p.gone) }) }
-
-func (p *pipe) isGone() bool {
-	select {
-	case <-p.gone:
-		return true
-	default:
-		return false
-	}
-}
+func (p *pipe) isGone() bool { return p.gone.Err() != nil }
 
 // localItem is one chunk handed over in memory.
 type localItem struct {
@@ -187,7 +185,7 @@ func (h *localHub) offer(k pipeKey, window int) (p *pipe, local bool) {
 	switch p.reader {
 	case readerWaiting:
 		p.reader = readerLocal
-		close(p.attached)
+		p.attach()
 		return p, true
 	case readerLocal:
 		// A second writer (one taking over to end the stream with a

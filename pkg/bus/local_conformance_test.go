@@ -776,6 +776,82 @@ func TestChunkCancelUnblocksBothSides(t *testing.T) {
 	})
 }
 
+// TestAReaderWaitingForItsFirstChunk: a reader that opened before any
+// writer and waits in Next is woken by whichever comes: a writer in its
+// process (the chunks in memory), one in another (through JetStream), or
+// its consumer deleted (its stage gave up) — never by the stall timeout.
+func TestAReaderWaitingForItsFirstChunk(t *testing.T) {
+	tests := []struct {
+		name      string
+		hub       bool
+		writer    string // "here", "there" or "" (none: the consumer is deleted)
+		inMemory  bool
+		wantError error
+	}{
+		{name: "jetstream writer", writer: "there"},
+		{name: "local writer", hub: true, writer: "here", inMemory: true},
+		{name: "writer in another process", hub: true, writer: "there"},
+		{name: "jetstream consumer deleted", wantError: jetstream.ErrConsumerDeleted},
+		{name: "local consumer deleted", hub: true, wantError: jetstream.ErrConsumerDeleted},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			srv := bustest.Server(t)
+			buses := map[string]*bus.Bus{"here": connectBus(t, srv, "here", tt.hub), "there": connectBus(t, srv, "there", tt.hub)}
+			run, opts := events.NewID(), bus.DataOptions{Window: 4, Stall: time.Minute}
+			r, err := buses["here"].NewChunkReader(ctx, run, bus.KindRaw, "filter", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = r.Close(ctx) })
+			type result struct {
+				c   bus.Chunk
+				err error
+			}
+			got := make(chan result, 1)
+			go func() {
+				c, err := r.Next(ctx)
+				got <- result{c, err}
+			}()
+			time.Sleep(100 * time.Millisecond) // most likely waiting in Next by now
+			data := []byte("first and last")
+			if tt.writer == "" {
+				if err := buses["here"].DeleteDataConsumer(ctx, run, bus.KindRaw, "filter"); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				w, err := buses[tt.writer].NewChunkWriter(ctx, run, bus.KindRaw, []string{"filter"}, opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := w.Close(ctx, data, map[string]string{"Bytes": "14"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var res result
+			select {
+			case res = <-got:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the waiting reader was not woken")
+			}
+			if tt.wantError != nil {
+				if !errors.Is(res.err, tt.wantError) {
+					t.Fatalf("Next: %v, want %v", res.err, tt.wantError)
+				}
+				return
+			}
+			if res.err != nil || res.c.Seq != 0 || !res.c.Final || !bytes.Equal(res.c.Data, data) {
+				t.Fatalf("Next: seq %d final %v %q %v, want the one final chunk", res.c.Seq, res.c.Final, res.c.Data, res.err)
+			}
+			if sameSlice(res.c.Data, data) != tt.inMemory {
+				t.Fatalf("the writer's own slice: %v, want %v", !tt.inMemory, tt.inMemory)
+			}
+			_ = res.c.Ack()
+		})
+	}
+}
+
 // TestChunkFailureWrittenBeforeTheReaderReachesIt: a stream that a second
 // writer failed before its reader came (a takeover of an abandoned
 // writer's stream) still ends with that failure, after the chunks before it.
