@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,7 +53,7 @@ func cancelRun(ctx context.Context, natsFlag *natsFlags, id, reason string, wait
 	if before.Phase.Done() {
 		return fmt.Errorf("run %s is %s already: only a running run can be cancelled", id, before.Phase)
 	}
-	who := "cli:" + os.Getenv("USER")
+	who := "cli:" + cliUser()
 	r, _, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpCancel, Run: id, Owner: who, Error: reason})
 	if err != nil {
 		return err

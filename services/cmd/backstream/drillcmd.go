@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,7 +60,7 @@ func newDrillCmd() *cobra.Command {
 			}
 		}
 		id, err := stage.RequestDrill(ctx, b, store, planName, events.DrillRequestedData{
-			Trigger: events.TriggerCLI, RequestedBy: os.Getenv("USER"), Reason: *reason, BackupID: *backupID})
+			Trigger: events.TriggerCLI, RequestedBy: cliUser(), Reason: *reason, BackupID: *backupID})
 		if err != nil {
 			return err
 		}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"syscall"
 
 	"github.com/backstream/backstream/pkg/secret"
@@ -57,4 +58,17 @@ func natsURL(flagValue string) string {
 		return v
 	}
 	return "nats://127.0.0.1:4250"
+}
+
+// cliUser names who runs this command, for the records of what it asks
+// (requestedBy, a replay's or a cancel's owner): $USER, else the
+// account's name (cron jobs and containers often have no $USER), else "".
+func cliUser() string {
+	if u := os.Getenv("USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
 }

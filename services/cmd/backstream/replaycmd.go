@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -81,7 +80,7 @@ func replay(ctx context.Context, natsFlag *natsFlags, id, stageName, destination
 			return err
 		}
 	}
-	r, o, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: id, Step: stageName, Owner: "cli:" + os.Getenv("USER")})
+	r, o, err := runs.Remote{NC: b.NC}.Ask(ctx, "admin", runs.Request{Op: runs.OpReplay, Run: id, Step: stageName, Owner: "cli:" + cliUser()})
 	if err != nil {
 		return err
 	}

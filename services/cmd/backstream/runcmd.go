@@ -110,7 +110,7 @@ func follow(ctx context.Context, to targeter, planName, reason string, wait bool
 			return triggered{}, err
 		}
 	}
-	runID, err := stage.RequestBackup(ctx, b, store, planName, events.TriggerCLI, os.Getenv("USER"), reason)
+	runID, err := stage.RequestBackup(ctx, b, store, planName, events.TriggerCLI, cliUser(), reason)
 	if err != nil {
 		return triggered{}, err
 	}
@@ -490,7 +490,11 @@ not the run: exit 130). --compensate makes the inverse ops it owes due now.`,
 func showRun(w io.Writer, r *runs.Run) error {
 	fmt.Fprintf(w, "run %s  plan %s  kind %s  phase %s  trigger %s\n", r.ID, r.Plan, r.Kind, r.Phase, r.Trigger)
 	fmt.Fprintf(w, "started %s  duration %s  bytes %s  stored %s\n", r.Created.Local().Format(time.RFC3339), runDuration(r), human(r.Bytes), human(r.StoredBytes))
-	if r.Error != "" {
+	switch {
+	case r.Error == "":
+	case r.Phase == runs.Cancelled:
+		fmt.Fprintf(w, "%s\n", r.Error)
+	default:
 		fmt.Fprintf(w, "failed in %s: %s\n", r.FailedStage, r.Error)
 	}
 	fmt.Fprintf(w, "plan revision %d  deadline %s\n", r.PlanRevision, r.Deadline.Local().Format(time.RFC3339))

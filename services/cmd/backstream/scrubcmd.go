@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -64,7 +63,7 @@ func newScrubCmd() *cobra.Command {
 			}
 		}
 		id, err := stage.RequestScrub(ctx, b, store, planName, events.ScrubRequestedData{
-			Trigger: events.TriggerCLI, RequestedBy: os.Getenv("USER"), Reason: *reason, Mode: *mode, Destination: *destination})
+			Trigger: events.TriggerCLI, RequestedBy: cliUser(), Reason: *reason, Mode: *mode, Destination: *destination})
 		if err != nil {
 			return err
 		}
