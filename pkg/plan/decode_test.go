@@ -26,19 +26,25 @@ func TestUnknownFieldsNameLine(t *testing.T) {
 		{"op", "spec:\n  hooks:\n    - name: db\n      type: sql\n      ops:\n        - name: a\n          query: x\n", `plans/x.yaml:7: unknown field "query" in a hook op`},
 		{"retention", "spec:\n  retention:\n    keepLats: 3\n", `plans/x.yaml:3: unknown field "keepLats" in retention`},
 		{"destination retention", "spec:\n  destinations:\n    - name: a\n      type: filesystem\n      retention:\n        keepLats: 3\n", `plans/x.yaml:6: unknown field "keepLats" in retention`},
-		{"destination retention duration", "spec:\n  destinations:\n    - name: a\n      type: filesystem\n      retention: {keepWithin: 7x}\n", `plans/x.yaml:5: keepWithin: invalid duration "7x": unknown unit 'x' (use y, m, w, d or h)`},
-		{"destination retention not a block", "spec:\n  destinations:\n    - name: a\n      type: filesystem\n      retention: 5\n", "plans/x.yaml:5: cannot unmarshal !!int `5` into retention.Policy"},
-		{"retention duration", "spec:\n  retention:\n    keepWithin: 7x\n", `plans/x.yaml:3: keepWithin: invalid duration "7x": unknown unit 'x' (use y, m, w, d or h)`},
+		{"destination retention duration", "spec:\n  destinations:\n    - name: a\n      type: filesystem\n      retention: {keepWithin: 7x}\n", `plans/x.yaml:5: spec.destinations[0].retention.keepWithin: invalid duration "7x": unknown unit 'x' (use y, m, w, d or h)`},
+		{"destination retention not a block", "spec:\n  destinations:\n    - name: a\n      type: filesystem\n      retention: 5\n", "plans/x.yaml:5: spec.destinations[0].retention: want a mapping, got 5"},
+		{"retention duration", "spec:\n  retention:\n    keepWithin: 7x\n", `plans/x.yaml:3: spec.retention.keepWithin: invalid duration "7x": unknown unit 'x' (use y, m, w, d or h)`},
 		{"schedule", "spec:\n  schedule:\n    crontab: x\n", `plans/x.yaml:3: unknown field "crontab" in schedule`},
 		{"encryption", "spec:\n  filters:\n    encryption:\n      key: x\n", `plans/x.yaml:4: unknown field "key" in encryption`},
 		{"secret ref", "spec:\n  filters:\n    encryption:\n      passphrase: {value: x}\n", `plans/x.yaml:4: unknown field "value" in a secret reference`},
 		{"workflow", "spec:\n  workflows:\n    - name: backup\n      priority: 4\n", `plans/x.yaml:4: unknown field "priority" in a workflow`},
 		{"step", "spec:\n  workflows:\n    - name: backup\n      sequence:\n        - workflow: pre\n", `plans/x.yaml:5: step: unknown field "workflow"; want hook, group, snapshot or restore`},
-		{"duration", "spec:\n  alert: {expectEvery: 5}\n", `plans/x.yaml:2: want a duration string such as 30s, 6h or 7d`},
-		{"command string", "spec:\n  hooks:\n    - name: db\n      type: exec\n      ops:\n        - name: a\n          command: ls -l\n", `plans/x.yaml:7: command: want an argv list, or a string holding a JSON array; use ["sh", "-c", "..."] for a shell line`},
-		{"chunk size", "spec:\n  chunkSize: 1GB\n", `plans/x.yaml:2: invalid size "1GB": want bytes or a number with KiB or MiB`},
+		{"duration", "spec:\n  alert: {expectEvery: 5}\n", `plans/x.yaml:2: spec.alert.expectEvery: want a duration string such as 30s, 6h or 7d`},
+		{"command string", "spec:\n  hooks:\n    - name: db\n      type: exec\n      ops:\n        - name: a\n          command: ls -l\n", `plans/x.yaml:7: spec.hooks[0].ops[0].command: want an argv list, or a string holding a JSON array; use ["sh", "-c", "..."] for a shell line`},
+		{"chunk size", "spec:\n  chunkSize: 1GB\n", `plans/x.yaml:2: spec.chunkSize: invalid size "1GB": want bytes or a number with KiB or MiB`},
 		{"syntax", "spec:\n  source: [\n", `plans/x.yaml:2: did not find expected node content`},
-		{"duplicate key", "kind: Plan\nkind: Plan\n", `plans/x.yaml:2: mapping key "kind" already defined at line 1`},
+		{"duplicate key", "kind: Plan\nkind: Plan\n", `plans/x.yaml:2: kind: mapping key "kind" already defined at line 1`},
+		{"workflows not a list", "spec:\n  workflows:\n    backup:\n      sequence: [snapshot]\n", `plans/x.yaml:3: spec.workflows: want a list, got a mapping`},
+		{"integer", "spec:\n  retention:\n    keepLast: x\n", `plans/x.yaml:3: spec.retention.keepLast: want an integer, got "x"`},
+		{"long value", "spec:\n  retention:\n    keepLast: three or four\n", `plans/x.yaml:3: spec.retention.keepLast: want an integer, got "three o..."`},
+		{"two fields could be meant", "spec:\n  retention: {keepLast: x, keepDaily: x}\n", "plans/x.yaml:2: want an integer, got \"x\"\nplans/x.yaml:2: want an integer, got \"x\""},
+		{"secret by value", "spec:\n  filters:\n    encryption:\n      passphrase: hunter2\n", `plans/x.yaml:4: spec.filters.encryption.passphrase: want a secret reference such as {env: NAME} or {file: PATH}, not the value itself`},
+		{"destinations not a list", "spec:\n  destinations:\n    name: a\n", `plans/x.yaml:3: spec.destinations: want a list, got a mapping`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -66,12 +72,15 @@ func TestPluginDecodeIsStrictWithPlanLines(t *testing.T) {
 	p := mustParse(t, strings.Replace(base, "command: {argv: [echo, hi]}", "command:\n      # the dump\n      argv: [echo, hi]\n      dirr: /tmp", 1))
 	var c command.Config
 	err := p.Spec.Source.Decode(&c)
-	want := `command config: yaml: unmarshal errors:
-  line 11: field dirr not found in type command.Config`
+	want := `line 11: dirr: unknown field (the command block takes argv, dir, env, restoreArgv)`
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
 	}
-	if got := p.Validate(realChecker{}); got == nil || !strings.Contains(got.Error(), "spec.source.command: command config:") {
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "dirr" || fe.Line != 11 {
+		t.Fatalf("got %#v, want a *FieldError of dirr on line 11", err)
+	}
+	if got := p.Validate(realChecker{}); got == nil || !strings.Contains(got.Error(), "plans/orders.yaml:11: spec.source.command.dirr: unknown field (the command block takes") {
 		t.Fatalf("Validate: %v", got)
 	}
 }

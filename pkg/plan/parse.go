@@ -23,9 +23,11 @@ type DecodeError struct {
 	Problems []LineProblem
 }
 
-// LineProblem is one decoding problem; Line is 0 when the decoder gave none.
+// LineProblem is one decoding problem; Line is 0 when the decoder gave
+// none, Path "" when the field could not be told (see yamlerr.go).
 type LineProblem struct {
 	Line    int
+	Path    string
 	Message string
 }
 
@@ -40,6 +42,9 @@ func (e *DecodeError) Error() string {
 		if p.Line > 0 {
 			b.WriteString(":" + strconv.Itoa(p.Line))
 		}
+		if p.Path != "" {
+			b.WriteString(": " + p.Path)
+		}
 		b.WriteString(": " + p.Message)
 	}
 	return b.String()
@@ -50,7 +55,7 @@ var (
 	lineMsgRE      = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 )
 
-func decodeError(file string, err error) *DecodeError {
+func decodeError(file string, err error, ix *fieldIndex) *DecodeError {
 	var msgs []string
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
@@ -67,6 +72,8 @@ func decodeError(file string, err error) *DecodeError {
 		}
 		if sm := unknownFieldRE.FindStringSubmatch(p.Message); sm != nil {
 			p.Message = fmt.Sprintf("unknown field %q in %s", sm[1], typeNames.Replace(sm[2]))
+		} else if p.Line > 0 {
+			p.Path, p.Message = ix.describe(p.Line, p.Message)
 		}
 		de.Problems = append(de.Problems, p)
 	}
@@ -82,6 +89,7 @@ func ParseAll(name string, data []byte) ([]*Plan, error) {
 	dec.KnownFields(true)
 	var plans []*Plan
 	var bad *DecodeError
+	var ix *fieldIndex
 	for {
 		var p *Plan
 		err := dec.Decode(&p)
@@ -89,7 +97,10 @@ func ParseAll(name string, data []byte) ([]*Plan, error) {
 			break
 		}
 		if err != nil {
-			de := decodeError(name, err)
+			if ix == nil {
+				ix = indexDocuments(data)
+			}
+			de := decodeError(name, err, ix)
 			if bad == nil {
 				bad = de
 			} else {
@@ -111,6 +122,22 @@ func ParseAll(name string, data []byte) ([]*Plan, error) {
 		return nil, bad
 	}
 	return plans, nil
+}
+
+// indexDocuments indexes the fields of every document of data that parses
+// as YAML, for naming the field a decoding message is about. Lines count
+// from the start of data, so one index serves every document.
+func indexDocuments(data []byte) *fieldIndex {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var docs []*yaml.Node
+	for {
+		var n yaml.Node
+		if err := dec.Decode(&n); err != nil {
+			break
+		}
+		docs = append(docs, &n)
+	}
+	return newFieldIndex("", docs...)
 }
 
 // Parse decodes data holding exactly one plan. See ParseAll.

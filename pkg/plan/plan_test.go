@@ -239,7 +239,7 @@ func TestValidateRules(t *testing.T) {
 			p.Spec.Destinations[0].Retention = &Retention{}
 			p.Spec.Destinations[0].Retention.KeepTags = []string{",b"}
 		}, `spec.destinations[0].retention.keepTags[0]: ",b" has an empty tag`},
-		{"retention inside the plugin's block", func(p *Plan) { p.Spec.Destinations[0].Config["retention"] = map[string]any{"keepLast": int64(2)} }, "spec.destinations[0].filesystem: filesystem config: yaml: unmarshal errors:\n  line 2: field retention not found in type filesystem.Config"},
+		{"retention inside the plugin's block", func(p *Plan) { p.Spec.Destinations[0].Config["retention"] = map[string]any{"keepLast": int64(2)} }, "spec.destinations[0].filesystem.retention: unknown field (the filesystem block takes path)"},
 		{"alert expectEvery needed", func(p *Plan) { p.Spec.Alert = &Alert{} }, "spec.alert.expectEvery: required when the plan has no schedule"},
 		{"alert expectEvery negative", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: neg(time.Hour)} }, "spec.alert.expectEvery: must be > 0"},
 		{"alert grace", func(p *Plan) { p.Spec.Alert = &Alert{ExpectEvery: Duration(time.Hour), Grace: neg(time.Hour)} }, "spec.alert.grace: must be > 0"},

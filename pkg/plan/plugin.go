@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -71,15 +72,58 @@ func (p Plugin) Decode(into any) error {
 		return nil
 	}
 	var te *yaml.TypeError
-	if node != nil && errors.As(err, &te) {
-		lines := lineMap(src, node)
-		msgs := make([]string, len(te.Errors))
-		for i, m := range te.Errors {
-			msgs[i] = remapLine(m, lines)
-		}
-		return fmt.Errorf("%s config: %w", p.Type, &yaml.TypeError{Errors: msgs})
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s config: %w", p.Type, err)
 	}
-	return fmt.Errorf("%s config: %w", p.Type, err)
+	// Paths from the block as decoded, lines from the plan as written.
+	var doc yaml.Node
+	_ = yaml.Unmarshal(src, &doc)
+	ix := newFieldIndex("", &doc)
+	var lines map[int]int
+	if node != nil {
+		lines = lineMap(src, node)
+	}
+	errs := make([]error, len(te.Errors))
+	for i, m := range te.Errors {
+		fe := &FieldError{Message: m}
+		if sm := lineRE.FindStringSubmatch(m); sm != nil {
+			line, _ := strconv.Atoi(sm[1])
+			fe.Message = m[len(sm[0]):]
+			if sm := unknownFieldRE.FindStringSubmatch(fe.Message); sm != nil {
+				fe.Field = ix.key(line, sm[1])
+				fe.Message = fmt.Sprintf("unknown field (the %s block takes %s)", p.Type, strings.Join(yamlFields(into), ", "))
+			} else {
+				fe.Field, fe.Message = ix.describe(line, fe.Message)
+			}
+			fe.Line = lines[line]
+		}
+		errs[i] = fe
+	}
+	return errors.Join(errs...)
+}
+
+// FieldError is a problem with one field of a plugin block, found decoding
+// it: a value of the wrong kind or a field the plugin does not know.
+type FieldError struct {
+	// Field is the path inside the block ("argv", "env.PGPASSWORD"), ""
+	// when it could not be told.
+	Field string
+	// Line is the line in the plan file, 0 when the plan did not come from
+	// YAML.
+	Line    int
+	Message string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	if e.Line > 0 {
+		b.WriteString("line " + strconv.Itoa(e.Line) + ": ")
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field + ": ")
+	}
+	b.WriteString(e.Message)
+	return b.String()
 }
 
 // parsedBlock returns the block as parsed from YAML, for line numbers, or
@@ -96,18 +140,6 @@ func (p Plugin) parsedBlock() *yaml.Node {
 }
 
 var lineRE = regexp.MustCompile(`^line (\d+): `)
-
-func remapLine(msg string, lines map[int]int) string {
-	m := lineRE.FindStringSubmatch(msg)
-	if m == nil {
-		return msg
-	}
-	n, _ := strconv.Atoi(m[1])
-	if orig, ok := lines[n]; ok {
-		return fmt.Sprintf("line %d: %s", orig, msg[len(m[0]):])
-	}
-	return msg
-}
 
 // lineMap maps the lines of src, a re-encoding of orig, to orig's lines by
 // walking both trees side by side (they have the same shape).

@@ -28,7 +28,7 @@ func TestPluginScalarsKeepTheirText(t *testing.T) {
 		{"bool word", "prefix: True", "True", 0, ""},
 		{"binary", "prefix: !!binary aGk=", "aGk=", 0, ""},
 		{"canonical int", "concurrency: 8", "", 8, ""},
-		{"hex int is refused", "concurrency: 0x10", "", 0, "cannot unmarshal !!str `0x10` into int"},
+		{"hex int is refused", "concurrency: 0x10", "", 0, `p.yaml:14: spec.destinations[0].s3.concurrency: want an integer, got "0x10"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,5 +70,38 @@ func TestPluginScalarsKeepTheirText(t *testing.T) {
 				t.Fatalf("prefix %q concurrency %d, want %q %d", c.Prefix, c.Concurrency, tt.prefix, tt.want)
 			}
 		})
+	}
+}
+
+// TestASecretWrittenByValueIsNotRepeated: a plugin's secret written in the
+// plan instead of a reference is refused, naming the field and not the
+// value, which may be the secret itself; a plan from the bucket (no
+// lines) names the field too.
+func TestASecretWrittenByValueIsNotRepeated(t *testing.T) {
+	const key = "AKIAEXAMPLEKEY"
+	doc := "apiVersion: backstream.io/v1alpha1\nkind: Plan\nmetadata: {name: p}\nspec:\n  source: {type: command, command: {argv: [echo]}}\n" +
+		"  destinations:\n    - name: d\n      type: s3\n      s3:\n        endpoint: s3.local\n        bucket: b\n        accessKey: " + key + "\n        secretKey: {env: SK}\n"
+	p, err := plan.Parse("p.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := plan.FromJSON(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "spec.destinations[0].s3.accessKey: want a secret reference such as {env: NAME} or {file: PATH}, not the value itself"
+	for _, tt := range []struct {
+		name string
+		p    *plan.Plan
+		want string
+	}{{"applied", p, "p.yaml:12: " + want}, {"stored", stored, "plan p: " + want}} {
+		err := tt.p.Validate(newSeeing())
+		if err == nil || err.Error() != tt.want || strings.Contains(err.Error(), key[:7]) {
+			t.Errorf("%s: got %v, want %q", tt.name, err, tt.want)
+		}
 	}
 }

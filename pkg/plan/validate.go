@@ -20,6 +20,9 @@ import (
 type Problem struct {
 	Path    string
 	Message string
+	// Line is the problem's line in the plan file where it is known (a
+	// plugin block's field), else 0.
+	Line int
 }
 
 func (p Problem) String() string { return p.Path + ": " + p.Message }
@@ -37,7 +40,10 @@ func (e *ValidationError) Error() string {
 		if i > 0 {
 			b.WriteByte('\n')
 		}
-		if e.File != "" {
+		switch {
+		case e.File != "" && p.Line > 0:
+			b.WriteString(e.File + ":" + strconv.Itoa(p.Line) + ": ")
+		case e.File != "":
 			b.WriteString(e.File + ": ")
 		}
 		b.WriteString(p.String())
@@ -120,9 +126,7 @@ func (p *Plan) validatePlugins(ps *problems, c Checker) {
 	case src.Type == "":
 		ps.add("spec.source.type", "required")
 	case c != nil:
-		for _, err := range splitJoined(c.CheckSource(src.Plugin)) {
-			ps.add("spec.source."+src.Type, "%v", err)
-		}
+		ps.addPlugin("spec.source."+src.Type, c.CheckSource(src.Plugin))
 	}
 	if len(p.Spec.Destinations) == 0 {
 		ps.add("spec.destinations", "at least one destination is required")
@@ -141,10 +145,26 @@ func (p *Plan) validatePlugins(ps *problems, c Checker) {
 			continue
 		}
 		if c != nil {
-			for _, err := range splitJoined(c.CheckDestination(d.Plugin)) {
-				ps.add(path+"."+d.Type, "%v", err)
-			}
+			ps.addPlugin(path+"."+d.Type, c.CheckDestination(d.Plugin))
 		}
+	}
+}
+
+// addPlugin records what a Checker found in the plugin block at path: a
+// field it names (*FieldError) under its own path and line, the rest under
+// the block's.
+func (ps *problems) addPlugin(path string, err error) {
+	for _, err := range splitJoined(err) {
+		var fe *FieldError
+		if !errors.As(err, &fe) {
+			ps.add(path, "%v", err)
+			continue
+		}
+		p := Problem{Path: path, Message: fe.Message, Line: fe.Line}
+		if fe.Field != "" {
+			p.Path += "." + fe.Field
+		}
+		*ps = append(*ps, p)
 	}
 }
 
