@@ -46,11 +46,11 @@ func TestSameTriggerIDTwiceGivesOneRun(t *testing.T) {
 	if r.Phase != runs.Succeeded {
 		t.Fatalf("first run: %s %s", r.Phase, r.Error)
 	}
-	list, err := env.Runs.List(ctx, "dup")
+	page, err := env.Runs.List(ctx, runs.ListOptions{Plan: "dup"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 1 || list[0].ID != runIDs[0] {
+	if list := page.Runs; len(list) != 1 || list[0].ID != runIDs[0] {
 		t.Fatalf("runs of plan dup: %d, want exactly the first one", len(list))
 	}
 }
@@ -420,6 +420,15 @@ func TestRunsAndRunShowStepsPhasesAndErrors(t *testing.T) {
 	out, code := harness.Run(t, dir, nil, "runs", "--nats", env.URL)
 	if code != 0 || !strings.Contains(out, ok) || !strings.Contains(out, bad) || !strings.Contains(out, "Succeeded") || !strings.Contains(out, "exit status 4") {
 		t.Errorf("runs: exit %d:\n%s", code, out)
+	}
+	// A page of one: the newest run, and how to list the older ones.
+	out, code = harness.Run(t, dir, nil, "runs", "--limit", "1", "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, bad) || strings.Contains(out, ok+" ") || !strings.Contains(out, "older runs: backstream runs --before "+bad+" --limit 1") {
+		t.Errorf("runs --limit 1: exit %d:\n%s", code, out)
+	}
+	out, code = harness.Run(t, dir, nil, "runs", "--limit", "1", "--before", bad, "--nats", env.URL)
+	if code != 0 || !strings.Contains(out, ok) || strings.Contains(out, bad) {
+		t.Errorf("runs --limit 1 --before %s: exit %d:\n%s", bad, code, out)
 	}
 	out, _ = harness.Run(t, dir, nil, "runs", "--plan", "fails", "-o", "json", "--nats", env.URL)
 	var list []runs.Run

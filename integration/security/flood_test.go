@@ -372,11 +372,11 @@ spec:
 	t.Logf("%d messages published in %s, all settled after %s; %d dead letters (%d cut)", total(kinds), published.Round(time.Millisecond), drained.Round(time.Millisecond), deadLetters, cut)
 
 	// Nothing the flood sent started a run: the two runs are the backups.
-	all, err := runs.NewStore(b.Runs).List(ctx, "")
+	page, err := runs.NewStore(b.Runs).List(ctx, runs.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 2 {
+	if all := page.Runs; len(all) != 2 {
 		var ids []string
 		for _, r := range all {
 			ids = append(ids, r.ID+" "+r.Plan+" "+string(r.Phase))

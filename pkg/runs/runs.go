@@ -13,11 +13,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/secret"
@@ -404,12 +405,9 @@ func (s *Store) Get(ctx context.Context, id string) (*Run, error) {
 }
 
 func (s *Store) get(ctx context.Context, id string) (*Run, uint64, error) {
-	e, err := s.kv.Get(ctx, id)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
+	e, err := s.entry(ctx, id)
 	if err != nil {
-		return nil, 0, fmt.Errorf("get run %s: %w", id, err)
+		return nil, 0, err
 	}
 	var r Run
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
@@ -633,28 +631,129 @@ func (s *Store) Owing(ctx context.Context) ([]*Run, error) {
 	return out, nil
 }
 
-// List returns the runs, newest first, optionally of one plan only.
-func (s *Store) List(ctx context.Context, plan string) ([]*Run, error) {
-	keys, err := bus.ListKeys(ctx, s.kv)
+// DefaultListLimit and MaxListLimit bound a page of List.
+const (
+	DefaultListLimit = 100
+	MaxListLimit     = 1000
+)
+
+// ListOptions says which runs List returns.
+type ListOptions struct {
+	// Plan keeps only this plan's runs; "" keeps every plan's.
+	Plan string
+	// Before keeps only runs older than this run id: the previous page's
+	// Next.
+	Before string
+	// Limit is the most runs on the page: <= 0 means DefaultListLimit,
+	// more than MaxListLimit means MaxListLimit.
+	Limit int
+}
+
+// Page is one page of runs, newest first. Next is the Before of the page
+// after it: "" when no older run is left (a full page may still be
+// followed by an empty one).
+type Page struct {
+	Runs []*Run
+	Next string
+}
+
+// listBatch is how many records List reads at once.
+const listBatch = 32
+
+// List returns a page of runs, newest first. The bucket keeps 90 days of
+// runs — hundreds of thousands for a few hundred hourly plans — so a page
+// reads the run ids (run ids sort by creation time) and then only the
+// records it needs: Limit of them for every plan, and for one plan the
+// newer runs of other plans too, whose records it decodes no further than
+// their plan. Memory is the page, never the bucket.
+func (s *Store) List(ctx context.Context, o ListOptions) (Page, error) {
+	if o.Limit <= 0 {
+		o.Limit = DefaultListLimit
+	}
+	o.Limit = min(o.Limit, MaxListLimit)
+	// Run records are one-token keys; the indexes (_idx.…) are not.
+	keys, err := bus.ListKeys(ctx, s.kv, "*")
 	if err != nil {
-		return nil, fmt.Errorf("list runs: %w", err)
+		return Page{}, fmt.Errorf("list runs: %w", err)
 	}
-	var out []*Run
-	for _, key := range keys {
-		if strings.HasPrefix(key, indexPrefix) {
-			continue
+	slices.Sort(keys)
+	slices.Reverse(keys)
+	if o.Before != "" {
+		keys = keys[sort.Search(len(keys), func(i int) bool { return keys[i] < o.Before }):]
+	}
+	var page Page
+	more := false
+	for len(keys) > 0 && len(page.Runs) < o.Limit {
+		n := listBatch
+		if o.Plan == "" {
+			n = min(n, o.Limit-len(page.Runs))
 		}
-		r, err := s.Get(ctx, key)
-		if errors.Is(err, ErrNotFound) {
-			continue
+		batch := keys[:min(len(keys), n)]
+		keys = keys[len(batch):]
+		got := make([]*Run, len(batch))
+		g, gctx := errgroup.WithContext(ctx)
+		for i, id := range batch {
+			g.Go(func() error {
+				r, err := s.getOf(gctx, id, o.Plan)
+				if errors.Is(err, ErrNotFound) {
+					return nil // expired or removed since the listing
+				}
+				got[i] = r
+				return err
+			})
 		}
-		if err != nil {
-			return nil, err
+		if err := g.Wait(); err != nil {
+			return Page{}, err
 		}
-		if plan == "" || r.Plan == plan {
-			out = append(out, r)
+		for _, r := range got {
+			switch {
+			case r == nil:
+			case len(page.Runs) < o.Limit:
+				page.Runs = append(page.Runs, r)
+			default:
+				more = true // read in the same batch, left for the next page
+			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID > out[j].ID })
-	return out, nil
+	if more || (len(page.Runs) == o.Limit && len(keys) > 0) {
+		page.Next = page.Runs[len(page.Runs)-1].ID
+	}
+	return page, nil
+}
+
+// entry reads the record of run id.
+func (s *Store) entry(ctx context.Context, id string) (jetstream.KeyValueEntry, error) {
+	e, err := s.kv.Get(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get run %s: %w", id, err)
+	}
+	return e, nil
+}
+
+// getOf returns the run with id when it belongs to plan ("": any), else
+// nil; a record of another plan is decoded only as far as its plan.
+func (s *Store) getOf(ctx context.Context, id, plan string) (*Run, error) {
+	e, err := s.entry(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if plan != "" {
+		var head struct {
+			Plan string `json:"plan"`
+		}
+		if err := json.Unmarshal(e.Value(), &head); err != nil {
+			return nil, fmt.Errorf("decode run %s: %w", id, err)
+		}
+		if head.Plan != plan {
+			return nil, nil
+		}
+	}
+	var r Run
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("decode run %s: %w", id, err)
+	}
+	return &r, nil
 }

@@ -93,9 +93,9 @@ func TestIndexesFollowTheRunPhases(t *testing.T) {
 	if err != nil || len(times) != 1 || !times[0].Equal(finished) {
 		t.Fatalf("successes of orders: %v %v, want exactly %v", times, err, finished)
 	}
-	list, err := store.List(ctx, "")
-	if err != nil || len(list) != 2 {
-		t.Fatalf("List: %d runs %v, want the 2 runs and no index entries", len(list), err)
+	list, err := store.List(ctx, runs.ListOptions{})
+	if err != nil || len(list.Runs) != 2 {
+		t.Fatalf("List: %d runs %v, want the 2 runs and no index entries", len(list.Runs), err)
 	}
 	// A stale active entry (crash between the record and its index) is dropped.
 	if _, err := b.Runs.Put(ctx, "_idx.active."+ok, nil); err != nil {
@@ -168,8 +168,8 @@ func TestOwingIndex(t *testing.T) {
 			t.Fatalf("pass %d: owing %v, want %s (1 owed) and %s (first pass running)", pass, ids, owing, pending)
 		}
 	}
-	if l, err := store.List(ctx, ""); err != nil || len(l) != 3 {
-		t.Errorf("List sees %d runs (%v): the index must not show as runs", len(l), err)
+	if l, err := store.List(ctx, runs.ListOptions{}); err != nil || len(l.Runs) != 3 {
+		t.Errorf("List sees %d runs (%v): the index must not show as runs", len(l.Runs), err)
 	}
 }
 

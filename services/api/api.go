@@ -16,7 +16,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 
 	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/planstore"
@@ -326,16 +328,38 @@ func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
 	return false
 }
 
+// runs lists a page of runs, newest first (runs.Store.List): ?plan=P,
+// ?limit=N (default runs.DefaultListLimit, at most runs.MaxListLimit) and
+// ?before=ID, which a Link header with rel="next" gives for the next page.
 func (s *Server) runs(w http.ResponseWriter, r *http.Request) {
-	list, err := s.d.Runs.List(r.Context(), r.URL.Query().Get("plan"))
+	q := r.URL.Query()
+	o := runs.ListOptions{Plan: q.Get("plan"), Before: q.Get("before")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > runs.MaxListLimit {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("limit: %q is not a number from 1 to %d", v, runs.MaxListLimit)})
+			return
+		}
+		o.Limit = n
+	}
+	page, err := s.d.Runs.List(r.Context(), o)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	if list == nil {
-		list = []*runs.Run{}
+	if page.Next != "" {
+		next := url.Values{"before": {page.Next}}
+		for _, k := range []string{"plan", "limit"} {
+			if v := q.Get(k); v != "" {
+				next.Set(k, v)
+			}
+		}
+		w.Header().Set("Link", fmt.Sprintf(`</v1/runs?%s>; rel="next"`, next.Encode()))
 	}
-	writeJSON(w, http.StatusOK, list)
+	if page.Runs == nil {
+		page.Runs = []*runs.Run{}
+	}
+	writeJSON(w, http.StatusOK, page.Runs)
 }
 
 func (s *Server) run(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -438,5 +439,60 @@ func TestCancel(t *testing.T) {
 	}
 	if r.Phase != runs.Cancelled || r.Error != "cancelled by api:ci-trigger: wrong window" {
 		t.Fatalf("run %s (%q), want Cancelled by the token's name with the reason", r.Phase, r.Error)
+	}
+}
+
+// TestRunsArePaged: GET /v1/runs returns at most limit runs, newest first,
+// with a Link to the next page that keeps the plan and the limit; a bad
+// limit is a 400 naming it.
+func TestRunsArePaged(t *testing.T) {
+	e := start(t, api.Config{})
+	ctx := context.Background()
+	store := runs.NewStore(e.bus.Runs)
+	var ids []string
+	for range 5 {
+		id := events.NewID()
+		if _, err := store.Ensure(ctx, runs.Run{ID: id, Plan: planName, Kind: runs.KindBackup}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	var got []string
+	path := "/v1/runs?plan=" + planName + "&limit=2"
+	for pages := 0; path != ""; pages++ {
+		if pages > 5 {
+			t.Fatal("paging does not end")
+		}
+		r := e.do("GET", path, e.tokens["read"], "")
+		if r.status != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, r.status, r.raw)
+		}
+		var list []runs.Run
+		if err := json.Unmarshal([]byte(r.raw), &list); err != nil || len(list) > 2 {
+			t.Fatalf("GET %s: %d runs %v, want at most 2", path, len(list), err)
+		}
+		for _, run := range list {
+			got = append(got, run.ID)
+		}
+		path = ""
+		if link := r.header.Get("Link"); link != "" {
+			next, ok := strings.CutPrefix(link, "<")
+			next, _, _ = strings.Cut(next, ">")
+			if !ok || !strings.HasSuffix(link, `>; rel="next"`) || !strings.Contains(next, "plan="+planName) || !strings.Contains(next, "limit=2") {
+				t.Fatalf("Link %q, want the next page of the same plan and limit", link)
+			}
+			path = next
+		}
+	}
+	if !slices.Equal(got, ids) {
+		t.Fatalf("pages hold %v, want %v", got, ids)
+	}
+	for _, bad := range []string{"0", "x", "1001"} {
+		r := e.do("GET", "/v1/runs?limit="+bad, e.tokens["read"], "")
+		if msg, _ := r.body["error"].(string); r.status != http.StatusBadRequest || !strings.HasPrefix(msg, "limit: ") {
+			t.Errorf("limit=%s: %d %s, want 400 naming limit", bad, r.status, r.raw)
+		}
 	}
 }

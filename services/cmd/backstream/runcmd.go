@@ -384,28 +384,37 @@ func join(parts ...string) string {
 
 func newRunsCmd() *cobra.Command {
 	c := &cobra.Command{
-		Use:     "runs [--plan PLAN]",
-		Short:   "List runs with phase, duration, bytes and error",
-		Example: "  backstream runs\n  backstream runs --plan demo -o json",
+		Use:   "runs [--plan PLAN] [--limit N] [--before ID]",
+		Short: "List runs with phase, duration, bytes and error, newest first",
+		Long: `Lists runs newest first, at most --limit of them (default 50, at most 1000).
+When older runs are left, a line on stderr says how to list them (--before
+the last run shown).`,
+		Example: "  backstream runs\n  backstream runs --plan demo -o json\n  backstream runs --limit 200 --before 01JNR4S7Q0M5T2V8X9Y1Z3A4B5",
 		Args:    exactArgs(),
 	}
 	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
 	planName := c.Flags().String("plan", "", "only runs of this plan")
+	limit := c.Flags().Int("limit", 50, fmt.Sprintf("most runs to list (1 to %d)", runs.MaxListLimit))
+	before := c.Flags().String("before", "", "only runs older than this run id (the last one of the previous listing)")
 	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *limit < 1 || *limit > runs.MaxListLimit {
+			return fmt.Errorf("--limit: %d is not from 1 to %d", *limit, runs.MaxListLimit)
+		}
 		b, _, err := connect(cmd.Context(), natsFlag)
 		if err != nil {
 			return err
 		}
 		defer b.Close()
-		list, err := runs.NewStore(b.Runs).List(cmd.Context(), *planName)
+		page, err := runs.NewStore(b.Runs).List(cmd.Context(), runs.ListOptions{Plan: *planName, Limit: *limit, Before: *before})
 		if err != nil {
 			return err
 		}
+		list := page.Runs
 		if list == nil {
 			list = []*runs.Run{}
 		}
-		return output.write(cmd.OutOrStdout(), list, func(w io.Writer) error {
+		err = output.write(cmd.OutOrStdout(), list, func(w io.Writer) error {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "RUN\tPLAN\tKIND\tPHASE\tATTEMPT\tSTARTED\tDURATION\tBYTES\tERROR")
 			for _, r := range list {
@@ -414,8 +423,24 @@ func newRunsCmd() *cobra.Command {
 			}
 			return tw.Flush()
 		})
+		if err == nil && page.Next != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "older runs: backstream runs --before %s%s\n", page.Next, nextFlags(*planName, *limit))
+		}
+		return err
 	}
 	return c
+}
+
+// nextFlags repeats the flags of a listing its next page keeps.
+func nextFlags(plan string, limit int) string {
+	s := ""
+	if plan != "" {
+		s += " --plan " + plan
+	}
+	if limit != 50 {
+		s += " --limit " + strconv.Itoa(limit)
+	}
+	return s
 }
 
 func runDuration(r *runs.Run) string {

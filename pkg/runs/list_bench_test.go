@@ -1,0 +1,141 @@
+package runs_test
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/backstream/backstream/events"
+	"github.com/backstream/backstream/pkg/bus/bustest"
+	"github.com/backstream/backstream/pkg/runs"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// seedRuns stores n finished run records of plans plan-0 … plan-(plans-1),
+// round robin, each with the steps of a backup with a lock and two copies:
+// what the bucket holds after months of schedules. It returns their ids
+// in the order it stored them.
+func seedRuns(tb testing.TB, kv jetstream.KeyValue, n, plans int) []string {
+	tb.Helper()
+	ctx := context.Background()
+	ids := make([]string, n)
+	start := time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC)
+	for i := range n {
+		ids[i] = events.NewID()
+		at := start.Add(time.Duration(i) * time.Minute)
+		r := runs.Run{ID: ids[i], Plan: fmt.Sprintf("plan-%d", i%plans), Kind: runs.KindBackup, Phase: runs.Succeeded,
+			Trigger: "schedule", Created: at, Updated: at.Add(time.Minute), Finished: at.Add(time.Minute), Bytes: 1 << 30, StoredBytes: 1 << 28}
+		for _, s := range []string{"hook:db/lock", "snapshot", "filter", "upload:a", "upload:b", "hook:db/unlock", "verify:a", "verify:b"} {
+			st := r.Step(s)
+			st.Phase, st.Started, st.Finished, st.Owner, st.Bytes = runs.Succeeded, at, at.Add(30*time.Second), "backstream/snapshot/host-1234", 1<<30
+		}
+		data, err := json.Marshal(r)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, ids[i], data); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return ids
+}
+
+// BenchmarkListRuns lists the newest page of runs, of all plans and of one,
+// from a bucket holding 20 000 records of 200 plans.
+//
+//	go test -run XXX -bench ListRuns -benchmem ./runs/
+func BenchmarkListRuns(b *testing.B) {
+	_, bs := bustest.Start(b)
+	seedRuns(b, bs.Runs, 20000, 200)
+	store := runs.NewStore(bs.Runs)
+	ctx := context.Background()
+	for _, plan := range []string{"", "plan-7"} {
+		b.Run("plan="+plan, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := store.List(ctx, runs.ListOptions{Plan: plan}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestListPages: a page holds the newest runs (of one plan when asked),
+// Next leads to the older ones, and the pages together hold every run once,
+// in order of their ids; no page holds more than the limit allows.
+func TestListPages(t *testing.T) {
+	_, bs := bustest.Start(t)
+	const n, plans = 250, 3
+	ids := seedRuns(t, bs.Runs, n, plans) // oldest first
+	store := runs.NewStore(bs.Runs)
+	ctx := context.Background()
+	// An index entry is not a run.
+	if err := store.MarkOwing(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		plan  string
+		limit int
+		want  []string // newest first
+	}{
+		{"every plan", "", 40, reversed(ids)},
+		{"one plan", "plan-1", 30, reversed(every(ids, plans, 1))},
+		{"default limit", "", 0, reversed(ids)},
+		{"one plan, its oldest run beyond the limit", "plan-1", n/plans - 1, reversed(every(ids, plans, 1))},
+		{"one page", "plan-2", runs.MaxListLimit, reversed(every(ids, plans, 2))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			o := runs.ListOptions{Plan: tt.plan, Limit: tt.limit}
+			for pages := 0; ; pages++ {
+				if pages > n {
+					t.Fatal("paging does not end")
+				}
+				page, err := store.List(ctx, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if max := cmp.Or(tt.limit, runs.DefaultListLimit); len(page.Runs) > max {
+					t.Fatalf("a page of %d runs, limit %d", len(page.Runs), max)
+				}
+				for _, r := range page.Runs {
+					if tt.plan != "" && r.Plan != tt.plan {
+						t.Fatalf("run %s of %s on a page of %s", r.ID, r.Plan, tt.plan)
+					}
+					got = append(got, r.ID)
+				}
+				if page.Next == "" {
+					break
+				}
+				o.Before = page.Next
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("pages hold %d runs, want %d in order, newest first", len(got), len(tt.want))
+			}
+		})
+	}
+}
+
+// reversed is s newest first: by id, as List orders (ids made within one
+// millisecond are not in the order they were made).
+func reversed(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	slices.Reverse(out)
+	return out
+}
+
+// every returns the ids of plan-k when seedRuns stored plans round robin.
+func every(ids []string, plans, k int) []string {
+	var out []string
+	for i := k; i < len(ids); i += plans {
+		out = append(out, ids[i])
+	}
+	return out
+}
