@@ -44,8 +44,9 @@ func seedRuns(tb testing.TB, kv jetstream.KeyValue, n, plans int) []string {
 	return ids
 }
 
-// BenchmarkListRuns lists the newest page of runs, of all plans and of one,
-// from a bucket holding 20 000 records of 200 plans.
+// BenchmarkListRuns lists the newest page of runs, of all plans and of one
+// (before and after IndexPlans), from a bucket holding 20 000 records of
+// 200 plans.
 //
 //	go test -run XXX -bench ListRuns -benchmem ./runs/
 func BenchmarkListRuns(b *testing.B) {
@@ -53,15 +54,23 @@ func BenchmarkListRuns(b *testing.B) {
 	seedRuns(b, bs.Runs, 20000, 200)
 	store := runs.NewStore(bs.Runs)
 	ctx := context.Background()
-	for _, plan := range []string{"", "plan-7"} {
-		b.Run("plan="+plan, func(b *testing.B) {
+	list := func(plan string) func(b *testing.B) {
+		return func(b *testing.B) {
 			for b.Loop() {
 				if _, err := store.List(ctx, runs.ListOptions{Plan: plan}); err != nil {
 					b.Fatal(err)
 				}
 			}
-		})
+		}
 	}
+	b.Run("every plan", list(""))
+	b.Run("one plan, not indexed", list("plan-7"))
+	start := time.Now()
+	if err := store.IndexPlans(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("IndexPlans of 20 000 records without an entry: %s", time.Since(start).Round(time.Millisecond))
+	b.Run("one plan, indexed", list("plan-7"))
 }
 
 // TestListPages: a page holds the newest runs (of one plan when asked),
@@ -89,41 +98,82 @@ func TestListPages(t *testing.T) {
 		{"one plan, its oldest run beyond the limit", "plan-1", n/plans - 1, reversed(every(ids, plans, 1))},
 		{"one page", "plan-2", runs.MaxListLimit, reversed(every(ids, plans, 2))},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var got []string
-			o := runs.ListOptions{Plan: tt.plan, Limit: tt.limit}
-			for pages := 0; ; pages++ {
-				if pages > n {
-					t.Fatal("paging does not end")
-				}
-				page, err := store.List(ctx, o)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if max := cmp.Or(tt.limit, runs.DefaultListLimit); len(page.Runs) > max {
-					t.Fatalf("a page of %d runs, limit %d", len(page.Runs), max)
-				}
-				for _, r := range page.Runs {
-					if tt.plan != "" && r.Plan != tt.plan {
-						t.Fatalf("run %s of %s on a page of %s", r.ID, r.Plan, tt.plan)
-					}
-					got = append(got, r.ID)
-				}
-				if page.Next == "" {
-					break
-				}
-				o.Before = page.Next
+	// First as a bucket of an earlier release holds them (no plan
+	// entries: a page of one plan skips the others' records), then indexed.
+	for _, indexed := range []bool{false, true} {
+		if indexed {
+			if err := store.IndexPlans(ctx); err != nil {
+				t.Fatal(err)
 			}
-			if !slices.Equal(got, tt.want) {
-				t.Fatalf("pages hold %d runs, want %d in order, newest first", len(got), len(tt.want))
-			}
-		})
+		}
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s/indexed=%v", tt.name, indexed), func(t *testing.T) {
+				listAll(t, store, runs.ListOptions{Plan: tt.plan, Limit: tt.limit}, tt.want)
+			})
+		}
 	}
 }
 
-// reversed is s newest first: by id, as List orders (ids made within one
-// millisecond are not in the order they were made).
+// listAll pages through List from o on and checks that the pages hold
+// want, in order, each within the limit.
+func listAll(t *testing.T, store *runs.Store, o runs.ListOptions, want []string) {
+	t.Helper()
+	var got []string
+	for pages := 0; ; pages++ {
+		if pages > len(want)+1 {
+			t.Fatal("paging does not end")
+		}
+		page, err := store.List(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if max := cmp.Or(o.Limit, runs.DefaultListLimit); len(page.Runs) > max {
+			t.Fatalf("a page of %d runs, limit %d", len(page.Runs), max)
+		}
+		for _, r := range page.Runs {
+			if o.Plan != "" && r.Plan != o.Plan {
+				t.Fatalf("run %s of %s on a page of %s", r.ID, r.Plan, o.Plan)
+			}
+			got = append(got, r.ID)
+		}
+		if page.Next == "" {
+			break
+		}
+		o.Before = page.Next
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pages hold %d runs, want %d in order, newest first", len(got), len(want))
+	}
+}
+
+// TestRunsAreIndexedByPlan: a run created now is listed under its plan at
+// once; IndexPlans gives a record written without an entry (an earlier
+// release's) its entry, marks the bucket, and only renews the mark when
+// called again.
+func TestRunsAreIndexedByPlan(t *testing.T) {
+	_, bs := bustest.Start(t)
+	store := runs.NewStore(bs.Runs)
+	ctx := context.Background()
+	old := seedRuns(t, bs.Runs, 3, 1) // plan-0, no entries
+	if err := store.IndexPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fresh := events.NewID()
+	if _, err := store.Ensure(ctx, runs.Run{ID: fresh, Plan: "plan-0", Kind: runs.KindBackup}); err != nil {
+		t.Fatal(err)
+	}
+	other := events.NewID()
+	if _, err := store.Ensure(ctx, runs.Run{ID: other, Plan: "plan-1", Kind: runs.KindBackup}); err != nil {
+		t.Fatal(err)
+	}
+	listAll(t, store, runs.ListOptions{Plan: "plan-0"}, reversed(append(old, fresh)))
+	listAll(t, store, runs.ListOptions{Plan: "plan-1"}, []string{other})
+	if err := store.IndexPlans(ctx); err != nil {
+		t.Fatal(err)
+	}
+	listAll(t, store, runs.ListOptions{Plan: "plan-0"}, reversed(append(old, fresh)))
+}
+
 func reversed(s []string) []string {
 	out := slices.Clone(s)
 	slices.Sort(out)

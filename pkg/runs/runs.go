@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -432,6 +433,11 @@ func (s *Store) Ensure(ctx context.Context, seed Run) (*Run, error) {
 		return nil, fmt.Errorf("encode run %s: %w", seed.ID, err)
 	}
 	data = secret.RedactJSON(data) // a run's errors may quote a secret
+	// The plan index first: a crash between the two leaves an entry List
+	// skips, never a run a listing of its plan misses.
+	if _, err := s.kv.Put(ctx, planKey(seed.Plan, seed.ID), nil); err != nil {
+		return nil, fmt.Errorf("index run %s: %w", seed.ID, err)
+	}
 	_, err = bus.Create(ctx, s.kv, seed.ID, data)
 	switch {
 	case err == nil:
@@ -482,11 +488,15 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 	}
 }
 
-// The runs bucket also holds two indexes, under keys no run id can take, so
-// the watchdog never has to read every run: the runs not yet final, and the
-// newest success times of each plan. They are written right after the run
-// record that changes them; a crash in between leaves an active entry that
-// Active drops when it finds the run final.
+// The runs bucket also holds indexes, under keys no run id can take, so
+// the watchdog and a listing never have to read every run: the runs not yet
+// final, the newest success times of each plan, and the runs of each plan.
+// The first two are written right after the run record that changes them;
+// a crash in between leaves an active entry that Active drops when it
+// finds the run final. A run's plan entry is written before its record
+// (and again when a replay makes it active, so it lives as long as the
+// record under the bucket's TTL); plansIndexedKey says that every record
+// older than the plan entries has one too (IndexPlans).
 const (
 	indexPrefix = "_idx."
 	// SuccessesKept bounds the success times kept per plan.
@@ -497,13 +507,23 @@ func activeKey(id string) string        { return indexPrefix + "active." + id }
 func owedKey(id string) string          { return indexPrefix + "owed." + id }
 func successKey(planName string) string { return indexPrefix + "success." + planName }
 
+// planKey indexes run id under its plan (a DNS label: one key token).
+func planKey(planName, id string) string { return planPrefix(planName) + id }
+func planPrefix(planName string) string  { return indexPrefix + "plan." + planName + "." }
+
+// plansIndexedKey is there while every run record has its plan entry.
+const plansIndexedKey = indexPrefix + "plans-indexed"
+
 // index keeps the indexes in step with a run whose phase went from prev to
 // r.Phase.
 func (s *Store) index(ctx context.Context, prev Phase, r *Run) error {
 	if prev.Done() && !r.Phase.Done() {
-		// A replay: the run is active again.
-		if _, err := s.kv.Put(ctx, activeKey(r.ID), nil); err != nil {
-			return fmt.Errorf("index run %s: %w", r.ID, err)
+		// A replay: the run is active again, and its record lives another
+		// TTL from now: so does its plan entry.
+		for _, k := range []string{activeKey(r.ID), planKey(r.Plan, r.ID)} {
+			if _, err := s.kv.Put(ctx, k, nil); err != nil {
+				return fmt.Errorf("index run %s: %w", r.ID, err)
+			}
 		}
 		return nil
 	}
@@ -662,19 +682,22 @@ const listBatch = 32
 
 // List returns a page of runs, newest first. The bucket keeps 90 days of
 // runs — hundreds of thousands for a few hundred hourly plans — so a page
-// reads the run ids (run ids sort by creation time) and then only the
-// records it needs: Limit of them for every plan, and for one plan the
-// newer runs of other plans too, whose records it decodes no further than
-// their plan. Memory is the page, never the bucket.
+// reads the run ids (run ids sort by creation time; for one plan, its
+// index entries) and then only the records it shows. Before IndexPlans
+// marked the bucket indexed, a page of one plan reads the newer runs of
+// other plans too, decoded no further than their plan. Memory is the page,
+// never the bucket.
 func (s *Store) List(ctx context.Context, o ListOptions) (Page, error) {
 	if o.Limit <= 0 {
 		o.Limit = DefaultListLimit
 	}
 	o.Limit = min(o.Limit, MaxListLimit)
-	// Run records are one-token keys; the indexes (_idx.…) are not.
-	keys, err := bus.ListKeys(ctx, s.kv, "*")
+	keys, indexed, err := s.listIDs(ctx, o.Plan)
 	if err != nil {
 		return Page{}, fmt.Errorf("list runs: %w", err)
+	}
+	if indexed {
+		o.Plan = "" // every id is of the plan: no record to skip
 	}
 	slices.Sort(keys)
 	slices.Reverse(keys)
@@ -721,6 +744,88 @@ func (s *Store) List(ctx context.Context, o ListOptions) (Page, error) {
 	return page, nil
 }
 
+// listIDs lists the run ids a listing of plan ("": every plan) reads: the
+// plan's entries when every run has one (indexed), else every run's.
+func (s *Store) listIDs(ctx context.Context, plan string) (ids []string, indexed bool, err error) {
+	if plan != "" {
+		_, err := s.kv.Get(ctx, plansIndexedKey)
+		switch {
+		case err == nil:
+			keys, err := bus.ListKeys(ctx, s.kv, planPrefix(plan)+"*")
+			for i, k := range keys {
+				keys[i] = k[len(planPrefix(plan)):]
+			}
+			return keys, true, err
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil, false, err
+		}
+	}
+	// Run records are one-token keys; the indexes (_idx.…) are not.
+	ids, err = bus.ListKeys(ctx, s.kv, "*")
+	return ids, false, err
+}
+
+// IndexPlans gives every run record that has none its plan entry (the
+// records of a release before the plan index), then marks the bucket
+// indexed so that List reads a plan's entries only. With the mark there it
+// only renews it, which the bucket's TTL would otherwise remove: call it
+// when the owner of the runs starts and then daily. Concurrent calls are
+// harmless.
+func (s *Store) IndexPlans(ctx context.Context) error {
+	if _, err := s.kv.Get(ctx, plansIndexedKey); err == nil {
+		if _, err := s.kv.Put(ctx, plansIndexedKey, nil); err != nil {
+			return fmt.Errorf("index plans: %w", err)
+		}
+		return nil
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("index plans: %w", err)
+	}
+	ids, err := bus.ListKeys(ctx, s.kv, "*")
+	if err != nil {
+		return fmt.Errorf("index plans: %w", err)
+	}
+	have, err := bus.ListKeys(ctx, s.kv, indexPrefix+"plan.>")
+	if err != nil {
+		return fmt.Errorf("index plans: %w", err)
+	}
+	indexed := map[string]bool{}
+	for _, k := range have {
+		indexed[k[strings.LastIndexByte(k, '.')+1:]] = true
+	}
+	for _, id := range ids {
+		if indexed[id] {
+			continue
+		}
+		e, err := s.entry(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("index plans: %w", err)
+		}
+		plan, err := planOf(e.Value())
+		if err != nil || plan == "" {
+			continue // not a run this release can list by plan anyway
+		}
+		if _, err := s.kv.Put(ctx, planKey(plan, id), nil); err != nil {
+			return fmt.Errorf("index plans: %w", err)
+		}
+	}
+	if _, err := s.kv.Put(ctx, plansIndexedKey, nil); err != nil {
+		return fmt.Errorf("index plans: %w", err)
+	}
+	return nil
+}
+
+// planOf reads a run record no further than its plan.
+func planOf(record []byte) (string, error) {
+	var head struct {
+		Plan string `json:"plan"`
+	}
+	err := json.Unmarshal(record, &head)
+	return head.Plan, err
+}
+
 // entry reads the record of run id.
 func (s *Store) entry(ctx context.Context, id string) (jetstream.KeyValueEntry, error) {
 	e, err := s.kv.Get(ctx, id)
@@ -741,13 +846,11 @@ func (s *Store) getOf(ctx context.Context, id, plan string) (*Run, error) {
 		return nil, err
 	}
 	if plan != "" {
-		var head struct {
-			Plan string `json:"plan"`
-		}
-		if err := json.Unmarshal(e.Value(), &head); err != nil {
+		p, err := planOf(e.Value())
+		if err != nil {
 			return nil, fmt.Errorf("decode run %s: %w", id, err)
 		}
-		if head.Plan != plan {
+		if p != plan {
 			return nil, nil
 		}
 	}

@@ -70,6 +70,11 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.indexPlans(ctx)
+	}()
 	tick := time.NewTicker(max(s.Tick, 10*time.Millisecond))
 	defer tick.Stop()
 	for {
@@ -81,6 +86,27 @@ func (s *Service) Run(ctx context.Context) error {
 				s.Log.Error("control: fail overdue runs", "err", err)
 			}
 		}
+	}
+}
+
+// indexPlans gives the runs of an earlier release their plan entries and
+// then renews the bucket's mark every day, before its TTL removes it
+// (runs.Store.IndexPlans); a failure is tried again in a minute.
+func (s *Service) indexPlans(ctx context.Context) {
+	next := time.NewTimer(0)
+	defer next.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-next.C:
+		}
+		wait := 24 * time.Hour
+		if err := s.Runs.IndexPlans(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Error("control: index runs by plan", "err", err)
+			wait = time.Minute
+		}
+		next.Reset(wait)
 	}
 }
 
