@@ -17,38 +17,15 @@ import (
 )
 
 // DecodeError is a plan file that could not be decoded: YAML syntax, a wrong
-// type, or an unknown field. It lists every problem the decoder found.
+// type, or an unknown field. It lists every problem the decoder found, each
+// with its line where the decoder gave one.
 type DecodeError struct {
 	File     string
-	Problems []LineProblem
+	Problems []Problem
 }
 
-// LineProblem is one decoding problem; Line is 0 when the decoder gave
-// none, Path "" when the field could not be told (see yamlerr.go).
-type LineProblem struct {
-	Line    int
-	Path    string
-	Message string
-}
-
-// Error lists the problems one per line as file:line: message.
-func (e *DecodeError) Error() string {
-	var b strings.Builder
-	for i, p := range e.Problems {
-		if i > 0 {
-			b.WriteByte('\n')
-		}
-		b.WriteString(e.File)
-		if p.Line > 0 {
-			b.WriteString(":" + strconv.Itoa(p.Line))
-		}
-		if p.Path != "" {
-			b.WriteString(": " + p.Path)
-		}
-		b.WriteString(": " + p.Message)
-	}
-	return b.String()
-}
+// Error lists the problems one per line as file:line: path: message.
+func (e *DecodeError) Error() string { return listProblems(e.File, e.Problems) }
 
 var (
 	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type (\S+)$`)
@@ -65,7 +42,7 @@ func decodeError(file string, err error, ix *fieldIndex) *DecodeError {
 	}
 	de := &DecodeError{File: file}
 	for _, m := range msgs {
-		p := LineProblem{Message: strings.TrimPrefix(m, "yaml: ")}
+		p := Problem{Message: strings.TrimPrefix(m, "yaml: ")}
 		if sm := lineMsgRE.FindStringSubmatch(m); sm != nil {
 			p.Line, _ = strconv.Atoi(sm[1])
 			p.Message = sm[2]
@@ -147,7 +124,7 @@ func Parse(name string, data []byte) (*Plan, error) {
 		return nil, err
 	}
 	if len(plans) != 1 {
-		return nil, &DecodeError{File: name, Problems: []LineProblem{{
+		return nil, &DecodeError{File: name, Problems: []Problem{{
 			Message: fmt.Sprintf("holds %d plans, want exactly one", len(plans)),
 		}}}
 	}

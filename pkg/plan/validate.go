@@ -15,17 +15,44 @@ import (
 	"github.com/robfig/cron/v3"
 )
 
-// Problem is one thing wrong with a plan, at a field path such as
-// spec.hooks[0].ops[1].inverseOp.
+// Problem is one thing wrong with a plan: at a field path such as
+// spec.hooks[0].ops[1].inverseOp ("" when the decoder could not tell the
+// field), on a line of the plan file where it is known (0 otherwise).
+// DecodeError and ValidationError both list Problems.
 type Problem struct {
 	Path    string
 	Message string
-	// Line is the problem's line in the plan file where it is known (a
-	// plugin block's field), else 0.
-	Line int
+	Line    int
 }
 
-func (p Problem) String() string { return p.Path + ": " + p.Message }
+// String is "path: message", or the message alone without a path.
+func (p Problem) String() string {
+	if p.Path == "" {
+		return p.Message
+	}
+	return p.Path + ": " + p.Message
+}
+
+// in is the problem as a line of a listing of file's problems:
+// "file:line: path: message", leaving out what is not known.
+func (p Problem) in(file string) string {
+	switch {
+	case file != "" && p.Line > 0:
+		return file + ":" + strconv.Itoa(p.Line) + ": " + p.String()
+	case file != "":
+		return file + ": " + p.String()
+	}
+	return p.String()
+}
+
+// listProblems lists problems one per line (Problem.in).
+func listProblems(file string, problems []Problem) string {
+	lines := make([]string, len(problems))
+	for i, p := range problems {
+		lines[i] = p.in(file)
+	}
+	return strings.Join(lines, "\n")
+}
 
 // ValidationError lists every problem of one plan.
 type ValidationError struct {
@@ -33,23 +60,8 @@ type ValidationError struct {
 	Problems []Problem
 }
 
-// Error lists the problems one per line, each as "file: path: message".
-func (e *ValidationError) Error() string {
-	var b strings.Builder
-	for i, p := range e.Problems {
-		if i > 0 {
-			b.WriteByte('\n')
-		}
-		switch {
-		case e.File != "" && p.Line > 0:
-			b.WriteString(e.File + ":" + strconv.Itoa(p.Line) + ": ")
-		case e.File != "":
-			b.WriteString(e.File + ": ")
-		}
-		b.WriteString(p.String())
-	}
-	return b.String()
-}
+// Error lists the problems one per line, each as "file:line: path: message".
+func (e *ValidationError) Error() string { return listProblems(e.File, e.Problems) }
 
 // CronParser parses schedule.cron: five fields or a descriptor (@daily,
 // @every 6h). The schedule stage must parse with the same parser.
