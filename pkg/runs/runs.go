@@ -765,21 +765,15 @@ func (s *Store) listIDs(ctx context.Context, plan string) (ids []string, indexed
 	return ids, false, err
 }
 
-// IndexPlans gives every run record that has none its plan entry (the
-// records of a release before the plan index), then marks the bucket
-// indexed so that List reads a plan's entries only. With the mark there it
-// only renews it, which the bucket's TTL would otherwise remove: call it
-// when the owner of the runs starts and then daily. Concurrent calls are
-// harmless.
+// IndexPlans gives every run record that has none its plan entry — the
+// records of a release before the plan index, and those an earlier
+// release's control service still writes during a rolling upgrade — and
+// then marks the bucket indexed, so that List reads a plan's entries only;
+// writing the mark again also renews it before the bucket's TTL removes
+// it. It lists the bucket's keys (run ids and plan entries) and reads only
+// the records without an entry: call it when the owner of the runs starts
+// and then daily. Concurrent calls are harmless.
 func (s *Store) IndexPlans(ctx context.Context) error {
-	if _, err := s.kv.Get(ctx, plansIndexedKey); err == nil {
-		if _, err := s.kv.Put(ctx, plansIndexedKey, nil); err != nil {
-			return fmt.Errorf("index plans: %w", err)
-		}
-		return nil
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("index plans: %w", err)
-	}
 	ids, err := bus.ListKeys(ctx, s.kv, "*")
 	if err != nil {
 		return fmt.Errorf("index plans: %w", err)

@@ -89,9 +89,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// indexPlans gives the runs of an earlier release their plan entries and
-// then renews the bucket's mark every day, before its TTL removes it
-// (runs.Store.IndexPlans); a failure is tried again in a minute.
+// indexPlans gives the runs of an earlier release their plan entries at
+// start and again every day — an earlier release's control service may
+// still be writing runs during an upgrade — which also renews the bucket's
+// mark before its TTL removes it (runs.Store.IndexPlans); a failure is
+// tried again in a minute.
 func (s *Service) indexPlans(ctx context.Context) {
 	next := time.NewTimer(0)
 	defer next.Stop()
