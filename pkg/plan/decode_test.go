@@ -77,7 +77,7 @@ func TestPluginDecodeIsStrictWithPlanLines(t *testing.T) {
 		t.Fatalf("got %v, want %s", err, want)
 	}
 	var fe *FieldError
-	if !errors.As(err, &fe) || fe.Field != "dirr" || fe.Line != 11 {
+	if !errors.As(err, &fe) || fe.Path != "dirr" || fe.Line != 11 {
 		t.Fatalf("got %#v, want a *FieldError of dirr on line 11", err)
 	}
 	if got := p.Validate(realChecker{}); got == nil || !strings.Contains(got.Error(), "plans/orders.yaml:11: spec.source.command.dirr: unknown field (the command block takes") {

@@ -85,15 +85,15 @@ func (p Plugin) Decode(into any) error {
 	}
 	errs := make([]error, len(te.Errors))
 	for i, m := range te.Errors {
-		fe := &FieldError{Message: m}
+		fe := &FieldError{Problem{Message: m}}
 		if sm := lineRE.FindStringSubmatch(m); sm != nil {
 			line, _ := strconv.Atoi(sm[1])
 			fe.Message = m[len(sm[0]):]
 			if sm := unknownFieldRE.FindStringSubmatch(fe.Message); sm != nil {
-				fe.Field = ix.key(line, sm[1])
+				fe.Path = ix.key(line, sm[1])
 				fe.Message = fmt.Sprintf("unknown field (the %s block takes %s)", p.Type, strings.Join(yamlFields(into), ", "))
 			} else {
-				fe.Field, fe.Message = ix.describe(line, fe.Message)
+				fe.Path, fe.Message = ix.describe(line, fe.Message)
 			}
 			fe.Line = lines[line]
 		}
@@ -103,27 +103,17 @@ func (p Plugin) Decode(into any) error {
 }
 
 // FieldError is a problem with one field of a plugin block, found decoding
-// it: a value of the wrong kind or a field the plugin does not know.
-type FieldError struct {
-	// Field is the path inside the block ("argv", "env.PGPASSWORD"), ""
-	// when it could not be told.
-	Field string
-	// Line is the line in the plan file, 0 when the plan did not come from
-	// YAML.
-	Line    int
-	Message string
-}
+// it: a value of the wrong kind or a field the plugin does not know. Its
+// Path is inside the block ("argv", "env.PGPASSWORD"; "" when it could not
+// be told), its Line in the plan file (0 when the plan did not come from
+// YAML).
+type FieldError struct{ Problem }
 
 func (e *FieldError) Error() string {
-	var b strings.Builder
 	if e.Line > 0 {
-		b.WriteString("line " + strconv.Itoa(e.Line) + ": ")
+		return "line " + strconv.Itoa(e.Line) + ": " + e.Problem.String()
 	}
-	if e.Field != "" {
-		b.WriteString(e.Field + ": ")
-	}
-	b.WriteString(e.Message)
-	return b.String()
+	return e.Problem.String()
 }
 
 // parsedBlock returns the block as parsed from YAML, for line numbers, or

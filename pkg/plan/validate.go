@@ -172,10 +172,8 @@ func (ps *problems) addPlugin(path string, err error) {
 			ps.add(path, "%v", err)
 			continue
 		}
-		p := Problem{Path: path, Message: fe.Message, Line: fe.Line}
-		if fe.Field != "" {
-			p.Path += "." + fe.Field
-		}
+		p := fe.Problem
+		p.Path = joinPath(path, fe.Path)
 		*ps = append(*ps, p)
 	}
 }
