@@ -98,7 +98,20 @@ type DeadLetterFilter struct {
 	Consumer string
 	// Plan is the plan the event is about.
 	Plan string
+	// After keeps only entries with a higher sequence: the last Seq of
+	// the previous page.
+	After uint64
+	// Limit is the most entries listed: <= 0 means DefaultDeadLetterLimit,
+	// more than MaxDeadLetterLimit means MaxDeadLetterLimit.
+	Limit int
 }
+
+// DefaultDeadLetterLimit and MaxDeadLetterLimit bound a page of List: a
+// flood of junk may leave any number of dead letters.
+const (
+	DefaultDeadLetterLimit = 100
+	MaxDeadLetterLimit     = 1000
+)
 
 // Validate refuses a consumer name that is not one subject token.
 func (f DeadLetterFilter) Validate() error {
@@ -141,13 +154,19 @@ func (b *Bus) DeadLetters() *DeadLetters { return &DeadLetters{b: b} }
 // was refused, so its size is the sender's choice.
 const maxAttr = 256
 
-// List returns the dead letters f selects, oldest first. It reads the
-// stream once through an ordered consumer (so a long queue is not a request
-// per entry) and keeps only the summaries.
+// List returns the dead letters f selects, oldest first, at most f.Limit
+// of them: a full page may have more after its last Seq (f.After of the
+// next page). It reads the stream through an ordered consumer from the
+// first entry the page can hold (so a long queue is not a request per
+// entry) and keeps only the summaries.
 func (q *DeadLetters) List(ctx context.Context, f DeadLetterFilter) ([]DeadLetter, error) {
 	if err := f.Validate(); err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
+	if f.Limit <= 0 {
+		f.Limit = DefaultDeadLetterLimit
+	}
+	f.Limit = min(f.Limit, MaxDeadLetterLimit)
 	subject := events.DeadLetterRoot + ".>"
 	if f.Consumer != "" {
 		subject = events.DeadLetterRoot + "." + f.Consumer
@@ -156,20 +175,17 @@ func (q *DeadLetters) List(ctx context.Context, f DeadLetterFilter) ([]DeadLette
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
-	// The count decides whether to read at all: an ordered consumer on a
-	// filter nothing matches would wait for the first message forever.
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+	// The first entry decides whether to read at all: an ordered consumer
+	// on a filter nothing matches would wait for the first message forever.
+	first, err := s.GetMsg(ctx, f.After+1, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
-	var count uint64
-	for _, n := range info.State.Subjects {
-		count += n
-	}
-	if count == 0 {
-		return nil, nil
-	}
-	c, err := q.b.JS.OrderedConsumer(ctx, DeadLetterStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	c, err := q.b.JS.OrderedConsumer(ctx, DeadLetterStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: first.Sequence})
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
@@ -202,7 +218,7 @@ func (q *DeadLetters) List(ctx context.Context, f DeadLetterFilter) ([]DeadLette
 		if f.Plan == "" || dl.Plan == f.Plan {
 			out = append(out, dl)
 		}
-		if md.NumPending == 0 {
+		if md.NumPending == 0 || len(out) == f.Limit {
 			return out, nil
 		}
 		if err := ctx.Err(); err != nil {

@@ -130,6 +130,12 @@ func TestDeadLettersListAndGet(t *testing.T) {
 		{"by consumer", bus.DeadLetterFilter{Consumer: "picky"}, []uint64{list[0].Seq, list[1].Seq, list[2].Seq}},
 		{"by a consumer with none", bus.DeadLetterFilter{Consumer: "nobody"}, nil},
 		{"by consumer and plan", bus.DeadLetterFilter{Consumer: "picky", Plan: "demo"}, []uint64{min(f.junkSeq, f.bigSeq), max(f.junkSeq, f.bigSeq)}},
+		{"a page", bus.DeadLetterFilter{Limit: 2}, []uint64{list[0].Seq, list[1].Seq}},
+		{"the page after it", bus.DeadLetterFilter{Limit: 2, After: list[1].Seq}, []uint64{list[2].Seq}},
+		{"after the last", bus.DeadLetterFilter{After: list[2].Seq}, nil},
+		{"a page of one plan", bus.DeadLetterFilter{Plan: "demo", Limit: 1}, []uint64{min(f.junkSeq, f.bigSeq)}},
+		{"the page after it of one plan", bus.DeadLetterFilter{Plan: "demo", Limit: 1, After: min(f.junkSeq, f.bigSeq)}, []uint64{max(f.junkSeq, f.bigSeq)}},
+		{"a page of one consumer after the last", bus.DeadLetterFilter{Consumer: "picky", After: list[2].Seq}, nil},
 	}
 	for _, tt := range filters {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/backstream/backstream/events"
@@ -38,15 +39,40 @@ type DeadLetterResponse struct {
 
 func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := bus.DeadLetterFilter{Consumer: q.Get("consumer"), Plan: q.Get("plan")}
+	f := bus.DeadLetterFilter{Consumer: q.Get("consumer"), Plan: q.Get("plan"), Limit: bus.DefaultDeadLetterLimit}
 	if err := f.Validate(); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > bus.MaxDeadLetterLimit {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("limit: %q is not a number from 1 to %d", v, bus.MaxDeadLetterLimit)})
+			return
+		}
+		f.Limit = n
+	}
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("after: %q is not a dead letter's sequence", v)})
+			return
+		}
+		f.After = n
 	}
 	list, err := s.d.Bus.DeadLetters().List(r.Context(), f)
 	if err != nil {
 		writeDeadLetterErr(w, err)
 		return
+	}
+	if len(list) == f.Limit {
+		next := url.Values{"after": {strconv.FormatUint(list[len(list)-1].Seq, 10)}}
+		for _, k := range []string{"consumer", "plan", "limit"} {
+			if v := q.Get(k); v != "" {
+				next.Set(k, v)
+			}
+		}
+		w.Header().Set("Link", fmt.Sprintf(`</v1/dlq?%s>; rel="next"`, next.Encode()))
 	}
 	if list == nil {
 		list = []bus.DeadLetter{}

@@ -176,6 +176,40 @@ func TestDeadLetterEndpoints(t *testing.T) {
 		})
 	}
 
+	// Paged: a page of one links to the next, which holds the other.
+	var paged []string
+	for path, pages := "/v1/dlq?limit=1", 0; path != ""; pages++ {
+		if pages > 3 {
+			t.Fatal("paging does not end")
+		}
+		r := e.do("GET", path, e.tokens["read"], "")
+		var page []bus.DeadLetter
+		if err := json.Unmarshal([]byte(r.raw), &page); err != nil || r.status != http.StatusOK || len(page) > 1 {
+			t.Fatalf("GET %s: %d %s, want at most one dead letter", path, r.status, r.raw)
+		}
+		for _, dl := range page {
+			paged = append(paged, strconv.FormatUint(dl.Seq, 10))
+		}
+		path = ""
+		if link := r.header.Get("Link"); link != "" {
+			next, _, _ := strings.Cut(strings.TrimPrefix(link, "<"), ">")
+			if !strings.Contains(next, "limit=1") || !strings.HasSuffix(link, `>; rel="next"`) {
+				t.Fatalf("Link %q, want the next page with the same limit", link)
+			}
+			path = next
+		}
+	}
+	if want := []uint64{list[0].Seq, list[1].Seq}; fmt.Sprint(paged) != fmt.Sprint(want) {
+		t.Errorf("pages hold %v, want %v", paged, want)
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "after=-1"} {
+		r := e.do("GET", "/v1/dlq?"+q, e.tokens["read"], "")
+		name, _, _ := strings.Cut(q, "=")
+		if msg, _ := r.body["error"].(string); r.status != http.StatusBadRequest || !strings.HasPrefix(msg, name+": ") {
+			t.Errorf("GET /v1/dlq?%s: %d %s, want 400 naming %s", q, r.status, r.raw, name)
+		}
+	}
+
 	// Shown: the reason, and the event as JSON.
 	r := e.do("GET", "/v1/dlq/"+reqSeq, e.tokens["read"], "")
 	var shown api.DeadLetterResponse

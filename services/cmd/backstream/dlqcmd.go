@@ -25,18 +25,27 @@ import (
 // plain output that needs no terminal.
 func newDLQCmd() *cobra.Command {
 	list := &cobra.Command{
-		Use:     "list [--consumer C] [--plan P]",
-		Short:   "List the dead letters",
-		Example: "  backstream dlq list\n  backstream dlq list --consumer snapshot -o json",
+		Use:   "list [--consumer C] [--plan P] [--limit N] [--after SEQ]",
+		Short: "List the dead letters, oldest first",
+		Long: `Lists dead letters oldest first, at most --limit of them (default 50, at most
+1000). When the page is full, a line on stderr says how to list the next one
+(--after the last SEQ shown).`,
+		Example: "  backstream dlq list\n  backstream dlq list --consumer snapshot -o json\n  backstream dlq list --limit 200 --after 1042",
 		Args:    exactArgs(),
 	}
 	listNATS := addNATSFlags(list.Flags(), "NATS URL")
 	listOut := addOutputFlag(list.Flags(), "table", "table", "json", "yaml")
 	consumer := list.Flags().String("consumer", "", "only dead letters of this consumer (e.g. snapshot)")
 	planName := list.Flags().String("plan", "", "only dead letters of events about this plan")
+	limit := list.Flags().Int("limit", 50, fmt.Sprintf("most dead letters to list (1 to %d)", bus.MaxDeadLetterLimit))
+	after := list.Flags().Uint64("after", 0, "only dead letters after this SEQ (the last one of the previous listing)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		if *limit < 1 || *limit > bus.MaxDeadLetterLimit {
+			return fmt.Errorf("--limit: %d is not from 1 to %d", *limit, bus.MaxDeadLetterLimit)
+		}
+		f := bus.DeadLetterFilter{Consumer: *consumer, Plan: *planName, Limit: *limit, After: *after}
 		return withDeadLetters(cmd, listNATS, func(q *bus.DeadLetters) error {
-			return dlqList(cmd.Context(), q, bus.DeadLetterFilter{Consumer: *consumer, Plan: *planName}, listOut, cmd.OutOrStdout())
+			return dlqList(cmd.Context(), q, f, listOut, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		})
 	}
 
@@ -127,10 +136,22 @@ func withDeadLetters(cmd *cobra.Command, to targeter, f func(*bus.DeadLetters) e
 	return f(b.DeadLetters())
 }
 
-func dlqList(ctx context.Context, q *bus.DeadLetters, f bus.DeadLetterFilter, output *outputFlag, w io.Writer) error {
+func dlqList(ctx context.Context, q *bus.DeadLetters, f bus.DeadLetterFilter, output *outputFlag, w, stderr io.Writer) error {
 	list, err := q.List(ctx, f)
 	if err != nil {
 		return err
+	}
+	if len(list) == f.Limit {
+		next := fmt.Sprintf("backstream dlq list --after %d", list[len(list)-1].Seq)
+		for _, fl := range [][2]string{{"--consumer", f.Consumer}, {"--plan", f.Plan}} {
+			if fl[1] != "" {
+				next += " " + fl[0] + " " + fl[1]
+			}
+		}
+		if f.Limit != 50 {
+			next += " --limit " + strconv.Itoa(f.Limit)
+		}
+		defer fmt.Fprintf(stderr, "more may follow: %s\n", next)
 	}
 	if output.structured() {
 		if list == nil {
