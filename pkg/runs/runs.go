@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus"
 	"github.com/backstream/backstream/pkg/secret"
 )
@@ -820,8 +821,12 @@ func planOf(record []byte) (string, error) {
 	return head.Plan, err
 }
 
-// entry reads the record of run id.
+// entry reads the record of run id. What is not a run id (the bucket's
+// index keys among them) names no run.
 func (s *Store) entry(ctx context.Context, id string) (jetstream.KeyValueEntry, error) {
+	if !events.ValidRunID(id) {
+		return nil, fmt.Errorf("%w: %.64q is not a run id (a ULID of 26 characters)", ErrNotFound, id)
+	}
 	e, err := s.kv.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)

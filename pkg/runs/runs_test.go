@@ -2,6 +2,7 @@ package runs_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -96,6 +97,12 @@ func TestIndexesFollowTheRunPhases(t *testing.T) {
 	list, err := store.List(ctx, runs.ListOptions{})
 	if err != nil || len(list.Runs) != 2 {
 		t.Fatalf("List: %d runs %v, want the 2 runs and no index entries", len(list.Runs), err)
+	}
+	// The indexes are no runs, and nothing that is not a run id is looked up.
+	for _, id := range []string{"_idx.active." + ok, "_idx.success.orders", "a*b", ""} {
+		if _, err := store.Get(ctx, id); !errors.Is(err, runs.ErrNotFound) || !strings.Contains(err.Error(), "is not a run id") {
+			t.Errorf("Get(%q): %v, want ErrNotFound saying it is not a run id", id, err)
+		}
 	}
 	// A stale active entry (crash between the record and its index) is dropped.
 	if _, err := b.Runs.Put(ctx, "_idx.active."+ok, nil); err != nil {

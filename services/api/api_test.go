@@ -253,6 +253,8 @@ func TestRolesAndConfirmation(t *testing.T) {
 		{"restore without a body", "restore", "POST", "/v1/plans/files/restore", "", 400, "body: empty"},
 		{"restore without a backup", "restore", "POST", "/v1/plans/files/restore", `{"destination": "local", "target": "/t"}`, 400, "backupId: required"},
 		{"a token no file holds", "bogus", "GET", "/v1/runs", "", 401, "invalid bearer token"},
+		{"an index key is not a run", "read", "GET", "/v1/runs/_idx.success.files", "", 404, "is not a run id"},
+		{"a key no run can have", "read", "GET", "/v1/runs/a*b", "", 404, "is not a run id"},
 		{"a path no route knows, authenticated", "read", "GET", "/v1/nothing", "", 404, ""},
 	}
 	for _, tt := range tests {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backstream/backstream/events"
 	"github.com/backstream/backstream/pkg/bus/bustest"
 	"github.com/backstream/backstream/pkg/plan"
 	"github.com/backstream/backstream/pkg/runs"
@@ -382,7 +383,7 @@ func TestOpNeverStartsOnAStepNoLongerOurs(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_ = os.Remove(marker)
-			id := testenv.Unique("run")
+			id := events.NewID()
 			if _, err := d.Runs.Ensure(ctx, runs.Run{ID: id, Plan: "p", Kind: runs.KindBackup}); err != nil {
 				t.Fatal(err)
 			}
