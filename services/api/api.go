@@ -334,13 +334,9 @@ func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
 func (s *Server) runs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	o := runs.ListOptions{Plan: q.Get("plan"), Before: q.Get("before")}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > runs.MaxListLimit {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("limit: %q is not a number from 1 to %d", v, runs.MaxListLimit)})
-			return
-		}
-		o.Limit = n
+	var ok bool
+	if o.Limit, ok = queryLimit(w, q, runs.DefaultListLimit, runs.MaxListLimit); !ok {
+		return
 	}
 	page, err := s.d.Runs.List(r.Context(), o)
 	if err != nil {
@@ -348,18 +344,35 @@ func (s *Server) runs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if page.Next != "" {
-		next := url.Values{"before": {page.Next}}
-		for _, k := range []string{"plan", "limit"} {
-			if v := q.Get(k); v != "" {
-				next.Set(k, v)
-			}
-		}
-		w.Header().Set("Link", fmt.Sprintf(`</v1/runs?%s>; rel="next"`, next.Encode()))
+		linkNext(w, "/v1/runs", q, "before", page.Next)
 	}
 	if page.Runs == nil {
 		page.Runs = []*runs.Run{}
 	}
 	writeJSON(w, http.StatusOK, page.Runs)
+}
+
+// queryLimit reads ?limit=, 1 to max, def when absent; a bad one is
+// answered 400 naming it (ok false).
+func queryLimit(w http.ResponseWriter, q url.Values, def, max int) (n int, ok bool) {
+	v := q.Get("limit")
+	if v == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > max {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("limit: %q is not a number from 1 to %d", v, max)})
+		return 0, false
+	}
+	return n, true
+}
+
+// linkNext sets the Link header of a page's successor: path with the
+// request's query and cursor=value.
+func linkNext(w http.ResponseWriter, path string, q url.Values, cursor, value string) {
+	next := maps.Clone(q)
+	next.Set(cursor, value)
+	w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, path, next.Encode()))
 }
 
 func (s *Server) run(w http.ResponseWriter, r *http.Request) {

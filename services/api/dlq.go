@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 
 	"github.com/backstream/backstream/events"
@@ -39,18 +38,14 @@ type DeadLetterResponse struct {
 
 func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := bus.DeadLetterFilter{Consumer: q.Get("consumer"), Plan: q.Get("plan"), Limit: bus.DefaultDeadLetterLimit}
+	f := bus.DeadLetterFilter{Consumer: q.Get("consumer"), Plan: q.Get("plan")}
 	if err := f.Validate(); err != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 		return
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > bus.MaxDeadLetterLimit {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("limit: %q is not a number from 1 to %d", v, bus.MaxDeadLetterLimit)})
-			return
-		}
-		f.Limit = n
+	var ok bool
+	if f.Limit, ok = queryLimit(w, q, bus.DefaultDeadLetterLimit, bus.MaxDeadLetterLimit); !ok {
+		return
 	}
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
@@ -66,13 +61,7 @@ func (s *Server) deadLetters(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(list) == f.Limit {
-		next := url.Values{"after": {strconv.FormatUint(list[len(list)-1].Seq, 10)}}
-		for _, k := range []string{"consumer", "plan", "limit"} {
-			if v := q.Get(k); v != "" {
-				next.Set(k, v)
-			}
-		}
-		w.Header().Set("Link", fmt.Sprintf(`</v1/dlq?%s>; rel="next"`, next.Encode()))
+		linkNext(w, "/v1/dlq", q, "after", strconv.FormatUint(list[len(list)-1].Seq, 10))
 	}
 	if list == nil {
 		list = []bus.DeadLetter{}
