@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/backstream/backstream/pkg/storage"
 	"github.com/backstream/backstream/pkg/storage/filesystem"
@@ -75,7 +76,7 @@ func (r *Registry) Names() []string {
 func (r *Registry) Lookup(name string) (Backend, error) {
 	b, ok := r.byName[name]
 	if !ok {
-		return Backend{}, fmt.Errorf("%w %q (have %v)", ErrUnknownBackend, name, r.Names())
+		return Backend{}, fmt.Errorf("%w %q (have %s)", ErrUnknownBackend, name, strings.Join(r.Names(), ", "))
 	}
 	return b, nil
 }
