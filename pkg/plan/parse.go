@@ -114,7 +114,7 @@ func indexDocuments(data []byte) *fieldIndex {
 		}
 		docs = append(docs, &n)
 	}
-	return newFieldIndex("", docs...)
+	return newFieldIndex(docs...)
 }
 
 // Parse decodes data holding exactly one plan. See ParseAll.

@@ -78,10 +78,10 @@ func (p Plugin) Decode(into any) error {
 	// Paths from the block as decoded, lines from the plan as written.
 	var doc yaml.Node
 	_ = yaml.Unmarshal(src, &doc)
-	ix := newFieldIndex("", &doc)
+	ix := newFieldIndex(&doc)
 	var lines map[int]int
 	if node != nil {
-		lines = lineMap(src, node)
+		lines = lineMap(&doc, node)
 	}
 	errs := make([]error, len(te.Errors))
 	for i, m := range te.Errors {
@@ -131,11 +131,10 @@ func (p Plugin) parsedBlock() *yaml.Node {
 
 var lineRE = regexp.MustCompile(`^line (\d+): `)
 
-// lineMap maps the lines of src, a re-encoding of orig, to orig's lines by
-// walking both trees side by side (they have the same shape).
-func lineMap(src []byte, orig *yaml.Node) map[int]int {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(src, &doc); err != nil || len(doc.Content) == 0 {
+// lineMap maps the lines of doc, a re-encoding of orig parsed again, to
+// orig's lines by walking both trees side by side (they have the same shape).
+func lineMap(doc, orig *yaml.Node) map[int]int {
+	if len(doc.Content) == 0 {
 		return nil
 	}
 	m := map[int]int{}

@@ -31,8 +31,8 @@ type indexedNode struct {
 	node *yaml.Node
 }
 
-// newFieldIndex indexes roots (documents or blocks) under prefix.
-func newFieldIndex(prefix string, roots ...*yaml.Node) *fieldIndex {
+// newFieldIndex indexes roots (documents or blocks).
+func newFieldIndex(roots ...*yaml.Node) *fieldIndex {
 	ix := &fieldIndex{}
 	seen := map[*yaml.Node]bool{}
 	var walk func(n *yaml.Node, path string)
@@ -64,7 +64,7 @@ func newFieldIndex(prefix string, roots ...*yaml.Node) *fieldIndex {
 		}
 	}
 	for _, r := range roots {
-		walk(r, prefix)
+		walk(r, "")
 	}
 	return ix
 }

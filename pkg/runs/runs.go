@@ -411,11 +411,19 @@ func (s *Store) get(ctx context.Context, id string) (*Run, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	var r Run
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return nil, 0, fmt.Errorf("decode run %s: %w", id, err)
+	r, err := decodeRun(id, e.Value())
+	if err != nil {
+		return nil, 0, err
 	}
-	return &r, e.Revision(), nil
+	return r, e.Revision(), nil
+}
+
+func decodeRun(id string, record []byte) (*Run, error) {
+	var r Run
+	if err := json.Unmarshal(record, &r); err != nil {
+		return nil, fmt.Errorf("decode run %s: %w", id, err)
+	}
+	return &r, nil
 }
 
 // Ensure creates the run record when it does not exist yet and returns the
@@ -853,9 +861,5 @@ func (s *Store) getOf(ctx context.Context, id, plan string) (*Run, error) {
 			return nil, nil
 		}
 	}
-	var r Run
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return nil, fmt.Errorf("decode run %s: %w", id, err)
-	}
-	return &r, nil
+	return decodeRun(id, e.Value())
 }

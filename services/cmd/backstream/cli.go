@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -269,4 +270,32 @@ func (o *outputFlag) write(w io.Writer, v any, human func(io.Writer) error) erro
 		return writeYAMLValue(w, v)
 	}
 	return human(w)
+}
+
+// defaultPage is how many entries a paged listing (runs, dlq list) shows
+// unless --limit says otherwise.
+const defaultPage = 50
+
+// checkPageLimit refuses a paged listing's --limit outside 1 to max.
+func checkPageLimit(limit, max int) error {
+	if limit < 1 || limit > max {
+		return fmt.Errorf("--limit: %d is not from 1 to %d", limit, max)
+	}
+	return nil
+}
+
+// nextPage says on w how to list the page after this one: lead, then
+// command with flags (name, value pairs; those without a value left out)
+// and --limit unless it is the default.
+func nextPage(w io.Writer, lead string, limit int, command string, flags ...string) {
+	line := command
+	for i := 0; i+1 < len(flags); i += 2 {
+		if flags[i+1] != "" {
+			line += " " + flags[i] + " " + flags[i+1]
+		}
+	}
+	if limit != defaultPage {
+		line += " --limit " + strconv.Itoa(limit)
+	}
+	fmt.Fprintf(w, "%s: %s\n", lead, line)
 }

@@ -37,11 +37,11 @@ func newDLQCmd() *cobra.Command {
 	listOut := addOutputFlag(list.Flags(), "table", "table", "json", "yaml")
 	consumer := list.Flags().String("consumer", "", "only dead letters of this consumer (e.g. snapshot)")
 	planName := list.Flags().String("plan", "", "only dead letters of events about this plan")
-	limit := list.Flags().Int("limit", 50, fmt.Sprintf("most dead letters to list (1 to %d)", bus.MaxDeadLetterLimit))
+	limit := list.Flags().Int("limit", defaultPage, fmt.Sprintf("most dead letters to list (1 to %d)", bus.MaxDeadLetterLimit))
 	after := list.Flags().Uint64("after", 0, "only dead letters after this SEQ (the last one of the previous listing)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
-		if *limit < 1 || *limit > bus.MaxDeadLetterLimit {
-			return fmt.Errorf("--limit: %d is not from 1 to %d", *limit, bus.MaxDeadLetterLimit)
+		if err := checkPageLimit(*limit, bus.MaxDeadLetterLimit); err != nil {
+			return err
 		}
 		f := bus.DeadLetterFilter{Consumer: *consumer, Plan: *planName, Limit: *limit, After: *after}
 		return withDeadLetters(cmd, listNATS, func(q *bus.DeadLetters) error {
@@ -142,16 +142,8 @@ func dlqList(ctx context.Context, q *bus.DeadLetters, f bus.DeadLetterFilter, ou
 		return err
 	}
 	if len(list) == f.Limit {
-		next := fmt.Sprintf("backstream dlq list --after %d", list[len(list)-1].Seq)
-		for _, fl := range [][2]string{{"--consumer", f.Consumer}, {"--plan", f.Plan}} {
-			if fl[1] != "" {
-				next += " " + fl[0] + " " + fl[1]
-			}
-		}
-		if f.Limit != 50 {
-			next += " --limit " + strconv.Itoa(f.Limit)
-		}
-		defer fmt.Fprintf(stderr, "more may follow: %s\n", next)
+		defer nextPage(stderr, "more may follow", f.Limit, "backstream dlq list",
+			"--after", strconv.FormatUint(list[len(list)-1].Seq, 10), "--consumer", f.Consumer, "--plan", f.Plan)
 	}
 	if output.structured() {
 		if list == nil {

@@ -394,12 +394,12 @@ the last run shown).`,
 	}
 	natsFlag := addNATSFlags(c.Flags(), "NATS URL")
 	planName := c.Flags().String("plan", "", "only runs of this plan")
-	limit := c.Flags().Int("limit", 50, fmt.Sprintf("most runs to list (1 to %d)", runs.MaxListLimit))
+	limit := c.Flags().Int("limit", defaultPage, fmt.Sprintf("most runs to list (1 to %d)", runs.MaxListLimit))
 	before := c.Flags().String("before", "", "only runs older than this run id (the last one of the previous listing)")
 	output := addOutputFlag(c.Flags(), "table", "table", "json", "yaml")
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
-		if *limit < 1 || *limit > runs.MaxListLimit {
-			return fmt.Errorf("--limit: %d is not from 1 to %d", *limit, runs.MaxListLimit)
+		if err := checkPageLimit(*limit, runs.MaxListLimit); err != nil {
+			return err
 		}
 		b, _, err := connect(cmd.Context(), natsFlag)
 		if err != nil {
@@ -424,23 +424,11 @@ the last run shown).`,
 			return tw.Flush()
 		})
 		if err == nil && page.Next != "" {
-			fmt.Fprintf(cmd.ErrOrStderr(), "older runs: backstream runs --before %s%s\n", page.Next, nextFlags(*planName, *limit))
+			nextPage(cmd.ErrOrStderr(), "older runs", *limit, "backstream runs", "--before", page.Next, "--plan", *planName)
 		}
 		return err
 	}
 	return c
-}
-
-// nextFlags repeats the flags of a listing its next page keeps.
-func nextFlags(plan string, limit int) string {
-	s := ""
-	if plan != "" {
-		s += " --plan " + plan
-	}
-	if limit != 50 {
-		s += " --limit " + strconv.Itoa(limit)
-	}
-	return s
 }
 
 func runDuration(r *runs.Run) string {
