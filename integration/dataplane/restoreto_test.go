@@ -26,6 +26,7 @@ import (
 // program on the machine writing to /dev/null failed after it. The device
 // here is a private null device (the same major and minor as /dev/null),
 // so that a regression costs this test's directory, not the machine's.
+// A regular file that exists is replaced only with --overwrite.
 func TestRestoreIntoADeviceOrAPipe(t *testing.T) {
 	keys := newKeyring(t)
 	env := harness.Start(t, harness.Options{})
@@ -37,9 +38,9 @@ func TestRestoreIntoADeviceOrAPipe(t *testing.T) {
 	if r := env.Wait(id, time.Minute); r.Phase != runs.Succeeded {
 		t.Fatalf("run: %s", r.Error)
 	}
-	restoreTo := func(t *testing.T, target string) (string, int) {
+	restoreTo := func(t *testing.T, target string, extra ...string) (string, int) {
 		t.Helper()
-		return harness.Run(t, storeDir, nil, "restore", "into/"+id, "--fs", storeDir, "--identity", keys.idFile, "--to", target)
+		return harness.Run(t, storeDir, nil, append([]string{"restore", "into/" + id, "--fs", storeDir, "--identity", keys.idFile, "--to", target}, extra...)...)
 	}
 	// kept says target is still of type want, and nothing was left beside it.
 	kept := func(t *testing.T, target string, want fs.FileMode) {
@@ -52,6 +53,72 @@ func TestRestoreIntoADeviceOrAPipe(t *testing.T) {
 			t.Errorf("left beside it: %v", left)
 		}
 	}
+
+	t.Run("a file that exists is kept without --overwrite", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			make func(path string) error
+		}{
+			{"regular file", func(p string) error { return os.WriteFile(p, []byte("last night's dump\n"), 0o600) }},
+			{"dangling link", func(p string) error { return os.Symlink(filepath.Join(filepath.Dir(p), "gone"), p) }},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				target := filepath.Join(t.TempDir(), "orders.dump")
+				if err := tc.make(target); err != nil {
+					t.Fatal(err)
+				}
+				before, _ := os.Lstat(target)
+				out, code := restoreTo(t, target)
+				if code == 0 || !strings.Contains(out, target) || !strings.Contains(out, "give --overwrite to replace it") {
+					t.Fatalf("restore over an existing %s exited %d; want a refusal naming it and --overwrite:\n%s", tc.name, code, out)
+				}
+				if strings.Contains(out, "reading backup") {
+					t.Errorf("the refusal came after the backup was opened:\n%s", out)
+				}
+				kept(t, target, before.Mode().Type())
+				if tc.name == "regular file" {
+					if b, _ := os.ReadFile(target); string(b) != "last night's dump\n" {
+						t.Errorf("the file holds %q after the refused restore", b)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("--overwrite replaces a file that exists", func(t *testing.T) {
+		target := filepath.Join(t.TempDir(), "orders.dump")
+		if err := os.WriteFile(target, []byte("last night's dump\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, code := restoreTo(t, target, "--overwrite"); code != 0 {
+			t.Fatalf("restore --overwrite exited %d:\n%s", code, out)
+		}
+		kept(t, target, 0)
+		if got := fileSHA256(t, target); got != digest {
+			t.Errorf("%s holds sha256 %s, want the source's %s", target, got, digest)
+		}
+	})
+
+	t.Run("a file that does not exist is made", func(t *testing.T) {
+		target := filepath.Join(t.TempDir(), "orders.dump")
+		if out, code := restoreTo(t, target); code != 0 {
+			t.Fatalf("restore exited %d:\n%s", code, out)
+		}
+		kept(t, target, 0)
+		if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o600 {
+			t.Errorf("restored file mode %v, want 0600 (a backup holds the data's secrets)", fi.Mode().Perm())
+		}
+		if got := fileSHA256(t, target); got != digest {
+			t.Errorf("%s holds sha256 %s, want the source's %s", target, got, digest)
+		}
+	})
+
+	t.Run("--overwrite goes with --to FILE", func(t *testing.T) {
+		out, code := restoreTo(t, "-", "--overwrite")
+		if code != 2 || !strings.Contains(out, "--overwrite goes with --to FILE") {
+			t.Errorf("restore --to - --overwrite exited %d; want a usage error:\n%s", code, out)
+		}
+	})
 
 	t.Run("a character device", func(t *testing.T) {
 		dev := filepath.Join(t.TempDir(), "null")
@@ -126,4 +193,19 @@ func TestRestoreIntoADeviceOrAPipe(t *testing.T) {
 			kept(t, target, tc.mode)
 		})
 	}
+}
+
+// fileSHA256 is the hex SHA-256 of the file at path.
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

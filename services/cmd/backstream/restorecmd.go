@@ -160,9 +160,10 @@ directories, or the --s3-* flags. Every copy is checked (frame CRCs, the
 plaintext digest); when one fails, the next destination's copy is read, and with
 --fallback-older the previous verified backup.
 
---to FILE writes the data to FILE (renamed into place only once it checked
-out); --to - writes it to stdout, and a FILE that is a character device or a
-named pipe (/dev/null, a FIFO) is written into the same way. --into-source restores into the plan's
+--to FILE writes the data to FILE (put in place only once it checked out); a
+FILE that exists is replaced only with --overwrite. --to - writes it to
+stdout, and a FILE that is a character device or a named pipe (/dev/null, a
+FIFO) is written into the same way. --into-source restores into the plan's
 source: beside the live data with --target NAME, or over it with --in-place.
 Progress goes to stderr (docs/operations.md, "Restore with the platform gone").`,
 		Example: `  backstream restore demo/latest --fs data/backups --to /tmp/demo.tar
@@ -175,6 +176,7 @@ Progress goes to stderr (docs/operations.md, "Restore with the platform gone").`
 	sf.register(fs)
 	var o restoreOptions
 	fs.StringVar(&o.to, "to", "", "write the restored data to FILE, or - for stdout")
+	fs.BoolVar(&o.overwrite, "overwrite", false, "with --to FILE: replace FILE when it exists")
 	fs.BoolVar(&o.intoSource, "into-source", false, "restore into the plan's source (needs --plan-file)")
 	fs.StringVar(&o.target, "target", "", "with --into-source: database name or directory to restore into, beside the live data")
 	fs.BoolVar(&o.inPlace, "in-place", false, "with --into-source and no --target: restore over the plan's live source, replacing what the backup holds there")
@@ -193,6 +195,8 @@ Progress goes to stderr (docs/operations.md, "Restore with the platform gone").`
 type restoreOptions struct {
 	to, target, identity, passEnv                                  string
 	intoSource, inPlace, create, clean, allowFailed, fallbackOlder bool
+	// overwrite lets --to FILE replace a regular file that exists.
+	overwrite bool
 	// extract is the directory `backstream extract` writes the backup's
 	// native files into (source.ExtractFunc).
 	extract string
@@ -210,6 +214,27 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	case o.intoSource && o.target == "" && !o.inPlace:
 		return usageError("restore: --into-source without --target would restore over the plan's live source; " +
 			"give --target NAME to restore beside it, or --in-place to replace what the backup holds there")
+	case o.overwrite && (o.to == "" || o.to == "-"):
+		return usageError("restore: --overwrite goes with --to FILE")
+	}
+	// The file is looked at before the storage is: a restore that would
+	// replace a file without --overwrite, or into a directory, is refused
+	// before anything is listed or read.
+	var stream *os.File
+	var part *partialFile
+	if o.to != "" && o.to != "-" {
+		var err error
+		if stream, err = streamTarget(o.to); err != nil {
+			return err
+		}
+		if stream != nil {
+			defer stream.Close()
+		} else {
+			if part, err = newPartialFile(o.to, o.overwrite); err != nil {
+				return err
+			}
+			defer part.discard()
+		}
 	}
 	keys, err := app.Keys(o.identity, o.passEnv)
 	if err != nil {
@@ -290,26 +315,14 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 		}
 	case o.to == "-":
 		consume = streamTo(stdout, "stdout", counted)
+	case stream != nil:
+		consume = streamTo(stream, o.to, counted)
+		finish = stream.Close
 	default:
-		stream, err := streamTarget(o.to)
-		if err != nil {
-			return err
-		}
-		if stream != nil {
-			defer stream.Close()
-			consume = streamTo(stream, o.to, counted)
-			finish = stream.Close
-			break
-		}
-		f, err := newPartialFile(o.to)
-		if err != nil {
-			return err
-		}
-		defer f.discard()
 		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
-			return f.write(counted(c.Manifest.Bytes)(r))
+			return part.write(counted(c.Manifest.Bytes)(r))
 		}
-		finish = f.commit
+		finish = part.commit
 	}
 	prog.line(fmt.Sprintf("reading %s", copies[0]))
 	used, stats, failed, err := restore.Fallback(ctx, open, copies, keys, func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
@@ -401,21 +414,38 @@ func fileKind(mode fs.FileMode) string {
 }
 
 // partialFile is the temporary file beside path a restore writes into; it
-// is renamed to path only once a copy opened whole and its digest matched,
-// so a failed restore leaves no file that could pass for a good one, and
-// a fallback to another copy starts it again from empty.
+// is given path's name only once a copy opened whole and its digest
+// matched, so a failed restore leaves no file that could pass for a good
+// one, and a fallback to another copy starts it again from empty.
+//
+// A file already at path is replaced only when the caller said so
+// (overwrite): restoring over last night's dump, or over the one file an
+// operator meant to compare with, is a destructive operation that asks for
+// its permission, as --in-place does for a source. Without overwrite an
+// existing file is refused before anything is read, and the finished file
+// is named by a hard link, so that a file made at path meanwhile is not
+// replaced either (as extract names its files).
 type partialFile struct {
-	path string
-	tmp  *os.File
-	done bool
+	path      string
+	overwrite bool
+	tmp       *os.File
+	done      bool
 }
 
-func newPartialFile(path string) (*partialFile, error) {
+// errFileExists is why a restore that would replace a file stopped.
+var errFileExists = errors.New("the file exists; give --overwrite to replace it")
+
+func newPartialFile(path string, overwrite bool) (*partialFile, error) {
+	if !overwrite {
+		if _, err := os.Lstat(path); err == nil {
+			return nil, fmt.Errorf("restore to %s: %w", path, errFileExists)
+		}
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".partial-*")
 	if err != nil {
 		return nil, fmt.Errorf("restore to %s: %w", path, err)
 	}
-	return &partialFile{path: path, tmp: tmp}, nil
+	return &partialFile{path: path, overwrite: overwrite, tmp: tmp}, nil
 }
 
 // write empties the file and writes r into it.
@@ -447,10 +477,22 @@ func (f *partialFile) commit() error {
 	if err := f.tmp.Close(); err != nil {
 		return fmt.Errorf("restore to %s: %w", f.path, err)
 	}
-	if err := os.Rename(f.tmp.Name(), f.path); err != nil {
-		return fmt.Errorf("restore to %s: %w", f.path, err)
+	if f.overwrite {
+		if err := os.Rename(f.tmp.Name(), f.path); err != nil {
+			return fmt.Errorf("restore to %s: %w", f.path, err)
+		}
+		f.done = true
+		return nil
+	}
+	// discard removes the temporary name whatever the link did.
+	if err := os.Link(f.tmp.Name(), f.path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("restore to %s: made while the restore ran: %w", f.path, errFileExists)
+		}
+		return fmt.Errorf("restore to %s: %w (on a filesystem without hard links, give --overwrite)", f.path, err)
 	}
 	f.done = true
+	_ = os.Remove(f.tmp.Name())
 	return nil
 }
 
