@@ -56,6 +56,10 @@ const (
 // only when its plan is changed or deleted this many times while it runs.
 const PlansHistory = jetstream.KeyValueMaxHistory
 
+// RunsTTL is how long the runs bucket keeps a record (and an index entry)
+// after its last write.
+const RunsTTL = 90 * 24 * time.Hour
+
 // Config sizes the streams and buckets. The zero value is completed by defaults.
 type Config struct {
 	// Replicas of every stream and bucket: 1 on one server, 3 in a cluster.
@@ -318,7 +322,7 @@ func (b *Bus) setup(ctx context.Context) error {
 		leaderReads bool
 	}{
 		{&b.Plans, jetstream.KeyValueConfig{Bucket: PlansBucket, Description: "backstream plans", History: PlansHistory, Storage: jetstream.FileStorage, Replicas: c.Replicas}, true},
-		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: 90 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: c.Replicas}, true},
+		{&b.Runs, jetstream.KeyValueConfig{Bucket: RunsBucket, Description: "backstream runs", History: 1, TTL: RunsTTL, Storage: jetstream.FileStorage, Replicas: c.Replicas}, true},
 		{&b.Leases, jetstream.KeyValueConfig{Bucket: LeasesBucket, Description: "backstream leases and schedule state", History: 1, Storage: jetstream.FileStorage, Replicas: c.Replicas}, false},
 		// The current keyring of each plan only: every object carries the
 		// keyring it was sealed with, so an older one is never needed here.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/backstream/backstream/events"
@@ -442,9 +443,9 @@ func (s *Store) Ensure(ctx context.Context, seed Run) (*Run, error) {
 		return nil, fmt.Errorf("encode run %s: %w", seed.ID, err)
 	}
 	data = secret.RedactJSON(data) // a run's errors may quote a secret
-	// The plan index first: a crash between the two leaves an entry List
-	// skips, never a run a listing of its plan misses.
-	if _, err := s.kv.Put(ctx, planKey(seed.Plan, seed.ID), nil); err != nil {
+	// The list index first: a crash between the two leaves an entry List
+	// skips, never a run a listing misses.
+	if _, err := s.kv.Put(ctx, listKey(seed.Plan, seed.ID), nil); err != nil {
 		return nil, fmt.Errorf("index run %s: %w", seed.ID, err)
 	}
 	_, err = bus.Create(ctx, s.kv, seed.ID, data)
@@ -499,13 +500,13 @@ func (s *Store) Update(ctx context.Context, id string, mutate func(*Run) error) 
 
 // The runs bucket also holds indexes, under keys no run id can take, so
 // the watchdog and a listing never have to read every run: the runs not yet
-// final, the newest success times of each plan, and the runs of each plan.
-// The first two are written right after the run record that changes them;
-// a crash in between leaves an active entry that Active drops when it
-// finds the run final. A run's plan entry is written before its record
-// (and again when a replay makes it active, so it lives as long as the
-// record under the bucket's TTL); plansIndexedKey says that every record
-// older than the plan entries has one too (IndexPlans).
+// final, the newest success times of each plan, and the runs of each day
+// and plan. The first two are written right after the run record that
+// changes them; a crash in between leaves an active entry that Active drops
+// when it finds the run final. A run's list entry is written before its
+// record (and again when a replay makes it active, so it lives as long as
+// the record under the bucket's TTL); runsIndexedKey says that every record
+// older than the list entries has one too (IndexRuns).
 const (
 	indexPrefix = "_idx."
 	// SuccessesKept bounds the success times kept per plan.
@@ -516,11 +517,36 @@ func activeKey(id string) string        { return indexPrefix + "active." + id }
 func owedKey(id string) string          { return indexPrefix + "owed." + id }
 func successKey(planName string) string { return indexPrefix + "success." + planName }
 
-// planKey indexes run id under its plan (a DNS label: one key token).
-func planKey(planName, id string) string { return planPrefix(planName) + id }
-func planPrefix(planName string) string  { return indexPrefix + "plan." + planName + "." }
+// listKey indexes run id under the UTC day its id was made (run ids sort
+// by that time) and its plan (a DNS label: one key token), so that a page
+// of every plan lists the entries of the days it shows, not the bucket's
+// keys, and a page of one plan lists that plan's entries only.
+func listKey(planName, id string) string { return dayPrefix(idDay(id)) + planName + "." + id }
+func dayPrefix(day string) string        { return indexPrefix + "day." + day + "." }
 
-// plansIndexedKey is there while every run record has its plan entry.
+// planEntries is the filter of every list entry of plan.
+func planEntries(planName string) string { return indexPrefix + "day.*." + planName + ".*" }
+
+// idDay is the UTC day (20060102) run id was made, from its ULID time.
+func idDay(id string) string {
+	u, err := ulid.ParseStrict(id)
+	if err != nil {
+		return "00000000" // not a run id: a listing never reads it
+	}
+	return ulid.Time(u.Time()).UTC().Format(dayLayout)
+}
+
+const dayLayout = "20060102"
+
+// runsIndexedKey is there while every run record has its list entry.
+const runsIndexedKey = indexPrefix + "runs-indexed"
+
+// plansIndexedKey marked, for the release before the list entries, that
+// every record had an entry _idx.plan.<plan>.<run>, which that release's
+// listings of one plan read alone. This release writes no such entries (they
+// expire with the bucket's TTL), so IndexRuns deletes the mark: an earlier
+// release's replica still serving during an upgrade then reads the records
+// and misses no run of this release.
 const plansIndexedKey = indexPrefix + "plans-indexed"
 
 // index keeps the indexes in step with a run whose phase went from prev to
@@ -528,8 +554,8 @@ const plansIndexedKey = indexPrefix + "plans-indexed"
 func (s *Store) index(ctx context.Context, prev Phase, r *Run) error {
 	if prev.Done() && !r.Phase.Done() {
 		// A replay: the run is active again, and its record lives another
-		// TTL from now: so does its plan entry.
-		for _, k := range []string{activeKey(r.ID), planKey(r.Plan, r.ID)} {
+		// TTL from now: so does its list entry.
+		for _, k := range []string{activeKey(r.ID), listKey(r.Plan, r.ID)} {
 			if _, err := s.kv.Put(ctx, k, nil); err != nil {
 				return fmt.Errorf("index run %s: %w", r.ID, err)
 			}
@@ -540,6 +566,12 @@ func (s *Store) index(ctx context.Context, prev Phase, r *Run) error {
 		return nil
 	}
 	if err := s.kv.Delete(ctx, activeKey(r.ID)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("index run %s: %w", r.ID, err)
+	}
+	// Again when the run ends: a run an earlier release created during an
+	// upgrade, without an entry, is listed once it ends here, not only
+	// after the next IndexRuns.
+	if _, err := s.kv.Put(ctx, listKey(r.Plan, r.ID), nil); err != nil {
 		return fmt.Errorf("index run %s: %w", r.ID, err)
 	}
 	if r.Phase != Succeeded || r.Kind != KindBackup {
@@ -678,6 +710,9 @@ type ListOptions struct {
 	Limit int
 }
 
+// ErrBadListOption: a ListOptions field is malformed (the error names it).
+var ErrBadListOption = errors.New("bad list option")
+
 // Page is one page of runs, newest first. Next is the Before of the page
 // after it: "" when no older run is left (a full page may still be
 // followed by an empty one).
@@ -691,42 +726,62 @@ const listBatch = 32
 
 // List returns a page of runs, newest first. The bucket keeps 90 days of
 // runs — hundreds of thousands for a few hundred hourly plans — so a page
-// reads the run ids (run ids sort by creation time; for one plan, its
-// index entries) and then only the records it shows. Before IndexPlans
-// marked the bucket indexed, a page of one plan reads the newer runs of
-// other plans too, decoded no further than their plan. Memory is the page,
-// never the bucket.
+// lists run ids from the list entries (those of the days it reaches, newest
+// first, or those of one plan) and then reads only the records it shows.
+// Until IndexRuns marked the bucket indexed it lists every run id instead,
+// and a page of one plan reads the newer runs of other plans too, decoded
+// no further than their plan. Memory is the page and the ids of the days it
+// reaches, never the bucket.
 func (s *Store) List(ctx context.Context, o ListOptions) (Page, error) {
 	if o.Limit <= 0 {
 		o.Limit = DefaultListLimit
 	}
 	o.Limit = min(o.Limit, MaxListLimit)
-	keys, indexed, err := s.listIDs(ctx, o.Plan)
+	if o.Before != "" && !events.ValidRunID(o.Before) {
+		return Page{}, fmt.Errorf("list runs: %w: before: %.64q is not a run id", ErrBadListOption, o.Before)
+	}
+	next, indexed, err := s.listIDs(ctx, o.Plan, o.Before)
 	if err != nil {
 		return Page{}, fmt.Errorf("list runs: %w", err)
 	}
+	only := o.Plan // the plan whose records a page keeps
 	if indexed {
-		o.Plan = "" // every id is of the plan: no record to skip
-	}
-	slices.Sort(keys)
-	slices.Reverse(keys)
-	if o.Before != "" {
-		keys = keys[sort.Search(len(keys), func(i int) bool { return keys[i] < o.Before }):]
+		only = "" // every id listed is of the plan: no record to skip
 	}
 	var page Page
-	more := false
-	for len(keys) > 0 && len(page.Runs) < o.Limit {
+	var ids []string // listed and not read yet, newest first
+	more, exhausted := false, false
+	for !more {
+		want := listBatch
+		if len(page.Runs) == o.Limit {
+			want = 1 // only whether an older one is left
+		}
+		for len(ids) < want && !exhausted {
+			got, err := next(ctx)
+			if err != nil {
+				return Page{}, fmt.Errorf("list runs: %w", err)
+			}
+			exhausted = got == nil
+			ids = append(ids, got...)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		if len(page.Runs) == o.Limit {
+			more = true // an older id is left: the next page starts there
+			break
+		}
 		n := listBatch
-		if o.Plan == "" {
+		if only == "" {
 			n = min(n, o.Limit-len(page.Runs))
 		}
-		batch := keys[:min(len(keys), n)]
-		keys = keys[len(batch):]
+		batch := ids[:min(len(ids), n)]
+		ids = ids[len(batch):]
 		got := make([]*Run, len(batch))
 		g, gctx := errgroup.WithContext(ctx)
 		for i, id := range batch {
 			g.Go(func() error {
-				r, err := s.getOf(gctx, id, o.Plan)
+				r, err := s.getOf(gctx, id, only)
 				if errors.Is(err, ErrNotFound) {
 					return nil // expired or removed since the listing
 				}
@@ -747,53 +802,99 @@ func (s *Store) List(ctx context.Context, o ListOptions) (Page, error) {
 			}
 		}
 	}
-	if more || (len(page.Runs) == o.Limit && len(keys) > 0) {
+	if more {
 		page.Next = page.Runs[len(page.Runs)-1].ID
 	}
 	return page, nil
 }
 
-// listIDs lists the run ids a listing of plan ("": every plan) reads: the
-// plan's entries when every run has one (indexed), else every run's.
-func (s *Store) listIDs(ctx context.Context, plan string) (ids []string, indexed bool, err error) {
-	if plan != "" {
-		_, err := s.kv.Get(ctx, plansIndexedKey)
-		switch {
-		case err == nil:
-			keys, err := bus.ListKeys(ctx, s.kv, planPrefix(plan)+"*")
-			for i, k := range keys {
-				keys[i] = k[len(planPrefix(plan)):]
-			}
-			return keys, true, err
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return nil, false, err
+// listIDs returns what lists the run ids a page of plan ("": every plan)
+// may show, older than before (""; any): each call of next returns the next
+// ids, newest first, and nil once there are none left. indexed says
+// whether the ids came from list entries, which name their plan.
+func (s *Store) listIDs(ctx context.Context, plan, before string) (next func(context.Context) ([]string, error), indexed bool, err error) {
+	older := func(ids []string) []string {
+		slices.Sort(ids)
+		slices.Reverse(ids)
+		if before != "" {
+			ids = ids[sort.Search(len(ids), func(i int) bool { return ids[i] < before }):]
+		}
+		return ids
+	}
+	// once returns ids on its first call and nil after.
+	once := func(ids []string) func(context.Context) ([]string, error) {
+		return func(context.Context) ([]string, error) {
+			out := ids
+			ids = nil
+			return out, nil
 		}
 	}
-	// Run records are one-token keys; the indexes (_idx.…) are not.
-	ids, err = bus.ListKeys(ctx, s.kv, "*")
-	return ids, false, err
+	_, err = s.kv.Get(ctx, runsIndexedKey)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		// Run records are one-token keys; the indexes (_idx.…) are not.
+		ids, err := bus.ListKeys(ctx, s.kv, "*")
+		return once(older(ids)), false, err
+	case err != nil:
+		return nil, false, err
+	case plan != "":
+		keys, err := bus.ListKeys(ctx, s.kv, planEntries(plan))
+		return once(older(lastTokens(keys))), true, err
+	}
+	// The days, newest first, from the day of before (or tomorrow: an id
+	// made on a clock that runs ahead) back to the oldest day whose entries
+	// the bucket's TTL may have kept.
+	now := s.now().UTC()
+	day, _ := time.Parse(dayLayout, now.Add(24*time.Hour).Format(dayLayout))
+	if before != "" {
+		if d, err := time.Parse(dayLayout, idDay(before)); err == nil && d.Before(day) {
+			day = d
+		}
+	}
+	oldest := now.Add(-bus.RunsTTL - 48*time.Hour)
+	return func(ctx context.Context) ([]string, error) {
+		for ; !day.Before(oldest); day = day.AddDate(0, 0, -1) {
+			keys, err := bus.ListKeys(ctx, s.kv, dayPrefix(day.Format(dayLayout))+"*.*")
+			if err != nil {
+				return nil, err
+			}
+			if ids := older(lastTokens(keys)); len(ids) > 0 {
+				day = day.AddDate(0, 0, -1)
+				return ids, nil
+			}
+		}
+		return nil, nil
+	}, true, nil
 }
 
-// IndexPlans gives every run record that has none its plan entry — the
-// records of a release before the plan index, and those an earlier
+// lastTokens returns the last token of each key: the run id of an entry.
+func lastTokens(keys []string) []string {
+	for i, k := range keys {
+		keys[i] = k[strings.LastIndexByte(k, '.')+1:]
+	}
+	return keys
+}
+
+// IndexRuns gives every run record that has none its list entry — the
+// records of a release before the list entries, and those an earlier
 // release's control service still writes during a rolling upgrade — and
-// then marks the bucket indexed, so that List reads a plan's entries only;
+// then marks the bucket indexed, so that List reads list entries only;
 // writing the mark again also renews it before the bucket's TTL removes
-// it. It lists the bucket's keys (run ids and plan entries) and reads only
+// it. It lists the bucket's keys (run ids and list entries) and reads only
 // the records without an entry: call it when the owner of the runs starts
 // and then daily. Concurrent calls are harmless.
-func (s *Store) IndexPlans(ctx context.Context) error {
+func (s *Store) IndexRuns(ctx context.Context) error {
 	ids, err := bus.ListKeys(ctx, s.kv, "*")
 	if err != nil {
-		return fmt.Errorf("index plans: %w", err)
+		return fmt.Errorf("index runs: %w", err)
 	}
-	have, err := bus.ListKeys(ctx, s.kv, indexPrefix+"plan.>")
+	have, err := bus.ListKeys(ctx, s.kv, dayPrefix("*")+"*.*")
 	if err != nil {
-		return fmt.Errorf("index plans: %w", err)
+		return fmt.Errorf("index runs: %w", err)
 	}
 	indexed := map[string]bool{}
-	for _, k := range have {
-		indexed[k[strings.LastIndexByte(k, '.')+1:]] = true
+	for _, id := range lastTokens(have) {
+		indexed[id] = true
 	}
 	for _, id := range ids {
 		if indexed[id] {
@@ -804,18 +905,21 @@ func (s *Store) IndexPlans(ctx context.Context) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("index plans: %w", err)
+			return fmt.Errorf("index runs: %w", err)
 		}
 		plan, err := planOf(e.Value())
 		if err != nil || plan == "" {
-			continue // not a run this release can list by plan anyway
+			continue // not a run this release can list
 		}
-		if _, err := s.kv.Put(ctx, planKey(plan, id), nil); err != nil {
-			return fmt.Errorf("index plans: %w", err)
+		if _, err := s.kv.Put(ctx, listKey(plan, id), nil); err != nil {
+			return fmt.Errorf("index runs: %w", err)
 		}
 	}
-	if _, err := s.kv.Put(ctx, plansIndexedKey, nil); err != nil {
-		return fmt.Errorf("index plans: %w", err)
+	if _, err := s.kv.Put(ctx, runsIndexedKey, nil); err != nil {
+		return fmt.Errorf("index runs: %w", err)
+	}
+	if err := s.kv.Delete(ctx, plansIndexedKey); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("index runs: %w", err)
 	}
 	return nil
 }

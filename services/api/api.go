@@ -105,7 +105,7 @@ func writeErr(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, planstore.ErrNotFound), errors.Is(err, runs.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, events.ErrInvalid), errors.Is(err, stage.ErrUnknownDestination):
+	case errors.Is(err, events.ErrInvalid), errors.Is(err, stage.ErrUnknownDestination), errors.Is(err, runs.ErrBadListOption):
 		code = http.StatusBadRequest
 	case errors.Is(err, stage.ErrNoDrill):
 		code = http.StatusConflict

@@ -497,4 +497,7 @@ func TestRunsArePaged(t *testing.T) {
 			t.Errorf("limit=%s: %d %s, want 400 naming limit", bad, r.status, r.raw)
 		}
 	}
+	if r := e.do("GET", "/v1/runs?before=yesterday", e.tokens["read"], ""); r.status != http.StatusBadRequest || !strings.Contains(r.raw, "before") {
+		t.Errorf("before=yesterday: %d %s, want 400 naming before", r.status, r.raw)
+	}
 }

@@ -73,7 +73,7 @@ func (s *Service) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.indexPlans(ctx)
+		s.indexRuns(ctx)
 	}()
 	tick := time.NewTicker(max(s.Tick, 10*time.Millisecond))
 	defer tick.Stop()
@@ -89,12 +89,12 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// indexPlans gives the runs of an earlier release their plan entries at
+// indexRuns gives the runs of an earlier release their list entries at
 // start and again every day — an earlier release's control service may
 // still be writing runs during an upgrade — which also renews the bucket's
-// mark before its TTL removes it (runs.Store.IndexPlans); a failure is
+// mark before its TTL removes it (runs.Store.IndexRuns); a failure is
 // tried again in a minute.
-func (s *Service) indexPlans(ctx context.Context) {
+func (s *Service) indexRuns(ctx context.Context) {
 	next := time.NewTimer(0)
 	defer next.Stop()
 	for {
@@ -104,8 +104,8 @@ func (s *Service) indexPlans(ctx context.Context) {
 		case <-next.C:
 		}
 		wait := 24 * time.Hour
-		if err := s.Runs.IndexPlans(ctx); err != nil && ctx.Err() == nil {
-			s.Log.Error("control: index runs by plan", "err", err)
+		if err := s.Runs.IndexRuns(ctx); err != nil && ctx.Err() == nil {
+			s.Log.Error("control: index runs for listings", "err", err)
 			wait = time.Minute
 		}
 		next.Reset(wait)
