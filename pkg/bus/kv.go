@@ -78,3 +78,37 @@ func ListKeys(ctx context.Context, kv jetstream.KeyValue, filters ...string) ([]
 	}
 	return keys, nil
 }
+
+// KeyRevision is a key and the revision of its latest value.
+type KeyRevision struct {
+	Key      string
+	Revision uint64
+}
+
+// KeysSince returns the keys matching filters whose latest value has a
+// revision of at least since (since 0: every key), in revision order: what
+// was written since a pass that ended below since. Deleted keys are left
+// out. As ListKeys, a listing cut short is ctx's error, never a shorter
+// list.
+func KeysSince(ctx context.Context, kv jetstream.KeyValue, since uint64, filters ...string) ([]KeyRevision, error) {
+	opts := []jetstream.WatchOpt{jetstream.IgnoreDeletes(), jetstream.MetaOnly()}
+	if since > 0 {
+		opts = append(opts, jetstream.ResumeFromRevision(since))
+	}
+	w, err := kv.WatchFiltered(ctx, filters, opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var out []KeyRevision
+	for e := range w.Updates() {
+		if e == nil {
+			return out, nil
+		}
+		out = append(out, KeyRevision{e.Key(), e.Revision()})
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("listing cut short: %w", err)
+	}
+	return nil, errors.New("listing cut short: the watch ended")
+}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -880,24 +881,38 @@ func lastTokens(keys []string) []string {
 // release's control service still writes during a rolling upgrade — and
 // then marks the bucket indexed, so that List reads list entries only;
 // writing the mark again also renews it before the bucket's TTL removes
-// it. It lists the bucket's keys (run ids and list entries) and reads only
-// the records without an entry: call it when the owner of the runs starts
-// and then daily. Concurrent calls are harmless.
+// it. The first pass lists every key of the bucket and reads the records
+// without an entry; the mark keeps the revision it reached, and a later
+// pass looks only at what was written since (a record written since, with
+// no entry written since, is read and its entry looked up): its cost
+// follows the runs of the time between two passes, not the bucket. Call it
+// when the owner of the runs starts and then every so often. Concurrent
+// calls are harmless.
 func (s *Store) IndexRuns(ctx context.Context) error {
-	ids, err := bus.ListKeys(ctx, s.kv, "*")
+	var since uint64 // 0: the first pass, over every key
+	if e, err := s.kv.Get(ctx, runsIndexedKey); err == nil {
+		since, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("index runs: %w", err)
+	}
+	// Run records are one-token keys; the list entries are under day.
+	keys, err := bus.KeysSince(ctx, s.kv, since, "*", dayPrefix("*")+"*.*")
 	if err != nil {
 		return fmt.Errorf("index runs: %w", err)
 	}
-	have, err := bus.ListKeys(ctx, s.kv, dayPrefix("*")+"*.*")
-	if err != nil {
-		return fmt.Errorf("index runs: %w", err)
+	reached := since
+	var records []string
+	entries := map[string]bool{}
+	for _, k := range keys {
+		reached = max(reached, k.Revision+1)
+		if strings.HasPrefix(k.Key, indexPrefix) {
+			entries[k.Key[strings.LastIndexByte(k.Key, '.')+1:]] = true
+		} else {
+			records = append(records, k.Key)
+		}
 	}
-	indexed := map[string]bool{}
-	for _, id := range lastTokens(have) {
-		indexed[id] = true
-	}
-	for _, id := range ids {
-		if indexed[id] {
+	for _, id := range records {
+		if entries[id] {
 			continue
 		}
 		e, err := s.entry(ctx, id)
@@ -911,14 +926,29 @@ func (s *Store) IndexRuns(ctx context.Context) error {
 		if err != nil || plan == "" {
 			continue // not a run this release can list
 		}
+		if since > 0 {
+			// Its entry may be older than the last pass.
+			_, err := s.kv.Get(ctx, listKey(plan, id))
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return fmt.Errorf("index runs: %w", err)
+			}
+		}
 		if _, err := s.kv.Put(ctx, listKey(plan, id), nil); err != nil {
 			return fmt.Errorf("index runs: %w", err)
 		}
 	}
-	if _, err := s.kv.Put(ctx, runsIndexedKey, nil); err != nil {
+	if _, err := s.kv.Put(ctx, runsIndexedKey, []byte(strconv.FormatUint(reached, 10))); err != nil {
 		return fmt.Errorf("index runs: %w", err)
 	}
-	if err := s.kv.Delete(ctx, plansIndexedKey); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	switch _, err := s.kv.Get(ctx, plansIndexedKey); {
+	case err == nil:
+		if err := s.kv.Delete(ctx, plansIndexedKey); err != nil {
+			return fmt.Errorf("index runs: %w", err)
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
 		return fmt.Errorf("index runs: %w", err)
 	}
 	return nil

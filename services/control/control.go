@@ -90,10 +90,11 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // indexRuns gives the runs of an earlier release their list entries at
-// start and again every day — an earlier release's control service may
+// start and again every hour — an earlier release's control service may
 // still be writing runs during an upgrade — which also renews the bucket's
-// mark before its TTL removes it (runs.Store.IndexRuns); a failure is
-// tried again in a minute.
+// mark before its TTL removes it (runs.Store.IndexRuns: after the first
+// pass, each looks only at what was written since the one before); a
+// failure is tried again in a minute.
 func (s *Service) indexRuns(ctx context.Context) {
 	next := time.NewTimer(0)
 	defer next.Stop()
@@ -103,7 +104,7 @@ func (s *Service) indexRuns(ctx context.Context) {
 			return
 		case <-next.C:
 		}
-		wait := 24 * time.Hour
+		wait := time.Hour
 		if err := s.Runs.IndexRuns(ctx); err != nil && ctx.Err() == nil {
 			s.Log.Error("control: index runs for listings", "err", err)
 			wait = time.Minute
