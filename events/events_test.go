@@ -558,3 +558,17 @@ func TestAttemptRoundTrips(t *testing.T) {
 		})
 	}
 }
+
+// TestIDsSortInTheOrderTheyWereMade: ids made one after the other, many in
+// the same millisecond, sort in that order (a listing newest first by run
+// id shows a burst of triggers as they came), and are all valid run ids.
+func TestIDsSortInTheOrderTheyWereMade(t *testing.T) {
+	prev := events.NewID()
+	for range 20000 {
+		id := events.NewID()
+		if id <= prev || !events.ValidRunID(id) {
+			t.Fatalf("%s made after %s (valid run id: %v)", id, prev, events.ValidRunID(id))
+		}
+		prev = id
+	}
+}

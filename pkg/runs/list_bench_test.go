@@ -262,8 +262,7 @@ func TestListRefusesABadCursor(t *testing.T) {
 	}
 }
 
-// reversed is s newest first: by id, as List orders (ids made within one
-// millisecond are not in the order they were made).
+// reversed is s newest first: by id, as List orders.
 func reversed(s []string) []string {
 	out := slices.Clone(s)
 	slices.Sort(out)
