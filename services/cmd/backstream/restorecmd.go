@@ -219,17 +219,17 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	}
 	// The file is looked at before the storage is: a restore that would
 	// replace a file without --overwrite, or into a directory, is refused
-	// before anything is listed or read.
-	var stream *os.File
+	// before anything is listed or read. A device or a pipe is opened only
+	// once there is a backup to write into it: a loader reading a FIFO
+	// must not take a restore that found nothing for an empty dump.
+	var stream bool
 	var part *partialFile
 	if o.to != "" && o.to != "-" {
 		var err error
 		if stream, err = streamTarget(o.to); err != nil {
 			return err
 		}
-		if stream != nil {
-			defer stream.Close()
-		} else {
+		if !stream {
 			if part, err = newPartialFile(o.to, o.overwrite); err != nil {
 				return err
 			}
@@ -315,9 +315,14 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 		}
 	case o.to == "-":
 		consume = streamTo(stdout, "stdout", counted)
-	case stream != nil:
-		consume = streamTo(stream, o.to, counted)
-		finish = stream.Close
+	case stream:
+		f, err := os.OpenFile(o.to, os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("restore to %s: %w", o.to, err)
+		}
+		defer f.Close()
+		consume = streamTo(f, o.to, counted)
+		finish = f.Close
 	default:
 		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
 			return part.write(counted(c.Manifest.Bytes)(r))
@@ -368,36 +373,31 @@ func streamTo(w io.Writer, name string, counted func(int64) func(io.Reader) io.R
 	}
 }
 
-// streamTarget opens path for writing when it is (or links to) a
-// character device or a named pipe — /dev/null to try a restore, a FIFO a
-// loader reads — which is written into as stdout is. Replacing it with the
-// restored file, as the rename of a partialFile would, destroys it: a
-// restore run as root `--to /dev/null` once left a regular file in its
-// place, and every program on the machine writing to /dev/null failed
-// after it. It returns nil for a regular file or a path that does not
-// exist (a partialFile's business), and refuses anything else before
-// reading a byte.
-func streamTarget(path string) (*os.File, error) {
+// streamTarget reports whether path is (or links to) a character device
+// or a named pipe — /dev/null to try a restore, a FIFO a loader reads —
+// which is written into as stdout is. Replacing it with the restored file,
+// as a partialFile does, destroys it: a restore run as root `--to
+// /dev/null` once left a regular file in its place, and every program on
+// the machine writing to /dev/null failed after it. It returns false for a
+// regular file or a path that does not exist (a partialFile's business),
+// and refuses anything else before a byte is read.
+func streamTarget(path string) (bool, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("restore to %s: %w", path, err)
+		return false, fmt.Errorf("restore to %s: %w", path, err)
 	}
 	switch mode := fi.Mode(); {
 	case mode.IsRegular():
-		return nil, nil
+		return false, nil
 	case mode&fs.ModeCharDevice != 0, mode&fs.ModeNamedPipe != 0:
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
-		if err != nil {
-			return nil, fmt.Errorf("restore to %s: %w", path, err)
-		}
-		return f, nil
+		return true, nil
 	case mode.IsDir():
-		return nil, fmt.Errorf("restore to %s: a directory; --to names the file to write (--extract DIR unpacks a files backup into a directory)", path)
+		return false, fmt.Errorf("restore to %s: a directory; --to names the file to write (--extract DIR unpacks a files backup into a directory)", path)
 	default:
-		return nil, fmt.Errorf("restore to %s: a %s, neither a regular file, a character device nor a named pipe; restore to a file, or with --to - into a pipe of your own", path, fileKind(mode))
+		return false, fmt.Errorf("restore to %s: a %s, neither a regular file, a character device nor a named pipe; restore to a file, or with --to - into a pipe of your own", path, fileKind(mode))
 	}
 }
 
