@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -166,36 +167,60 @@ func TestRestoreIntoADeviceOrAPipe(t *testing.T) {
 		kept(t, fifo, fs.ModeNamedPipe)
 	})
 
-	t.Run("a named pipe is not opened for a backup not found", func(t *testing.T) {
-		// A loader reading the pipe (mariadb < FIFO) would take the
-		// restore that found nothing for an empty dump, and succeed.
-		fifo := filepath.Join(t.TempDir(), "loader")
-		if err := unix.Mkfifo(fifo, 0o600); err != nil {
-			t.Fatal(err)
+	t.Run("a named pipe is not opened without a byte to write", func(t *testing.T) {
+		// A loader reading the pipe (mariadb < FIFO) would take a restore
+		// that found nothing, or only copies that failed, for an empty
+		// dump, and succeed.
+		object := filepath.Join(storeDir, "into", id+".bsf")
+		for _, tc := range []struct {
+			name, ref string
+			spoil     func(t *testing.T)
+		}{
+			{name: "no such backup", ref: "into/01ARZ3NDEKTSV4RRFFQ69G5FAV", spoil: func(*testing.T) {}},
+			{name: "its one copy bad from the first frame", ref: "into/" + id, spoil: func(t *testing.T) {
+				b, err := os.ReadFile(object)
+				if err != nil {
+					t.Fatal(err)
+				}
+				bad := slices.Clone(b)
+				bad[len(bad)/2] ^= 0xff // inside its one frame (frames hold 8 MiB)
+				if err := os.WriteFile(object, bad, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = os.WriteFile(object, b, 0o600) })
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				tc.spoil(t)
+				fifo := filepath.Join(t.TempDir(), "loader")
+				if err := unix.Mkfifo(fifo, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				opened := make(chan struct{})
+				go func() {
+					f, err := os.Open(fifo) // returns once a writer opens it
+					if err == nil {
+						f.Close()
+					}
+					close(opened)
+				}()
+				out, code := harness.Run(t, storeDir, nil, "restore", tc.ref, "--fs", storeDir, "--identity", keys.idFile, "--to", fifo)
+				if code == 0 {
+					t.Fatalf("restore exited 0:\n%s", out)
+				}
+				select {
+				case <-opened:
+					t.Errorf("the restore opened the pipe without a byte to write:\n%s", out)
+				case <-time.After(time.Second):
+				}
+				// Let the reader go, if it still waits (non-blocking: with
+				// no reader left, the open fails at once).
+				if f, err := os.OpenFile(fifo, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+					f.Close()
+				}
+				<-opened
+			})
 		}
-		opened := make(chan struct{})
-		go func() {
-			f, err := os.Open(fifo) // returns once a writer opens it
-			if err == nil {
-				f.Close()
-			}
-			close(opened)
-		}()
-		out, code := harness.Run(t, storeDir, nil, "restore", "into/01ARZ3NDEKTSV4RRFFQ69G5FAV", "--fs", storeDir, "--identity", keys.idFile, "--to", fifo)
-		if code == 0 {
-			t.Fatalf("restore of a backup not there exited 0:\n%s", out)
-		}
-		select {
-		case <-opened:
-			t.Errorf("the restore opened the pipe though it found no backup:\n%s", out)
-		case <-time.After(time.Second):
-		}
-		// Let the reader go, if it still waits (non-blocking: with no
-		// reader left, the open fails at once).
-		if f, err := os.OpenFile(fifo, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
-			f.Close()
-		}
-		<-opened
 	})
 
 	for _, tc := range []struct {

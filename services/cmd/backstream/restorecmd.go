@@ -220,8 +220,9 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	// The file is looked at before the storage is: a restore that would
 	// replace a file without --overwrite, or into a directory, is refused
 	// before anything is listed or read. A device or a pipe is opened only
-	// once there is a backup to write into it: a loader reading a FIFO
-	// must not take a restore that found nothing for an empty dump.
+	// when the first byte of a backup is there to write into it
+	// (openOnWrite): a loader reading a FIFO must not take a restore that
+	// found nothing, or only copies that failed, for an empty dump.
 	var stream bool
 	var part *partialFile
 	if o.to != "" && o.to != "-" {
@@ -316,13 +317,10 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	case o.to == "-":
 		consume = streamTo(stdout, "stdout", counted)
 	case stream:
-		f, err := os.OpenFile(o.to, os.O_WRONLY, 0)
-		if err != nil {
-			return fmt.Errorf("restore to %s: %w", o.to, err)
-		}
-		defer f.Close()
+		f := &openOnWrite{path: o.to}
+		defer f.release()
 		consume = streamTo(f, o.to, counted)
-		finish = f.Close
+		finish = f.finish
 	default:
 		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
 			return part.write(counted(c.Manifest.Bytes)(r))
@@ -398,6 +396,53 @@ func streamTarget(path string) (bool, error) {
 		return false, fmt.Errorf("restore to %s: a directory; --to names the file to write (--extract DIR unpacks a files backup into a directory)", path)
 	default:
 		return false, fmt.Errorf("restore to %s: a %s, neither a regular file, a character device nor a named pipe; restore to a file, or with --to - into a pipe of your own", path, fileKind(mode))
+	}
+}
+
+// openOnWrite is a device or a pipe opened by its first Write, or by
+// finish when a whole backup wrote nothing (an empty backup is an empty
+// stream, not none); a restore that fails before its first byte never
+// opens it.
+type openOnWrite struct {
+	path string
+	f    *os.File
+}
+
+func (w *openOnWrite) open() error {
+	if w.f != nil {
+		return nil
+	}
+	f, err := os.OpenFile(w.path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("restore to %s: %w", w.path, err)
+	}
+	w.f = f
+	return nil
+}
+
+func (w *openOnWrite) Write(p []byte) (int, error) {
+	if err := w.open(); err != nil {
+		return 0, err
+	}
+	return w.f.Write(p)
+}
+
+// finish ends a restore that succeeded: it opens the file if nothing did,
+// and closes it.
+func (w *openOnWrite) finish() error {
+	if err := w.open(); err != nil {
+		return err
+	}
+	f := w.f
+	w.f = nil
+	return f.Close()
+}
+
+// release closes the file if it is open.
+func (w *openOnWrite) release() {
+	if w.f != nil {
+		w.f.Close()
+		w.f = nil
 	}
 }
 
