@@ -70,7 +70,11 @@ func TestRestoreFallsBackToAGoodCopy(t *testing.T) {
 	src := filepath.Join(dir, "source.bin")
 	target := filepath.Join(dir, "restored-in-platform.bin")
 	source := fmt.Sprintf("type: command\ncommand: {argv: [cat, %q], restoreArgv: [sh, -c, 'cat > %s']}", src, target)
-	enc := fmt.Sprintf("encryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient())
+	// Frames of one chunk, so that the corruption in the middle of an
+	// object is in a later frame: the copy reaches the target and fails
+	// mid-stream (one bad from its first frame never reaches it:
+	// TestATargetIsTouchedOnlyOnceACopyYieldsACheckedByte).
+	enc := fmt.Sprintf("frameSize: 64KiB\nencryption: {type: aes-256-gcm, recipients: [%s]}", keys.identity.Recipient())
 	dests := fmt.Sprintf(`- name: minio
   type: s3
   s3: {endpoint: %s, bucket: %s, insecure: true, accessKey: {env: BS_FB_S3_ACCESS}, secretKey: {env: BS_FB_S3_SECRET}}

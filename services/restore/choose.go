@@ -208,9 +208,12 @@ type Attempt struct {
 	Err  error
 }
 
-// Consume hands the verified plaintext of a copy to the target. attempt
-// counts from 0; a later attempt must first undo what an earlier one wrote
-// (a temporary file started again, a database restored with Clean).
+// Consume hands the verified plaintext of a copy to the target, once its
+// first frame checked out (Stream). attempt counts the copies handed to the
+// target before this one, from 0 — a copy that failed before it reached
+// the target does not count: a later attempt must first undo what an
+// earlier one wrote (a temporary file started again, a database restored
+// with Clean).
 type Consume func(ctx context.Context, attempt int, c Copy, r io.Reader) error
 
 // Fallback restores the first copy of copies that reads whole and checks,
@@ -223,8 +226,12 @@ type Consume func(ctx context.Context, attempt int, c Copy, r io.Reader) error
 // left the error says why each failed.
 func Fallback(ctx context.Context, open Opener, copies []Copy, keys format.Keys, consume Consume) (Copy, format.ReadStats, []Attempt, error) {
 	var failed []Attempt
-	for i, c := range copies {
-		stats, err := tryCopy(ctx, open, c, keys, func(r io.Reader) error { return consume(ctx, i, c, r) })
+	attempt := 0 // copies handed to consume so far
+	for _, c := range copies {
+		stats, err := tryCopy(ctx, open, c, keys, func(r io.Reader) error {
+			attempt++
+			return consume(ctx, attempt-1, c, r)
+		})
 		if err == nil {
 			return c, stats, failed, nil
 		}

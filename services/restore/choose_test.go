@@ -284,3 +284,60 @@ func TestFallback(t *testing.T) {
 }
 
 func formatKeys() format.Keys { return format.Keys{} }
+
+// TestATargetIsTouchedOnlyOnceACopyYieldsACheckedByte: a copy whose first
+// frame fails its checks fails before the consumer is called — a plugin
+// restoring with clean would have dropped the database first, a loader
+// reading a pipe would have taken an empty dump — and the next copy is
+// read as the first attempt on the target; a backup that is empty still
+// reaches the consumer, empty.
+func TestATargetIsTouchedOnlyOnceACopyYieldsACheckedByte(t *testing.T) {
+	ctx := context.Background()
+	stores := map[string]string{"one": t.TempDir(), "two": t.TempDir()}
+	open := func(ctx context.Context, d string) (storage.Storage, error) {
+		return filesystem.New(ctx, filesystem.Config{Path: stores[d]})
+	}
+	put := func(id string, data []byte, spoil bool) []restore.Copy {
+		t.Helper()
+		var copies []restore.Copy
+		for _, d := range []string{"one", "two"} {
+			st, err := open(ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := putBackup(t, st, id, 2, data)
+			if spoil && d == "one" {
+				flip(t, st, m, 30) // inside its only frame
+			}
+			st.Close()
+			copies = append(copies, restore.Copy{Destination: d, Manifest: m})
+		}
+		return copies
+	}
+	var calls []string
+	consume := func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+		calls = append(calls, fmt.Sprintf("%s:%d", c.Destination, attempt))
+		_, err := io.Copy(io.Discard, r)
+		return err
+	}
+
+	data := []byte("one frame of a dump, less than a chunk")
+	used, _, failed, err := restore.Fallback(ctx, open, put("01C", data, true), format.Keys{}, consume)
+	if err != nil || used.Destination != "two" {
+		t.Fatalf("used %s: %v", used, err)
+	}
+	if len(failed) != 1 || !errors.Is(failed[0].Err, restore.ErrCopyBad) {
+		t.Errorf("failed attempts %+v, want the bad copy in one", failed)
+	}
+	// Attempt 0: the target saw no copy before it, so a plugin restores
+	// with the options it was given, not those of a retry.
+	if fmt.Sprint(calls) != "[two:0]" {
+		t.Errorf("the consumer was called for %v, want only for the good copy, as the first attempt [two:0]", calls)
+	}
+
+	calls = nil
+	used, stats, _, err := restore.Fallback(ctx, open, put("01D", nil, false), format.Keys{}, consume)
+	if err != nil || used.Destination != "one" || stats.Bytes != 0 || fmt.Sprint(calls) != "[one:0]" {
+		t.Errorf("an empty backup: %v, used %s, %d bytes, consumer called for %v; want it called once, for one", err, used, stats.Bytes, calls)
+	}
+}

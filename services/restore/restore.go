@@ -7,6 +7,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -168,9 +169,14 @@ const ReadAhead = 2
 
 // Stream opens the object of m and hands its verified plaintext to consume,
 // then checks the plaintext size and SHA-256 against the manifest. Every
-// frame is authenticated before any of its bytes reach consume. The stored
-// object's SHA-256 is not taken (the stats' StoredSHA256 is empty): the
-// frames' checks and the plaintext's digest cover a restore.
+// frame is authenticated before any of its bytes reach consume, and consume
+// is called only once the first frame checked out (or the whole, empty,
+// backup did): what consume does to its target before reading — a plugin
+// dropping the database it restores into (clean), a loader taking an empty
+// pipe for an empty dump — is never done for a copy bad from its start,
+// which fails here and leaves the target as it was for the next copy. The
+// stored object's SHA-256 is not taken (the stats' StoredSHA256 is empty):
+// the frames' checks and the plaintext's digest cover a restore.
 func Stream(ctx context.Context, st storage.Storage, m format.Manifest, keys format.Keys, consume func(io.Reader) error) (format.ReadStats, error) {
 	// The reader's own goroutine reads the object; when consume stops
 	// early, cancelling the GET ends a read of it in flight, so the
@@ -191,7 +197,12 @@ func Stream(ctx context.Context, st storage.Storage, m format.Manifest, keys for
 		cancel()
 		rd.Close()
 	}()
-	if err := consume(rd); err != nil {
+	var first [1]byte
+	n, err := io.ReadFull(rd, first[:])
+	if err != nil && err != io.EOF {
+		return rd.Stats(), fmt.Errorf("read backup %s: %w", m.ObjectKey, err)
+	}
+	if err := consume(io.MultiReader(bytes.NewReader(first[:n]), rd)); err != nil {
 		return rd.Stats(), err
 	}
 	// Drain what the consumer left, so every frame is checked.

@@ -329,7 +329,9 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	}
 	prog.line(fmt.Sprintf("reading %s", copies[0]))
 	used, stats, failed, err := restore.Fallback(ctx, open, copies, keys, func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
-		if attempt > 0 {
+		// Not attempt > 0: a copy that failed at its first frame never
+		// reached the target, and the one after it is attempt 0.
+		if c.Destination != copies[0].Destination || c.Manifest.BackupID != copies[0].Manifest.BackupID {
 			prog.line(fmt.Sprintf("the copy before failed its checks: falling back to %s", c))
 		}
 		return consume(ctx, attempt, c, r)
