@@ -534,7 +534,13 @@ func idDay(id string) string {
 	if err != nil {
 		return "00000000" // not a run id: a listing never reads it
 	}
-	return ulid.Time(u.Time()).UTC().Format(dayLayout)
+	return dayOf(ulid.Time(u.Time())).Format(dayLayout)
+}
+
+// dayOf is the start of t's UTC day.
+func dayOf(t time.Time) time.Time {
+	y, m, d := t.UTC().Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
 }
 
 const dayLayout = "20060102"
@@ -845,10 +851,10 @@ func (s *Store) listIDs(ctx context.Context, plan, before string) (next func(con
 	// The days, newest first, from the day of before (or tomorrow: an id
 	// made on a clock that runs ahead) back to the oldest day whose entries
 	// the bucket's TTL may have kept.
-	now := s.now().UTC()
-	day, _ := time.Parse(dayLayout, now.Add(24*time.Hour).Format(dayLayout))
-	if before != "" {
-		if d, err := time.Parse(dayLayout, idDay(before)); err == nil && d.Before(day) {
+	now := s.now()
+	day := dayOf(now).AddDate(0, 0, 1)
+	if u, err := ulid.ParseStrict(before); err == nil {
+		if d := dayOf(ulid.Time(u.Time())); d.Before(day) {
 			day = d
 		}
 	}
@@ -868,13 +874,15 @@ func (s *Store) listIDs(ctx context.Context, plan, before string) (next func(con
 	}, true, nil
 }
 
-// lastTokens returns the last token of each key: the run id of an entry.
+// lastTokens replaces each key by its last token: the run id of an entry.
 func lastTokens(keys []string) []string {
 	for i, k := range keys {
-		keys[i] = k[strings.LastIndexByte(k, '.')+1:]
+		keys[i] = lastToken(k)
 	}
 	return keys
 }
+
+func lastToken(key string) string { return key[strings.LastIndexByte(key, '.')+1:] }
 
 // IndexRuns gives every run record that has none its list entry — the
 // records of a release before the list entries, and those an earlier
@@ -906,7 +914,7 @@ func (s *Store) IndexRuns(ctx context.Context) error {
 	for _, k := range keys {
 		reached = max(reached, k.Revision+1)
 		if strings.HasPrefix(k.Key, indexPrefix) {
-			entries[k.Key[strings.LastIndexByte(k.Key, '.')+1:]] = true
+			entries[lastToken(k.Key)] = true
 		} else {
 			records = append(records, k.Key)
 		}

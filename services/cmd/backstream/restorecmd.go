@@ -220,9 +220,9 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	// The file is looked at before the storage is: a restore that would
 	// replace a file without --overwrite, or into a directory, is refused
 	// before anything is listed or read. A device or a pipe is opened only
-	// when the first byte of a backup is there to write into it
-	// (openOnWrite): a loader reading a FIFO must not take a restore that
-	// found nothing, or only copies that failed, for an empty dump.
+	// when a copy reaches it, which restore.Stream allows once the copy's
+	// first frame checked out: a loader reading a FIFO must not take a
+	// restore that found nothing, or only bad copies, for an empty dump.
 	var stream bool
 	var part *partialFile
 	if o.to != "" && o.to != "-" {
@@ -317,10 +317,28 @@ func restoreBackup(ctx context.Context, sf *storageFlags, ref string, o restoreO
 	case o.to == "-":
 		consume = streamTo(stdout, "stdout", counted)
 	case stream:
-		f := &openOnWrite{path: o.to}
-		defer f.release()
-		consume = streamTo(f, o.to, counted)
-		finish = f.finish
+		var f *os.File
+		defer func() {
+			if f != nil {
+				f.Close()
+			}
+		}()
+		var write restore.Consume
+		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
+			if f == nil {
+				var err error
+				if f, err = os.OpenFile(o.to, os.O_WRONLY, 0); err != nil {
+					return fmt.Errorf("restore to %s: %w", o.to, err)
+				}
+				write = streamTo(f, o.to, counted)
+			}
+			return write(ctx, attempt, c, r)
+		}
+		finish = func() error { // a copy reached it: f is open
+			err := f.Close()
+			f = nil
+			return err
+		}
 	default:
 		consume = func(ctx context.Context, attempt int, c restore.Copy, r io.Reader) error {
 			return part.write(counted(c.Manifest.Bytes)(r))
@@ -398,53 +416,6 @@ func streamTarget(path string) (bool, error) {
 		return false, fmt.Errorf("restore to %s: a directory; --to names the file to write (--extract DIR unpacks a files backup into a directory)", path)
 	default:
 		return false, fmt.Errorf("restore to %s: a %s, neither a regular file, a character device nor a named pipe; restore to a file, or with --to - into a pipe of your own", path, fileKind(mode))
-	}
-}
-
-// openOnWrite is a device or a pipe opened by its first Write, or by
-// finish when a whole backup wrote nothing (an empty backup is an empty
-// stream, not none); a restore that fails before its first byte never
-// opens it.
-type openOnWrite struct {
-	path string
-	f    *os.File
-}
-
-func (w *openOnWrite) open() error {
-	if w.f != nil {
-		return nil
-	}
-	f, err := os.OpenFile(w.path, os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("restore to %s: %w", w.path, err)
-	}
-	w.f = f
-	return nil
-}
-
-func (w *openOnWrite) Write(p []byte) (int, error) {
-	if err := w.open(); err != nil {
-		return 0, err
-	}
-	return w.f.Write(p)
-}
-
-// finish ends a restore that succeeded: it opens the file if nothing did,
-// and closes it.
-func (w *openOnWrite) finish() error {
-	if err := w.open(); err != nil {
-		return err
-	}
-	f := w.f
-	w.f = nil
-	return f.Close()
-}
-
-// release closes the file if it is open.
-func (w *openOnWrite) release() {
-	if w.f != nil {
-		w.f.Close()
-		w.f = nil
 	}
 }
 
